@@ -1,0 +1,386 @@
+//! Configuration for every mirrorswarm role: TOML schemas, documented defaults and validation.
+//!
+//! Every key is optional. A file is parsed with unknown keys refused (a typo must not silently
+//! fall back to a default), then command-line flags are applied on top by the CLI, then
+//! [`ServerConfig::validate`] / [`VolunteerConfig::validate`] check the result and name the key
+//! that is wrong.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration error. Messages name the file and the key, because an admin reading them
+/// at 3 a.m. should not have to guess.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Load a TOML file into a config type, refusing unknown keys.
+pub fn load_file<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// The balancing policies the redirector knows, chosen by name.
+pub const POLICY_NAMES: &[&str] = &["feedback", "least-connections", "request-counting"];
+
+/// Central server configuration (`mirrorswarm server`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Where the server keeps its database, signing key and manifests. Default `./mirrorswarm-data`.
+    pub data_dir: PathBuf,
+    /// The URL customers and volunteers use to reach this server. Default `http://<listen>`.
+    pub public_url: Option<String>,
+    /// Repositories to publish: name → directory.
+    pub repos: BTreeMap<String, PathBuf>,
+    pub tracker: TrackerConfig,
+    pub redirect: RedirectConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("mirrorswarm-data"),
+            public_url: None,
+            repos: BTreeMap::new(),
+            tracker: TrackerConfig::default(),
+            redirect: RedirectConfig::default(),
+        }
+    }
+}
+
+/// Tracker settings (`[tracker]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackerConfig {
+    /// Seconds between announces that the tracker asks for. Short, because the load a volunteer
+    /// reports is only as fresh as its last announce. Default 5.
+    pub interval_secs: u64,
+    /// A volunteer whose last announce is older than this many intervals stops being eligible
+    /// for redirects. Default 1.5: a dead volunteer is out within two intervals.
+    pub timeout_intervals: f64,
+    /// How long a plain BitTorrent peer stays listed without announcing. Default 3 × interval.
+    pub peer_ttl_secs: Option<u64>,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        TrackerConfig {
+            interval_secs: 5,
+            timeout_intervals: 1.5,
+            peer_ttl_secs: None,
+        }
+    }
+}
+
+impl TrackerConfig {
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs(self.interval_secs)
+    }
+    /// After this long without an announce a volunteer is no longer eligible.
+    pub fn volunteer_timeout(&self) -> Duration {
+        self.interval().mul_f64(self.timeout_intervals)
+    }
+    pub fn peer_ttl(&self) -> Duration {
+        Duration::from_secs(self.peer_ttl_secs.unwrap_or(self.interval_secs * 3).max(1))
+    }
+}
+
+/// Redirect settings (`[redirect]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedirectConfig {
+    /// Balancing policy: `feedback` (default), `least-connections` or `request-counting`.
+    pub policy: String,
+    /// Files of at most this many bytes are served by the server itself: a redirect costs the
+    /// customer a round trip more than such a file takes to send. Default 32768.
+    pub direct_max_bytes: u64,
+    /// How many alternatives (`Link: rel=duplicate`) a redirect lists, origin included. Default 4.
+    pub alternatives: usize,
+    /// Window in seconds over which `least-connections` counts the server's own redirects as
+    /// connections still open. Default 10.
+    pub connection_window_secs: u64,
+}
+
+impl Default for RedirectConfig {
+    fn default() -> Self {
+        RedirectConfig {
+            policy: "feedback".into(),
+            direct_max_bytes: 32 * 1024,
+            alternatives: 4,
+            connection_window_secs: 10,
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, dir) in &self.repos {
+            validate_repo_name(name).map_err(|r| invalid(format!("repos.{name}"), r))?;
+            if !dir.is_dir() {
+                return Err(invalid(
+                    format!("repos.{name}"),
+                    format!("{} is not a directory", dir.display()),
+                ));
+            }
+        }
+        if let Some(url) = &self.public_url {
+            validate_http_url(url).map_err(|r| invalid("public_url", r))?;
+        }
+        if self.tracker.interval_secs == 0 || self.tracker.interval_secs > 3600 {
+            return Err(invalid("tracker.interval_secs", "must be 1..=3600"));
+        }
+        if !(1.0..=100.0).contains(&self.tracker.timeout_intervals) {
+            return Err(invalid("tracker.timeout_intervals", "must be 1.0..=100.0"));
+        }
+        if !POLICY_NAMES.contains(&self.redirect.policy.as_str()) {
+            return Err(invalid(
+                "redirect.policy",
+                format!(
+                    "unknown policy `{}`; choose one of {}",
+                    self.redirect.policy,
+                    POLICY_NAMES.join(", ")
+                ),
+            ));
+        }
+        if self.redirect.alternatives > 16 {
+            return Err(invalid("redirect.alternatives", "must be 0..=16"));
+        }
+        if self.redirect.connection_window_secs == 0 {
+            return Err(invalid("redirect.connection_window_secs", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The URL the server is reached at: `public_url`, or one derived from `listen`.
+    pub fn public_url(&self) -> String {
+        match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("http://{}", self.listen),
+        }
+    }
+}
+
+/// Volunteer daemon configuration (`mirrorswarm volunteer`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VolunteerConfig {
+    /// The central server's URL, e.g. `http://mirror.example.org:8080`.
+    pub server: Option<String>,
+    /// One-time enrollment token from `mirrorswarm enroll`; only needed until the volunteer
+    /// has exchanged it for a credential kept in `data_dir`.
+    pub token: Option<String>,
+    /// Address to serve customers on. Default `127.0.0.1:8081`.
+    pub listen: SocketAddr,
+    /// The URL customers are redirected to. Default `http://<listen>`.
+    pub public_url: Option<String>,
+    /// Where the volunteer keeps its credential and verification cache. Default `./mirrorswarm-volunteer`.
+    pub data_dir: PathBuf,
+    /// Mirrored repositories: name → directory holding its copy.
+    pub mirrors: BTreeMap<String, PathBuf>,
+    /// Maximum concurrent customer downloads; beyond it customers get `503` with `Retry-After`.
+    /// Also reported to the server as the declared capacity. Default 64.
+    pub max_connections: u32,
+    /// Seconds between checks of the local copy for changes (by size and mtime). Default 5.
+    pub rescan_secs: u64,
+}
+
+impl Default for VolunteerConfig {
+    fn default() -> Self {
+        VolunteerConfig {
+            server: None,
+            token: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            public_url: None,
+            data_dir: PathBuf::from("mirrorswarm-volunteer"),
+            mirrors: BTreeMap::new(),
+            max_connections: 64,
+            rescan_secs: 5,
+        }
+    }
+}
+
+impl VolunteerConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match &self.server {
+            None => return Err(invalid("server", "the server URL is required")),
+            Some(u) => validate_http_url(u).map_err(|r| invalid("server", r))?,
+        }
+        if let Some(url) = &self.public_url {
+            validate_http_url(url).map_err(|r| invalid("public_url", r))?;
+        }
+        if self.mirrors.is_empty() {
+            return Err(invalid("mirrors", "at least one mirror NAME=DIR is required"));
+        }
+        for (name, dir) in &self.mirrors {
+            validate_repo_name(name).map_err(|r| invalid(format!("mirrors.{name}"), r))?;
+            if !dir.is_dir() {
+                return Err(invalid(
+                    format!("mirrors.{name}"),
+                    format!("{} is not a directory", dir.display()),
+                ));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1"));
+        }
+        if self.rescan_secs == 0 {
+            return Err(invalid("rescan_secs", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    pub fn public_url(&self) -> String {
+        match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("http://{}", self.listen),
+        }
+    }
+}
+
+/// Repository names appear in URLs and file names: keep them plain.
+pub fn validate_repo_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "repository name `{name}` must be 1-64 characters of A-Z a-z 0-9 . _ - and not start with `.`"
+        ))
+    }
+}
+
+/// Volunteer names: same rules as repository names.
+pub fn validate_volunteer_name(name: &str) -> Result<(), String> {
+    validate_repo_name(name).map_err(|e| e.replace("repository", "volunteer"))
+}
+
+/// An `http://` or `https://` URL with a host and no whitespace.
+pub fn validate_http_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("`{url}` must start with http:// or https://"))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("`{url}` has no host"));
+    }
+    if url.len() > 512 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("`{url}` is too long or contains whitespace"));
+    }
+    Ok(())
+}
+
+/// Parse a `NAME=DIR` command-line pair.
+pub fn parse_name_dir(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, dir) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` must be NAME=DIR"))?;
+    validate_repo_name(name)?;
+    if dir.is_empty() {
+        return Err(format!("`{s}` has an empty directory"));
+    }
+    Ok((name.to_string(), PathBuf::from(dir)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_without_repos() {
+        ServerConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_key_is_refused_and_named() {
+        let err = toml::from_str::<ServerConfig>("[redirect]\npolicyy = \"feedback\"\n").unwrap_err();
+        assert!(err.to_string().contains("policyy"), "{err}");
+    }
+
+    #[test]
+    fn bad_policy_names_the_key() {
+        let cfg: ServerConfig = toml::from_str("[redirect]\npolicy = \"fastest\"\n").unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("redirect.policy") && err.contains("fastest"), "{err}");
+    }
+
+    #[test]
+    fn zero_interval_is_refused() {
+        let cfg: ServerConfig = toml::from_str("[tracker]\ninterval_secs = 0\n").unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains("tracker.interval_secs"));
+    }
+
+    #[test]
+    fn timeout_is_interval_times_factor() {
+        let t = TrackerConfig { interval_secs: 2, timeout_intervals: 1.5, peer_ttl_secs: None };
+        assert_eq!(t.volunteer_timeout(), Duration::from_secs(3));
+        assert_eq!(t.peer_ttl(), Duration::from_secs(6));
+    }
+
+    #[test]
+    fn repo_names_are_plain() {
+        assert!(validate_repo_name("debian").is_ok());
+        assert!(validate_repo_name("fedora-39_x86.64").is_ok());
+        for bad in ["", "..", ".hidden", "a/b", "a b", "é", &"x".repeat(65)] {
+            assert!(validate_repo_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        assert!(validate_http_url("http://127.0.0.1:8080").is_ok());
+        assert!(validate_http_url("ftp://x").is_err());
+        assert!(validate_http_url("http://").is_err());
+        assert!(validate_http_url("http://a b").is_err());
+    }
+
+    #[test]
+    fn name_dir_pairs() {
+        assert_eq!(parse_name_dir("deb=/srv/deb").unwrap().0, "deb");
+        assert!(parse_name_dir("deb").is_err());
+        assert!(parse_name_dir("../x=/y").is_err());
+        assert!(parse_name_dir("deb=").is_err());
+    }
+
+    #[test]
+    fn volunteer_requires_server_and_mirror() {
+        let cfg = VolunteerConfig::default();
+        assert!(cfg.validate().unwrap_err().to_string().contains("`server`"));
+        let cfg = VolunteerConfig { server: Some("http://127.0.0.1:1".into()), ..Default::default() };
+        assert!(cfg.validate().unwrap_err().to_string().contains("`mirrors`"));
+    }
+}

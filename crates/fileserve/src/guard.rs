@@ -1,0 +1,159 @@
+//! Tie a value's lifetime to a response body's transmission.
+//!
+//! The handler returns long before a large file has been sent, so a counter
+//! of active downloads cannot be decremented when the handler returns; it
+//! must be when the body finishes or is dropped (client went away).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+
+/// Wrap `resp`'s body so that `guard` is dropped when the body has been
+/// fully produced, fails, or is dropped unfinished — whichever comes first.
+pub fn with_guard<G: Send + Sync + 'static>(resp: Response, guard: G) -> Response {
+    resp.map(|inner| {
+        Body::new(GuardedBody {
+            inner,
+            // Boxed so GuardedBody is Unpin whatever G is, without unsafe
+            // pin projection; one allocation per response is negligible.
+            guard: Some(Box::new(guard)),
+        })
+    })
+}
+
+struct GuardedBody<G> {
+    inner: Body,
+    guard: Option<Box<G>>,
+}
+
+impl<G> http_body::Body for GuardedBody<G> {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            // End of body or an error: nothing more will be sent.
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.guard = None,
+            // Servers may stop polling once is_end_stream() is true, so
+            // release as soon as the last frame has been handed over.
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.guard = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// Counts live guards, like the active-connections counter it is for.
+    struct Counted(Arc<AtomicUsize>);
+
+    impl Counted {
+        fn new(n: &Arc<AtomicUsize>) -> Counted {
+            n.fetch_add(1, Ordering::SeqCst);
+            Counted(n.clone())
+        }
+    }
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A body yielding fixed chunks one poll at a time, so tests can stop
+    /// part-way through.
+    struct Chunks(std::collections::VecDeque<Bytes>);
+
+    impl http_body::Body for Chunks {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    fn chunked_response(n: usize) -> Response {
+        let chunks = (0..n).map(|i| Bytes::from(vec![i as u8; 4])).collect();
+        Response::new(Body::new(Chunks(chunks)))
+    }
+
+    #[tokio::test]
+    async fn guard_lives_until_body_consumed() {
+        let live = Arc::new(AtomicUsize::new(0));
+        let resp = with_guard(chunked_response(3), Counted::new(&live));
+        assert_eq!(live.load(Ordering::SeqCst), 1);
+
+        let mut body = resp.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], &[0, 0, 0, 0]);
+        assert_eq!(live.load(Ordering::SeqCst), 1, "released too early");
+
+        let rest = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&rest[..], &[1, 1, 1, 1, 2, 2, 2, 2]);
+        // Released at end of stream, while the body value still exists.
+        assert_eq!(live.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn guard_dropped_when_body_dropped_early() {
+        let live = Arc::new(AtomicUsize::new(0));
+        let resp = with_guard(chunked_response(3), Counted::new(&live));
+        let mut body = resp.into_body();
+        body.frame().await.unwrap().unwrap();
+        assert_eq!(live.load(Ordering::SeqCst), 1);
+        drop(body);
+        assert_eq!(live.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn guard_dropped_with_unpolled_response() {
+        let live = Arc::new(AtomicUsize::new(0));
+        let resp = with_guard(chunked_response(1), Counted::new(&live));
+        assert_eq!(live.load(Ordering::SeqCst), 1);
+        drop(resp);
+        assert_eq!(live.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn keeps_status_headers_and_size_hint() {
+        let mut resp = Response::new(Body::from("hello"));
+        *resp.status_mut() = http::StatusCode::PARTIAL_CONTENT;
+        resp.headers_mut()
+            .insert("x-test", http::HeaderValue::from_static("1"));
+        let live = Arc::new(AtomicUsize::new(0));
+        let resp = with_guard(resp, Counted::new(&live));
+        assert_eq!(resp.status(), http::StatusCode::PARTIAL_CONTENT);
+        assert_eq!(resp.headers()["x-test"], "1");
+        assert_eq!(resp.body().size_hint().exact(), Some(5));
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"hello");
+        assert_eq!(live.load(Ordering::SeqCst), 0);
+    }
+}

@@ -1,0 +1,219 @@
+//! Serving one static file over HTTP: GET/HEAD, validators, conditional
+//! requests and single byte ranges, streamed from disk.
+//!
+//! apt, wget and curl resume downloads with `Range` and revalidate index
+//! files with `If-Modified-Since`/`If-None-Match`, so those must be exact;
+//! multipart ranges are deliberately not supported (RFC 9110 lets a server
+//! ignore them and answer 200).
+
+mod conditional;
+mod mime;
+mod range;
+
+use std::io::SeekFrom;
+use std::path::Path;
+
+use axum::body::Body;
+use axum::response::Response;
+use http::header::{
+    ACCEPT_RANGES, ALLOW, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LAST_MODIFIED, RANGE,
+    TRANSFER_ENCODING,
+};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+use conditional::{http_date, if_range_allows, not_modified, ETag, Validators};
+pub use mime::content_type_for;
+pub use range::{parse_range, RangeOutcome};
+
+/// Bytes read from disk per body chunk.
+const CHUNK: usize = 64 * 1024;
+
+const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+
+/// Per-file choices the caller makes; `Default` derives everything.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Strong ETag value without quotes (e.g. a hex SHA-256 prefix), the same
+    /// on every mirror. If `None`, or not valid inside an ETag, a weak one is
+    /// derived from size and mtime.
+    pub etag: Option<String>,
+    /// Overrides [`content_type_for`].
+    pub content_type: Option<&'static str>,
+    /// Added to every response (e.g. `Digest`), replacing same-named headers
+    /// this module sets. Framing headers (`Content-Length`,
+    /// `Transfer-Encoding`, `Content-Range`) are ignored: getting those wrong
+    /// would corrupt the download.
+    pub extra_headers: HeaderMap,
+}
+
+/// Answer `method` on `file` (already resolved safely, e.g. by
+/// [`crate::safe_join`]). Never fails: errors become 404/405/500 responses.
+pub async fn serve_file(
+    method: &Method,
+    headers: &HeaderMap,
+    file: &Path,
+    opts: &ServeOptions,
+) -> Response {
+    let mut resp = respond(method, headers, file, opts).await;
+    add_extra_headers(resp.headers_mut(), &opts.extra_headers);
+    resp
+}
+
+async fn respond(
+    method: &Method,
+    headers: &HeaderMap,
+    file: &Path,
+    opts: &ServeOptions,
+) -> Response {
+    if method != Method::GET && method != Method::HEAD {
+        let mut resp = text_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        resp.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
+
+    // Check the type before opening: opening a FIFO for reading would block.
+    match tokio::fs::metadata(file).await {
+        Ok(meta) if meta.is_file() => {}
+        Ok(meta) if meta.is_dir() => return not_found("is a directory\n"),
+        Ok(_) => return not_found("not a regular file\n"),
+        Err(e) => return io_error_response(&e),
+    }
+    let mut f = match tokio::fs::File::open(file).await {
+        Ok(f) => f,
+        Err(e) => return io_error_response(&e),
+    };
+    // Size and mtime from the open handle: the path may have been replaced
+    // since the check above, and what we send is what we opened.
+    let meta = match f.metadata().await {
+        Ok(meta) if meta.is_file() => meta,
+        Ok(_) => return not_found("not a regular file\n"),
+        Err(e) => return io_error_response(&e),
+    };
+    let len = meta.len();
+    let mtime = meta.modified().ok();
+    let validators = Validators {
+        etag: opts
+            .etag
+            .as_deref()
+            .and_then(ETag::strong)
+            .or_else(|| mtime.and_then(|m| ETag::weak_from(len, m))),
+        last_modified: mtime.and_then(http_date),
+    };
+
+    let mut resp = Response::new(Body::empty());
+    set_validator_headers(resp.headers_mut(), &validators);
+
+    if not_modified(headers, &validators) {
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        return resp;
+    }
+
+    let outcome = match headers.get(RANGE) {
+        Some(value) if if_range_allows(headers, &validators) => value
+            .to_str()
+            .map_or(RangeOutcome::Full, |s| parse_range(s, len)),
+        _ => RangeOutcome::Full,
+    };
+    let (start, body_len) = match outcome {
+        RangeOutcome::Full => (0, len),
+        RangeOutcome::Partial(start, end) => {
+            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+            insert_str(
+                resp.headers_mut(),
+                CONTENT_RANGE,
+                &format!("bytes {start}-{end}/{len}"),
+            );
+            (start, end - start + 1)
+        }
+        RangeOutcome::Unsatisfiable => {
+            let msg = "range not satisfiable\n";
+            *resp.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            let h = resp.headers_mut();
+            insert_str(h, CONTENT_RANGE, &format!("bytes */{len}"));
+            insert_str(h, CONTENT_TYPE, TEXT_PLAIN);
+            h.insert(CONTENT_LENGTH, HeaderValue::from(msg.len()));
+            *resp.body_mut() = Body::from(msg);
+            return resp;
+        }
+    };
+
+    let content_type = opts.content_type.unwrap_or_else(|| content_type_for(file));
+    let h = resp.headers_mut();
+    insert_str(h, CONTENT_TYPE, content_type);
+    h.insert(CONTENT_LENGTH, HeaderValue::from(body_len));
+
+    if method == Method::GET && body_len > 0 {
+        if start > 0 {
+            if let Err(e) = f.seek(SeekFrom::Start(start)).await {
+                return io_error_response(&e);
+            }
+        }
+        // take() bounds the body to exactly Content-Length even if the file
+        // grows while it is being sent.
+        let stream = ReaderStream::with_capacity(f.take(body_len), CHUNK);
+        *resp.body_mut() = Body::from_stream(stream);
+    }
+    resp
+}
+
+fn set_validator_headers(h: &mut HeaderMap, v: &Validators) {
+    h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Some(value) = v.etag.as_ref().and_then(ETag::header_value) {
+        h.insert(ETAG, value);
+    }
+    if let Some(lm) = v.last_modified {
+        insert_str(h, LAST_MODIFIED, &lm.to_string());
+    }
+}
+
+/// Insert a header whose value is built at runtime; skipped if invalid,
+/// because a missing optional header beats a panic.
+fn insert_str(h: &mut HeaderMap, name: http::HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        h.insert(name, value);
+    }
+}
+
+fn add_extra_headers(h: &mut HeaderMap, extra: &HeaderMap) {
+    for name in extra.keys() {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONTENT_RANGE {
+            continue;
+        }
+        h.remove(name);
+        for value in extra.get_all(name) {
+            h.append(name.clone(), value.clone());
+        }
+    }
+}
+
+fn text_response(status: StatusCode, msg: &'static str) -> Response {
+    let mut resp = Response::new(Body::from(msg));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_PLAIN));
+    h.insert(CONTENT_LENGTH, HeaderValue::from(msg.len()));
+    resp
+}
+
+fn not_found(reason: &'static str) -> Response {
+    text_response(StatusCode::NOT_FOUND, reason)
+}
+
+/// Map an I/O error to a response without revealing paths or OS details.
+fn io_error_response(e: &std::io::Error) -> Response {
+    match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory => {
+            not_found("no such file\n")
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            text_response(StatusCode::FORBIDDEN, "permission denied\n")
+        }
+        _ => text_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "error reading file\n",
+        ),
+    }
+}

@@ -1,0 +1,2 @@
+//! server
+pub mod sample_repo;

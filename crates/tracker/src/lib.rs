@@ -1,0 +1,20 @@
+//! BitTorrent HTTP tracker building blocks for mirrorswarm.
+//!
+//! Everything here is pure, synchronous and HTTP-free: the server crate owns
+//! sockets and routing, and hands this crate the raw query string and the
+//! peer's socket address. All parsing is strict and bounded because the
+//! tracker endpoints face the open internet.
+//!
+//! - [`bencode`]: strict bencode encoder/decoder.
+//! - [`query`]: bounded percent-decoding of raw URL query strings.
+//! - [`announce`]: BEP 3 announce and BEP 48 scrape request parsing.
+//! - [`swarm`]: in-memory peer store with expiry and hard size limits.
+//! - [`response`]: bencoded announce, scrape and failure responses.
+//! - [`mirror`]: the signed mirrorswarm extension volunteers put on announces.
+
+pub mod announce;
+pub mod bencode;
+pub mod mirror;
+pub mod query;
+pub mod response;
+pub mod swarm;

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
-use http_body::{Frame, SizeHint};
+use http_body::{Body as HttpBody, Frame, SizeHint};
 
 /// Wrap `resp`'s body so that `guard` is dropped when the body has been
 /// fully produced, fails, or is dropped unfinished — whichever comes first.
@@ -30,7 +30,7 @@ struct GuardedBody<G> {
     guard: Option<Box<G>>,
 }
 
-impl<G> http_body::Body for GuardedBody<G> {
+impl<G> HttpBody for GuardedBody<G> {
     type Data = Bytes;
     type Error = axum::Error;
 
@@ -87,7 +87,7 @@ mod tests {
     /// part-way through.
     struct Chunks(std::collections::VecDeque<Bytes>);
 
-    impl http_body::Body for Chunks {
+    impl HttpBody for Chunks {
         type Data = Bytes;
         type Error = std::convert::Infallible;
 
@@ -115,9 +115,28 @@ mod tests {
         assert_eq!(&first[..], &[0, 0, 0, 0]);
         assert_eq!(live.load(Ordering::SeqCst), 1, "released too early");
 
-        let rest = body.collect().await.unwrap().to_bytes();
+        let mut rest = Vec::new();
+        while let Some(frame) = body.frame().await {
+            rest.extend_from_slice(&frame.unwrap().into_data().unwrap());
+        }
         assert_eq!(&rest[..], &[1, 1, 1, 1, 2, 2, 2, 2]);
-        // Released at end of stream, while the body value still exists.
+        // Released at end of stream, while the body value still exists
+        // (a server may keep it around until the connection is reused).
+        assert_eq!(live.load(Ordering::SeqCst), 0);
+        drop(body);
+        assert_eq!(live.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn guard_released_with_last_frame_of_sized_body() {
+        // A sized body reports is_end_stream() after its last frame, and a
+        // server may then never poll again: release right there.
+        let live = Arc::new(AtomicUsize::new(0));
+        let resp = with_guard(Response::new(Body::from("hello")), Counted::new(&live));
+        let mut body = resp.into_body();
+        let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&data[..], b"hello");
+        assert!(body.is_end_stream());
         assert_eq!(live.load(Ordering::SeqCst), 0);
     }
 

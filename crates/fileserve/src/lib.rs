@@ -1,1 +1,19 @@
-//! fileserve
+//! Static file serving for mirrorswarm: the central server (as origin
+//! fallback) and volunteer mirrors both serve files to apt, wget and curl.
+//!
+//! - [`path`]: turn a hostile URL path into a file strictly inside a root.
+//! - [`serve`]: answer GET/HEAD for one file with validators, conditional
+//!   requests and byte ranges, streamed from disk.
+//! - [`guard`]: keep a value alive until a response body is finished, to
+//!   count active downloads.
+//! - [`index`]: plain HTML directory listings.
+
+pub mod guard;
+pub mod index;
+pub mod path;
+pub mod serve;
+
+pub use guard::with_guard;
+pub use index::{encode_path_segment, render_index, IndexEntry};
+pub use path::{decode_url_path, safe_join, PathError};
+pub use serve::{content_type_for, parse_range, serve_file, RangeOutcome, ServeOptions};

@@ -1,2 +1,248 @@
-//! server
+//! The central server: publishes repositories as signed generations, embeds the tracker,
+//! enrolls volunteers, and redirects customers to the volunteer best able to serve them — or
+//! serves them itself, since the origin always answers.
+//!
+//! Code map: [`store`] durable state (SQLite); [`publish`] scanning and signing generations
+//! into read-only snapshots; [`redirect`] the customer path; [`policy`] balancing policies by
+//! name; [`tracker_http`] announce/scrape; [`api`] JSON endpoints; [`metalink`] RFC 5854
+//! documents; [`sample_repo`] a generated apt repository for the demo and tests.
+
+pub mod api;
+pub mod metalink;
+pub mod policy;
+pub mod publish;
+pub mod redirect;
 pub mod sample_repo;
+pub mod state;
+pub mod store;
+pub mod tracker_http;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use anyhow::{anyhow, Context, Result};
+use axum::routing::{get, post};
+use axum::Router;
+use config::ServerConfig;
+use manifest::ServerKey;
+use rand::RngCore;
+use tracker::registry::Registry;
+use tracker::swarm::{SwarmLimits, Swarms};
+
+use crate::publish::{PublishReport, Publisher};
+use crate::state::{lock, write, AppState};
+use crate::store::Store;
+
+/// Paths of the server's data directory.
+pub struct DataDir(pub PathBuf);
+
+impl DataDir {
+    pub fn key(&self) -> PathBuf {
+        self.0.join("server.key")
+    }
+    pub fn db(&self) -> PathBuf {
+        self.0.join("mirrorswarm.sqlite")
+    }
+    pub fn admin_token(&self) -> PathBuf {
+        self.0.join("admin.token")
+    }
+    /// Written at start: where the running server listens, for `publish` and `volunteers`.
+    pub fn server_json(&self) -> PathBuf {
+        self.0.join("server.json")
+    }
+}
+
+/// Reserved first path segments that can never be repository names.
+pub const RESERVED_NAMES: &[&str] = &["announce", "scrape", "health", "api", "admin", "manifests"];
+
+/// Publish one repository now and swap the new snapshot in.
+pub async fn publish_repo(st: &AppState, name: &str) -> Result<PublishReport> {
+    let dir = st
+        .repo_dirs
+        .get(name)
+        .ok_or_else(|| anyhow!("no repository named `{name}`"))?;
+    let _guard = st.publish_lock.lock().await;
+    let previous = st.repo(name);
+    let (snap, report) = st.publisher.publish(name, dir, previous.as_deref()).await?;
+    write(&st.repos).insert(name.to_string(), Arc::new(snap));
+    if report.new_generation {
+        tracing::info!(
+            repo = name, generation = report.generation, files = report.files,
+            changed = report.changed_files, hashed = report.hashed_files,
+            "published new generation"
+        );
+    } else {
+        tracing::info!(repo = name, generation = report.generation, "unchanged; generation kept");
+    }
+    Ok(report)
+}
+
+fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+fn load_or_create_admin_token(path: &Path) -> Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+        _ => {
+            let t = random_hex(24);
+            crate::publish::write_atomic(path, t.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+            }
+            Ok(t)
+        }
+    }
+}
+
+/// Build the server's state: open the store, load the key, publish every repository.
+pub async fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>> {
+    cfg.validate()?;
+    for name in cfg.repos.keys() {
+        if RESERVED_NAMES.contains(&name.as_str()) {
+            anyhow::bail!("invalid value for `repos.{name}`: `{name}` is reserved for the server's own endpoints");
+        }
+    }
+    let data = DataDir(cfg.data_dir.clone());
+    std::fs::create_dir_all(&data.0).with_context(|| format!("creating data dir {}", data.0.display()))?;
+    let key = Arc::new(ServerKey::load_or_create(&data.key())?);
+    let store = Store::open(&data.db()).await.with_context(|| format!("opening {}", data.db().display()))?;
+    let admin_token = load_or_create_admin_token(&data.admin_token())?;
+    let policy = policy::by_name(&cfg.redirect.policy)
+        .ok_or_else(|| anyhow!("unknown policy `{}`", cfg.redirect.policy))?;
+    let info_hashes: HashMap<[u8; 20], String> = cfg
+        .repos
+        .keys()
+        .map(|n| (tracker::mirror::mirror_info_hash(n), n.clone()))
+        .collect();
+    let st = Arc::new(AppState {
+        public_url: cfg.public_url(),
+        publisher: Publisher::new(cfg.data_dir.clone(), key.clone(), store.clone()),
+        key,
+        store,
+        publish_lock: tokio::sync::Mutex::new(()),
+        repos: RwLock::new(HashMap::new()),
+        repo_dirs: cfg.repos.clone(),
+        info_hashes,
+        registry: Mutex::new(Registry::new(cfg.tracker.volunteer_timeout())),
+        swarms: Mutex::new(Swarms::new(SwarmLimits {
+            peer_ttl: cfg.tracker.peer_ttl(),
+            ..SwarmLimits::default()
+        })),
+        credentials: RwLock::new(HashMap::new()),
+        policy,
+        admin_token,
+        config: cfg,
+    });
+    st.reload_credentials().await?;
+    for name in st.repo_dirs.keys() {
+        publish_repo(&st, name).await.with_context(|| format!("publishing `{name}`"))?;
+    }
+    Ok(st)
+}
+
+pub fn router(st: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/announce", get(tracker_http::announce))
+        .route("/scrape", get(tracker_http::scrape))
+        .route("/health", get(api::health))
+        .route("/api/info", get(api::info))
+        .route("/api/enroll", post(api::enroll))
+        .route("/api/volunteers", get(api::volunteers))
+        .route("/manifests/{repo}/{which}", get(api::manifest))
+        .route("/admin/publish", post(api::publish))
+        .fallback(redirect::customer)
+        .with_state(st)
+}
+
+/// Run the server until Ctrl-C / SIGTERM.
+pub async fn run(cfg: ServerConfig) -> Result<()> {
+    let listen = cfg.listen;
+    let data = DataDir(cfg.data_dir.clone());
+    let st = build_state(cfg).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let local = listener.local_addr()?;
+    let info = serde_json::json!({ "listen": local.to_string(), "url": format!("http://{local}"), "public_url": st.public_url, "pid": std::process::id() });
+    publish::write_atomic(&data.server_json(), info.to_string().as_bytes())?;
+    tracing::info!(listen = %local, public_url = %st.public_url, repos = ?st.latest_generations(), policy = st.policy.name(), "server ready");
+
+    let sweeper = st.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(sweeper.config.tracker.interval());
+        loop {
+            tick.tick().await;
+            lock(&sweeper.swarms).expire(Instant::now());
+        }
+    });
+
+    axum::serve(listener, router(st).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("server failed")?;
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// `mirrorswarm enroll`: create a one-time token in the server's store (the server may be
+/// running; SQLite's WAL lets both write).
+pub async fn create_enrollment_token(data_dir: &Path, name: &str, ttl_secs: u64) -> Result<String> {
+    config::validate_volunteer_name(name).map_err(|e| anyhow!(e))?;
+    let data = DataDir(data_dir.to_path_buf());
+    std::fs::create_dir_all(&data.0).with_context(|| format!("creating {}", data.0.display()))?;
+    let key = ServerKey::load_or_create(&data.key())?;
+    let store = Store::open(&data.db()).await?;
+    Ok(store.create_enrollment(name, &key.fingerprint().0, ttl_secs).await?)
+}
+
+/// Where a running server said it listens, read from its data directory.
+pub fn running_server_url(data_dir: &Path) -> Result<String> {
+    let p = DataDir(data_dir.to_path_buf()).server_json();
+    let bytes = std::fs::read(&p).with_context(|| format!("reading {} (is the server running?)", p.display()))?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", p.display()))?;
+    v.get("url")
+        .and_then(|u| u.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("{} has no url", p.display()))
+}
+
+pub fn admin_token(data_dir: &Path) -> Result<String> {
+    let p = DataDir(data_dir.to_path_buf()).admin_token();
+    Ok(std::fs::read_to_string(&p)
+        .with_context(|| format!("reading {}", p.display()))?
+        .trim()
+        .to_string())
+}
+
+/// Durable volunteer records, for `mirrorswarm volunteers --data-dir` when no server runs.
+pub async fn stored_volunteers(data_dir: &Path) -> Result<Vec<store::VolunteerRecord>> {
+    let store = Store::open(&DataDir(data_dir.to_path_buf()).db()).await?;
+    Ok(store.volunteers().await?)
+}

@@ -629,7 +629,10 @@ mod tests {
         while off < deb.len() {
             let h = &deb[off..off + 60];
             assert_eq!(&h[58..60], b"`\n");
-            let name = std::str::from_utf8(&h[..16]).unwrap().trim_end().to_string();
+            let name = std::str::from_utf8(&h[..16])
+                .unwrap()
+                .trim_end()
+                .to_string();
             let size: usize = std::str::from_utf8(&h[48..58])
                 .unwrap()
                 .trim()
@@ -646,14 +649,17 @@ mod tests {
                     let sum: u32 = hdr
                         .iter()
                         .enumerate()
-                        .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u32::from(b) })
+                        .map(|(i, &b)| {
+                            if (148..156).contains(&i) {
+                                32
+                            } else {
+                                u32::from(b)
+                            }
+                        })
                         .sum();
                     assert_eq!(stored, sum);
-                    let sz = u64::from_str_radix(
-                        std::str::from_utf8(&hdr[124..135]).unwrap(),
-                        8,
-                    )
-                    .unwrap() as usize;
+                    let sz = u64::from_str_radix(std::str::from_utf8(&hdr[124..135]).unwrap(), 8)
+                        .unwrap() as usize;
                     t += 512 + sz.div_ceil(512) * 512;
                 }
                 assert_eq!(data.len(), t + 1024);
@@ -689,7 +695,10 @@ mod tests {
             let info = run_ok(Command::new("dpkg-deb").arg("--info").arg(&debp));
             let info = String::from_utf8_lossy(&info.stdout);
             assert!(info.contains(&format!("Package: {}", pkg.name)), "{info}");
-            assert!(info.contains(&format!("Version: {}", pkg.version)), "{info}");
+            assert!(
+                info.contains(&format!("Version: {}", pkg.version)),
+                "{info}"
+            );
             assert!(info.contains("Architecture: all"), "{info}");
 
             let f = run_ok(
@@ -714,7 +723,10 @@ mod tests {
                 #[cfg(unix)]
                 {
                     use std::os::unix::fs::PermissionsExt;
-                    let mode = std::fs::metadata(x.join(path)).unwrap().permissions().mode();
+                    let mode = std::fs::metadata(x.join(path))
+                        .unwrap()
+                        .permissions()
+                        .mode();
                     assert_eq!(mode & 0o777, file_mode(path), "{path}");
                 }
             }
@@ -741,17 +753,19 @@ mod tests {
             layout.deb_paths[0],
             "pool/main/m/ms-hello/ms-hello_1.0_all.deb"
         );
-        assert_eq!(layout.packages_path, "dists/stable/main/binary-all/Packages");
+        assert_eq!(
+            layout.packages_path,
+            "dists/stable/main/binary-all/Packages"
+        );
         assert_eq!(layout.release_path, "dists/stable/Release");
         for (p, pkg) in layout.deb_paths.iter().zip(&pkgs) {
             assert_eq!(std::fs::read(dir.path().join(p)).unwrap(), build_deb(pkg));
         }
         let packages = std::fs::read_to_string(dir.path().join(&layout.packages_path)).unwrap();
         assert_eq!(packages.matches("Package: ").count(), pkgs.len());
-        let amd64 = std::fs::read_to_string(
-            dir.path().join("dists/stable/main/binary-amd64/Packages"),
-        )
-        .unwrap();
+        let amd64 =
+            std::fs::read_to_string(dir.path().join("dists/stable/main/binary-amd64/Packages"))
+                .unwrap();
         assert_eq!(packages, amd64);
         let release = std::fs::read_to_string(dir.path().join(&layout.release_path)).unwrap();
         assert!(release.contains("Suite: stable"));
@@ -818,7 +832,9 @@ mod tests {
         for name in ["ms-hello", "ms-data"] {
             apt(&["download", name]);
             let pkg = pkgs.iter().find(|p| p.name == name).unwrap();
-            let file = t.join("dl").join(format!("{}_{}_all.deb", pkg.name, pkg.version));
+            let file = t
+                .join("dl")
+                .join(format!("{}_{}_all.deb", pkg.name, pkg.version));
             let got = std::fs::read(&file).expect("downloaded .deb");
             assert_eq!(got, build_deb(pkg), "{name}");
         }

@@ -3,7 +3,7 @@
 //! Error messages are short and client-facing: the server sends them back
 //! verbatim as the bencoded `failure reason`.
 
-use crate::query::{parse_decimal, parse_query, QueryError};
+use crate::query::{parse_decimal, parse_query, parse_query_with_limits, QueryError, QueryLimits};
 
 /// Default `numwant` when the client sends none.
 pub const DEFAULT_NUMWANT: u32 = 50;
@@ -159,13 +159,20 @@ pub fn parse_announce(raw_query: &str) -> Result<AnnounceRequest, AnnounceError>
     })
 }
 
+/// Query bounds for scrape: room for [`MAX_SCRAPE_HASHES`] fully escaped
+/// hashes (`info_hash=` + 60 bytes + `&` each) plus a few other params.
+const SCRAPE_QUERY_LIMITS: QueryLimits = QueryLimits {
+    max_len: MAX_SCRAPE_HASHES * 71 + 512,
+    max_params: MAX_SCRAPE_HASHES + 8,
+};
+
 /// Parses a scrape query: zero to [`MAX_SCRAPE_HASHES`] `info_hash`
 /// parameters, in request order with duplicates dropped. Empty means
 /// "all swarms". Other parameters are ignored.
 pub fn parse_scrape(raw_query: &str) -> Result<Vec<[u8; 20]>, AnnounceError> {
     let mut hashes: Vec<[u8; 20]> = Vec::new();
     let mut seen = 0usize;
-    for (name, value) in parse_query(raw_query)? {
+    for (name, value) in parse_query_with_limits(raw_query, SCRAPE_QUERY_LIMITS)? {
         if name != "info_hash" {
             continue;
         }
@@ -190,4 +197,245 @@ fn hash20(value: Option<Vec<u8>>, name: &'static str) -> Result<[u8; 20], Announ
 fn required_number(value: Option<Vec<u8>>, name: &'static str) -> Result<u64, AnnounceError> {
     let value = value.ok_or(AnnounceError::Missing(name))?;
     parse_decimal(&value).ok_or(AnnounceError::InvalidNumber(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::percent_encode;
+
+    const HASH: [u8; 20] = *b"\x00\x01\x02&=%+ abcdefghijkl";
+    const PEER: [u8; 20] = *b"-MS0001-\xff\xfe123456789A";
+
+    fn base() -> String {
+        format!(
+            "info_hash={}&peer_id={}&port=6881&uploaded=10&downloaded=20&left=30",
+            percent_encode(&HASH),
+            percent_encode(&PEER)
+        )
+    }
+
+    fn parse_err(q: &str) -> String {
+        match parse_announce(q) {
+            Ok(r) => panic!("expected error for {q}, got {r:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn parses_minimal_with_defaults() {
+        let r = parse_announce(&base()).unwrap();
+        assert_eq!(
+            r,
+            AnnounceRequest {
+                info_hash: HASH,
+                peer_id: PEER,
+                port: 6881,
+                uploaded: 10,
+                downloaded: 20,
+                left: 30,
+                event: Event::None,
+                compact: true,
+                numwant: DEFAULT_NUMWANT,
+                key: None,
+                extra: vec![],
+            }
+        );
+    }
+
+    #[test]
+    fn parses_optional_fields_and_extra() {
+        let q = format!(
+            "{}&event=started&compact=0&numwant=7&key=ab%00&ip=6.6.6.6&ipv6=%3A%3A1&ms_x=1&supportcrypto=1&ms_x=2",
+            base()
+        );
+        let r = parse_announce(&q).unwrap();
+        assert_eq!(r.event, Event::Started);
+        assert!(!r.compact);
+        assert_eq!(r.numwant, 7);
+        assert_eq!(r.key, Some(b"ab\x00".to_vec()));
+        // `ip`/`ipv6` vanish; unknown params keep order and duplicates.
+        assert_eq!(
+            r.extra,
+            vec![
+                ("ms_x".to_string(), b"1".to_vec()),
+                ("supportcrypto".to_string(), b"1".to_vec()),
+                ("ms_x".to_string(), b"2".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn parses_events() {
+        for (raw, ev) in [
+            ("", Event::None),
+            ("started", Event::Started),
+            ("stopped", Event::Stopped),
+            ("completed", Event::Completed),
+            ("paused", Event::None),
+        ] {
+            let r = parse_announce(&format!("{}&event={raw}", base())).unwrap();
+            assert_eq!(r.event, ev, "event={raw}");
+        }
+        assert_eq!(
+            parse_err(&format!("{}&event=Started", base())),
+            "event must be started, stopped, completed or empty"
+        );
+    }
+
+    #[test]
+    fn numwant_is_capped_not_rejected() {
+        let n = |v: &str| parse_announce(&format!("{}&numwant={v}", base())).map(|r| r.numwant);
+        assert_eq!(n("0"), Ok(0));
+        assert_eq!(n("200"), Ok(200));
+        assert_eq!(n("201"), Ok(MAX_NUMWANT));
+        assert_eq!(n("18446744073709551615"), Ok(MAX_NUMWANT));
+        assert_eq!(n("-1"), Err(AnnounceError::InvalidNumber("numwant")));
+    }
+
+    #[test]
+    fn compact_values() {
+        let c = |v: &str| parse_announce(&format!("{}&compact={v}", base())).map(|r| r.compact);
+        assert_eq!(c("1"), Ok(true));
+        assert_eq!(c("0"), Ok(false));
+        assert_eq!(c("2"), Err(AnnounceError::InvalidCompact));
+        assert_eq!(c(""), Err(AnnounceError::InvalidCompact));
+    }
+
+    #[test]
+    fn missing_required_params() {
+        for name in [
+            "info_hash",
+            "peer_id",
+            "port",
+            "uploaded",
+            "downloaded",
+            "left",
+        ] {
+            let prefix = format!("{name}=");
+            let q = base()
+                .split('&')
+                .filter(|p| !p.starts_with(&prefix))
+                .collect::<Vec<_>>()
+                .join("&");
+            assert_eq!(parse_err(&q), format!("missing {name}"));
+        }
+        assert_eq!(parse_err(""), "missing info_hash");
+    }
+
+    #[test]
+    fn wrong_hash_lengths() {
+        let short = base().replace(&percent_encode(&HASH), "abc");
+        assert_eq!(parse_err(&short), "info_hash must be 20 bytes");
+        let long = base().replace(&percent_encode(&PEER), &"p".repeat(21));
+        assert_eq!(parse_err(&long), "peer_id must be 20 bytes");
+        // 20 characters of escapes is only 6-7 bytes.
+        let escaped = base().replace(&percent_encode(&HASH), "%41%41%41%41%41%41%41");
+        assert_eq!(parse_err(&escaped), "info_hash must be 20 bytes");
+    }
+
+    #[test]
+    fn ports() {
+        let p = |v: &str| {
+            parse_announce(&base().replace("port=6881", &format!("port={v}"))).map(|r| r.port)
+        };
+        assert_eq!(p("1"), Ok(1));
+        assert_eq!(p("65535"), Ok(65535));
+        assert_eq!(p("0"), Err(AnnounceError::InvalidPort));
+        assert_eq!(p("65536"), Err(AnnounceError::InvalidPort));
+        assert_eq!(p("x"), Err(AnnounceError::InvalidNumber("port")));
+        assert_eq!(
+            AnnounceError::InvalidPort.to_string(),
+            "port must be between 1 and 65535"
+        );
+    }
+
+    #[test]
+    fn bad_numbers() {
+        for name in ["uploaded", "downloaded", "left"] {
+            let q = base().replace(&format!("{name}="), &format!("{name}=-"));
+            assert_eq!(
+                parse_err(&q),
+                format!("{name} must be a non-negative decimal integer")
+            );
+        }
+        let big = base().replace("left=30", "left=18446744073709551616");
+        assert_eq!(
+            parse_err(&big),
+            "left must be a non-negative decimal integer"
+        );
+        let max = base().replace("left=30", "left=18446744073709551615");
+        assert_eq!(parse_announce(&max).map(|r| r.left), Ok(u64::MAX));
+    }
+
+    #[test]
+    fn duplicate_known_params_rejected() {
+        // base() already holds each of these once.
+        for (name, dup) in [("port", "port=1"), ("left", "left=0")] {
+            assert_eq!(
+                parse_err(&format!("{}&{dup}", base())),
+                format!("duplicate {name}")
+            );
+        }
+        let q = format!("{}&info_hash={}", base(), percent_encode(&HASH));
+        assert_eq!(parse_err(&q), "duplicate info_hash");
+        for (name, dup) in [
+            ("event", "event=started"),
+            ("compact", "compact=1"),
+            ("numwant", "numwant=1"),
+            ("key", "key=a"),
+        ] {
+            let q = format!("{}&{dup}&{dup}", base());
+            assert_eq!(parse_err(&q), format!("duplicate {name}"));
+        }
+        // Repeated ignored params are fine.
+        assert!(parse_announce(&format!("{}&ip=1.2.3.4&ip=5.6.7.8", base())).is_ok());
+    }
+
+    #[test]
+    fn query_errors_surface() {
+        assert_eq!(
+            parse_err(&format!("{}&x=%G0", base())),
+            format!(
+                "malformed query: invalid percent escape at offset {}",
+                base().len() + 3
+            )
+        );
+    }
+
+    #[test]
+    fn scrape_hashes() {
+        assert_eq!(parse_scrape(""), Ok(vec![]));
+        assert_eq!(parse_scrape("foo=bar"), Ok(vec![]));
+        let h1 = percent_encode(&HASH);
+        let h2 = percent_encode(&[7u8; 20]);
+        assert_eq!(
+            parse_scrape(&format!("info_hash={h2}&info_hash={h1}&info_hash={h2}")),
+            Ok(vec![[7u8; 20], HASH])
+        );
+        assert_eq!(
+            parse_scrape("info_hash=short"),
+            Err(AnnounceError::WrongLength("info_hash"))
+        );
+    }
+
+    #[test]
+    fn scrape_limit() {
+        // Bytes >= 0x80 always need escaping, so each hash is 60 chars.
+        let many = |n: u8| {
+            (0..n)
+                .map(|i| format!("info_hash={}", percent_encode(&[0x80 + i; 20])))
+                .collect::<Vec<_>>()
+                .join("&")
+        };
+        assert_eq!(parse_scrape(&many(74)).map(|v| v.len()), Ok(74));
+        assert_eq!(parse_scrape(&many(75)), Err(AnnounceError::TooManyHashes));
+        let dupes = vec!["info_hash=aaaaaaaaaaaaaaaaaaaa"; 75].join("&");
+        assert_eq!(parse_scrape(&dupes), Err(AnnounceError::TooManyHashes));
+        let huge = format!("{}&x={}", many(74), "y".repeat(600));
+        assert!(matches!(
+            parse_scrape(&huge),
+            Err(AnnounceError::Query(QueryError::TooLong { .. }))
+        ));
+    }
 }

@@ -255,7 +255,13 @@ impl<'a> Decoder<'a> {
             let d = i64::from(d - b'0');
             n = n
                 .checked_mul(10)
-                .and_then(|n| if negative { n.checked_sub(d) } else { n.checked_add(d) })
+                .and_then(|n| {
+                    if negative {
+                        n.checked_sub(d)
+                    } else {
+                        n.checked_add(d)
+                    }
+                })
                 .ok_or(BencodeError::IntegerOutOfRange(start))?;
         }
         Ok(n)
@@ -296,5 +302,250 @@ impl<'a> Decoder<'a> {
         let n = rest.iter().take_while(|b| b.is_ascii_digit()).count();
         self.pos += n;
         rest.get(..n).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(input: &[u8]) -> BencodeError {
+        match decode(input) {
+            Ok(v) => panic!(
+                "expected error for {:?}, got {v:?}",
+                String::from_utf8_lossy(input)
+            ),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn encodes_exact_bytes() {
+        assert_eq!(encode(&Value::Int(0)), b"i0e");
+        assert_eq!(encode(&Value::Int(-42)), b"i-42e");
+        assert_eq!(encode(&Value::Int(i64::MIN)), b"i-9223372036854775808e");
+        assert_eq!(encode(&Value::str("")), b"0:");
+        assert_eq!(encode(&Value::str("spam")), b"4:spam");
+        assert_eq!(
+            encode(&Value::List(vec![Value::str("a"), Value::Int(1)])),
+            b"l1:ai1ee"
+        );
+        // Keys come out sorted by raw bytes regardless of insertion order.
+        let d = Value::dict([
+            ("zz", Value::Int(1)),
+            ("a", Value::List(vec![])),
+            ("B", Value::dict::<&str, _>([])),
+        ]);
+        assert_eq!(encode(&d), b"d1:Bde1:ale2:zzi1ee");
+    }
+
+    #[test]
+    fn encode_into_appends() {
+        let mut out = b"xx".to_vec();
+        encode_into(&Value::Int(7), &mut out);
+        assert_eq!(out, b"xxi7e");
+    }
+
+    #[test]
+    fn decodes_exact_values() {
+        assert_eq!(decode(b"i-7e"), Ok(Value::Int(-7)));
+        assert_eq!(decode(b"i9223372036854775807e"), Ok(Value::Int(i64::MAX)));
+        assert_eq!(decode(b"i-9223372036854775808e"), Ok(Value::Int(i64::MIN)));
+        assert_eq!(
+            decode(b"3:\x00\xff:"),
+            Ok(Value::bytes(vec![0, 0xff, b':']))
+        );
+        let v = decode(b"d3:cowl1:ai2ee4:spamd0:0:ee").unwrap();
+        assert_eq!(
+            v.get("cow").and_then(Value::as_list).map(<[Value]>::len),
+            Some(2)
+        );
+        assert_eq!(
+            v.get("spam")
+                .and_then(|s| s.get(""))
+                .and_then(Value::as_bytes),
+            Some(&b""[..])
+        );
+        assert_eq!(v.get("missing"), None);
+    }
+
+    #[test]
+    fn round_trips() {
+        let v = Value::dict([
+            (
+                "info",
+                Value::dict([("length", Value::Int(1 << 40)), ("name", Value::str("x"))]),
+            ),
+            (
+                "list",
+                Value::List(vec![
+                    Value::Int(-1),
+                    Value::bytes(vec![0u8; 300]),
+                    Value::List(vec![]),
+                ]),
+            ),
+            ("\u{00e9}", Value::Int(0)),
+        ]);
+        let bytes = encode(&v);
+        assert_eq!(decode(&bytes), Ok(v.clone()));
+        assert_eq!(encode(&decode(&bytes).unwrap()), bytes);
+    }
+
+    #[test]
+    fn getters_reject_wrong_types() {
+        let i = Value::Int(3);
+        assert_eq!(i.as_int(), Some(3));
+        assert_eq!(i.as_bytes(), None);
+        assert_eq!(i.as_list(), None);
+        assert_eq!(i.as_dict(), None);
+        assert_eq!(i.get("a"), None);
+        assert_eq!(Value::str("a").as_int(), None);
+        assert!(Value::dict([("k", Value::Int(1))]).as_dict().is_some());
+    }
+
+    #[test]
+    fn rejects_non_canonical_integers() {
+        assert_eq!(err(b"i-0e"), BencodeError::InvalidInteger(0));
+        assert_eq!(err(b"i03e"), BencodeError::InvalidInteger(0));
+        assert_eq!(err(b"i-03e"), BencodeError::InvalidInteger(0));
+        assert_eq!(err(b"ie"), BencodeError::InvalidInteger(0));
+        assert_eq!(err(b"i-e"), BencodeError::InvalidInteger(0));
+        assert_eq!(err(b"i+1e"), BencodeError::InvalidInteger(0));
+        assert_eq!(err(b"i1.5e"), BencodeError::InvalidInteger(0));
+        assert_eq!(err(b"i 1e"), BencodeError::InvalidInteger(0));
+        assert_eq!(err(b"i12"), BencodeError::UnexpectedEof(3));
+        assert_eq!(err(b"i"), BencodeError::UnexpectedEof(1));
+    }
+
+    #[test]
+    fn rejects_out_of_range_integers() {
+        assert_eq!(
+            err(b"i9223372036854775808e"),
+            BencodeError::IntegerOutOfRange(0)
+        );
+        assert_eq!(
+            err(b"i-9223372036854775809e"),
+            BencodeError::IntegerOutOfRange(0)
+        );
+        assert_eq!(
+            err(b"i99999999999999999999999999e"),
+            BencodeError::IntegerOutOfRange(0)
+        );
+    }
+
+    #[test]
+    fn rejects_bad_byte_strings() {
+        assert_eq!(err(b"05:hello"), BencodeError::InvalidLength(0));
+        assert_eq!(err(b"00:"), BencodeError::InvalidLength(0));
+        assert_eq!(err(b"5hello"), BencodeError::InvalidLength(0));
+        assert_eq!(
+            err(b"5:hell"),
+            BencodeError::LengthExceedsInput { offset: 0 }
+        );
+        assert_eq!(err(b"3"), BencodeError::UnexpectedEof(1));
+        assert_eq!(
+            err(b"-1:a"),
+            BencodeError::UnexpectedByte {
+                byte: b'-',
+                offset: 0
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_huge_declared_lengths_without_allocating() {
+        assert_eq!(
+            err(b"4294967296:x"),
+            BencodeError::LengthExceedsInput { offset: 0 }
+        );
+        // usize::MAX and beyond: overflow must be an error, not a wrap.
+        assert_eq!(
+            err(b"18446744073709551615:x"),
+            BencodeError::LengthExceedsInput { offset: 0 }
+        );
+        assert_eq!(
+            err(b"99999999999999999999999999999:x"),
+            BencodeError::LengthExceedsInput { offset: 0 }
+        );
+        assert_eq!(
+            err(b"l999999999:xe"),
+            BencodeError::LengthExceedsInput { offset: 1 }
+        );
+    }
+
+    #[test]
+    fn rejects_bad_dicts() {
+        assert_eq!(err(b"d1:bi1e1:ai2ee"), BencodeError::UnsortedKey(7));
+        assert_eq!(err(b"d1:ai1e1:ai2ee"), BencodeError::DuplicateKey(7));
+        assert_eq!(err(b"di1ei2ee"), BencodeError::KeyNotBytes(1));
+        assert_eq!(err(b"dle1:ae"), BencodeError::KeyNotBytes(1));
+        assert_eq!(
+            err(b"d1:ae"),
+            BencodeError::UnexpectedByte {
+                byte: b'e',
+                offset: 4
+            }
+        );
+        assert_eq!(err(b"d1:a"), BencodeError::UnexpectedEof(4));
+        assert_eq!(err(b"d"), BencodeError::UnexpectedEof(1));
+        // Raw byte order: "B" (0x42) sorts before "a" (0x61); the reverse fails.
+        assert!(decode(b"d1:Bi1e1:ai2ee").is_ok());
+        assert_eq!(err(b"d1:ai1e1:Bi2ee"), BencodeError::UnsortedKey(7));
+        // A prefix sorts before its extensions.
+        assert!(decode(b"d1:ai1e2:aai2ee").is_ok());
+        assert_eq!(err(b"d2:aai1e1:ai2ee"), BencodeError::UnsortedKey(8));
+    }
+
+    #[test]
+    fn rejects_structural_errors() {
+        assert_eq!(err(b""), BencodeError::UnexpectedEof(0));
+        assert_eq!(err(b"l"), BencodeError::UnexpectedEof(1));
+        assert_eq!(err(b"li1e"), BencodeError::UnexpectedEof(4));
+        assert_eq!(
+            err(b"e"),
+            BencodeError::UnexpectedByte {
+                byte: b'e',
+                offset: 0
+            }
+        );
+        assert_eq!(
+            err(b"x"),
+            BencodeError::UnexpectedByte {
+                byte: b'x',
+                offset: 0
+            }
+        );
+        assert_eq!(err(b"i1ei2e"), BencodeError::TrailingData(3));
+        assert_eq!(err(b"lee"), BencodeError::TrailingData(2));
+        assert_eq!(err(b"0:\n"), BencodeError::TrailingData(2));
+    }
+
+    #[test]
+    fn nesting_limit() {
+        let ok = [vec![b'l'; MAX_DEPTH], vec![b'e'; MAX_DEPTH]].concat();
+        assert!(decode(&ok).is_ok());
+        let too_deep = [vec![b'l'; MAX_DEPTH + 1], vec![b'e'; MAX_DEPTH + 1]].concat();
+        assert_eq!(decode(&too_deep), Err(BencodeError::TooDeep(MAX_DEPTH)));
+        // Far beyond the limit must fail fast, not blow the stack.
+        let hostile = vec![b'l'; 1_000_000];
+        assert_eq!(decode(&hostile), Err(BencodeError::TooDeep(MAX_DEPTH)));
+        let dicts = b"d1:a".repeat(MAX_DEPTH + 1);
+        assert_eq!(decode(&dicts), Err(BencodeError::TooDeep(4 * MAX_DEPTH)));
+    }
+
+    #[test]
+    fn error_messages_are_readable() {
+        assert_eq!(
+            BencodeError::UnexpectedByte {
+                byte: b'x',
+                offset: 3
+            }
+            .to_string(),
+            "unexpected byte 0x78 at offset 3"
+        );
+        assert_eq!(
+            BencodeError::TooDeep(9).to_string(),
+            "nesting deeper than 64 levels at offset 9"
+        );
     }
 }

@@ -16,5 +16,6 @@ pub mod announce;
 pub mod bencode;
 pub mod mirror;
 pub mod query;
+pub mod registry;
 pub mod response;
 pub mod swarm;

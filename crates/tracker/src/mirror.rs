@@ -73,7 +73,7 @@ pub enum MirrorError {
     MalformedSignature,
 }
 
-/// Indices of the `ms_*` fields in [`FIELDS`] order.
+/// The report's parameter names, in [`MirrorReport`] field order.
 const FIELDS: [&str; 8] = [
     "ms_vid", "ms_seq", "ms_gen", "ms_cc", "ms_sc", "ms_up", "ms_cap", "ms_url",
 ];
@@ -88,14 +88,15 @@ pub fn parse_mirror_report(
 ) -> Result<Option<MirrorReport>, MirrorError> {
     let mut values: [Option<&[u8]>; 8] = [None; 8];
     for (name, value) in extra {
-        let Some(i) = FIELDS.iter().position(|f| f == name) else {
-            continue;
-        };
-        let Some(slot) = values.get_mut(i) else {
+        let Some((field, slot)) = FIELDS
+            .iter()
+            .zip(values.iter_mut())
+            .find(|(f, _)| *f == name)
+        else {
             continue;
         };
         if slot.is_some() {
-            return Err(MirrorError::Duplicate(FIELDS.get(i).copied().unwrap_or("ms_*")));
+            return Err(MirrorError::Duplicate(field));
         }
         *slot = Some(value);
     }
@@ -163,7 +164,9 @@ fn parse_url(raw: &[u8]) -> Result<String, MirrorError> {
     let rest = raw
         .strip_prefix(b"https://")
         .or_else(|| raw.strip_prefix(b"http://"))
-        .ok_or(MirrorError::InvalidUrl("must start with http:// or https://"))?;
+        .ok_or(MirrorError::InvalidUrl(
+            "must start with http:// or https://",
+        ))?;
     let host_end = rest
         .iter()
         .position(|&b| matches!(b, b'/' | b'?' | b'#'))
@@ -182,12 +185,16 @@ fn parse_url(raw: &[u8]) -> Result<String, MirrorError> {
 /// and use the infallible fixed-size constructor; the RFC 4231 vectors in
 /// the tests pin this to standard HMAC.
 fn keyed_mac(secret: &[u8]) -> HmacSha256 {
-    let mut block = [0u8; 64];
-    if secret.len() > block.len() {
-        let digest: [u8; 32] = Sha256::digest(secret).into();
-        block[..32].copy_from_slice(&digest);
+    let hashed: [u8; 32];
+    let key = if secret.len() > 64 {
+        hashed = Sha256::digest(secret).into();
+        &hashed[..]
     } else {
-        block[..secret.len()].copy_from_slice(secret);
+        secret
+    };
+    let mut block = [0u8; 64];
+    for (dst, src) in block.iter_mut().zip(key) {
+        *dst = *src;
     }
     <HmacSha256 as KeyInit>::new(&block.into())
 }
@@ -252,4 +259,322 @@ pub fn build_mirror_query(
         report.capacity,
         percent_encode(report.url.as_bytes()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::announce::{parse_announce, Event};
+
+    const SECRET: &[u8] = b"volunteer-secret";
+    const PEER: [u8; 20] = *b"-MS0001-\x00\xff&=+%abcdef";
+
+    fn report() -> MirrorReport {
+        MirrorReport {
+            volunteer: "vol_01-A".to_string(),
+            seq: 17,
+            generation: 123_456,
+            customer_conns: 3,
+            sync_conns: 1,
+            upload_bps: 9_000_000,
+            capacity: 50,
+            url: "https://mirror.example.org:8443/debian/?a=b&c=d".to_string(),
+        }
+    }
+
+    fn extra(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    fn full() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("ms_vid", "v1"),
+            ("ms_seq", "1"),
+            ("ms_gen", "2"),
+            ("ms_cc", "3"),
+            ("ms_sc", "4"),
+            ("ms_up", "5"),
+            ("ms_cap", "6"),
+            ("ms_url", "http://h"),
+        ]
+    }
+
+    fn with(name: &str, value: &str) -> Vec<(String, Vec<u8>)> {
+        let pairs: Vec<_> = full()
+            .into_iter()
+            .map(|(k, v)| if k == name { (k, value) } else { (k, v) })
+            .collect();
+        extra(&pairs)
+    }
+
+    #[test]
+    fn info_hash_is_sha1_of_prefixed_repo() {
+        // `printf 'mirrorswarm-repo:debian' | sha1sum`
+        assert_eq!(
+            hex::encode(mirror_info_hash("debian")),
+            "fee7d44fa803b565d9e726c2f62d9ae5acc800a5"
+        );
+        assert_ne!(mirror_info_hash("debian"), mirror_info_hash("ubuntu"));
+    }
+
+    #[test]
+    fn build_sign_parse_round_trip() {
+        let q = build_mirror_query("debian", PEER, 8080, &report());
+        let signed = sign_query(SECRET, &q);
+        let (signed_part, sig) = split_signed_query(&signed).unwrap();
+        assert_eq!(signed_part, q);
+        assert!(verify_query_signature(SECRET, signed_part, &sig));
+
+        let req = parse_announce(&signed).unwrap();
+        assert_eq!(req.info_hash, mirror_info_hash("debian"));
+        assert_eq!(req.peer_id, PEER);
+        assert_eq!(req.port, 8080);
+        assert_eq!((req.uploaded, req.downloaded, req.left), (0, 0, 0));
+        assert_eq!(req.event, Event::None);
+        assert!(req.compact);
+        assert_eq!(req.numwant, 0);
+        assert_eq!(parse_mirror_report(&req.extra), Ok(Some(report())));
+    }
+
+    #[test]
+    fn build_exact_text() {
+        let q = build_mirror_query("r", [b'p'; 20], 1, &report());
+        assert_eq!(
+            q,
+            format!(
+                "info_hash={}&peer_id=pppppppppppppppppppp&port=1&uploaded=0&downloaded=0&left=0\
+&compact=1&numwant=0&ms_vid=vol_01-A&ms_seq=17&ms_gen=123456&ms_cc=3&ms_sc=1&ms_up=9000000\
+&ms_cap=50&ms_url=https%3A%2F%2Fmirror.example.org%3A8443%2Fdebian%2F%3Fa%3Db%26c%3Dd",
+                percent_encode(&mirror_info_hash("r"))
+            )
+        );
+    }
+
+    #[test]
+    fn hmac_matches_rfc4231() {
+        // Test case 2: short key.
+        let signed = sign_query(b"Jefe", "what do ya want for nothing?");
+        assert_eq!(
+            signed,
+            "what do ya want for nothing?&ms_sig=\
+5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // Test case 6: 131-byte key, longer than the block, gets hashed first.
+        let signed = sign_query(
+            &[0xaa; 131],
+            "Test Using Larger Than Block-Size Key - Hash Key First",
+        );
+        assert!(signed
+            .ends_with("&ms_sig=60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"));
+        // Exactly one block (64 bytes) is used as-is, not hashed.
+        let key64 = [0x0bu8; 64];
+        let mut reference = <HmacSha256 as Mac>::new_from_slice(&key64).unwrap();
+        reference.update(b"m");
+        let want = hex::encode(reference.finalize().into_bytes());
+        assert_eq!(sign_query(&key64, "m"), format!("m&ms_sig={want}"));
+    }
+
+    #[test]
+    fn tampering_any_byte_fails() {
+        let q = build_mirror_query("debian", PEER, 8080, &report());
+        let signed = sign_query(SECRET, &q);
+        let (part, sig) = split_signed_query(&signed).unwrap();
+        let bytes = part.as_bytes();
+        for i in 0..bytes.len() {
+            let mut t = bytes.to_vec();
+            t[i] ^= 0x01;
+            let t = String::from_utf8(t).unwrap();
+            assert!(!verify_query_signature(SECRET, &t, &sig), "byte {i}");
+        }
+        for i in 0..32 {
+            let mut s = sig;
+            s[i] ^= 0x80;
+            assert!(!verify_query_signature(SECRET, part, &s), "sig byte {i}");
+        }
+        assert!(!verify_query_signature(b"other", part, &sig));
+        assert!(!verify_query_signature(
+            SECRET,
+            &format!("{part}&x=1"),
+            &sig
+        ));
+        assert!(!verify_query_signature(
+            SECRET,
+            &part[..part.len() - 1],
+            &sig
+        ));
+    }
+
+    #[test]
+    fn split_rejects_bad_framing() {
+        let sig = "ab".repeat(32);
+        assert_eq!(
+            split_signed_query("a=1"),
+            Err(MirrorError::MissingSignature)
+        );
+        assert_eq!(
+            split_signed_query(&format!("ms_sig={sig}")),
+            Err(MirrorError::MissingSignature)
+        );
+        assert_eq!(
+            split_signed_query(&format!("&ms_sig={sig}")),
+            Err(MirrorError::MissingSignature)
+        );
+        assert_eq!(
+            split_signed_query(&format!("a=1&ms_sig={}", "AB".repeat(32))),
+            Err(MirrorError::MalformedSignature)
+        );
+        assert_eq!(
+            split_signed_query(&format!("a=1&ms_sig={}", &sig[..63])),
+            Err(MirrorError::MalformedSignature)
+        );
+        assert_eq!(
+            split_signed_query(&format!("a=1&ms_sig={sig}0")),
+            Err(MirrorError::MalformedSignature)
+        );
+        // Not the last parameter.
+        assert_eq!(
+            split_signed_query(&format!("a=1&ms_sig={sig}&b=2")),
+            Err(MirrorError::MalformedSignature)
+        );
+        assert_eq!(
+            split_signed_query(&format!("a=1&ms_sig={sig}")),
+            Ok(("a=1", [0xab; 32]))
+        );
+    }
+
+    #[test]
+    fn plain_client_has_no_report() {
+        assert_eq!(parse_mirror_report(&[]), Ok(None));
+        // ms_* fields without ms_vid are not a report.
+        assert_eq!(
+            parse_mirror_report(&extra(&[("ms_seq", "1"), ("x", "y")])),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn minimal_report_parses_exactly() {
+        let mut pairs = full();
+        pairs.push(("ms_future", "ignored"));
+        pairs.push(("ms_sig", "whatever"));
+        assert_eq!(
+            parse_mirror_report(&extra(&pairs)),
+            Ok(Some(MirrorReport {
+                volunteer: "v1".to_string(),
+                seq: 1,
+                generation: 2,
+                customer_conns: 3,
+                sync_conns: 4,
+                upload_bps: 5,
+                capacity: 6,
+                url: "http://h".to_string(),
+            }))
+        );
+    }
+
+    #[test]
+    fn every_field_is_required() {
+        for (name, _) in full().into_iter().skip(1) {
+            let pairs: Vec<_> = full().into_iter().filter(|(k, _)| *k != name).collect();
+            let err = parse_mirror_report(&extra(&pairs)).unwrap_err();
+            assert_eq!(err.to_string(), format!("missing {name}"));
+        }
+    }
+
+    #[test]
+    fn duplicates_rejected() {
+        for (name, value) in full() {
+            let mut pairs = full();
+            pairs.push((name, value));
+            assert_eq!(
+                parse_mirror_report(&extra(&pairs)).unwrap_err().to_string(),
+                format!("duplicate {name}")
+            );
+        }
+    }
+
+    #[test]
+    fn volunteer_id_rules() {
+        let long = "a".repeat(64);
+        let too_long = "a".repeat(65);
+        assert!(parse_mirror_report(&with("ms_vid", &long)).is_ok());
+        for bad in ["", &too_long, "a b", "a.b", "a/b", "\u{00e9}", "a\u{0}"] {
+            assert_eq!(
+                parse_mirror_report(&with("ms_vid", bad)),
+                Err(MirrorError::InvalidVolunteer),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn numeric_fields() {
+        assert_eq!(
+            parse_mirror_report(&with("ms_seq", "18446744073709551615")).map(|r| r.map(|r| r.seq)),
+            Ok(Some(u64::MAX))
+        );
+        assert_eq!(
+            parse_mirror_report(&with("ms_seq", "18446744073709551616")),
+            Err(MirrorError::InvalidNumber("ms_seq"))
+        );
+        assert_eq!(
+            parse_mirror_report(&with("ms_cc", "4294967296")),
+            Err(MirrorError::InvalidNumber("ms_cc"))
+        );
+        assert_eq!(
+            parse_mirror_report(&with("ms_sc", "-1")),
+            Err(MirrorError::InvalidNumber("ms_sc"))
+        );
+        assert_eq!(
+            parse_mirror_report(&with("ms_up", "")),
+            Err(MirrorError::InvalidNumber("ms_up"))
+        );
+        assert_eq!(
+            parse_mirror_report(&with("ms_cap", "0")),
+            Err(MirrorError::ZeroCapacity)
+        );
+        assert_eq!(
+            parse_mirror_report(&with("ms_cap", "4294967295")).map(|r| r.map(|r| r.capacity)),
+            Ok(Some(u32::MAX))
+        );
+    }
+
+    #[test]
+    fn url_rules() {
+        let max = format!("https://h/{}", "a".repeat(MAX_URL_LEN - 10));
+        let over = format!("https://h/{}", "a".repeat(MAX_URL_LEN - 9));
+        assert!(parse_mirror_report(&with("ms_url", &max)).is_ok());
+        for ok in ["http://h", "https://h:1/x?y#z", "http://[::1]:8080/"] {
+            assert!(parse_mirror_report(&with("ms_url", ok)).is_ok(), "{ok}");
+        }
+        for (bad, why) in [
+            (over.as_str(), "ms_url is longer than 512 bytes"),
+            ("ftp://h", "ms_url must start with http:// or https://"),
+            ("HTTP://h", "ms_url must start with http:// or https://"),
+            ("http://", "ms_url must name a host"),
+            ("https:///x", "ms_url must name a host"),
+            (
+                "http://h/a b",
+                "ms_url must be visible ASCII without whitespace or control characters",
+            ),
+            (
+                "http://h/\t",
+                "ms_url must be visible ASCII without whitespace or control characters",
+            ),
+            (
+                "http://h/\u{00e9}",
+                "ms_url must be visible ASCII without whitespace or control characters",
+            ),
+            (
+                "http://h\r\nX: y",
+                "ms_url must be visible ASCII without whitespace or control characters",
+            ),
+        ] {
+            let err = parse_mirror_report(&with("ms_url", bad)).unwrap_err();
+            assert_eq!(err.to_string(), why, "{bad:?}");
+        }
+    }
 }

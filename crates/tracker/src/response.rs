@@ -82,3 +82,96 @@ pub fn scrape_response(files: &[([u8; 20], SwarmStats)]) -> Vec<u8> {
     });
     encode(&Value::dict([("files", Value::dict(files))]))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bencode::decode;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    fn outcome() -> AnnounceOutcome {
+        AnnounceOutcome {
+            peers: vec![
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 6881),
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 0x1234),
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)), 80),
+            ],
+            complete: 2,
+            incomplete: 5,
+        }
+    }
+
+    #[test]
+    fn compact_exact_bytes() {
+        let got = announce_response(1800, 900, &outcome(), true, &[]);
+        let mut want =
+            b"d8:completei2e10:incompletei5e8:intervali1800e12:min intervali900e5:peers12:"
+                .to_vec();
+        want.extend_from_slice(&[127, 0, 0, 1, 0x1a, 0xe1, 10, 1, 2, 3, 0, 80]);
+        want.extend_from_slice(b"6:peers618:");
+        want.extend_from_slice(&[0; 15]);
+        want.extend_from_slice(&[1, 0x12, 0x34]);
+        want.push(b'e');
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn compact_without_peers_has_empty_peers_and_no_peers6() {
+        let got = announce_response(60, 30, &AnnounceOutcome::default(), true, &[]);
+        assert_eq!(
+            got,
+            b"d8:completei0e10:incompletei0e8:intervali60e12:min intervali30e5:peers0:e".to_vec()
+        );
+    }
+
+    #[test]
+    fn non_compact_lists_ip_and_port() {
+        let got = announce_response(60, 30, &outcome(), false, &[]);
+        let want = b"d8:completei2e10:incompletei5e8:intervali60e12:min intervali30e5:peersl\
+d2:ip9:127.0.0.14:porti6881eed2:ip3:::14:porti4660eed2:ip8:10.1.2.34:porti80eeee";
+        assert_eq!(got, want.to_vec());
+    }
+
+    #[test]
+    fn extra_keys_are_sorted_in_and_cannot_override() {
+        let extra = [
+            ("ms_generation", Value::Int(42)),
+            ("interval", Value::Int(1)),
+            ("a", Value::str("x")),
+        ];
+        let got = announce_response(60, 30, &AnnounceOutcome::default(), true, &extra);
+        assert_eq!(
+            got,
+            b"d1:a1:x8:completei0e10:incompletei0e8:intervali60e12:min intervali30e\
+13:ms_generationi42e5:peers0:e"
+                .to_vec()
+        );
+        // The output is canonical bencode.
+        assert!(decode(&got).is_ok());
+    }
+
+    #[test]
+    fn failure_exact_bytes() {
+        assert_eq!(
+            failure_response("missing info_hash"),
+            b"d14:failure reason17:missing info_hashe".to_vec()
+        );
+    }
+
+    #[test]
+    fn scrape_exact_bytes() {
+        let stats = SwarmStats {
+            complete: 3,
+            incomplete: 4,
+            downloaded: 9,
+        };
+        let got = scrape_response(&[([0xbb; 20], SwarmStats::default()), ([0xaa; 20], stats)]);
+        let mut want = b"d5:filesd20:".to_vec();
+        want.extend_from_slice(&[0xaa; 20]);
+        want.extend_from_slice(b"d8:completei3e10:downloadedi9e10:incompletei4ee20:");
+        want.extend_from_slice(&[0xbb; 20]);
+        want.extend_from_slice(b"d8:completei0e10:downloadedi0e10:incompletei0eeee");
+        assert_eq!(got, want);
+        assert_eq!(scrape_response(&[]), b"d5:filesdee".to_vec());
+    }
+}

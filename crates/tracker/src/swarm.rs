@@ -211,7 +211,7 @@ impl Swarms {
                 .iter()
                 .map(|(h, s)| (*h, s.stats(now, ttl)))
                 .collect();
-            all.sort_by(|a, b| a.0.cmp(&b.0));
+            all.sort_unstable_by_key(|(hash, _)| *hash);
             return all;
         }
         hashes
@@ -263,4 +263,413 @@ fn select_peers(
     // systematically first in everyone's list.
     chosen.shuffle(&mut rng);
     chosen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    const H1: [u8; 20] = [1; 20];
+    const H2: [u8; 20] = [2; 20];
+    const TTL: Duration = Duration::from_secs(60);
+
+    fn limits() -> SwarmLimits {
+        SwarmLimits {
+            max_peers_per_swarm: 100,
+            max_swarms: 10,
+            peer_ttl: TTL,
+        }
+    }
+
+    fn req(hash: [u8; 20], id: u8, port: u16, left: u64, event: Event) -> AnnounceRequest {
+        AnnounceRequest {
+            info_hash: hash,
+            peer_id: [id; 20],
+            port,
+            uploaded: 0,
+            downloaded: 0,
+            left,
+            event,
+            compact: true,
+            numwant: 50,
+            key: None,
+            extra: vec![],
+        }
+    }
+
+    fn lo(port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+    }
+
+    fn set(addrs: &[SocketAddr]) -> HashSet<SocketAddr> {
+        addrs.iter().copied().collect()
+    }
+
+    #[test]
+    fn loopback_peers_on_same_ip_are_distinct() {
+        let mut s = Swarms::new(limits());
+        let t = Instant::now();
+        let a = s
+            .announce(&req(H1, 1, 7001, 5, Event::Started), lo(50000), t)
+            .unwrap();
+        assert_eq!(
+            a,
+            AnnounceOutcome {
+                peers: vec![],
+                complete: 0,
+                incomplete: 1
+            }
+        );
+        let b = s
+            .announce(&req(H1, 2, 7002, 0, Event::Started), lo(50001), t)
+            .unwrap();
+        // Port comes from the request, not the socket.
+        assert_eq!(
+            b,
+            AnnounceOutcome {
+                peers: vec![lo(7001)],
+                complete: 1,
+                incomplete: 1
+            }
+        );
+        let a2 = s
+            .announce(&req(H1, 1, 7001, 5, Event::None), lo(50002), t)
+            .unwrap();
+        assert_eq!(a2.peers, vec![lo(7002)]);
+        assert_eq!(s.peer_count(), 2);
+        assert_eq!(s.swarm_count(), 1);
+    }
+
+    #[test]
+    fn never_returns_self_and_respects_numwant() {
+        let mut s = Swarms::new(limits());
+        let t = Instant::now();
+        for id in 1..=20u8 {
+            s.announce(&req(H1, id, 7000 + u16::from(id), 1, Event::None), lo(1), t)
+                .unwrap();
+        }
+        let mut r = req(H1, 5, 7005, 1, Event::None);
+        r.numwant = 7;
+        let out = s.announce(&r, lo(1), t).unwrap();
+        assert_eq!(out.peers.len(), 7);
+        assert_eq!(set(&out.peers).len(), 7);
+        assert!(!out.peers.contains(&lo(7005)));
+        assert_eq!(out.incomplete, 20);
+        r.numwant = 0;
+        assert_eq!(s.announce(&r, lo(1), t).unwrap().peers, vec![]);
+        r.numwant = 200;
+        let all = s.announce(&r, lo(1), t).unwrap().peers;
+        let expected: HashSet<_> = (1..=20u16)
+            .filter(|&i| i != 5)
+            .map(|i| lo(7000 + i))
+            .collect();
+        assert_eq!(set(&all), expected);
+    }
+
+    #[test]
+    fn selection_is_random() {
+        let mut s = Swarms::new(limits());
+        let t = Instant::now();
+        for id in 1..=50u8 {
+            s.announce(&req(H1, id, u16::from(id), 1, Event::None), lo(1), t)
+                .unwrap();
+        }
+        let mut r = req(H1, 99, 9999, 1, Event::None);
+        r.numwant = 5;
+        let picks: HashSet<Vec<SocketAddr>> = (0..20)
+            .map(|_| s.announce(&r, lo(1), t).unwrap().peers)
+            .collect();
+        // 20 draws of 5 from 50 colliding every time is astronomically unlikely.
+        assert!(picks.len() > 1);
+    }
+
+    #[test]
+    fn seeders_get_leechers_when_any_exist() {
+        let mut s = Swarms::new(limits());
+        let t = Instant::now();
+        s.announce(&req(H1, 1, 1, 0, Event::None), lo(1), t)
+            .unwrap();
+        s.announce(&req(H1, 2, 2, 0, Event::None), lo(1), t)
+            .unwrap();
+        let seeder = req(H1, 3, 3, 0, Event::None);
+        // No leechers: other seeders are still returned.
+        assert_eq!(
+            set(&s.announce(&seeder, lo(1), t).unwrap().peers),
+            set(&[lo(1), lo(2)])
+        );
+        s.announce(&req(H1, 4, 4, 10, Event::None), lo(1), t)
+            .unwrap();
+        let out = s.announce(&seeder, lo(1), t).unwrap();
+        assert_eq!(
+            out,
+            AnnounceOutcome {
+                peers: vec![lo(4)],
+                complete: 3,
+                incomplete: 1
+            }
+        );
+        // A leecher still sees everyone.
+        let out = s
+            .announce(&req(H1, 4, 4, 10, Event::None), lo(1), t)
+            .unwrap();
+        assert_eq!(set(&out.peers), set(&[lo(1), lo(2), lo(3)]));
+    }
+
+    #[test]
+    fn ipv6_and_mapped_ipv4() {
+        let mut s = Swarms::new(limits());
+        let t = Instant::now();
+        let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 1);
+        let mapped = SocketAddr::new(IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped()), 1);
+        s.announce(&req(H1, 1, 6881, 1, Event::None), v6, t)
+            .unwrap();
+        s.announce(&req(H1, 2, 6882, 1, Event::None), mapped, t)
+            .unwrap();
+        let out = s
+            .announce(&req(H1, 3, 6883, 1, Event::None), lo(1), t)
+            .unwrap();
+        let v6_peer = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 6881);
+        let v4_peer = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 6882);
+        assert_eq!(set(&out.peers), set(&[v6_peer, v4_peer]));
+    }
+
+    #[test]
+    fn stopped_removes_peer_and_empty_swarm() {
+        let mut s = Swarms::new(limits());
+        let t = Instant::now();
+        s.announce(&req(H1, 1, 1, 1, Event::Started), lo(1), t)
+            .unwrap();
+        s.announce(&req(H1, 2, 2, 0, Event::Started), lo(1), t)
+            .unwrap();
+        let out = s
+            .announce(&req(H1, 1, 1, 1, Event::Stopped), lo(1), t)
+            .unwrap();
+        assert_eq!(
+            out,
+            AnnounceOutcome {
+                peers: vec![],
+                complete: 1,
+                incomplete: 0
+            }
+        );
+        let out = s
+            .announce(&req(H1, 3, 3, 1, Event::None), lo(1), t)
+            .unwrap();
+        assert_eq!(out.peers, vec![lo(2)]);
+        s.announce(&req(H1, 2, 2, 0, Event::Stopped), lo(1), t)
+            .unwrap();
+        s.announce(&req(H1, 3, 3, 1, Event::Stopped), lo(1), t)
+            .unwrap();
+        assert_eq!(s.swarm_count(), 0);
+        // Stopping in an unknown swarm never creates it.
+        let out = s
+            .announce(&req(H2, 9, 9, 1, Event::Stopped), lo(1), t)
+            .unwrap();
+        assert_eq!(out, AnnounceOutcome::default());
+        assert_eq!(s.swarm_count(), 0);
+    }
+
+    #[test]
+    fn completed_counts_once_per_transition() {
+        let mut s = Swarms::new(limits());
+        let t = Instant::now();
+        s.announce(&req(H1, 1, 1, 10, Event::Started), lo(1), t)
+            .unwrap();
+        s.announce(&req(H1, 1, 1, 0, Event::Completed), lo(1), t)
+            .unwrap();
+        s.announce(&req(H1, 1, 1, 0, Event::Completed), lo(1), t)
+            .unwrap();
+        // An unknown peer reporting completion (e.g. after a tracker restart) counts.
+        s.announce(&req(H1, 2, 2, 0, Event::Completed), lo(1), t)
+            .unwrap();
+        let stats = s.scrape(&[H1], t);
+        assert_eq!(
+            stats,
+            vec![(
+                H1,
+                SwarmStats {
+                    complete: 2,
+                    incomplete: 0,
+                    downloaded: 2
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn scrape_specific_unknown_and_all() {
+        let mut s = Swarms::new(limits());
+        let t = Instant::now();
+        s.announce(&req(H2, 1, 1, 0, Event::None), lo(1), t)
+            .unwrap();
+        s.announce(&req(H1, 1, 1, 3, Event::None), lo(1), t)
+            .unwrap();
+        s.announce(&req(H1, 2, 2, 3, Event::None), lo(1), t)
+            .unwrap();
+        let unknown = [9u8; 20];
+        assert_eq!(
+            s.scrape(&[unknown, H2], t),
+            vec![
+                (unknown, SwarmStats::default()),
+                (
+                    H2,
+                    SwarmStats {
+                        complete: 1,
+                        incomplete: 0,
+                        downloaded: 0
+                    }
+                ),
+            ]
+        );
+        assert_eq!(
+            s.scrape(&[], t),
+            vec![
+                (
+                    H1,
+                    SwarmStats {
+                        complete: 0,
+                        incomplete: 2,
+                        downloaded: 0
+                    }
+                ),
+                (
+                    H2,
+                    SwarmStats {
+                        complete: 1,
+                        incomplete: 0,
+                        downloaded: 0
+                    }
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn stale_peers_hidden_then_expired() {
+        let mut s = Swarms::new(limits());
+        let t0 = Instant::now();
+        s.announce(&req(H1, 1, 1, 1, Event::None), lo(1), t0)
+            .unwrap();
+        s.announce(&req(H2, 1, 1, 1, Event::None), lo(1), t0)
+            .unwrap();
+        let t1 = t0 + TTL / 2;
+        s.announce(&req(H1, 2, 2, 1, Event::None), lo(1), t1)
+            .unwrap();
+        // Exactly at the TTL a peer is still alive.
+        let at_ttl = s
+            .announce(&req(H1, 3, 3, 1, Event::None), lo(1), t0 + TTL)
+            .unwrap();
+        assert_eq!(set(&at_ttl.peers), set(&[lo(1), lo(2)]));
+        let t2 = t0 + TTL + Duration::from_secs(1);
+        let out = s
+            .announce(&req(H1, 3, 3, 1, Event::None), lo(1), t2)
+            .unwrap();
+        assert_eq!(
+            out,
+            AnnounceOutcome {
+                peers: vec![lo(2)],
+                complete: 0,
+                incomplete: 2
+            }
+        );
+        assert_eq!(s.scrape(&[H2], t2)[0].1, SwarmStats::default());
+        assert_eq!(s.peer_count(), 4);
+        s.expire(t2);
+        assert_eq!(s.swarm_count(), 1);
+        assert_eq!(s.peer_count(), 2);
+        s.expire(t2 + TTL * 2);
+        assert_eq!(s.swarm_count(), 0);
+        // An Instant earlier than last_seen must not panic or expire anyone.
+        s.announce(&req(H1, 1, 1, 1, Event::None), lo(1), t2)
+            .unwrap();
+        s.expire(t0);
+        assert_eq!(s.peer_count(), 1);
+    }
+
+    #[test]
+    fn swarm_count_limit_refuses_new_swarms() {
+        let mut s = Swarms::new(SwarmLimits {
+            max_swarms: 2,
+            ..limits()
+        });
+        let t = Instant::now();
+        s.announce(&req([1; 20], 1, 1, 1, Event::None), lo(1), t)
+            .unwrap();
+        s.announce(&req([2; 20], 1, 1, 1, Event::None), lo(1), t)
+            .unwrap();
+        assert_eq!(
+            s.announce(&req([3; 20], 1, 1, 1, Event::None), lo(1), t),
+            Err(SwarmError::TooManySwarms)
+        );
+        assert_eq!(s.swarm_count(), 2);
+        // Existing swarms keep working.
+        assert!(s
+            .announce(&req([1; 20], 2, 2, 1, Event::None), lo(1), t)
+            .is_ok());
+        assert_eq!(
+            SwarmError::TooManySwarms.to_string(),
+            "tracker is full: too many torrents"
+        );
+    }
+
+    #[test]
+    fn swarm_size_limit_evicts_stale_before_refusing() {
+        let mut s = Swarms::new(SwarmLimits {
+            max_peers_per_swarm: 2,
+            ..limits()
+        });
+        let t0 = Instant::now();
+        s.announce(&req(H1, 1, 1, 1, Event::None), lo(1), t0)
+            .unwrap();
+        s.announce(&req(H1, 2, 2, 1, Event::None), lo(1), t0 + TTL)
+            .unwrap();
+        assert_eq!(
+            s.announce(&req(H1, 3, 3, 1, Event::None), lo(1), t0 + TTL),
+            Err(SwarmError::SwarmFull)
+        );
+        // Known peers can still re-announce in a full swarm.
+        assert!(s
+            .announce(&req(H1, 1, 1, 1, Event::None), lo(1), t0 + TTL)
+            .is_ok());
+        // Once peer 2 is stale, its slot is reclaimed.
+        let later = t0 + TTL * 2 + Duration::from_secs(1);
+        s.announce(&req(H1, 1, 1, 1, Event::None), lo(1), later)
+            .unwrap();
+        let out = s
+            .announce(&req(H1, 3, 3, 1, Event::None), lo(1), later)
+            .unwrap();
+        assert_eq!(out.peers, vec![lo(1)]);
+        assert_eq!(s.peer_count(), 2);
+    }
+
+    #[test]
+    fn zero_peer_limit_leaves_no_empty_swarm() {
+        let mut s = Swarms::new(SwarmLimits {
+            max_peers_per_swarm: 0,
+            ..limits()
+        });
+        let t = Instant::now();
+        assert_eq!(
+            s.announce(&req(H1, 1, 1, 1, Event::None), lo(1), t),
+            Err(SwarmError::SwarmFull)
+        );
+        assert_eq!(s.swarm_count(), 0);
+    }
+
+    #[test]
+    fn peer_address_updates_on_reannounce() {
+        let mut s = Swarms::new(limits());
+        let t = Instant::now();
+        s.announce(&req(H1, 1, 1, 1, Event::None), lo(1), t)
+            .unwrap();
+        let moved = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)), 1);
+        s.announce(&req(H1, 1, 4444, 1, Event::None), moved, t)
+            .unwrap();
+        let out = s
+            .announce(&req(H1, 2, 2, 1, Event::None), lo(1), t)
+            .unwrap();
+        assert_eq!(out.peers, vec![SocketAddr::new(moved.ip(), 4444)]);
+    }
 }

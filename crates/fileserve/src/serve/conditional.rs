@@ -22,7 +22,9 @@ impl ETag {
     /// characters allowed inside an entity tag (RFC 9110 `etagc`, minus
     /// obs-text). Anything else is refused rather than sent malformed.
     pub(crate) fn strong(value: &str) -> Option<ETag> {
-        let ok = value.bytes().all(|b| b == 0x21 || (0x23..=0x7e).contains(&b));
+        let ok = value
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x7e).contains(&b));
         ok.then(|| ETag {
             weak: false,
             opaque: value.to_owned(),
@@ -76,7 +78,11 @@ pub(crate) fn not_modified(headers: &HeaderMap, v: &Validators) -> bool {
     let (Some(ims), Some(lm)) = (headers.get(IF_MODIFIED_SINCE), v.last_modified) else {
         return false;
     };
-    match ims.to_str().ok().and_then(|s| s.trim().parse::<HttpDate>().ok()) {
+    match ims
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<HttpDate>().ok())
+    {
         Some(since) => lm <= since,
         // An unparsable date is ignored, as RFC 9110 requires.
         None => false,
@@ -214,7 +220,10 @@ mod tests {
         assert!(if_range_allows(&hdrs(&[(IF_RANGE, "\"abc\"")]), &v));
         assert!(!if_range_allows(&hdrs(&[(IF_RANGE, "W/\"abc\"")]), &v));
         assert!(!if_range_allows(&hdrs(&[(IF_RANGE, "\"abd\"")]), &v));
-        assert!(!if_range_allows(&hdrs(&[(IF_RANGE, "\"abc\", \"abc\"")]), &v));
+        assert!(!if_range_allows(
+            &hdrs(&[(IF_RANGE, "\"abc\", \"abc\"")]),
+            &v
+        ));
         assert!(!if_range_allows(&hdrs(&[(IF_RANGE, "garbage")]), &v));
         let weak = Validators {
             etag: ETag::weak_from(1, UNIX_EPOCH + Duration::from_secs(5)),

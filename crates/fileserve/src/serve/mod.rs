@@ -211,9 +211,6 @@ fn io_error_response(e: &std::io::Error) -> Response {
         std::io::ErrorKind::PermissionDenied => {
             text_response(StatusCode::FORBIDDEN, "permission denied\n")
         }
-        _ => text_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "error reading file\n",
-        ),
+        _ => text_response(StatusCode::INTERNAL_SERVER_ERROR, "error reading file\n"),
     }
 }

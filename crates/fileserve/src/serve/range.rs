@@ -136,9 +136,15 @@ mod tests {
         assert_eq!(parse_range(&format!("bytes={huge}-"), 10), Unsatisfiable);
         assert_eq!(parse_range(&format!("bytes=0-{huge}"), 10), Partial(0, 9));
         assert_eq!(parse_range(&format!("bytes=-{huge}"), 10), Partial(0, 9));
-        assert_eq!(parse_range(&format!("bytes={huge}-{huge}"), 10), Unsatisfiable);
+        assert_eq!(
+            parse_range(&format!("bytes={huge}-{huge}"), 10),
+            Unsatisfiable
+        );
         let max = u64::MAX;
-        assert_eq!(parse_range(&format!("bytes=0-{max}"), max), Partial(0, max - 1));
+        assert_eq!(
+            parse_range(&format!("bytes=0-{max}"), max),
+            Partial(0, max - 1)
+        );
     }
 
     #[test]

@@ -1,0 +1,196 @@
+//! JSON endpoints for volunteers, the CLI and admins: `/health`, `/api/info`, `/api/enroll`,
+//! `/api/volunteers`, `/manifests/<repo>/<generation|latest>`, `POST /admin/publish`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use crate::redirect::text;
+use crate::state::{lock, write, AppState};
+use crate::store::StoreError;
+
+pub async fn health(State(st): State<Arc<AppState>>) -> Response {
+    Json(serde_json::json!({ "status": "ok", "repos": st.latest_generations() })).into_response()
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ServerInfo {
+    pub public_key: String,
+    pub fingerprint: String,
+    pub interval_secs: u64,
+    pub repos: std::collections::BTreeMap<String, u64>,
+}
+
+pub async fn info(State(st): State<Arc<AppState>>) -> Json<ServerInfo> {
+    Json(ServerInfo {
+        public_key: st.key.public_hex(),
+        fingerprint: st.key.fingerprint().0,
+        interval_secs: st.config.tracker.interval_secs,
+        repos: st.latest_generations(),
+    })
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct EnrollRequest {
+    pub token: String,
+    pub url: String,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct EnrollResponse {
+    pub volunteer_id: String,
+    pub name: String,
+    pub secret: String,
+    pub public_key: String,
+}
+
+pub async fn enroll(State(st): State<Arc<AppState>>, body: Option<Json<EnrollRequest>>) -> Response {
+    let Some(Json(req)) = body else {
+        return text(StatusCode::BAD_REQUEST, "expected JSON {\"token\": …, \"url\": …}");
+    };
+    if let Err(e) = config::validate_http_url(&req.url) {
+        return text(StatusCode::BAD_REQUEST, format!("url: {e}"));
+    }
+    match st.store.redeem(&req.token, &req.url).await {
+        Ok(rec) => {
+            tracing::info!(volunteer = %rec.name, id = %rec.id, url = %rec.url, "volunteer enrolled");
+            let resp = EnrollResponse {
+                volunteer_id: rec.id.clone(),
+                name: rec.name.clone(),
+                secret: hex::encode(&rec.secret),
+                public_key: st.key.public_hex(),
+            };
+            write(&st.credentials).insert(rec.id.clone(), rec);
+            Json(resp).into_response()
+        }
+        Err(e @ (StoreError::BadToken | StoreError::MalformedToken)) => {
+            tracing::warn!(error = %e, "enrollment refused");
+            text(StatusCode::FORBIDDEN, e.to_string())
+        }
+        Err(e @ StoreError::NameTaken(_)) => text(StatusCode::CONFLICT, e.to_string()),
+        Err(e) => {
+            tracing::error!(error = %e, "enrollment failed");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "enrollment failed; see the server log")
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct VolunteerView {
+    pub name: String,
+    pub id: String,
+    pub url: String,
+    /// `healthy`, `stale` (missed announces), `draining`, `revoked` or `never-announced`.
+    pub state: String,
+    pub generations: std::collections::BTreeMap<String, u64>,
+    pub customer_conns: u32,
+    pub sync_conns: u32,
+    pub upload_bps: u64,
+    pub capacity: u32,
+    pub last_announce_ms_ago: Option<u64>,
+    pub redirects: u64,
+}
+
+pub async fn volunteers(State(st): State<Arc<AppState>>) -> Json<Vec<VolunteerView>> {
+    let creds: Vec<_> = crate::state::read(&st.credentials).values().cloned().collect();
+    let reg = lock(&st.registry);
+    let now = Instant::now();
+    let mut out: Vec<VolunteerView> = creds
+        .into_iter()
+        .map(|c| {
+            let live = reg.get(&c.id);
+            let state = match live {
+                _ if c.revoked => "revoked",
+                _ if c.draining => "draining",
+                None => "never-announced",
+                Some(v) if !reg.is_fresh(v, now) => "stale",
+                Some(_) => "healthy",
+            };
+            VolunteerView {
+                name: c.name.clone(),
+                id: c.id.clone(),
+                url: live.map_or(c.url.clone(), |v| v.url.clone()),
+                state: state.into(),
+                generations: live
+                    .map(|v| v.generations.iter().map(|(k, g)| (k.clone(), *g)).collect())
+                    .unwrap_or_default(),
+                customer_conns: live.map_or(0, |v| v.load.customer_conns),
+                sync_conns: live.map_or(0, |v| v.load.sync_conns),
+                upload_bps: live.map_or(0, |v| v.load.upload_bps),
+                capacity: live.map_or(0, |v| v.load.capacity),
+                last_announce_ms_ago: live.map(|v| now.saturating_duration_since(v.last_report).as_millis() as u64),
+                redirects: live.map_or(0, |v| v.issued_total),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Json(out)
+}
+
+pub async fn manifest(State(st): State<Arc<AppState>>, Path((repo, which)): Path<(String, String)>) -> Response {
+    let Some(snap) = st.repo(&repo) else {
+        return text(StatusCode::NOT_FOUND, format!("no repository named `{repo}`"));
+    };
+    let bytes = if which == "latest" {
+        snap.signed.to_vec()
+    } else {
+        let Ok(g) = which.parse::<u64>() else {
+            return text(StatusCode::BAD_REQUEST, "generation must be a number or `latest`");
+        };
+        if g > snap.generation() || g == 0 {
+            return text(StatusCode::NOT_FOUND, format!("generation {g} of `{repo}` is not published"));
+        }
+        match st.publisher.read_generation(&repo, g) {
+            Ok(b) => b,
+            Err(_) => return text(StatusCode::NOT_FOUND, format!("generation {g} of `{repo}` is no longer kept")),
+        }
+    };
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct PublishQuery {
+    pub repo: Option<String>,
+}
+
+/// `POST /admin/publish[?repo=NAME]` with `Authorization: Bearer <admin token>`.
+pub async fn publish(State(st): State<Arc<AppState>>, headers: HeaderMap, Query(q): Query<PublishQuery>) -> Response {
+    let authorized = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| constant_time_eq(t.as_bytes(), st.admin_token.as_bytes()));
+    if !authorized {
+        return text(StatusCode::UNAUTHORIZED, "admin token required (see <data-dir>/admin.token)");
+    }
+    let names: Vec<String> = match q.repo {
+        Some(r) if st.repo_dirs.contains_key(&r) => vec![r],
+        Some(r) => return text(StatusCode::NOT_FOUND, format!("no repository named `{r}`")),
+        None => st.repo_dirs.keys().cloned().collect(),
+    };
+    let mut reports = Vec::new();
+    for name in names {
+        match crate::publish_repo(&st, &name).await {
+            Ok(r) => reports.push(serde_json::json!({
+                "repo": r.repo, "generation": r.generation, "new_generation": r.new_generation,
+                "files": r.files, "changed_files": r.changed_files,
+                "hashed_files": r.hashed_files, "hashed_bytes": r.hashed_bytes,
+                "skipped": r.skipped.len(),
+            })),
+            Err(e) => {
+                tracing::error!(repo = %name, error = %format!("{e:#}"), "publish failed");
+                return text(StatusCode::INTERNAL_SERVER_ERROR, format!("publishing `{name}` failed: {e:#}"));
+            }
+        }
+    }
+    Json(reports).into_response()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,242 @@
+//! Publishing: scan a repository directory, write the next signed generation, and hand the
+//! request path a finished, read-only [`RepoSnapshot`].
+//!
+//! On disk, under `<data-dir>/repos/<name>/`: `manifests/<generation>.json` (signed envelopes,
+//! every generation kept so volunteers that lag can still verify what they hold) and
+//! `scan-cache.json` (size, mtime and hash per path, so unchanged files are not re-read).
+//! Writes go to a temporary file, are synced, then renamed: a crash leaves the previous
+//! generation intact. The newest manifest file is the source of truth for the current
+//! generation; the database keeps the history for reporting.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use manifest::scan::{scan_tree, ScanCache};
+use manifest::{Manifest, ServerKey, SignedManifest};
+
+use crate::store::{now_secs, GenerationRecord, Store};
+
+/// One published generation of one repository, as the request path reads it.
+#[derive(Debug)]
+pub struct RepoSnapshot {
+    pub name: String,
+    pub root: PathBuf,
+    pub manifest: Manifest,
+    /// The signed envelope, served to volunteers as is.
+    pub signed: Bytes,
+    /// Size and mtime of each file when it was hashed, to notice files edited on disk after
+    /// publishing (their bytes no longer match the published digest).
+    pub stat: ScanCache,
+}
+
+impl RepoSnapshot {
+    pub fn generation(&self) -> u64 {
+        self.manifest.generation
+    }
+}
+
+/// What a publish did.
+#[derive(Debug, Clone)]
+pub struct PublishReport {
+    pub repo: String,
+    pub generation: u64,
+    pub new_generation: bool,
+    pub files: usize,
+    pub changed_files: usize,
+    pub hashed_files: usize,
+    pub hashed_bytes: u64,
+    pub skipped: Vec<(String, String)>,
+}
+
+pub struct Publisher {
+    data_dir: PathBuf,
+    key: Arc<ServerKey>,
+    store: Store,
+}
+
+fn repo_dir(data_dir: &Path, name: &str) -> PathBuf {
+    data_dir.join("repos").join(name)
+}
+
+pub fn manifest_path(data_dir: &Path, name: &str, generation: u64) -> PathBuf {
+    repo_dir(data_dir, name).join("manifests").join(format!("{generation}.json"))
+}
+
+/// Write `bytes` to `path` atomically: temporary file, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+impl Publisher {
+    pub fn new(data_dir: PathBuf, key: Arc<ServerKey>, store: Store) -> Self {
+        Publisher { data_dir, key, store }
+    }
+
+    /// The newest generation published before, if any, read back and verified.
+    pub fn load_latest(&self, name: &str) -> Result<Option<(Manifest, Bytes)>> {
+        let dir = repo_dir(&self.data_dir, name).join("manifests");
+        let newest = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json")?.parse::<u64>().ok())
+                .max(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+        };
+        let Some(generation) = newest else { return Ok(None) };
+        let path = manifest_path(&self.data_dir, name, generation);
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let m = SignedManifest::verify_expected(&bytes, &self.key.public(), name, Some(generation))
+            .with_context(|| format!("verifying {}", path.display()))?;
+        Ok(Some((m, Bytes::from(bytes))))
+    }
+
+    /// A stored generation's signed bytes (for volunteers verifying an older copy).
+    pub fn read_generation(&self, name: &str, generation: u64) -> std::io::Result<Vec<u8>> {
+        std::fs::read(manifest_path(&self.data_dir, name, generation))
+    }
+
+    /// Scan `root` and publish the next generation of `name` if anything changed.
+    pub async fn publish(
+        &self,
+        name: &str,
+        root: &Path,
+        previous: Option<&RepoSnapshot>,
+    ) -> Result<(RepoSnapshot, PublishReport)> {
+        let cache_path = repo_dir(&self.data_dir, name).join("scan-cache.json");
+        let prev_loaded;
+        let prev: Option<(&Manifest, Bytes)> = match previous {
+            Some(s) => Some((&s.manifest, s.signed.clone())),
+            None => {
+                prev_loaded = self.load_latest(name)?;
+                prev_loaded.as_ref().map(|(m, b)| (m, b.clone()))
+            }
+        };
+        let cache: ScanCache = match std::fs::read(&cache_path) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(repo = name, error = %e, "scan cache unreadable; rehashing everything");
+                ScanCache::new()
+            }),
+            Err(_) => ScanCache::new(),
+        };
+        let root_owned = root.to_path_buf();
+        let scanned = tokio::task::spawn_blocking(move || scan_tree(&root_owned, &cache))
+            .await
+            .context("scan task failed")?
+            .with_context(|| format!("scanning {}", root.display()))?;
+        for (path, why) in &scanned.skipped {
+            tracing::warn!(repo = name, path = %path, reason = %why, "not published");
+        }
+        let contents: BTreeMap<String, (u64, manifest::Sha256)> = scanned
+            .files
+            .iter()
+            .map(|(p, c)| (p.clone(), (c.size, c.sha256)))
+            .collect();
+        let prev_gen = prev.as_ref().map_or(0, |(m, _)| m.generation);
+        let candidate = Manifest::next(name, prev.as_ref().map(|(m, _)| *m), contents, prev_gen + 1, now_secs());
+
+        let (manifest, signed, new_generation) = match prev {
+            Some((m, bytes)) if m.same_content(&candidate) => (m.clone(), bytes, false),
+            _ => {
+                let signed = self.key.sign(&candidate)?.to_bytes()?;
+                let path = manifest_path(&self.data_dir, name, candidate.generation);
+                write_atomic(&path, &signed).with_context(|| format!("writing {}", path.display()))?;
+                (candidate, Bytes::from(signed), true)
+            }
+        };
+        write_atomic(&cache_path, &serde_json::to_vec(&scanned.files)?)
+            .with_context(|| format!("writing {}", cache_path.display()))?;
+        if manifest.generation == 0 {
+            bail!("internal: generation 0 published");
+        }
+        let changed_files = manifest
+            .files
+            .values()
+            .filter(|e| e.changed_in == manifest.generation)
+            .count();
+        if new_generation {
+            self.store
+                .record_generation(&GenerationRecord {
+                    repo: name.to_string(),
+                    generation: manifest.generation,
+                    published_at: manifest.published_at,
+                    files: manifest.files.len() as u64,
+                    bytes: manifest.total_bytes(),
+                    changed_files: changed_files as u64,
+                })
+                .await?;
+        }
+        let report = PublishReport {
+            repo: name.to_string(),
+            generation: manifest.generation,
+            new_generation,
+            files: manifest.files.len(),
+            changed_files: if new_generation { changed_files } else { 0 },
+            hashed_files: scanned.hashed,
+            hashed_bytes: scanned.hashed_bytes,
+            skipped: scanned.skipped,
+        };
+        let snapshot = RepoSnapshot {
+            name: name.to_string(),
+            root: root.to_path_buf(),
+            manifest,
+            signed,
+            stat: scanned.files,
+        };
+        Ok((snapshot, report))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn publish_is_incremental_and_survives_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let repo = dir.path().join("repo");
+        std::fs::create_dir_all(repo.join("sub")).unwrap();
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(repo.join("a"), b"one").unwrap();
+        std::fs::write(repo.join("sub/b"), b"two").unwrap();
+        let key = Arc::new(ServerKey::from_bytes(&[9; 32]));
+        let store = Store::open(&data.join("db")).await.unwrap();
+        let p = Publisher::new(data.clone(), key.clone(), store.clone());
+
+        let (s1, r1) = p.publish("r", &repo, None).await.unwrap();
+        assert_eq!((r1.generation, r1.new_generation, r1.hashed_files), (1, true, 2));
+        let (s1b, r1b) = p.publish("r", &repo, Some(&s1)).await.unwrap();
+        assert_eq!((r1b.generation, r1b.new_generation, r1b.hashed_files), (1, false, 0));
+        assert_eq!(s1b.signed, s1.signed);
+
+        std::fs::write(repo.join("sub/b"), b"two, changed").unwrap();
+        let (s2, r2) = p.publish("r", &repo, Some(&s1b)).await.unwrap();
+        assert_eq!((r2.generation, r2.changed_files, r2.hashed_files), (2, 1, 1));
+        assert_eq!(s2.manifest.files["a"].changed_in, 1);
+        assert_eq!(s2.manifest.files["sub/b"].changed_in, 2);
+
+        // A new publisher (server restart) continues from the files on disk.
+        let p2 = Publisher::new(data.clone(), key.clone(), store);
+        let (latest, _) = p2.load_latest("r").unwrap().unwrap();
+        assert_eq!(latest.generation, 2);
+        let (_, r3) = p2.publish("r", &repo, None).await.unwrap();
+        assert_eq!((r3.generation, r3.new_generation, r3.hashed_files), (2, false, 0));
+        // The older generation stays readable.
+        let g1 = p2.read_generation("r", 1).unwrap();
+        assert_eq!(SignedManifest::verify(&g1, &key.public()).unwrap().generation, 1);
+    }
+}

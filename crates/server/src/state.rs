@@ -1,0 +1,70 @@
+//! Everything the server's handlers share.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use manifest::ServerKey;
+use tracker::registry::Registry;
+use tracker::swarm::Swarms;
+
+use crate::policy::Policy;
+use crate::publish::{Publisher, RepoSnapshot};
+use crate::store::{Store, VolunteerRecord};
+
+pub struct AppState {
+    pub config: config::ServerConfig,
+    pub public_url: String,
+    pub key: Arc<ServerKey>,
+    pub store: Store,
+    pub publisher: Publisher,
+    /// Serialises publishes; the request path never takes it.
+    pub publish_lock: tokio::sync::Mutex<()>,
+    /// Current generation of each repository, swapped whole by a publish.
+    pub repos: RwLock<HashMap<String, Arc<RepoSnapshot>>>,
+    pub repo_dirs: BTreeMap<String, PathBuf>,
+    /// Mirror info-hash → repository name.
+    pub info_hashes: HashMap<[u8; 20], String>,
+    pub registry: Mutex<Registry>,
+    pub swarms: Mutex<Swarms>,
+    /// Enrolled volunteers by id, mirrored from the store.
+    pub credentials: RwLock<HashMap<String, VolunteerRecord>>,
+    pub policy: Box<dyn Policy>,
+    pub admin_token: String,
+}
+
+impl AppState {
+    pub fn repo(&self, name: &str) -> Option<Arc<RepoSnapshot>> {
+        read(&self.repos).get(name).cloned()
+    }
+
+    pub fn latest_generations(&self) -> BTreeMap<String, u64> {
+        read(&self.repos)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.generation()))
+            .collect()
+    }
+
+    pub fn credential(&self, id: &str) -> Option<VolunteerRecord> {
+        read(&self.credentials).get(id).cloned()
+    }
+
+    pub async fn reload_credentials(&self) -> Result<(), crate::store::StoreError> {
+        let all = self.store.volunteers().await?;
+        let map = all.into_iter().map(|v| (v.id.clone(), v)).collect();
+        *write(&self.credentials) = map;
+        Ok(())
+    }
+}
+
+/// Lock helpers that survive a poisoned lock: the data behind these locks stays consistent
+/// because every writer replaces whole values.
+pub fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+pub fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+pub fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    l.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,111 @@
+//! `/announce` and `/scrape`: the embedded BitTorrent tracker over HTTP.
+//!
+//! Plain BitTorrent clients get BEP 3/23/48 behaviour. Volunteers add signed `ms_*` parameters
+//! (see `tracker::mirror`); their announces update the mirror registry, and the response also
+//! carries `ms_generation`, the newest published generation of that repository. Every error is
+//! a bencoded `failure reason` with HTTP 200, as BitTorrent clients expect.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tracker::announce::{parse_announce, parse_scrape, Event};
+use tracker::bencode::Value;
+use tracker::mirror::{parse_mirror_report, split_signed_query, verify_query_signature};
+use tracker::response::{announce_response, failure_response, scrape_response};
+use tracker::swarm::AnnounceOutcome;
+
+use crate::state::{lock, AppState};
+
+fn bencoded(body: Vec<u8>) -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], body).into_response()
+}
+
+fn failure(reason: &str) -> Response {
+    bencoded(failure_response(reason))
+}
+
+pub async fn announce(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let raw = query.unwrap_or_default();
+    let req = match parse_announce(&raw) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "malformed announce");
+            return failure(&e.to_string());
+        }
+    };
+    let interval = st.config.tracker.interval_secs as u32;
+    let report = match parse_mirror_report(&req.extra) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "refused mirror announce");
+            return failure(&e.to_string());
+        }
+    };
+    let Some(report) = report else {
+        // A plain BitTorrent client.
+        let now = Instant::now();
+        let outcome = lock(&st.swarms).announce(&req, peer, now);
+        return match outcome {
+            Ok(o) => bencoded(announce_response(interval, 1, &o, req.compact, &[])),
+            Err(e) => failure(&e.to_string()),
+        };
+    };
+
+    let Some(repo) = st.info_hashes.get(&req.info_hash).cloned() else {
+        return failure("unknown repository: info_hash is no repository this server publishes");
+    };
+    let Some(cred) = st.credential(&report.volunteer) else {
+        tracing::info!(%peer, volunteer = %report.volunteer, "announce from unknown volunteer");
+        return failure("unknown volunteer: enroll first");
+    };
+    let verified = split_signed_query(&raw)
+        .map(|(signed, sig)| verify_query_signature(&cred.secret, signed, &sig))
+        .unwrap_or(false);
+    if !verified {
+        tracing::warn!(%peer, volunteer = %cred.name, "announce with a bad signature");
+        return failure("bad signature: announce not authenticated");
+    }
+    if cred.revoked {
+        return failure("credential revoked");
+    }
+    let latest = st.repo(&repo).map_or(0, |s| s.generation());
+    let now = Instant::now();
+    {
+        let mut reg = lock(&st.registry);
+        if req.event == Event::Stopped {
+            reg.remove(&report.volunteer);
+            tracing::info!(volunteer = %cred.name, repo = %repo, "volunteer stopped");
+        } else if let Err(e) = reg.report(&repo, &report, cred.draining, now) {
+            tracing::warn!(volunteer = %cred.name, error = %e, "refused announce");
+            return failure(&e.to_string());
+        }
+    }
+    tracing::trace!(volunteer = %cred.name, repo = %repo, generation = report.generation, conns = report.customer_conns, "mirror announce");
+    let empty = AnnounceOutcome { peers: Vec::new(), complete: 0, incomplete: 0 };
+    bencoded(announce_response(
+        interval,
+        1,
+        &empty,
+        true,
+        &[("ms_generation", Value::Int(latest as i64))],
+    ))
+}
+
+pub async fn scrape(State(st): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
+    let raw = query.unwrap_or_default();
+    match parse_scrape(&raw) {
+        Ok(hashes) => {
+            let stats = lock(&st.swarms).scrape(&hashes, Instant::now());
+            bencoded(scrape_response(&stats))
+        }
+        Err(e) => failure(&e.to_string()),
+    }
+}

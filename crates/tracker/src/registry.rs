@@ -1,0 +1,315 @@
+//! The mirror registry: which volunteer holds which generation of which repository, its last
+//! reported workload, and what the redirector has sent it since.
+//!
+//! This is soft state. It is rebuilt from announces after a restart; until then the origin
+//! serves. Every reason a volunteer is not eligible is a value ([`Exclusion`]) so the
+//! redirector can log it and the admin can see it.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::mirror::MirrorReport;
+
+/// The workload a volunteer reported in its last announce.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Load {
+    pub customer_conns: u32,
+    pub sync_conns: u32,
+    pub upload_bps: u64,
+    /// Declared capacity: concurrent customer downloads it accepts.
+    pub capacity: u32,
+}
+
+/// Live state of one volunteer.
+#[derive(Debug, Clone)]
+pub struct VolunteerLive {
+    pub id: String,
+    pub url: String,
+    /// Generation fully held, per repository.
+    pub generations: HashMap<String, u64>,
+    pub load: Load,
+    pub last_seq: u64,
+    pub last_report: Instant,
+    /// Redirects issued since the last report: optimistic accounting, so that a burst between
+    /// two reports does not all land on whoever looked idlest.
+    pub issued_since_report: u32,
+    pub issued_total: u64,
+    /// When recent redirects were issued (for server-side connection estimates).
+    recent: VecDeque<Instant>,
+    pub draining: bool,
+}
+
+impl VolunteerLive {
+    /// Redirects issued within `window` of `now`.
+    pub fn issued_within(&self, window: Duration, now: Instant) -> usize {
+        self.recent
+            .iter()
+            .rev()
+            .take_while(|t| now.saturating_duration_since(**t) <= window)
+            .count()
+    }
+}
+
+/// Why a volunteer was not chosen for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exclusion {
+    /// It has not announced this repository.
+    NotMirroring,
+    /// It holds generation `held`, but the file changed in `needed`.
+    Behind { held: u64, needed: u64 },
+    /// It claims a generation newer than any published.
+    Ahead { held: u64, latest: u64 },
+    /// Its last announce is older than the timeout.
+    Stale { age_ms: u64 },
+    Draining,
+    /// It reports as many customers as it accepts.
+    Full { conns: u32, capacity: u32 },
+}
+
+impl fmt::Display for Exclusion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exclusion::NotMirroring => write!(f, "does not mirror this repository"),
+            Exclusion::Behind { held, needed } => {
+                write!(f, "holds generation {held}, file changed in {needed}")
+            }
+            Exclusion::Ahead { held, latest } => {
+                write!(f, "claims generation {held}, newest published is {latest}")
+            }
+            Exclusion::Stale { age_ms } => write!(f, "last announce {age_ms} ms ago"),
+            Exclusion::Draining => write!(f, "draining"),
+            Exclusion::Full { conns, capacity } => {
+                write!(f, "full ({conns} of {capacity} connections)")
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RegistryError {
+    #[error("sequence number {got} is not after {last}: replayed or reordered announce")]
+    Replay { got: u64, last: u64 },
+}
+
+/// How many redirect timestamps are kept per volunteer: enough for any window the
+/// least-connections estimate uses at realistic rates, bounded so memory is too.
+const RECENT_CAP: usize = 4096;
+
+#[derive(Debug)]
+pub struct Registry {
+    volunteers: HashMap<String, VolunteerLive>,
+    timeout: Duration,
+}
+
+impl Registry {
+    pub fn new(timeout: Duration) -> Self {
+        Registry {
+            volunteers: HashMap::new(),
+            timeout,
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Apply an authenticated mirror announce for `repo`.
+    pub fn report(
+        &mut self,
+        repo: &str,
+        report: &MirrorReport,
+        draining: bool,
+        now: Instant,
+    ) -> Result<(), RegistryError> {
+        let v = self
+            .volunteers
+            .entry(report.volunteer.clone())
+            .or_insert_with(|| VolunteerLive {
+                id: report.volunteer.clone(),
+                url: report.url.clone(),
+                generations: HashMap::new(),
+                load: Load::default(),
+                last_seq: 0,
+                last_report: now,
+                issued_since_report: 0,
+                issued_total: 0,
+                recent: VecDeque::new(),
+                draining,
+            });
+        if report.seq <= v.last_seq {
+            return Err(RegistryError::Replay {
+                got: report.seq,
+                last: v.last_seq,
+            });
+        }
+        v.last_seq = report.seq;
+        v.url = report.url.clone();
+        v.generations.insert(repo.to_string(), report.generation);
+        v.load = Load {
+            customer_conns: report.customer_conns,
+            sync_conns: report.sync_conns,
+            upload_bps: report.upload_bps,
+            capacity: report.capacity.max(1),
+        };
+        v.last_report = now;
+        v.issued_since_report = 0;
+        v.draining = draining;
+        Ok(())
+    }
+
+    /// Forget a volunteer (it said it stopped, or was revoked).
+    pub fn remove(&mut self, id: &str) {
+        self.volunteers.remove(id);
+    }
+
+    pub fn set_draining(&mut self, id: &str, draining: bool) {
+        if let Some(v) = self.volunteers.get_mut(id) {
+            v.draining = draining;
+        }
+    }
+
+    /// Whether `v` may serve a file of `repo` whose bytes changed in `needed`, when `latest` is
+    /// the newest published generation.
+    pub fn check(
+        &self,
+        v: &VolunteerLive,
+        repo: &str,
+        needed: u64,
+        latest: u64,
+        now: Instant,
+    ) -> Result<(), Exclusion> {
+        let age = now.saturating_duration_since(v.last_report);
+        if age > self.timeout {
+            return Err(Exclusion::Stale {
+                age_ms: age.as_millis() as u64,
+            });
+        }
+        if v.draining {
+            return Err(Exclusion::Draining);
+        }
+        let held = *v.generations.get(repo).ok_or(Exclusion::NotMirroring)?;
+        if held > latest {
+            return Err(Exclusion::Ahead { held, latest });
+        }
+        if held < needed || held == 0 {
+            return Err(Exclusion::Behind { held, needed });
+        }
+        // Headroom is the policy's judgement, not eligibility: the baselines ignore load.
+        Ok(())
+    }
+
+    /// Split all volunteers into eligible ones and excluded ones with reasons.
+    pub fn candidates(
+        &self,
+        repo: &str,
+        needed: u64,
+        latest: u64,
+        now: Instant,
+    ) -> (Vec<&VolunteerLive>, Vec<(&VolunteerLive, Exclusion)>) {
+        let mut ok = Vec::new();
+        let mut excluded = Vec::new();
+        for v in self.volunteers.values() {
+            match self.check(v, repo, needed, latest, now) {
+                Ok(()) => ok.push(v),
+                Err(e) => excluded.push((v, e)),
+            }
+        }
+        // Stable order so that policies with ties behave the same run to run.
+        ok.sort_by(|a, b| a.id.cmp(&b.id));
+        (ok, excluded)
+    }
+
+    /// Record that a customer was sent to `id`.
+    pub fn note_redirect(&mut self, id: &str, now: Instant) {
+        if let Some(v) = self.volunteers.get_mut(id) {
+            v.issued_since_report = v.issued_since_report.saturating_add(1);
+            v.issued_total += 1;
+            if v.recent.len() >= RECENT_CAP {
+                v.recent.pop_front();
+            }
+            v.recent.push_back(now);
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&VolunteerLive> {
+        self.volunteers.get(id)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &VolunteerLive> {
+        self.volunteers.values()
+    }
+
+    /// Whether a volunteer's last announce is recent enough.
+    pub fn is_fresh(&self, v: &VolunteerLive, now: Instant) -> bool {
+        now.saturating_duration_since(v.last_report) <= self.timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(id: &str, seq: u64, generation: u64, conns: u32) -> MirrorReport {
+        MirrorReport {
+            volunteer: id.into(),
+            seq,
+            generation,
+            customer_conns: conns,
+            sync_conns: 0,
+            upload_bps: 0,
+            capacity: 4,
+            url: format!("http://{id}.test"),
+        }
+    }
+
+    #[test]
+    fn eligibility_follows_generation_freshness_and_capacity() {
+        let t0 = Instant::now();
+        let mut r = Registry::new(Duration::from_secs(3));
+        r.report("deb", &report("a", 1, 2, 0), false, t0).unwrap();
+        r.report("deb", &report("b", 1, 1, 0), false, t0).unwrap();
+        r.report("deb", &report("c", 1, 0, 0), false, t0).unwrap();
+        let (ok, ex) = r.candidates("deb", 2, 2, t0);
+        assert_eq!(ok.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(ex.len(), 2);
+        let (ok, _) = r.candidates("deb", 1, 2, t0);
+        assert_eq!(ok.len(), 2);
+        let (ok, ex) = r.candidates("rpm", 1, 2, t0);
+        assert!(ok.is_empty() && ex.iter().all(|(_, e)| *e == Exclusion::NotMirroring));
+        let later = t0 + Duration::from_secs(4);
+        let (ok, ex) = r.candidates("deb", 1, 2, later);
+        assert!(ok.is_empty());
+        assert!(ex.iter().all(|(_, e)| matches!(e, Exclusion::Stale { .. })));
+        // claims the future
+        let (ok, _) = r.candidates("deb", 1, 1, t0);
+        assert_eq!(ok.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(), ["b"]);
+    }
+
+    #[test]
+    fn replays_are_refused_and_redirects_counted() {
+        let t0 = Instant::now();
+        let mut r = Registry::new(Duration::from_secs(3));
+        r.report("deb", &report("a", 5, 1, 0), false, t0).unwrap();
+        assert_eq!(
+            r.report("deb", &report("a", 5, 1, 0), false, t0),
+            Err(RegistryError::Replay { got: 5, last: 5 })
+        );
+        for _ in 0..4 {
+            r.note_redirect("a", t0);
+        }
+        assert_eq!(r.get("a").unwrap().issued_since_report, 4);
+        r.report("deb", &report("a", 6, 1, 1), false, t0).unwrap();
+        assert_eq!(r.get("a").unwrap().issued_since_report, 0);
+        assert_eq!(r.get("a").unwrap().issued_total, 4);
+        assert_eq!(r.get("a").unwrap().issued_within(Duration::from_secs(1), t0), 4);
+    }
+
+    #[test]
+    fn draining_excludes() {
+        let t0 = Instant::now();
+        let mut r = Registry::new(Duration::from_secs(3));
+        r.report("deb", &report("a", 1, 1, 0), true, t0).unwrap();
+        assert_eq!(r.check(r.get("a").unwrap(), "deb", 1, 1, t0), Err(Exclusion::Draining));
+    }
+}

@@ -1,1 +1,324 @@
-fn main() {}
+//! `mirrorswarm`: one binary for every role. This file only parses arguments and calls into
+//! the role crates.
+
+mod demo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use config::{ServerConfig, VolunteerConfig};
+
+#[derive(Parser)]
+#[command(name = "mirrorswarm", version, about = "A software mirror built from one central server plus volunteer machines.", long_about = "A software mirror built from one central server plus volunteer machines.\n\nCustomers point apt, dnf, wget or curl at the server; it redirects each request to the volunteer best able to serve it now, or serves the file itself. Start with `mirrorswarm demo`.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the central server: publisher, redirector, origin and tracker.
+    Server(ServerArgs),
+    /// Publish a new generation of the running server's repositories.
+    Publish(PublishArgs),
+    /// Create a one-time enrollment token for a volunteer (printed as the last line).
+    Enroll(EnrollArgs),
+    /// Run a volunteer: serve a mirror, verify it, announce it.
+    Volunteer(VolunteerArgs),
+    /// List volunteers: name, URL, state, generation per repository, last reported load.
+    Volunteers(VolunteersArgs),
+    /// Start a server and three volunteers on loopback with a sample apt repository.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// TOML config file; flags override its keys.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Data directory: database, signing key, manifests [default: ./mirrorswarm-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// A repository to publish, NAME=DIR (repeatable).
+    #[arg(long = "repo", value_parser = config::parse_name_dir)]
+    repos: Vec<(String, PathBuf)>,
+    /// URL customers and volunteers reach this server at [default: http://<listen>].
+    #[arg(long)]
+    public_url: Option<String>,
+    /// Balancing policy: feedback, least-connections or request-counting [default: feedback].
+    #[arg(long)]
+    policy: Option<String>,
+    /// Seconds between volunteer announces [default: 5].
+    #[arg(long)]
+    announce_interval: Option<u64>,
+    /// Files up to this size are served directly instead of redirected [default: 32768].
+    #[arg(long)]
+    direct_max_bytes: Option<u64>,
+}
+
+#[derive(Args)]
+struct PublishArgs {
+    /// The running server's data directory (holds server.json and admin.token).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Only this repository [default: all].
+    #[arg(long)]
+    repo: Option<String>,
+}
+
+#[derive(Args)]
+struct EnrollArgs {
+    /// The server's data directory.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The volunteer's name.
+    #[arg(long)]
+    name: String,
+    /// Hours until the token expires [default: 168].
+    #[arg(long, default_value_t = 168)]
+    ttl_hours: u64,
+}
+
+#[derive(Args)]
+struct VolunteerArgs {
+    /// TOML config file; flags override its keys.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The central server's URL.
+    #[arg(long)]
+    server: Option<String>,
+    /// Enrollment token (needed only for the first start).
+    #[arg(long)]
+    token: Option<String>,
+    /// Address to serve customers on [default: 127.0.0.1:8081].
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// URL customers are redirected to [default: http://<listen>].
+    #[arg(long)]
+    public_url: Option<String>,
+    /// Data directory: credential and verification cache [default: ./mirrorswarm-volunteer].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// A mirrored repository, NAME=DIR (repeatable).
+    #[arg(long = "mirror", value_parser = config::parse_name_dir)]
+    mirrors: Vec<(String, PathBuf)>,
+    /// Maximum concurrent customers; more get 503 + Retry-After [default: 64].
+    #[arg(long)]
+    max_connections: Option<u32>,
+    /// Seconds between checks of the local copy [default: 5].
+    #[arg(long)]
+    rescan_secs: Option<u64>,
+}
+
+#[derive(Args)]
+struct VolunteersArgs {
+    /// The server's URL.
+    #[arg(long, conflicts_with = "data_dir")]
+    server: Option<String>,
+    /// The server's data directory (asks the running server, else reads the database).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Server(a) => server::run(server_config(a)?).await,
+        Command::Volunteer(a) => volunteer::run(volunteer_config(a)?).await,
+        Command::Publish(a) => publish(a).await,
+        Command::Enroll(a) => {
+            let token = server::create_enrollment_token(&a.data_dir, &a.name, a.ttl_hours * 3600).await?;
+            eprintln!("Enrollment token for `{}` (valid {} h, works once). On the volunteer run:", a.name, a.ttl_hours);
+            eprintln!("  mirrorswarm volunteer --server <SERVER-URL> --token <TOKEN> --mirror NAME=DIR ...");
+            println!("{token}");
+            Ok(())
+        }
+        Command::Volunteers(a) => volunteers(a).await,
+        Command::Demo(a) => demo::run(a).await,
+    }
+}
+
+fn server_config(a: ServerArgs) -> Result<ServerConfig> {
+    let mut cfg: ServerConfig = match &a.config {
+        Some(p) => config::load_file(p)?,
+        None => ServerConfig::default(),
+    };
+    if let Some(v) = a.listen {
+        cfg.listen = v;
+    }
+    if let Some(v) = a.data_dir {
+        cfg.data_dir = v;
+    }
+    for (name, dir) in a.repos {
+        cfg.repos.insert(name, dir);
+    }
+    if let Some(v) = a.public_url {
+        cfg.public_url = Some(v);
+    }
+    if let Some(v) = a.policy {
+        cfg.redirect.policy = v;
+    }
+    if let Some(v) = a.announce_interval {
+        cfg.tracker.interval_secs = v;
+    }
+    if let Some(v) = a.direct_max_bytes {
+        cfg.redirect.direct_max_bytes = v;
+    }
+    if cfg.repos.is_empty() {
+        bail!("no repository to publish: pass --repo NAME=DIR or set [repos] in the config file");
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn volunteer_config(a: VolunteerArgs) -> Result<VolunteerConfig> {
+    let mut cfg: VolunteerConfig = match &a.config {
+        Some(p) => config::load_file(p)?,
+        None => VolunteerConfig::default(),
+    };
+    if let Some(v) = a.server {
+        cfg.server = Some(v);
+    }
+    if let Some(v) = a.token {
+        cfg.token = Some(v);
+    }
+    if let Some(v) = a.listen {
+        cfg.listen = v;
+    }
+    if let Some(v) = a.public_url {
+        cfg.public_url = Some(v);
+    }
+    if let Some(v) = a.data_dir {
+        cfg.data_dir = v;
+    }
+    for (name, dir) in a.mirrors {
+        cfg.mirrors.insert(name, dir);
+    }
+    if let Some(v) = a.max_connections {
+        cfg.max_connections = v;
+    }
+    if let Some(v) = a.rescan_secs {
+        cfg.rescan_secs = v;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+async fn publish(a: PublishArgs) -> Result<()> {
+    let url = server::running_server_url(&a.data_dir)?;
+    let token = server::admin_token(&a.data_dir)?;
+    let mut req = reqwest::Client::new()
+        .post(format!("{url}/admin/publish"))
+        .bearer_auth(token);
+    if let Some(r) = &a.repo {
+        req = req.query(&[("repo", r)]);
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the server at {url} (is it running?)"))?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("publish failed: {status}: {}", body.trim());
+    }
+    let reports: Vec<serde_json::Value> = serde_json::from_str(&body).context("unexpected reply")?;
+    for r in reports {
+        let new = r["new_generation"].as_bool().unwrap_or(false);
+        println!(
+            "{}: generation {}{} ({} files, {} changed, {} hashed)",
+            r["repo"].as_str().unwrap_or("?"),
+            r["generation"],
+            if new { " (new)" } else { " (unchanged)" },
+            r["files"],
+            r["changed_files"],
+            r["hashed_files"],
+        );
+    }
+    Ok(())
+}
+
+async fn volunteers(a: VolunteersArgs) -> Result<()> {
+    let url = match (&a.server, &a.data_dir) {
+        (Some(s), _) => Some(s.trim_end_matches('/').to_string()),
+        (None, Some(d)) => server::running_server_url(d).ok(),
+        (None, None) => bail!("pass --server URL or --data-dir DIR"),
+    };
+    let live = match &url {
+        Some(u) => match reqwest::get(format!("{u}/api/volunteers")).await {
+            Ok(r) if r.status().is_success() => Some(r.json::<Vec<server::api::VolunteerView>>().await?),
+            Ok(r) => bail!("{u}/api/volunteers: {}", r.status()),
+            Err(e) if a.data_dir.is_some() => {
+                eprintln!("note: server not reachable ({e}); showing the database only");
+                None
+            }
+            Err(e) => bail!("cannot reach {u}: {e}"),
+        },
+        None => None,
+    };
+    let rows: Vec<server::api::VolunteerView> = match live {
+        Some(v) => v,
+        None => {
+            let Some(dir) = &a.data_dir else { bail!("no server to ask") };
+            server::stored_volunteers(dir)
+                .await?
+                .into_iter()
+                .map(|r| server::api::VolunteerView {
+                    name: r.name,
+                    id: r.id,
+                    url: r.url,
+                    state: if r.revoked { "revoked".into() } else { "unknown (server not running)".into() },
+                    generations: Default::default(),
+                    customer_conns: 0,
+                    sync_conns: 0,
+                    upload_bps: 0,
+                    capacity: 0,
+                    last_announce_ms_ago: None,
+                    redirects: 0,
+                })
+                .collect()
+        }
+    };
+    println!("{:<16} {:<28} {:<16} {:<20} LOAD", "NAME", "URL", "STATE", "GENERATIONS");
+    for v in rows {
+        let gens = if v.generations.is_empty() {
+            "-".to_string()
+        } else {
+            v.generations.iter().map(|(r, g)| format!("{r}={g}")).collect::<Vec<_>>().join(",")
+        };
+        println!(
+            "{:<16} {:<28} {:<16} {:<20} {}/{} customers, {} sync, {} B/s",
+            v.name, v.url, v.state, gens, v.customer_conns, v.capacity, v.sync_conns, v.upload_bps
+        );
+    }
+    Ok(())
+}

@@ -144,9 +144,12 @@ impl Store {
         }
         let now = now_secs() as i64;
         let mut tx = self.pool.begin().await?;
+        // Write first, so the transaction takes SQLite's write lock up front: a read that
+        // later upgrades fails at once with "database is locked" under concurrent enrollments.
         let row = sqlx::query(
-            "SELECT name FROM enrollment_tokens WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?",
+            "UPDATE enrollment_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL AND expires_at > ? RETURNING name",
         )
+        .bind(now)
         .bind(token_hash(secret_part))
         .bind(now)
         .fetch_optional(&mut *tx)
@@ -155,11 +158,6 @@ impl Store {
             Some(r) => r.get(0),
             None => return Err(StoreError::BadToken),
         };
-        sqlx::query("UPDATE enrollment_tokens SET used_at = ? WHERE token_hash = ?")
-            .bind(now)
-            .bind(token_hash(secret_part))
-            .execute(&mut *tx)
-            .await?;
         // A re-enrolled name replaces a revoked record of the same name.
         sqlx::query("DELETE FROM volunteers WHERE name = ? AND revoked = 1")
             .bind(&name)
@@ -301,5 +299,23 @@ mod tests {
             store.record_generation(&rec).await.unwrap();
         }
         assert_eq!(store.latest_generation("r").await.unwrap().unwrap().generation, 3);
+    }
+
+    #[tokio::test]
+    async fn concurrent_enrollments_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).await.unwrap();
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..6 {
+            let token = store.create_enrollment(&format!("v{i}"), "fp", 60).await.unwrap();
+            let s = store.clone();
+            set.spawn(async move { s.redeem(&token, "http://x").await.map(|r| r.name) });
+        }
+        let mut names = Vec::new();
+        while let Some(r) = set.join_next().await {
+            names.push(r.unwrap().unwrap());
+        }
+        assert_eq!(names.len(), 6);
+        assert_eq!(store.volunteers().await.unwrap().len(), 6);
     }
 }

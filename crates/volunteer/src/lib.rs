@@ -1,1 +1,311 @@
-//! volunteer
+//! The volunteer daemon: serves a mirror that its admin fills, proves each file against the
+//! server's signed manifests, and announces the newest generation it fully holds together
+//! with its live workload.
+//!
+//! Code map: [`credential`] enrollment and the durable credential; [`client`] the server's
+//! HTTP API; [`holdings`] verification of the local copy; [`serve`] the customer path.
+
+pub mod client;
+pub mod credential;
+pub mod holdings;
+pub mod serve;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use axum::routing::get;
+use axum::Router;
+use config::VolunteerConfig;
+use ed25519_dalek::VerifyingKey;
+use tokio::sync::{Mutex, Notify};
+use tracker::mirror::{build_mirror_query, sign_query, MirrorReport};
+
+use crate::client::ServerClient;
+use crate::credential::Credential;
+use crate::holdings::{Holdings, HoldingsView};
+
+/// One mirrored repository: the slow verifier behind a mutex, and the view the request path
+/// reads, swapped whole after each rescan.
+pub struct Mirror {
+    pub dir: PathBuf,
+    holdings: Mutex<Holdings>,
+    view: RwLock<Arc<HoldingsView>>,
+}
+
+impl Mirror {
+    pub fn view(&self) -> Arc<HoldingsView> {
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    fn set_view(&self, v: HoldingsView) {
+        *self.view.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(v);
+    }
+}
+
+pub struct VolunteerState {
+    pub config: VolunteerConfig,
+    pub credential: Credential,
+    pub server_key: VerifyingKey,
+    pub client: ServerClient,
+    pub mirrors: BTreeMap<String, Mirror>,
+    pub active: Arc<AtomicU32>,
+    pub uploaded: AtomicU64,
+    pub rescan_now: Notify,
+    seq: AtomicU64,
+    peer_id: [u8; 20],
+}
+
+/// Get a credential: the saved one, or exchange the token for one.
+async fn obtain_credential(cfg: &VolunteerConfig, client: &ServerClient) -> Result<Credential> {
+    if let Some(c) = credential::load(&cfg.data_dir)? {
+        if c.server.trim_end_matches('/') != client.base() {
+            tracing::warn!(saved = %c.server, now = %client.base(), "server URL differs from the one enrolled with; using the saved credential");
+        }
+        return Ok(c);
+    }
+    let token = cfg
+        .token
+        .as_deref()
+        .ok_or_else(|| anyhow!("not enrolled yet: pass --token TOKEN (from `mirrorswarm enroll` on the server)"))?;
+    let c = client.enroll(token, &cfg.public_url()).await?;
+    credential::save(&cfg.data_dir, &c)?;
+    tracing::info!(name = %c.name, id = %c.volunteer_id, "enrolled; credential saved");
+    Ok(c)
+}
+
+impl VolunteerState {
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::AcqRel)
+    }
+
+    /// Bring one mirror up to date with the server: fetch manifests we lack (verifying each),
+    /// rescan the directory, publish a new view.
+    async fn refresh(&self, repo: &str, latest_hint: Option<u64>) -> Result<()> {
+        let Some(m) = self.mirrors.get(repo) else { return Ok(()) };
+        let mut h = m.holdings.lock().await;
+        let need_latest = match latest_hint {
+            Some(g) => g > h.latest_generation(),
+            None => h.latest_generation() == 0,
+        };
+        if need_latest {
+            let latest = self.client.manifest(&self.server_key, repo, "latest").await?;
+            tracing::info!(repo, generation = latest.generation, files = latest.files.len(), "new generation published");
+            h.add_manifest(latest);
+        }
+        h.rescan().await?;
+        if h.held_generation() < h.latest_generation() {
+            // Perhaps we hold an older generation: look back (each fetched once, then kept).
+            for g in h.wanted_older() {
+                match self.client.manifest(&self.server_key, repo, &g.to_string()).await {
+                    Ok(old) => h.add_manifest(old),
+                    Err(e) => {
+                        tracing::debug!(repo, generation = g, error = %format!("{e:#}"), "older manifest unavailable");
+                        break;
+                    }
+                }
+                if h.held_generation() == g {
+                    break;
+                }
+            }
+        }
+        let view = h.view();
+        let before = m.view();
+        if view.held != before.held || view.latest != before.latest || view.servable.len() != before.servable.len() {
+            tracing::info!(
+                repo, held = view.held, latest = view.latest, servable = view.servable.len(),
+                missing = view.missing.len(), "holdings"
+            );
+            for p in view.missing.iter().take(5) {
+                tracing::info!(repo, path = %p, "missing or different from the latest manifest");
+            }
+        }
+        m.set_view(view);
+        Ok(())
+    }
+
+    fn report(&self, repo: &str, upload_bps: u64) -> MirrorReport {
+        let held = self.mirrors.get(repo).map_or(0, |m| m.view().held);
+        MirrorReport {
+            volunteer: self.credential.volunteer_id.clone(),
+            seq: self.next_seq(),
+            generation: held,
+            customer_conns: self.active.load(Ordering::Acquire),
+            sync_conns: 0,
+            upload_bps,
+            capacity: self.config.max_connections,
+            url: self.config.public_url(),
+        }
+    }
+
+    fn signed_query(&self, repo: &str, upload_bps: u64, event: Option<&str>) -> Result<String> {
+        let mut q = build_mirror_query(repo, self.peer_id, self.config.listen.port(), &self.report(repo, upload_bps));
+        if let Some(ev) = event {
+            q.push_str("&event=");
+            q.push_str(ev);
+        }
+        Ok(sign_query(&self.credential.secret_bytes()?, &q))
+    }
+
+    /// Announce every mirror; returns the interval the server asked for.
+    async fn announce_all(&self, upload_bps: u64) -> Option<Duration> {
+        let mut interval = None;
+        for repo in self.mirrors.keys() {
+            let q = match self.signed_query(repo, upload_bps, None) {
+                Ok(q) => q,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot sign announce");
+                    continue;
+                }
+            };
+            match self.client.announce(&q).await {
+                Ok(reply) => {
+                    interval = Some(reply.interval);
+                    let known = self.mirrors.get(repo).map_or(0, |m| m.view().latest);
+                    if reply.latest_generation > known {
+                        if let Err(e) = self.refresh(repo, Some(reply.latest_generation)).await {
+                            tracing::warn!(repo, error = %format!("{e:#}"), "cannot refresh");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(repo, error = %format!("{e:#}"), "announce failed"),
+            }
+        }
+        interval
+    }
+
+    async fn announce_stopped(&self) {
+        for repo in self.mirrors.keys() {
+            if let Ok(q) = self.signed_query(repo, 0, Some("stopped")) {
+                let _ = self.client.announce(&q).await;
+            }
+        }
+    }
+}
+
+/// Run the volunteer until Ctrl-C / SIGTERM.
+pub async fn run(cfg: VolunteerConfig) -> Result<()> {
+    cfg.validate()?;
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let server = cfg.server.clone().unwrap_or_default();
+    let client = ServerClient::new(&server)?;
+    let credential = obtain_credential(&cfg, &client).await?;
+    let server_key = manifest::signing::parse_public_key(&credential.public_key)?;
+    match client.info().await {
+        Ok(info) if info.public_key != credential.public_key => {
+            bail!("the server at {server} presents a different signing key than the one enrolled with; refusing to trust it")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "server unreachable at start; serving what verified before"),
+    }
+    let mirrors = cfg
+        .mirrors
+        .iter()
+        .map(|(name, dir)| {
+            (
+                name.clone(),
+                Mirror {
+                    dir: dir.clone(),
+                    holdings: Mutex::new(Holdings::new(name, dir, &cfg.data_dir)),
+                    view: RwLock::new(Arc::new(HoldingsView::default())),
+                },
+            )
+        })
+        .collect();
+    let mut peer_id = *b"-MS0100-000000000000";
+    rand::Rng::fill(&mut rand::thread_rng(), &mut peer_id[8..]);
+    // Sequence numbers start at the wall clock in microseconds so that they keep increasing
+    // across restarts (the server refuses a sequence number it has seen).
+    let seq0 = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let st = Arc::new(VolunteerState {
+        config: cfg,
+        credential,
+        server_key,
+        client,
+        mirrors,
+        active: Arc::new(AtomicU32::new(0)),
+        uploaded: AtomicU64::new(0),
+        rescan_now: Notify::new(),
+        seq: AtomicU64::new(seq0),
+        peer_id,
+    });
+    for repo in st.mirrors.keys() {
+        if let Err(e) = st.refresh(repo, None).await {
+            tracing::warn!(repo, error = %format!("{e:#}"), "initial verification incomplete");
+        }
+    }
+
+    // Rescan loop: notice the admin's changes to the directory.
+    let rescanner = st.clone();
+    tokio::spawn(async move {
+        let period = Duration::from_secs(rescanner.config.rescan_secs);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = rescanner.rescan_now.notified() => {}
+            }
+            for repo in rescanner.mirrors.keys() {
+                if let Err(e) = rescanner.refresh(repo, None).await {
+                    tracing::warn!(repo, error = %format!("{e:#}"), "rescan failed");
+                }
+            }
+        }
+    });
+
+    // Announce loop.
+    let announcer = st.clone();
+    tokio::spawn(async move {
+        let mut interval = Duration::from_secs(5);
+        let mut last = (Instant::now(), 0u64);
+        loop {
+            let now = Instant::now();
+            let up = serve::uploaded(&announcer.uploaded);
+            let secs = now.duration_since(last.0).as_secs_f64().max(0.001);
+            let bps = ((up - last.1) as f64 / secs) as u64;
+            last = (now, up);
+            if let Some(i) = announcer.announce_all(bps).await {
+                interval = i;
+            }
+            tokio::time::sleep(interval).await;
+        }
+    });
+
+    let app = Router::new()
+        .route("/health", get(serve::health))
+        .fallback(serve::customer)
+        .with_state(st.clone());
+    tracing::info!(
+        listen = %st.config.listen, public_url = %st.config.public_url(), name = %st.credential.name,
+        mirrors = ?st.mirrors.keys().collect::<Vec<_>>(), "volunteer ready"
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("volunteer server failed")?;
+    st.announce_stopped().await;
+    tracing::info!("volunteer stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

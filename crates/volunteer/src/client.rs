@@ -1,0 +1,150 @@
+//! Talking to the central server: enrollment, server info, manifests, announces.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use ed25519_dalek::VerifyingKey;
+use manifest::{KeyFingerprint, Manifest, SignedManifest};
+use serde::Deserialize;
+use tracker::bencode;
+
+use crate::credential::{token_fingerprint, Credential};
+
+/// Manifests are bounded: a hostile or broken server must not exhaust memory.
+const MAX_MANIFEST_BYTES: usize = 512 << 20;
+
+#[derive(Clone)]
+pub struct ServerClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+struct EnrollResponse {
+    volunteer_id: String,
+    name: String,
+    secret: String,
+    public_key: String,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct ServerInfo {
+    pub public_key: String,
+    pub fingerprint: String,
+    pub interval_secs: u64,
+}
+
+/// What an announce told us.
+#[derive(Debug, Clone, Copy)]
+pub struct AnnounceReply {
+    pub interval: Duration,
+    pub latest_generation: u64,
+}
+
+impl ServerClient {
+    pub fn new(base: &str) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(ServerClient { base: base.trim_end_matches('/').to_string(), http })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn error_text(resp: reqwest::Response) -> String {
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        format!("{status}: {}", body.trim())
+    }
+
+    /// Exchange a one-time token for a durable credential, checking that the server's key is
+    /// the one the token vouches for.
+    pub async fn enroll(&self, token: &str, url: &str) -> Result<Credential> {
+        let expected_fp = token_fingerprint(token)?;
+        let resp = self
+            .http
+            .post(format!("{}/api/enroll", self.base))
+            .json(&serde_json::json!({ "token": token, "url": url }))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        if !resp.status().is_success() {
+            bail!("enrollment refused: {}", Self::error_text(resp).await);
+        }
+        let r: EnrollResponse = resp.json().await.context("bad enrollment response")?;
+        let key = manifest::signing::parse_public_key(&r.public_key)?;
+        if KeyFingerprint::of(&key).0 != expected_fp {
+            bail!("the server's key does not match the fingerprint in the token: wrong server or tampered response");
+        }
+        Ok(Credential {
+            server: self.base.clone(),
+            volunteer_id: r.volunteer_id,
+            name: r.name,
+            secret: r.secret,
+            public_key: r.public_key,
+        })
+    }
+
+    pub async fn info(&self) -> Result<ServerInfo> {
+        let resp = self
+            .http
+            .get(format!("{}/api/info", self.base))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        if !resp.status().is_success() {
+            bail!("server info: {}", Self::error_text(resp).await);
+        }
+        Ok(resp.json().await?)
+    }
+
+    /// Fetch and verify a manifest (`which` is a generation number or `latest`).
+    pub async fn manifest(&self, key: &VerifyingKey, repo: &str, which: &str) -> Result<Manifest> {
+        let mut resp = self
+            .http
+            .get(format!("{}/manifests/{repo}/{which}", self.base))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        if !resp.status().is_success() {
+            bail!("manifest {repo}/{which}: {}", Self::error_text(resp).await);
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await? {
+            if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
+                bail!("manifest {repo}/{which} is larger than {MAX_MANIFEST_BYTES} bytes");
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let generation = which.parse::<u64>().ok();
+        SignedManifest::verify_expected(&body, key, repo, generation)
+            .with_context(|| format!("manifest {repo}/{which} failed verification"))
+    }
+
+    /// Send a signed announce query; returns the interval and newest generation.
+    pub async fn announce(&self, signed_query: &str) -> Result<AnnounceReply> {
+        let resp = self
+            .http
+            .get(format!("{}/announce?{signed_query}", self.base))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        let status = resp.status();
+        let body = resp.bytes().await?;
+        if !status.is_success() {
+            bail!("announce: HTTP {status}");
+        }
+        let v = bencode::decode(&body).map_err(|e| anyhow!("announce reply is not bencode: {e}"))?;
+        if let Some(reason) = v.get("failure reason").and_then(|r| r.as_bytes()) {
+            bail!("announce refused: {}", String::from_utf8_lossy(reason));
+        }
+        let interval = v.get("interval").and_then(|i| i.as_int()).unwrap_or(5).clamp(1, 3600) as u64;
+        let latest = v.get("ms_generation").and_then(|g| g.as_int()).unwrap_or(0).max(0) as u64;
+        Ok(AnnounceReply { interval: Duration::from_secs(interval), latest_generation: latest })
+    }
+}

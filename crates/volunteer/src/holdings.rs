@@ -1,0 +1,213 @@
+//! What a volunteer holds of one repository, proven against signed manifests.
+//!
+//! The admin fills the directory (rsync, today; PRsync later). The volunteer hashes it
+//! (incrementally: unchanged size and mtime are not re-read), then finds the newest generation
+//! whose every file it holds byte for byte. It announces that generation, and serves a file
+//! only if the file verified against a signed manifest and has not changed on disk since.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use manifest::scan::{scan_tree, CachedFile, ScanCache};
+use manifest::Manifest;
+
+/// How many generations back a volunteer looks for one it fully holds.
+pub const MAX_LOOKBACK: u64 = 8;
+
+/// One verified file: where it is and what it was when it verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub sha256: manifest::Sha256,
+}
+
+/// A consistent view, replaced whole after every rescan.
+#[derive(Debug, Default)]
+pub struct HoldingsView {
+    /// Newest generation fully held (0: none).
+    pub held: u64,
+    /// Newest generation the server has published, as far as we know.
+    pub latest: u64,
+    /// Files that may be served.
+    pub servable: HashMap<String, Verified>,
+    /// Files in the latest manifest that are missing or differ locally.
+    pub missing: Vec<String>,
+}
+
+pub struct Holdings {
+    pub repo: String,
+    pub dir: PathBuf,
+    cache_path: PathBuf,
+    scan: ScanCache,
+    /// Verified manifests by generation (immutable once verified).
+    manifests: BTreeMap<u64, Arc<Manifest>>,
+}
+
+fn holds_all(m: &Manifest, scan: &ScanCache) -> bool {
+    m.files.iter().all(|(p, e)| {
+        scan.get(p)
+            .is_some_and(|c| c.size == e.size && c.sha256 == e.sha256)
+    })
+}
+
+impl Holdings {
+    pub fn new(repo: &str, dir: &Path, data_dir: &Path) -> Self {
+        let cache_path = data_dir.join(format!("verified-{repo}.json"));
+        let scan = std::fs::read(&cache_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<ScanCache>(&b).ok())
+            .unwrap_or_default();
+        Holdings {
+            repo: repo.to_string(),
+            dir: dir.to_path_buf(),
+            cache_path,
+            scan,
+            manifests: BTreeMap::new(),
+        }
+    }
+
+    pub fn latest_generation(&self) -> u64 {
+        self.manifests.keys().next_back().copied().unwrap_or(0)
+    }
+
+    pub fn has_manifest(&self, generation: u64) -> bool {
+        self.manifests.contains_key(&generation)
+    }
+
+    pub fn add_manifest(&mut self, m: Manifest) {
+        self.manifests.insert(m.generation, Arc::new(m));
+        // Keep only what lookback can use.
+        while self.manifests.len() as u64 > MAX_LOOKBACK + 1 {
+            self.manifests.pop_first();
+        }
+    }
+
+    /// Generations that would be worth fetching to find one we fully hold.
+    pub fn wanted_older(&self) -> Vec<u64> {
+        let latest = self.latest_generation();
+        (latest.saturating_sub(MAX_LOOKBACK).max(1)..latest)
+            .rev()
+            .filter(|g| !self.manifests.contains_key(g))
+            .collect()
+    }
+
+    /// Re-read the directory (hashing only what changed) and persist the cache.
+    pub async fn rescan(&mut self) -> Result<()> {
+        let dir = self.dir.clone();
+        let cache = std::mem::take(&mut self.scan);
+        let out = tokio::task::spawn_blocking(move || scan_tree(&dir, &cache))
+            .await
+            .context("scan task failed")?
+            .with_context(|| format!("scanning {}", self.dir.display()))?;
+        if out.hashed > 0 {
+            tracing::info!(repo = %self.repo, files = out.hashed, bytes = out.hashed_bytes, "hashed changed files");
+        }
+        self.scan = out.files;
+        if let Ok(bytes) = serde_json::to_vec(&self.scan) {
+            let tmp = self.cache_path.with_extension("tmp");
+            if std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, &self.cache_path)).is_err() {
+                tracing::warn!(path = %self.cache_path.display(), "cannot save verification cache");
+            }
+        }
+        Ok(())
+    }
+
+    /// The newest generation, among verified manifests, whose every file we hold.
+    pub fn held_generation(&self) -> u64 {
+        self.manifests
+            .iter()
+            .rev()
+            .find(|(_, m)| holds_all(m, &self.scan))
+            .map_or(0, |(g, _)| *g)
+    }
+
+    /// Build the view the request path and announcer use.
+    pub fn view(&self) -> HoldingsView {
+        let held = self.held_generation();
+        let latest = self.latest_generation();
+        let relevant: Vec<&Arc<Manifest>> = [self.manifests.get(&latest), self.manifests.get(&held)]
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut servable = HashMap::new();
+        for m in &relevant {
+            for (path, e) in &m.files {
+                if let Some(c) = self.scan.get(path).filter(|c| c.size == e.size && c.sha256 == e.sha256) {
+                    servable.insert(path.clone(), verified(c));
+                }
+            }
+        }
+        let missing = self
+            .manifests
+            .get(&latest)
+            .map(|m| {
+                m.files
+                    .iter()
+                    .filter(|(p, e)| !self.scan.get(*p).is_some_and(|c| c.sha256 == e.sha256 && c.size == e.size))
+                    .map(|(p, _)| p.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        HoldingsView { held, latest, servable, missing }
+    }
+}
+
+fn verified(c: &CachedFile) -> Verified {
+    Verified { size: c.size, mtime_ns: c.mtime_ns, sha256: c.sha256 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use manifest::scan::hash_file;
+
+    fn manifest_of(dir: &Path, generation: u64, paths: &[&str]) -> Manifest {
+        let files = paths
+            .iter()
+            .map(|p| {
+                let full = dir.join(p);
+                let size = std::fs::metadata(&full).unwrap().len();
+                (p.to_string(), (size, hash_file(&full).unwrap()))
+            })
+            .collect();
+        Manifest::next("r", None, files, generation, 0)
+    }
+
+    #[tokio::test]
+    async fn held_generation_tracks_the_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("m");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a"), b"a1").unwrap();
+        std::fs::write(dir.join("b"), b"b1").unwrap();
+        let g1 = manifest_of(&dir, 1, &["a", "b"]);
+        std::fs::write(dir.join("b"), b"b2").unwrap();
+        let g2 = manifest_of(&dir, 2, &["a", "b"]);
+        std::fs::write(dir.join("b"), b"b1").unwrap(); // the admin has not caught up
+
+        let mut h = Holdings::new("r", &dir, tmp.path());
+        h.add_manifest(g2);
+        h.rescan().await.unwrap();
+        assert_eq!(h.view().held, 0);
+        assert_eq!(h.wanted_older(), vec![1]);
+        h.add_manifest(g1);
+        let v = h.view();
+        assert_eq!((v.held, v.latest), (1, 2));
+        assert_eq!(v.missing, vec!["b".to_string()]);
+        assert!(v.servable.contains_key("a") && v.servable.contains_key("b"));
+
+        std::fs::write(dir.join("b"), b"b2").unwrap(); // caught up
+        h.rescan().await.unwrap();
+        assert_eq!(h.view().held, 2);
+
+        std::fs::write(dir.join("a"), b"tampered").unwrap();
+        h.rescan().await.unwrap();
+        let v = h.view();
+        assert_eq!(v.held, 0);
+        assert!(!v.servable.contains_key("a"));
+        assert!(v.servable.contains_key("b"));
+    }
+}

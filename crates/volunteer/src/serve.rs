@@ -1,0 +1,130 @@
+//! Serving customers: only verified files, within the admin's connection cap.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use fileserve::ServeOptions;
+
+use crate::VolunteerState;
+
+/// Counts one active customer download for as long as it lives.
+pub struct ActiveGuard(Arc<AtomicU32>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Take a slot if fewer than `max` are taken.
+fn try_acquire(active: &Arc<AtomicU32>, max: u32) -> Option<ActiveGuard> {
+    active
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+        .ok()
+        .map(|_| ActiveGuard(active.clone()))
+}
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response {
+    let mut body = msg.into();
+    body.push('\n');
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+pub async fn health(State(st): State<Arc<VolunteerState>>) -> Response {
+    let mut mirrors = serde_json::Map::new();
+    for (name, m) in &st.mirrors {
+        let v = m.view();
+        mirrors.insert(
+            name.clone(),
+            serde_json::json!({ "held": v.held, "latest": v.latest, "servable_files": v.servable.len(), "missing_files": v.missing.len() }),
+        );
+    }
+    Json(serde_json::json!({
+        "status": "ok",
+        "name": st.credential.name,
+        "active_connections": st.active.load(Ordering::Acquire),
+        "max_connections": st.config.max_connections,
+        "mirrors": mirrors,
+    }))
+    .into_response()
+}
+
+pub async fn customer(State(st): State<Arc<VolunteerState>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are allowed");
+        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let decoded = match fileserve::decode_url_path(uri.path()) {
+        Ok(p) => p,
+        Err(e) => return text(e.status(), format!("bad path: {e}")),
+    };
+    let path = decoded.trim_start_matches('/');
+    let (repo, rel) = path.split_once('/').unwrap_or((path, ""));
+    let Some(mirror) = st.mirrors.get(repo) else {
+        return text(StatusCode::NOT_FOUND, format!("this volunteer does not mirror `{repo}`"));
+    };
+    let Some(verified) = mirror.view().servable.get(rel).copied() else {
+        return text(StatusCode::NOT_FOUND, format!("`{rel}` is not a verified file of `{repo}` here"));
+    };
+    let file = match fileserve::safe_join(&mirror.dir, rel) {
+        Ok(f) => f,
+        Err(e) => return text(e.status(), format!("`{rel}`: {e}")),
+    };
+    // The file must still be what verified: a change on disk since the last scan (an admin
+    // copying in a new version, or tampering) takes it out of service until it re-verifies.
+    let unchanged = tokio::fs::metadata(&file)
+        .await
+        .map(|m| manifest::scan::stat_key(&m) == (verified.size, verified.mtime_ns))
+        .unwrap_or(false);
+    if !unchanged {
+        tracing::warn!(repo, path = rel, "file changed on disk since it verified; not serving it");
+        st.rescan_now.notify_one();
+        return text(StatusCode::NOT_FOUND, format!("`{rel}` changed on disk and is being re-verified"));
+    }
+    let Some(guard) = try_acquire(&st.active, st.config.max_connections) else {
+        let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "too many customers right now; retry shortly");
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+        return r;
+    };
+    let opts = ServeOptions {
+        etag: Some(verified.sha256.to_hex()),
+        content_type: Some(fileserve::content_type_for(std::path::Path::new(rel))),
+        extra_headers: HeaderMap::new(),
+    };
+    let resp = fileserve::serve_file(&method, &headers, &file, &opts).await;
+    if method == Method::GET && resp.status().is_success() {
+        let len = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        st.uploaded.fetch_add(len, Ordering::Relaxed);
+    }
+    fileserve::with_guard(resp, guard)
+}
+
+/// Bytes uploaded, for the reported upload rate.
+pub fn uploaded(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_capped_and_released() {
+        let active = Arc::new(AtomicU32::new(0));
+        let a = try_acquire(&active, 2).unwrap();
+        let _b = try_acquire(&active, 2).unwrap();
+        assert!(try_acquire(&active, 2).is_none());
+        drop(a);
+        assert!(try_acquire(&active, 2).is_some());
+    }
+}

@@ -149,9 +149,10 @@ pub async fn customer(State(st): State<Arc<AppState>>, method: Method, uri: Uri,
         urls.push(origin);
         let name = rel.rsplit('/').next().unwrap_or(rel);
         let doc = metalink::render(name, &entry, &urls);
-        let mut r = (StatusCode::OK, [(header::CONTENT_TYPE, "application/metalink4+xml")], if method == Method::HEAD { String::new() } else { doc }).into_response();
-        r.headers_mut().extend(extra);
-        return r;
+        // No Digest headers here: they would describe this document, not the file, and
+        // aria2c checks them against what it downloaded.
+        let body = if method == Method::HEAD { String::new() } else { doc };
+        return (StatusCode::OK, [(header::CONTENT_TYPE, "application/metalink4+xml")], body).into_response();
     }
 
     if !origin_only && entry.size > st.config.redirect.direct_max_bytes {

@@ -53,6 +53,8 @@ pub struct VolunteerState {
     pub mirrors: BTreeMap<String, Mirror>,
     pub active: Arc<AtomicU32>,
     pub uploaded: AtomicU64,
+    /// Successful GETs served (for the status page and tests).
+    pub served: AtomicU64,
     pub rescan_now: Notify,
     seq: AtomicU64,
     peer_id: [u8; 20],
@@ -230,6 +232,7 @@ pub async fn run(cfg: VolunteerConfig) -> Result<()> {
         mirrors,
         active: Arc::new(AtomicU32::new(0)),
         uploaded: AtomicU64::new(0),
+        served: AtomicU64::new(0),
         rescan_now: Notify::new(),
         seq: AtomicU64::new(seq0),
         peer_id,

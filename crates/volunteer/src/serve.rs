@@ -47,6 +47,8 @@ pub async fn health(State(st): State<Arc<VolunteerState>>) -> Response {
         "status": "ok",
         "name": st.credential.name,
         "active_connections": st.active.load(Ordering::Acquire),
+        "served_requests": st.served.load(Ordering::Relaxed),
+        "uploaded_bytes": st.uploaded.load(Ordering::Relaxed),
         "max_connections": st.config.max_connections,
         "mirrors": mirrors,
     }))
@@ -105,6 +107,7 @@ pub async fn customer(State(st): State<Arc<VolunteerState>>, method: Method, uri
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
         st.uploaded.fetch_add(len, Ordering::Relaxed);
+        st.served.fetch_add(1, Ordering::Relaxed);
     }
     fileserve::with_guard(resp, guard)
 }

@@ -1,0 +1,310 @@
+//! Harness for end-to-end tests: real `mirrorswarm` processes on loopback, real clients.
+//! Every wait is bounded; every child process is killed when its handle drops.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mirrorswarm");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so files differ but tests are repeatable.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+pub fn copy_tree(from: &Path, to: &Path) {
+    for e in walk(from) {
+        let rel = e.strip_prefix(from).unwrap();
+        let dest = to.join(rel);
+        if e.is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+        } else {
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::copy(&e, &dest).unwrap();
+        }
+    }
+}
+
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Proc {
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(args: &[&str], log: &Path) -> Proc {
+        let err = std::fs::File::create(log).unwrap();
+        let child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info,mirrorswarm_server::redirect=debug,sqlx=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("spawn mirrorswarm");
+        Proc { child: Some(child), log: log.to_path_buf() }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Ask it to stop (SIGTERM) and wait, bounded.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// Poll `f` every 100 ms until it returns true or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+pub struct Server {
+    pub url: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub repo_dir: PathBuf,
+    pub proc: Proc,
+    pub args: Vec<String>,
+}
+
+pub struct Volunteer {
+    pub name: String,
+    pub url: String,
+    pub port: u16,
+    pub mirror: PathBuf,
+    pub data_dir: PathBuf,
+    pub proc: Proc,
+}
+
+/// A server publishing `repo` (name `debian`) with a 1 s announce interval.
+pub async fn start_server(root: &Path, repo_dir: &Path, extra: &[&str]) -> Server {
+    let port = free_port();
+    let data_dir = root.join("server-data");
+    let mut args: Vec<String> = vec![
+        "server".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--repo".into(),
+        format!("debian={}", repo_dir.display()),
+        "--announce-interval".into(),
+        "1".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let proc = Proc::spawn(&argv, &root.join("server.log"));
+    let url = format!("http://127.0.0.1:{port}");
+    let s = Server { url: url.clone(), port, data_dir, repo_dir: repo_dir.to_path_buf(), proc, args };
+    let c = http();
+    wait_until(Duration::from_secs(30), "server health", || {
+        let c = c.clone();
+        let u = format!("{url}/health");
+        async move { c.get(u).send().await.is_ok_and(|r| r.status().is_success()) }
+    })
+    .await;
+    s
+}
+
+impl Server {
+    pub fn restart(&mut self) {
+        self.proc.terminate();
+        let argv: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let log = self.proc.log.with_extension("restarted.log");
+        self.proc = Proc::spawn(&argv, &log);
+    }
+
+    pub fn enroll(&self, name: &str) -> String {
+        let out = Command::new(BIN)
+            .args(["enroll", "--data-dir", self.data_dir.to_str().unwrap(), "--name", name])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "enroll failed: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        stdout.lines().last().unwrap().trim().to_string()
+    }
+
+    pub fn publish(&self) -> String {
+        let out = Command::new(BIN)
+            .args(["publish", "--data-dir", self.data_dir.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "publish failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub async fn volunteers(&self) -> Vec<serde_json::Value> {
+        match http().get(format!("{}/api/volunteers", self.url)).send().await {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The generation a volunteer is known to hold, if it is healthy.
+    pub async fn held(&self, name: &str) -> Option<u64> {
+        self.volunteers()
+            .await
+            .into_iter()
+            .find(|v| v["name"] == name && v["state"] == "healthy")
+            .and_then(|v| v["generations"]["debian"].as_u64())
+    }
+
+    pub async fn wait_held(&self, name: &str, generation: u64) {
+        wait_until(Duration::from_secs(30), &format!("{name} to hold generation {generation}"), || async {
+            self.held(name).await == Some(generation)
+        })
+        .await;
+    }
+
+    /// Where the server sends a customer for `path` (None: it serves the file itself).
+    pub async fn location(&self, path: &str) -> Option<String> {
+        let r = http().head(format!("{}/debian/{path}", self.url)).send().await.unwrap();
+        if r.status() == reqwest::StatusCode::FOUND {
+            Some(r.headers()["location"].to_str().unwrap().to_string())
+        } else {
+            assert_eq!(r.status(), reqwest::StatusCode::OK, "unexpected status for {path}");
+            None
+        }
+    }
+}
+
+/// Start a volunteer whose admin copied `source` into its mirror directory.
+pub async fn start_volunteer(root: &Path, server: &Server, name: &str, source: &Path) -> Volunteer {
+    let mirror = root.join(name).join("debian");
+    copy_tree(source, &mirror);
+    let token = server.enroll(name);
+    let port = free_port();
+    let data_dir = root.join(name).join("data");
+    let v = Volunteer {
+        name: name.to_string(),
+        url: format!("http://127.0.0.1:{port}"),
+        port,
+        mirror: mirror.clone(),
+        data_dir: data_dir.clone(),
+        proc: Proc::spawn(&volunteer_args(server, &token, port, &data_dir, &mirror).iter().map(String::as_str).collect::<Vec<_>>(), &root.join(format!("{name}.log"))),
+    };
+    v
+}
+
+pub fn volunteer_args(server: &Server, token: &str, port: u16, data_dir: &Path, mirror: &Path) -> Vec<String> {
+    vec![
+        "volunteer".into(),
+        "--server".into(),
+        server.url.clone(),
+        "--token".into(),
+        token.into(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--mirror".into(),
+        format!("debian={}", mirror.display()),
+        "--rescan-secs".into(),
+        "1".into(),
+    ]
+}
+
+/// The sample apt repository plus two large plain files, in `dir`.
+pub fn sample_repo(dir: &Path) -> server::sample_repo::AptRepoLayout {
+    std::fs::create_dir_all(dir).unwrap();
+    let layout = server::sample_repo::write_apt_repo(dir, "stable", "main", &server::sample_repo::default_packages()).unwrap();
+    std::fs::create_dir_all(dir.join("big")).unwrap();
+    std::fs::write(dir.join("big/a.bin"), noise(1, 300_000)).unwrap();
+    std::fs::write(dir.join("big/b.bin"), noise(2, 300_000)).unwrap();
+    layout
+}
+
+pub fn run(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().expect("run command");
+    out
+}
+
+pub fn dump_logs(procs: &[&Proc]) -> String {
+    procs.iter().map(|p| format!("--- {}\n{}", p.log.display(), tail(&p.log_text(), 60))).collect()
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

@@ -22,7 +22,7 @@ async fn served_total(vols: &[&Volunteer]) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn curl_wget_apt_and_aria2c_get_exact_bytes_from_volunteers() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = TestDir::new();
     let root = tmp.path();
     let repo = root.join("repo");
     sample_repo(&repo);

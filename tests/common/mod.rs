@@ -308,3 +308,29 @@ fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// A scratch directory that is removed after a passing test and kept (its path printed) after
+/// a failing one, so the processes' logs can be read.
+pub struct TestDir {
+    dir: Option<tempfile::TempDir>,
+}
+
+impl TestDir {
+    pub fn new() -> TestDir {
+        TestDir { dir: Some(tempfile::tempdir().unwrap()) }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().unwrap().path()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(d) = self.dir.take() {
+                let kept = d.keep();
+                eprintln!("test failed: logs kept in {}", kept.display());
+            }
+        }
+    }
+}

@@ -32,11 +32,16 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Copy a tree as `rsync -a` would: symlinks stay symlinks.
 pub fn copy_tree(from: &Path, to: &Path) {
     for e in walk(from) {
         let rel = e.strip_prefix(from).unwrap();
         let dest = to.join(rel);
-        if e.is_dir() {
+        let meta = std::fs::symlink_metadata(&e).unwrap();
+        if meta.file_type().is_symlink() {
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(std::fs::read_link(&e).unwrap(), &dest).unwrap();
+        } else if meta.is_dir() {
             std::fs::create_dir_all(&dest).unwrap();
         } else {
             std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
@@ -50,8 +55,9 @@ fn walk(root: &Path) -> Vec<PathBuf> {
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
+            let e = e.unwrap();
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
                 stack.push(p.clone());
             }
             out.push(p);

@@ -1,0 +1,204 @@
+//! Hostile paths, malformed and forged announces, wrong tokens, and a volunteer whose copy was
+//! altered on disk: each gets a clear refusal and nothing is read, served or lost.
+
+mod common;
+
+use std::process::Command;
+use common::*;
+use tracker::mirror::{build_mirror_query, sign_query, MirrorReport};
+
+fn curl_status(url: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "--path-as-is", "-o", "/dev/null", "-w", "%{http_code}", url])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn traversal_attempts_are_refused_by_server_and_volunteer() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    sample_repo(&repo);
+    std::fs::write(root.join("secret.txt"), b"do not serve").unwrap();
+    std::os::unix::fs::symlink(root.join("secret.txt"), repo.join("escape.txt")).unwrap();
+    std::os::unix::fs::symlink("/etc", repo.join("etc")).unwrap();
+    let server = start_server(root, &repo, &[]).await;
+    let v = start_volunteer(root, &server, "v", &repo).await;
+    server.wait_held("v", 1).await;
+    for base in [&server.url, &v.url] {
+        for path in [
+            "/debian/../../etc/passwd",
+            "/debian/%2e%2e/%2e%2e/etc/passwd",
+            "/debian/%2E%2E/secret.txt",
+            "/debian/big%2F..%2F..%2Fsecret.txt",
+            "//etc/passwd",
+            "/debian/big/a.bin%00",
+            "/debian/big\\..\\a.bin",
+            "/debian/./big/a.bin",
+        ] {
+            let code = curl_status(&format!("{base}{path}"));
+            assert!(code == "400" || code == "404", "{base}{path} → {code}");
+        }
+        // Symlinks leading out of the root were never published.
+        assert_eq!(curl_status(&format!("{base}/debian/escape.txt")), "404");
+        assert_eq!(curl_status(&format!("{base}/debian/etc/passwd")), "404");
+    }
+    let log = server.proc.log_text();
+    assert!(log.contains("escape.txt") && log.contains("not published"), "skips must be logged");
+}
+
+fn credential(v: &Volunteer) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(v.data_dir.join("credential.json")).unwrap()).unwrap()
+}
+
+async fn announce(server: &Server, query: &str) -> String {
+    let r = http().get(format!("{}/announce?{query}", server.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    String::from_utf8_lossy(&r.bytes().await.unwrap()).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_oversized_forged_and_replayed_announces_are_refused() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    sample_repo(&repo);
+    let server = start_server(root, &repo, &[]).await;
+    let v = start_volunteer(root, &server, "v", &repo).await;
+    server.wait_held("v", 1).await;
+
+    assert!(announce(&server, "").await.contains("failure reason"));
+    assert!(announce(&server, "info_hash=abc&peer_id=x&port=1").await.contains("info_hash must be 20 bytes"));
+    let huge = format!("info_hash={}", "a".repeat(10_000));
+    assert!(announce(&server, &huge).await.contains("failure reason"));
+    assert!(announce(&server, "info_hash=%zz").await.contains("failure reason"));
+
+    let cred = credential(&v);
+    let id = cred["volunteer_id"].as_str().unwrap().to_string();
+    let secret = hex::decode(cred["secret"].as_str().unwrap()).unwrap();
+    let report = |seq: u64, generation: u64| MirrorReport {
+        volunteer: id.clone(),
+        seq,
+        generation,
+        customer_conns: 0,
+        sync_conns: 0,
+        upload_bps: 0,
+        capacity: 8,
+        url: "http://127.0.0.1:9".into(),
+    };
+    let unsigned = build_mirror_query("debian", *b"-MS0100-aaaaaaaaaaaa", 9, &report(1, 1));
+    // Unsigned, forged with another key, tampered after signing.
+    assert!(announce(&server, &unsigned).await.contains("failure reason"));
+    let forged = sign_query(b"not the secret", &unsigned);
+    assert!(announce(&server, &forged).await.contains("bad signature"));
+    let seq = u64::MAX / 2;
+    let good = sign_query(&secret, &build_mirror_query("debian", *b"-MS0100-aaaaaaaaaaaa", 9, &report(seq, 1)));
+    let tampered = good.replace("ms_cc=0", "ms_cc=9");
+    assert!(announce(&server, &tampered).await.contains("bad signature"));
+    // Unknown volunteer and unknown repository.
+    let mut stranger = report(1, 1);
+    stranger.volunteer = "nobody".into();
+    let q = sign_query(&secret, &build_mirror_query("debian", *b"-MS0100-aaaaaaaaaaaa", 9, &stranger));
+    assert!(announce(&server, &q).await.contains("unknown volunteer"));
+    let q = sign_query(&secret, &build_mirror_query("other", *b"-MS0100-aaaaaaaaaaaa", 9, &report(seq, 1)));
+    assert!(announce(&server, &q).await.contains("unknown repository"));
+    // A good one is accepted once; its replay is refused.
+    let first = announce(&server, &good).await;
+    assert!(!first.contains("failure reason"), "{first}");
+    assert!(announce(&server, &good).await.contains("replayed"));
+    // Scrape of something unknown answers with zeros, malformed scrape with a failure.
+    let r = http().get(format!("{}/scrape?info_hash=short", server.url)).send().await.unwrap();
+    assert!(String::from_utf8_lossy(&r.bytes().await.unwrap()).contains("failure reason"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_reused_and_malformed_tokens_are_refused() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    sample_repo(&repo);
+    let server = start_server(root, &repo, &[]).await;
+    let mirror = root.join("m");
+    copy_tree(&repo, &mirror);
+
+    let run_volunteer = |token: &str, data: &str| {
+        let args = volunteer_args(&server, token, free_port(), &root.join(data), &mirror);
+        Command::new(BIN).args(&args).output().unwrap()
+    };
+    let out = run_volunteer(&format!("{}.{}", "0".repeat(32), "0".repeat(32)), "d1");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("enrollment refused"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run_volunteer("garbage", "d2");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("malformed token"));
+
+    // A real token works once: the first volunteer enrolls, a second use is refused.
+    let token = server.enroll("once");
+    let mut first = Proc::spawn(
+        &volunteer_args(&server, &token, free_port(), &root.join("d3"), &mirror).iter().map(String::as_str).collect::<Vec<_>>(),
+        &root.join("once.log"),
+    );
+    server.wait_held("once", 1).await;
+    let out = run_volunteer(&token, "d4");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("enrollment refused"));
+    first.terminate();
+
+    // The enrollment endpoint refuses junk with 400s, not 500s.
+    let c = http();
+    let r = c.post(format!("{}/api/enroll", server.url)).body("not json").header("content-type", "application/json").send().await.unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
+    let r = c.post(format!("{}/api/enroll", server.url)).json(&serde_json::json!({"token": token, "url": "ftp://x"})).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    // Publishing needs the admin token.
+    let r = c.post(format!("{}/admin/publish", server.url)).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    // Enrolling a name twice is refused with a clear message.
+    let out = Command::new(BIN).args(["enroll", "--data-dir", server.data_dir.to_str().unwrap(), "--name", "once"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already enrolled"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_altered_on_a_volunteer_is_neither_served_nor_announced() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    sample_repo(&repo);
+    let server = start_server(root, &repo, &[]).await;
+    let honest = start_volunteer(root, &server, "honest", &repo).await;
+    let altered = start_volunteer(root, &server, "altered", &repo).await;
+    server.wait_held("honest", 1).await;
+    server.wait_held("altered", 1).await;
+
+    let original = std::fs::read(altered.mirror.join("big/a.bin")).unwrap();
+    let mut bad = original.clone();
+    bad[1000] ^= 0xff;
+    std::fs::write(altered.mirror.join("big/a.bin"), &bad).unwrap();
+
+    // At once: the volunteer refuses to serve the changed file (it no longer matches what
+    // verified), and after its rescan it no longer announces generation 1.
+    let r = http().get(format!("{}/debian/big/a.bin", altered.url)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    server.wait_held("altered", 0).await;
+    for _ in 0..20 {
+        let loc = server.location("big/a.bin").await.unwrap();
+        assert!(loc.starts_with(&honest.url), "sent to the altered volunteer: {loc}");
+        let loc = server.location("big/b.bin").await.unwrap();
+        assert!(loc.starts_with(&honest.url), "a volunteer not holding a full generation was chosen: {loc}");
+    }
+    // Its untouched files remain verified and servable directly.
+    let r = http().get(format!("{}/debian/big/b.bin", altered.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // The admin restores the file: it verifies again and is chosen again.
+    std::fs::write(altered.mirror.join("big/a.bin"), &original).unwrap();
+    server.wait_held("altered", 1).await;
+    let mut seen_altered = false;
+    for _ in 0..20 {
+        seen_altered |= server.location("big/a.bin").await.unwrap().starts_with(&altered.url);
+    }
+    assert!(seen_altered);
+}

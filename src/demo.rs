@@ -63,7 +63,11 @@ fn walkdir_like(root: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-async fn wait_until<F: Fn(&serde_json::Value) -> bool>(url: &str, pred: F, what: &str) -> Result<()> {
+async fn wait_until<F: Fn(&serde_json::Value) -> bool>(
+    url: &str,
+    pred: F,
+    what: &str,
+) -> Result<()> {
     for _ in 0..200 {
         if let Ok(r) = reqwest::get(url).await {
             if let Ok(v) = r.json::<serde_json::Value>().await {
@@ -84,13 +88,22 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     };
     let repo = base.join("repo");
     std::fs::create_dir_all(&repo).with_context(|| format!("creating {}", repo.display()))?;
-    let layout = server::sample_repo::write_apt_repo(&repo, "stable", "main", &server::sample_repo::default_packages())
-        .context("writing the sample repository")?;
+    let layout = server::sample_repo::write_apt_repo(
+        &repo,
+        "stable",
+        "main",
+        &server::sample_repo::default_packages(),
+    )
+    .context("writing the sample repository")?;
 
     let port = free_port(a.port)?;
     let server_url = format!("http://127.0.0.1:{port}");
     let data = base.join("server");
-    let mut scfg = ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], port)), data_dir: data.clone(), ..Default::default() };
+    let mut scfg = ServerConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        data_dir: data.clone(),
+        ..Default::default()
+    };
     scfg.repos.insert("debian".into(), repo.clone());
     scfg.tracker.interval_secs = 2;
     // Redirect everything above 16 KiB so the demo shows volunteers at work.
@@ -104,13 +117,15 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         // The volunteer's admin fills the mirror (as with rsync today).
         copy_tree(&repo, &mirror)?;
         let vport = free_port(0)?;
-        let token = server::create_enrollment_token(&data, &name, 3600).await.or_else(|e| {
-            if e.to_string().contains("already enrolled") {
-                Ok(String::new())
-            } else {
-                Err(e)
-            }
-        })?;
+        let token = server::create_enrollment_token(&data, &name, 3600)
+            .await
+            .or_else(|e| {
+                if e.to_string().contains("already enrolled") {
+                    Ok(String::new())
+                } else {
+                    Err(e)
+                }
+            })?;
         let mut v = VolunteerConfig {
             server: Some(server_url.clone()),
             token: (!token.is_empty()).then_some(token),
@@ -125,7 +140,12 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     }
 
     let server_task = tokio::spawn(server::run(scfg));
-    wait_until(&format!("{server_url}/health"), |v| v["status"] == "ok", "the server").await?;
+    wait_until(
+        &format!("{server_url}/health"),
+        |v| v["status"] == "ok",
+        "the server",
+    )
+    .await?;
     let mut tasks = vec![server_task];
     for v in vcfgs.iter().cloned() {
         tasks.push(tokio::spawn(volunteer::run(v)));
@@ -133,14 +153,25 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     let n = a.volunteers;
     wait_until(
         &format!("{server_url}/api/volunteers"),
-        |v| v.as_array().is_some_and(|a| a.iter().filter(|x| x["state"] == "healthy").count() >= n),
+        |v| {
+            v.as_array()
+                .is_some_and(|a| a.iter().filter(|x| x["state"] == "healthy").count() >= n)
+        },
         "the volunteers",
     )
     .await?;
 
-    let big = layout.deb_paths.iter().find(|p| p.contains("ms-data")).cloned().unwrap_or_default();
+    let big = layout
+        .deb_paths
+        .iter()
+        .find(|p| p.contains("ms-data"))
+        .cloned()
+        .unwrap_or_default();
     println!();
-    println!("mirrorswarm demo is running (files under {}).", base.display());
+    println!(
+        "mirrorswarm demo is running (files under {}).",
+        base.display()
+    );
     println!("  server:      {server_url}/   (repository `debian`)");
     for v in &vcfgs {
         println!("  volunteer:   {}", v.public_url());

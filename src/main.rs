@@ -11,7 +11,12 @@ use clap::{Args, Parser, Subcommand};
 use config::{ServerConfig, VolunteerConfig};
 
 #[derive(Parser)]
-#[command(name = "mirrorswarm", version, about = "A software mirror built from one central server plus volunteer machines.", long_about = "A software mirror built from one central server plus volunteer machines.\n\nCustomers point apt, dnf, wget or curl at the server; it redirects each request to the volunteer best able to serve it now, or serves the file itself. Start with `mirrorswarm demo`.")]
+#[command(
+    name = "mirrorswarm",
+    version,
+    about = "A software mirror built from one central server plus volunteer machines.",
+    long_about = "A software mirror built from one central server plus volunteer machines.\n\nCustomers point apt, dnf, wget or curl at the server; it redirects each request to the volunteer best able to serve it now, or serves the file itself. Start with `mirrorswarm demo`."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -127,8 +132,12 @@ struct VolunteersArgs {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> ExitCode {
@@ -156,8 +165,12 @@ async fn dispatch(cmd: Command) -> Result<()> {
         Command::Volunteer(a) => volunteer::run(volunteer_config(a)?).await,
         Command::Publish(a) => publish(a).await,
         Command::Enroll(a) => {
-            let token = server::create_enrollment_token(&a.data_dir, &a.name, a.ttl_hours * 3600).await?;
-            eprintln!("Enrollment token for `{}` (valid {} h, works once). On the volunteer run:", a.name, a.ttl_hours);
+            let token =
+                server::create_enrollment_token(&a.data_dir, &a.name, a.ttl_hours * 3600).await?;
+            eprintln!(
+                "Enrollment token for `{}` (valid {} h, works once). On the volunteer run:",
+                a.name, a.ttl_hours
+            );
             eprintln!("  mirrorswarm volunteer --server <SERVER-URL> --token <TOKEN> --mirror NAME=DIR ...");
             println!("{token}");
             Ok(())
@@ -251,7 +264,8 @@ async fn publish(a: PublishArgs) -> Result<()> {
     if !status.is_success() {
         bail!("publish failed: {status}: {}", body.trim());
     }
-    let reports: Vec<serde_json::Value> = serde_json::from_str(&body).context("unexpected reply")?;
+    let reports: Vec<serde_json::Value> =
+        serde_json::from_str(&body).context("unexpected reply")?;
     for r in reports {
         let new = r["new_generation"].as_bool().unwrap_or(false);
         println!(
@@ -275,7 +289,9 @@ async fn volunteers(a: VolunteersArgs) -> Result<()> {
     };
     let live = match &url {
         Some(u) => match reqwest::get(format!("{u}/api/volunteers")).await {
-            Ok(r) if r.status().is_success() => Some(r.json::<Vec<server::api::VolunteerView>>().await?),
+            Ok(r) if r.status().is_success() => {
+                Some(r.json::<Vec<server::api::VolunteerView>>().await?)
+            }
             Ok(r) => bail!("{u}/api/volunteers: {}", r.status()),
             Err(e) if a.data_dir.is_some() => {
                 eprintln!("note: server not reachable ({e}); showing the database only");
@@ -288,7 +304,9 @@ async fn volunteers(a: VolunteersArgs) -> Result<()> {
     let rows: Vec<server::api::VolunteerView> = match live {
         Some(v) => v,
         None => {
-            let Some(dir) = &a.data_dir else { bail!("no server to ask") };
+            let Some(dir) = &a.data_dir else {
+                bail!("no server to ask")
+            };
             server::stored_volunteers(dir)
                 .await?
                 .into_iter()
@@ -296,7 +314,11 @@ async fn volunteers(a: VolunteersArgs) -> Result<()> {
                     name: r.name,
                     id: r.id,
                     url: r.url,
-                    state: if r.revoked { "revoked".into() } else { "unknown (server not running)".into() },
+                    state: if r.revoked {
+                        "revoked".into()
+                    } else {
+                        "unknown (server not running)".into()
+                    },
                     generations: Default::default(),
                     customer_conns: 0,
                     sync_conns: 0,
@@ -308,12 +330,19 @@ async fn volunteers(a: VolunteersArgs) -> Result<()> {
                 .collect()
         }
     };
-    println!("{:<16} {:<28} {:<16} {:<20} LOAD", "NAME", "URL", "STATE", "GENERATIONS");
+    println!(
+        "{:<16} {:<28} {:<16} {:<20} LOAD",
+        "NAME", "URL", "STATE", "GENERATIONS"
+    );
     for v in rows {
         let gens = if v.generations.is_empty() {
             "-".to_string()
         } else {
-            v.generations.iter().map(|(r, g)| format!("{r}={g}")).collect::<Vec<_>>().join(",")
+            v.generations
+                .iter()
+                .map(|(r, g)| format!("{r}={g}"))
+                .collect::<Vec<_>>()
+                .join(",")
         };
         println!(
             "{:<16} {:<28} {:<16} {:<20} {}/{} customers, {} sync, {} B/s",

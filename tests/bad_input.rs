@@ -3,13 +3,21 @@
 
 mod common;
 
-use std::process::Command;
 use common::*;
+use std::process::Command;
 use tracker::mirror::{build_mirror_query, sign_query, MirrorReport};
 
 fn curl_status(url: &str) -> String {
     let out = Command::new("curl")
-        .args(["-s", "--path-as-is", "-o", "/dev/null", "-w", "%{http_code}", url])
+        .args([
+            "-s",
+            "--path-as-is",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            url,
+        ])
         .output()
         .unwrap();
     String::from_utf8(out.stdout).unwrap()
@@ -46,7 +54,10 @@ async fn traversal_attempts_are_refused_by_server_and_volunteer() {
         assert_eq!(curl_status(&format!("{base}/debian/etc/passwd")), "404");
     }
     let log = server.proc.log_text();
-    assert!(log.contains("escape.txt") && log.contains("not published"), "skips must be logged");
+    assert!(
+        log.contains("escape.txt") && log.contains("not published"),
+        "skips must be logged"
+    );
 }
 
 fn credential(v: &Volunteer) -> serde_json::Value {
@@ -54,7 +65,11 @@ fn credential(v: &Volunteer) -> serde_json::Value {
 }
 
 async fn announce(server: &Server, query: &str) -> String {
-    let r = http().get(format!("{}/announce?{query}", server.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/announce?{query}", server.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     String::from_utf8_lossy(&r.bytes().await.unwrap()).to_string()
 }
@@ -70,10 +85,14 @@ async fn malformed_oversized_forged_and_replayed_announces_are_refused() {
     server.wait_held("v", 1).await;
 
     assert!(announce(&server, "").await.contains("failure reason"));
-    assert!(announce(&server, "info_hash=abc&peer_id=x&port=1").await.contains("info_hash must be 20 bytes"));
+    assert!(announce(&server, "info_hash=abc&peer_id=x&port=1")
+        .await
+        .contains("info_hash must be 20 bytes"));
     let huge = format!("info_hash={}", "a".repeat(10_000));
     assert!(announce(&server, &huge).await.contains("failure reason"));
-    assert!(announce(&server, "info_hash=%zz").await.contains("failure reason"));
+    assert!(announce(&server, "info_hash=%zz")
+        .await
+        .contains("failure reason"));
 
     let cred = credential(&v);
     let id = cred["volunteer_id"].as_str().unwrap().to_string();
@@ -90,26 +109,41 @@ async fn malformed_oversized_forged_and_replayed_announces_are_refused() {
     };
     let unsigned = build_mirror_query("debian", *b"-MS0100-aaaaaaaaaaaa", 9, &report(1, 1));
     // Unsigned, forged with another key, tampered after signing.
-    assert!(announce(&server, &unsigned).await.contains("failure reason"));
+    assert!(announce(&server, &unsigned)
+        .await
+        .contains("failure reason"));
     let forged = sign_query(b"not the secret", &unsigned);
     assert!(announce(&server, &forged).await.contains("bad signature"));
     let seq = u64::MAX / 2;
-    let good = sign_query(&secret, &build_mirror_query("debian", *b"-MS0100-aaaaaaaaaaaa", 9, &report(seq, 1)));
+    let good = sign_query(
+        &secret,
+        &build_mirror_query("debian", *b"-MS0100-aaaaaaaaaaaa", 9, &report(seq, 1)),
+    );
     let tampered = good.replace("ms_cc=0", "ms_cc=9");
     assert!(announce(&server, &tampered).await.contains("bad signature"));
     // Unknown volunteer and unknown repository.
     let mut stranger = report(1, 1);
     stranger.volunteer = "nobody".into();
-    let q = sign_query(&secret, &build_mirror_query("debian", *b"-MS0100-aaaaaaaaaaaa", 9, &stranger));
+    let q = sign_query(
+        &secret,
+        &build_mirror_query("debian", *b"-MS0100-aaaaaaaaaaaa", 9, &stranger),
+    );
     assert!(announce(&server, &q).await.contains("unknown volunteer"));
-    let q = sign_query(&secret, &build_mirror_query("other", *b"-MS0100-aaaaaaaaaaaa", 9, &report(seq, 1)));
+    let q = sign_query(
+        &secret,
+        &build_mirror_query("other", *b"-MS0100-aaaaaaaaaaaa", 9, &report(seq, 1)),
+    );
     assert!(announce(&server, &q).await.contains("unknown repository"));
     // A good one is accepted once; its replay is refused.
     let first = announce(&server, &good).await;
     assert!(!first.contains("failure reason"), "{first}");
     assert!(announce(&server, &good).await.contains("replayed"));
     // Scrape of something unknown answers with zeros, malformed scrape with a failure.
-    let r = http().get(format!("{}/scrape?info_hash=short", server.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/scrape?info_hash=short", server.url))
+        .send()
+        .await
+        .unwrap();
     assert!(String::from_utf8_lossy(&r.bytes().await.unwrap()).contains("failure reason"));
 }
 
@@ -129,7 +163,11 @@ async fn wrong_reused_and_malformed_tokens_are_refused() {
     };
     let out = run_volunteer(&format!("{}.{}", "0".repeat(32), "0".repeat(32)), "d1");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("enrollment refused"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("enrollment refused"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = run_volunteer("garbage", "d2");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("malformed token"));
@@ -137,7 +175,10 @@ async fn wrong_reused_and_malformed_tokens_are_refused() {
     // A real token works once: the first volunteer enrolls, a second use is refused.
     let token = server.enroll("once");
     let mut first = Proc::spawn(
-        &volunteer_args(&server, &token, free_port(), &root.join("d3"), &mirror).iter().map(String::as_str).collect::<Vec<_>>(),
+        &volunteer_args(&server, &token, free_port(), &root.join("d3"), &mirror)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
         &root.join("once.log"),
     );
     server.wait_held("once", 1).await;
@@ -148,15 +189,39 @@ async fn wrong_reused_and_malformed_tokens_are_refused() {
 
     // The enrollment endpoint refuses junk with 400s, not 500s.
     let c = http();
-    let r = c.post(format!("{}/api/enroll", server.url)).body("not json").header("content-type", "application/json").send().await.unwrap();
+    let r = c
+        .post(format!("{}/api/enroll", server.url))
+        .body("not json")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_client_error(), "{}", r.status());
-    let r = c.post(format!("{}/api/enroll", server.url)).json(&serde_json::json!({"token": token, "url": "ftp://x"})).send().await.unwrap();
+    let r = c
+        .post(format!("{}/api/enroll", server.url))
+        .json(&serde_json::json!({"token": token, "url": "ftp://x"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     // Publishing needs the admin token.
-    let r = c.post(format!("{}/admin/publish", server.url)).send().await.unwrap();
+    let r = c
+        .post(format!("{}/admin/publish", server.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     // Enrolling a name twice is refused with a clear message.
-    let out = Command::new(BIN).args(["enroll", "--data-dir", server.data_dir.to_str().unwrap(), "--name", "once"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "enroll",
+            "--data-dir",
+            server.data_dir.to_str().unwrap(),
+            "--name",
+            "once",
+        ])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already enrolled"));
 }
@@ -180,17 +245,31 @@ async fn a_file_altered_on_a_volunteer_is_neither_served_nor_announced() {
 
     // At once: the volunteer refuses to serve the changed file (it no longer matches what
     // verified), and after its rescan it no longer announces generation 1.
-    let r = http().get(format!("{}/debian/big/a.bin", altered.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/debian/big/a.bin", altered.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     server.wait_held("altered", 0).await;
     for _ in 0..20 {
         let loc = server.location("big/a.bin").await.unwrap();
-        assert!(loc.starts_with(&honest.url), "sent to the altered volunteer: {loc}");
+        assert!(
+            loc.starts_with(&honest.url),
+            "sent to the altered volunteer: {loc}"
+        );
         let loc = server.location("big/b.bin").await.unwrap();
-        assert!(loc.starts_with(&honest.url), "a volunteer not holding a full generation was chosen: {loc}");
+        assert!(
+            loc.starts_with(&honest.url),
+            "a volunteer not holding a full generation was chosen: {loc}"
+        );
     }
     // Its untouched files remain verified and servable directly.
-    let r = http().get(format!("{}/debian/big/b.bin", altered.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/debian/big/b.bin", altered.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 
     // The admin restores the file: it verifies again and is chosen again.
@@ -198,7 +277,11 @@ async fn a_file_altered_on_a_volunteer_is_neither_served_nor_announced() {
     server.wait_held("altered", 1).await;
     let mut seen_altered = false;
     for _ in 0..20 {
-        seen_altered |= server.location("big/a.bin").await.unwrap().starts_with(&altered.url);
+        seen_altered |= server
+            .location("big/a.bin")
+            .await
+            .unwrap()
+            .starts_with(&altered.url);
     }
     assert!(seen_altered);
 }

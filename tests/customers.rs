@@ -39,23 +39,51 @@ async fn curl_wget_apt_and_aria2c_get_exact_bytes_from_volunteers() {
 
     // curl -L: the final URL is a volunteer's, and the bytes are exact.
     let out_file = root.join("curl.deb");
-    let out = run(Command::new("curl").args(["-fsSL", "-o", out_file.to_str().unwrap(), "-w", "%{url_effective}"]).arg(format!("{}/debian/{BIG_DEB}", server.url)));
-    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = run(Command::new("curl")
+        .args([
+            "-fsSL",
+            "-o",
+            out_file.to_str().unwrap(),
+            "-w",
+            "%{url_effective}",
+        ])
+        .arg(format!("{}/debian/{BIG_DEB}", server.url)));
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let effective = String::from_utf8(out.stdout).unwrap();
-    assert!(vol_urls.iter().any(|u| effective.starts_with(u)), "curl ended at {effective}");
+    assert!(
+        vol_urls.iter().any(|u| effective.starts_with(u)),
+        "curl ended at {effective}"
+    );
     assert_eq!(std::fs::read(&out_file).unwrap(), expected);
 
     // A Range request is redirected the same way and answered by the volunteer.
-    let out = run(Command::new("curl").args(["-fsSL", "-r", "100-199"]).arg(format!("{}/debian/{BIG_DEB}", server.url)));
+    let out = run(Command::new("curl")
+        .args(["-fsSL", "-r", "100-199"])
+        .arg(format!("{}/debian/{BIG_DEB}", server.url)));
     assert!(out.status.success());
     assert_eq!(out.stdout, expected[100..200]);
 
     // wget follows the redirect too; its log names the volunteer.
     let wget_file = root.join("wget.deb");
-    let out = run(Command::new("wget").args(["-O", wget_file.to_str().unwrap()]).arg(format!("{}/debian/{BIG_DEB}", server.url)));
-    assert!(out.status.success(), "wget failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = run(Command::new("wget")
+        .args(["-O", wget_file.to_str().unwrap()])
+        .arg(format!("{}/debian/{BIG_DEB}", server.url)));
+    assert!(
+        out.status.success(),
+        "wget failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(vol_urls.iter().any(|u| log.contains(&format!("Location: {u}/"))), "wget log: {log}");
+    assert!(
+        vol_urls
+            .iter()
+            .any(|u| log.contains(&format!("Location: {u}/"))),
+        "wget log: {log}"
+    );
     assert_eq!(std::fs::read(&wget_file).unwrap(), expected);
 
     // apt-get update + download with an isolated state directory.
@@ -65,59 +93,137 @@ async fn curl_wget_apt_and_aria2c_get_exact_bytes_from_volunteers() {
         std::fs::create_dir_all(apt.join(d)).unwrap();
     }
     std::fs::write(apt.join("status"), b"").unwrap();
-    std::fs::write(apt.join("sources.list"), format!("deb [trusted=yes] {}/debian stable main\n", server.url)).unwrap();
+    std::fs::write(
+        apt.join("sources.list"),
+        format!("deb [trusted=yes] {}/debian stable main\n", server.url),
+    )
+    .unwrap();
     let apt_opts = |cmd: &mut Command| {
-        cmd.arg("-o").arg(format!("Dir::Etc::SourceList={}", apt.join("sources.list").display()))
+        cmd.arg("-o")
+            .arg(format!(
+                "Dir::Etc::SourceList={}",
+                apt.join("sources.list").display()
+            ))
             .args(["-o", "Dir::Etc::SourceParts=/nonexistent"])
-            .arg("-o").arg(format!("Dir::State={}", apt.join("state").display()))
-            .arg("-o").arg(format!("Dir::State::status={}", apt.join("status").display()))
-            .arg("-o").arg(format!("Dir::Cache={}", apt.join("cache").display()))
-            .args(["-o", "Debug::NoLocking=1", "-o", "APT::Sandbox::User=root", "-o", "Acquire::Languages=none"])
+            .arg("-o")
+            .arg(format!("Dir::State={}", apt.join("state").display()))
+            .arg("-o")
+            .arg(format!(
+                "Dir::State::status={}",
+                apt.join("status").display()
+            ))
+            .arg("-o")
+            .arg(format!("Dir::Cache={}", apt.join("cache").display()))
+            .args([
+                "-o",
+                "Debug::NoLocking=1",
+                "-o",
+                "APT::Sandbox::User=root",
+                "-o",
+                "Acquire::Languages=none",
+            ])
             .current_dir(apt.join("work"));
     };
     let mut update = Command::new("apt-get");
     apt_opts(&mut update);
     update.arg("update");
     let out = run(&mut update);
-    assert!(out.status.success(), "apt-get update: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "apt-get update: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut dl = Command::new("apt-get");
     apt_opts(&mut dl);
     dl.args(["download", "ms-data", "ms-hello"]);
     let out = run(&mut dl);
-    assert!(out.status.success(), "apt-get download: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert_eq!(std::fs::read(apt.join("work/ms-data_0.3_all.deb")).unwrap(), expected);
+    assert!(
+        out.status.success(),
+        "apt-get download: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(apt.join("work/ms-data_0.3_all.deb")).unwrap(),
+        expected
+    );
     assert_eq!(
         std::fs::read(apt.join("work/ms-hello_1.0_all.deb")).unwrap(),
         std::fs::read(repo.join("pool/main/m/ms-hello/ms-hello_1.0_all.deb")).unwrap()
     );
     let after = served_total(&vols.iter().collect::<Vec<_>>()).await;
-    assert!(after >= before + 2, "volunteers served {before} → {after}: apt's packages did not come from volunteers");
+    assert!(
+        after >= before + 2,
+        "volunteers served {before} → {after}: apt's packages did not come from volunteers"
+    );
 
     // aria2c with the Metalink document: several sources, checked against the SHA-256.
     {
-        assert!(which("aria2c"), "aria2c is required (apt-get install aria2)");
-        let meta = http().get(format!("{}/debian/{BIG_DEB}.meta4", server.url)).send().await.unwrap().text().await.unwrap();
+        assert!(
+            which("aria2c"),
+            "aria2c is required (apt-get install aria2)"
+        );
+        let meta = http()
+            .get(format!("{}/debian/{BIG_DEB}.meta4", server.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert!(meta.contains(&sha256_hex(&expected)), "{meta}");
-        assert!(vol_urls.iter().filter(|u| meta.contains(u.as_str())).count() >= 2, "{meta}");
+        assert!(
+            vol_urls
+                .iter()
+                .filter(|u| meta.contains(u.as_str()))
+                .count()
+                >= 2,
+            "{meta}"
+        );
         let adir = root.join("aria2");
-        let out = run(Command::new("aria2c").args(["--allow-overwrite=true", "-q", "-d", adir.to_str().unwrap()]).arg(format!("{}/debian/{BIG_DEB}.meta4", server.url)));
-        assert!(out.status.success(), "aria2c: {}", String::from_utf8_lossy(&out.stdout));
-        assert_eq!(std::fs::read(adir.join("ms-data_0.3_all.deb")).unwrap(), expected);
+        let out = run(Command::new("aria2c")
+            .args(["--allow-overwrite=true", "-q", "-d", adir.to_str().unwrap()])
+            .arg(format!("{}/debian/{BIG_DEB}.meta4", server.url)));
+        assert!(
+            out.status.success(),
+            "aria2c: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert_eq!(
+            std::fs::read(adir.join("ms-data_0.3_all.deb")).unwrap(),
+            expected
+        );
     }
 
     // Small files are served by the server directly; every redirect carries the digests.
-    let r = http().head(format!("{}/debian/{BIG_DEB}", server.url)).send().await.unwrap();
+    let r = http()
+        .head(format!("{}/debian/{BIG_DEB}", server.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 302);
     let b64 = {
         use base64::Engine;
-        base64::engine::general_purpose::STANDARD.encode(hex::decode(sha256_hex(&expected)).unwrap())
+        base64::engine::general_purpose::STANDARD
+            .encode(hex::decode(sha256_hex(&expected)).unwrap())
     };
     assert_eq!(r.headers()["digest"], format!("sha-256={b64}").as_str());
-    assert_eq!(r.headers()["repr-digest"], format!("sha-256=:{b64}:").as_str());
+    assert_eq!(
+        r.headers()["repr-digest"],
+        format!("sha-256=:{b64}:").as_str()
+    );
     let link = r.headers()["link"].to_str().unwrap();
-    assert!(link.contains("rel=duplicate") && link.contains("/.origin/debian/"), "{link}");
+    assert!(
+        link.contains("rel=duplicate") && link.contains("/.origin/debian/"),
+        "{link}"
+    );
 }
 
 fn which(cmd: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).output().is_ok_and(|o| o.status.success())
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
 }

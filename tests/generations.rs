@@ -11,7 +11,10 @@ use common::*;
 async fn targets(server: &Server, path: &str, n: usize) -> HashSet<String> {
     let mut seen = HashSet::new();
     for _ in 0..n {
-        let loc = server.location(path).await.unwrap_or_else(|| "origin".into());
+        let loc = server
+            .location(path)
+            .await
+            .unwrap_or_else(|| "origin".into());
         let host = loc.split("/debian/").next().unwrap_or(&loc).to_string();
         seen.insert(host);
     }
@@ -38,24 +41,39 @@ async fn stale_volunteer_is_excluded_per_file_until_its_admin_catches_up() {
     let out = server.publish();
     assert!(out.contains("generation 2 (new)"), "{out}");
     // Until anyone holds generation 2, the changed file comes from the origin…
-    wait_until(Duration::from_secs(10), "the server to serve a.bin itself", || async {
-        server.location("big/a.bin").await.is_none()
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the server to serve a.bin itself",
+        || async { server.location("big/a.bin").await.is_none() },
+    )
     .await;
     // …and the unchanged one still from volunteers, the lagging one included.
-    assert!(targets(&server, "big/b.bin", 20).await.contains(&behind.url));
+    assert!(targets(&server, "big/b.bin", 20)
+        .await
+        .contains(&behind.url));
 
     // The fresh volunteer's admin updates its copy.
     std::fs::write(fresh.mirror.join("big/a.bin"), &new_a).unwrap();
     server.wait_held("fresh", 2).await;
     server.wait_held("behind", 1).await;
     let for_a = targets(&server, "big/a.bin", 30).await;
-    assert_eq!(for_a, [fresh.url.clone()].into(), "a.bin must only go to the volunteer holding generation 2");
+    assert_eq!(
+        for_a,
+        [fresh.url.clone()].into(),
+        "a.bin must only go to the volunteer holding generation 2"
+    );
     // b.bin did not change: the lagging volunteer still serves it (and, after the burst of
     // a.bin redirects to the fresh one, it is the less loaded of the two).
-    assert!(targets(&server, "big/b.bin", 20).await.contains(&behind.url));
+    assert!(targets(&server, "big/b.bin", 20)
+        .await
+        .contains(&behind.url));
     // The customer gets the new bytes.
-    let body = reqwest::get(format!("{}/debian/big/a.bin", server.url)).await.unwrap().bytes().await.unwrap();
+    let body = reqwest::get(format!("{}/debian/big/a.bin", server.url))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(sha256_hex(&body), sha256_hex(&new_a));
 
     // The lagging admin catches up: it is chosen again.
@@ -67,16 +85,33 @@ async fn stale_volunteer_is_excluded_per_file_until_its_admin_catches_up() {
     // with the next announces while the origin serves.
     server.restart();
     wait_until(Duration::from_secs(30), "server back", || async {
-        http().get(format!("{}/health", server.url)).send().await.is_ok_and(|r| r.status().is_success())
+        http()
+            .get(format!("{}/health", server.url))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
     })
     .await;
-    let health: serde_json::Value = http().get(format!("{}/health", server.url)).send().await.unwrap().json().await.unwrap();
-    assert_eq!(health["repos"]["debian"], 2, "the generation must survive a restart: {health}");
+    let health: serde_json::Value = http()
+        .get(format!("{}/health", server.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        health["repos"]["debian"], 2,
+        "the generation must survive a restart: {health}"
+    );
     server.wait_held("fresh", 2).await;
     server.wait_held("behind", 2).await;
     assert_eq!(targets(&server, "big/a.bin", 30).await, both);
     let log = server.proc.log_text();
-    assert!(log.contains("unchanged; generation kept"), "restart must not publish a new generation:\n{log}");
+    assert!(
+        log.contains("unchanged; generation kept"),
+        "restart must not publish a new generation:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -87,14 +122,28 @@ async fn publishing_is_incremental_and_keeps_older_manifests() {
     sample_repo(&repo);
     let server = start_server(root, &repo, &[]).await;
     let out = server.publish();
-    assert!(out.contains("generation 1 (unchanged)") && out.contains("0 hashed"), "{out}");
+    assert!(
+        out.contains("generation 1 (unchanged)") && out.contains("0 hashed"),
+        "{out}"
+    );
     std::fs::write(repo.join("new.txt"), b"hello").unwrap();
     let out = server.publish();
-    assert!(out.contains("generation 2 (new)") && out.contains("1 changed") && out.contains("1 hashed"), "{out}");
+    assert!(
+        out.contains("generation 2 (new)") && out.contains("1 changed") && out.contains("1 hashed"),
+        "{out}"
+    );
     for g in ["1", "2", "latest"] {
-        let r = http().get(format!("{}/manifests/debian/{g}", server.url)).send().await.unwrap();
+        let r = http()
+            .get(format!("{}/manifests/debian/{g}", server.url))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "manifest {g}");
     }
-    let r = http().get(format!("{}/manifests/debian/3", server.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/manifests/debian/3", server.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 }

@@ -28,7 +28,13 @@ fn aria2c(args: &[&str]) -> Command {
 async fn two_aria2c_peers_move_a_torrent_through_the_tracker() {
     for tool in ["aria2c", "transmission-create"] {
         assert!(
-            Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().unwrap().status.success(),
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {tool}"))
+                .output()
+                .unwrap()
+                .status
+                .success(),
             "{tool} is required (apt-get install aria2 transmission-cli)"
         );
     }
@@ -54,10 +60,14 @@ async fn two_aria2c_peers_move_a_torrent_through_the_tracker() {
         .arg(seed_dir.join("payload.bin"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let seed_port = free_port().to_string();
-    let mut seeder = std::process::Command::from(aria2c(&[
+    let mut seeder = aria2c(&[
         "--listen-port",
         &seed_port,
         "--seed-ratio=0.0",
@@ -66,7 +76,7 @@ async fn two_aria2c_peers_move_a_torrent_through_the_tracker() {
         "-d",
         seed_dir.to_str().unwrap(),
         torrent.to_str().unwrap(),
-    ]))
+    ])
     .stdout(std::process::Stdio::null())
     .stderr(std::process::Stdio::null())
     .spawn()
@@ -80,19 +90,31 @@ async fn two_aria2c_peers_move_a_torrent_through_the_tracker() {
         async move {
             let body = c.get(url).send().await.unwrap().bytes().await.unwrap();
             let v = tracker::bencode::decode(&body).unwrap();
-            v.get("files")
-                .and_then(|f| f.as_dict())
-                .is_some_and(|f| f.values().any(|s| s.get("complete").and_then(|c| c.as_int()) == Some(1)))
+            v.get("files").and_then(|f| f.as_dict()).is_some_and(|f| {
+                f.values()
+                    .any(|s| s.get("complete").and_then(|c| c.as_int()) == Some(1))
+            })
         }
     })
     .await;
 
     let dl_port = free_port().to_string();
-    let out = aria2c(&["--listen-port", &dl_port, "--seed-time=0", "-d", dl_dir.to_str().unwrap(), torrent.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = aria2c(&[
+        "--listen-port",
+        &dl_port,
+        "--seed-time=0",
+        "-d",
+        dl_dir.to_str().unwrap(),
+        torrent.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
     let _ = seeder.kill();
     let _ = seeder.wait();
-    assert!(out.status.success(), "aria2c download failed: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "aria2c download failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert_eq!(std::fs::read(dl_dir.join("payload.bin")).unwrap(), payload);
 }

@@ -11,7 +11,11 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_mirrorswarm");
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -78,13 +82,19 @@ impl Proc {
         let err = std::fs::File::create(log).unwrap();
         let child = Command::new(BIN)
             .args(args)
-            .env("RUST_LOG", "info,mirrorswarm_server::redirect=debug,sqlx=warn")
+            .env(
+                "RUST_LOG",
+                "info,mirrorswarm_server::redirect=debug,sqlx=warn",
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err)
             .spawn()
             .expect("spawn mirrorswarm");
-        Proc { child: Some(child), log: log.to_path_buf() }
+        Proc {
+            child: Some(child),
+            log: log.to_path_buf(),
+        }
     }
 
     pub fn kill(&mut self) {
@@ -182,7 +192,14 @@ pub async fn start_server(root: &Path, repo_dir: &Path, extra: &[&str]) -> Serve
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let proc = Proc::spawn(&argv, &root.join("server.log"));
     let url = format!("http://127.0.0.1:{port}");
-    let s = Server { url: url.clone(), port, data_dir, repo_dir: repo_dir.to_path_buf(), proc, args };
+    let s = Server {
+        url: url.clone(),
+        port,
+        data_dir,
+        repo_dir: repo_dir.to_path_buf(),
+        proc,
+        args,
+    };
     let c = http();
     wait_until(Duration::from_secs(30), "server health", || {
         let c = c.clone();
@@ -203,10 +220,20 @@ impl Server {
 
     pub fn enroll(&self, name: &str) -> String {
         let out = Command::new(BIN)
-            .args(["enroll", "--data-dir", self.data_dir.to_str().unwrap(), "--name", name])
+            .args([
+                "enroll",
+                "--data-dir",
+                self.data_dir.to_str().unwrap(),
+                "--name",
+                name,
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "enroll failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "enroll failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stdout = String::from_utf8(out.stdout).unwrap();
         stdout.lines().last().unwrap().trim().to_string()
     }
@@ -216,12 +243,20 @@ impl Server {
             .args(["publish", "--data-dir", self.data_dir.to_str().unwrap()])
             .output()
             .unwrap();
-        assert!(out.status.success(), "publish failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "publish failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
     pub async fn volunteers(&self) -> Vec<serde_json::Value> {
-        match http().get(format!("{}/api/volunteers", self.url)).send().await {
+        match http()
+            .get(format!("{}/api/volunteers", self.url))
+            .send()
+            .await
+        {
             Ok(r) => r.json().await.unwrap_or_default(),
             Err(_) => Vec::new(),
         }
@@ -237,19 +272,29 @@ impl Server {
     }
 
     pub async fn wait_held(&self, name: &str, generation: u64) {
-        wait_until(Duration::from_secs(30), &format!("{name} to hold generation {generation}"), || async {
-            self.held(name).await == Some(generation)
-        })
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{name} to hold generation {generation}"),
+            || async { self.held(name).await == Some(generation) },
+        )
         .await;
     }
 
     /// Where the server sends a customer for `path` (None: it serves the file itself).
     pub async fn location(&self, path: &str) -> Option<String> {
-        let r = http().head(format!("{}/debian/{path}", self.url)).send().await.unwrap();
+        let r = http()
+            .head(format!("{}/debian/{path}", self.url))
+            .send()
+            .await
+            .unwrap();
         if r.status() == reqwest::StatusCode::FOUND {
             Some(r.headers()["location"].to_str().unwrap().to_string())
         } else {
-            assert_eq!(r.status(), reqwest::StatusCode::OK, "unexpected status for {path}");
+            assert_eq!(
+                r.status(),
+                reqwest::StatusCode::OK,
+                "unexpected status for {path}"
+            );
             None
         }
     }
@@ -268,12 +313,24 @@ pub async fn start_volunteer(root: &Path, server: &Server, name: &str, source: &
         port,
         mirror: mirror.clone(),
         data_dir: data_dir.clone(),
-        proc: Proc::spawn(&volunteer_args(server, &token, port, &data_dir, &mirror).iter().map(String::as_str).collect::<Vec<_>>(), &root.join(format!("{name}.log"))),
+        proc: Proc::spawn(
+            &volunteer_args(server, &token, port, &data_dir, &mirror)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            &root.join(format!("{name}.log")),
+        ),
     };
     v
 }
 
-pub fn volunteer_args(server: &Server, token: &str, port: u16, data_dir: &Path, mirror: &Path) -> Vec<String> {
+pub fn volunteer_args(
+    server: &Server,
+    token: &str,
+    port: u16,
+    data_dir: &Path,
+    mirror: &Path,
+) -> Vec<String> {
     vec![
         "volunteer".into(),
         "--server".into(),
@@ -294,7 +351,13 @@ pub fn volunteer_args(server: &Server, token: &str, port: u16, data_dir: &Path, 
 /// The sample apt repository plus two large plain files, in `dir`.
 pub fn sample_repo(dir: &Path) -> server::sample_repo::AptRepoLayout {
     std::fs::create_dir_all(dir).unwrap();
-    let layout = server::sample_repo::write_apt_repo(dir, "stable", "main", &server::sample_repo::default_packages()).unwrap();
+    let layout = server::sample_repo::write_apt_repo(
+        dir,
+        "stable",
+        "main",
+        &server::sample_repo::default_packages(),
+    )
+    .unwrap();
     std::fs::create_dir_all(dir.join("big")).unwrap();
     std::fs::write(dir.join("big/a.bin"), noise(1, 300_000)).unwrap();
     std::fs::write(dir.join("big/b.bin"), noise(2, 300_000)).unwrap();
@@ -302,12 +365,14 @@ pub fn sample_repo(dir: &Path) -> server::sample_repo::AptRepoLayout {
 }
 
 pub fn run(cmd: &mut Command) -> std::process::Output {
-    let out = cmd.output().expect("run command");
-    out
+    cmd.output().expect("run command")
 }
 
 pub fn dump_logs(procs: &[&Proc]) -> String {
-    procs.iter().map(|p| format!("--- {}\n{}", p.log.display(), tail(&p.log_text(), 60))).collect()
+    procs
+        .iter()
+        .map(|p| format!("--- {}\n{}", p.log.display(), tail(&p.log_text(), 60)))
+        .collect()
 }
 
 fn tail(s: &str, n: usize) -> String {
@@ -323,7 +388,9 @@ pub struct TestDir {
 
 impl TestDir {
     pub fn new() -> TestDir {
-        TestDir { dir: Some(tempfile::tempdir().unwrap()) }
+        TestDir {
+            dir: Some(tempfile::tempdir().unwrap()),
+        }
     }
     pub fn path(&self) -> &Path {
         self.dir.as_ref().unwrap().path()

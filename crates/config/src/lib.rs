@@ -176,7 +176,10 @@ impl ServerConfig {
             return Err(invalid("redirect.alternatives", "must be 0..=16"));
         }
         if self.redirect.connection_window_secs == 0 {
-            return Err(invalid("redirect.connection_window_secs", "must be at least 1"));
+            return Err(invalid(
+                "redirect.connection_window_secs",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -239,7 +242,10 @@ impl VolunteerConfig {
             validate_http_url(url).map_err(|r| invalid("public_url", r))?;
         }
         if self.mirrors.is_empty() {
-            return Err(invalid("mirrors", "at least one mirror NAME=DIR is required"));
+            return Err(invalid(
+                "mirrors",
+                "at least one mirror NAME=DIR is required",
+            ));
         }
         for (name, dir) in &self.mirrors {
             validate_repo_name(name).map_err(|r| invalid(format!("mirrors.{name}"), r))?;
@@ -327,7 +333,8 @@ mod tests {
 
     #[test]
     fn unknown_key_is_refused_and_named() {
-        let err = toml::from_str::<ServerConfig>("[redirect]\npolicyy = \"feedback\"\n").unwrap_err();
+        let err =
+            toml::from_str::<ServerConfig>("[redirect]\npolicyy = \"feedback\"\n").unwrap_err();
         assert!(err.to_string().contains("policyy"), "{err}");
     }
 
@@ -335,18 +342,29 @@ mod tests {
     fn bad_policy_names_the_key() {
         let cfg: ServerConfig = toml::from_str("[redirect]\npolicy = \"fastest\"\n").unwrap();
         let err = cfg.validate().unwrap_err().to_string();
-        assert!(err.contains("redirect.policy") && err.contains("fastest"), "{err}");
+        assert!(
+            err.contains("redirect.policy") && err.contains("fastest"),
+            "{err}"
+        );
     }
 
     #[test]
     fn zero_interval_is_refused() {
         let cfg: ServerConfig = toml::from_str("[tracker]\ninterval_secs = 0\n").unwrap();
-        assert!(cfg.validate().unwrap_err().to_string().contains("tracker.interval_secs"));
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("tracker.interval_secs"));
     }
 
     #[test]
     fn timeout_is_interval_times_factor() {
-        let t = TrackerConfig { interval_secs: 2, timeout_intervals: 1.5, peer_ttl_secs: None };
+        let t = TrackerConfig {
+            interval_secs: 2,
+            timeout_intervals: 1.5,
+            peer_ttl_secs: None,
+        };
         assert_eq!(t.volunteer_timeout(), Duration::from_secs(3));
         assert_eq!(t.peer_ttl(), Duration::from_secs(6));
     }
@@ -380,7 +398,14 @@ mod tests {
     fn volunteer_requires_server_and_mirror() {
         let cfg = VolunteerConfig::default();
         assert!(cfg.validate().unwrap_err().to_string().contains("`server`"));
-        let cfg = VolunteerConfig { server: Some("http://127.0.0.1:1".into()), ..Default::default() };
-        assert!(cfg.validate().unwrap_err().to_string().contains("`mirrors`"));
+        let cfg = VolunteerConfig {
+            server: Some("http://127.0.0.1:1".into()),
+            ..Default::default()
+        };
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("`mirrors`"));
     }
 }

@@ -112,7 +112,14 @@ impl Manifest {
                     .and_then(|p| p.files.get(&path))
                     .filter(|old| old.size == size && old.sha256 == sha256)
                     .map_or(generation, |old| old.changed_in);
-                (path, Entry { size, sha256, changed_in })
+                (
+                    path,
+                    Entry {
+                        size,
+                        sha256,
+                        changed_in,
+                    },
+                )
             })
             .collect();
         Manifest {
@@ -155,7 +162,12 @@ mod tests {
         let g2 = Manifest::next(
             "r",
             Some(&g1),
-            [("a".to_string(), (1, h(1))), ("b".to_string(), (2, h(3))), ("c".to_string(), (3, h(4)))].into(),
+            [
+                ("a".to_string(), (1, h(1))),
+                ("b".to_string(), (2, h(3))),
+                ("c".to_string(), (3, h(4))),
+            ]
+            .into(),
             2,
             0,
         );
@@ -170,11 +182,24 @@ mod tests {
     #[test]
     fn validate_refuses_hostile_paths_and_future_changes() {
         let mut m = Manifest::next("r", None, [("a".to_string(), (1, h(1)))].into(), 1, 0);
-        m.files.insert("../etc/passwd".into(), Entry { size: 1, sha256: h(1), changed_in: 1 });
-        assert!(matches!(m.validate(), Err(ManifestError::UnsafePath { .. })));
+        m.files.insert(
+            "../etc/passwd".into(),
+            Entry {
+                size: 1,
+                sha256: h(1),
+                changed_in: 1,
+            },
+        );
+        assert!(matches!(
+            m.validate(),
+            Err(ManifestError::UnsafePath { .. })
+        ));
         let mut m = Manifest::next("r", None, [("a".to_string(), (1, h(1)))].into(), 1, 0);
         m.files.get_mut("a").unwrap().changed_in = 2;
-        assert!(matches!(m.validate(), Err(ManifestError::FutureChange { .. })));
+        assert!(matches!(
+            m.validate(),
+            Err(ManifestError::FutureChange { .. })
+        ));
     }
 
     #[test]
@@ -182,6 +207,9 @@ mod tests {
         let s = h(0xab);
         assert_eq!(Sha256::from_hex(&s.to_hex()), Some(s));
         assert_eq!(Sha256::from_hex("zz"), None);
-        assert_eq!(h(0).to_base64(), "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+        assert_eq!(
+            h(0).to_base64(),
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+        );
     }
 }

@@ -32,14 +32,32 @@ mod tests {
 
     #[test]
     fn accepts_plain_paths() {
-        for ok in ["a", "pool/main/h/hello_1.0_all.deb", "dists/stable/Release", "a b/c+d~e"] {
+        for ok in [
+            "a",
+            "pool/main/h/hello_1.0_all.deb",
+            "dists/stable/Release",
+            "a b/c+d~e",
+        ] {
             assert!(validate_rel_path(ok).is_ok(), "{ok}");
         }
     }
 
     #[test]
     fn refuses_hostile_paths() {
-        for bad in ["", "/etc/passwd", "../x", "a/../b", "a/./b", "a//b", "a/", "a\\b", "a\0b", "a\nb", "..", "."] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a/./b",
+            "a//b",
+            "a/",
+            "a\\b",
+            "a\0b",
+            "a\nb",
+            "..",
+            ".",
+        ] {
             assert!(validate_rel_path(bad).is_err(), "{bad:?}");
         }
         assert!(validate_rel_path(&"a".repeat(4097)).is_err());

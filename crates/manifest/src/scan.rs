@@ -67,13 +67,21 @@ pub fn stat_key(meta: &std::fs::Metadata) -> (u64, i128) {
 
 /// Walk `root`, hashing files whose size or mtime differ from `cache`.
 pub fn scan_tree(root: &Path, cache: &ScanCache) -> Result<ScanOutcome, ManifestError> {
-    let canon_root = root.canonicalize().map_err(|e| ManifestError::io(root, e))?;
+    let canon_root = root
+        .canonicalize()
+        .map_err(|e| ManifestError::io(root, e))?;
     let mut out = ScanOutcome::default();
-    for item in walkdir::WalkDir::new(&canon_root).follow_links(false).sort_by_file_name() {
+    for item in walkdir::WalkDir::new(&canon_root)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
         let item = match item {
             Ok(i) => i,
             Err(e) => {
-                let p = e.path().map(|p| p.display().to_string()).unwrap_or_default();
+                let p = e
+                    .path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
                 out.skipped.push((p, e.to_string()));
                 continue;
             }
@@ -83,7 +91,8 @@ pub fn scan_tree(root: &Path, cache: &ScanCache) -> Result<ScanOutcome, Manifest
             continue;
         }
         let Some(rel) = relative_key(&canon_root, item.path()) else {
-            out.skipped.push((item.path().display().to_string(), "not valid UTF-8".into()));
+            out.skipped
+                .push((item.path().display().to_string(), "not valid UTF-8".into()));
             continue;
         };
         if rel.split('/').any(|s| s.starts_with(".mirrorswarm")) {
@@ -97,7 +106,8 @@ pub fn scan_tree(root: &Path, cache: &ScanCache) -> Result<ScanOutcome, Manifest
             match item.path().canonicalize() {
                 Ok(t) if t.starts_with(&canon_root) && t.is_file() => t,
                 Ok(_) => {
-                    out.skipped.push((rel, "symlink to a directory or outside the root".into()));
+                    out.skipped
+                        .push((rel, "symlink to a directory or outside the root".into()));
                     continue;
                 }
                 Err(e) => {
@@ -123,7 +133,11 @@ pub fn scan_tree(root: &Path, cache: &ScanCache) -> Result<ScanOutcome, Manifest
                 let sha256 = hash_file(&target).map_err(|e| ManifestError::io(&target, e))?;
                 out.hashed += 1;
                 out.hashed_bytes += size;
-                CachedFile { size, mtime_ns, sha256 }
+                CachedFile {
+                    size,
+                    mtime_ns,
+                    sha256,
+                }
             }
         };
         out.files.insert(rel, entry);

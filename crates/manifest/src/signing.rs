@@ -38,7 +38,9 @@ impl ServerKey {
                 let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
                     ManifestError::BadKey(format!("{} must hold exactly 32 bytes", path.display()))
                 })?;
-                Ok(ServerKey { key: SigningKey::from_bytes(&arr) })
+                Ok(ServerKey {
+                    key: SigningKey::from_bytes(&arr),
+                })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = SigningKey::generate(&mut rand::rngs::OsRng);
@@ -50,7 +52,9 @@ impl ServerKey {
     }
 
     pub fn from_bytes(bytes: &[u8; 32]) -> Self {
-        ServerKey { key: SigningKey::from_bytes(bytes) }
+        ServerKey {
+            key: SigningKey::from_bytes(bytes),
+        }
     }
 
     pub fn public(&self) -> VerifyingKey {
@@ -150,7 +154,13 @@ mod tests {
     use crate::Sha256;
 
     fn sample() -> Manifest {
-        Manifest::next("deb", None, [("a/b".to_string(), (3, Sha256([7; 32])))].into(), 1, 42)
+        Manifest::next(
+            "deb",
+            None,
+            [("a/b".to_string(), (3, Sha256([7; 32])))].into(),
+            1,
+            42,
+        )
     }
 
     #[test]

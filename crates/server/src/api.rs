@@ -49,9 +49,15 @@ pub struct EnrollResponse {
     pub public_key: String,
 }
 
-pub async fn enroll(State(st): State<Arc<AppState>>, body: Option<Json<EnrollRequest>>) -> Response {
+pub async fn enroll(
+    State(st): State<Arc<AppState>>,
+    body: Option<Json<EnrollRequest>>,
+) -> Response {
     let Some(Json(req)) = body else {
-        return text(StatusCode::BAD_REQUEST, "expected JSON {\"token\": …, \"url\": …}");
+        return text(
+            StatusCode::BAD_REQUEST,
+            "expected JSON {\"token\": …, \"url\": …}",
+        );
     };
     if let Err(e) = config::validate_http_url(&req.url) {
         return text(StatusCode::BAD_REQUEST, format!("url: {e}"));
@@ -75,7 +81,10 @@ pub async fn enroll(State(st): State<Arc<AppState>>, body: Option<Json<EnrollReq
         Err(e @ StoreError::NameTaken(_)) => text(StatusCode::CONFLICT, e.to_string()),
         Err(e) => {
             tracing::error!(error = %e, "enrollment failed");
-            text(StatusCode::INTERNAL_SERVER_ERROR, "enrollment failed; see the server log")
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "enrollment failed; see the server log",
+            )
         }
     }
 }
@@ -97,7 +106,10 @@ pub struct VolunteerView {
 }
 
 pub async fn volunteers(State(st): State<Arc<AppState>>) -> Json<Vec<VolunteerView>> {
-    let creds: Vec<_> = crate::state::read(&st.credentials).values().cloned().collect();
+    let creds: Vec<_> = crate::state::read(&st.credentials)
+        .values()
+        .cloned()
+        .collect();
     let reg = lock(&st.registry);
     let now = Instant::now();
     let mut out: Vec<VolunteerView> = creds
@@ -123,7 +135,8 @@ pub async fn volunteers(State(st): State<Arc<AppState>>) -> Json<Vec<VolunteerVi
                 sync_conns: live.map_or(0, |v| v.load.sync_conns),
                 upload_bps: live.map_or(0, |v| v.load.upload_bps),
                 capacity: live.map_or(0, |v| v.load.capacity),
-                last_announce_ms_ago: live.map(|v| now.saturating_duration_since(v.last_report).as_millis() as u64),
+                last_announce_ms_ago: live
+                    .map(|v| now.saturating_duration_since(v.last_report).as_millis() as u64),
                 redirects: live.map_or(0, |v| v.issued_total),
             }
         })
@@ -132,25 +145,47 @@ pub async fn volunteers(State(st): State<Arc<AppState>>) -> Json<Vec<VolunteerVi
     Json(out)
 }
 
-pub async fn manifest(State(st): State<Arc<AppState>>, Path((repo, which)): Path<(String, String)>) -> Response {
+pub async fn manifest(
+    State(st): State<Arc<AppState>>,
+    Path((repo, which)): Path<(String, String)>,
+) -> Response {
     let Some(snap) = st.repo(&repo) else {
-        return text(StatusCode::NOT_FOUND, format!("no repository named `{repo}`"));
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no repository named `{repo}`"),
+        );
     };
     let bytes = if which == "latest" {
         snap.signed.to_vec()
     } else {
         let Ok(g) = which.parse::<u64>() else {
-            return text(StatusCode::BAD_REQUEST, "generation must be a number or `latest`");
+            return text(
+                StatusCode::BAD_REQUEST,
+                "generation must be a number or `latest`",
+            );
         };
         if g > snap.generation() || g == 0 {
-            return text(StatusCode::NOT_FOUND, format!("generation {g} of `{repo}` is not published"));
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("generation {g} of `{repo}` is not published"),
+            );
         }
         match st.publisher.read_generation(&repo, g) {
             Ok(b) => b,
-            Err(_) => return text(StatusCode::NOT_FOUND, format!("generation {g} of `{repo}` is no longer kept")),
+            Err(_) => {
+                return text(
+                    StatusCode::NOT_FOUND,
+                    format!("generation {g} of `{repo}` is no longer kept"),
+                )
+            }
         }
     };
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        bytes,
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -159,14 +194,21 @@ pub struct PublishQuery {
 }
 
 /// `POST /admin/publish[?repo=NAME]` with `Authorization: Bearer <admin token>`.
-pub async fn publish(State(st): State<Arc<AppState>>, headers: HeaderMap, Query(q): Query<PublishQuery>) -> Response {
+pub async fn publish(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<PublishQuery>,
+) -> Response {
     let authorized = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .is_some_and(|t| constant_time_eq(t.as_bytes(), st.admin_token.as_bytes()));
     if !authorized {
-        return text(StatusCode::UNAUTHORIZED, "admin token required (see <data-dir>/admin.token)");
+        return text(
+            StatusCode::UNAUTHORIZED,
+            "admin token required (see <data-dir>/admin.token)",
+        );
     }
     let names: Vec<String> = match q.repo {
         Some(r) if st.repo_dirs.contains_key(&r) => vec![r],
@@ -184,7 +226,10 @@ pub async fn publish(State(st): State<Arc<AppState>>, headers: HeaderMap, Query(
             })),
             Err(e) => {
                 tracing::error!(repo = %name, error = %format!("{e:#}"), "publish failed");
-                return text(StatusCode::INTERNAL_SERVER_ERROR, format!("publishing `{name}` failed: {e:#}"));
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("publishing `{name}` failed: {e:#}"),
+                );
             }
         }
     }

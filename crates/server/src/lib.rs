@@ -70,12 +70,19 @@ pub async fn publish_repo(st: &AppState, name: &str) -> Result<PublishReport> {
     write(&st.repos).insert(name.to_string(), Arc::new(snap));
     if report.new_generation {
         tracing::info!(
-            repo = name, generation = report.generation, files = report.files,
-            changed = report.changed_files, hashed = report.hashed_files,
+            repo = name,
+            generation = report.generation,
+            files = report.files,
+            changed = report.changed_files,
+            hashed = report.hashed_files,
             "published new generation"
         );
     } else {
-        tracing::info!(repo = name, generation = report.generation, "unchanged; generation kept");
+        tracing::info!(
+            repo = name,
+            generation = report.generation,
+            "unchanged; generation kept"
+        );
     }
     Ok(report)
 }
@@ -112,9 +119,12 @@ pub async fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>> {
         }
     }
     let data = DataDir(cfg.data_dir.clone());
-    std::fs::create_dir_all(&data.0).with_context(|| format!("creating data dir {}", data.0.display()))?;
+    std::fs::create_dir_all(&data.0)
+        .with_context(|| format!("creating data dir {}", data.0.display()))?;
     let key = Arc::new(ServerKey::load_or_create(&data.key())?);
-    let store = Store::open(&data.db()).await.with_context(|| format!("opening {}", data.db().display()))?;
+    let store = Store::open(&data.db())
+        .await
+        .with_context(|| format!("opening {}", data.db().display()))?;
     let admin_token = load_or_create_admin_token(&data.admin_token())?;
     let policy = policy::by_name(&cfg.redirect.policy)
         .ok_or_else(|| anyhow!("unknown policy `{}`", cfg.redirect.policy))?;
@@ -144,7 +154,9 @@ pub async fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>> {
     });
     st.reload_credentials().await?;
     for name in st.repo_dirs.keys() {
-        publish_repo(&st, name).await.with_context(|| format!("publishing `{name}`"))?;
+        publish_repo(&st, name)
+            .await
+            .with_context(|| format!("publishing `{name}`"))?;
     }
     Ok(st)
 }
@@ -185,10 +197,13 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
         }
     });
 
-    axum::serve(listener, router(st).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("server failed")?;
+    axum::serve(
+        listener,
+        router(st).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .context("server failed")?;
     tracing::info!("server stopped");
     Ok(())
 }
@@ -219,14 +234,18 @@ pub async fn create_enrollment_token(data_dir: &Path, name: &str, ttl_secs: u64)
     std::fs::create_dir_all(&data.0).with_context(|| format!("creating {}", data.0.display()))?;
     let key = ServerKey::load_or_create(&data.key())?;
     let store = Store::open(&data.db()).await?;
-    Ok(store.create_enrollment(name, &key.fingerprint().0, ttl_secs).await?)
+    Ok(store
+        .create_enrollment(name, &key.fingerprint().0, ttl_secs)
+        .await?)
 }
 
 /// Where a running server said it listens, read from its data directory.
 pub fn running_server_url(data_dir: &Path) -> Result<String> {
     let p = DataDir(data_dir.to_path_buf()).server_json();
-    let bytes = std::fs::read(&p).with_context(|| format!("reading {} (is the server running?)", p.display()))?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", p.display()))?;
+    let bytes = std::fs::read(&p)
+        .with_context(|| format!("reading {} (is the server running?)", p.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", p.display()))?;
     v.get("url")
         .and_then(|u| u.as_str())
         .map(str::to_string)

@@ -25,9 +25,16 @@ pub fn render(name: &str, entry: &Entry, urls: &[String]) -> String {
     );
     s.push_str(&format!("  <file name=\"{}\">\n", xml_escape(name)));
     s.push_str(&format!("    <size>{}</size>\n", entry.size));
-    s.push_str(&format!("    <hash type=\"sha-256\">{}</hash>\n", entry.sha256.to_hex()));
+    s.push_str(&format!(
+        "    <hash type=\"sha-256\">{}</hash>\n",
+        entry.sha256.to_hex()
+    ));
     for (i, u) in urls.iter().enumerate() {
-        s.push_str(&format!("    <url priority=\"{}\">{}</url>\n", i + 1, xml_escape(u)));
+        s.push_str(&format!(
+            "    <url priority=\"{}\">{}</url>\n",
+            i + 1,
+            xml_escape(u)
+        ));
     }
     s.push_str("  </file>\n</metalink>\n");
     s
@@ -40,11 +47,22 @@ mod tests {
 
     #[test]
     fn renders_sources_in_order_and_escapes() {
-        let e = Entry { size: 5, sha256: Sha256([1; 32]), changed_in: 1 };
-        let doc = render("a&b.deb", &e, &["http://v1/x?a=1&b=2".into(), "http://o/x".into()]);
+        let e = Entry {
+            size: 5,
+            sha256: Sha256([1; 32]),
+            changed_in: 1,
+        };
+        let doc = render(
+            "a&b.deb",
+            &e,
+            &["http://v1/x?a=1&b=2".into(), "http://o/x".into()],
+        );
         assert!(doc.contains("<file name=\"a&amp;b.deb\">"));
         assert!(doc.contains("<size>5</size>"));
-        assert!(doc.contains(&format!("<hash type=\"sha-256\">{}</hash>", "01".repeat(32))));
+        assert!(doc.contains(&format!(
+            "<hash type=\"sha-256\">{}</hash>",
+            "01".repeat(32)
+        )));
         assert!(doc.contains("<url priority=\"1\">http://v1/x?a=1&amp;b=2</url>"));
         assert!(doc.contains("<url priority=\"2\">http://o/x</url>"));
     }

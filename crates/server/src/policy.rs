@@ -99,7 +99,9 @@ impl Policy for Feedback {
         "feedback"
     }
     fn order(&self, cands: &[Candidate], rng: &mut dyn RngCore) -> Vec<usize> {
-        let open: Vec<usize> = (0..cands.len()).filter(|&i| Self::has_headroom(&cands[i])).collect();
+        let open: Vec<usize> = (0..cands.len())
+            .filter(|&i| Self::has_headroom(&cands[i]))
+            .collect();
         let first = match open.len() {
             0 => return Vec::new(),
             1 => open[0],
@@ -134,7 +136,12 @@ mod tests {
     fn cand(id: &str, conns: u32, sync: u32, since: u32, total: u64, cap: u32) -> Candidate {
         Candidate {
             id: id.into(),
-            load: Load { customer_conns: conns, sync_conns: sync, upload_bps: 0, capacity: cap },
+            load: Load {
+                customer_conns: conns,
+                sync_conns: sync,
+                upload_bps: 0,
+                capacity: cap,
+            },
             issued_since_report: since,
             issued_total: total,
             issued_recent: total as usize,
@@ -177,7 +184,9 @@ mod tests {
 
     #[test]
     fn feedback_spreads_over_equal_volunteers() {
-        let c: Vec<Candidate> = (0..4).map(|i| cand(&format!("v{i}"), 0, 0, 0, 0, 8)).collect();
+        let c: Vec<Candidate> = (0..4)
+            .map(|i| cand(&format!("v{i}"), 0, 0, 0, 0, 8))
+            .collect();
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         let mut hits = [0u32; 4];
         for _ in 0..4000 {

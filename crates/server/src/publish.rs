@@ -62,7 +62,9 @@ fn repo_dir(data_dir: &Path, name: &str) -> PathBuf {
 }
 
 pub fn manifest_path(data_dir: &Path, name: &str, generation: u64) -> PathBuf {
-    repo_dir(data_dir, name).join("manifests").join(format!("{generation}.json"))
+    repo_dir(data_dir, name)
+        .join("manifests")
+        .join(format!("{generation}.json"))
 }
 
 /// Write `bytes` to `path` atomically: temporary file, fsync, rename.
@@ -82,7 +84,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 impl Publisher {
     pub fn new(data_dir: PathBuf, key: Arc<ServerKey>, store: Store) -> Self {
-        Publisher { data_dir, key, store }
+        Publisher {
+            data_dir,
+            key,
+            store,
+        }
     }
 
     /// The newest generation published before, if any, read back and verified.
@@ -91,12 +97,20 @@ impl Publisher {
         let newest = match std::fs::read_dir(&dir) {
             Ok(rd) => rd
                 .filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json")?.parse::<u64>().ok())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()?
+                        .strip_suffix(".json")?
+                        .parse::<u64>()
+                        .ok()
+                })
                 .max(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
         };
-        let Some(generation) = newest else { return Ok(None) };
+        let Some(generation) = newest else {
+            return Ok(None);
+        };
         let path = manifest_path(&self.data_dir, name, generation);
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         let m = SignedManifest::verify_expected(&bytes, &self.key.public(), name, Some(generation))
@@ -146,14 +160,21 @@ impl Publisher {
             .map(|(p, c)| (p.clone(), (c.size, c.sha256)))
             .collect();
         let prev_gen = prev.as_ref().map_or(0, |(m, _)| m.generation);
-        let candidate = Manifest::next(name, prev.as_ref().map(|(m, _)| *m), contents, prev_gen + 1, now_secs());
+        let candidate = Manifest::next(
+            name,
+            prev.as_ref().map(|(m, _)| *m),
+            contents,
+            prev_gen + 1,
+            now_secs(),
+        );
 
         let (manifest, signed, new_generation) = match prev {
             Some((m, bytes)) if m.same_content(&candidate) => (m.clone(), bytes, false),
             _ => {
                 let signed = self.key.sign(&candidate)?.to_bytes()?;
                 let path = manifest_path(&self.data_dir, name, candidate.generation);
-                write_atomic(&path, &signed).with_context(|| format!("writing {}", path.display()))?;
+                write_atomic(&path, &signed)
+                    .with_context(|| format!("writing {}", path.display()))?;
                 (candidate, Bytes::from(signed), true)
             }
         };
@@ -218,14 +239,23 @@ mod tests {
         let p = Publisher::new(data.clone(), key.clone(), store.clone());
 
         let (s1, r1) = p.publish("r", &repo, None).await.unwrap();
-        assert_eq!((r1.generation, r1.new_generation, r1.hashed_files), (1, true, 2));
+        assert_eq!(
+            (r1.generation, r1.new_generation, r1.hashed_files),
+            (1, true, 2)
+        );
         let (s1b, r1b) = p.publish("r", &repo, Some(&s1)).await.unwrap();
-        assert_eq!((r1b.generation, r1b.new_generation, r1b.hashed_files), (1, false, 0));
+        assert_eq!(
+            (r1b.generation, r1b.new_generation, r1b.hashed_files),
+            (1, false, 0)
+        );
         assert_eq!(s1b.signed, s1.signed);
 
         std::fs::write(repo.join("sub/b"), b"two, changed").unwrap();
         let (s2, r2) = p.publish("r", &repo, Some(&s1b)).await.unwrap();
-        assert_eq!((r2.generation, r2.changed_files, r2.hashed_files), (2, 1, 1));
+        assert_eq!(
+            (r2.generation, r2.changed_files, r2.hashed_files),
+            (2, 1, 1)
+        );
         assert_eq!(s2.manifest.files["a"].changed_in, 1);
         assert_eq!(s2.manifest.files["sub/b"].changed_in, 2);
 
@@ -234,9 +264,17 @@ mod tests {
         let (latest, _) = p2.load_latest("r").unwrap().unwrap();
         assert_eq!(latest.generation, 2);
         let (_, r3) = p2.publish("r", &repo, None).await.unwrap();
-        assert_eq!((r3.generation, r3.new_generation, r3.hashed_files), (2, false, 0));
+        assert_eq!(
+            (r3.generation, r3.new_generation, r3.hashed_files),
+            (2, false, 0)
+        );
         // The older generation stays readable.
         let g1 = p2.read_generation("r", 1).unwrap();
-        assert_eq!(SignedManifest::verify(&g1, &key.public()).unwrap().generation, 1);
+        assert_eq!(
+            SignedManifest::verify(&g1, &key.public())
+                .unwrap()
+                .generation,
+            1
+        );
     }
 }

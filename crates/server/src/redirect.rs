@@ -26,24 +26,46 @@ pub const ORIGIN_PREFIX: &str = ".origin";
 pub fn text(status: StatusCode, msg: impl Into<String>) -> Response {
     let mut body = msg.into();
     body.push('\n');
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 fn encode_rel(rel: &str) -> String {
-    rel.split('/').map(encode_path_segment).collect::<Vec<_>>().join("/")
+    rel.split('/')
+        .map(encode_path_segment)
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Where a volunteer serves `repo/rel`.
 fn volunteer_url(base: &str, repo: &str, rel: &str) -> String {
-    format!("{}/{}/{}", base.trim_end_matches('/'), encode_path_segment(repo), encode_rel(rel))
+    format!(
+        "{}/{}/{}",
+        base.trim_end_matches('/'),
+        encode_path_segment(repo),
+        encode_rel(rel)
+    )
 }
 
 pub fn origin_url(public: &str, repo: &str, rel: &str) -> String {
-    format!("{public}/{ORIGIN_PREFIX}/{}/{}", encode_path_segment(repo), encode_rel(rel))
+    format!(
+        "{public}/{ORIGIN_PREFIX}/{}/{}",
+        encode_path_segment(repo),
+        encode_rel(rel)
+    )
 }
 
 /// The volunteers that may serve `entry`, best first (the policy's order).
-pub fn choose(st: &AppState, snap: &RepoSnapshot, rel: &str, entry: &Entry) -> Vec<(String, String)> {
+pub fn choose(
+    st: &AppState,
+    snap: &RepoSnapshot,
+    rel: &str,
+    entry: &Entry,
+) -> Vec<(String, String)> {
     let now = Instant::now();
     let window = std::time::Duration::from_secs(st.config.redirect.connection_window_secs);
     let mut reg = lock(&st.registry);
@@ -58,10 +80,16 @@ pub fn choose(st: &AppState, snap: &RepoSnapshot, rel: &str, entry: &Entry) -> V
             issued_recent: v.issued_within(window, now),
         })
         .collect();
-    let urls: Vec<(String, String)> = eligible.iter().map(|v| (v.id.clone(), v.url.clone())).collect();
+    let urls: Vec<(String, String)> = eligible
+        .iter()
+        .map(|v| (v.id.clone(), v.url.clone()))
+        .collect();
     let order = st.policy.order(&cands, &mut rand::thread_rng());
     if tracing::enabled!(tracing::Level::DEBUG) {
-        let why: Vec<String> = excluded.iter().map(|(v, e)| format!("{}: {e}", v.id)).collect();
+        let why: Vec<String> = excluded
+            .iter()
+            .map(|(v, e)| format!("{}: {e}", v.id))
+            .collect();
         tracing::debug!(
             repo = %snap.name, path = rel, changed_in = entry.changed_in,
             policy = st.policy.name(),
@@ -70,7 +98,10 @@ pub fn choose(st: &AppState, snap: &RepoSnapshot, rel: &str, entry: &Entry) -> V
             "redirect decision"
         );
     }
-    let chosen: Vec<(String, String)> = order.into_iter().filter_map(|i| urls.get(i).cloned()).collect();
+    let chosen: Vec<(String, String)> = order
+        .into_iter()
+        .filter_map(|i| urls.get(i).cloned())
+        .collect();
     if let Some((id, _)) = chosen.first() {
         reg.note_redirect(id, now);
     }
@@ -96,10 +127,19 @@ fn wants_metalink(headers: &HeaderMap) -> bool {
 }
 
 /// The fallback handler for every path not claimed by the API.
-pub async fn customer(State(st): State<Arc<AppState>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+pub async fn customer(
+    State(st): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     if method != Method::GET && method != Method::HEAD {
-        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are allowed");
-        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and HEAD are allowed",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
     let decoded = match fileserve::decode_url_path(uri.path()) {
@@ -111,12 +151,17 @@ pub async fn customer(State(st): State<Arc<AppState>>, method: Method, uri: Uri,
         return repo_list(&st, &method);
     }
     let (origin_only, path) = match path.strip_prefix(ORIGIN_PREFIX) {
-        Some(rest) if rest.is_empty() || rest.starts_with('/') => (true, rest.trim_start_matches('/')),
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+            (true, rest.trim_start_matches('/'))
+        }
         _ => (false, path),
     };
     let (repo, rel) = path.split_once('/').unwrap_or((path, ""));
     let Some(snap) = st.repo(repo) else {
-        return text(StatusCode::NOT_FOUND, format!("no repository named `{repo}`"));
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no repository named `{repo}`"),
+        );
     };
     if rel.is_empty() && !decoded.ends_with('/') {
         return moved(&format!("/{}/", encode_path_segment(repo)));
@@ -131,10 +176,26 @@ pub async fn customer(State(st): State<Arc<AppState>>, method: Method, uri: Uri,
     };
     let Some(entry) = snap.manifest.files.get(rel).copied() else {
         let dir_prefix = format!("{rel}/");
-        if snap.manifest.files.range(dir_prefix.clone()..).next().is_some_and(|(k, _)| k.starts_with(&dir_prefix)) {
-            return moved(&format!("/{}/{}/", encode_path_segment(repo), encode_rel(rel)));
+        if snap
+            .manifest
+            .files
+            .range(dir_prefix.clone()..)
+            .next()
+            .is_some_and(|(k, _)| k.starts_with(&dir_prefix))
+        {
+            return moved(&format!(
+                "/{}/{}/",
+                encode_path_segment(repo),
+                encode_rel(rel)
+            ));
         }
-        return text(StatusCode::NOT_FOUND, format!("`{rel}` is not in generation {} of `{repo}`", snap.generation()));
+        return text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "`{rel}` is not in generation {} of `{repo}`",
+                snap.generation()
+            ),
+        );
     };
 
     let mut extra = HeaderMap::new();
@@ -151,14 +212,31 @@ pub async fn customer(State(st): State<Arc<AppState>>, method: Method, uri: Uri,
         let doc = metalink::render(name, &entry, &urls);
         // No Digest headers here: they would describe this document, not the file, and
         // aria2c checks them against what it downloaded.
-        let body = if method == Method::HEAD { String::new() } else { doc };
-        return (StatusCode::OK, [(header::CONTENT_TYPE, "application/metalink4+xml")], body).into_response();
+        let body = if method == Method::HEAD {
+            String::new()
+        } else {
+            doc
+        };
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/metalink4+xml")],
+            body,
+        )
+            .into_response();
     }
 
     if !origin_only && entry.size > st.config.redirect.direct_max_bytes {
         let chosen = choose(&st, &snap, rel, &entry);
         if let Some((_, base)) = chosen.first() {
-            return redirect(&st, repo, rel, &volunteer_url(base, repo, rel), &chosen[1..], &origin, extra);
+            return redirect(
+                &st,
+                repo,
+                rel,
+                &volunteer_url(base, repo, rel),
+                &chosen[1..],
+                &origin,
+                extra,
+            );
         }
     }
     serve_origin(&snap, rel, &entry, &method, &headers, extra).await
@@ -202,7 +280,12 @@ fn redirect(
     }
     match HeaderValue::from_str(target) {
         Ok(loc) => headers.insert(header::LOCATION, loc),
-        Err(_) => return text(StatusCode::INTERNAL_SERVER_ERROR, "volunteer URL is not a valid header"),
+        Err(_) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "volunteer URL is not a valid header",
+            )
+        }
     };
     // The choice depends on live load: never cache it.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -237,39 +320,69 @@ async fn serve_origin(
         extra.remove("repr-digest");
         None
     };
-    let opts = ServeOptions { etag, content_type: None, extra_headers: extra };
+    let opts = ServeOptions {
+        etag,
+        content_type: None,
+        extra_headers: extra,
+    };
     fileserve::serve_file(method, headers, &file, &opts).await
 }
 
 fn directory(snap: &RepoSnapshot, rel: &str, method: &Method, uri: &Uri) -> Response {
     let mut entries: Vec<IndexEntry> = Vec::new();
     for (path, e) in snap.manifest.files.range(rel.to_string()..) {
-        let Some(rest) = path.strip_prefix(rel) else { break };
+        let Some(rest) = path.strip_prefix(rel) else {
+            break;
+        };
         match rest.split_once('/') {
             Some((dir, _)) => {
                 if entries.last().is_none_or(|l| !(l.is_dir && l.name == dir)) {
-                    entries.push(IndexEntry { name: dir.to_string(), is_dir: true, size: 0 });
+                    entries.push(IndexEntry {
+                        name: dir.to_string(),
+                        is_dir: true,
+                        size: 0,
+                    });
                 }
             }
-            None => entries.push(IndexEntry { name: rest.to_string(), is_dir: false, size: e.size }),
+            None => entries.push(IndexEntry {
+                name: rest.to_string(),
+                is_dir: false,
+                size: e.size,
+            }),
         }
     }
     if entries.is_empty() && !rel.is_empty() {
-        return text(StatusCode::NOT_FOUND, format!("no directory `{rel}` in `{}`", snap.name));
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no directory `{rel}` in `{}`", snap.name),
+        );
     }
     html(method, fileserve::render_index(uri.path(), &entries))
 }
 
 fn html(method: &Method, page: String) -> Response {
-    let body = if method == Method::HEAD { Body::empty() } else { Body::from(page) };
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        Body::from(page)
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 fn repo_list(st: &AppState, method: &Method) -> Response {
     let entries: Vec<IndexEntry> = st
         .latest_generations()
         .into_keys()
-        .map(|name| IndexEntry { name, is_dir: true, size: 0 })
+        .map(|name| IndexEntry {
+            name,
+            is_dir: true,
+            size: 0,
+        })
         .collect();
     html(method, fileserve::render_index("/", &entries))
 }

@@ -55,7 +55,9 @@ pub struct Store {
 }
 
 pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -101,7 +103,10 @@ impl Store {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
         for stmt in SCHEMA {
             sqlx::query(stmt).execute(&pool).await?;
         }
@@ -232,7 +237,10 @@ impl Store {
         Ok(())
     }
 
-    pub async fn latest_generation(&self, repo: &str) -> Result<Option<GenerationRecord>, StoreError> {
+    pub async fn latest_generation(
+        &self,
+        repo: &str,
+    ) -> Result<Option<GenerationRecord>, StoreError> {
         let row = sqlx::query(
             "SELECT repo, generation, published_at, files, bytes, changed_files FROM generations WHERE repo = ? ORDER BY generation DESC LIMIT 1",
         )
@@ -264,10 +272,18 @@ mod tests {
         let rec = store.redeem(&token, "http://127.0.0.1:1").await.unwrap();
         assert_eq!(rec.name, "alpha");
         assert_eq!(rec.secret.len(), 32);
-        assert!(matches!(store.redeem(&token, "http://x").await, Err(StoreError::BadToken)));
-        assert!(matches!(store.redeem("nodot", "http://x").await, Err(StoreError::MalformedToken)));
         assert!(matches!(
-            store.redeem(&format!("{}.fp", "0".repeat(32)), "http://x").await,
+            store.redeem(&token, "http://x").await,
+            Err(StoreError::BadToken)
+        ));
+        assert!(matches!(
+            store.redeem("nodot", "http://x").await,
+            Err(StoreError::MalformedToken)
+        ));
+        assert!(matches!(
+            store
+                .redeem(&format!("{}.fp", "0".repeat(32)), "http://x")
+                .await,
             Err(StoreError::BadToken)
         ));
         drop(store);
@@ -286,7 +302,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).await.unwrap();
         let token = store.create_enrollment("b", "fp", 0).await.unwrap();
-        assert!(matches!(store.redeem(&token, "http://x").await, Err(StoreError::BadToken)));
+        assert!(matches!(
+            store.redeem(&token, "http://x").await,
+            Err(StoreError::BadToken)
+        ));
     }
 
     #[tokio::test]
@@ -295,10 +314,25 @@ mod tests {
         let store = Store::open(&dir.path().join("db")).await.unwrap();
         assert_eq!(store.latest_generation("r").await.unwrap(), None);
         for g in 1..=3 {
-            let rec = GenerationRecord { repo: "r".into(), generation: g, published_at: g, files: 1, bytes: 2, changed_files: 1 };
+            let rec = GenerationRecord {
+                repo: "r".into(),
+                generation: g,
+                published_at: g,
+                files: 1,
+                bytes: 2,
+                changed_files: 1,
+            };
             store.record_generation(&rec).await.unwrap();
         }
-        assert_eq!(store.latest_generation("r").await.unwrap().unwrap().generation, 3);
+        assert_eq!(
+            store
+                .latest_generation("r")
+                .await
+                .unwrap()
+                .unwrap()
+                .generation,
+            3
+        );
     }
 
     #[tokio::test]
@@ -307,7 +341,10 @@ mod tests {
         let store = Store::open(&dir.path().join("db")).await.unwrap();
         let mut set = tokio::task::JoinSet::new();
         for i in 0..6 {
-            let token = store.create_enrollment(&format!("v{i}"), "fp", 60).await.unwrap();
+            let token = store
+                .create_enrollment(&format!("v{i}"), "fp", 60)
+                .await
+                .unwrap();
             let s = store.clone();
             set.spawn(async move { s.redeem(&token, "http://x").await.map(|r| r.name) });
         }

@@ -89,7 +89,11 @@ pub async fn announce(
         }
     }
     tracing::trace!(volunteer = %cred.name, repo = %repo, generation = report.generation, conns = report.customer_conns, "mirror announce");
-    let empty = AnnounceOutcome { peers: Vec::new(), complete: 0, incomplete: 0 };
+    let empty = AnnounceOutcome {
+        peers: Vec::new(),
+        complete: 0,
+        incomplete: 0,
+    };
     bencoded(announce_response(
         interval,
         1,

@@ -57,14 +57,25 @@ pub enum Exclusion {
     /// It has not announced this repository.
     NotMirroring,
     /// It holds generation `held`, but the file changed in `needed`.
-    Behind { held: u64, needed: u64 },
+    Behind {
+        held: u64,
+        needed: u64,
+    },
     /// It claims a generation newer than any published.
-    Ahead { held: u64, latest: u64 },
+    Ahead {
+        held: u64,
+        latest: u64,
+    },
     /// Its last announce is older than the timeout.
-    Stale { age_ms: u64 },
+    Stale {
+        age_ms: u64,
+    },
     Draining,
     /// It reports as many customers as it accepts.
-    Full { conns: u32, capacity: u32 },
+    Full {
+        conns: u32,
+        capacity: u32,
+    },
 }
 
 impl fmt::Display for Exclusion {
@@ -302,7 +313,12 @@ mod tests {
         r.report("deb", &report("a", 6, 1, 1), false, t0).unwrap();
         assert_eq!(r.get("a").unwrap().issued_since_report, 0);
         assert_eq!(r.get("a").unwrap().issued_total, 4);
-        assert_eq!(r.get("a").unwrap().issued_within(Duration::from_secs(1), t0), 4);
+        assert_eq!(
+            r.get("a")
+                .unwrap()
+                .issued_within(Duration::from_secs(1), t0),
+            4
+        );
     }
 
     #[test]
@@ -310,6 +326,9 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Registry::new(Duration::from_secs(3));
         r.report("deb", &report("a", 1, 1, 0), true, t0).unwrap();
-        assert_eq!(r.check(r.get("a").unwrap(), "deb", 1, 1, t0), Err(Exclusion::Draining));
+        assert_eq!(
+            r.check(r.get("a").unwrap(), "deb", 1, 1, t0),
+            Err(Exclusion::Draining)
+        );
     }
 }

@@ -48,7 +48,10 @@ impl ServerClient {
             .timeout(Duration::from_secs(60))
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(ServerClient { base: base.trim_end_matches('/').to_string(), http })
+        Ok(ServerClient {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+        })
     }
 
     pub fn base(&self) -> &str {
@@ -139,12 +142,24 @@ impl ServerClient {
         if !status.is_success() {
             bail!("announce: HTTP {status}");
         }
-        let v = bencode::decode(&body).map_err(|e| anyhow!("announce reply is not bencode: {e}"))?;
+        let v =
+            bencode::decode(&body).map_err(|e| anyhow!("announce reply is not bencode: {e}"))?;
         if let Some(reason) = v.get("failure reason").and_then(|r| r.as_bytes()) {
             bail!("announce refused: {}", String::from_utf8_lossy(reason));
         }
-        let interval = v.get("interval").and_then(|i| i.as_int()).unwrap_or(5).clamp(1, 3600) as u64;
-        let latest = v.get("ms_generation").and_then(|g| g.as_int()).unwrap_or(0).max(0) as u64;
-        Ok(AnnounceReply { interval: Duration::from_secs(interval), latest_generation: latest })
+        let interval = v
+            .get("interval")
+            .and_then(|i| i.as_int())
+            .unwrap_or(5)
+            .clamp(1, 3600) as u64;
+        let latest = v
+            .get("ms_generation")
+            .and_then(|g| g.as_int())
+            .unwrap_or(0)
+            .max(0) as u64;
+        Ok(AnnounceReply {
+            interval: Duration::from_secs(interval),
+            latest_generation: latest,
+        })
     }
 }

@@ -51,7 +51,9 @@ pub fn save(data_dir: &Path, cred: &Credential) -> Result<()> {
             use std::os::unix::fs::OpenOptionsExt;
             opts.mode(0o600);
         }
-        let mut f = opts.open(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        let mut f = opts
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
         f.write_all(&serde_json::to_vec_pretty(cred)?)?;
         f.sync_all()?;
     }
@@ -94,7 +96,10 @@ mod tests {
 
     #[test]
     fn token_fingerprints() {
-        assert_eq!(token_fingerprint(&format!("abc.{}", "a".repeat(32))).unwrap(), "a".repeat(32));
+        assert_eq!(
+            token_fingerprint(&format!("abc.{}", "a".repeat(32))).unwrap(),
+            "a".repeat(32)
+        );
         assert!(token_fingerprint("abc").is_err());
         assert!(token_fingerprint("abc.zz").is_err());
     }

@@ -108,7 +108,10 @@ impl Holdings {
         self.scan = out.files;
         if let Ok(bytes) = serde_json::to_vec(&self.scan) {
             let tmp = self.cache_path.with_extension("tmp");
-            if std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, &self.cache_path)).is_err() {
+            if std::fs::write(&tmp, bytes)
+                .and_then(|_| std::fs::rename(&tmp, &self.cache_path))
+                .is_err()
+            {
                 tracing::warn!(path = %self.cache_path.display(), "cannot save verification cache");
             }
         }
@@ -128,14 +131,19 @@ impl Holdings {
     pub fn view(&self) -> HoldingsView {
         let held = self.held_generation();
         let latest = self.latest_generation();
-        let relevant: Vec<&Arc<Manifest>> = [self.manifests.get(&latest), self.manifests.get(&held)]
-            .into_iter()
-            .flatten()
-            .collect();
+        let relevant: Vec<&Arc<Manifest>> =
+            [self.manifests.get(&latest), self.manifests.get(&held)]
+                .into_iter()
+                .flatten()
+                .collect();
         let mut servable = HashMap::new();
         for m in &relevant {
             for (path, e) in &m.files {
-                if let Some(c) = self.scan.get(path).filter(|c| c.size == e.size && c.sha256 == e.sha256) {
+                if let Some(c) = self
+                    .scan
+                    .get(path)
+                    .filter(|c| c.size == e.size && c.sha256 == e.sha256)
+                {
                     servable.insert(path.clone(), verified(c));
                 }
             }
@@ -146,17 +154,31 @@ impl Holdings {
             .map(|m| {
                 m.files
                     .iter()
-                    .filter(|(p, e)| !self.scan.get(*p).is_some_and(|c| c.sha256 == e.sha256 && c.size == e.size))
+                    .filter(|(p, e)| {
+                        !self
+                            .scan
+                            .get(*p)
+                            .is_some_and(|c| c.sha256 == e.sha256 && c.size == e.size)
+                    })
                     .map(|(p, _)| p.clone())
                     .collect()
             })
             .unwrap_or_default();
-        HoldingsView { held, latest, servable, missing }
+        HoldingsView {
+            held,
+            latest,
+            servable,
+            missing,
+        }
     }
 }
 
 fn verified(c: &CachedFile) -> Verified {
-    Verified { size: c.size, mtime_ns: c.mtime_ns, sha256: c.sha256 }
+    Verified {
+        size: c.size,
+        mtime_ns: c.mtime_ns,
+        sha256: c.sha256,
+    }
 }
 
 #[cfg(test)]

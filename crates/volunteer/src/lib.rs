@@ -68,10 +68,9 @@ async fn obtain_credential(cfg: &VolunteerConfig, client: &ServerClient) -> Resu
         }
         return Ok(c);
     }
-    let token = cfg
-        .token
-        .as_deref()
-        .ok_or_else(|| anyhow!("not enrolled yet: pass --token TOKEN (from `mirrorswarm enroll` on the server)"))?;
+    let token = cfg.token.as_deref().ok_or_else(|| {
+        anyhow!("not enrolled yet: pass --token TOKEN (from `mirrorswarm enroll` on the server)")
+    })?;
     let c = client.enroll(token, &cfg.public_url()).await?;
     credential::save(&cfg.data_dir, &c)?;
     tracing::info!(name = %c.name, id = %c.volunteer_id, "enrolled; credential saved");
@@ -86,22 +85,36 @@ impl VolunteerState {
     /// Bring one mirror up to date with the server: fetch manifests we lack (verifying each),
     /// rescan the directory, publish a new view.
     async fn refresh(&self, repo: &str, latest_hint: Option<u64>) -> Result<()> {
-        let Some(m) = self.mirrors.get(repo) else { return Ok(()) };
+        let Some(m) = self.mirrors.get(repo) else {
+            return Ok(());
+        };
         let mut h = m.holdings.lock().await;
         let need_latest = match latest_hint {
             Some(g) => g > h.latest_generation(),
             None => h.latest_generation() == 0,
         };
         if need_latest {
-            let latest = self.client.manifest(&self.server_key, repo, "latest").await?;
-            tracing::info!(repo, generation = latest.generation, files = latest.files.len(), "new generation published");
+            let latest = self
+                .client
+                .manifest(&self.server_key, repo, "latest")
+                .await?;
+            tracing::info!(
+                repo,
+                generation = latest.generation,
+                files = latest.files.len(),
+                "new generation published"
+            );
             h.add_manifest(latest);
         }
         h.rescan().await?;
         if h.held_generation() < h.latest_generation() {
             // Perhaps we hold an older generation: look back (each fetched once, then kept).
             for g in h.wanted_older() {
-                match self.client.manifest(&self.server_key, repo, &g.to_string()).await {
+                match self
+                    .client
+                    .manifest(&self.server_key, repo, &g.to_string())
+                    .await
+                {
                     Ok(old) => h.add_manifest(old),
                     Err(e) => {
                         tracing::debug!(repo, generation = g, error = %format!("{e:#}"), "older manifest unavailable");
@@ -115,10 +128,17 @@ impl VolunteerState {
         }
         let view = h.view();
         let before = m.view();
-        if view.held != before.held || view.latest != before.latest || view.servable.len() != before.servable.len() {
+        if view.held != before.held
+            || view.latest != before.latest
+            || view.servable.len() != before.servable.len()
+        {
             tracing::info!(
-                repo, held = view.held, latest = view.latest, servable = view.servable.len(),
-                missing = view.missing.len(), "holdings"
+                repo,
+                held = view.held,
+                latest = view.latest,
+                servable = view.servable.len(),
+                missing = view.missing.len(),
+                "holdings"
             );
             for p in view.missing.iter().take(5) {
                 tracing::info!(repo, path = %p, "missing or different from the latest manifest");
@@ -143,7 +163,12 @@ impl VolunteerState {
     }
 
     fn signed_query(&self, repo: &str, upload_bps: u64, event: Option<&str>) -> Result<String> {
-        let mut q = build_mirror_query(repo, self.peer_id, self.config.listen.port(), &self.report(repo, upload_bps));
+        let mut q = build_mirror_query(
+            repo,
+            self.peer_id,
+            self.config.listen.port(),
+            &self.report(repo, upload_bps),
+        );
         if let Some(ev) = event {
             q.push_str("&event=");
             q.push_str(ev);
@@ -190,7 +215,8 @@ impl VolunteerState {
 /// Run the volunteer until Ctrl-C / SIGTERM.
 pub async fn run(cfg: VolunteerConfig) -> Result<()> {
     cfg.validate()?;
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let server = cfg.server.clone().unwrap_or_default();
     let client = ServerClient::new(&server)?;
     let credential = obtain_credential(&cfg, &client).await?;
@@ -200,7 +226,9 @@ pub async fn run(cfg: VolunteerConfig) -> Result<()> {
             bail!("the server at {server} presents a different signing key than the one enrolled with; refusing to trust it")
         }
         Ok(_) => {}
-        Err(e) => tracing::warn!(error = %format!("{e:#}"), "server unreachable at start; serving what verified before"),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "server unreachable at start; serving what verified before")
+        }
     }
     let mirrors = cfg
         .mirrors
@@ -220,7 +248,9 @@ pub async fn run(cfg: VolunteerConfig) -> Result<()> {
     rand::Rng::fill(&mut rand::thread_rng(), &mut peer_id[8..]);
     // Sequence numbers start at the wall clock in microseconds so that they keep increasing
     // across restarts (the server refuses a sequence number it has seen).
-    let seq0 = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
+    let seq0 = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;

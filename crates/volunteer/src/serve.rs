@@ -23,7 +23,9 @@ impl Drop for ActiveGuard {
 /// Take a slot if fewer than `max` are taken.
 fn try_acquire(active: &Arc<AtomicU32>, max: u32) -> Option<ActiveGuard> {
     active
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
         .ok()
         .map(|_| ActiveGuard(active.clone()))
 }
@@ -31,7 +33,12 @@ fn try_acquire(active: &Arc<AtomicU32>, max: u32) -> Option<ActiveGuard> {
 fn text(status: StatusCode, msg: impl Into<String>) -> Response {
     let mut body = msg.into();
     body.push('\n');
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 pub async fn health(State(st): State<Arc<VolunteerState>>) -> Response {
@@ -55,10 +62,19 @@ pub async fn health(State(st): State<Arc<VolunteerState>>) -> Response {
     .into_response()
 }
 
-pub async fn customer(State(st): State<Arc<VolunteerState>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+pub async fn customer(
+    State(st): State<Arc<VolunteerState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     if method != Method::GET && method != Method::HEAD {
-        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are allowed");
-        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and HEAD are allowed",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
     let decoded = match fileserve::decode_url_path(uri.path()) {
@@ -68,10 +84,16 @@ pub async fn customer(State(st): State<Arc<VolunteerState>>, method: Method, uri
     let path = decoded.trim_start_matches('/');
     let (repo, rel) = path.split_once('/').unwrap_or((path, ""));
     let Some(mirror) = st.mirrors.get(repo) else {
-        return text(StatusCode::NOT_FOUND, format!("this volunteer does not mirror `{repo}`"));
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("this volunteer does not mirror `{repo}`"),
+        );
     };
     let Some(verified) = mirror.view().servable.get(rel).copied() else {
-        return text(StatusCode::NOT_FOUND, format!("`{rel}` is not a verified file of `{repo}` here"));
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("`{rel}` is not a verified file of `{repo}` here"),
+        );
     };
     let file = match fileserve::safe_join(&mirror.dir, rel) {
         Ok(f) => f,
@@ -84,13 +106,24 @@ pub async fn customer(State(st): State<Arc<VolunteerState>>, method: Method, uri
         .map(|m| manifest::scan::stat_key(&m) == (verified.size, verified.mtime_ns))
         .unwrap_or(false);
     if !unchanged {
-        tracing::warn!(repo, path = rel, "file changed on disk since it verified; not serving it");
+        tracing::warn!(
+            repo,
+            path = rel,
+            "file changed on disk since it verified; not serving it"
+        );
         st.rescan_now.notify_one();
-        return text(StatusCode::NOT_FOUND, format!("`{rel}` changed on disk and is being re-verified"));
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("`{rel}` changed on disk and is being re-verified"),
+        );
     }
     let Some(guard) = try_acquire(&st.active, st.config.max_connections) else {
-        let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "too many customers right now; retry shortly");
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+        let mut r = text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many customers right now; retry shortly",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
         return r;
     };
     let opts = ServeOptions {

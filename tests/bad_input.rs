@@ -264,6 +264,12 @@ async fn a_file_altered_on_a_volunteer_is_neither_served_nor_announced() {
             "a volunteer not holding a full generation was chosen: {loc}"
         );
     }
+    // The server's debug log names why it was excluded.
+    let log = server.proc.log_text();
+    assert!(
+        log.contains("holds generation 0, file changed in 1"),
+        "exclusion reasons must be logged"
+    );
     // Its untouched files remain verified and servable directly.
     let r = http()
         .get(format!("{}/debian/big/b.bin", altered.url))

@@ -139,7 +139,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         vcfgs.push(v);
     }
 
-    let server_task = tokio::spawn(server::run(scfg));
+    let server_task = tokio::spawn(server::run(scfg, crate::shutdown_signal()));
     wait_until(
         &format!("{server_url}/health"),
         |v| v["status"] == "ok",
@@ -148,7 +148,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     .await?;
     let mut tasks = vec![server_task];
     for v in vcfgs.iter().cloned() {
-        tasks.push(tokio::spawn(volunteer::run(v)));
+        tasks.push(tokio::spawn(volunteer::run(v, crate::shutdown_signal())));
     }
     let n = a.volunteers;
     wait_until(

@@ -161,8 +161,8 @@ fn main() -> ExitCode {
 
 async fn dispatch(cmd: Command) -> Result<()> {
     match cmd {
-        Command::Server(a) => server::run(server_config(a)?).await,
-        Command::Volunteer(a) => volunteer::run(volunteer_config(a)?).await,
+        Command::Server(a) => server::run(server_config(a)?, shutdown_signal()).await,
+        Command::Volunteer(a) => volunteer::run(volunteer_config(a)?, shutdown_signal()).await,
         Command::Publish(a) => publish(a).await,
         Command::Enroll(a) => {
             let token =
@@ -350,4 +350,23 @@ async fn volunteers(a: VolunteersArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM (systemd's stop).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }

@@ -24,8 +24,9 @@ async fn killed_volunteer_is_dropped_within_two_intervals_and_customers_keep_suc
     }
     let expected = sha256_hex(&std::fs::read(repo.join("big/a.bin")).unwrap());
 
-    // Customers download in the background while a volunteer is killed. Like apt (which
-    // retries by default), they retry a refused connection; each retry asks the server again.
+    // Customers download in the background while a volunteer is killed. A download in flight
+    // on the killed machine necessarily breaks; like apt (Acquire::Retries), the customers
+    // retry, and each retry asks the server again, which must not send them back there.
     let url = format!("{}/debian/big/a.bin", server.url);
     let out_dir = root.join("downloads");
     std::fs::create_dir_all(&out_dir).unwrap();
@@ -42,7 +43,7 @@ async fn killed_volunteer_is_dropped_within_two_intervals_and_customers_keep_suc
                         "-fsSL",
                         "--retry",
                         "5",
-                        "--retry-connrefused",
+                        "--retry-all-errors",
                         "--max-time",
                         "20",
                         "-o",

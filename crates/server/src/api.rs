@@ -10,9 +10,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use crate::redirect::text;
 use crate::state::{lock, write, AppState};
 use crate::store::StoreError;
+use fileserve::text_response as text;
 
 pub async fn health(State(st): State<Arc<AppState>>) -> Response {
     Json(serde_json::json!({ "status": "ok", "repos": st.latest_generations() })).into_response()

@@ -175,8 +175,11 @@ pub fn router(st: Arc<AppState>) -> Router {
         .with_state(st)
 }
 
-/// Run the server until Ctrl-C / SIGTERM.
-pub async fn run(cfg: ServerConfig) -> Result<()> {
+/// Run the server until `shutdown` completes (the CLI passes Ctrl-C / SIGTERM).
+pub async fn run(
+    cfg: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let listen = cfg.listen;
     let data = DataDir(cfg.data_dir.clone());
     let st = build_state(cfg).await?;
@@ -201,29 +204,11 @@ pub async fn run(cfg: ServerConfig) -> Result<()> {
         listener,
         router(st).into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
+    .with_graceful_shutdown(shutdown)
     .await
     .context("server failed")?;
     tracing::info!("server stopped");
     Ok(())
-}
-
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
 /// `mirrorswarm enroll`: create a one-time token in the server's store (the server may be

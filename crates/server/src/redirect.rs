@@ -11,6 +11,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use fileserve::text_response as text;
 use fileserve::{encode_path_segment, IndexEntry, ServeOptions};
 use manifest::Entry;
 
@@ -22,17 +23,6 @@ use crate::state::{lock, AppState};
 /// URL prefix that always serves from the origin, never redirects. Repository names cannot
 /// start with `.`, so it cannot clash with one.
 pub const ORIGIN_PREFIX: &str = ".origin";
-
-pub fn text(status: StatusCode, msg: impl Into<String>) -> Response {
-    let mut body = msg.into();
-    body.push('\n');
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        body,
-    )
-        .into_response()
-}
 
 fn encode_rel(rel: &str) -> String {
     rel.split('/')
@@ -133,18 +123,9 @@ pub async fn customer(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    if method != Method::GET && method != Method::HEAD {
-        let mut r = text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only GET and HEAD are allowed",
-        );
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return r;
-    }
-    let decoded = match fileserve::decode_url_path(uri.path()) {
+    let decoded = match fileserve::customer_path(&method, &uri) {
         Ok(p) => p,
-        Err(e) => return text(e.status(), format!("bad path: {e}")),
+        Err(resp) => return *resp,
     };
     let path = decoded.trim_start_matches('/');
     if path.is_empty() {

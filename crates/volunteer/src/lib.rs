@@ -212,8 +212,12 @@ impl VolunteerState {
     }
 }
 
-/// Run the volunteer until Ctrl-C / SIGTERM.
-pub async fn run(cfg: VolunteerConfig) -> Result<()> {
+/// Run the volunteer until `shutdown` completes (the CLI passes Ctrl-C / SIGTERM), then tell
+/// the tracker it stopped.
+pub async fn run(
+    cfg: VolunteerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     cfg.validate()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
@@ -317,28 +321,10 @@ pub async fn run(cfg: VolunteerConfig) -> Result<()> {
         mirrors = ?st.mirrors.keys().collect::<Vec<_>>(), "volunteer ready"
     );
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .await
         .context("volunteer server failed")?;
     st.announce_stopped().await;
     tracing::info!("volunteer stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }

@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use fileserve::text_response as text;
 use fileserve::ServeOptions;
 
 use crate::VolunteerState;
@@ -28,17 +29,6 @@ fn try_acquire(active: &Arc<AtomicU32>, max: u32) -> Option<ActiveGuard> {
         })
         .ok()
         .map(|_| ActiveGuard(active.clone()))
-}
-
-fn text(status: StatusCode, msg: impl Into<String>) -> Response {
-    let mut body = msg.into();
-    body.push('\n');
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        body,
-    )
-        .into_response()
 }
 
 pub async fn health(State(st): State<Arc<VolunteerState>>) -> Response {
@@ -68,18 +58,9 @@ pub async fn customer(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    if method != Method::GET && method != Method::HEAD {
-        let mut r = text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only GET and HEAD are allowed",
-        );
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return r;
-    }
-    let decoded = match fileserve::decode_url_path(uri.path()) {
+    let decoded = match fileserve::customer_path(&method, &uri) {
         Ok(p) => p,
-        Err(e) => return text(e.status(), format!("bad path: {e}")),
+        Err(resp) => return *resp,
     };
     let path = decoded.trim_start_matches('/');
     let (repo, rel) = path.split_once('/').unwrap_or((path, ""));

@@ -1,0 +1,51 @@
+//! The first steps every file-serving endpoint takes, shared by origin and volunteers.
+
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+
+/// A plain-text response: every refusal says why.
+pub fn text_response(status: StatusCode, msg: impl Into<String>) -> Response {
+    let mut body = msg.into();
+    body.push('\n');
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// Accept GET and HEAD only, then decode the path strictly. The error is the response to send
+/// (boxed: it is the cold path, and keeps the `Result` small).
+pub fn customer_path(method: &Method, uri: &Uri) -> Result<String, Box<Response>> {
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = text_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and HEAD are allowed",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return Err(Box::new(r));
+    }
+    crate::decode_url_path(uri.path())
+        .map_err(|e| Box::new(text_response(e.status(), format!("bad path: {e}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_and_paths() {
+        let uri: Uri = "/a/%2e%2e/b".parse().unwrap();
+        assert_eq!(
+            customer_path(&Method::GET, &uri).unwrap_err().status(),
+            StatusCode::BAD_REQUEST
+        );
+        let uri: Uri = "/a/b%20c".parse().unwrap();
+        assert_eq!(customer_path(&Method::HEAD, &uri).unwrap(), "/a/b c");
+        let r = customer_path(&Method::PUT, &uri).unwrap_err();
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[header::ALLOW], "GET, HEAD");
+    }
+}

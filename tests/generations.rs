@@ -8,15 +8,15 @@ use std::time::Duration;
 
 use common::*;
 
+/// The volunteers `n` requests for `path` were sent to. Answers from the origin are left
+/// out: on a loaded machine a volunteer may miss an announce deadline, and the origin is
+/// always a correct answer; what must never happen is a redirect to the wrong volunteer.
 async fn targets(server: &Server, path: &str, n: usize) -> HashSet<String> {
     let mut seen = HashSet::new();
     for _ in 0..n {
-        let loc = server
-            .location(path)
-            .await
-            .unwrap_or_else(|| "origin".into());
-        let host = loc.split("/debian/").next().unwrap_or(&loc).to_string();
-        seen.insert(host);
+        if let Some(loc) = server.location(path).await {
+            seen.insert(loc.split("/debian/").next().unwrap_or(&loc).to_string());
+        }
     }
     seen
 }

@@ -36,6 +36,47 @@ enum Command {
     Volunteers(VolunteersArgs),
     /// Start a server and three volunteers on loopback with a sample apt repository.
     Demo(demo::DemoArgs),
+    /// Sync a tree from the swarm (for cron jobs and first fills).
+    #[command(subcommand)]
+    Prsync(PrsyncCommand),
+}
+
+#[derive(Subcommand)]
+enum PrsyncCommand {
+    /// Bring DEST to the server's newest generation of REPO.
+    ///
+    /// Reuses unchanged and identical local files, builds large files from similar local ones
+    /// with block signatures, fetches missing pieces over BitTorrent from peers and the origin,
+    /// small files over HTTP from a peer volunteer, verifies every file's SHA-256 against the
+    /// signed manifest, then installs atomically and removes what the generation dropped.
+    /// Resumable: after a kill, run it again.
+    ///
+    /// Exit codes: 0 done; 1 error; 3 another pull is running on DEST; 4 a file could not be
+    /// obtained with the right SHA-256; 5 the server is unreachable or its manifest does not
+    /// verify.
+    Pull(PullArgs),
+}
+
+#[derive(Args)]
+struct PullArgs {
+    /// The central server's URL.
+    #[arg(long)]
+    server: String,
+    /// Repository name.
+    #[arg(long)]
+    repo: String,
+    /// The tree to bring up to date (created if missing).
+    #[arg(long)]
+    dest: PathBuf,
+    /// The server's public key (hex). Default: pinned in DEST on first use.
+    #[arg(long)]
+    key: Option<String>,
+    /// Seconds without BitTorrent progress before a file is fetched from the origin.
+    #[arg(long, default_value_t = 20)]
+    stall_secs: u64,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -143,6 +184,9 @@ fn init_logging() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    if let Command::Prsync(PrsyncCommand::Pull(a)) = &cli.command {
+        return prsync_pull(a);
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -177,6 +221,7 @@ async fn dispatch(cmd: Command) -> Result<()> {
         }
         Command::Volunteers(a) => volunteers(a).await,
         Command::Demo(a) => demo::run(a).await,
+        Command::Prsync(_) => unreachable!("handled in main"),
     }
 }
 
@@ -369,4 +414,44 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// `prsync pull` has its own exit codes, so it runs outside `dispatch`.
+fn prsync_pull(a: &PullArgs) -> ExitCode {
+    let mut opts = prsync::pull::PullOptions::new(&a.server, &a.repo, &a.dest);
+    opts.stall = std::time::Duration::from_secs(a.stall_secs);
+    if let Some(k) = &a.key {
+        match manifest::signing::parse_public_key(k) {
+            Ok(k) => opts.key = Some(k),
+            Err(e) => {
+                eprintln!("error: --key: {e}");
+                return ExitCode::from(prsync::pull::exit::ERROR);
+            }
+        }
+    }
+    if let Err(e) = config::validate_repo_name(&a.repo) {
+        eprintln!("error: --repo: {e}");
+        return ExitCode::from(prsync::pull::exit::ERROR);
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(prsync::pull::pull(&opts, None)) {
+        Ok(s) => {
+            if a.json {
+                println!("{}", serde_json::to_string(&s).unwrap_or_default());
+            } else {
+                println!("{}", s.line());
+            }
+            ExitCode::from(prsync::pull::exit::OK)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }

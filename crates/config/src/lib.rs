@@ -63,6 +63,35 @@ pub struct ServerConfig {
     pub repos: BTreeMap<String, PathBuf>,
     pub tracker: TrackerConfig,
     pub redirect: RedirectConfig,
+    pub prsync: PrsyncServerConfig,
+}
+
+/// Sync support on the server (`[prsync]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrsyncServerConfig {
+    /// Files of at least this many bytes get torrent metadata and block signatures, and are
+    /// seeded by the origin over BitTorrent; smaller ones are fetched over HTTP. Default 1 MiB.
+    pub torrent_min_bytes: u64,
+    /// Where the origin's BitTorrent seed listens (port 0: any). Default: the server's
+    /// listen address with port 0.
+    pub seed_listen: Option<SocketAddr>,
+    /// Cap on the origin seed's upload in bytes/s (at least 16384), so that volunteers fetch
+    /// from each other first. Default: none.
+    pub seed_upload_bps: Option<u32>,
+    /// Seed over BitTorrent at all. Default true.
+    pub seed: bool,
+}
+
+impl Default for PrsyncServerConfig {
+    fn default() -> Self {
+        PrsyncServerConfig {
+            torrent_min_bytes: 1 << 20,
+            seed_listen: None,
+            seed_upload_bps: None,
+            seed: true,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -74,6 +103,7 @@ impl Default for ServerConfig {
             repos: BTreeMap::new(),
             tracker: TrackerConfig::default(),
             redirect: RedirectConfig::default(),
+            prsync: PrsyncServerConfig::default(),
         }
     }
 }
@@ -174,6 +204,9 @@ impl ServerConfig {
         }
         if self.redirect.alternatives > 16 {
             return Err(invalid("redirect.alternatives", "must be 0..=16"));
+        }
+        if self.prsync.seed_upload_bps.is_some_and(|b| b < 16 * 1024) {
+            return Err(invalid("prsync.seed_upload_bps", "must be at least 16384 (BitTorrent's limiter refuses less)"));
         }
         if self.redirect.connection_window_secs == 0 {
             return Err(invalid(

@@ -13,7 +13,7 @@ pub mod relpath;
 pub mod scan;
 pub mod signing;
 
-pub use model::{Entry, Manifest, Sha256};
+pub use model::{Btih, Entry, Manifest, Sha256};
 pub use relpath::validate_rel_path;
 pub use signing::{KeyFingerprint, ServerKey, SignedManifest};
 

@@ -60,6 +60,42 @@ pub struct Entry {
     /// The generation in which these bytes last changed. A volunteer that fully holds
     /// generation `g >= changed_in` holds exactly these bytes.
     pub changed_in: u64,
+    /// For large files: the info-hash of the torrent the server publishes for these bytes
+    /// (`/artifacts/<sha256>.torrent`), so a fetched torrent can be checked against this
+    /// signed manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub btih: Option<Btih>,
+}
+
+/// A BitTorrent v1 info-hash; hex in JSON.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Btih(pub [u8; 20]);
+
+impl Btih {
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Debug for Btih {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.to_hex())
+    }
+}
+
+impl Serialize for Btih {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Btih {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <&str>::deserialize(d)?;
+        let mut out = [0u8; 20];
+        hex::decode_to_slice(s, &mut out).map_err(|_| serde::de::Error::custom("btih must be 40 hex digits"))?;
+        Ok(Btih(out))
+    }
 }
 
 /// Everything one generation of one repository holds.
@@ -118,6 +154,7 @@ impl Manifest {
                         size,
                         sha256,
                         changed_in,
+                        btih: None,
                     },
                 )
             })
@@ -188,6 +225,7 @@ mod tests {
                 size: 1,
                 sha256: h(1),
                 changed_in: 1,
+                btih: None,
             },
         );
         assert!(matches!(

@@ -1,7 +1,16 @@
 //! PRsync: volunteers sync repositories from each other with rsync-style reuse of what they
 //! already hold and hash-checked BitTorrent pieces, so the origin uploads each new file about
 //! once.
+//!
+//! Code map: [`artifacts`] what the server computes once per file version; [`rollsum`] and
+//! [`blockmatch`] reuse of similar local files; [`bt`] librqbit; [`fetch`] verified HTTP
+//! fetches; [`local`] the tree's lock, staging and atomic install; [`pull`] the engine;
+//! [`seeder`] seeding what a node holds.
 
 pub mod artifacts;
 pub mod blockmatch;
+pub mod bt;
+pub mod fetch;
+pub mod local;
+pub mod pull;
 pub mod rollsum;

@@ -21,6 +21,9 @@ pub async fn health(State(st): State<Arc<AppState>>) -> Response {
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct ServerInfo {
     pub public_key: String,
+    /// The origin's BitTorrent seed port, if it seeds.
+    #[serde(default)]
+    pub seed_port: Option<u16>,
     pub fingerprint: String,
     pub interval_secs: u64,
     pub repos: std::collections::BTreeMap<String, u64>,
@@ -29,6 +32,7 @@ pub struct ServerInfo {
 pub async fn info(State(st): State<Arc<AppState>>) -> Json<ServerInfo> {
     Json(ServerInfo {
         public_key: st.key.public_hex(),
+        seed_port: st.seed.get().map(|s| s.port()),
         fingerprint: st.key.fingerprint().0,
         interval_secs: st.config.tracker.interval_secs,
         repos: st.latest_generations(),
@@ -238,4 +242,33 @@ pub async fn publish(
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `GET /artifacts/<sha256>.torrent|.sig`: sync artifacts, content-addressed.
+pub async fn artifact(State(st): State<Arc<AppState>>, Path(file): Path<String>) -> Response {
+    let Some((sha, ext)) = file.split_once('.') else {
+        return text(StatusCode::NOT_FOUND, "expected <sha256>.torrent or <sha256>.sig");
+    };
+    let valid = sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    let ctype = match ext {
+        "torrent" => "application/x-bittorrent",
+        "sig" => "application/octet-stream",
+        _ => return text(StatusCode::NOT_FOUND, "expected <sha256>.torrent or <sha256>.sig"),
+    };
+    if !valid {
+        return text(StatusCode::BAD_REQUEST, "artifact name must be a lowercase hex SHA-256");
+    }
+    match tokio::fs::read(crate::publish::artifact_path(&st.config.data_dir, sha, ext)).await {
+        Ok(b) => (StatusCode::OK, [(header::CONTENT_TYPE, ctype)], b).into_response(),
+        Err(_) => text(StatusCode::NOT_FOUND, format!("no artifact {file}")),
+    }
+}
+
+/// `GET /api/stats`: what the origin has uploaded, by HTTP and as a BitTorrent seed.
+pub async fn stats(State(st): State<Arc<AppState>>) -> Response {
+    Json(serde_json::json!({
+        "origin_http_bytes": st.origin_http_bytes.load(std::sync::atomic::Ordering::Relaxed),
+        "seed_uploaded_bytes": st.seed.get().map_or(0, |s| s.uploaded_bytes()),
+    }))
+    .into_response()
 }

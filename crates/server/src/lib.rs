@@ -13,6 +13,7 @@ pub mod policy;
 pub mod publish;
 pub mod redirect;
 pub mod sample_repo;
+pub mod seed;
 pub mod state;
 pub mod store;
 pub mod tracker_http;
@@ -67,7 +68,13 @@ pub async fn publish_repo(st: &AppState, name: &str) -> Result<PublishReport> {
     let _guard = st.publish_lock.lock().await;
     let previous = st.repo(name);
     let (snap, report) = st.publisher.publish(name, dir, previous.as_deref()).await?;
-    write(&st.repos).insert(name.to_string(), Arc::new(snap));
+    let snap = Arc::new(snap);
+    write(&st.repos).insert(name.to_string(), snap.clone());
+    if let Some(seed) = st.seed.get() {
+        if let Err(e) = seed.sync(&snap).await {
+            tracing::warn!(repo = name, error = %format!("{e:#}"), "origin seeding incomplete");
+        }
+    }
     if report.new_generation {
         tracing::info!(
             repo = name,
@@ -135,7 +142,15 @@ pub async fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>> {
         .collect();
     let st = Arc::new(AppState {
         public_url: cfg.public_url(),
-        publisher: Publisher::new(cfg.data_dir.clone(), key.clone(), store.clone()),
+        publisher: Publisher::new(
+            cfg.data_dir.clone(),
+            key.clone(),
+            store.clone(),
+            publish::ArtifactSettings {
+                min_bytes: cfg.prsync.torrent_min_bytes,
+                announce_url: format!("{}/announce", cfg.public_url()),
+            },
+        ),
         key,
         store,
         publish_lock: tokio::sync::Mutex::new(()),
@@ -150,6 +165,9 @@ pub async fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>> {
         credentials: RwLock::new(HashMap::new()),
         policy,
         admin_token,
+        origin_http_bytes: Default::default(),
+        seed: tokio::sync::OnceCell::new(),
+        origin_peers: RwLock::new(Default::default()),
         config: cfg,
     });
     st.reload_credentials().await?;
@@ -171,8 +189,29 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route("/api/volunteers", get(api::volunteers))
         .route("/manifests/{repo}/{which}", get(api::manifest))
         .route("/admin/publish", post(api::publish))
+        .route("/artifacts/{file}", get(api::artifact))
+        .route("/api/stats", get(api::stats))
         .fallback(redirect::customer)
         .with_state(st)
+}
+
+/// Start the origin's BitTorrent seed and seed every repository's large files. A failure
+/// is logged, not fatal: volunteers then fetch from each other and over HTTP.
+async fn start_seed(st: &Arc<AppState>, local: SocketAddr) {
+    let listen = st.config.prsync.seed_listen.unwrap_or(SocketAddr::new(local.ip(), 0));
+    let tracker = format!("{}/announce", st.public_url);
+    match seed::OriginSeed::start(&st.config.data_dir, listen, st.config.prsync.seed_upload_bps, tracker).await {
+        Ok(s) => {
+            let s = st.seed.get_or_init(|| async { Arc::new(s) }).await.clone();
+            let snaps: Vec<Arc<publish::RepoSnapshot>> = state::read(&st.repos).values().cloned().collect();
+            for snap in snaps {
+                if let Err(e) = s.sync(&snap).await {
+                    tracing::warn!(repo = %snap.name, error = %format!("{e:#}"), "origin seeding incomplete");
+                }
+            }
+        }
+        Err(e) => tracing::error!(error = %format!("{e:#}"), "origin seed not started"),
+    }
 }
 
 /// Run the server until `shutdown` completes (the CLI passes Ctrl-C / SIGTERM).
@@ -187,6 +226,9 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
+    if st.config.prsync.seed {
+        start_seed(&st, local).await;
+    }
     let info = serde_json::json!({ "listen": local.to_string(), "url": format!("http://{local}"), "public_url": st.public_url, "pid": std::process::id() });
     publish::write_atomic(&data.server_json(), info.to_string().as_bytes())?;
     tracing::info!(listen = %local, public_url = %st.public_url, repos = ?st.latest_generations(), policy = st.policy.name(), "server ready");

@@ -51,6 +51,7 @@ mod tests {
             size: 5,
             sha256: Sha256([1; 32]),
             changed_in: 1,
+            btih: None,
         };
         let doc = render(
             "a&b.deb",

@@ -55,6 +55,19 @@ pub struct Publisher {
     data_dir: PathBuf,
     key: Arc<ServerKey>,
     store: Store,
+    artifacts: ArtifactSettings,
+}
+
+/// Which files get sync artifacts, and the tracker their torrents name.
+#[derive(Debug, Clone)]
+pub struct ArtifactSettings {
+    pub min_bytes: u64,
+    pub announce_url: String,
+}
+
+/// Content-addressed artifact files: `<data-dir>/artifacts/<sha256>.torrent` and `.sig`.
+pub fn artifact_path(data_dir: &Path, sha256_hex: &str, ext: &str) -> PathBuf {
+    data_dir.join("artifacts").join(format!("{sha256_hex}.{ext}"))
 }
 
 fn repo_dir(data_dir: &Path, name: &str) -> PathBuf {
@@ -83,12 +96,40 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 impl Publisher {
-    pub fn new(data_dir: PathBuf, key: Arc<ServerKey>, store: Store) -> Self {
-        Publisher {
-            data_dir,
-            key,
-            store,
+    pub fn new(data_dir: PathBuf, key: Arc<ServerKey>, store: Store, artifacts: ArtifactSettings) -> Self {
+        Publisher { data_dir, key, store, artifacts }
+    }
+
+    /// Give every large entry its torrent and block signature, computing only those that do
+    /// not exist yet (artifacts are keyed by content, so unchanged files cost nothing).
+    async fn attach_artifacts(&self, m: &mut Manifest, root: &Path) -> Result<usize> {
+        let mut built = 0;
+        for (path, e) in m.files.iter_mut() {
+            if e.size < self.artifacts.min_bytes {
+                continue;
+            }
+            let sha = e.sha256.to_hex();
+            let torrent_path = artifact_path(&self.data_dir, &sha, "torrent");
+            let sig_path = artifact_path(&self.data_dir, &sha, "sig");
+            if let (Ok(t), true) = (std::fs::read(&torrent_path), sig_path.exists()) {
+                if let Ok(h) = prsync::artifacts::torrent_info_hash(&t) {
+                    e.btih = Some(manifest::Btih(h));
+                    continue;
+                }
+            }
+            let file = root.join(path);
+            let announce = self.artifacts.announce_url.clone();
+            let sha2 = sha.clone();
+            let a = tokio::task::spawn_blocking(move || prsync::artifacts::build(&file, &sha2, &announce))
+                .await
+                .context("artifact task failed")?
+                .with_context(|| format!("building sync artifacts for {path}"))?;
+            write_atomic(&sig_path, &a.signature).with_context(|| format!("writing {}", sig_path.display()))?;
+            write_atomic(&torrent_path, &a.torrent).with_context(|| format!("writing {}", torrent_path.display()))?;
+            e.btih = Some(manifest::Btih(a.info_hash));
+            built += 1;
         }
+        Ok(built)
     }
 
     /// The newest generation published before, if any, read back and verified.
@@ -171,6 +212,11 @@ impl Publisher {
         let (manifest, signed, new_generation) = match prev {
             Some((m, bytes)) if m.same_content(&candidate) => (m.clone(), bytes, false),
             _ => {
+                let mut candidate = candidate;
+                let built = self.attach_artifacts(&mut candidate, root).await?;
+                if built > 0 {
+                    tracing::info!(repo = name, files = built, "built torrents and block signatures");
+                }
                 let signed = self.key.sign(&candidate)?.to_bytes()?;
                 let path = manifest_path(&self.data_dir, name, candidate.generation);
                 write_atomic(&path, &signed)
@@ -236,7 +282,8 @@ mod tests {
         std::fs::write(repo.join("sub/b"), b"two").unwrap();
         let key = Arc::new(ServerKey::from_bytes(&[9; 32]));
         let store = Store::open(&data.join("db")).await.unwrap();
-        let p = Publisher::new(data.clone(), key.clone(), store.clone());
+        let arts = ArtifactSettings { min_bytes: 1 << 20, announce_url: "http://t/announce".into() };
+        let p = Publisher::new(data.clone(), key.clone(), store.clone(), arts.clone());
 
         let (s1, r1) = p.publish("r", &repo, None).await.unwrap();
         assert_eq!(
@@ -260,7 +307,7 @@ mod tests {
         assert_eq!(s2.manifest.files["sub/b"].changed_in, 2);
 
         // A new publisher (server restart) continues from the files on disk.
-        let p2 = Publisher::new(data.clone(), key.clone(), store);
+        let p2 = Publisher::new(data.clone(), key.clone(), store, arts);
         let (latest, _) = p2.load_latest("r").unwrap().unwrap();
         assert_eq!(latest.generation, 2);
         let (_, r3) = p2.publish("r", &repo, None).await.unwrap();

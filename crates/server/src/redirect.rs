@@ -220,7 +220,17 @@ pub async fn customer(
             );
         }
     }
-    serve_origin(&snap, rel, &entry, &method, &headers, extra).await
+    let resp = serve_origin(&snap, rel, &entry, &method, &headers, extra).await;
+    if method == Method::GET && (resp.status() == StatusCode::OK || resp.status() == StatusCode::PARTIAL_CONTENT) {
+        let len = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        st.origin_http_bytes.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+    }
+    resp
 }
 
 fn moved(location: &str) -> Response {

@@ -31,6 +31,12 @@ pub struct AppState {
     pub credentials: RwLock<HashMap<String, VolunteerRecord>>,
     pub policy: Box<dyn Policy>,
     pub admin_token: String,
+    /// Bytes of file content the origin sent over HTTP (GET 200/206 bodies).
+    pub origin_http_bytes: std::sync::atomic::AtomicU64,
+    /// The origin's BitTorrent seed, once started.
+    pub seed: tokio::sync::OnceCell<Arc<crate::seed::OriginSeed>>,
+    /// Addresses the origin's seed announced from (so the tracker can hide it).
+    pub origin_peers: RwLock<std::collections::HashSet<std::net::SocketAddr>>,
 }
 
 impl AppState {

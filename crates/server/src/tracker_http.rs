@@ -18,7 +18,7 @@ use tracker::mirror::{parse_mirror_report, split_signed_query, verify_query_sign
 use tracker::response::{announce_response, failure_response, scrape_response};
 use tracker::swarm::AnnounceOutcome;
 
-use crate::state::{lock, AppState};
+use crate::state::{lock, read, write, AppState};
 
 fn bencoded(body: Vec<u8>) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], body).into_response()
@@ -50,13 +50,7 @@ pub async fn announce(
         }
     };
     let Some(report) = report else {
-        // A plain BitTorrent client.
-        let now = Instant::now();
-        let outcome = lock(&st.swarms).announce(&req, peer, now);
-        return match outcome {
-            Ok(o) => bencoded(announce_response(interval, 1, &o, req.compact, &[])),
-            Err(e) => failure(&e.to_string()),
-        };
+        return plain_announce(&st, &req, peer, interval);
     };
 
     let Some(repo) = st.info_hashes.get(&req.info_hash).cloned() else {
@@ -109,6 +103,31 @@ pub async fn scrape(State(st): State<Arc<AppState>>, RawQuery(query): RawQuery) 
         Ok(hashes) => {
             let stats = lock(&st.swarms).scrape(&hashes, Instant::now());
             bencoded(scrape_response(&stats))
+        }
+        Err(e) => failure(&e.to_string()),
+    }
+}
+
+/// A plain BitTorrent announce (volunteers' and the origin's librqbit sessions, or any client).
+/// While another seeder has the file, the origin's seed is left out of the peers handed to
+/// downloaders: volunteers then fetch from each other and the origin uploads about once.
+fn plain_announce(st: &AppState, req: &tracker::announce::AnnounceRequest, peer: SocketAddr, interval: u32) -> Response {
+    let is_origin = req.peer_id.starts_with(crate::seed::ORIGIN_PEER_PREFIX);
+    if is_origin {
+        write(&st.origin_peers).insert(SocketAddr::new(peer.ip().to_canonical(), req.port));
+    }
+    let outcome = lock(&st.swarms).announce(req, peer, Instant::now());
+    match outcome {
+        Ok(mut o) => {
+            if !is_origin {
+                let origins = read(&st.origin_peers);
+                let origin_listed = o.peers.iter().any(|p| origins.contains(p));
+                let other_seeders = o.complete.saturating_sub(u32::from(req.left == 0)).saturating_sub(u32::from(origin_listed));
+                if origin_listed && other_seeders >= 1 {
+                    o.peers.retain(|p| !origins.contains(p));
+                }
+            }
+            bencoded(announce_response(interval, 1, &o, req.compact, &[]))
         }
         Err(e) => failure(&e.to_string()),
     }

@@ -1,0 +1,171 @@
+//! BitTorrent through librqbit: one session per process, used to fetch the pieces a first
+//! guess got wrong and to seed what we hold. Every piece is SHA-1 checked by librqbit before it
+//! is kept; a file is installed only after its SHA-256 matches the signed manifest.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use bytes::Bytes;
+use librqbit::api::TorrentIdOrHash;
+use librqbit::limits::LimitsConfig;
+use librqbit::{AddTorrent, AddTorrentOptions, ListenerMode, ListenerOptions, ManagedTorrent, Session, SessionOptions};
+
+/// librqbit refuses rate limits below this.
+pub const MIN_RATE_BPS: u32 = 16 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct BtConfig {
+    /// Address to accept peers on (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Upload cap in bytes per second (at least 16 KiB/s), or none.
+    pub upload_bps: Option<u32>,
+    /// Fixed peer id (the origin uses one so its tracker can recognise it).
+    pub peer_id: Option<[u8; 20]>,
+    /// Default folder for the session's bookkeeping.
+    pub dir: PathBuf,
+}
+
+pub struct Bt {
+    session: Arc<Session>,
+    port: u16,
+}
+
+/// What one torrent download did.
+#[derive(Debug, Default, Clone)]
+pub struct Fetched {
+    /// Bytes fetched per peer address.
+    pub per_peer: HashMap<String, u64>,
+    pub finished: bool,
+}
+
+impl Bt {
+    pub async fn start(cfg: BtConfig) -> Result<Bt> {
+        std::fs::create_dir_all(&cfg.dir).with_context(|| format!("creating {}", cfg.dir.display()))?;
+        let upload = cfg
+            .upload_bps
+            .map(|b| b.max(MIN_RATE_BPS))
+            .and_then(NonZeroU32::new);
+        // librqbit announces no port of its own for a loopback listener (it would say 4240),
+        // so pick the port here and announce it explicitly.
+        let mut listen = cfg.listen;
+        if listen.port() == 0 {
+            let probe = std::net::TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+            listen.set_port(probe.local_addr()?.port());
+        }
+        let opts = SessionOptions {
+            dht: None,
+            persistence: None,
+            fastresume: false,
+            disable_local_service_discovery: true,
+            ipv4_only: cfg.listen.is_ipv4(),
+            peer_id: cfg.peer_id.map(librqbit::dht::Id20::new),
+            listen: Some(ListenerOptions {
+                mode: ListenerMode::TcpOnly,
+                listen_addr: listen,
+                announce_port: Some(listen.port()),
+                enable_upnp_port_forwarding: false,
+                ipv4_only: cfg.listen.is_ipv4(),
+                ..Default::default()
+            }),
+            ratelimits: LimitsConfig { upload_bps: upload, download_bps: None },
+            ..Default::default()
+        };
+        let session = Session::new_with_opts(cfg.dir.clone(), opts)
+            .await
+            .context("starting the BitTorrent session")?;
+        Ok(Bt { session, port: listen.port() })
+    }
+
+    /// The port peers reach us on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Add a torrent whose single file lives (or will live) in `folder`. Existing bytes are
+    /// re-checked piece by piece; only failing pieces are fetched.
+    pub async fn add(&self, torrent: Bytes, folder: &Path, tracker: &str) -> Result<Arc<ManagedTorrent>> {
+        let opts = AddTorrentOptions {
+            overwrite: true,
+            output_folder: Some(folder.to_string_lossy().into_owned()),
+            trackers: Some(vec![tracker.to_string()]),
+            force_tracker_interval: Some(Duration::from_secs(2)),
+            ..Default::default()
+        };
+        let resp = self
+            .session
+            .add_torrent(AddTorrent::TorrentFileBytes(torrent), Some(opts))
+            .await
+            .context("adding torrent")?;
+        resp.into_handle().ok_or_else(|| anyhow!("torrent was listed, not added"))
+    }
+
+    pub async fn remove(&self, info_hash: [u8; 20]) {
+        let id = TorrentIdOrHash::Hash(librqbit::dht::Id20::new(info_hash));
+        if let Err(e) = self.session.delete(id, false).await {
+            tracing::debug!(error = %e, "removing torrent");
+        }
+    }
+
+    /// Wait until the torrent completes, it makes no progress for `stall`, or `limit` passes.
+    pub async fn wait(&self, handle: &Arc<ManagedTorrent>, stall: Duration, limit: Duration) -> Fetched {
+        let start = Instant::now();
+        let mut last_progress = (0u64, Instant::now());
+        loop {
+            let st = handle.stats();
+            if st.finished {
+                return Fetched { per_peer: per_peer(handle), finished: true };
+            }
+            if let Some(e) = &st.error {
+                tracing::warn!(error = %e, "torrent error");
+                return Fetched { per_peer: per_peer(handle), finished: false };
+            }
+            if st.progress_bytes != last_progress.0 {
+                last_progress = (st.progress_bytes, Instant::now());
+            }
+            if last_progress.1.elapsed() > stall || start.elapsed() > limit {
+                return Fetched { per_peer: per_peer(handle), finished: false };
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Bytes this session has uploaded to peers.
+    pub fn uploaded_bytes(&self) -> u64 {
+        self.session.stats_snapshot().counters.uploaded_bytes
+    }
+
+    /// Peers connected right now, over all torrents (the sync connections we report).
+    pub fn live_peers(&self) -> u32 {
+        self.session.with_torrents(|it| {
+            it.filter_map(|(_, t)| t.live())
+                .map(|l| l.per_peer_stats_snapshot(Default::default()).peers.len() as u32)
+                .sum()
+        })
+    }
+}
+
+fn per_peer(handle: &Arc<ManagedTorrent>) -> HashMap<String, u64> {
+    let Some(live) = handle.live() else { return HashMap::new() };
+    // The filter type is not exported; it deserialises from its JSON form.
+    let all = match serde_json::from_value(serde_json::json!({ "state": "all" })) {
+        Ok(f) => f,
+        Err(_) => return HashMap::new(),
+    };
+    live.per_peer_stats_snapshot(all)
+        .peers
+        .into_iter()
+        .map(|(addr, s)| (addr, s.counters.fetched_bytes))
+        .collect()
+}
+
+/// Whether a peer address string is the origin's seed.
+pub fn is_origin(peer: &str, origin: Option<SocketAddr>) -> bool {
+    let (Some(o), Ok(p)) = (origin, peer.parse::<SocketAddr>()) else { return false };
+    let canon = |ip: IpAddr| ip.to_canonical();
+    p.port() == o.port() && canon(p.ip()) == canon(o.ip())
+}

@@ -1,0 +1,580 @@
+//! The sync engine: bring a destination tree to the server's newest generation, cheapest
+//! source first, and install only what verified.
+//!
+//! Per file of the new generation: unchanged → nothing; the same bytes elsewhere in the tree →
+//! local copy; a large file with a similar local one → first guess from block signatures, then
+//! BitTorrent fixes the pieces it got wrong (peers first; the origin seeds too); other large
+//! files → BitTorrent; small files → HTTP through the server's redirect (a peer volunteer, or
+//! the origin). Anything that fails or does not verify falls back to the origin over HTTP.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::IsTerminal;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ed25519_dalek::VerifyingKey;
+use manifest::scan::{hash_file, scan_tree, CachedFile, ScanCache};
+use manifest::{Entry, Manifest, SignedManifest};
+
+use crate::blockmatch::{first_guess, BlockSignature};
+use crate::bt::{is_origin, Bt, BtConfig};
+use crate::fetch::{fetch_verified, FetchError};
+use crate::local::{install, LockError, StateDir, TreeLock};
+
+/// Exit codes of `mirrorswarm prsync pull` (documented in its --help).
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const ERROR: u8 = 1;
+    pub const LOCKED: u8 = 3;
+    pub const UNVERIFIED: u8 = 4;
+    pub const SERVER: u8 = 5;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(transparent)]
+    Locked(#[from] LockError),
+    #[error("server: {0}")]
+    Server(String),
+    #[error("{path}: no source gave bytes matching the signed manifest ({why})")]
+    Unverified { path: String, why: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl PullError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            PullError::Locked(LockError::Held(_)) => exit::LOCKED,
+            PullError::Server(_) => exit::SERVER,
+            PullError::Unverified { .. } => exit::UNVERIFIED,
+            _ => exit::ERROR,
+        }
+    }
+}
+
+fn other(e: impl std::fmt::Display) -> PullError {
+    PullError::Other(e.to_string())
+}
+
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    pub server: String,
+    pub repo: String,
+    pub dest: PathBuf,
+    /// The server's key; `None`: fetch it and pin it in the tree on first use.
+    pub key: Option<VerifyingKey>,
+    /// Give up on a torrent that makes no progress for this long (then: origin over HTTP).
+    pub stall: Duration,
+    /// Where a temporary BitTorrent session listens, when none is passed in.
+    pub bt_listen: SocketAddr,
+    pub progress: bool,
+    /// Parallel HTTP fetches.
+    pub http_parallel: usize,
+}
+
+impl PullOptions {
+    pub fn new(server: &str, repo: &str, dest: &Path) -> Self {
+        PullOptions {
+            server: server.trim_end_matches('/').to_string(),
+            repo: repo.to_string(),
+            dest: dest.to_path_buf(),
+            key: None,
+            stall: Duration::from_secs(20),
+            bt_listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            progress: std::io::stdout().is_terminal(),
+            http_parallel: 4,
+        }
+    }
+}
+
+/// What a pull did. `speedup` is the paper's measure: repository bytes ÷ bytes transferred.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Summary {
+    pub generation: u64,
+    pub files: usize,
+    pub unchanged_files: usize,
+    pub installed_files: usize,
+    pub removed_files: usize,
+    pub repo_bytes: u64,
+    pub reused_local_bytes: u64,
+    pub from_peers_bytes: u64,
+    pub from_origin_bytes: u64,
+    pub wall_secs: f64,
+}
+
+impl Summary {
+    pub fn transferred(&self) -> u64 {
+        self.from_peers_bytes + self.from_origin_bytes
+    }
+    pub fn speedup(&self) -> f64 {
+        self.repo_bytes as f64 / self.transferred().max(1) as f64
+    }
+    pub fn line(&self) -> String {
+        format!(
+            "generation {}: {} files ({} unchanged, {} installed, {} removed); reused locally {} B, from peers {} B, from origin {} B; {:.2} s; speedup {:.1}x",
+            self.generation,
+            self.files,
+            self.unchanged_files,
+            self.installed_files,
+            self.removed_files,
+            self.reused_local_bytes,
+            self.from_peers_bytes,
+            self.from_origin_bytes,
+            self.wall_secs,
+            self.speedup()
+        )
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Info {
+    public_key: String,
+    #[serde(default)]
+    seed_port: Option<u16>,
+}
+
+struct Ctx<'a> {
+    opts: &'a PullOptions,
+    http: reqwest::Client,
+    state: StateDir,
+    origin_seed: Option<SocketAddr>,
+    summary: Summary,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+/// One distinct content to obtain (several paths may want the same bytes).
+struct Job {
+    path: String,
+    entry: Entry,
+}
+
+/// Run one pull. `bt`: the caller's BitTorrent session (the volunteer daemon's); otherwise a
+/// temporary one is started when some file needs it.
+pub async fn pull(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullError> {
+    let start = Instant::now();
+    let state = StateDir::new(&opts.dest);
+    std::fs::create_dir_all(state.staging()).map_err(|e| other(format!("creating {}: {e}", state.staging().display())))?;
+    let _lock = TreeLock::acquire(&state.lock())?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(3600))
+        .build()
+        .map_err(other)?;
+
+    let info: Info = get_json(&http, &format!("{}/api/info", opts.server)).await?;
+    let key = trusted_key(opts, &state, &info)?;
+    let manifest = fetch_manifest(&http, opts, &key).await?;
+    let origin_seed = info.seed_port.and_then(|p| server_ip(&opts.server).map(|ip| SocketAddr::new(ip, p)));
+    let mut ctx = Ctx { opts, http, state, origin_seed, summary: Summary::default(), bar: None };
+    ctx.summary.generation = manifest.generation;
+    ctx.summary.files = manifest.files.len();
+    ctx.summary.repo_bytes = manifest.total_bytes();
+
+    // What the tree holds now.
+    let cache: ScanCache = std::fs::read(ctx.state.scan_cache())
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let dest = opts.dest.clone();
+    let local = tokio::task::spawn_blocking(move || scan_tree(&dest, &cache))
+        .await
+        .map_err(other)?
+        .map_err(other)?
+        .files;
+    let by_sha: HashMap<manifest::Sha256, String> = local.iter().map(|(p, c)| (c.sha256, p.clone())).collect();
+
+    // Plan.
+    let mut wanted: BTreeMap<String, Entry> = BTreeMap::new(); // path → entry, to install
+    let mut jobs: HashMap<manifest::Sha256, Job> = HashMap::new();
+    for (path, e) in &manifest.files {
+        if local.get(path).is_some_and(|c| c.size == e.size && c.sha256 == e.sha256) {
+            ctx.summary.unchanged_files += 1;
+            continue;
+        }
+        wanted.insert(path.clone(), *e);
+        if jobs.contains_key(&e.sha256) {
+            continue;
+        }
+        let staged = ctx.state.staged(&e.sha256.to_hex());
+        if staged.exists() {
+            // Left by an interrupted run: verified below like everything else.
+        } else if let Some(src) = by_sha.get(&e.sha256) {
+            std::fs::copy(opts.dest.join(src), &staged).map_err(|err| other(format!("copying {src}: {err}")))?;
+            ctx.summary.reused_local_bytes += e.size;
+            tracing::debug!(path, from = %src, "identical bytes found locally");
+            continue;
+        }
+        jobs.insert(e.sha256, Job { path: path.clone(), entry: *e });
+    }
+    let need: u64 = jobs.values().map(|j| j.entry.size).sum();
+    if opts.progress && need > 0 {
+        let bar = indicatif::ProgressBar::new(need);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {bytes_per_sec} {wide_msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        ctx.bar = Some(bar);
+    }
+
+    // Fetch: torrents for large files, HTTP for the rest.
+    let (torrent_jobs, http_jobs): (Vec<Job>, Vec<Job>) = jobs.into_values().partition(|j| j.entry.btih.is_some());
+    let mut own_bt = None;
+    let bt = match (bt, torrent_jobs.is_empty()) {
+        (Some(b), _) => Some(b),
+        (None, true) => None,
+        (None, false) => {
+            let dir = ctx.state.0.join("bt");
+            match Bt::start(BtConfig { listen: opts.bt_listen, upload_bps: None, peer_id: None, dir }).await {
+                Ok(b) => {
+                    own_bt = Some(b);
+                    own_bt.as_ref()
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "no BitTorrent; fetching over HTTP");
+                    None
+                }
+            }
+        }
+    };
+    let mut fallback: Vec<Job> = Vec::new();
+    match bt {
+        Some(bt) => fallback.extend(fetch_torrents(&mut ctx, bt, torrent_jobs, &local).await),
+        None => fallback.extend(torrent_jobs),
+    }
+    fetch_http(&mut ctx, http_jobs, false).await?;
+    fetch_http(&mut ctx, fallback, true).await?;
+    drop(own_bt);
+
+    // Verify every staged file, then install.
+    let mut by_content: HashMap<manifest::Sha256, Vec<String>> = HashMap::new();
+    for (path, e) in &wanted {
+        by_content.entry(e.sha256).or_default().push(path.clone());
+    }
+    for (sha, paths) in &by_content {
+        let staged = ctx.state.staged(&sha.to_hex());
+        let ok = {
+            let s = staged.clone();
+            tokio::task::spawn_blocking(move || hash_file(&s)).await.map_err(other)?.map(|h| h == *sha).unwrap_or(false)
+        };
+        if !ok {
+            let _ = std::fs::remove_file(&staged);
+            let path = paths[0].clone();
+            let entry = wanted[&path];
+            tracing::warn!(path, "staged bytes did not verify; fetching from the origin");
+            fetch_http(&mut ctx, vec![Job { path, entry }], true).await?;
+        }
+    }
+    let mut new_cache = local.clone();
+    for (sha, paths) in &by_content {
+        let staged = ctx.state.staged(&sha.to_hex());
+        for (i, path) in paths.iter().enumerate() {
+            let keep = i + 1 < paths.len();
+            install(&staged, &opts.dest, path, keep).map_err(|e| other(format!("installing {path}: {e}")))?;
+            if let Ok(meta) = std::fs::metadata(opts.dest.join(path)) {
+                let (size, mtime_ns) = manifest::scan::stat_key(&meta);
+                new_cache.insert(path.clone(), CachedFile { size, mtime_ns, sha256: *sha });
+            }
+            ctx.summary.installed_files += 1;
+        }
+    }
+    // Remove what the generation dropped.
+    for path in local.keys() {
+        if !manifest.files.contains_key(path) {
+            if std::fs::remove_file(opts.dest.join(path)).is_ok() {
+                ctx.summary.removed_files += 1;
+            }
+            new_cache.remove(path);
+            remove_empty_parents(&opts.dest, path);
+        }
+    }
+    if let Ok(b) = serde_json::to_vec(&new_cache) {
+        let _ = std::fs::write(ctx.state.scan_cache(), b);
+    }
+    clean_staging(&ctx.state);
+    if let Some(bar) = &ctx.bar {
+        bar.finish_and_clear();
+    }
+    ctx.summary.wall_secs = start.elapsed().as_secs_f64();
+    Ok(ctx.summary)
+}
+
+async fn get_json<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: &str) -> Result<T, PullError> {
+    let r = http.get(url).send().await.map_err(|e| PullError::Server(format!("cannot reach {url}: {e}")))?;
+    if !r.status().is_success() {
+        return Err(PullError::Server(format!("{url}: HTTP {}", r.status())));
+    }
+    r.json().await.map_err(|e| PullError::Server(format!("{url}: {e}")))
+}
+
+fn trusted_key(opts: &PullOptions, state: &StateDir, info: &Info) -> Result<VerifyingKey, PullError> {
+    if let Some(k) = opts.key {
+        return Ok(k);
+    }
+    let offered = manifest::signing::parse_public_key(&info.public_key).map_err(|e| PullError::Server(e.to_string()))?;
+    match std::fs::read_to_string(state.server_key()) {
+        Ok(pinned) => {
+            let pinned = manifest::signing::parse_public_key(pinned.trim()).map_err(other)?;
+            if pinned != offered {
+                return Err(PullError::Server(format!(
+                    "the server's signing key changed since this tree was first synced (pinned in {}); refusing",
+                    state.server_key().display()
+                )));
+            }
+            Ok(pinned)
+        }
+        Err(_) => {
+            std::fs::write(state.server_key(), &info.public_key).map_err(other)?;
+            Ok(offered)
+        }
+    }
+}
+
+async fn fetch_manifest(http: &reqwest::Client, opts: &PullOptions, key: &VerifyingKey) -> Result<Manifest, PullError> {
+    let url = format!("{}/manifests/{}/latest", opts.server, opts.repo);
+    let r = http.get(&url).send().await.map_err(|e| PullError::Server(format!("cannot reach {url}: {e}")))?;
+    if !r.status().is_success() {
+        return Err(PullError::Server(format!("{url}: HTTP {}", r.status())));
+    }
+    let body = r.bytes().await.map_err(|e| PullError::Server(e.to_string()))?;
+    SignedManifest::verify_expected(&body, key, &opts.repo, None).map_err(|e| PullError::Server(format!("manifest: {e}")))
+}
+
+fn server_ip(server: &str) -> Option<std::net::IpAddr> {
+    let rest = server.strip_prefix("http://").or_else(|| server.strip_prefix("https://"))?;
+    let hostport = rest.split('/').next()?;
+    let with_port = if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:80") };
+    with_port.to_socket_addrs().ok()?.next().map(|a| a.ip())
+}
+
+fn encode_rel(rel: &str) -> String {
+    rel.split('/')
+        .map(|seg| {
+            seg.bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Fetch over HTTP: through the server's redirect (peers first), or straight from the origin.
+async fn fetch_http(ctx: &mut Ctx<'_>, jobs: Vec<Job>, origin_only: bool) -> Result<(), PullError> {
+    let opts = ctx.opts;
+    let mut pending = jobs.into_iter();
+    let mut set = tokio::task::JoinSet::new();
+    loop {
+        while set.len() < opts.http_parallel.max(1) {
+            let Some(job) = pending.next() else { break };
+            let http = ctx.http.clone();
+            let server = opts.server.clone();
+            let repo = opts.repo.clone();
+            let sha = job.entry.sha256.to_hex();
+            let part = ctx.state.partial(&sha);
+            let staged = ctx.state.staged(&sha);
+            set.spawn(async move {
+                let via_peer = format!("{server}/{repo}/{}", encode_rel(&job.path));
+                let origin = format!("{server}/.origin/{repo}/{}", encode_rel(&job.path));
+                let mut tries: Vec<&str> = Vec::new();
+                if !origin_only {
+                    tries.push(&via_peer);
+                }
+                tries.push(&origin);
+                let mut last: Option<FetchError> = None;
+                for url in tries {
+                    match fetch_verified(&http, url, &server, &job.entry, &part, &staged).await {
+                        Ok(f) => return (job, Ok(f)),
+                        Err(e) => {
+                            tracing::warn!(path = %job.path, error = %e, "fetch failed");
+                            last = Some(e);
+                        }
+                    }
+                }
+                let why = last.map_or_else(|| "no source".to_string(), |e| e.to_string());
+                (job, Err(why))
+            });
+        }
+        let Some(done) = set.join_next().await else { break };
+        let (job, res) = done.map_err(other)?;
+        match res {
+            Ok(f) => {
+                if f.from_peer {
+                    ctx.summary.from_peers_bytes += f.bytes;
+                } else {
+                    ctx.summary.from_origin_bytes += f.bytes;
+                }
+                if let Some(b) = &ctx.bar {
+                    b.inc(job.entry.size);
+                }
+            }
+            Err(why) => return Err(PullError::Unverified { path: job.path, why }),
+        }
+    }
+    Ok(())
+}
+
+/// A local file that probably shares most blocks with `path`'s new version: the old version
+/// at the same path, or the same package with another version in the same directory.
+fn find_similar(path: &str, local: &ScanCache) -> Option<String> {
+    if local.contains_key(path) {
+        return Some(path.to_string());
+    }
+    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let stem = package_stem(name);
+    let ext = name.rsplit_once('.').map(|(_, e)| e);
+    local
+        .iter()
+        .filter(|(p, _)| {
+            let (d, n) = p.rsplit_once('/').unwrap_or(("", p.as_str()));
+            d == dir && package_stem(n) == stem && n.rsplit_once('.').map(|(_, e)| e) == ext
+        })
+        .max_by_key(|(_, c)| c.size)
+        .map(|(p, _)| p.clone())
+}
+
+/// `hello_2.10-3_amd64.deb` → `hello`; `requests-2.31.0-py3-none-any.whl` → `requests`.
+fn package_stem(name: &str) -> &str {
+    if let Some((stem, _)) = name.split_once('_') {
+        return stem;
+    }
+    let bytes = name.as_bytes();
+    for i in 1..bytes.len() {
+        if bytes[i - 1] == b'-' && bytes[i].is_ascii_digit() {
+            return &name[..i - 1];
+        }
+    }
+    name.rsplit_once('.').map_or(name, |(s, _)| s)
+}
+
+/// Torrents: first guess from a similar local file, then librqbit fetches what is wrong.
+/// Returns the jobs that must fall back to HTTP.
+async fn fetch_torrents(ctx: &mut Ctx<'_>, bt: &Bt, jobs: Vec<Job>, local: &ScanCache) -> Vec<Job> {
+    let opts = ctx.opts;
+    let tracker = format!("{}/announce", opts.server);
+    let mut running = Vec::new();
+    let mut fallback = Vec::new();
+    for job in jobs {
+        let sha = job.entry.sha256.to_hex();
+        let Some(btih) = job.entry.btih else {
+            fallback.push(job);
+            continue;
+        };
+        let torrent = match get_bytes(&ctx.http, &format!("{}/artifacts/{sha}.torrent", opts.server)).await {
+            Some(t) if crate::artifacts::torrent_info_hash(&t).is_ok_and(|h| h == btih.0) => t,
+            _ => {
+                tracing::warn!(path = %job.path, "torrent missing or not the one the manifest names");
+                fallback.push(job);
+                continue;
+            }
+        };
+        let staged = ctx.state.staged(&sha);
+        if !staged.exists() {
+            if let Some(similar) = find_similar(&job.path, local) {
+                if let Some(sig) = get_bytes(&ctx.http, &format!("{}/artifacts/{sha}.sig", opts.server)).await {
+                    match BlockSignature::parse(&sig, job.entry.size) {
+                        Ok(sig) => {
+                            let old = opts.dest.join(&similar);
+                            let out = staged.clone();
+                            match tokio::task::spawn_blocking(move || first_guess(&sig, &old, &out)).await {
+                                Ok(Ok(st)) => {
+                                    tracing::info!(path = %job.path, from = %similar, matched = st.matched_bytes, "first guess from a similar local file");
+                                    ctx.summary.reused_local_bytes += st.matched_bytes;
+                                }
+                                Ok(Err(e)) => tracing::warn!(path = %job.path, error = %e, "first guess failed"),
+                                Err(e) => tracing::warn!(path = %job.path, error = %e, "first guess task failed"),
+                            }
+                        }
+                        Err(e) => tracing::warn!(path = %job.path, error = %e, "refusing a bad block signature"),
+                    }
+                }
+            }
+        }
+        match bt.add(torrent, &ctx.state.staging(), &tracker).await {
+            Ok(h) => running.push((job, h, btih.0)),
+            Err(e) => {
+                tracing::warn!(path = %job.path, error = %format!("{e:#}"), "cannot add torrent");
+                fallback.push(job);
+            }
+        }
+    }
+    for (job, handle, btih) in running {
+        let got = bt.wait(&handle, opts.stall, Duration::from_secs(24 * 3600)).await;
+        for (peer, bytes) in &got.per_peer {
+            if is_origin(peer, ctx.origin_seed) {
+                ctx.summary.from_origin_bytes += bytes;
+            } else {
+                ctx.summary.from_peers_bytes += bytes;
+            }
+        }
+        bt.remove(btih).await;
+        if let Some(b) = &ctx.bar {
+            b.inc(job.entry.size);
+        }
+        if !got.finished {
+            tracing::warn!(path = %job.path, "BitTorrent stalled; fetching from the origin");
+            fallback.push(job);
+        }
+    }
+    fallback
+}
+
+async fn get_bytes(http: &reqwest::Client, url: &str) -> Option<Bytes> {
+    let r = http.get(url).send().await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.bytes().await.ok()
+}
+
+fn remove_empty_parents(dest: &Path, rel: &str) {
+    let mut p = Path::new(rel).parent();
+    while let Some(dir) = p {
+        if dir.as_os_str().is_empty() || std::fs::remove_dir(dest.join(dir)).is_err() {
+            break;
+        }
+        p = dir.parent();
+    }
+}
+
+/// Leftovers of earlier runs for contents no longer wanted.
+fn clean_staging(state: &StateDir) {
+    if let Ok(rd) = std::fs::read_dir(state.staging()) {
+        for e in rd.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_stems() {
+        assert_eq!(package_stem("hello_2.10-3_amd64.deb"), "hello");
+        assert_eq!(package_stem("requests-2.31.0-py3-none-any.whl"), "requests");
+        assert_eq!(package_stem("image.iso"), "image");
+    }
+
+    #[test]
+    fn similar_files_by_path_then_package_name() {
+        let c = |size| CachedFile { size, mtime_ns: 0, sha256: manifest::Sha256([0; 32]) };
+        let local: ScanCache = [
+            ("pool/h/hello_1.0_all.deb".to_string(), c(10)),
+            ("pool/h/other_1.0_all.deb".to_string(), c(10)),
+            ("img/disk.img".to_string(), c(10)),
+        ]
+        .into();
+        assert_eq!(find_similar("img/disk.img", &local).as_deref(), Some("img/disk.img"));
+        assert_eq!(find_similar("pool/h/hello_1.1_all.deb", &local).as_deref(), Some("pool/h/hello_1.0_all.deb"));
+        assert_eq!(find_similar("pool/x/hello_1.1_all.deb", &local), None);
+    }
+}

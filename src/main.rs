@@ -105,6 +105,12 @@ struct ServerArgs {
     /// Files up to this size are served directly instead of redirected [default: 32768].
     #[arg(long)]
     direct_max_bytes: Option<u64>,
+    /// Files of at least this size get torrents and block signatures [default: 1048576].
+    #[arg(long)]
+    torrent_min_bytes: Option<u64>,
+    /// Cap on the origin seed's BitTorrent upload, bytes/s [default: none].
+    #[arg(long)]
+    seed_upload_bps: Option<u32>,
 }
 
 #[derive(Args)]
@@ -159,6 +165,12 @@ struct VolunteerArgs {
     /// Seconds between checks of the local copy [default: 5].
     #[arg(long)]
     rescan_secs: Option<u64>,
+    /// Do not sync with PRsync: the admin fills the mirror by other means.
+    #[arg(long)]
+    no_sync: bool,
+    /// Cap on BitTorrent uploads to other volunteers, bytes/s [default: none].
+    #[arg(long)]
+    seed_upload_bps: Option<u32>,
 }
 
 #[derive(Args)]
@@ -251,6 +263,12 @@ fn server_config(a: ServerArgs) -> Result<ServerConfig> {
     if let Some(v) = a.direct_max_bytes {
         cfg.redirect.direct_max_bytes = v;
     }
+    if let Some(v) = a.torrent_min_bytes {
+        cfg.prsync.torrent_min_bytes = v;
+    }
+    if let Some(v) = a.seed_upload_bps {
+        cfg.prsync.seed_upload_bps = Some(v);
+    }
     if cfg.repos.is_empty() {
         bail!("no repository to publish: pass --repo NAME=DIR or set [repos] in the config file");
     }
@@ -286,6 +304,12 @@ fn volunteer_config(a: VolunteerArgs) -> Result<VolunteerConfig> {
     }
     if let Some(v) = a.rescan_secs {
         cfg.rescan_secs = v;
+    }
+    if a.no_sync {
+        cfg.sync = false;
+    }
+    if let Some(v) = a.seed_upload_bps {
+        cfg.seed_upload_bps = Some(v);
     }
     cfg.validate()?;
     Ok(cfg)

@@ -345,6 +345,7 @@ pub fn volunteer_args(
         format!("debian={}", mirror.display()),
         "--rescan-secs".into(),
         "1".into(),
+        "--no-sync".into(),
     ]
 }
 

@@ -206,7 +206,10 @@ impl ServerConfig {
             return Err(invalid("redirect.alternatives", "must be 0..=16"));
         }
         if self.prsync.seed_upload_bps.is_some_and(|b| b < 16 * 1024) {
-            return Err(invalid("prsync.seed_upload_bps", "must be at least 16384 (BitTorrent's limiter refuses less)"));
+            return Err(invalid(
+                "prsync.seed_upload_bps",
+                "must be at least 16384 (BitTorrent's limiter refuses less)",
+            ));
         }
         if self.redirect.connection_window_secs == 0 {
             return Err(invalid(
@@ -248,6 +251,14 @@ pub struct VolunteerConfig {
     pub max_connections: u32,
     /// Seconds between checks of the local copy for changes (by size and mtime). Default 5.
     pub rescan_secs: u64,
+    /// Sync the mirror with PRsync whenever the server publishes a new generation. Turn off
+    /// when the admin fills it by other means (rsync from cron). Default true.
+    pub sync: bool,
+    /// Where the BitTorrent engine listens for other volunteers (port 0: any). Default: the
+    /// listen address's IP with port 0.
+    pub seed_listen: Option<SocketAddr>,
+    /// Cap on BitTorrent uploads to other volunteers, bytes/s (at least 16384). Default: none.
+    pub seed_upload_bps: Option<u32>,
 }
 
 impl Default for VolunteerConfig {
@@ -261,6 +272,9 @@ impl Default for VolunteerConfig {
             mirrors: BTreeMap::new(),
             max_connections: 64,
             rescan_secs: 5,
+            sync: true,
+            seed_listen: None,
+            seed_upload_bps: None,
         }
     }
 }
@@ -294,6 +308,12 @@ impl VolunteerConfig {
         }
         if self.rescan_secs == 0 {
             return Err(invalid("rescan_secs", "must be at least 1"));
+        }
+        if self.seed_upload_bps.is_some_and(|b| b < 16 * 1024) {
+            return Err(invalid(
+                "seed_upload_bps",
+                "must be at least 16384 (BitTorrent's limiter refuses less)",
+            ));
         }
         Ok(())
     }

@@ -93,7 +93,8 @@ impl<'de> Deserialize<'de> for Btih {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <&str>::deserialize(d)?;
         let mut out = [0u8; 20];
-        hex::decode_to_slice(s, &mut out).map_err(|_| serde::de::Error::custom("btih must be 40 hex digits"))?;
+        hex::decode_to_slice(s, &mut out)
+            .map_err(|_| serde::de::Error::custom("btih must be 40 hex digits"))?;
         Ok(Btih(out))
     }
 }

@@ -75,7 +75,10 @@ pub fn build(path: &Path, sha256_hex: &str, announce: &str) -> std::io::Result<A
         }
         let sig = fast_rsync::Signature::calculate(
             chunk,
-            fast_rsync::SignatureOptions { block_size: block as u32, crypto_hash_size: STRONG_LEN },
+            fast_rsync::SignatureOptions {
+                block_size: block as u32,
+                crypto_hash_size: STRONG_LEN,
+            },
         );
         let bytes = sig.serialized();
         // Each call writes a 12-byte header then independent per-block entries: keep one header.
@@ -90,13 +93,26 @@ pub fn build(path: &Path, sha256_hex: &str, announce: &str) -> std::io::Result<A
         }
     }
     if !header_written {
-        let sig = fast_rsync::Signature::calculate(&[], fast_rsync::SignatureOptions { block_size: block as u32, crypto_hash_size: STRONG_LEN });
+        let sig = fast_rsync::Signature::calculate(
+            &[],
+            fast_rsync::SignatureOptions {
+                block_size: block as u32,
+                crypto_hash_size: STRONG_LEN,
+            },
+        );
         signature.extend_from_slice(sig.serialized());
     }
     let info = info_dict(sha256_hex, size, piece_len, pieces);
     let info_hash: [u8; 20] = sha1::Sha1::digest(bencode::encode(&info)).into();
-    let torrent = bencode::encode(&Value::dict([("announce", Value::str(announce)), ("info", info)]));
-    Ok(Artifacts { torrent, info_hash, signature })
+    let torrent = bencode::encode(&Value::dict([
+        ("announce", Value::str(announce)),
+        ("info", info),
+    ]));
+    Ok(Artifacts {
+        torrent,
+        info_hash,
+        signature,
+    })
 }
 
 fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -127,19 +143,27 @@ mod tests {
     fn streaming_signature_equals_one_shot() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
-        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let data: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         std::fs::write(&p, &data).unwrap();
         let a = build(&p, "abc", "http://t/announce").unwrap();
         let one = fast_rsync::Signature::calculate(
             &data,
-            fast_rsync::SignatureOptions { block_size: block_size(data.len() as u64), crypto_hash_size: STRONG_LEN },
+            fast_rsync::SignatureOptions {
+                block_size: block_size(data.len() as u64),
+                crypto_hash_size: STRONG_LEN,
+            },
         );
         assert_eq!(a.signature, one.serialized());
         assert_eq!(torrent_info_hash(&a.torrent).unwrap(), a.info_hash);
         let v = bencode::decode(&a.torrent).unwrap();
         let info = v.get("info").unwrap();
         let pl = piece_length(data.len() as u64) as usize;
-        assert_eq!(info.get("pieces").unwrap().as_bytes().unwrap().len(), data.len().div_ceil(pl) * 20);
+        assert_eq!(
+            info.get("pieces").unwrap().as_bytes().unwrap().len(),
+            data.len().div_ceil(pl) * 20
+        );
         assert_eq!(info.get("private").unwrap().as_int(), Some(1));
     }
 }

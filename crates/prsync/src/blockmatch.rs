@@ -45,7 +45,11 @@ pub struct BlockSignature {
 impl BlockSignature {
     pub fn parse(bytes: &[u8], file_len: u64) -> Result<Self, SignatureError> {
         let word = |at: usize| -> Result<u32, SignatureError> {
-            let b: [u8; 4] = bytes.get(at..at + 4).ok_or(SignatureError::Short)?.try_into().map_err(|_| SignatureError::Short)?;
+            let b: [u8; 4] = bytes
+                .get(at..at + 4)
+                .ok_or(SignatureError::Short)?
+                .try_into()
+                .map_err(|_| SignatureError::Short)?;
             Ok(u32::from_be_bytes(b))
         };
         let magic = word(0)?;
@@ -64,7 +68,11 @@ impl BlockSignature {
         let body = &bytes[12..];
         let want = file_len.div_ceil(u64::from(block_len));
         if body.len() % entry != 0 || (body.len() / entry) as u64 != want {
-            return Err(SignatureError::BlockCount { got: body.len() / entry, want, len: file_len });
+            return Err(SignatureError::BlockCount {
+                got: body.len() / entry,
+                want,
+                len: file_len,
+            });
         }
         let mut weak = Vec::with_capacity(want as usize);
         let mut strong = Vec::with_capacity(want as usize * strong_len as usize);
@@ -72,7 +80,13 @@ impl BlockSignature {
             weak.push(u32::from_be_bytes([e[0], e[1], e[2], e[3]]));
             strong.extend_from_slice(&e[4..]);
         }
-        Ok(BlockSignature { block_len, strong_len: strong_len as usize, file_len, weak, strong })
+        Ok(BlockSignature {
+            block_len,
+            strong_len: strong_len as usize,
+            file_len,
+            weak,
+            strong,
+        })
     }
 
     fn full_blocks(&self) -> usize {
@@ -183,7 +197,14 @@ pub fn first_guess(sig: &BlockSignature, old: &Path, out: &Path) -> std::io::Res
     write_guess(sig, old, out, &found)
 }
 
-fn check_last(sig: &BlockSignature, index: &HashMap<u32, Vec<u32>>, buf: &[u8], base: u64, found: &mut [Option<u64>], r: Rollsum) {
+fn check_last(
+    sig: &BlockSignature,
+    index: &HashMap<u32, Vec<u32>>,
+    buf: &[u8],
+    base: u64,
+    found: &mut [Option<u64>],
+    r: Rollsum,
+) {
     if let Some(cands) = index.get(&r.digest()) {
         let md4 = md4::Md4::digest(&buf[..sig.block_len as usize]);
         for &c in cands {
@@ -195,9 +216,18 @@ fn check_last(sig: &BlockSignature, index: &HashMap<u32, Vec<u32>>, buf: &[u8], 
     }
 }
 
-fn write_guess(sig: &BlockSignature, old: &Path, out: &Path, found: &[Option<u64>]) -> std::io::Result<GuessStats> {
+fn write_guess(
+    sig: &BlockSignature,
+    old: &Path,
+    out: &Path,
+    found: &[Option<u64>],
+) -> std::io::Result<GuessStats> {
     let src = File::open(old)?;
-    let dst = OpenOptions::new().create(true).truncate(false).write(true).open(out)?;
+    let dst = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(out)?;
     dst.set_len(sig.file_len)?;
     let bl = sig.block_len as usize;
     let mut block = vec![0u8; bl];
@@ -260,7 +290,10 @@ mod tests {
             if g == &new[i * bl..(i + 1) * bl] {
                 right += 1;
             } else {
-                assert!(g.iter().all(|&b| b == 0), "block {i} is neither right nor a hole");
+                assert!(
+                    g.iter().all(|&b| b == 0),
+                    "block {i} is neither right nor a hole"
+                );
             }
         }
         assert_eq!(right, st.matched_blocks);
@@ -272,20 +305,35 @@ mod tests {
         sig.extend_from_slice(&MD4_MAGIC.to_be_bytes());
         sig.extend_from_slice(&0u32.to_be_bytes());
         sig.extend_from_slice(&8u32.to_be_bytes());
-        assert_eq!(BlockSignature::parse(&sig, 0).unwrap_err(), SignatureError::BlockSize(0));
-        assert_eq!(BlockSignature::parse(&sig[..5], 0).unwrap_err(), SignatureError::Short);
-        assert!(matches!(BlockSignature::parse(&[0; 12], 0), Err(SignatureError::Magic(0))));
+        assert_eq!(
+            BlockSignature::parse(&sig, 0).unwrap_err(),
+            SignatureError::BlockSize(0)
+        );
+        assert_eq!(
+            BlockSignature::parse(&sig[..5], 0).unwrap_err(),
+            SignatureError::Short
+        );
+        assert!(matches!(
+            BlockSignature::parse(&[0; 12], 0),
+            Err(SignatureError::Magic(0))
+        ));
         let mut s = Vec::new();
         s.extend_from_slice(&MD4_MAGIC.to_be_bytes());
         s.extend_from_slice(&1024u32.to_be_bytes());
         s.extend_from_slice(&99u32.to_be_bytes());
-        assert_eq!(BlockSignature::parse(&s, 0).unwrap_err(), SignatureError::StrongLen(99));
+        assert_eq!(
+            BlockSignature::parse(&s, 0).unwrap_err(),
+            SignatureError::StrongLen(99)
+        );
         let mut s = Vec::new();
         s.extend_from_slice(&MD4_MAGIC.to_be_bytes());
         s.extend_from_slice(&1024u32.to_be_bytes());
         s.extend_from_slice(&8u32.to_be_bytes());
         s.extend_from_slice(&[0; 12]);
-        assert!(matches!(BlockSignature::parse(&s, 5000), Err(SignatureError::BlockCount { .. })));
+        assert!(matches!(
+            BlockSignature::parse(&s, 5000),
+            Err(SignatureError::BlockCount { .. })
+        ));
     }
 
     #[test]

@@ -13,7 +13,10 @@ use anyhow::{anyhow, Context, Result};
 use bytes::Bytes;
 use librqbit::api::TorrentIdOrHash;
 use librqbit::limits::LimitsConfig;
-use librqbit::{AddTorrent, AddTorrentOptions, ListenerMode, ListenerOptions, ManagedTorrent, Session, SessionOptions};
+use librqbit::{
+    AddTorrent, AddTorrentOptions, ListenerMode, ListenerOptions, ManagedTorrent, Session,
+    SessionOptions,
+};
 
 /// librqbit refuses rate limits below this.
 pub const MIN_RATE_BPS: u32 = 16 * 1024;
@@ -45,7 +48,8 @@ pub struct Fetched {
 
 impl Bt {
     pub async fn start(cfg: BtConfig) -> Result<Bt> {
-        std::fs::create_dir_all(&cfg.dir).with_context(|| format!("creating {}", cfg.dir.display()))?;
+        std::fs::create_dir_all(&cfg.dir)
+            .with_context(|| format!("creating {}", cfg.dir.display()))?;
         let upload = cfg
             .upload_bps
             .map(|b| b.max(MIN_RATE_BPS))
@@ -54,7 +58,8 @@ impl Bt {
         // so pick the port here and announce it explicitly.
         let mut listen = cfg.listen;
         if listen.port() == 0 {
-            let probe = std::net::TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+            let probe = std::net::TcpListener::bind(listen)
+                .with_context(|| format!("cannot listen on {listen}"))?;
             listen.set_port(probe.local_addr()?.port());
         }
         let opts = SessionOptions {
@@ -72,13 +77,19 @@ impl Bt {
                 ipv4_only: cfg.listen.is_ipv4(),
                 ..Default::default()
             }),
-            ratelimits: LimitsConfig { upload_bps: upload, download_bps: None },
+            ratelimits: LimitsConfig {
+                upload_bps: upload,
+                download_bps: None,
+            },
             ..Default::default()
         };
         let session = Session::new_with_opts(cfg.dir.clone(), opts)
             .await
             .context("starting the BitTorrent session")?;
-        Ok(Bt { session, port: listen.port() })
+        Ok(Bt {
+            session,
+            port: listen.port(),
+        })
     }
 
     /// The port peers reach us on.
@@ -88,12 +99,40 @@ impl Bt {
 
     /// Add a torrent whose single file lives (or will live) in `folder`. Existing bytes are
     /// re-checked piece by piece; only failing pieces are fetched.
-    pub async fn add(&self, torrent: Bytes, folder: &Path, tracker: &str) -> Result<Arc<ManagedTorrent>> {
+    pub async fn add(
+        &self,
+        torrent: Bytes,
+        folder: &Path,
+        tracker: &str,
+    ) -> Result<Arc<ManagedTorrent>> {
+        self.add_with(torrent, folder, tracker, false).await
+    }
+
+    /// Seed a complete file without ever writing to it.
+    pub async fn add_seed(
+        &self,
+        torrent: Bytes,
+        folder: &Path,
+        tracker: &str,
+    ) -> Result<Arc<ManagedTorrent>> {
+        self.add_with(torrent, folder, tracker, true).await
+    }
+
+    async fn add_with(
+        &self,
+        torrent: Bytes,
+        folder: &Path,
+        tracker: &str,
+        read_only: bool,
+    ) -> Result<Arc<ManagedTorrent>> {
+        use librqbit::storage::StorageFactoryExt;
         let opts = AddTorrentOptions {
             overwrite: true,
             output_folder: Some(folder.to_string_lossy().into_owned()),
             trackers: Some(vec![tracker.to_string()]),
             force_tracker_interval: Some(Duration::from_secs(2)),
+            storage_factory: read_only
+                .then(|| crate::readonly::ReadOnlyFactory::new(folder).boxed()),
             ..Default::default()
         };
         let resp = self
@@ -101,7 +140,8 @@ impl Bt {
             .add_torrent(AddTorrent::TorrentFileBytes(torrent), Some(opts))
             .await
             .context("adding torrent")?;
-        resp.into_handle().ok_or_else(|| anyhow!("torrent was listed, not added"))
+        resp.into_handle()
+            .ok_or_else(|| anyhow!("torrent was listed, not added"))
     }
 
     pub async fn remove(&self, info_hash: [u8; 20]) {
@@ -112,23 +152,37 @@ impl Bt {
     }
 
     /// Wait until the torrent completes, it makes no progress for `stall`, or `limit` passes.
-    pub async fn wait(&self, handle: &Arc<ManagedTorrent>, stall: Duration, limit: Duration) -> Fetched {
+    pub async fn wait(
+        &self,
+        handle: &Arc<ManagedTorrent>,
+        stall: Duration,
+        limit: Duration,
+    ) -> Fetched {
         let start = Instant::now();
         let mut last_progress = (0u64, Instant::now());
         loop {
             let st = handle.stats();
             if st.finished {
-                return Fetched { per_peer: per_peer(handle), finished: true };
+                return Fetched {
+                    per_peer: per_peer(handle),
+                    finished: true,
+                };
             }
             if let Some(e) = &st.error {
                 tracing::warn!(error = %e, "torrent error");
-                return Fetched { per_peer: per_peer(handle), finished: false };
+                return Fetched {
+                    per_peer: per_peer(handle),
+                    finished: false,
+                };
             }
             if st.progress_bytes != last_progress.0 {
                 last_progress = (st.progress_bytes, Instant::now());
             }
             if last_progress.1.elapsed() > stall || start.elapsed() > limit {
-                return Fetched { per_peer: per_peer(handle), finished: false };
+                return Fetched {
+                    per_peer: per_peer(handle),
+                    finished: false,
+                };
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -150,7 +204,9 @@ impl Bt {
 }
 
 fn per_peer(handle: &Arc<ManagedTorrent>) -> HashMap<String, u64> {
-    let Some(live) = handle.live() else { return HashMap::new() };
+    let Some(live) = handle.live() else {
+        return HashMap::new();
+    };
     // The filter type is not exported; it deserialises from its JSON form.
     let all = match serde_json::from_value(serde_json::json!({ "state": "all" })) {
         Ok(f) => f,
@@ -165,7 +221,9 @@ fn per_peer(handle: &Arc<ManagedTorrent>) -> HashMap<String, u64> {
 
 /// Whether a peer address string is the origin's seed.
 pub fn is_origin(peer: &str, origin: Option<SocketAddr>) -> bool {
-    let (Some(o), Ok(p)) = (origin, peer.parse::<SocketAddr>()) else { return false };
+    let (Some(o), Ok(p)) = (origin, peer.parse::<SocketAddr>()) else {
+        return false;
+    };
     let canon = |ip: IpAddr| ip.to_canonical();
     p.port() == o.port() && canon(p.ip()) == canon(o.ip())
 }

@@ -11,7 +11,10 @@ use tokio::io::AsyncWriteExt;
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error("HTTP {status} from {url}")]
-    Status { status: reqwest::StatusCode, url: String },
+    Status {
+        status: reqwest::StatusCode,
+        url: String,
+    },
     #[error("{url}: {source}")]
     Http { url: String, source: reqwest::Error },
     #[error("{0}")]
@@ -70,11 +73,17 @@ pub async fn fetch_verified(
     if have > 0 && have < entry.size {
         req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
     }
-    let mut resp = req.send().await.map_err(|source| FetchError::Http { url: url.into(), source })?;
+    let mut resp = req.send().await.map_err(|source| FetchError::Http {
+        url: url.into(),
+        source,
+    })?;
     let status = resp.status();
     let from_peer = !resp.url().as_str().starts_with(server_base);
     let mut file = if status == reqwest::StatusCode::PARTIAL_CONTENT && have > 0 {
-        tokio::fs::OpenOptions::new().append(true).open(part).await?
+        tokio::fs::OpenOptions::new()
+            .append(true)
+            .open(part)
+            .await?
     } else if status.is_success() {
         // A full answer (the server ignored the range, or there was nothing to resume).
         hasher = sha2::Sha256::new();
@@ -82,16 +91,29 @@ pub async fn fetch_verified(
         tokio::fs::File::create(part).await?
     } else if have == entry.size {
         // Nothing left to fetch (416 on a complete part).
-        tokio::fs::OpenOptions::new().append(true).open(part).await?
+        tokio::fs::OpenOptions::new()
+            .append(true)
+            .open(part)
+            .await?
     } else {
-        return Err(FetchError::Status { status, url: url.into() });
+        return Err(FetchError::Status {
+            status,
+            url: url.into(),
+        });
     };
     let mut got = 0u64;
-    while let Some(chunk) = resp.chunk().await.map_err(|source| FetchError::Http { url: url.into(), source })? {
+    while let Some(chunk) = resp.chunk().await.map_err(|source| FetchError::Http {
+        url: url.into(),
+        source,
+    })? {
         if have + got + chunk.len() as u64 > entry.size {
             drop(file);
             let _ = tokio::fs::remove_file(part).await;
-            return Err(FetchError::Size { url: url.into(), got: have + got + chunk.len() as u64, want: entry.size });
+            return Err(FetchError::Size {
+                url: url.into(),
+                got: have + got + chunk.len() as u64,
+                want: entry.size,
+            });
         }
         hasher.update(&chunk);
         file.write_all(&chunk).await?;
@@ -100,12 +122,19 @@ pub async fn fetch_verified(
     file.sync_all().await?;
     drop(file);
     if have + got != entry.size {
-        return Err(FetchError::Size { url: url.into(), got: have + got, want: entry.size });
+        return Err(FetchError::Size {
+            url: url.into(),
+            got: have + got,
+            want: entry.size,
+        });
     }
     if hasher.finalize().as_slice() != entry.sha256.0 {
         let _ = tokio::fs::remove_file(part).await;
         return Err(FetchError::Mismatch { url: url.into() });
     }
     tokio::fs::rename(part, staged).await?;
-    Ok(Fetched { bytes: got, from_peer })
+    Ok(Fetched {
+        bytes: got,
+        from_peer,
+    })
 }

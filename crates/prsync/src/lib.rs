@@ -13,4 +13,6 @@ pub mod bt;
 pub mod fetch;
 pub mod local;
 pub mod pull;
+pub mod readonly;
 pub mod rollsum;
+pub mod seeder;

@@ -43,24 +43,36 @@ pub enum LockError {
     #[error("another prsync pull is running on this tree (lock {0})")]
     Held(PathBuf),
     #[error("cannot open lock {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl TreeLock {
     pub fn acquire(path: &Path) -> Result<TreeLock, LockError> {
         if let Some(p) = path.parent() {
-            std::fs::create_dir_all(p).map_err(|source| LockError::Io { path: path.to_path_buf(), source })?;
+            std::fs::create_dir_all(p).map_err(|source| LockError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
         }
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(path)
-            .map_err(|source| LockError::Io { path: path.to_path_buf(), source })?;
+            .map_err(|source| LockError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
         match file.try_lock() {
             Ok(()) => Ok(TreeLock { _file: file }),
             Err(std::fs::TryLockError::WouldBlock) => Err(LockError::Held(path.to_path_buf())),
-            Err(std::fs::TryLockError::Error(source)) => Err(LockError::Io { path: path.to_path_buf(), source }),
+            Err(std::fs::TryLockError::Error(source)) => Err(LockError::Io {
+                path: path.to_path_buf(),
+                source,
+            }),
         }
     }
 }
@@ -72,7 +84,11 @@ pub fn install(staged: &Path, dest: &Path, rel: &str, keep_staged: bool) -> std:
     if let Some(parent) = target.parent() {
         // A file where a directory now belongs.
         let mut p = dest.to_path_buf();
-        for comp in Path::new(rel).parent().into_iter().flat_map(|p| p.components()) {
+        for comp in Path::new(rel)
+            .parent()
+            .into_iter()
+            .flat_map(|p| p.components())
+        {
             p.push(comp);
             if p.is_file() || p.is_symlink() {
                 std::fs::remove_file(&p)?;

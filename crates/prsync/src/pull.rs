@@ -156,7 +156,8 @@ struct Job {
 pub async fn pull(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullError> {
     let start = Instant::now();
     let state = StateDir::new(&opts.dest);
-    std::fs::create_dir_all(state.staging()).map_err(|e| other(format!("creating {}: {e}", state.staging().display())))?;
+    std::fs::create_dir_all(state.staging())
+        .map_err(|e| other(format!("creating {}: {e}", state.staging().display())))?;
     let _lock = TreeLock::acquire(&state.lock())?;
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
@@ -167,8 +168,17 @@ pub async fn pull(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullEr
     let info: Info = get_json(&http, &format!("{}/api/info", opts.server)).await?;
     let key = trusted_key(opts, &state, &info)?;
     let manifest = fetch_manifest(&http, opts, &key).await?;
-    let origin_seed = info.seed_port.and_then(|p| server_ip(&opts.server).map(|ip| SocketAddr::new(ip, p)));
-    let mut ctx = Ctx { opts, http, state, origin_seed, summary: Summary::default(), bar: None };
+    let origin_seed = info
+        .seed_port
+        .and_then(|p| server_ip(&opts.server).map(|ip| SocketAddr::new(ip, p)));
+    let mut ctx = Ctx {
+        opts,
+        http,
+        state,
+        origin_seed,
+        summary: Summary::default(),
+        bar: None,
+    };
     ctx.summary.generation = manifest.generation;
     ctx.summary.files = manifest.files.len();
     ctx.summary.repo_bytes = manifest.total_bytes();
@@ -184,13 +194,17 @@ pub async fn pull(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullEr
         .map_err(other)?
         .map_err(other)?
         .files;
-    let by_sha: HashMap<manifest::Sha256, String> = local.iter().map(|(p, c)| (c.sha256, p.clone())).collect();
+    let by_sha: HashMap<manifest::Sha256, String> =
+        local.iter().map(|(p, c)| (c.sha256, p.clone())).collect();
 
     // Plan.
     let mut wanted: BTreeMap<String, Entry> = BTreeMap::new(); // path → entry, to install
     let mut jobs: HashMap<manifest::Sha256, Job> = HashMap::new();
     for (path, e) in &manifest.files {
-        if local.get(path).is_some_and(|c| c.size == e.size && c.sha256 == e.sha256) {
+        if local
+            .get(path)
+            .is_some_and(|c| c.size == e.size && c.sha256 == e.sha256)
+        {
             ctx.summary.unchanged_files += 1;
             continue;
         }
@@ -202,32 +216,49 @@ pub async fn pull(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullEr
         if staged.exists() {
             // Left by an interrupted run: verified below like everything else.
         } else if let Some(src) = by_sha.get(&e.sha256) {
-            std::fs::copy(opts.dest.join(src), &staged).map_err(|err| other(format!("copying {src}: {err}")))?;
+            std::fs::copy(opts.dest.join(src), &staged)
+                .map_err(|err| other(format!("copying {src}: {err}")))?;
             ctx.summary.reused_local_bytes += e.size;
             tracing::debug!(path, from = %src, "identical bytes found locally");
             continue;
         }
-        jobs.insert(e.sha256, Job { path: path.clone(), entry: *e });
+        jobs.insert(
+            e.sha256,
+            Job {
+                path: path.clone(),
+                entry: *e,
+            },
+        );
     }
     let need: u64 = jobs.values().map(|j| j.entry.size).sum();
     if opts.progress && need > 0 {
         let bar = indicatif::ProgressBar::new(need);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {bytes_per_sec} {wide_msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {bytes}/{total_bytes} {bytes_per_sec} {wide_msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         ctx.bar = Some(bar);
     }
 
     // Fetch: torrents for large files, HTTP for the rest.
-    let (torrent_jobs, http_jobs): (Vec<Job>, Vec<Job>) = jobs.into_values().partition(|j| j.entry.btih.is_some());
+    let (torrent_jobs, http_jobs): (Vec<Job>, Vec<Job>) =
+        jobs.into_values().partition(|j| j.entry.btih.is_some());
     let mut own_bt = None;
     let bt = match (bt, torrent_jobs.is_empty()) {
         (Some(b), _) => Some(b),
         (None, true) => None,
         (None, false) => {
             let dir = ctx.state.0.join("bt");
-            match Bt::start(BtConfig { listen: opts.bt_listen, upload_bps: None, peer_id: None, dir }).await {
+            match Bt::start(BtConfig {
+                listen: opts.bt_listen,
+                upload_bps: None,
+                peer_id: None,
+                dir,
+            })
+            .await
+            {
                 Ok(b) => {
                     own_bt = Some(b);
                     own_bt.as_ref()
@@ -257,13 +288,20 @@ pub async fn pull(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullEr
         let staged = ctx.state.staged(&sha.to_hex());
         let ok = {
             let s = staged.clone();
-            tokio::task::spawn_blocking(move || hash_file(&s)).await.map_err(other)?.map(|h| h == *sha).unwrap_or(false)
+            tokio::task::spawn_blocking(move || hash_file(&s))
+                .await
+                .map_err(other)?
+                .map(|h| h == *sha)
+                .unwrap_or(false)
         };
         if !ok {
             let _ = std::fs::remove_file(&staged);
             let path = paths[0].clone();
             let entry = wanted[&path];
-            tracing::warn!(path, "staged bytes did not verify; fetching from the origin");
+            tracing::warn!(
+                path,
+                "staged bytes did not verify; fetching from the origin"
+            );
             fetch_http(&mut ctx, vec![Job { path, entry }], true).await?;
         }
     }
@@ -272,10 +310,18 @@ pub async fn pull(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullEr
         let staged = ctx.state.staged(&sha.to_hex());
         for (i, path) in paths.iter().enumerate() {
             let keep = i + 1 < paths.len();
-            install(&staged, &opts.dest, path, keep).map_err(|e| other(format!("installing {path}: {e}")))?;
+            install(&staged, &opts.dest, path, keep)
+                .map_err(|e| other(format!("installing {path}: {e}")))?;
             if let Ok(meta) = std::fs::metadata(opts.dest.join(path)) {
                 let (size, mtime_ns) = manifest::scan::stat_key(&meta);
-                new_cache.insert(path.clone(), CachedFile { size, mtime_ns, sha256: *sha });
+                new_cache.insert(
+                    path.clone(),
+                    CachedFile {
+                        size,
+                        mtime_ns,
+                        sha256: *sha,
+                    },
+                );
             }
             ctx.summary.installed_files += 1;
         }
@@ -301,19 +347,33 @@ pub async fn pull(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullEr
     Ok(ctx.summary)
 }
 
-async fn get_json<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: &str) -> Result<T, PullError> {
-    let r = http.get(url).send().await.map_err(|e| PullError::Server(format!("cannot reach {url}: {e}")))?;
+async fn get_json<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: &str,
+) -> Result<T, PullError> {
+    let r = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| PullError::Server(format!("cannot reach {url}: {e}")))?;
     if !r.status().is_success() {
         return Err(PullError::Server(format!("{url}: HTTP {}", r.status())));
     }
-    r.json().await.map_err(|e| PullError::Server(format!("{url}: {e}")))
+    r.json()
+        .await
+        .map_err(|e| PullError::Server(format!("{url}: {e}")))
 }
 
-fn trusted_key(opts: &PullOptions, state: &StateDir, info: &Info) -> Result<VerifyingKey, PullError> {
+fn trusted_key(
+    opts: &PullOptions,
+    state: &StateDir,
+    info: &Info,
+) -> Result<VerifyingKey, PullError> {
     if let Some(k) = opts.key {
         return Ok(k);
     }
-    let offered = manifest::signing::parse_public_key(&info.public_key).map_err(|e| PullError::Server(e.to_string()))?;
+    let offered = manifest::signing::parse_public_key(&info.public_key)
+        .map_err(|e| PullError::Server(e.to_string()))?;
     match std::fs::read_to_string(state.server_key()) {
         Ok(pinned) => {
             let pinned = manifest::signing::parse_public_key(pinned.trim()).map_err(other)?;
@@ -332,20 +392,38 @@ fn trusted_key(opts: &PullOptions, state: &StateDir, info: &Info) -> Result<Veri
     }
 }
 
-async fn fetch_manifest(http: &reqwest::Client, opts: &PullOptions, key: &VerifyingKey) -> Result<Manifest, PullError> {
+async fn fetch_manifest(
+    http: &reqwest::Client,
+    opts: &PullOptions,
+    key: &VerifyingKey,
+) -> Result<Manifest, PullError> {
     let url = format!("{}/manifests/{}/latest", opts.server, opts.repo);
-    let r = http.get(&url).send().await.map_err(|e| PullError::Server(format!("cannot reach {url}: {e}")))?;
+    let r = http
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| PullError::Server(format!("cannot reach {url}: {e}")))?;
     if !r.status().is_success() {
         return Err(PullError::Server(format!("{url}: HTTP {}", r.status())));
     }
-    let body = r.bytes().await.map_err(|e| PullError::Server(e.to_string()))?;
-    SignedManifest::verify_expected(&body, key, &opts.repo, None).map_err(|e| PullError::Server(format!("manifest: {e}")))
+    let body = r
+        .bytes()
+        .await
+        .map_err(|e| PullError::Server(e.to_string()))?;
+    SignedManifest::verify_expected(&body, key, &opts.repo, None)
+        .map_err(|e| PullError::Server(format!("manifest: {e}")))
 }
 
 fn server_ip(server: &str) -> Option<std::net::IpAddr> {
-    let rest = server.strip_prefix("http://").or_else(|| server.strip_prefix("https://"))?;
+    let rest = server
+        .strip_prefix("http://")
+        .or_else(|| server.strip_prefix("https://"))?;
     let hostport = rest.split('/').next()?;
-    let with_port = if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:80") };
+    let with_port = if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:80")
+    };
     with_port.to_socket_addrs().ok()?.next().map(|a| a.ip())
 }
 
@@ -402,7 +480,9 @@ async fn fetch_http(ctx: &mut Ctx<'_>, jobs: Vec<Job>, origin_only: bool) -> Res
                 (job, Err(why))
             });
         }
-        let Some(done) = set.join_next().await else { break };
+        let Some(done) = set.join_next().await else {
+            break;
+        };
         let (job, res) = done.map_err(other)?;
         match res {
             Ok(f) => {
@@ -415,7 +495,12 @@ async fn fetch_http(ctx: &mut Ctx<'_>, jobs: Vec<Job>, origin_only: bool) -> Res
                     b.inc(job.entry.size);
                 }
             }
-            Err(why) => return Err(PullError::Unverified { path: job.path, why }),
+            Err(why) => {
+                return Err(PullError::Unverified {
+                    path: job.path,
+                    why,
+                })
+            }
         }
     }
     Ok(())
@@ -467,7 +552,12 @@ async fn fetch_torrents(ctx: &mut Ctx<'_>, bt: &Bt, jobs: Vec<Job>, local: &Scan
             fallback.push(job);
             continue;
         };
-        let torrent = match get_bytes(&ctx.http, &format!("{}/artifacts/{sha}.torrent", opts.server)).await {
+        let torrent = match get_bytes(
+            &ctx.http,
+            &format!("{}/artifacts/{sha}.torrent", opts.server),
+        )
+        .await
+        {
             Some(t) if crate::artifacts::torrent_info_hash(&t).is_ok_and(|h| h == btih.0) => t,
             _ => {
                 tracing::warn!(path = %job.path, "torrent missing or not the one the manifest names");
@@ -478,21 +568,31 @@ async fn fetch_torrents(ctx: &mut Ctx<'_>, bt: &Bt, jobs: Vec<Job>, local: &Scan
         let staged = ctx.state.staged(&sha);
         if !staged.exists() {
             if let Some(similar) = find_similar(&job.path, local) {
-                if let Some(sig) = get_bytes(&ctx.http, &format!("{}/artifacts/{sha}.sig", opts.server)).await {
+                if let Some(sig) =
+                    get_bytes(&ctx.http, &format!("{}/artifacts/{sha}.sig", opts.server)).await
+                {
                     match BlockSignature::parse(&sig, job.entry.size) {
                         Ok(sig) => {
                             let old = opts.dest.join(&similar);
                             let out = staged.clone();
-                            match tokio::task::spawn_blocking(move || first_guess(&sig, &old, &out)).await {
+                            match tokio::task::spawn_blocking(move || first_guess(&sig, &old, &out))
+                                .await
+                            {
                                 Ok(Ok(st)) => {
                                     tracing::info!(path = %job.path, from = %similar, matched = st.matched_bytes, "first guess from a similar local file");
                                     ctx.summary.reused_local_bytes += st.matched_bytes;
                                 }
-                                Ok(Err(e)) => tracing::warn!(path = %job.path, error = %e, "first guess failed"),
-                                Err(e) => tracing::warn!(path = %job.path, error = %e, "first guess task failed"),
+                                Ok(Err(e)) => {
+                                    tracing::warn!(path = %job.path, error = %e, "first guess failed")
+                                }
+                                Err(e) => {
+                                    tracing::warn!(path = %job.path, error = %e, "first guess task failed")
+                                }
                             }
                         }
-                        Err(e) => tracing::warn!(path = %job.path, error = %e, "refusing a bad block signature"),
+                        Err(e) => {
+                            tracing::warn!(path = %job.path, error = %e, "refusing a bad block signature")
+                        }
                     }
                 }
             }
@@ -506,7 +606,9 @@ async fn fetch_torrents(ctx: &mut Ctx<'_>, bt: &Bt, jobs: Vec<Job>, local: &Scan
         }
     }
     for (job, handle, btih) in running {
-        let got = bt.wait(&handle, opts.stall, Duration::from_secs(24 * 3600)).await;
+        let got = bt
+            .wait(&handle, opts.stall, Duration::from_secs(24 * 3600))
+            .await;
         for (peer, bytes) in &got.per_peer {
             if is_origin(peer, ctx.origin_seed) {
                 ctx.summary.from_origin_bytes += bytes;
@@ -566,15 +668,25 @@ mod tests {
 
     #[test]
     fn similar_files_by_path_then_package_name() {
-        let c = |size| CachedFile { size, mtime_ns: 0, sha256: manifest::Sha256([0; 32]) };
+        let c = |size| CachedFile {
+            size,
+            mtime_ns: 0,
+            sha256: manifest::Sha256([0; 32]),
+        };
         let local: ScanCache = [
             ("pool/h/hello_1.0_all.deb".to_string(), c(10)),
             ("pool/h/other_1.0_all.deb".to_string(), c(10)),
             ("img/disk.img".to_string(), c(10)),
         ]
         .into();
-        assert_eq!(find_similar("img/disk.img", &local).as_deref(), Some("img/disk.img"));
-        assert_eq!(find_similar("pool/h/hello_1.1_all.deb", &local).as_deref(), Some("pool/h/hello_1.0_all.deb"));
+        assert_eq!(
+            find_similar("img/disk.img", &local).as_deref(),
+            Some("img/disk.img")
+        );
+        assert_eq!(
+            find_similar("pool/h/hello_1.1_all.deb", &local).as_deref(),
+            Some("pool/h/hello_1.0_all.deb")
+        );
         assert_eq!(find_similar("pool/x/hello_1.1_all.deb", &local), None);
     }
 }

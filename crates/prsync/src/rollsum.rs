@@ -20,7 +20,9 @@ impl Rollsum {
         }
         let len = block.len() as u32;
         r.s1 = r.s1.wrapping_add((len as u16).wrapping_mul(CHAR_OFFSET));
-        r.s2 = r.s2.wrapping_add(((len.wrapping_mul(len.wrapping_add(1)) / 2) as u16).wrapping_mul(CHAR_OFFSET));
+        r.s2 = r.s2.wrapping_add(
+            ((len.wrapping_mul(len.wrapping_add(1)) / 2) as u16).wrapping_mul(CHAR_OFFSET),
+        );
         r
     }
 
@@ -52,14 +54,24 @@ mod tests {
         let mut r = Rollsum::of(&data[..n]);
         for i in 0..data.len() - n {
             r.rotate(n as u32, data[i], data[i + n]);
-            assert_eq!(r.digest(), Rollsum::of(&data[i + 1..i + 1 + n]).digest(), "at {i}");
+            assert_eq!(
+                r.digest(),
+                Rollsum::of(&data[i + 1..i + 1 + n]).digest(),
+                "at {i}"
+            );
         }
     }
 
     #[test]
     fn matches_fast_rsync_signatures() {
         let data: Vec<u8> = (0..10_000u32).map(|i| (i * 31 % 256) as u8).collect();
-        let sig = fast_rsync::Signature::calculate(&data, fast_rsync::SignatureOptions { block_size: 1024, crypto_hash_size: 8 });
+        let sig = fast_rsync::Signature::calculate(
+            &data,
+            fast_rsync::SignatureOptions {
+                block_size: 1024,
+                crypto_hash_size: 8,
+            },
+        );
         let bytes = sig.serialized();
         // header: magic, block size, strong size; then (weak u32 BE, strong 8 bytes) per block
         for (i, block) in data.chunks(1024).enumerate() {

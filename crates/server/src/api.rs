@@ -247,16 +247,30 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// `GET /artifacts/<sha256>.torrent|.sig`: sync artifacts, content-addressed.
 pub async fn artifact(State(st): State<Arc<AppState>>, Path(file): Path<String>) -> Response {
     let Some((sha, ext)) = file.split_once('.') else {
-        return text(StatusCode::NOT_FOUND, "expected <sha256>.torrent or <sha256>.sig");
+        return text(
+            StatusCode::NOT_FOUND,
+            "expected <sha256>.torrent or <sha256>.sig",
+        );
     };
-    let valid = sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    let valid = sha.len() == 64
+        && sha
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
     let ctype = match ext {
         "torrent" => "application/x-bittorrent",
         "sig" => "application/octet-stream",
-        _ => return text(StatusCode::NOT_FOUND, "expected <sha256>.torrent or <sha256>.sig"),
+        _ => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "expected <sha256>.torrent or <sha256>.sig",
+            )
+        }
     };
     if !valid {
-        return text(StatusCode::BAD_REQUEST, "artifact name must be a lowercase hex SHA-256");
+        return text(
+            StatusCode::BAD_REQUEST,
+            "artifact name must be a lowercase hex SHA-256",
+        );
     }
     match tokio::fs::read(crate::publish::artifact_path(&st.config.data_dir, sha, ext)).await {
         Ok(b) => (StatusCode::OK, [(header::CONTENT_TYPE, ctype)], b).into_response(),

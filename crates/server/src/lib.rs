@@ -198,12 +198,24 @@ pub fn router(st: Arc<AppState>) -> Router {
 /// Start the origin's BitTorrent seed and seed every repository's large files. A failure
 /// is logged, not fatal: volunteers then fetch from each other and over HTTP.
 async fn start_seed(st: &Arc<AppState>, local: SocketAddr) {
-    let listen = st.config.prsync.seed_listen.unwrap_or(SocketAddr::new(local.ip(), 0));
+    let listen = st
+        .config
+        .prsync
+        .seed_listen
+        .unwrap_or(SocketAddr::new(local.ip(), 0));
     let tracker = format!("{}/announce", st.public_url);
-    match seed::OriginSeed::start(&st.config.data_dir, listen, st.config.prsync.seed_upload_bps, tracker).await {
+    match seed::OriginSeed::start(
+        &st.config.data_dir,
+        listen,
+        st.config.prsync.seed_upload_bps,
+        tracker,
+    )
+    .await
+    {
         Ok(s) => {
             let s = st.seed.get_or_init(|| async { Arc::new(s) }).await.clone();
-            let snaps: Vec<Arc<publish::RepoSnapshot>> = state::read(&st.repos).values().cloned().collect();
+            let snaps: Vec<Arc<publish::RepoSnapshot>> =
+                state::read(&st.repos).values().cloned().collect();
             for snap in snaps {
                 if let Err(e) = s.sync(&snap).await {
                     tracing::warn!(repo = %snap.name, error = %format!("{e:#}"), "origin seeding incomplete");

@@ -67,7 +67,9 @@ pub struct ArtifactSettings {
 
 /// Content-addressed artifact files: `<data-dir>/artifacts/<sha256>.torrent` and `.sig`.
 pub fn artifact_path(data_dir: &Path, sha256_hex: &str, ext: &str) -> PathBuf {
-    data_dir.join("artifacts").join(format!("{sha256_hex}.{ext}"))
+    data_dir
+        .join("artifacts")
+        .join(format!("{sha256_hex}.{ext}"))
 }
 
 fn repo_dir(data_dir: &Path, name: &str) -> PathBuf {
@@ -96,8 +98,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 impl Publisher {
-    pub fn new(data_dir: PathBuf, key: Arc<ServerKey>, store: Store, artifacts: ArtifactSettings) -> Self {
-        Publisher { data_dir, key, store, artifacts }
+    pub fn new(
+        data_dir: PathBuf,
+        key: Arc<ServerKey>,
+        store: Store,
+        artifacts: ArtifactSettings,
+    ) -> Self {
+        Publisher {
+            data_dir,
+            key,
+            store,
+            artifacts,
+        }
     }
 
     /// Give every large entry its torrent and block signature, computing only those that do
@@ -120,12 +132,16 @@ impl Publisher {
             let file = root.join(path);
             let announce = self.artifacts.announce_url.clone();
             let sha2 = sha.clone();
-            let a = tokio::task::spawn_blocking(move || prsync::artifacts::build(&file, &sha2, &announce))
-                .await
-                .context("artifact task failed")?
-                .with_context(|| format!("building sync artifacts for {path}"))?;
-            write_atomic(&sig_path, &a.signature).with_context(|| format!("writing {}", sig_path.display()))?;
-            write_atomic(&torrent_path, &a.torrent).with_context(|| format!("writing {}", torrent_path.display()))?;
+            let a = tokio::task::spawn_blocking(move || {
+                prsync::artifacts::build(&file, &sha2, &announce)
+            })
+            .await
+            .context("artifact task failed")?
+            .with_context(|| format!("building sync artifacts for {path}"))?;
+            write_atomic(&sig_path, &a.signature)
+                .with_context(|| format!("writing {}", sig_path.display()))?;
+            write_atomic(&torrent_path, &a.torrent)
+                .with_context(|| format!("writing {}", torrent_path.display()))?;
             e.btih = Some(manifest::Btih(a.info_hash));
             built += 1;
         }
@@ -215,7 +231,11 @@ impl Publisher {
                 let mut candidate = candidate;
                 let built = self.attach_artifacts(&mut candidate, root).await?;
                 if built > 0 {
-                    tracing::info!(repo = name, files = built, "built torrents and block signatures");
+                    tracing::info!(
+                        repo = name,
+                        files = built,
+                        "built torrents and block signatures"
+                    );
                 }
                 let signed = self.key.sign(&candidate)?.to_bytes()?;
                 let path = manifest_path(&self.data_dir, name, candidate.generation);
@@ -282,7 +302,10 @@ mod tests {
         std::fs::write(repo.join("sub/b"), b"two").unwrap();
         let key = Arc::new(ServerKey::from_bytes(&[9; 32]));
         let store = Store::open(&data.join("db")).await.unwrap();
-        let arts = ArtifactSettings { min_bytes: 1 << 20, announce_url: "http://t/announce".into() };
+        let arts = ArtifactSettings {
+            min_bytes: 1 << 20,
+            announce_url: "http://t/announce".into(),
+        };
         let p = Publisher::new(data.clone(), key.clone(), store.clone(), arts.clone());
 
         let (s1, r1) = p.publish("r", &repo, None).await.unwrap();

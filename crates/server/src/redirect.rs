@@ -221,14 +221,17 @@ pub async fn customer(
         }
     }
     let resp = serve_origin(&snap, rel, &entry, &method, &headers, extra).await;
-    if method == Method::GET && (resp.status() == StatusCode::OK || resp.status() == StatusCode::PARTIAL_CONTENT) {
+    if method == Method::GET
+        && (resp.status() == StatusCode::OK || resp.status() == StatusCode::PARTIAL_CONTENT)
+    {
         let len = resp
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
-        st.origin_http_bytes.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+        st.origin_http_bytes
+            .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
     }
     resp
 }

@@ -111,7 +111,12 @@ pub async fn scrape(State(st): State<Arc<AppState>>, RawQuery(query): RawQuery) 
 /// A plain BitTorrent announce (volunteers' and the origin's librqbit sessions, or any client).
 /// While another seeder has the file, the origin's seed is left out of the peers handed to
 /// downloaders: volunteers then fetch from each other and the origin uploads about once.
-fn plain_announce(st: &AppState, req: &tracker::announce::AnnounceRequest, peer: SocketAddr, interval: u32) -> Response {
+fn plain_announce(
+    st: &AppState,
+    req: &tracker::announce::AnnounceRequest,
+    peer: SocketAddr,
+    interval: u32,
+) -> Response {
     let is_origin = req.peer_id.starts_with(crate::seed::ORIGIN_PEER_PREFIX);
     if is_origin {
         write(&st.origin_peers).insert(SocketAddr::new(peer.ip().to_canonical(), req.port));
@@ -122,7 +127,10 @@ fn plain_announce(st: &AppState, req: &tracker::announce::AnnounceRequest, peer:
             if !is_origin {
                 let origins = read(&st.origin_peers);
                 let origin_listed = o.peers.iter().any(|p| origins.contains(p));
-                let other_seeders = o.complete.saturating_sub(u32::from(req.left == 0)).saturating_sub(u32::from(origin_listed));
+                let other_seeders = o
+                    .complete
+                    .saturating_sub(u32::from(req.left == 0))
+                    .saturating_sub(u32::from(origin_listed));
                 if origin_listed && other_seeders >= 1 {
                     o.peers.retain(|p| !origins.contains(p));
                 }

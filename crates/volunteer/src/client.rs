@@ -128,6 +128,23 @@ impl ServerClient {
             .with_context(|| format!("manifest {repo}/{which} failed verification"))
     }
 
+    /// A sync artifact (`<sha256>.torrent` or `.sig`).
+    pub async fn artifact(&self, sha256_hex: &str, ext: &str) -> Result<bytes::Bytes> {
+        let resp = self
+            .http
+            .get(format!("{}/artifacts/{sha256_hex}.{ext}", self.base))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        if !resp.status().is_success() {
+            bail!(
+                "artifact {sha256_hex}.{ext}: {}",
+                Self::error_text(resp).await
+            );
+        }
+        Ok(resp.bytes().await?)
+    }
+
     /// Send a signed announce query; returns the interval and newest generation.
     pub async fn announce(&self, signed_query: &str) -> Result<AnnounceReply> {
         let resp = self

@@ -35,6 +35,8 @@ pub struct HoldingsView {
     pub servable: HashMap<String, Verified>,
     /// Files in the latest manifest that are missing or differ locally.
     pub missing: Vec<String>,
+    /// Verified large files of the latest generation, with their torrents: what we seed.
+    pub seedable: Vec<(String, manifest::Sha256, manifest::Btih)>,
 }
 
 pub struct Holdings {
@@ -164,11 +166,26 @@ impl Holdings {
                     .collect()
             })
             .unwrap_or_default();
+        let seedable = self
+            .manifests
+            .get(&latest)
+            .map(|m| {
+                m.files
+                    .iter()
+                    .filter_map(|(p, e)| {
+                        let btih = e.btih?;
+                        servable.get(p).filter(|v| v.sha256 == e.sha256)?;
+                        Some((p.clone(), e.sha256, btih))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         HoldingsView {
             held,
             latest,
             servable,
             missing,
+            seedable,
         }
     }
 }

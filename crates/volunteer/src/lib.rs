@@ -56,6 +56,10 @@ pub struct VolunteerState {
     /// Successful GETs served (for the status page and tests).
     pub served: AtomicU64,
     pub rescan_now: Notify,
+    /// BitTorrent: fetches for PRsync and seeds what we hold to other volunteers.
+    pub seeder: Option<prsync::seeder::Seeder>,
+    /// Repositories with a PRsync pull under way.
+    syncing: std::sync::Mutex<std::collections::HashSet<String>>,
     seq: AtomicU64,
     peer_id: [u8; 20],
 }
@@ -155,7 +159,7 @@ impl VolunteerState {
             seq: self.next_seq(),
             generation: held,
             customer_conns: self.active.load(Ordering::Acquire),
-            sync_conns: 0,
+            sync_conns: self.sync_connections(),
             upload_bps,
             capacity: self.config.max_connections,
             url: self.config.public_url(),
@@ -176,8 +180,9 @@ impl VolunteerState {
         Ok(sign_query(&self.credential.secret_bytes()?, &q))
     }
 
-    /// Announce every mirror; returns the interval the server asked for.
-    async fn announce_all(&self, upload_bps: u64) -> Option<Duration> {
+    /// Announce every mirror; returns the interval the server asked for. A newer generation
+    /// starts a PRsync pull in the background (one per repository at a time).
+    async fn announce_all(self: &Arc<Self>, upload_bps: u64) -> Option<Duration> {
         let mut interval = None;
         for repo in self.mirrors.keys() {
             let q = match self.signed_query(repo, upload_bps, None) {
@@ -195,12 +200,99 @@ impl VolunteerState {
                         if let Err(e) = self.refresh(repo, Some(reply.latest_generation)).await {
                             tracing::warn!(repo, error = %format!("{e:#}"), "cannot refresh");
                         }
+                        self.update_seeding().await;
                     }
+                    self.maybe_sync(repo);
                 }
                 Err(e) => tracing::warn!(repo, error = %format!("{e:#}"), "announce failed"),
             }
         }
         interval
+    }
+
+    /// Connections used for syncing: BitTorrent peers plus pulls under way.
+    fn sync_connections(&self) -> u32 {
+        let peers = self.seeder.as_ref().map_or(0, |s| s.bt.live_peers());
+        let pulls = self.syncing.lock().map_or(0, |s| s.len() as u32);
+        peers + pulls
+    }
+
+    /// Start a pull for `repo` if it lags the newest generation and none is running.
+    fn maybe_sync(self: &Arc<Self>, repo: &str) {
+        if !self.config.sync {
+            return;
+        }
+        let Some(m) = self.mirrors.get(repo) else {
+            return;
+        };
+        let v = m.view();
+        if v.latest == 0 || v.held >= v.latest {
+            return;
+        }
+        {
+            let Ok(mut s) = self.syncing.lock() else {
+                return;
+            };
+            if !s.insert(repo.to_string()) {
+                return;
+            }
+        }
+        let me = self.clone();
+        let repo = repo.to_string();
+        tokio::spawn(async move {
+            let dir = me
+                .mirrors
+                .get(&repo)
+                .map(|m| m.dir.clone())
+                .unwrap_or_default();
+            let mut opts = prsync::pull::PullOptions::new(me.client.base(), &repo, &dir);
+            opts.key = Some(me.server_key);
+            opts.progress = false;
+            let bt = me.seeder.as_ref().map(|s| &s.bt);
+            match prsync::pull::pull(&opts, bt).await {
+                Ok(sum) => tracing::info!(repo = %repo, summary = %sum.line(), "synced"),
+                Err(e) => {
+                    tracing::warn!(repo = %repo, error = %e, "sync failed; will retry at the next announce")
+                }
+            }
+            if let Ok(mut s) = me.syncing.lock() {
+                s.remove(&repo);
+            }
+            if let Err(e) = me.refresh(&repo, None).await {
+                tracing::warn!(repo = %repo, error = %format!("{e:#}"), "rescan after sync failed");
+            }
+            me.update_seeding().await;
+        });
+    }
+
+    /// Seed every verified large file of every mirror's newest generation; stop seeding the
+    /// rest.
+    async fn update_seeding(&self) {
+        let Some(seeder) = &self.seeder else { return };
+        let mut files = Vec::new();
+        for m in self.mirrors.values() {
+            for (path, sha, btih) in &m.view().seedable {
+                files.push(prsync::seeder::SeedFile {
+                    sha256_hex: sha.to_hex(),
+                    btih: btih.0,
+                    path: m.dir.join(path),
+                });
+            }
+        }
+        for f in seeder.missing(&files).await {
+            match self.client.artifact(&f.sha256_hex, "torrent").await {
+                Ok(t) if prsync::artifacts::torrent_info_hash(&t).is_ok_and(|h| h == f.btih) => {
+                    if let Err(e) = seeder.add(&f, t).await {
+                        tracing::warn!(path = %f.path.display(), error = %format!("{e:#}"), "cannot seed");
+                    }
+                }
+                Ok(_) => {
+                    tracing::warn!(sha = %f.sha256_hex, "torrent does not match the manifest; not seeding")
+                }
+                Err(e) => tracing::debug!(error = %format!("{e:#}"), "torrent unavailable"),
+            }
+        }
+        seeder.retain(&files).await;
     }
 
     async fn announce_stopped(&self) {
@@ -258,6 +350,34 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let seeder = if cfg.sync {
+        let listen = cfg
+            .seed_listen
+            .unwrap_or(std::net::SocketAddr::new(cfg.listen.ip(), 0));
+        let bt = prsync::bt::Bt::start(prsync::bt::BtConfig {
+            listen,
+            upload_bps: cfg.seed_upload_bps,
+            peer_id: None,
+            dir: cfg.data_dir.join("bt"),
+        })
+        .await;
+        match bt {
+            Ok(bt) => {
+                tracing::info!(port = bt.port(), "BitTorrent engine listening");
+                Some(prsync::seeder::Seeder::new(
+                    bt,
+                    &cfg.data_dir.join("seed"),
+                    format!("{}/announce", client.base()),
+                )?)
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "BitTorrent unavailable: syncing over HTTP only, not seeding");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let st = Arc::new(VolunteerState {
         config: cfg,
         credential,
@@ -268,6 +388,8 @@ pub async fn run(
         uploaded: AtomicU64::new(0),
         served: AtomicU64::new(0),
         rescan_now: Notify::new(),
+        seeder,
+        syncing: std::sync::Mutex::new(Default::default()),
         seq: AtomicU64::new(seq0),
         peer_id,
     });
@@ -275,7 +397,9 @@ pub async fn run(
         if let Err(e) = st.refresh(repo, None).await {
             tracing::warn!(repo, error = %format!("{e:#}"), "initial verification incomplete");
         }
+        st.maybe_sync(repo);
     }
+    st.update_seeding().await;
 
     // Rescan loop: notice the admin's changes to the directory.
     let rescanner = st.clone();

@@ -67,7 +67,7 @@ impl BlockSignature {
         let entry = 4 + strong_len as usize;
         let body = &bytes[12..];
         let want = file_len.div_ceil(u64::from(block_len));
-        if body.len() % entry != 0 || (body.len() / entry) as u64 != want {
+        if !body.len().is_multiple_of(entry) || (body.len() / entry) as u64 != want {
             return Err(SignatureError::BlockCount {
                 got: body.len() / entry,
                 want,

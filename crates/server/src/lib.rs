@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod metalink;
+pub mod origin_gate;
 pub mod policy;
 pub mod publish;
 pub mod redirect;
@@ -168,6 +169,9 @@ pub async fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>> {
         origin_http_bytes: Default::default(),
         seed: tokio::sync::OnceCell::new(),
         origin_peers: RwLock::new(Default::default()),
+        origin_gate: Mutex::new(origin_gate::OriginGate::new(
+            std::time::Duration::from_secs(10),
+        )),
         config: cfg,
     });
     st.reload_credentials().await?;

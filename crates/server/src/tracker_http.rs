@@ -109,8 +109,7 @@ pub async fn scrape(State(st): State<Arc<AppState>>, RawQuery(query): RawQuery) 
 }
 
 /// A plain BitTorrent announce (volunteers' and the origin's librqbit sessions, or any client).
-/// While another seeder has the file, the origin's seed is left out of the peers handed to
-/// downloaders: volunteers then fetch from each other and the origin uploads about once.
+/// Who is handed the origin's seed is the [`crate::origin_gate`]'s decision.
 fn plain_announce(
     st: &AppState,
     req: &tracker::announce::AnnounceRequest,
@@ -121,17 +120,29 @@ fn plain_announce(
     if is_origin {
         write(&st.origin_peers).insert(SocketAddr::new(peer.ip().to_canonical(), req.port));
     }
-    let outcome = lock(&st.swarms).announce(req, peer, Instant::now());
+    let now = Instant::now();
+    let outcome = lock(&st.swarms).announce(req, peer, now);
     match outcome {
         Ok(mut o) => {
-            if !is_origin {
+            if is_origin {
+                o.peers.clear();
+            } else {
                 let origins = read(&st.origin_peers);
                 let origin_listed = o.peers.iter().any(|p| origins.contains(p));
                 let other_seeders = o
                     .complete
                     .saturating_sub(u32::from(req.left == 0))
                     .saturating_sub(u32::from(origin_listed));
-                if origin_listed && other_seeders >= 1 {
+                let stopped = req.event == Event::Stopped;
+                let allowed = lock(&st.origin_gate).may_see_origin(
+                    req.info_hash,
+                    req.peer_id,
+                    req.left,
+                    stopped,
+                    other_seeders,
+                    now,
+                );
+                if !allowed {
                     o.peers.retain(|p| !origins.contains(p));
                 }
             }

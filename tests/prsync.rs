@@ -1,0 +1,357 @@
+//! PRsync end to end: volunteers sync from each other, reuse what they hold, survive lying
+//! peers and kills, and never install a wrong byte.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn stats_sync(server: &Server) -> (u64, u64) {
+    let out = Command::new("curl")
+        .args(["-fsS", &format!("{}/api/stats", server.url)])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        v["seed_uploaded_bytes"].as_u64().unwrap(),
+        v["origin_http_bytes"].as_u64().unwrap(),
+    )
+}
+
+/// Every file of `a` is in `b` with the same bytes, and `b` has nothing else (state dir aside).
+fn assert_same_tree(a: &Path, b: &Path) {
+    let list = |root: &Path| -> Vec<String> {
+        let mut v = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
+                if rel.starts_with(".mirrorswarm") {
+                    continue;
+                }
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    v.push(rel);
+                }
+            }
+        }
+        v.sort();
+        v
+    };
+    let (la, lb) = (list(a), list(b));
+    assert_eq!(
+        la,
+        lb,
+        "{} and {} list different files",
+        a.display(),
+        b.display()
+    );
+    for f in la {
+        assert!(
+            std::fs::read(a.join(&f)).unwrap() == std::fs::read(b.join(&f)).unwrap(),
+            "{f} differs in {}",
+            b.display()
+        );
+    }
+}
+
+fn pull(server: &Server, dest: &Path, extra: &[&str]) -> (std::process::Output, serde_json::Value) {
+    let out = Command::new(BIN)
+        .args([
+            "prsync",
+            "pull",
+            "--server",
+            &server.url,
+            "--repo",
+            "debian",
+            "--dest",
+            dest.to_str().unwrap(),
+            "--json",
+        ])
+        .args(extra)
+        .output()
+        .unwrap();
+    let summary = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out, summary)
+}
+
+fn transferred(s: &serde_json::Value) -> u64 {
+    s["from_peers_bytes"].as_u64().unwrap() + s["from_origin_bytes"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn four_volunteers_sync_a_generation_and_the_origin_uploads_it_about_once() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    sample_repo(&repo);
+    // The origin's seed is capped, as an origin's uplink would be: volunteers then take
+    // pieces from each other rather than all from the origin.
+    let server = start_server(root, &repo, &["--seed-upload-bps", "4194304"]).await;
+    let mut vols = Vec::new();
+    for i in 1..=4 {
+        let name = format!("v{i}");
+        let mirror = root.join(&name).join("debian");
+        copy_tree(&repo, &mirror);
+        let token = server.enroll(&name);
+        let port = free_port();
+        let mut args = volunteer_args(
+            &server,
+            &token,
+            port,
+            &root.join(&name).join("data"),
+            &mirror,
+        );
+        args.retain(|a| a != "--no-sync");
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        vols.push((
+            name.clone(),
+            mirror,
+            Proc::spawn(&argv, &root.join(format!("{name}.log"))),
+        ));
+        server.wait_held(&name, 1).await;
+    }
+
+    // Generation 2: two new large files, one changed small file.
+    let big1 = noise(11, 6 << 20);
+    let big2 = noise(12, 6 << 20);
+    std::fs::write(repo.join("big/new1.img"), &big1).unwrap();
+    std::fs::write(repo.join("big/new2.img"), &big2).unwrap();
+    std::fs::write(repo.join("big/a.bin"), noise(13, 300_000)).unwrap();
+    let changed_large = (big1.len() + big2.len()) as u64;
+    let (seed0, http0) = stats_sync(&server);
+    let out = server.publish();
+    assert!(out.contains("generation 2 (new)"), "{out}");
+    let start = Instant::now();
+    for (name, _, _) in &vols {
+        server.wait_held(name, 2).await;
+    }
+    let took = start.elapsed();
+    for (_, mirror, _) in &vols {
+        assert_same_tree(&repo, mirror);
+    }
+    let (seed1, http1) = stats_sync(&server);
+    let origin_seed = seed1 - seed0;
+    let origin_http = http1 - http0;
+    println!(
+        "4 volunteers synced {changed_large} B of new large files in {:.1} s; origin uploaded {origin_seed} B over BitTorrent ({:.2}x the changed bytes) and {origin_http} B over HTTP",
+        took.as_secs_f64(),
+        origin_seed as f64 / changed_large as f64
+    );
+    assert!(
+        origin_seed <= 2 * changed_large,
+        "origin seeded {origin_seed} B for {changed_large} B of changes"
+    );
+    for (name, _, p) in &vols {
+        assert!(
+            p.log_text().contains("synced"),
+            "{name} did not log its sync"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identical_files_cost_nothing_and_similar_ones_little() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    std::fs::create_dir_all(repo.join("img")).unwrap();
+    let disk = noise(21, 16 << 20);
+    std::fs::write(repo.join("img/disk.img"), &disk).unwrap();
+    std::fs::write(repo.join("README"), b"hello").unwrap();
+    let server = start_server(root, &repo, &[]).await;
+    let dest = root.join("dest");
+    let (out, s) = pull(&server, &dest, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(transferred(&s), disk.len() as u64 + 5);
+    assert_same_tree(&repo, &dest);
+
+    // A new file identical to one already held: zero bytes transferred.
+    std::fs::create_dir_all(repo.join("mirror-of")).unwrap();
+    std::fs::write(repo.join("mirror-of/disk-copy.img"), &disk).unwrap();
+    server.publish();
+    let (out, s) = pull(&server, &dest, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!(
+        "identical new file: {} B transferred, {} B reused locally",
+        transferred(&s),
+        s["reused_local_bytes"]
+    );
+    assert_eq!(transferred(&s), 0, "{s}");
+    assert_same_tree(&repo, &dest);
+
+    // A new version with local edits: most blocks come from the old one.
+    let mut v2 = disk.clone();
+    for at in [1_000_000usize, 7_000_000, 12_345_678] {
+        for b in &mut v2[at..at + 3000] {
+            *b = b.wrapping_add(1);
+        }
+    }
+    v2.splice(9_000_000..9_000_000, noise(22, 5000));
+    std::fs::write(repo.join("img/disk.img"), &v2).unwrap();
+    server.publish();
+    let (out, s) = pull(&server, &dest, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!(
+        "edited {} B file: {} B transferred ({:.1}%), {} B reused locally; speedup {:.1}x",
+        v2.len(),
+        transferred(&s),
+        100.0 * transferred(&s) as f64 / v2.len() as f64,
+        s["reused_local_bytes"],
+        s["repo_bytes"].as_u64().unwrap() as f64 / transferred(&s).max(1) as f64
+    );
+    assert!(transferred(&s) < v2.len() as u64 / 2, "{s}");
+    assert_same_tree(&repo, &dest);
+    // The copy that did not change is untouched; the dropped file goes away when removed.
+    std::fs::remove_file(repo.join("mirror-of/disk-copy.img")).unwrap();
+    server.publish();
+    let (out, s) = pull(&server, &dest, &[]);
+    assert!(out.status.success());
+    assert_eq!(s["removed_files"], 1);
+    assert_same_tree(&repo, &dest);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_serving_corrupted_pieces_cannot_corrupt_the_sync() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    std::fs::create_dir_all(repo.join("img")).unwrap();
+    let disk = noise(31, 8 << 20);
+    std::fs::write(repo.join("img/disk.img"), &disk).unwrap();
+    let server = start_server(root, &repo, &[]).await;
+    // A volunteer that synced honestly and seeds…
+    let mirror = root.join("liar/debian");
+    std::fs::create_dir_all(&mirror).unwrap();
+    let token = server.enroll("liar");
+    let mut args = volunteer_args(
+        &server,
+        &token,
+        free_port(),
+        &root.join("liar/data"),
+        &mirror,
+    );
+    args.retain(|a| a != "--no-sync");
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _liar = Proc::spawn(&argv, &root.join("liar.log"));
+    server.wait_held("liar", 1).await;
+    // …then its copy rots in place, size and mtime kept, so it goes on seeding bad pieces.
+    let f = mirror.join("img/disk.img");
+    let mtime = std::fs::metadata(&f).unwrap().modified().unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+        for at in (0..disk.len() as u64).step_by(1 << 20) {
+            file.write_all_at(&[0xAA; 4096], at + 100).unwrap();
+        }
+        file.set_modified(mtime).unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let dest = root.join("dest");
+    let (out, s) = pull(&server, &dest, &["--stall-secs", "3"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(dest.join("img/disk.img")).unwrap(),
+        disk,
+        "a corrupted piece was installed"
+    );
+    println!("with a lying peer: {s}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_pull_resumes_and_a_second_concurrent_pull_is_refused() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    std::fs::create_dir_all(repo.join("img")).unwrap();
+    let disk = noise(41, 12 << 20);
+    std::fs::write(repo.join("img/disk.img"), &disk).unwrap();
+    // A slow origin so there is time to interrupt.
+    let server = start_server(root, &repo, &["--seed-upload-bps", "1048576"]).await;
+    let dest = root.join("dest");
+    let mut first = Command::new(BIN)
+        .args([
+            "prsync",
+            "pull",
+            "--server",
+            &server.url,
+            "--repo",
+            "debian",
+            "--dest",
+            dest.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let staged = dest.join(".mirrorswarm/staging");
+    wait_until(
+        Duration::from_secs(20),
+        "the first pull to stage data",
+        || {
+            let staged = staged.clone();
+            async move {
+                std::fs::read_dir(&staged)
+                    .map(|rd| {
+                        rd.flatten()
+                            .any(|e| e.metadata().map(|m| m.len() > 0).unwrap_or(false))
+                    })
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await;
+    let (out, _) = pull(&server, &dest, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a concurrent pull must be refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another prsync pull is running"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = first.kill(); // SIGKILL
+    let _ = first.wait();
+    assert!(
+        !dest.join("img/disk.img").exists(),
+        "nothing is installed before it verified"
+    );
+
+    let (out, s) = pull(&server, &dest, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(dest.join("img/disk.img")).unwrap(), disk);
+    println!(
+        "resumed pull transferred {} of {} B",
+        transferred(&s),
+        disk.len()
+    );
+    assert!(
+        transferred(&s) < disk.len() as u64,
+        "the resumed pull refetched everything: {s}"
+    );
+}

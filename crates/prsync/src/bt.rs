@@ -36,6 +36,7 @@ pub struct BtConfig {
 pub struct Bt {
     session: Arc<Session>,
     port: u16,
+    peer_id: [u8; 20],
 }
 
 /// What one torrent download did.
@@ -62,13 +63,18 @@ impl Bt {
                 .with_context(|| format!("cannot listen on {listen}"))?;
             listen.set_port(probe.local_addr()?.port());
         }
+        let peer_id = cfg.peer_id.unwrap_or_else(|| {
+            let mut id = *b"-MS0100-000000000000";
+            rand_fill(&mut id[8..]);
+            id
+        });
         let opts = SessionOptions {
             dht: None,
             persistence: None,
             fastresume: false,
             disable_local_service_discovery: true,
             ipv4_only: cfg.listen.is_ipv4(),
-            peer_id: cfg.peer_id.map(librqbit::dht::Id20::new),
+            peer_id: Some(librqbit::dht::Id20::new(peer_id)),
             listen: Some(ListenerOptions {
                 mode: ListenerMode::TcpOnly,
                 listen_addr: listen,
@@ -89,6 +95,7 @@ impl Bt {
         Ok(Bt {
             session,
             port: listen.port(),
+            peer_id,
         })
     }
 
@@ -188,6 +195,21 @@ impl Bt {
         }
     }
 
+    /// Tell the tracker we left these swarms, so that nobody waits for us as a seeder (librqbit
+    /// does not announce `stopped` when a torrent is removed).
+    pub async fn announce_stopped(&self, tracker: &str, info_hashes: &[[u8; 20]]) {
+        let client = reqwest::Client::new();
+        for h in info_hashes {
+            let url = format!(
+                "{tracker}?info_hash={}&peer_id={}&port={}&uploaded=0&downloaded=0&left=0&event=stopped",
+                tracker::query::percent_encode(h),
+                tracker::query::percent_encode(&self.peer_id),
+                self.port
+            );
+            let _ = client.get(url).timeout(Duration::from_secs(5)).send().await;
+        }
+    }
+
     /// Bytes this session has uploaded to peers.
     pub fn uploaded_bytes(&self) -> u64 {
         self.session.stats_snapshot().counters.uploaded_bytes
@@ -226,4 +248,14 @@ pub fn is_origin(peer: &str, origin: Option<SocketAddr>) -> bool {
     };
     let canon = |ip: IpAddr| ip.to_canonical();
     p.port() == o.port() && canon(p.ip()) == canon(o.ip())
+}
+
+fn rand_fill(buf: &mut [u8]) {
+    use sha1::Digest as _;
+    // A peer id only needs to be unique among peers: time, pid and address suffice.
+    let seed = format!("{:?}{}{:p}", Instant::now(), std::process::id(), buf);
+    let d = sha1::Sha1::digest(seed.as_bytes());
+    for (b, x) in buf.iter_mut().zip(d.iter().cycle()) {
+        *b = b'0' + (x % 10);
+    }
 }

@@ -143,6 +143,8 @@ struct Ctx<'a> {
     origin_seed: Option<SocketAddr>,
     summary: Summary,
     bar: Option<indicatif::ProgressBar>,
+    /// The BitTorrent session is this pull's own (not a daemon's that keeps seeding).
+    own_bt: bool,
 }
 
 /// One distinct content to obtain (several paths may want the same bytes).
@@ -178,6 +180,7 @@ pub async fn pull(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullEr
         origin_seed,
         summary: Summary::default(),
         bar: None,
+        own_bt: bt.is_none(),
     };
     ctx.summary.generation = manifest.generation;
     ctx.summary.files = manifest.files.len();
@@ -605,10 +608,13 @@ async fn fetch_torrents(ctx: &mut Ctx<'_>, bt: &Bt, jobs: Vec<Job>, local: &Scan
             }
         }
     }
+    // Keep every torrent until all are done: what we finished, others may still need.
+    let mut done = Vec::new();
     for (job, handle, btih) in running {
         let got = bt
             .wait(&handle, opts.stall, Duration::from_secs(24 * 3600))
             .await;
+        done.push(btih);
         for (peer, bytes) in &got.per_peer {
             if is_origin(peer, ctx.origin_seed) {
                 ctx.summary.from_origin_bytes += bytes;
@@ -616,7 +622,6 @@ async fn fetch_torrents(ctx: &mut Ctx<'_>, bt: &Bt, jobs: Vec<Job>, local: &Scan
                 ctx.summary.from_peers_bytes += bytes;
             }
         }
-        bt.remove(btih).await;
         if let Some(b) = &ctx.bar {
             b.inc(job.entry.size);
         }
@@ -624,6 +629,12 @@ async fn fetch_torrents(ctx: &mut Ctx<'_>, bt: &Bt, jobs: Vec<Job>, local: &Scan
             tracing::warn!(path = %job.path, "BitTorrent stalled; fetching from the origin");
             fallback.push(job);
         }
+    }
+    for btih in &done {
+        bt.remove(*btih).await;
+    }
+    if ctx.own_bt {
+        bt.announce_stopped(&tracker, &done).await;
     }
     fallback
 }

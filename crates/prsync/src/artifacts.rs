@@ -10,10 +10,12 @@ use std::path::Path;
 use sha1::Digest as _;
 use tracker::bencode::{self, Value};
 
-/// Piece length for a file: about a thousand pieces, between 32 KiB and 4 MiB (powers of two).
-/// Small pieces let a volunteer keep every piece its first guess got right.
+/// Piece length for a file: about four thousand pieces, between 16 KiB (BitTorrent's request
+/// size) and 4 MiB, powers of two. Small pieces matter: a local edit costs the customer the
+/// whole piece it falls in, so 64 MiB files get 16 KiB pieces (and 4 KiB rsync blocks, rsync's
+/// own granularity), at 80 KB of piece hashes.
 pub fn piece_length(size: u64) -> u32 {
-    let target = (size / 1024).clamp(32 * 1024, 4 * 1024 * 1024);
+    let target = (size / 4096).clamp(16 * 1024, 4 * 1024 * 1024);
     target.next_power_of_two().min(4 * 1024 * 1024) as u32
 }
 
@@ -132,11 +134,12 @@ mod tests {
 
     #[test]
     fn piece_and_block_sizes() {
-        assert_eq!(piece_length(0), 32 * 1024);
-        assert_eq!(piece_length(10 << 20), 32 * 1024);
-        assert_eq!(piece_length(1 << 30), 1 << 20);
+        assert_eq!(piece_length(0), 16 * 1024);
+        assert_eq!(piece_length(10 << 20), 16 * 1024);
+        assert_eq!(piece_length(64 << 20), 16 * 1024);
+        assert_eq!(piece_length(1 << 30), 256 * 1024);
         assert_eq!(piece_length(1 << 40), 4 << 20);
-        assert_eq!(block_size(1 << 30), 256 * 1024);
+        assert_eq!(block_size(64 << 20), 4 * 1024);
     }
 
     #[test]

@@ -549,18 +549,17 @@ async fn fetch_torrents(ctx: &mut Ctx<'_>, bt: &Bt, jobs: Vec<Job>, local: &Scan
     let tracker = format!("{}/announce", opts.server);
     let mut running = Vec::new();
     let mut fallback = Vec::new();
+    // Fetch and check each torrent; build first guesses in parallel (they are CPU-bound).
+    let mut prepared = Vec::new();
+    let mut guesses = tokio::task::JoinSet::new();
     for job in jobs {
         let sha = job.entry.sha256.to_hex();
         let Some(btih) = job.entry.btih else {
             fallback.push(job);
             continue;
         };
-        let torrent = match get_bytes(
-            &ctx.http,
-            &format!("{}/artifacts/{sha}.torrent", opts.server),
-        )
-        .await
-        {
+        let url = format!("{}/artifacts/{sha}.torrent", opts.server);
+        let torrent = match get_bytes(&ctx.http, &url).await {
             Some(t) if crate::artifacts::torrent_info_hash(&t).is_ok_and(|h| h == btih.0) => t,
             _ => {
                 tracing::warn!(path = %job.path, "torrent missing or not the one the manifest names");
@@ -569,37 +568,45 @@ async fn fetch_torrents(ctx: &mut Ctx<'_>, bt: &Bt, jobs: Vec<Job>, local: &Scan
             }
         };
         let staged = ctx.state.staged(&sha);
-        if !staged.exists() {
-            if let Some(similar) = find_similar(&job.path, local) {
-                if let Some(sig) =
-                    get_bytes(&ctx.http, &format!("{}/artifacts/{sha}.sig", opts.server)).await
-                {
-                    match BlockSignature::parse(&sig, job.entry.size) {
-                        Ok(sig) => {
-                            let old = opts.dest.join(&similar);
-                            let out = staged.clone();
-                            match tokio::task::spawn_blocking(move || first_guess(&sig, &old, &out))
-                                .await
-                            {
-                                Ok(Ok(st)) => {
-                                    tracing::info!(path = %job.path, from = %similar, matched = st.matched_bytes, "first guess from a similar local file");
-                                    ctx.summary.reused_local_bytes += st.matched_bytes;
-                                }
-                                Ok(Err(e)) => {
-                                    tracing::warn!(path = %job.path, error = %e, "first guess failed")
-                                }
-                                Err(e) => {
-                                    tracing::warn!(path = %job.path, error = %e, "first guess task failed")
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(path = %job.path, error = %e, "refusing a bad block signature")
-                        }
-                    }
+        let similar = (!staged.exists())
+            .then(|| find_similar(&job.path, local))
+            .flatten();
+        if let Some(similar) = similar {
+            let url = format!("{}/artifacts/{sha}.sig", opts.server);
+            match get_bytes(&ctx.http, &url)
+                .await
+                .map(|b| BlockSignature::parse(&b, job.entry.size))
+            {
+                Some(Ok(sig)) => {
+                    let old = opts.dest.join(&similar);
+                    let path = job.path.clone();
+                    guesses
+                        .spawn_blocking(move || (path, similar, first_guess(&sig, &old, &staged)));
                 }
+                Some(Err(e)) => {
+                    tracing::warn!(path = %job.path, error = %e, "refusing a bad block signature")
+                }
+                None => tracing::debug!(path = %job.path, "no block signature"),
             }
         }
+        prepared.push((job, torrent, btih));
+    }
+    while let Some(res) = guesses.join_next().await {
+        match res {
+            Ok((path, from, Ok(st))) => {
+                tracing::info!(
+                    path,
+                    from,
+                    matched = st.matched_bytes,
+                    "first guess from a similar local file"
+                );
+                ctx.summary.reused_local_bytes += st.matched_bytes;
+            }
+            Ok((path, _, Err(e))) => tracing::warn!(path, error = %e, "first guess failed"),
+            Err(e) => tracing::warn!(error = %e, "first guess task failed"),
+        }
+    }
+    for (job, torrent, btih) in prepared {
         match bt.add(torrent, &ctx.state.staging(), &tracker).await {
             Ok(h) => running.push((job, h, btih.0)),
             Err(e) => {

@@ -74,6 +74,10 @@ struct PullArgs {
     /// Seconds without BitTorrent progress before a file is fetched from the origin.
     #[arg(long, default_value_t = 20)]
     stall_secs: u64,
+    /// After installing, keep seeding to other volunteers still downloading, for at most
+    /// this many seconds (0: leave at once).
+    #[arg(long, default_value_t = 60)]
+    linger_secs: u64,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -444,6 +448,7 @@ pub async fn shutdown_signal() {
 fn prsync_pull(a: &PullArgs) -> ExitCode {
     let mut opts = prsync::pull::PullOptions::new(&a.server, &a.repo, &a.dest);
     opts.stall = std::time::Duration::from_secs(a.stall_secs);
+    opts.linger = std::time::Duration::from_secs(a.linger_secs);
     if let Some(k) = &a.key {
         match manifest::signing::parse_public_key(k) {
             Ok(k) => opts.key = Some(k),

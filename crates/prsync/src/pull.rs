@@ -73,6 +73,8 @@ pub struct PullOptions {
     pub progress: bool,
     /// Parallel HTTP fetches.
     pub http_parallel: usize,
+    /// After installing, how long to keep seeding while others still download.
+    pub linger: Duration,
 }
 
 impl PullOptions {
@@ -86,6 +88,7 @@ impl PullOptions {
             bt_listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             progress: std::io::stdout().is_terminal(),
             http_parallel: 4,
+            linger: Duration::from_secs(60),
         }
     }
 }
@@ -274,13 +277,17 @@ pub async fn pull(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullEr
         }
     };
     let mut fallback: Vec<Job> = Vec::new();
+    let mut seeded: Vec<[u8; 20]> = Vec::new();
     match bt {
-        Some(bt) => fallback.extend(fetch_torrents(&mut ctx, bt, torrent_jobs, &local).await),
+        Some(bt) => {
+            let (fb, done) = fetch_torrents(&mut ctx, bt, torrent_jobs, &local).await;
+            fallback.extend(fb);
+            seeded = done;
+        }
         None => fallback.extend(torrent_jobs),
     }
     fetch_http(&mut ctx, http_jobs, false).await?;
     fetch_http(&mut ctx, fallback, true).await?;
-    drop(own_bt);
 
     // Verify every staged file, then install.
     let mut by_content: HashMap<manifest::Sha256, Vec<String>> = HashMap::new();
@@ -342,6 +349,10 @@ pub async fn pull(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullEr
     if let Ok(b) = serde_json::to_vec(&new_cache) {
         let _ = std::fs::write(ctx.state.scan_cache(), b);
     }
+    if let Some(bt) = &own_bt {
+        linger_and_leave(&ctx, bt, &seeded).await;
+    }
+    drop(own_bt);
     clean_staging(&ctx.state);
     if let Some(bar) = &ctx.bar {
         bar.finish_and_clear();
@@ -544,7 +555,12 @@ fn package_stem(name: &str) -> &str {
 
 /// Torrents: first guess from a similar local file, then librqbit fetches what is wrong.
 /// Returns the jobs that must fall back to HTTP.
-async fn fetch_torrents(ctx: &mut Ctx<'_>, bt: &Bt, jobs: Vec<Job>, local: &ScanCache) -> Vec<Job> {
+async fn fetch_torrents(
+    ctx: &mut Ctx<'_>,
+    bt: &Bt,
+    jobs: Vec<Job>,
+    local: &ScanCache,
+) -> (Vec<Job>, Vec<[u8; 20]>) {
     let opts = ctx.opts;
     let tracker = format!("{}/announce", opts.server);
     let mut running = Vec::new();
@@ -621,7 +637,6 @@ async fn fetch_torrents(ctx: &mut Ctx<'_>, bt: &Bt, jobs: Vec<Job>, local: &Scan
         let got = bt
             .wait(&handle, opts.stall, Duration::from_secs(24 * 3600))
             .await;
-        done.push(btih);
         for (peer, bytes) in &got.per_peer {
             if is_origin(peer, ctx.origin_seed) {
                 ctx.summary.from_origin_bytes += bytes;
@@ -632,18 +647,67 @@ async fn fetch_torrents(ctx: &mut Ctx<'_>, bt: &Bt, jobs: Vec<Job>, local: &Scan
         if let Some(b) = &ctx.bar {
             b.inc(job.entry.size);
         }
-        if !got.finished {
+        if got.finished {
+            done.push(btih);
+        } else {
             tracing::warn!(path = %job.path, "BitTorrent stalled; fetching from the origin");
+            bt.remove(btih).await;
             fallback.push(job);
         }
     }
-    for btih in &done {
+    if !ctx.own_bt {
+        // A daemon's session: it re-adds what it holds as read-only seeds after installing.
+        for btih in &done {
+            bt.remove(*btih).await;
+        }
+        done.clear();
+    }
+    (fallback, done)
+}
+
+/// After installing, keep seeding what we fetched while other downloaders still need it
+/// (at most `linger`): leaving at once would take pieces away from the swarm and send the
+/// others back to the origin. Then leave the swarms and tell the tracker.
+async fn linger_and_leave(ctx: &Ctx<'_>, bt: &Bt, torrents: &[[u8; 20]]) {
+    if torrents.is_empty() {
+        return;
+    }
+    let deadline = Instant::now() + ctx.opts.linger;
+    let scrape = format!(
+        "{}/scrape?{}",
+        ctx.opts.server,
+        torrents
+            .iter()
+            .map(|h| format!("info_hash={}", tracker::query::percent_encode(h)))
+            .collect::<Vec<_>>()
+            .join("&")
+    );
+    while Instant::now() < deadline {
+        let leechers = match get_bytes(&ctx.http, &scrape)
+            .await
+            .map(|b| tracker::bencode::decode(&b))
+        {
+            Some(Ok(v)) => v
+                .get("files")
+                .and_then(|f| f.as_dict())
+                .map(|f| {
+                    f.values()
+                        .filter_map(|s| s.get("incomplete")?.as_int())
+                        .sum::<i64>()
+                })
+                .unwrap_or(0),
+            _ => 0,
+        };
+        if leechers == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for btih in torrents {
         bt.remove(*btih).await;
     }
-    if ctx.own_bt {
-        bt.announce_stopped(&tracker, &done).await;
-    }
-    fallback
+    let tracker = format!("{}/announce", ctx.opts.server);
+    bt.announce_stopped(&tracker, torrents).await;
 }
 
 async fn get_bytes(http: &reqwest::Client, url: &str) -> Option<Bytes> {

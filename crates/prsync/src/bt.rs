@@ -198,10 +198,20 @@ impl Bt {
     /// Tell the tracker we left these swarms, so that nobody waits for us as a seeder (librqbit
     /// does not announce `stopped` when a torrent is removed).
     pub async fn announce_stopped(&self, tracker: &str, info_hashes: &[[u8; 20]]) {
+        self.announce_event(tracker, info_hashes, "stopped").await
+    }
+
+    /// Tell the tracker at once that we now have these files (librqbit says so only at its next
+    /// announce), so that a scrape no longer counts us as downloading.
+    pub async fn announce_completed(&self, tracker: &str, info_hashes: &[[u8; 20]]) {
+        self.announce_event(tracker, info_hashes, "completed").await
+    }
+
+    async fn announce_event(&self, tracker: &str, info_hashes: &[[u8; 20]], event: &str) {
         let client = reqwest::Client::new();
         for h in info_hashes {
             let url = format!(
-                "{tracker}?info_hash={}&peer_id={}&port={}&uploaded=0&downloaded=0&left=0&event=stopped",
+                "{tracker}?info_hash={}&peer_id={}&port={}&uploaded=0&downloaded=0&left=0&event={event}",
                 tracker::query::percent_encode(h),
                 tracker::query::percent_encode(&self.peer_id),
                 self.port

@@ -672,6 +672,8 @@ async fn linger_and_leave(ctx: &Ctx<'_>, bt: &Bt, torrents: &[[u8; 20]]) {
     if torrents.is_empty() {
         return;
     }
+    let tracker = format!("{}/announce", ctx.opts.server);
+    bt.announce_completed(&tracker, torrents).await;
     let deadline = Instant::now() + ctx.opts.linger;
     let scrape = format!(
         "{}/scrape?{}",
@@ -706,7 +708,6 @@ async fn linger_and_leave(ctx: &Ctx<'_>, bt: &Bt, torrents: &[[u8; 20]]) {
     for btih in torrents {
         bt.remove(*btih).await;
     }
-    let tracker = format!("{}/announce", ctx.opts.server);
     bt.announce_stopped(&tracker, torrents).await;
 }
 

@@ -100,7 +100,8 @@ struct ServerArgs {
     /// URL customers and volunteers reach this server at [default: http://<listen>].
     #[arg(long)]
     public_url: Option<String>,
-    /// Balancing policy: feedback, least-connections or request-counting [default: feedback].
+    /// Balancing policy: feedback, least-connections, request-counting; for experiments
+    /// least-loaded and oracle [default: feedback].
     #[arg(long)]
     policy: Option<String>,
     /// Seconds between volunteer announces [default: 5].
@@ -115,6 +116,9 @@ struct ServerArgs {
     /// Cap on the origin seed's BitTorrent upload, bytes/s [default: none].
     #[arg(long)]
     seed_upload_bps: Option<u32>,
+    /// Experiments: UDP address where the `oracle` policy receives live loads.
+    #[arg(long)]
+    oracle_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -175,6 +179,15 @@ struct VolunteerArgs {
     /// Cap on BitTorrent uploads to other volunteers, bytes/s [default: none].
     #[arg(long)]
     seed_upload_bps: Option<u32>,
+    /// Cap on customer downloads, bytes/s: the uplink the balancer should see [default: none].
+    #[arg(long)]
+    upload_bps: Option<u64>,
+    /// Experiments: synthetic background sync uploads sharing --upload-bps [default: 0].
+    #[arg(long)]
+    background_sync_conns: Option<u32>,
+    /// Experiments: stream live connection counts to the server's oracle (UDP address).
+    #[arg(long)]
+    oracle_feed: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -273,6 +286,9 @@ fn server_config(a: ServerArgs) -> Result<ServerConfig> {
     if let Some(v) = a.seed_upload_bps {
         cfg.prsync.seed_upload_bps = Some(v);
     }
+    if let Some(v) = a.oracle_listen {
+        cfg.redirect.oracle_listen = Some(v);
+    }
     if cfg.repos.is_empty() {
         bail!("no repository to publish: pass --repo NAME=DIR or set [repos] in the config file");
     }
@@ -314,6 +330,15 @@ fn volunteer_config(a: VolunteerArgs) -> Result<VolunteerConfig> {
     }
     if let Some(v) = a.seed_upload_bps {
         cfg.seed_upload_bps = Some(v);
+    }
+    if let Some(v) = a.upload_bps {
+        cfg.upload_bps = Some(v);
+    }
+    if let Some(v) = a.background_sync_conns {
+        cfg.background_sync_conns = v;
+    }
+    if let Some(v) = a.oracle_feed {
+        cfg.oracle_feed = Some(v);
     }
     cfg.validate()?;
     Ok(cfg)

@@ -47,7 +47,13 @@ pub fn load_file<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigE
 }
 
 /// The balancing policies the redirector knows, chosen by name.
-pub const POLICY_NAMES: &[&str] = &["feedback", "least-connections", "request-counting"];
+pub const POLICY_NAMES: &[&str] = &[
+    "feedback",
+    "least-connections",
+    "request-counting",
+    "oracle",
+    "least-loaded",
+];
 
 /// Central server configuration (`mirrorswarm server`).
 #[derive(Debug, Clone, Deserialize)]
@@ -149,7 +155,8 @@ impl TrackerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedirectConfig {
-    /// Balancing policy: `feedback` (default), `least-connections` or `request-counting`.
+    /// Balancing policy: `feedback` (default), `least-connections`, `request-counting`; for
+    /// experiments `least-loaded` (argmin of reported load) and `oracle` (needs `oracle_listen`).
     pub policy: String,
     /// Files of at most this many bytes are served by the server itself: a redirect costs the
     /// customer a round trip more than such a file takes to send. Default 32768.
@@ -159,6 +166,12 @@ pub struct RedirectConfig {
     /// Window in seconds over which `least-connections` counts the server's own redirects as
     /// connections still open. Default 10.
     pub connection_window_secs: u64,
+    /// A volunteer that joins or rejoins gets a share growing from a tenth to all of its
+    /// capacity over this many seconds, so it is not flooded. Default 10.
+    pub slow_start_secs: u64,
+    /// Experiments only: where the `oracle` policy receives volunteers' live connection counts
+    /// (UDP). Default: none.
+    pub oracle_listen: Option<SocketAddr>,
 }
 
 impl Default for RedirectConfig {
@@ -168,6 +181,8 @@ impl Default for RedirectConfig {
             direct_max_bytes: 32 * 1024,
             alternatives: 4,
             connection_window_secs: 10,
+            slow_start_secs: 10,
+            oracle_listen: None,
         }
     }
 }
@@ -259,6 +274,15 @@ pub struct VolunteerConfig {
     pub seed_listen: Option<SocketAddr>,
     /// Cap on BitTorrent uploads to other volunteers, bytes/s (at least 16384). Default: none.
     pub seed_upload_bps: Option<u32>,
+    /// Cap on customer downloads from this volunteer, bytes/s: its uplink as the balancer
+    /// should see it. Default: none.
+    pub upload_bps: Option<u64>,
+    /// Experiments only: this many synthetic background sync uploads share `upload_bps` with
+    /// customers and are reported as sync connections. Default 0.
+    pub background_sync_conns: u32,
+    /// Experiments only: send every change of the connection count, at once, as a UDP datagram
+    /// to this address (the server's `oracle` policy listens there). Default: none.
+    pub oracle_feed: Option<SocketAddr>,
 }
 
 impl Default for VolunteerConfig {
@@ -275,6 +299,9 @@ impl Default for VolunteerConfig {
             sync: true,
             seed_listen: None,
             seed_upload_bps: None,
+            upload_bps: None,
+            background_sync_conns: 0,
+            oracle_feed: None,
         }
     }
 }

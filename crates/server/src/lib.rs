@@ -134,7 +134,8 @@ pub async fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>> {
         .await
         .with_context(|| format!("opening {}", data.db().display()))?;
     let admin_token = load_or_create_admin_token(&data.admin_token())?;
-    let policy = policy::by_name(&cfg.redirect.policy)
+    let slow_start = std::time::Duration::from_secs(cfg.redirect.slow_start_secs);
+    let policy = policy::by_name(&cfg.redirect.policy, slow_start)
         .ok_or_else(|| anyhow!("unknown policy `{}`", cfg.redirect.policy))?;
     let info_hashes: HashMap<[u8; 20], String> = cfg
         .repos
@@ -169,6 +170,7 @@ pub async fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>> {
         origin_http_bytes: Default::default(),
         seed: tokio::sync::OnceCell::new(),
         origin_peers: RwLock::new(Default::default()),
+        oracle_live: RwLock::new(HashMap::new()),
         origin_gate: Mutex::new(origin_gate::OriginGate::new(
             std::time::Duration::from_secs(10),
         )),
@@ -230,6 +232,31 @@ async fn start_seed(st: &Arc<AppState>, local: SocketAddr) {
     }
 }
 
+/// Experiments only: receive volunteers' live connection counts for the `oracle` policy.
+/// Datagrams are `<volunteer id> <customer conns> <sync conns>`.
+async fn start_oracle_feed(st: &Arc<AppState>, addr: SocketAddr) -> Result<()> {
+    let sock = tokio::net::UdpSocket::bind(addr)
+        .await
+        .with_context(|| format!("oracle feed on {addr}"))?;
+    tracing::info!(%addr, "oracle feed listening (experiments only)");
+    let st = st.clone();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 256];
+        while let Ok((n, _)) = sock.recv_from(&mut buf).await {
+            let Ok(text) = std::str::from_utf8(&buf[..n]) else {
+                continue;
+            };
+            let mut parts = text.split_whitespace();
+            if let (Some(id), Some(cc), Some(sc)) = (parts.next(), parts.next(), parts.next()) {
+                if let (Ok(cc), Ok(sc)) = (cc.parse::<u32>(), sc.parse::<u32>()) {
+                    write(&st.oracle_live).insert(id.to_string(), (cc, sc));
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
 /// Run the server until `shutdown` completes (the CLI passes Ctrl-C / SIGTERM).
 pub async fn run(
     cfg: ServerConfig,
@@ -244,6 +271,9 @@ pub async fn run(
     let local = listener.local_addr()?;
     if st.config.prsync.seed {
         start_seed(&st, local).await;
+    }
+    if let Some(addr) = st.config.redirect.oracle_listen {
+        start_oracle_feed(&st, addr).await?;
     }
     let info = serde_json::json!({ "listen": local.to_string(), "url": format!("http://{local}"), "public_url": st.public_url, "pid": std::process::id() });
     publish::write_atomic(&data.server_json(), info.to_string().as_bytes())?;

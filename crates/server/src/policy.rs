@@ -19,6 +19,10 @@ pub struct Candidate {
     pub issued_total: u64,
     /// Redirects issued within the least-connections window.
     pub issued_recent: usize,
+    /// Time since it (re)joined: for slow start.
+    pub age: std::time::Duration,
+    /// Live customer and sync connections, for the `oracle` experiment only.
+    pub exact: Option<(u32, u32)>,
 }
 
 impl Candidate {
@@ -33,13 +37,56 @@ pub trait Policy: Send + Sync {
     fn order(&self, cands: &[Candidate], rng: &mut dyn RngCore) -> Vec<usize>;
 }
 
-/// Build a policy by its configured name.
-pub fn by_name(name: &str) -> Option<Box<dyn Policy>> {
+/// Build a policy by its configured name. `slow_start`: how long a (re)joining volunteer's
+/// share takes to grow to its full capacity (feedback only).
+pub fn by_name(name: &str, slow_start: std::time::Duration) -> Option<Box<dyn Policy>> {
     match name {
-        "feedback" => Some(Box::new(Feedback)),
+        "feedback" => Some(Box::new(Feedback { slow_start })),
         "least-connections" => Some(Box::new(LeastConnections)),
         "request-counting" => Some(Box::new(RequestCounting)),
+        "least-loaded" => Some(Box::new(LeastLoaded)),
+        "oracle" => Some(Box::new(Oracle)),
         _ => None,
+    }
+}
+
+/// Always the volunteer whose last report looks idlest: what best-of-two guards against. On
+/// stale reports every customer between two announces goes to the same volunteer (herding).
+pub struct LeastLoaded;
+
+impl Policy for LeastLoaded {
+    fn name(&self) -> &'static str {
+        "least-loaded"
+    }
+    fn order(&self, cands: &[Candidate], _rng: &mut dyn RngCore) -> Vec<usize> {
+        sorted_by(cands, |c| {
+            f64::from(c.load.customer_conns + c.load.sync_conns) / c.capacity()
+        })
+    }
+}
+
+/// The bound for experiments: the exact live connection counts, streamed by each volunteer on
+/// every change. Falls back to reported load for a volunteer that streams nothing.
+pub struct Oracle;
+
+impl Policy for Oracle {
+    fn name(&self) -> &'static str {
+        "oracle"
+    }
+    fn order(&self, cands: &[Candidate], rng: &mut dyn RngCore) -> Vec<usize> {
+        let load = |c: &Candidate| {
+            let (cc, sc) = c
+                .exact
+                .unwrap_or((c.load.customer_conns, c.load.sync_conns));
+            f64::from(cc + sc) / c.capacity()
+        };
+        // Ties broken at random so that equal volunteers share.
+        let jitter: Vec<f64> = cands.iter().map(|_| rng.gen::<f64>() * 1e-9).collect();
+        let mut idx: Vec<usize> = (0..cands.len()).collect();
+        idx.sort_by(|&a, &b| {
+            (load(&cands[a]) + jitter[a]).total_cmp(&(load(&cands[b]) + jitter[b]))
+        });
+        idx
     }
 }
 
@@ -78,19 +125,32 @@ impl Policy for LeastConnections {
 
 /// The default: each volunteer's last reported customer and sync connections plus the
 /// redirects issued since that report, relative to declared capacity; best of two random
-/// choices, because always taking the apparent minimum of stale data herds onto one node.
-pub struct Feedback;
+/// choices, because always taking the apparent minimum of stale data herds onto one node. A
+/// volunteer that (re)joined recently counts with a reduced capacity (slow start).
+pub struct Feedback {
+    pub slow_start: std::time::Duration,
+}
 
 impl Feedback {
-    fn score(c: &Candidate) -> f64 {
+    /// The share of its capacity a volunteer of this age gets: a tenth at once, all of it after
+    /// `slow_start`.
+    fn ramp(&self, c: &Candidate) -> f64 {
+        if self.slow_start.is_zero() {
+            return 1.0;
+        }
+        (0.1 + 0.9 * c.age.as_secs_f64() / self.slow_start.as_secs_f64()).min(1.0)
+    }
+
+    fn score(&self, c: &Candidate) -> f64 {
         let busy = f64::from(c.load.customer_conns)
             + f64::from(c.load.sync_conns)
             + f64::from(c.issued_since_report);
-        busy / c.capacity()
+        busy / (c.capacity() * self.ramp(c))
     }
 
-    fn has_headroom(c: &Candidate) -> bool {
-        c.load.customer_conns.saturating_add(c.issued_since_report) < c.load.capacity.max(1)
+    fn has_headroom(&self, c: &Candidate) -> bool {
+        let cap = (f64::from(c.load.capacity.max(1)) * self.ramp(c)).ceil() as u32;
+        c.load.customer_conns.saturating_add(c.issued_since_report) < cap.max(1)
     }
 }
 
@@ -100,7 +160,7 @@ impl Policy for Feedback {
     }
     fn order(&self, cands: &[Candidate], rng: &mut dyn RngCore) -> Vec<usize> {
         let open: Vec<usize> = (0..cands.len())
-            .filter(|&i| Self::has_headroom(&cands[i]))
+            .filter(|&i| self.has_headroom(&cands[i]))
             .collect();
         let first = match open.len() {
             0 => return Vec::new(),
@@ -111,7 +171,7 @@ impl Policy for Feedback {
                 if b == a {
                     b = open[n - 1];
                 }
-                let (sa, sb) = (Self::score(&cands[a]), Self::score(&cands[b]));
+                let (sa, sb) = (self.score(&cands[a]), self.score(&cands[b]));
                 if sb < sa || (sb == sa && rng.gen_bool(0.5)) {
                     b
                 } else {
@@ -119,9 +179,9 @@ impl Policy for Feedback {
                 }
             }
         };
-        let mut rest: Vec<usize> = sorted_by(cands, Self::score)
+        let mut rest: Vec<usize> = sorted_by(cands, |c| self.score(c))
             .into_iter()
-            .filter(|&i| i != first && Self::has_headroom(&cands[i]))
+            .filter(|&i| i != first && self.has_headroom(&cands[i]))
             .collect();
         rest.insert(0, first);
         rest
@@ -145,15 +205,21 @@ mod tests {
             issued_since_report: since,
             issued_total: total,
             issued_recent: total as usize,
+            age: std::time::Duration::from_secs(3600),
+            exact: None,
         }
     }
+
+    const FB: Feedback = Feedback {
+        slow_start: std::time::Duration::from_secs(10),
+    };
 
     #[test]
     fn names_resolve() {
         for n in config::POLICY_NAMES {
-            assert_eq!(by_name(n).unwrap().name(), *n);
+            assert_eq!(by_name(n, Default::default()).unwrap().name(), *n);
         }
-        assert!(by_name("nope").is_none());
+        assert!(by_name("nope", Default::default()).is_none());
     }
 
     #[test]
@@ -169,7 +235,7 @@ mod tests {
         let c = [cand("busy", 1, 5, 0, 0, 8), cand("idle", 1, 0, 0, 0, 8)];
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for _ in 0..100 {
-            assert_eq!(Feedback.order(&c, &mut rng)[0], 1);
+            assert_eq!(FB.order(&c, &mut rng)[0], 1);
         }
     }
 
@@ -177,9 +243,9 @@ mod tests {
     fn feedback_counts_redirects_since_report_and_respects_capacity() {
         let c = [cand("a", 0, 0, 3, 0, 4), cand("b", 2, 0, 0, 0, 4)];
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        assert_eq!(Feedback.order(&c, &mut rng)[0], 1);
+        assert_eq!(FB.order(&c, &mut rng)[0], 1);
         let full = [cand("a", 2, 0, 2, 0, 4), cand("b", 4, 0, 0, 0, 4)];
-        assert!(Feedback.order(&full, &mut rng).is_empty());
+        assert!(FB.order(&full, &mut rng).is_empty());
     }
 
     #[test]
@@ -190,8 +256,59 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         let mut hits = [0u32; 4];
         for _ in 0..4000 {
-            hits[Feedback.order(&c, &mut rng)[0]] += 1;
+            hits[FB.order(&c, &mut rng)[0]] += 1;
         }
         assert!(hits.iter().all(|&h| h > 800), "{hits:?}");
+    }
+
+    #[test]
+    fn a_joining_volunteer_is_ramped_up_not_flooded() {
+        let mut young = cand("young", 0, 0, 0, 0, 20);
+        young.age = std::time::Duration::from_secs(1);
+        // 19% of its capacity at one second: 3 redirects fill it, the veteran takes the rest.
+        let mut c = vec![young, cand("old", 5, 0, 0, 0, 20)];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let mut to_young = 0;
+        for _ in 0..20 {
+            let first = FB.order(&c, &mut rng)[0];
+            c[first].issued_since_report += 1;
+            to_young += usize::from(first == 0);
+        }
+        assert!(
+            to_young <= 4,
+            "{to_young} of 20 went to the volunteer that just joined"
+        );
+    }
+
+    #[test]
+    fn least_loaded_herds_where_feedback_spreads() {
+        // Between two reports, every request sees the same stale numbers.
+        let c: Vec<Candidate> = (0..4)
+            .map(|i| cand(&format!("v{i}"), i, 0, 0, 0, 64))
+            .collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let mut herd = [0u32; 4];
+        for _ in 0..40 {
+            herd[LeastLoaded.order(&c, &mut rng)[0]] += 1;
+        }
+        assert_eq!(herd, [40, 0, 0, 0]);
+        let mut c = c;
+        let mut spread = [0u32; 4];
+        for _ in 0..40 {
+            let first = FB.order(&c, &mut rng)[0];
+            c[first].issued_since_report += 1;
+            spread[first] += 1;
+        }
+        assert!(spread.iter().all(|&n| n >= 5), "{spread:?}");
+    }
+
+    #[test]
+    fn oracle_uses_exact_load() {
+        let mut a = cand("a", 0, 0, 0, 0, 8);
+        a.exact = Some((6, 1));
+        let mut b = cand("b", 5, 0, 0, 0, 8);
+        b.exact = Some((1, 0));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        assert_eq!(Oracle.order(&[a, b], &mut rng)[0], 1);
     }
 }

@@ -60,6 +60,7 @@ pub fn choose(
     let window = std::time::Duration::from_secs(st.config.redirect.connection_window_secs);
     let mut reg = lock(&st.registry);
     let (eligible, excluded) = reg.candidates(&snap.name, entry.changed_in, snap.generation(), now);
+    let oracle = crate::state::read(&st.oracle_live);
     let cands: Vec<Candidate> = eligible
         .iter()
         .map(|v| Candidate {
@@ -68,8 +69,11 @@ pub fn choose(
             issued_since_report: v.issued_since_report,
             issued_total: v.issued_total,
             issued_recent: v.issued_within(window, now),
+            age: now.saturating_duration_since(v.joined),
+            exact: oracle.get(&v.id).copied(),
         })
         .collect();
+    drop(oracle);
     let urls: Vec<(String, String)> = eligible
         .iter()
         .map(|v| (v.id.clone(), v.url.clone()))

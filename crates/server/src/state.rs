@@ -35,6 +35,8 @@ pub struct AppState {
     pub origin_http_bytes: std::sync::atomic::AtomicU64,
     /// The origin's BitTorrent seed, once started.
     pub seed: tokio::sync::OnceCell<Arc<crate::seed::OriginSeed>>,
+    /// Live connection counts streamed by volunteers, for the `oracle` experiment.
+    pub oracle_live: RwLock<HashMap<String, (u32, u32)>>,
     /// Who may download from the origin's seed.
     pub origin_gate: Mutex<crate::origin_gate::OriginGate>,
     /// Addresses the origin's seed announced from (so the tracker can hide it).

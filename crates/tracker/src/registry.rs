@@ -38,6 +38,8 @@ pub struct VolunteerLive {
     /// When recent redirects were issued (for server-side connection estimates).
     recent: VecDeque<Instant>,
     pub draining: bool,
+    /// When it (re)joined: first report, or first after going stale. For slow start.
+    pub joined: Instant,
 }
 
 impl VolunteerLive {
@@ -147,12 +149,16 @@ impl Registry {
                 issued_total: 0,
                 recent: VecDeque::new(),
                 draining,
+                joined: now,
             });
         if report.seq <= v.last_seq {
             return Err(RegistryError::Replay {
                 got: report.seq,
                 last: v.last_seq,
             });
+        }
+        if now.saturating_duration_since(v.last_report) > self.timeout {
+            v.joined = now; // back after going stale: slow start again
         }
         v.last_seq = report.seq;
         v.url = report.url.clone();

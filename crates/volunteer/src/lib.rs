@@ -8,6 +8,8 @@
 pub mod client;
 pub mod credential;
 pub mod holdings;
+pub mod limit;
+pub mod oracle_feed;
 pub mod serve;
 
 use std::collections::BTreeMap;
@@ -56,6 +58,10 @@ pub struct VolunteerState {
     /// Successful GETs served (for the status page and tests).
     pub served: AtomicU64,
     pub rescan_now: Notify,
+    /// The upload link shared by customers and (synthetic) sync traffic, when capped.
+    pub bucket: Option<Arc<limit::TokenBucket>>,
+    /// Experiments only: live connection counts for the server's oracle.
+    pub oracle_feed: Option<Arc<oracle_feed::OracleFeed>>,
     /// BitTorrent: fetches for PRsync and seeds what we hold to other volunteers.
     pub seeder: Option<prsync::seeder::Seeder>,
     /// Repositories with a PRsync pull under way.
@@ -214,7 +220,7 @@ impl VolunteerState {
     fn sync_connections(&self) -> u32 {
         let peers = self.seeder.as_ref().map_or(0, |s| s.bt.live_peers());
         let pulls = self.syncing.lock().map_or(0, |s| s.len() as u32);
-        peers + pulls
+        peers + pulls + self.config.background_sync_conns
     }
 
     /// Start a pull for `repo` if it lags the newest generation and none is running.
@@ -378,6 +384,24 @@ pub async fn run(
     } else {
         None
     };
+    // The uplink: customers and background sync share it; the burst is small so that a
+    // download's rate follows the link at once.
+    let bucket = cfg
+        .upload_bps
+        .map(|bps| Arc::new(limit::TokenBucket::new(bps, (bps / 20).max(64 * 1024))));
+    if let Some(b) = &bucket {
+        limit::spawn_background_uploads(b.clone(), cfg.background_sync_conns);
+    }
+    let oracle_feed = match cfg.oracle_feed {
+        Some(addr) => Some(Arc::new(
+            oracle_feed::OracleFeed::new(addr, &credential.volunteer_id, cfg.background_sync_conns)
+                .context("oracle feed")?,
+        )),
+        None => None,
+    };
+    if let Some(f) = &oracle_feed {
+        f.send(0);
+    }
     let st = Arc::new(VolunteerState {
         config: cfg,
         credential,
@@ -388,6 +412,8 @@ pub async fn run(
         uploaded: AtomicU64::new(0),
         served: AtomicU64::new(0),
         rescan_now: Notify::new(),
+        bucket,
+        oracle_feed,
         seeder,
         syncing: std::sync::Mutex::new(Default::default()),
         seq: AtomicU64::new(seq0),

@@ -13,22 +13,38 @@ use fileserve::ServeOptions;
 use crate::VolunteerState;
 
 /// Counts one active customer download for as long as it lives.
-pub struct ActiveGuard(Arc<AtomicU32>);
+pub struct ActiveGuard {
+    active: Arc<AtomicU32>,
+    feed: Option<Arc<crate::oracle_feed::OracleFeed>>,
+}
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let now = self.active.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
+        if let Some(f) = &self.feed {
+            f.send(now);
+        }
     }
 }
 
 /// Take a slot if fewer than `max` are taken.
-fn try_acquire(active: &Arc<AtomicU32>, max: u32) -> Option<ActiveGuard> {
-    active
+fn try_acquire(
+    active: &Arc<AtomicU32>,
+    max: u32,
+    feed: Option<Arc<crate::oracle_feed::OracleFeed>>,
+) -> Option<ActiveGuard> {
+    let before = active
         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
             (n < max).then_some(n + 1)
         })
-        .ok()
-        .map(|_| ActiveGuard(active.clone()))
+        .ok()?;
+    if let Some(f) = &feed {
+        f.send(before + 1);
+    }
+    Some(ActiveGuard {
+        active: active.clone(),
+        feed,
+    })
 }
 
 pub async fn health(State(st): State<Arc<VolunteerState>>) -> Response {
@@ -98,7 +114,11 @@ pub async fn customer(
             format!("`{rel}` changed on disk and is being re-verified"),
         );
     }
-    let Some(guard) = try_acquire(&st.active, st.config.max_connections) else {
+    let Some(guard) = try_acquire(
+        &st.active,
+        st.config.max_connections,
+        st.oracle_feed.clone(),
+    ) else {
         let mut r = text(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many customers right now; retry shortly",
@@ -123,6 +143,10 @@ pub async fn customer(
         st.uploaded.fetch_add(len, Ordering::Relaxed);
         st.served.fetch_add(1, Ordering::Relaxed);
     }
+    let resp = match &st.bucket {
+        Some(b) => resp.map(|body| crate::limit::throttle(body, b.clone())),
+        None => resp,
+    };
     fileserve::with_guard(resp, guard)
 }
 
@@ -138,10 +162,10 @@ mod tests {
     #[test]
     fn slots_are_capped_and_released() {
         let active = Arc::new(AtomicU32::new(0));
-        let a = try_acquire(&active, 2).unwrap();
-        let _b = try_acquire(&active, 2).unwrap();
-        assert!(try_acquire(&active, 2).is_none());
+        let a = try_acquire(&active, 2, None).unwrap();
+        let _b = try_acquire(&active, 2, None).unwrap();
+        assert!(try_acquire(&active, 2, None).is_none());
         drop(a);
-        assert!(try_acquire(&active, 2).is_some());
+        assert!(try_acquire(&active, 2, None).is_some());
     }
 }

@@ -1,6 +1,7 @@
 //! `mirrorswarm`: one binary for every role. This file only parses arguments and calls into
 //! the role crates.
 
+mod bench_balance;
 mod demo;
 
 use std::path::PathBuf;
@@ -39,6 +40,15 @@ enum Command {
     /// Sync a tree from the swarm (for cron jobs and first fills).
     #[command(subcommand)]
     Prsync(PrsyncCommand),
+    /// Benchmarks with real processes on loopback.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// The paper's balancing experiment: policies side by side under background sync traffic.
+    Balance(bench_balance::BalanceArgs),
 }
 
 #[derive(Subcommand)]
@@ -251,6 +261,7 @@ async fn dispatch(cmd: Command) -> Result<()> {
         Command::Volunteers(a) => volunteers(a).await,
         Command::Demo(a) => demo::run(a).await,
         Command::Prsync(_) => unreachable!("handled in main"),
+        Command::Bench(BenchCommand::Balance(a)) => bench_balance::run(a).await,
     }
 }
 

@@ -36,7 +36,11 @@ pub struct BalanceArgs {
     #[arg(long, value_delimiter = ',', default_value = "0.2,0.5,1.0")]
     loads: Vec<f64>,
     /// Policies, side by side.
-    #[arg(long, value_delimiter = ',', default_value = "request-counting,least-connections,feedback,oracle")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "request-counting,least-connections,feedback,oracle"
+    )]
     policies: Vec<String>,
     /// Announce interval (s) of the main runs.
     #[arg(long, default_value_t = 1)]
@@ -45,6 +49,9 @@ pub struct BalanceArgs {
     /// (empty: no sweep).
     #[arg(long, value_delimiter = ',', default_value = "1,5,15,30")]
     sweep: Vec<u64>,
+    /// Skip the staleness sweep.
+    #[arg(long)]
+    no_sweep: bool,
     /// At most this many requests per run.
     #[arg(long, default_value_t = 5000)]
     max_requests: usize,
@@ -65,7 +72,9 @@ impl Drop for Proc {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// One finished customer download.
@@ -117,7 +126,13 @@ async fn wait_http(url: &str, what: &str, pred: impl Fn(&serde_json::Value) -> b
 }
 
 /// Start a server and volunteers, drive the workload, stop everything.
-pub async fn run_one(a: &BalanceArgs, work: &Path, policy: &str, load: f64, interval: u64) -> Result<RunResult> {
+pub async fn run_one(
+    a: &BalanceArgs,
+    work: &Path,
+    policy: &str,
+    load: f64,
+    interval: u64,
+) -> Result<RunResult> {
     let exe = std::env::current_exe()?;
     let dir = work.join(format!("{policy}-{load}-{interval}"));
     let _ = std::fs::remove_dir_all(&dir);
@@ -133,18 +148,40 @@ pub async fn run_one(a: &BalanceArgs, work: &Path, policy: &str, load: f64, inte
     let oracle_port = free_port()?;
     let url = format!("http://127.0.0.1:{port}");
     let quiet = |c: &mut Command| {
-        c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
     };
     let mut cmd = Command::new(&exe);
-    cmd.args(["server", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir.join("data"))
-        .arg("--repo")
-        .arg(format!("bench={}", repo.display()))
-        .args(["--policy", policy, "--announce-interval", &interval.to_string(), "--direct-max-bytes", "0"])
-        .args(["--torrent-min-bytes", "1099511627776", "--oracle-listen", &format!("127.0.0.1:{oracle_port}")]);
+    cmd.args([
+        "server",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+    ])
+    .arg(dir.join("data"))
+    .arg("--repo")
+    .arg(format!("bench={}", repo.display()))
+    .args([
+        "--policy",
+        policy,
+        "--announce-interval",
+        &interval.to_string(),
+        "--direct-max-bytes",
+        "0",
+    ])
+    .args([
+        "--torrent-min-bytes",
+        "1099511627776",
+        "--oracle-listen",
+        &format!("127.0.0.1:{oracle_port}"),
+    ]);
     quiet(&mut cmd);
     let _server = Proc(cmd.spawn().context("starting the server")?);
-    wait_http(&format!("{url}/health"), "the server", |v| v["status"] == "ok").await?;
+    wait_http(&format!("{url}/health"), "the server", |v| {
+        v["status"] == "ok"
+    })
+    .await?;
 
     let mut vols = Vec::new();
     let mut urls = Vec::new();
@@ -155,17 +192,37 @@ pub async fn run_one(a: &BalanceArgs, work: &Path, policy: &str, load: f64, inte
             .arg(dir.join("data"))
             .args(["--name", &name])
             .output()?;
-        let token = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string();
+        let token = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
         let vport = free_port()?;
         urls.push(format!("http://127.0.0.1:{vport}"));
         let busy = i % 2 == 0;
         let mut c = Command::new(&exe);
-        c.args(["volunteer", "--server", &url, "--token", &token, "--listen", &format!("127.0.0.1:{vport}"), "--data-dir"])
-            .arg(dir.join(&name))
-            .arg("--mirror")
-            .arg(format!("bench={}", repo.display()))
-            .args(["--no-sync", "--upload-bps", &a.upload_bps.to_string(), "--max-connections", "64"])
-            .args(["--oracle-feed", &format!("127.0.0.1:{oracle_port}")]);
+        c.args([
+            "volunteer",
+            "--server",
+            &url,
+            "--token",
+            &token,
+            "--listen",
+            &format!("127.0.0.1:{vport}"),
+            "--data-dir",
+        ])
+        .arg(dir.join(&name))
+        .arg("--mirror")
+        .arg(format!("bench={}", repo.display()))
+        .args([
+            "--no-sync",
+            "--upload-bps",
+            &a.upload_bps.to_string(),
+            "--max-connections",
+            "64",
+        ])
+        .args(["--oracle-feed", &format!("127.0.0.1:{oracle_port}")]);
         if busy {
             c.args(["--background-sync-conns", &a.sync_conns.to_string()]);
         }
@@ -174,13 +231,21 @@ pub async fn run_one(a: &BalanceArgs, work: &Path, policy: &str, load: f64, inte
     }
     let n = a.volunteers;
     wait_http(&format!("{url}/api/volunteers"), "the volunteers", |v| {
-        v.as_array().is_some_and(|x| x.iter().filter(|e| e["state"] == "healthy" && e["generations"]["bench"] == 1).count() == n)
+        v.as_array().is_some_and(|x| {
+            x.iter()
+                .filter(|e| e["state"] == "healthy" && e["generations"]["bench"] == 1)
+                .count()
+                == n
+        })
     })
     .await?;
     // Let slow start finish (a fresh volunteer counts with part of its capacity at first).
     tokio::time::sleep(Duration::from_secs(11)).await;
 
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).pool_max_idle_per_host(0).build()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .pool_max_idle_per_host(0)
+        .build()?;
     let rate = load * (a.volunteers as f64 * a.upload_bps as f64) / a.file_size as f64;
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
     let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -204,8 +269,16 @@ pub async fn run_one(a: &BalanceArgs, work: &Path, policy: &str, load: f64, inte
             }
             .await;
             let s = match res {
-                Ok((u, ok)) => Sample { secs: t0.elapsed().as_secs_f64(), volunteer: urls.iter().position(|v| u.starts_with(v)), ok },
-                Err(_) => Sample { secs: t0.elapsed().as_secs_f64(), volunteer: None, ok: false },
+                Ok((u, ok)) => Sample {
+                    secs: t0.elapsed().as_secs_f64(),
+                    volunteer: urls.iter().position(|v| u.starts_with(v)),
+                    ok,
+                },
+                Err(_) => Sample {
+                    secs: t0.elapsed().as_secs_f64(),
+                    volunteer: None,
+                    ok: false,
+                },
             };
             if let Ok(mut v) = samples.lock() {
                 v.push(s);
@@ -215,7 +288,10 @@ pub async fn run_one(a: &BalanceArgs, work: &Path, policy: &str, load: f64, inte
         next += -rng.gen::<f64>().max(1e-12).ln() / rate;
     }
     // Drain, bounded.
-    let _ = tokio::time::timeout(Duration::from_secs(180), async { while tasks.join_next().await.is_some() {} }).await;
+    let _ = tokio::time::timeout(Duration::from_secs(180), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
     drop(vols);
 
     let samples = std::mem::take(&mut *samples.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
@@ -243,7 +319,11 @@ pub async fn run_one(a: &BalanceArgs, work: &Path, policy: &str, load: f64, inte
         interval,
         requests: samples.len(),
         failed: samples.iter().filter(|s| !s.ok).count(),
-        mean: if times.is_empty() { 0.0 } else { times.iter().sum::<f64>() / times.len() as f64 },
+        mean: if times.is_empty() {
+            0.0
+        } else {
+            times.iter().sum::<f64>() / times.len() as f64
+        },
         p50: percentile(&times, 0.50),
         p95: percentile(&times, 0.95),
         p99: percentile(&times, 0.99),
@@ -251,7 +331,16 @@ pub async fn run_one(a: &BalanceArgs, work: &Path, policy: &str, load: f64, inte
         busy_requests: busy,
         idle_requests: idle,
         origin_requests: origin,
-        normalized: per.iter().map(|&c| if mean_count > 0.0 { c as f64 / mean_count } else { 0.0 }).collect(),
+        normalized: per
+            .iter()
+            .map(|&c| {
+                if mean_count > 0.0 {
+                    c as f64 / mean_count
+                } else {
+                    0.0
+                }
+            })
+            .collect(),
     })
 }
 
@@ -271,7 +360,11 @@ fn csv_line(r: &RunResult) -> String {
         r.busy_requests,
         r.idle_requests,
         r.origin_requests,
-        r.normalized.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(";")
+        r.normalized
+            .iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(";")
     )
 }
 
@@ -290,7 +383,11 @@ fn md_row(r: &RunResult) -> String {
         r.busy_requests,
         r.idle_requests,
         r.origin_requests,
-        r.normalized.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" ")
+        r.normalized
+            .iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     )
 }
 
@@ -305,7 +402,7 @@ pub async fn run(a: BalanceArgs) -> Result<()> {
             plan.push((p.clone(), load, a.interval));
         }
     }
-    for &iv in &a.sweep {
+    for &iv in a.sweep.iter().filter(|_| !a.no_sweep) {
         for p in ["least-loaded", "feedback"] {
             plan.push((p.to_string(), 1.0, iv));
         }
@@ -314,7 +411,9 @@ pub async fn run(a: BalanceArgs) -> Result<()> {
         let mut args = a.clone();
         // A stale-information run must see several announce intervals.
         args.duration = a.duration.max(2 * iv);
-        let r = run_one(&args, &work, &p, load, iv).await.with_context(|| format!("{p} at {load}"))?;
+        let r = run_one(&args, &work, &p, load, iv)
+            .await
+            .with_context(|| format!("{p} at {load}"))?;
         eprintln!("{}", md_row(&r));
         results.push(r);
     }
@@ -330,12 +429,22 @@ pub async fn run(a: BalanceArgs) -> Result<()> {
         md.push('\n');
     }
     // Ratios against the goals of the study, per load.
-    let by: BTreeMap<(String, String, u64), &RunResult> =
-        results.iter().map(|r| ((r.policy.clone(), format!("{}", r.load), r.interval), r)).collect();
+    let by: BTreeMap<(String, String, u64), &RunResult> = results
+        .iter()
+        .map(|r| ((r.policy.clone(), format!("{}", r.load), r.interval), r))
+        .collect();
     let _ = writeln!(md, "\n| load | feedback max ÷ request-counting max | feedback mean ÷ request-counting mean | feedback mean ÷ oracle mean | feedback p95 ÷ least-connections p95 |\n|---|---|---|---|---|");
     for &load in &a.loads {
-        let get = |p: &str| by.get(&(p.to_string(), format!("{load}"), a.interval)).copied();
-        if let (Some(f), Some(rc), Some(lc), Some(o)) = (get("feedback"), get("request-counting"), get("least-connections"), get("oracle")) {
+        let get = |p: &str| {
+            by.get(&(p.to_string(), format!("{load}"), a.interval))
+                .copied()
+        };
+        if let (Some(f), Some(rc), Some(lc), Some(o)) = (
+            get("feedback"),
+            get("request-counting"),
+            get("least-connections"),
+            get("oracle"),
+        ) {
             let _ = writeln!(
                 md,
                 "| {:.0}% | {:.2} | {:.2} | {:.2} | {:.2} |",
@@ -350,6 +459,10 @@ pub async fn run(a: BalanceArgs) -> Result<()> {
     std::fs::write(a.out.join("results.csv"), &csv)?;
     std::fs::write(a.out.join("results.md"), &md)?;
     println!("{md}");
-    println!("written: {} and {}", a.out.join("results.csv").display(), a.out.join("results.md").display());
+    println!(
+        "written: {} and {}",
+        a.out.join("results.csv").display(),
+        a.out.join("results.md").display()
+    );
     Ok(())
 }

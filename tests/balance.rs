@@ -1,0 +1,87 @@
+//! The balancing study's regression test: with half the volunteers carrying background sync
+//! traffic, `feedback` must keep customers off the busy half and beat request counting on the
+//! worst response time. A short run of the real harness (`mirrorswarm bench balance`).
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+#[derive(Debug)]
+struct Row {
+    max: f64,
+    busy: f64,
+    idle: f64,
+    failed: u64,
+    requests: u64,
+}
+
+fn parse(csv: &str, policy: &str) -> Row {
+    let line = csv
+        .lines()
+        .find(|l| l.starts_with(&format!("{policy},")))
+        .unwrap_or_else(|| panic!("{policy} missing:\n{csv}"));
+    let f: Vec<&str> = line.split(',').collect();
+    Row {
+        requests: f[3].parse().unwrap(),
+        failed: f[4].parse().unwrap(),
+        max: f[9].parse().unwrap(),
+        busy: f[10].parse().unwrap(),
+        idle: f[11].parse().unwrap(),
+    }
+}
+
+#[test]
+fn feedback_keeps_customers_off_busy_volunteers_and_beats_request_counting() {
+    let tmp = TestDir::new();
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "balance",
+            "--volunteers",
+            "4",
+            "--duration",
+            "10",
+            "--loads",
+            "1.0",
+        ])
+        .args([
+            "--policies",
+            "request-counting,feedback",
+            "--no-sweep",
+            "--sync-conns",
+            "4",
+        ])
+        .arg("--out")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = std::fs::read_to_string(tmp.path().join("results.csv")).unwrap();
+    let rc = parse(&csv, "request-counting");
+    let fb = parse(&csv, "feedback");
+    println!("{csv}");
+    for r in [&rc, &fb] {
+        assert!(r.requests >= 100, "too few requests for a verdict: {r:?}");
+        assert_eq!(r.failed, 0, "{r:?}");
+    }
+    // Request counting is blind to sync traffic: it splits customers evenly.
+    let rc_busy = rc.busy / (rc.busy + rc.idle);
+    let fb_busy = fb.busy / (fb.busy + fb.idle);
+    assert!((0.4..=0.6).contains(&rc_busy), "{rc:?}");
+    assert!(
+        fb_busy < rc_busy - 0.08,
+        "feedback sent {fb_busy:.2} of customers to busy volunteers, request counting {rc_busy:.2}"
+    );
+    assert!(
+        fb.max < 0.9 * rc.max,
+        "feedback max {:.2} s, request counting max {:.2} s",
+        fb.max,
+        rc.max
+    );
+}

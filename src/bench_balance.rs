@@ -429,10 +429,12 @@ pub async fn run(a: BalanceArgs) -> Result<()> {
         md.push('\n');
     }
     // Ratios against the goals of the study, per load.
-    let by: BTreeMap<(String, String, u64), &RunResult> = results
-        .iter()
-        .map(|r| ((r.policy.clone(), format!("{}", r.load), r.interval), r))
-        .collect();
+    // The main runs come first; the sweep repeats some (policy, load, interval) keys: keep the first.
+    let mut by: BTreeMap<(String, String, u64), &RunResult> = BTreeMap::new();
+    for r in &results {
+        by.entry((r.policy.clone(), format!("{}", r.load), r.interval))
+            .or_insert(r);
+    }
     let _ = writeln!(md, "\n| load | feedback max ÷ request-counting max | feedback mean ÷ request-counting mean | feedback mean ÷ oracle mean | feedback p95 ÷ least-connections p95 |\n|---|---|---|---|---|");
     for &load in &a.loads {
         let get = |p: &str| {

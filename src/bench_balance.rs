@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use rand::{Rng, SeedableRng};
 
@@ -111,20 +111,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx]
 }
 
-async fn wait_http(url: &str, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> Result<()> {
-    for _ in 0..300 {
-        if let Ok(r) = reqwest::get(url).await {
-            if let Ok(v) = r.json::<serde_json::Value>().await {
-                if pred(&v) {
-                    return Ok(());
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("timed out waiting for {what}")
-}
-
 /// Start a server and volunteers, drive the workload, stop everything.
 pub async fn run_one(
     a: &BalanceArgs,
@@ -178,9 +164,11 @@ pub async fn run_one(
     ]);
     quiet(&mut cmd);
     let _server = Proc(cmd.spawn().context("starting the server")?);
-    wait_http(&format!("{url}/health"), "the server", |v| {
-        v["status"] == "ok"
-    })
+    crate::demo::wait_until(
+        &format!("{url}/health"),
+        |v| v["status"] == "ok",
+        "the server",
+    )
     .await?;
 
     let mut vols = Vec::new();
@@ -230,14 +218,18 @@ pub async fn run_one(
         vols.push(Proc(c.spawn().context("starting a volunteer")?));
     }
     let n = a.volunteers;
-    wait_http(&format!("{url}/api/volunteers"), "the volunteers", |v| {
-        v.as_array().is_some_and(|x| {
-            x.iter()
-                .filter(|e| e["state"] == "healthy" && e["generations"]["bench"] == 1)
-                .count()
-                == n
-        })
-    })
+    crate::demo::wait_until(
+        &format!("{url}/api/volunteers"),
+        |v| {
+            v.as_array().is_some_and(|x| {
+                x.iter()
+                    .filter(|e| e["state"] == "healthy" && e["generations"]["bench"] == 1)
+                    .count()
+                    == n
+            })
+        },
+        "the volunteers",
+    )
     .await?;
     // Let slow start finish (a fresh volunteer counts with part of its capacity at first).
     tokio::time::sleep(Duration::from_secs(11)).await;

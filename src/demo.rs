@@ -63,12 +63,13 @@ fn walkdir_like(root: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-async fn wait_until<F: Fn(&serde_json::Value) -> bool>(
+/// Poll a JSON endpoint until `pred` holds (30 s at most).
+pub(crate) async fn wait_until<F: Fn(&serde_json::Value) -> bool>(
     url: &str,
     pred: F,
     what: &str,
 ) -> Result<()> {
-    for _ in 0..200 {
+    for _ in 0..300 {
         if let Ok(r) = reqwest::get(url).await {
             if let Ok(v) = r.json::<serde_json::Value>().await {
                 if pred(&v) {

@@ -117,6 +117,9 @@ struct ServerArgs {
     /// Seconds between volunteer announces [default: 5].
     #[arg(long)]
     announce_interval: Option<u64>,
+    /// A volunteer silent for this many intervals gets no redirects [default: 1.5].
+    #[arg(long)]
+    timeout_intervals: Option<f64>,
     /// Files up to this size are served directly instead of redirected [default: 32768].
     #[arg(long)]
     direct_max_bytes: Option<u64>,
@@ -287,6 +290,9 @@ fn server_config(a: ServerArgs) -> Result<ServerConfig> {
     }
     if let Some(v) = a.announce_interval {
         cfg.tracker.interval_secs = v;
+    }
+    if let Some(v) = a.timeout_intervals {
+        cfg.tracker.timeout_intervals = v;
     }
     if let Some(v) = a.direct_max_bytes {
         cfg.redirect.direct_max_bytes = v;

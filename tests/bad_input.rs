@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use std::process::Command;
+use std::time::Duration;
 use tracker::mirror::{build_mirror_query, sign_query, MirrorReport};
 
 fn curl_status(url: &str) -> String {
@@ -252,17 +253,17 @@ async fn a_file_altered_on_a_volunteer_is_neither_served_nor_announced() {
         .unwrap();
     assert_eq!(r.status(), 404);
     server.wait_held("altered", 0).await;
+    // The origin is always a correct answer (a loaded machine may delay an announce); the
+    // altered volunteer never is.
     for _ in 0..20 {
-        let loc = server.location("big/a.bin").await.unwrap();
-        assert!(
-            loc.starts_with(&honest.url),
-            "sent to the altered volunteer: {loc}"
-        );
-        let loc = server.location("big/b.bin").await.unwrap();
-        assert!(
-            loc.starts_with(&honest.url),
-            "a volunteer not holding a full generation was chosen: {loc}"
-        );
+        for path in ["big/a.bin", "big/b.bin"] {
+            if let Some(loc) = server.location(path).await {
+                assert!(
+                    loc.starts_with(&honest.url),
+                    "{path} sent to the altered volunteer: {loc}"
+                );
+            }
+        }
     }
     // The server's debug log names why it was excluded.
     let log = server.proc.log_text();
@@ -281,13 +282,15 @@ async fn a_file_altered_on_a_volunteer_is_neither_served_nor_announced() {
     // The admin restores the file: it verifies again and is chosen again.
     std::fs::write(altered.mirror.join("big/a.bin"), &original).unwrap();
     server.wait_held("altered", 1).await;
-    let mut seen_altered = false;
-    for _ in 0..20 {
-        seen_altered |= server
-            .location("big/a.bin")
-            .await
-            .unwrap()
-            .starts_with(&altered.url);
-    }
-    assert!(seen_altered);
+    wait_until(
+        Duration::from_secs(20),
+        "the restored volunteer to be chosen again",
+        || async {
+            server
+                .location("big/a.bin")
+                .await
+                .is_some_and(|l| l.starts_with(&altered.url))
+        },
+    )
+    .await;
 }

@@ -14,7 +14,7 @@ async fn killed_volunteer_is_dropped_within_two_intervals_and_customers_keep_suc
     let root = tmp.path();
     let repo = root.join("repo");
     sample_repo(&repo);
-    let server = start_server(root, &repo, &[]).await;
+    let server = start_server(root, &repo, &["--timeout-intervals", "1.5"]).await;
     let mut vols = Vec::new();
     for i in 1..=3 {
         vols.push(start_volunteer(root, &server, &format!("v{i}"), &repo).await);

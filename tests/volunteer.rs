@@ -115,10 +115,17 @@ async fn config_file_restart_without_token_and_connection_cap() {
             .any(|x| x["name"] == "capped" && x["customer_conns"] == 0)
     })
     .await;
-    assert!(server
-        .location("big/b.bin")
-        .await
-        .is_some_and(|l| l.starts_with(&url)));
+    wait_until(
+        Duration::from_secs(10),
+        "the volunteer to be chosen again",
+        || async {
+            server
+                .location("big/b.bin")
+                .await
+                .is_some_and(|l| l.starts_with(&url))
+        },
+    )
+    .await;
     // Small files are served by the server itself, volunteers or not.
     assert_eq!(server.location("dists/stable/Release").await, None);
     v.terminate();

@@ -188,6 +188,11 @@ pub async fn start_server(root: &Path, repo_dir: &Path, extra: &[&str]) -> Serve
         "--announce-interval".into(),
         "1".into(),
     ];
+    // A loaded test machine can delay an announce past the default 1.5 intervals; tests that
+    // are about detecting a dead volunteer fast pass their own value.
+    if !extra.contains(&"--timeout-intervals") {
+        args.extend(["--timeout-intervals".to_string(), "3".to_string()]);
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let proc = Proc::spawn(&argv, &root.join("server.log"));

@@ -17,5 +17,5 @@ pub mod serve;
 pub use guard::with_guard;
 pub use index::{encode_path_segment, render_index, IndexEntry};
 pub use path::{decode_url_path, safe_join, PathError};
-pub use request::{customer_path, text_response};
+pub use request::{customer_path, declared_length, text_response};
 pub use serve::{content_type_for, parse_range, serve_file, RangeOutcome, ServeOptions};

@@ -31,6 +31,15 @@ pub fn customer_path(method: &Method, uri: &Uri) -> Result<String, Box<Response>
         .map_err(|e| Box::new(text_response(e.status(), format!("bad path: {e}"))))
 }
 
+/// The body length a response declares (0 if none): what a server counts as uploaded.
+pub fn declared_length(resp: &Response) -> u64 {
+    resp.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -228,12 +228,7 @@ pub async fn customer(
     if method == Method::GET
         && (resp.status() == StatusCode::OK || resp.status() == StatusCode::PARTIAL_CONTENT)
     {
-        let len = resp
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
+        let len = fileserve::declared_length(&resp);
         st.origin_http_bytes
             .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
     }

@@ -134,12 +134,7 @@ pub async fn customer(
     };
     let resp = fileserve::serve_file(&method, &headers, &file, &opts).await;
     if method == Method::GET && resp.status().is_success() {
-        let len = resp
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
+        let len = fileserve::declared_length(&resp);
         st.uploaded.fetch_add(len, Ordering::Relaxed);
         st.served.fetch_add(1, Ordering::Relaxed);
     }

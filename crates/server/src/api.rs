@@ -98,7 +98,7 @@ pub struct VolunteerView {
     pub name: String,
     pub id: String,
     pub url: String,
-    /// `healthy`, `stale` (missed announces), `draining`, `revoked` or `never-announced`.
+    /// `healthy`, `stale` (missed announces), `stopped`, `draining`, `revoked` or `never-announced`.
     pub state: String,
     pub generations: std::collections::BTreeMap<String, u64>,
     pub customer_conns: u32,
@@ -124,6 +124,7 @@ pub async fn volunteers(State(st): State<Arc<AppState>>) -> Json<Vec<VolunteerVi
                 _ if c.revoked => "revoked",
                 _ if c.draining => "draining",
                 None => "never-announced",
+                Some(v) if v.stopped => "stopped",
                 Some(v) if !reg.is_fresh(v, now) => "stale",
                 Some(_) => "healthy",
             };

@@ -75,7 +75,7 @@ pub async fn announce(
     {
         let mut reg = lock(&st.registry);
         if req.event == Event::Stopped {
-            reg.remove(&report.volunteer);
+            reg.stop(&report.volunteer, report.seq);
             tracing::info!(volunteer = %cred.name, repo = %repo, "volunteer stopped");
         } else if let Err(e) = reg.report(&repo, &report, cred.draining, now) {
             tracing::warn!(volunteer = %cred.name, error = %e, "refused announce");

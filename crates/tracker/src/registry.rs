@@ -38,6 +38,10 @@ pub struct VolunteerLive {
     /// When recent redirects were issued (for server-side connection estimates).
     recent: VecDeque<Instant>,
     pub draining: bool,
+    /// It said it stopped. Kept (with its sequence number) rather than forgotten, so that an
+    /// announce it sent just before stopping, arriving late, is refused as a replay instead of
+    /// bringing it back.
+    pub stopped: bool,
     /// When it (re)joined: first report, or first after going stale. For slow start.
     pub joined: Instant,
 }
@@ -73,6 +77,8 @@ pub enum Exclusion {
         age_ms: u64,
     },
     Draining,
+    /// It announced that it stopped.
+    Stopped,
     /// It reports as many customers as it accepts.
     Full {
         conns: u32,
@@ -92,6 +98,7 @@ impl fmt::Display for Exclusion {
             }
             Exclusion::Stale { age_ms } => write!(f, "last announce {age_ms} ms ago"),
             Exclusion::Draining => write!(f, "draining"),
+            Exclusion::Stopped => write!(f, "stopped"),
             Exclusion::Full { conns, capacity } => {
                 write!(f, "full ({conns} of {capacity} connections)")
             }
@@ -149,6 +156,7 @@ impl Registry {
                 issued_total: 0,
                 recent: VecDeque::new(),
                 draining,
+                stopped: false,
                 joined: now,
             });
         if report.seq <= v.last_seq {
@@ -157,9 +165,10 @@ impl Registry {
                 last: v.last_seq,
             });
         }
-        if now.saturating_duration_since(v.last_report) > self.timeout {
-            v.joined = now; // back after going stale: slow start again
+        if v.stopped || now.saturating_duration_since(v.last_report) > self.timeout {
+            v.joined = now; // back after stopping or going stale: slow start again
         }
+        v.stopped = false;
         v.last_seq = report.seq;
         v.url = report.url.clone();
         v.generations.insert(repo.to_string(), report.generation);
@@ -175,9 +184,20 @@ impl Registry {
         Ok(())
     }
 
-    /// Forget a volunteer (it said it stopped, or was revoked).
+    /// Forget a volunteer (revoked).
     pub fn remove(&mut self, id: &str) {
         self.volunteers.remove(id);
+    }
+
+    /// A signed `stopped` announce: no more redirects until it announces again with a newer
+    /// sequence number.
+    pub fn stop(&mut self, id: &str, seq: u64) {
+        if let Some(v) = self.volunteers.get_mut(id) {
+            if seq > v.last_seq {
+                v.last_seq = seq;
+                v.stopped = true;
+            }
+        }
     }
 
     pub fn set_draining(&mut self, id: &str, draining: bool) {
@@ -201,6 +221,9 @@ impl Registry {
             return Err(Exclusion::Stale {
                 age_ms: age.as_millis() as u64,
             });
+        }
+        if v.stopped {
+            return Err(Exclusion::Stopped);
         }
         if v.draining {
             return Err(Exclusion::Draining);
@@ -325,6 +348,25 @@ mod tests {
                 .issued_within(Duration::from_secs(1), t0),
             4
         );
+    }
+
+    #[test]
+    fn a_late_announce_cannot_undo_a_stop() {
+        let t0 = Instant::now();
+        let mut r = Registry::new(Duration::from_secs(3));
+        r.report("deb", &report("a", 1, 1, 0), false, t0).unwrap();
+        r.stop("a", 3);
+        assert_eq!(
+            r.check(r.get("a").unwrap(), "deb", 1, 1, t0),
+            Err(Exclusion::Stopped)
+        );
+        assert!(r.report("deb", &report("a", 2, 1, 0), false, t0).is_err());
+        assert_eq!(
+            r.check(r.get("a").unwrap(), "deb", 1, 1, t0),
+            Err(Exclusion::Stopped)
+        );
+        r.report("deb", &report("a", 4, 1, 0), false, t0).unwrap();
+        assert!(r.check(r.get("a").unwrap(), "deb", 1, 1, t0).is_ok());
     }
 
     #[test]

@@ -446,7 +446,7 @@ pub async fn run(
 
     // Announce loop.
     let announcer = st.clone();
-    tokio::spawn(async move {
+    let announce_task = tokio::spawn(async move {
         let mut interval = Duration::from_secs(5);
         let mut last = (Instant::now(), 0u64);
         loop {
@@ -474,6 +474,9 @@ pub async fn run(
         .with_graceful_shutdown(shutdown)
         .await
         .context("volunteer server failed")?;
+    // No regular announce may follow the `stopped` one and make us look alive again.
+    announce_task.abort();
+    let _ = announce_task.await;
     st.announce_stopped().await;
     tracing::info!("volunteer stopped");
     Ok(())

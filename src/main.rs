@@ -1,6 +1,7 @@
 //! `mirrorswarm`: one binary for every role. This file only parses arguments and calls into
 //! the role crates.
 
+mod admin;
 mod bench_balance;
 mod demo;
 
@@ -33,8 +34,12 @@ enum Command {
     Enroll(EnrollArgs),
     /// Run a volunteer: serve a mirror, verify it, announce it.
     Volunteer(VolunteerArgs),
-    /// List volunteers: name, URL, state, generation per repository, last reported load.
+    /// List volunteers (name, URL, state, generations, load), or revoke, drain, resume or
+    /// release one.
     Volunteers(VolunteersArgs),
+    /// Run the customer-side verifying proxy: apt, dnf, wget and curl use it as their HTTP
+    /// proxy, and get only bytes that match the server's published SHA-256.
+    Proxy(ProxyArgs),
     /// Start a server and three volunteers on loopback with a sample apt repository.
     Demo(demo::DemoArgs),
     /// Sync a tree from the swarm (for cron jobs and first fills).
@@ -123,6 +128,10 @@ struct ServerArgs {
     /// Files up to this size are served directly instead of redirected [default: 32768].
     #[arg(long)]
     direct_max_bytes: Option<u64>,
+    /// Seconds over which a (re)joining volunteer's share grows to its full capacity under
+    /// the feedback policy; 0 turns slow start off [default: 10].
+    #[arg(long)]
+    slow_start_secs: Option<u64>,
     /// Files of at least this size get torrents and block signatures [default: 1048576].
     #[arg(long)]
     torrent_min_bytes: Option<u64>,
@@ -132,6 +141,9 @@ struct ServerArgs {
     /// Experiments: UDP address where the `oracle` policy receives live loads.
     #[arg(long)]
     oracle_listen: Option<std::net::SocketAddr>,
+    /// Seconds between spot checks of each volunteer's bytes; 0 turns them off [default: 60].
+    #[arg(long)]
+    spot_check_secs: Option<u64>,
 }
 
 #[derive(Args)]
@@ -198,18 +210,44 @@ struct VolunteerArgs {
     /// Experiments: synthetic background sync uploads sharing --upload-bps [default: 0].
     #[arg(long)]
     background_sync_conns: Option<u32>,
+    /// Experiments: the synthetic sync uploads together want at most this many bytes/s
+    /// [default: whatever the link gives them].
+    #[arg(long)]
+    background_sync_bps: Option<u64>,
     /// Experiments: stream live connection counts to the server's oracle (UDP address).
     #[arg(long)]
     oracle_feed: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
+struct ProxyArgs {
+    /// Where to listen for customers' requests.
+    #[arg(long, default_value = "127.0.0.1:3142")]
+    listen: std::net::SocketAddr,
+    /// The mirrorswarm server's URL (the only host this proxy fetches for).
+    #[arg(long)]
+    server: String,
+    /// Where verified files are kept [default: $XDG_CACHE_HOME/mirrorswarm-proxy, else
+    /// ~/.cache/mirrorswarm-proxy].
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Bound on the cache's size, bytes.
+    #[arg(long, default_value_t = 1 << 30)]
+    cache_bytes: u64,
+    /// Give up on a source that sends nothing for this many seconds, and try the next.
+    #[arg(long, default_value_t = 30)]
+    stall_secs: u64,
+}
+
+#[derive(Args)]
 struct VolunteersArgs {
-    /// The server's URL.
+    #[command(subcommand)]
+    action: Option<admin::VolunteerAction>,
+    /// The server's URL (listing only).
     #[arg(long, conflicts_with = "data_dir")]
     server: Option<String>,
     /// The server's data directory (asks the running server, else reads the database).
-    #[arg(long)]
+    #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
 }
 
@@ -262,6 +300,7 @@ async fn dispatch(cmd: Command) -> Result<()> {
             Ok(())
         }
         Command::Volunteers(a) => volunteers(a).await,
+        Command::Proxy(a) => proxy_cmd(a).await,
         Command::Demo(a) => demo::run(a).await,
         Command::Prsync(_) => unreachable!("handled in main"),
         Command::Bench(BenchCommand::Balance(a)) => bench_balance::run(a).await,
@@ -297,6 +336,9 @@ fn server_config(a: ServerArgs) -> Result<ServerConfig> {
     if let Some(v) = a.direct_max_bytes {
         cfg.redirect.direct_max_bytes = v;
     }
+    if let Some(v) = a.slow_start_secs {
+        cfg.redirect.slow_start_secs = v;
+    }
     if let Some(v) = a.torrent_min_bytes {
         cfg.prsync.torrent_min_bytes = v;
     }
@@ -305,6 +347,9 @@ fn server_config(a: ServerArgs) -> Result<ServerConfig> {
     }
     if let Some(v) = a.oracle_listen {
         cfg.redirect.oracle_listen = Some(v);
+    }
+    if let Some(v) = a.spot_check_secs {
+        cfg.trust.spot_check_secs = v;
     }
     if cfg.repos.is_empty() {
         bail!("no repository to publish: pass --repo NAME=DIR or set [repos] in the config file");
@@ -354,6 +399,9 @@ fn volunteer_config(a: VolunteerArgs) -> Result<VolunteerConfig> {
     if let Some(v) = a.background_sync_conns {
         cfg.background_sync_conns = v;
     }
+    if let Some(v) = a.background_sync_bps {
+        cfg.background_sync_bps = Some(v);
+    }
     if let Some(v) = a.oracle_feed {
         cfg.oracle_feed = Some(v);
     }
@@ -397,6 +445,12 @@ async fn publish(a: PublishArgs) -> Result<()> {
 }
 
 async fn volunteers(a: VolunteersArgs) -> Result<()> {
+    if let Some(action) = a.action {
+        let Some(dir) = &a.data_dir else {
+            bail!("changing a volunteer needs --data-dir DIR (the server's, for its admin token)")
+        };
+        return admin::volunteer_action(dir, action).await;
+    }
     let url = match (&a.server, &a.data_dir) {
         (Some(s), _) => Some(s.trim_end_matches('/').to_string()),
         (None, Some(d)) => server::running_server_url(d).ok(),
@@ -431,9 +485,14 @@ async fn volunteers(a: VolunteersArgs) -> Result<()> {
                     url: r.url,
                     state: if r.revoked {
                         "revoked".into()
+                    } else if r.quarantine.is_some() {
+                        "quarantined".into()
+                    } else if r.draining {
+                        "draining".into()
                     } else {
                         "unknown (server not running)".into()
                     },
+                    quarantine: r.quarantine,
                     generations: Default::default(),
                     customer_conns: 0,
                     sync_conns: 0,
@@ -460,11 +519,37 @@ async fn volunteers(a: VolunteersArgs) -> Result<()> {
                 .join(",")
         };
         println!(
-            "{:<16} {:<28} {:<16} {:<20} {}/{} customers, {} sync, {} B/s",
-            v.name, v.url, v.state, gens, v.customer_conns, v.capacity, v.sync_conns, v.upload_bps
+            "{:<16} {:<28} {:<16} {:<20} {}/{} customers, {} sync, {} B/s{}",
+            v.name,
+            v.url,
+            v.state,
+            gens,
+            v.customer_conns,
+            v.capacity,
+            v.sync_conns,
+            v.upload_bps,
+            v.quarantine
+                .map(|q| format!("  (quarantined: {q})"))
+                .unwrap_or_default()
         );
     }
     Ok(())
+}
+
+async fn proxy_cmd(a: ProxyArgs) -> Result<()> {
+    config::validate_http_url(&a.server).map_err(|e| anyhow::anyhow!("--server: {e}"))?;
+    let cache_dir = match a.cache_dir {
+        Some(d) => d,
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .context("no --cache-dir and neither XDG_CACHE_HOME nor HOME is set")?
+            .join("mirrorswarm-proxy"),
+    };
+    let mut cfg = proxy::ProxyConfig::new(a.listen, &a.server, cache_dir);
+    cfg.cache_bytes = a.cache_bytes;
+    cfg.stall = std::time::Duration::from_secs(a.stall_secs.max(1));
+    proxy::run(cfg, shutdown_signal()).await
 }
 
 /// Resolves on Ctrl-C or SIGTERM (systemd's stop).

@@ -70,6 +70,41 @@ pub struct ServerConfig {
     pub tracker: TrackerConfig,
     pub redirect: RedirectConfig,
     pub prsync: PrsyncServerConfig,
+    pub trust: TrustConfig,
+}
+
+/// How the server checks volunteers' bytes (`[trust]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrustConfig {
+    /// Seconds between spot checks of each volunteer: the server fetches a random file (or
+    /// one piece of a large one) and compares it with the published hashes. 0 turns spot
+    /// checks off. Default 60.
+    pub spot_check_secs: u64,
+    /// A volunteer reported by a customer's proxy, or in quarantine, is checked this many
+    /// times as often. Default 4.
+    pub suspect_speedup: u32,
+    /// Files up to this size are checked whole (SHA-256); larger ones by one random
+    /// BitTorrent piece (SHA-1 from the published torrent). Default 4 MiB.
+    pub whole_file_max_bytes: u64,
+    /// A quarantined volunteer is let back after this many passed checks in a row, the first
+    /// of them on the file it failed. Default 3.
+    pub release_after_passes: u32,
+    /// Give up on a check after this many seconds (counted as inconclusive, not as a
+    /// failure). Default 30.
+    pub check_timeout_secs: u64,
+}
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        TrustConfig {
+            spot_check_secs: 60,
+            suspect_speedup: 4,
+            whole_file_max_bytes: 4 << 20,
+            release_after_passes: 3,
+            check_timeout_secs: 30,
+        }
+    }
 }
 
 /// Sync support on the server (`[prsync]`).
@@ -110,6 +145,7 @@ impl Default for ServerConfig {
             tracker: TrackerConfig::default(),
             redirect: RedirectConfig::default(),
             prsync: PrsyncServerConfig::default(),
+            trust: TrustConfig::default(),
         }
     }
 }
@@ -217,6 +253,15 @@ impl ServerConfig {
                 ),
             ));
         }
+        if !(1..=64).contains(&self.trust.suspect_speedup) {
+            return Err(invalid("trust.suspect_speedup", "must be 1..=64"));
+        }
+        if self.trust.release_after_passes == 0 {
+            return Err(invalid("trust.release_after_passes", "must be at least 1"));
+        }
+        if self.trust.check_timeout_secs == 0 {
+            return Err(invalid("trust.check_timeout_secs", "must be at least 1"));
+        }
         if self.redirect.alternatives > 16 {
             return Err(invalid("redirect.alternatives", "must be 0..=16"));
         }
@@ -280,6 +325,10 @@ pub struct VolunteerConfig {
     /// Experiments only: this many synthetic background sync uploads share `upload_bps` with
     /// customers and are reported as sync connections. Default 0.
     pub background_sync_conns: u32,
+    /// Experiments only: together the synthetic sync uploads want at most this many bytes/s,
+    /// as real sync uploads are held back by the receiving volunteers' downlinks. Default:
+    /// whatever the link gives them.
+    pub background_sync_bps: Option<u64>,
     /// Experiments only: send every change of the connection count, at once, as a UDP datagram
     /// to this address (the server's `oracle` policy listens there). Default: none.
     pub oracle_feed: Option<SocketAddr>,
@@ -301,6 +350,7 @@ impl Default for VolunteerConfig {
             seed_upload_bps: None,
             upload_bps: None,
             background_sync_conns: 0,
+            background_sync_bps: None,
             oracle_feed: None,
         }
     }

@@ -1,5 +1,6 @@
 //! JSON endpoints for volunteers, the CLI and admins: `/health`, `/api/info`, `/api/enroll`,
-//! `/api/volunteers`, `/manifests/<repo>/<generation|latest>`, `POST /admin/publish`.
+//! `/api/volunteers`, `/manifests/<repo>/<generation|latest>`, `POST /admin/publish`,
+//! `POST /admin/volunteers/<name>/<revoke|drain|resume|release>`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -98,8 +99,12 @@ pub struct VolunteerView {
     pub name: String,
     pub id: String,
     pub url: String,
-    /// `healthy`, `stale` (missed announces), `stopped`, `draining`, `revoked` or `never-announced`.
+    /// `healthy`, `stale` (missed announces), `stopped`, `draining`, `quarantined`, `revoked`
+    /// or `never-announced`.
     pub state: String,
+    /// Why it is quarantined, when it is.
+    #[serde(default)]
+    pub quarantine: Option<String>,
     pub generations: std::collections::BTreeMap<String, u64>,
     pub customer_conns: u32,
     pub sync_conns: u32,
@@ -122,6 +127,7 @@ pub async fn volunteers(State(st): State<Arc<AppState>>) -> Json<Vec<VolunteerVi
             let live = reg.get(&c.id);
             let state = match live {
                 _ if c.revoked => "revoked",
+                _ if c.quarantine.is_some() => "quarantined",
                 _ if c.draining => "draining",
                 None => "never-announced",
                 Some(v) if v.stopped => "stopped",
@@ -133,6 +139,7 @@ pub async fn volunteers(State(st): State<Arc<AppState>>) -> Json<Vec<VolunteerVi
                 id: c.id.clone(),
                 url: live.map_or(c.url.clone(), |v| v.url.clone()),
                 state: state.into(),
+                quarantine: c.quarantine.clone(),
                 generations: live
                     .map(|v| v.generations.iter().map(|(k, g)| (k.clone(), *g)).collect())
                     .unwrap_or_default(),
@@ -204,16 +211,8 @@ pub async fn publish(
     headers: HeaderMap,
     Query(q): Query<PublishQuery>,
 ) -> Response {
-    let authorized = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| constant_time_eq(t.as_bytes(), st.admin_token.as_bytes()));
-    if !authorized {
-        return text(
-            StatusCode::UNAUTHORIZED,
-            "admin token required (see <data-dir>/admin.token)",
-        );
+    if let Err(r) = require_admin(&st, &headers) {
+        return *r;
     }
     let names: Vec<String> = match q.repo {
         Some(r) if st.repo_dirs.contains_key(&r) => vec![r],
@@ -241,8 +240,77 @@ pub async fn publish(
     Json(reports).into_response()
 }
 
+/// Admin endpoints need `Authorization: Bearer <the contents of <data-dir>/admin.token>`.
+pub fn require_admin(st: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let authorized = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| constant_time_eq(t.as_bytes(), st.admin_token.as_bytes()));
+    if authorized {
+        Ok(())
+    } else {
+        Err(Box::new(text(
+            StatusCode::UNAUTHORIZED,
+            "admin token required (see <data-dir>/admin.token)",
+        )))
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `POST /admin/volunteers/<name>/<action>`: `revoke` (for good), `drain` (no customers,
+/// still syncing), `resume` (undo drain), `release` (lift a quarantine by hand).
+pub async fn admin_volunteer(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((name, action)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = require_admin(&st, &headers) {
+        return *r;
+    }
+    let res = match action.as_str() {
+        "revoke" => st.store.revoke(&name).await,
+        "drain" => st.store.set_draining(&name, true).await,
+        "resume" => st.store.set_draining(&name, false).await,
+        "release" => st.store.release(&name).await,
+        _ => {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("unknown action `{action}`: expected revoke, drain, resume or release"),
+            )
+        }
+    };
+    let rec = match res {
+        Ok(r) => r,
+        Err(e @ StoreError::NoSuchVolunteer(_)) => {
+            return text(StatusCode::NOT_FOUND, e.to_string())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "volunteer {action} failed");
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{action} failed: {e}"),
+            );
+        }
+    };
+    {
+        let mut reg = lock(&st.registry);
+        if rec.revoked {
+            reg.remove(&rec.id);
+        }
+        reg.set_draining(&rec.id, rec.draining);
+        reg.set_quarantined(&rec.id, rec.quarantine.is_some());
+    }
+    tracing::info!(volunteer = %rec.name, id = %rec.id, action = %action, "volunteer standing changed by the admin");
+    write(&st.credentials).insert(rec.id.clone(), rec.clone());
+    Json(serde_json::json!({
+        "name": rec.name, "revoked": rec.revoked, "draining": rec.draining,
+        "quarantine": rec.quarantine,
+    }))
+    .into_response()
 }
 
 /// `GET /artifacts/<sha256>.torrent|.sig`: sync artifacts, content-addressed.
@@ -284,6 +352,69 @@ pub async fn stats(State(st): State<Arc<AppState>>) -> Response {
     Json(serde_json::json!({
         "origin_http_bytes": st.origin_http_bytes.load(std::sync::atomic::Ordering::Relaxed),
         "seed_uploaded_bytes": st.seed.get().map_or(0, |s| s.uploaded_bytes()),
+        "spot_checks_passed": st.spot.passed.load(std::sync::atomic::Ordering::Relaxed),
+        "spot_checks_failed": st.spot.failed.load(std::sync::atomic::Ordering::Relaxed),
+        "spot_checks_inconclusive": st.spot.inconclusive.load(std::sync::atomic::Ordering::Relaxed),
+        "customer_reports": st.spot.reports.load(std::sync::atomic::Ordering::Relaxed),
     }))
     .into_response()
+}
+
+#[derive(Deserialize, Debug)]
+pub struct BadBytesReport {
+    /// The URL that served bytes which did not match the server's digest.
+    pub url: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// `POST /api/report` from a customer's proxy: `{"url": …, "reason": …}`. Anyone may report;
+/// a report only makes the server check that volunteer's file sooner, so it cannot be used
+/// to push an honest volunteer out.
+pub async fn report(
+    State(st): State<Arc<AppState>>,
+    body: Option<Json<BadBytesReport>>,
+) -> Response {
+    let Some(Json(r)) = body else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "expected JSON {\"url\": …, \"reason\": …}",
+        );
+    };
+    if r.url.len() > 8192 || r.reason.len() > 1024 {
+        return text(StatusCode::PAYLOAD_TOO_LARGE, "report too long");
+    }
+    // Which volunteer serves that URL, and which file of which repository it is.
+    let found = {
+        let reg = lock(&st.registry);
+        let hit = reg.all().find_map(|v| {
+            let base = v.url.trim_end_matches('/');
+            let rest = r.url.strip_prefix(base)?.strip_prefix('/')?;
+            Some((v.id.clone(), rest.to_string()))
+        });
+        hit
+    };
+    let Some((id, rest)) = found else {
+        return text(StatusCode::NOT_FOUND, "no volunteer serves that URL");
+    };
+    let decoded = match fileserve::decode_url_path(&format!("/{rest}")) {
+        Ok(p) => p,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("url: {e}")),
+    };
+    let path = decoded.trim_start_matches('/');
+    let Some((repo, rel)) = path.split_once('/') else {
+        return text(StatusCode::BAD_REQUEST, "url names no file of a repository");
+    };
+    if st
+        .repo(repo)
+        .is_none_or(|s| !s.manifest.files.contains_key(rel))
+    {
+        return text(StatusCode::NOT_FOUND, "url names no published file");
+    }
+    tracing::warn!(volunteer = %id, repo, path = rel, reason = %r.reason, "a customer reported bad bytes; checking that volunteer now");
+    st.spot.report(&id, repo, rel);
+    text(
+        StatusCode::ACCEPTED,
+        "thanks: the server will check that volunteer",
+    )
 }

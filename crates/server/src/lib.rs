@@ -4,7 +4,7 @@
 //!
 //! Code map: [`store`] durable state (SQLite); [`publish`] scanning and signing generations
 //! into read-only snapshots; [`redirect`] the customer path; [`policy`] balancing policies by
-//! name; [`tracker_http`] announce/scrape; [`api`] JSON endpoints; [`metalink`] RFC 5854
+//! name; [`spotcheck`] checking volunteers' bytes and quarantine; [`tracker_http`] announce/scrape; [`api`] JSON endpoints; [`metalink`] RFC 5854
 //! documents; [`sample_repo`] a generated apt repository for the demo and tests.
 
 pub mod api;
@@ -15,6 +15,7 @@ pub mod publish;
 pub mod redirect;
 pub mod sample_repo;
 pub mod seed;
+pub mod spotcheck;
 pub mod state;
 pub mod store;
 pub mod tracker_http;
@@ -58,7 +59,15 @@ impl DataDir {
 }
 
 /// Reserved first path segments that can never be repository names.
-pub const RESERVED_NAMES: &[&str] = &["announce", "scrape", "health", "api", "admin", "manifests"];
+pub const RESERVED_NAMES: &[&str] = &[
+    "announce",
+    "scrape",
+    "health",
+    "api",
+    "admin",
+    "manifests",
+    "artifacts",
+];
 
 /// Publish one repository now and swap the new snapshot in.
 pub async fn publish_repo(st: &AppState, name: &str) -> Result<PublishReport> {
@@ -170,6 +179,7 @@ pub async fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>> {
         origin_http_bytes: Default::default(),
         seed: tokio::sync::OnceCell::new(),
         origin_peers: RwLock::new(Default::default()),
+        spot: Default::default(),
         oracle_live: RwLock::new(HashMap::new()),
         origin_gate: Mutex::new(origin_gate::OriginGate::new(
             std::time::Duration::from_secs(10),
@@ -177,6 +187,14 @@ pub async fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>> {
         config: cfg,
     });
     st.reload_credentials().await?;
+    {
+        // Quarantines outlive restarts.
+        let creds = state::read(&st.credentials);
+        let mut reg = lock(&st.registry);
+        for c in creds.values().filter(|c| c.quarantine.is_some()) {
+            reg.set_quarantined(&c.id, true);
+        }
+    }
     for name in st.repo_dirs.keys() {
         publish_repo(&st, name)
             .await
@@ -195,8 +213,13 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route("/api/volunteers", get(api::volunteers))
         .route("/manifests/{repo}/{which}", get(api::manifest))
         .route("/admin/publish", post(api::publish))
+        .route(
+            "/admin/volunteers/{name}/{action}",
+            post(api::admin_volunteer),
+        )
         .route("/artifacts/{file}", get(api::artifact))
         .route("/api/stats", get(api::stats))
+        .route("/api/report", post(api::report))
         .fallback(redirect::customer)
         .with_state(st)
 }
@@ -279,6 +302,7 @@ pub async fn run(
     publish::write_atomic(&data.server_json(), info.to_string().as_bytes())?;
     tracing::info!(listen = %local, public_url = %st.public_url, repos = ?st.latest_generations(), policy = st.policy.name(), "server ready");
 
+    tokio::spawn(spotcheck::run(st.clone()));
     let sweeper = st.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(sweeper.config.tracker.interval());
@@ -337,4 +361,17 @@ pub fn admin_token(data_dir: &Path) -> Result<String> {
 pub async fn stored_volunteers(data_dir: &Path) -> Result<Vec<store::VolunteerRecord>> {
     let store = Store::open(&DataDir(data_dir.to_path_buf()).db()).await?;
     Ok(store.volunteers().await?)
+}
+
+/// `mirrorswarm volunteers <verb> NAME` with no server running: change the database.
+pub async fn change_stored_volunteer(data_dir: &Path, verb: &str, name: &str) -> Result<()> {
+    let store = Store::open(&DataDir(data_dir.to_path_buf()).db()).await?;
+    match verb {
+        "revoke" => store.revoke(name).await?,
+        "drain" => store.set_draining(name, true).await?,
+        "resume" => store.set_draining(name, false).await?,
+        "release" => store.release(name).await?,
+        _ => anyhow::bail!("unknown action `{verb}`"),
+    };
+    Ok(())
 }

@@ -32,7 +32,7 @@ fn encode_rel(rel: &str) -> String {
 }
 
 /// Where a volunteer serves `repo/rel`.
-fn volunteer_url(base: &str, repo: &str, rel: &str) -> String {
+pub fn volunteer_url(base: &str, repo: &str, rel: &str) -> String {
     format!(
         "{}/{}/{}",
         base.trim_end_matches('/'),
@@ -102,7 +102,12 @@ pub fn choose(
     chosen
 }
 
+/// The header that tells a verifying client (`mirrorswarm proxy`) how many bytes to expect
+/// after a redirect, so that a lying volunteer cannot make it download without end.
+pub const SIZE_HEADER: &str = "x-mirrorswarm-size";
+
 fn digest_headers(entry: &Entry, headers: &mut HeaderMap) {
+    headers.insert(SIZE_HEADER, HeaderValue::from(entry.size));
     let b64 = entry.sha256.to_base64();
     if let Ok(v) = HeaderValue::from_str(&format!("sha-256={b64}")) {
         headers.insert("digest", v);

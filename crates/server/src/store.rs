@@ -24,6 +24,8 @@ pub enum StoreError {
     MalformedToken,
     #[error("a volunteer named `{0}` is already enrolled")]
     NameTaken(String),
+    #[error("no volunteer named `{0}` is enrolled")]
+    NoSuchVolunteer(String),
 }
 
 /// An enrolled volunteer as the database knows it.
@@ -36,6 +38,8 @@ pub struct VolunteerRecord {
     pub enrolled_at: u64,
     pub revoked: bool,
     pub draining: bool,
+    /// Why the server stopped trusting its bytes (a failed spot check), until it passes again.
+    pub quarantine: Option<String>,
 }
 
 /// One published generation.
@@ -95,6 +99,26 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (repo, generation))",
 ];
 
+/// Columns added after the first release, for databases created before them. Adding a column
+/// that exists fails with "duplicate column", which is the expected case on every later start.
+const MIGRATIONS: &[&str] = &["ALTER TABLE volunteers ADD COLUMN quarantine TEXT"];
+
+const VOLUNTEER_COLUMNS: &str =
+    "id, name, secret_hex, url, enrolled_at, revoked, draining, quarantine";
+
+fn volunteer_from_row(r: &sqlx::sqlite::SqliteRow) -> VolunteerRecord {
+    VolunteerRecord {
+        id: r.get(0),
+        name: r.get(1),
+        secret: hex::decode(r.get::<String, _>(2)).unwrap_or_default(),
+        url: r.get(3),
+        enrolled_at: r.get::<i64, _>(4) as u64,
+        revoked: r.get::<i64, _>(5) != 0,
+        draining: r.get::<i64, _>(6) != 0,
+        quarantine: r.get(7),
+    }
+}
+
 impl Store {
     /// Open (creating if needed) the database at `path`.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
@@ -109,6 +133,13 @@ impl Store {
             .await?;
         for stmt in SCHEMA {
             sqlx::query(stmt).execute(&pool).await?;
+        }
+        for stmt in MIGRATIONS {
+            match sqlx::query(stmt).execute(&pool).await {
+                Ok(_) => {}
+                Err(sqlx::Error::Database(e)) if e.message().contains("duplicate column") => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(Store { pool })
     }
@@ -180,6 +211,7 @@ impl Store {
             enrolled_at: now as u64,
             revoked: false,
             draining: false,
+            quarantine: None,
         };
         let res = sqlx::query(
             "INSERT INTO volunteers (id, name, secret_hex, url, enrolled_at) VALUES (?, ?, ?, ?, ?)",
@@ -203,23 +235,67 @@ impl Store {
     }
 
     pub async fn volunteers(&self) -> Result<Vec<VolunteerRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, name, secret_hex, url, enrolled_at, revoked, draining FROM volunteers ORDER BY name",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {VOLUNTEER_COLUMNS} FROM volunteers ORDER BY name"
+        ))
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| VolunteerRecord {
-                id: r.get(0),
-                name: r.get(1),
-                secret: hex::decode(r.get::<String, _>(2)).unwrap_or_default(),
-                url: r.get(3),
-                enrolled_at: r.get::<i64, _>(4) as u64,
-                revoked: r.get::<i64, _>(5) != 0,
-                draining: r.get::<i64, _>(6) != 0,
-            })
-            .collect())
+        Ok(rows.iter().map(volunteer_from_row).collect())
+    }
+
+    /// Revoke the volunteer called `name`: its credential stops working at once and for good
+    /// (it must enroll again with a new token).
+    pub async fn revoke(&self, name: &str) -> Result<VolunteerRecord, StoreError> {
+        self.update_by_name(name, "revoked = 1").await
+    }
+
+    /// Drain (true) or resume (false) the volunteer called `name`: a draining volunteer keeps
+    /// announcing and syncing but gets no customers.
+    pub async fn set_draining(
+        &self,
+        name: &str,
+        draining: bool,
+    ) -> Result<VolunteerRecord, StoreError> {
+        self.update_by_name(
+            name,
+            if draining {
+                "draining = 1"
+            } else {
+                "draining = 0"
+            },
+        )
+        .await
+    }
+
+    /// Quarantine the volunteer with `id` for `reason`, or (None) lift its quarantine.
+    pub async fn set_quarantine(&self, id: &str, reason: Option<&str>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE volunteers SET quarantine = ? WHERE id = ?")
+            .bind(reason)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn update_by_name(
+        &self,
+        name: &str,
+        set: &'static str,
+    ) -> Result<VolunteerRecord, StoreError> {
+        let row = sqlx::query(&format!(
+            "UPDATE volunteers SET {set} WHERE name = ? AND revoked = 0 RETURNING {VOLUNTEER_COLUMNS}"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref()
+            .map(volunteer_from_row)
+            .ok_or_else(|| StoreError::NoSuchVolunteer(name.to_string()))
+    }
+
+    /// Lift the quarantine of the volunteer called `name` by hand.
+    pub async fn release(&self, name: &str) -> Result<VolunteerRecord, StoreError> {
+        self.update_by_name(name, "quarantine = NULL").await
     }
 
     pub async fn record_generation(&self, g: &GenerationRecord) -> Result<(), StoreError> {
@@ -294,6 +370,38 @@ mod tests {
         assert!(matches!(
             store.create_enrollment("alpha", "fp", 3600).await,
             Err(StoreError::NameTaken(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn standing_changes_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db.sqlite");
+        let store = Store::open(&db).await.unwrap();
+        let token = store.create_enrollment("beta", "fp", 3600).await.unwrap();
+        let rec = store.redeem(&token, "http://127.0.0.1:1").await.unwrap();
+        assert!(store.set_draining("beta", true).await.unwrap().draining);
+        store
+            .set_quarantine(&rec.id, Some("bad bytes"))
+            .await
+            .unwrap();
+        drop(store);
+        // Reopening runs the migrations again: they must be idempotent.
+        let store = Store::open(&db).await.unwrap();
+        let v = &store.volunteers().await.unwrap()[0];
+        assert!(v.draining);
+        assert_eq!(v.quarantine.as_deref(), Some("bad bytes"));
+        assert!(store.release("beta").await.unwrap().quarantine.is_none());
+        assert!(!store.set_draining("beta", false).await.unwrap().draining);
+        assert!(store.revoke("beta").await.unwrap().revoked);
+        // A revoked volunteer is gone for every later change.
+        assert!(matches!(
+            store.revoke("beta").await,
+            Err(StoreError::NoSuchVolunteer(_))
+        ));
+        assert!(matches!(
+            store.set_draining("nobody", true).await,
+            Err(StoreError::NoSuchVolunteer(_))
         ));
     }
 

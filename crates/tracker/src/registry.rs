@@ -77,6 +77,8 @@ pub enum Exclusion {
         age_ms: u64,
     },
     Draining,
+    /// A spot check found bytes that do not match the published hashes.
+    Quarantined,
     /// It announced that it stopped.
     Stopped,
     /// It reports as many customers as it accepts.
@@ -98,6 +100,7 @@ impl fmt::Display for Exclusion {
             }
             Exclusion::Stale { age_ms } => write!(f, "last announce {age_ms} ms ago"),
             Exclusion::Draining => write!(f, "draining"),
+            Exclusion::Quarantined => write!(f, "quarantined"),
             Exclusion::Stopped => write!(f, "stopped"),
             Exclusion::Full { conns, capacity } => {
                 write!(f, "full ({conns} of {capacity} connections)")
@@ -119,6 +122,9 @@ const RECENT_CAP: usize = 4096;
 #[derive(Debug)]
 pub struct Registry {
     volunteers: HashMap<String, VolunteerLive>,
+    /// Volunteers whose bytes failed a check. Kept apart from the live state so that it holds
+    /// whether or not they announce.
+    quarantined: std::collections::HashSet<String>,
     timeout: Duration,
 }
 
@@ -126,6 +132,7 @@ impl Registry {
     pub fn new(timeout: Duration) -> Self {
         Registry {
             volunteers: HashMap::new(),
+            quarantined: Default::default(),
             timeout,
         }
     }
@@ -200,6 +207,18 @@ impl Registry {
         }
     }
 
+    pub fn set_quarantined(&mut self, id: &str, quarantined: bool) {
+        if quarantined {
+            self.quarantined.insert(id.to_string());
+        } else {
+            self.quarantined.remove(id);
+        }
+    }
+
+    pub fn is_quarantined(&self, id: &str) -> bool {
+        self.quarantined.contains(id)
+    }
+
     pub fn set_draining(&mut self, id: &str, draining: bool) {
         if let Some(v) = self.volunteers.get_mut(id) {
             v.draining = draining;
@@ -227,6 +246,9 @@ impl Registry {
         }
         if v.draining {
             return Err(Exclusion::Draining);
+        }
+        if self.quarantined.contains(&v.id) {
+            return Err(Exclusion::Quarantined);
         }
         let held = *v.generations.get(repo).ok_or(Exclusion::NotMirroring)?;
         if held > latest {
@@ -378,5 +400,21 @@ mod tests {
             r.check(r.get("a").unwrap(), "deb", 1, 1, t0),
             Err(Exclusion::Draining)
         );
+    }
+
+    #[test]
+    fn quarantine_excludes_until_lifted_whatever_is_announced() {
+        let t0 = Instant::now();
+        let mut r = Registry::new(Duration::from_secs(3));
+        r.set_quarantined("a", true);
+        r.report("deb", &report("a", 1, 1, 0), false, t0).unwrap();
+        assert_eq!(
+            r.check(r.get("a").unwrap(), "deb", 1, 1, t0),
+            Err(Exclusion::Quarantined)
+        );
+        r.report("deb", &report("a", 2, 1, 0), false, t0).unwrap();
+        assert!(r.is_quarantined("a"));
+        r.set_quarantined("a", false);
+        assert!(r.check(r.get("a").unwrap(), "deb", 1, 1, t0).is_ok());
     }
 }

@@ -55,6 +55,8 @@ pub struct VolunteerState {
     pub mirrors: BTreeMap<String, Mirror>,
     pub active: Arc<AtomicU32>,
     pub uploaded: AtomicU64,
+    /// Bytes of synthetic background sync uploads (experiments).
+    pub sync_uploaded: Arc<AtomicU64>,
     /// Successful GETs served (for the status page and tests).
     pub served: AtomicU64,
     pub rescan_now: Notify,
@@ -389,8 +391,14 @@ pub async fn run(
     let bucket = cfg
         .upload_bps
         .map(|bps| Arc::new(limit::TokenBucket::new(bps, (bps / 20).max(64 * 1024))));
+    let sync_uploaded = Arc::new(AtomicU64::new(0));
     if let Some(b) = &bucket {
-        limit::spawn_background_uploads(b.clone(), cfg.background_sync_conns);
+        limit::spawn_background_uploads(
+            b.clone(),
+            cfg.background_sync_conns,
+            cfg.background_sync_bps,
+            sync_uploaded.clone(),
+        );
     }
     let oracle_feed = match cfg.oracle_feed {
         Some(addr) => Some(Arc::new(
@@ -410,6 +418,7 @@ pub async fn run(
         mirrors,
         active: Arc::new(AtomicU32::new(0)),
         uploaded: AtomicU64::new(0),
+        sync_uploaded,
         served: AtomicU64::new(0),
         rescan_now: Notify::new(),
         bucket,

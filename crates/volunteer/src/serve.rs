@@ -62,6 +62,7 @@ pub async fn health(State(st): State<Arc<VolunteerState>>) -> Response {
         "active_connections": st.active.load(Ordering::Acquire),
         "served_requests": st.served.load(Ordering::Relaxed),
         "uploaded_bytes": st.uploaded.load(Ordering::Relaxed),
+        "sync_uploaded_bytes": st.sync_uploaded.load(Ordering::Relaxed),
         "max_connections": st.config.max_connections,
         "mirrors": mirrors,
     }))

@@ -1,0 +1,124 @@
+//! The proxy's store of verified files, named by their SHA-256. A file gets a name here only
+//! after its bytes hashed to what the server published, so a name is a promise about the
+//! bytes. Bounded in total size; the least recently used files go first.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub struct Cache {
+    dir: PathBuf,
+    max_bytes: u64,
+    seq: AtomicU64,
+}
+
+impl Cache {
+    /// Open (creating) the cache at `dir`. Leftover partial downloads of an earlier run are
+    /// removed: they were never verified.
+    pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<Cache> {
+        std::fs::create_dir_all(dir)?;
+        for e in std::fs::read_dir(dir)?.flatten() {
+            if e.file_name().to_string_lossy().starts_with("partial-") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(Cache {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    /// Where the verified file with this digest lives (whether or not it is there).
+    pub fn path_of(&self, sha256: &[u8; 32]) -> PathBuf {
+        self.dir.join(hex::encode(sha256))
+    }
+
+    /// The verified file with this digest and size, if the cache holds it. Marks it used.
+    pub fn get(&self, sha256: &[u8; 32], size: Option<u64>) -> Option<PathBuf> {
+        let p = self.path_of(sha256);
+        let m = std::fs::metadata(&p).ok()?;
+        if size.is_some_and(|s| s != m.len()) {
+            return None;
+        }
+        if let Ok(f) = std::fs::File::options().write(true).open(&p) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+        Some(p)
+    }
+
+    /// A fresh path for a download in progress.
+    pub fn partial_path(&self) -> PathBuf {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        self.dir.join(format!(
+            "partial-{}-{n}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ))
+    }
+
+    /// Give a verified download its name, then make room.
+    pub fn insert(&self, partial: &Path, sha256: &[u8; 32]) -> std::io::Result<PathBuf> {
+        let p = self.path_of(sha256);
+        std::fs::rename(partial, &p)?;
+        self.evict();
+        Ok(p)
+    }
+
+    /// Delete least recently used verified files until the total fits. The newest file
+    /// always stays, even if it alone is larger than the bound: it is about to be served.
+    fn evict(&self) {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = rd
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with("partial-"))
+            .filter_map(|e| {
+                let m = e.metadata().ok()?;
+                Some((m.modified().ok()?, m.len(), e.path()))
+            })
+            .collect();
+        let mut total: u64 = files.iter().map(|f| f.1).sum();
+        files.sort();
+        let keep_last = files.len().saturating_sub(1);
+        for (_, len, path) in files.into_iter().take(keep_last) {
+            if total <= self.max_bytes {
+                break;
+            }
+            if std::fs::remove_file(&path).is_ok() {
+                total -= len;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_get_and_evict() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cache::open(dir.path(), 10).unwrap();
+        let a = [1u8; 32];
+        let b = [2u8; 32];
+        let p = c.partial_path();
+        std::fs::write(&p, b"123456").unwrap();
+        c.insert(&p, &a).unwrap();
+        assert!(c.get(&a, Some(6)).is_some());
+        assert!(c.get(&a, Some(7)).is_none(), "a size mismatch is a miss");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let p = c.partial_path();
+        std::fs::write(&p, b"abcdefgh").unwrap();
+        c.insert(&p, &b).unwrap();
+        // 14 bytes > 10: the older file goes, the newer stays.
+        assert!(c.get(&a, None).is_none());
+        assert!(c.get(&b, None).is_some());
+        // Partial files of an earlier run are cleared on open.
+        let stale = c.partial_path();
+        std::fs::write(&stale, b"x").unwrap();
+        drop(c);
+        let _c = Cache::open(dir.path(), 10).unwrap();
+        assert!(!stale.exists());
+    }
+}

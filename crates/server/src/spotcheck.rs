@@ -1,0 +1,437 @@
+//! Spot checks: the server fetches a random file, or one piece of a large file, from each
+//! volunteer at a steady pace and compares the bytes with what it published. A mismatch
+//! quarantines the volunteer (no redirects, persisted across restarts) until it passes again
+//! `release_after_passes` checks in a row, the first on the file it failed. A customer proxy's
+//! report only makes the server look sooner and more often; it never quarantines by itself,
+//! so a false report costs the reporter nothing and the volunteer nothing.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use rand::Rng;
+use sha1::Digest as _;
+
+use crate::state::{lock, write, AppState};
+
+/// What to fetch, and what the bytes must hash to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub repo: String,
+    pub rel: String,
+    pub url: String,
+    pub expect: Expect,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// The whole file: this size and SHA-256.
+    Whole { size: u64, sha256: [u8; 32] },
+    /// Bytes `start..start + len` (one BitTorrent piece) with this SHA-1.
+    Piece {
+        index: u32,
+        start: u64,
+        len: u64,
+        sha1: [u8; 20],
+    },
+}
+
+/// What a check found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// The bytes matched.
+    Pass { bytes: u64, secs: f64 },
+    /// The volunteer sent bytes that are not the published ones.
+    Mismatch(String),
+    /// No answer that says anything about its bytes (unreachable, busy, timed out, missing).
+    Inconclusive(String),
+}
+
+/// Per-volunteer bookkeeping.
+#[derive(Debug, Default)]
+struct Track {
+    last: Option<Instant>,
+    /// Passed checks in a row while quarantined.
+    passes: u32,
+    /// A file to check first: the one it failed, or one a customer's proxy reported.
+    suspect: Option<(String, String)>,
+    /// Proxy reports received.
+    reports: u64,
+    /// Throughput seen by passed checks, bytes/s (exponentially weighted).
+    observed_bps: Option<f64>,
+}
+
+/// The checker's state, shared with the handlers (`/api/report`, `/api/stats`).
+#[derive(Default)]
+pub struct SpotChecks {
+    tracks: Mutex<HashMap<String, Track>>,
+    wake: tokio::sync::Notify,
+    pub passed: AtomicU64,
+    pub failed: AtomicU64,
+    pub inconclusive: AtomicU64,
+    pub reports: AtomicU64,
+}
+
+impl SpotChecks {
+    /// A customer's proxy says `repo/rel` from volunteer `id` did not match: check that file
+    /// next, and this volunteer more often until it passes.
+    pub fn report(&self, id: &str, repo: &str, rel: &str) {
+        {
+            let mut t = lock(&self.tracks);
+            let tr = t.entry(id.to_string()).or_default();
+            tr.suspect = Some((repo.to_string(), rel.to_string()));
+            tr.reports += 1;
+        }
+        self.reports.fetch_add(1, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    /// Proxy reports received about `id` so far.
+    pub fn reports_about(&self, id: &str) -> u64 {
+        lock(&self.tracks).get(id).map_or(0, |t| t.reports)
+    }
+
+    /// Throughput the checks observed from `id`, bytes/s.
+    pub fn observed_bps(&self, id: &str) -> Option<f64> {
+        lock(&self.tracks).get(id).and_then(|t| t.observed_bps)
+    }
+}
+
+/// One volunteer due for a check.
+struct Due {
+    id: String,
+    url: String,
+    generations: Vec<(String, u64)>,
+    suspect: Option<(String, String)>,
+}
+
+/// Run spot checks until the process ends. Does nothing when `trust.spot_check_secs` is 0.
+pub async fn run(st: Arc<AppState>) {
+    let cfg = st.config.trust.clone();
+    if cfg.spot_check_secs == 0 {
+        tracing::info!("spot checks off (trust.spot_check_secs = 0)");
+        return;
+    }
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(cfg.check_timeout_secs))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "spot checks cannot start");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = st.spot.wake.notified() => {}
+        }
+        let due = due_now(&st, Instant::now());
+        let mut checks = tokio::task::JoinSet::new();
+        // A bounded number at once: checks must not become a load of their own.
+        for d in due.into_iter().take(16) {
+            let (st, client) = (st.clone(), client.clone());
+            checks.spawn(async move { check_volunteer(&st, &client, d).await });
+        }
+        while checks.join_next().await.is_some() {}
+    }
+}
+
+/// Volunteers whose next check is due. The first check of a volunteer comes at a random
+/// point of its first period, so a restarted server does not check everyone at once.
+fn due_now(st: &AppState, now: Instant) -> Vec<Due> {
+    let base = Duration::from_secs(st.config.trust.spot_check_secs);
+    let fast = base / st.config.trust.suspect_speedup.max(1);
+    let reg = lock(&st.registry);
+    let mut tracks = lock(&st.spot.tracks);
+    let mut due = Vec::new();
+    for v in reg.all() {
+        if v.stopped || !reg.is_fresh(v, now) {
+            continue;
+        }
+        let tr = tracks.entry(v.id.clone()).or_default();
+        let suspicious = tr.suspect.is_some() || reg.is_quarantined(&v.id);
+        let period = if suspicious { fast } else { base };
+        let last = *tr.last.get_or_insert_with(|| {
+            now.checked_sub(period.mul_f64(rand::thread_rng().gen::<f64>()))
+                .unwrap_or(now)
+        });
+        if now.saturating_duration_since(last) >= period {
+            tr.last = Some(now);
+            due.push(Due {
+                id: v.id.clone(),
+                url: v.url.clone(),
+                generations: v.generations.iter().map(|(r, g)| (r.clone(), *g)).collect(),
+                suspect: tr.suspect.clone(),
+            });
+        }
+    }
+    due
+}
+
+async fn check_volunteer(st: &AppState, client: &reqwest::Client, d: Due) {
+    let Some(target) = pick_target(st, &d) else {
+        return;
+    };
+    let verdict = fetch_and_verify(client, &target).await;
+    apply(st, &d.id, &target, verdict).await;
+}
+
+/// The suspect file if there is one and the volunteer should hold it, else a random file it
+/// holds (its bytes changed no later than the generation it announced).
+fn pick_target(st: &AppState, d: &Due) -> Option<Target> {
+    let held: HashMap<&str, u64> = d
+        .generations
+        .iter()
+        .map(|(r, g)| (r.as_str(), *g))
+        .collect();
+    let mut rng = rand::thread_rng();
+    let (repo, rel) = match &d.suspect {
+        Some((repo, rel))
+            if st.repo(repo).is_some_and(|s| {
+                s.manifest
+                    .files
+                    .get(rel)
+                    .is_some_and(|e| held.get(repo.as_str()).is_some_and(|&g| e.changed_in <= g))
+            }) =>
+        {
+            (repo.clone(), rel.clone())
+        }
+        _ => {
+            let repos: Vec<(&str, u64)> = held.iter().map(|(r, g)| (*r, *g)).collect();
+            if repos.is_empty() {
+                return None;
+            }
+            let (repo, g) = repos[rng.gen_range(0..repos.len())];
+            let snap = st.repo(repo)?;
+            let n = snap.manifest.files.len();
+            if n == 0 {
+                return None;
+            }
+            // A few tries: most files of a current volunteer qualify.
+            let mut found = None;
+            for _ in 0..8 {
+                let (rel, e) = snap.manifest.files.iter().nth(rng.gen_range(0..n))?;
+                if e.changed_in <= g {
+                    found = Some(rel.clone());
+                    break;
+                }
+            }
+            (repo.to_string(), found?)
+        }
+    };
+    let snap = st.repo(&repo)?;
+    let entry = snap.manifest.files.get(&rel)?;
+    let url = crate::redirect::volunteer_url(&d.url, &repo, &rel);
+    let expect = if entry.size <= st.config.trust.whole_file_max_bytes {
+        Expect::Whole {
+            size: entry.size,
+            sha256: entry.sha256.0,
+        }
+    } else {
+        let torrent = std::fs::read(crate::publish::artifact_path(
+            &st.config.data_dir,
+            &entry.sha256.to_hex(),
+            "torrent",
+        ))
+        .ok()?;
+        let (piece_len, pieces) = torrent_pieces(&torrent)?;
+        let count = pieces.len() / 20;
+        if count == 0 || piece_len == 0 {
+            return None;
+        }
+        let index = rng.gen_range(0..count);
+        let start = index as u64 * piece_len;
+        let mut sha1 = [0u8; 20];
+        sha1.copy_from_slice(&pieces[index * 20..index * 20 + 20]);
+        Expect::Piece {
+            index: index as u32,
+            start,
+            len: piece_len.min(entry.size.saturating_sub(start)),
+            sha1,
+        }
+    };
+    Some(Target {
+        repo,
+        rel,
+        url,
+        expect,
+    })
+}
+
+/// `(piece length, concatenated SHA-1s)` of a published torrent.
+fn torrent_pieces(torrent: &[u8]) -> Option<(u64, Vec<u8>)> {
+    use tracker::bencode::Value;
+    let Value::Dict(top) = tracker::bencode::decode(torrent).ok()? else {
+        return None;
+    };
+    let Some(Value::Dict(info)) = top.get(b"info".as_slice()) else {
+        return None;
+    };
+    let Some(Value::Int(len)) = info.get(b"piece length".as_slice()) else {
+        return None;
+    };
+    let Some(Value::Bytes(pieces)) = info.get(b"pieces".as_slice()) else {
+        return None;
+    };
+    (*len > 0 && pieces.len() % 20 == 0).then(|| (*len as u64, pieces.clone()))
+}
+
+/// Fetch the target and compare. Reads at most the expected number of bytes plus one chunk,
+/// whatever the volunteer sends.
+pub async fn fetch_and_verify(client: &reqwest::Client, t: &Target) -> Verdict {
+    let started = Instant::now();
+    let mut req = client.get(&t.url);
+    let expected_len = match &t.expect {
+        Expect::Whole { size, .. } => *size,
+        Expect::Piece { start, len, .. } => {
+            req = req.header(
+                reqwest::header::RANGE,
+                format!("bytes={}-{}", start, start + len - 1),
+            );
+            *len
+        }
+    };
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => return Verdict::Inconclusive(format!("no answer: {e}")),
+    };
+    let status = resp.status();
+    let want = match t.expect {
+        Expect::Whole { .. } => reqwest::StatusCode::OK,
+        Expect::Piece { .. } => reqwest::StatusCode::PARTIAL_CONTENT,
+    };
+    if status != want {
+        return Verdict::Inconclusive(format!("answered {status}"));
+    }
+    let mut sha256 = sha2::Sha256::new();
+    let mut sha1 = sha1::Sha1::new();
+    let mut got = 0u64;
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => return Verdict::Inconclusive(format!("transfer broke off: {e}")),
+        };
+        got += chunk.len() as u64;
+        if got > expected_len {
+            return Verdict::Mismatch(format!("sent more than the {expected_len} bytes published"));
+        }
+        match t.expect {
+            Expect::Whole { .. } => sha256.update(&chunk),
+            Expect::Piece { .. } => sha1.update(&chunk),
+        }
+    }
+    if got < expected_len {
+        return Verdict::Mismatch(format!("sent {got} of {expected_len} bytes"));
+    }
+    let ok = match &t.expect {
+        Expect::Whole { sha256: want, .. } => sha256.finalize().as_slice() == want,
+        Expect::Piece { sha1: want, .. } => sha1.finalize().as_slice() == want,
+    };
+    if ok {
+        Verdict::Pass {
+            bytes: got,
+            secs: started.elapsed().as_secs_f64(),
+        }
+    } else {
+        Verdict::Mismatch(match &t.expect {
+            Expect::Whole { .. } => "SHA-256 differs from the published one".to_string(),
+            Expect::Piece { index, .. } => {
+                format!("piece {index} differs from the published torrent")
+            }
+        })
+    }
+}
+
+/// Act on a verdict: quarantine on a mismatch, count passes towards release.
+async fn apply(st: &AppState, id: &str, t: &Target, verdict: Verdict) {
+    let name = st.credential(id).map_or_else(|| id.to_string(), |c| c.name);
+    let quarantined = lock(&st.registry).is_quarantined(id);
+    match verdict {
+        Verdict::Pass { bytes, secs } => {
+            st.spot.passed.fetch_add(1, Ordering::Relaxed);
+            let release = {
+                let mut tracks = lock(&st.spot.tracks);
+                let tr = tracks.entry(id.to_string()).or_default();
+                if tr.suspect.as_ref() == Some(&(t.repo.clone(), t.rel.clone())) {
+                    tr.suspect = None;
+                }
+                let bps = bytes as f64 / secs.max(1e-3);
+                tr.observed_bps = Some(tr.observed_bps.map_or(bps, |o| 0.7 * o + 0.3 * bps));
+                if quarantined {
+                    tr.passes += 1;
+                    tr.passes >= st.config.trust.release_after_passes && tr.suspect.is_none()
+                } else {
+                    false
+                }
+            };
+            tracing::debug!(volunteer = %name, repo = %t.repo, path = %t.rel, bytes, secs, "spot check passed");
+            if release {
+                if let Err(e) = st.store.set_quarantine(id, None).await {
+                    tracing::error!(volunteer = %name, error = %e, "cannot record the end of a quarantine");
+                    return;
+                }
+                lock(&st.registry).set_quarantined(id, false);
+                if let Some(c) = write(&st.credentials).get_mut(id) {
+                    c.quarantine = None;
+                }
+                if let Some(tr) = lock(&st.spot.tracks).get_mut(id) {
+                    tr.passes = 0;
+                }
+                tracing::info!(volunteer = %name, "quarantine lifted: its files match again");
+            }
+        }
+        Verdict::Mismatch(why) => {
+            st.spot.failed.fetch_add(1, Ordering::Relaxed);
+            let reason = format!("{}/{}: {why}", t.repo, t.rel);
+            {
+                let mut tracks = lock(&st.spot.tracks);
+                let tr = tracks.entry(id.to_string()).or_default();
+                tr.passes = 0;
+                tr.suspect = Some((t.repo.clone(), t.rel.clone()));
+            }
+            if let Err(e) = st.store.set_quarantine(id, Some(&reason)).await {
+                // Still quarantine in memory: bad bytes must not reach customers.
+                tracing::error!(volunteer = %name, error = %e, "cannot record a quarantine");
+            }
+            lock(&st.registry).set_quarantined(id, true);
+            if let Some(c) = write(&st.credentials).get_mut(id) {
+                c.quarantine = Some(reason.clone());
+            }
+            tracing::warn!(volunteer = %name, %reason, "spot check failed: volunteer quarantined, no redirects until it passes again");
+        }
+        Verdict::Inconclusive(why) => {
+            st.spot.inconclusive.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(volunteer = %name, repo = %t.repo, path = %t.rel, %why, "spot check inconclusive");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torrent_pieces_are_read_and_malformed_ones_refused() {
+        let pieces = vec![7u8; 40];
+        let mut t = b"d4:infod12:piece lengthi16384e6:pieces40:".to_vec();
+        t.extend_from_slice(&pieces);
+        t.extend_from_slice(b"ee");
+        assert_eq!(torrent_pieces(&t), Some((16384, pieces)));
+        assert_eq!(
+            torrent_pieces(b"d4:infod12:piece lengthi0e6:pieces0:ee"),
+            None
+        );
+        assert_eq!(
+            torrent_pieces(b"d4:infod12:piece lengthi9e6:pieces3:abcee"),
+            None
+        );
+        assert_eq!(torrent_pieces(b"not bencode"), None);
+        assert_eq!(torrent_pieces(b"le"), None);
+    }
+}

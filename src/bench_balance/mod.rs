@@ -1,0 +1,216 @@
+//! `mirrorswarm bench balance`: the paper's balancing experiment (section 4.2) with real
+//! processes on loopback. A server and N volunteers; each volunteer's uplink is a token bucket
+//! that customer downloads share with background sync uploads, which half of the volunteers
+//! carry. A Poisson stream of customer downloads of equal-size files runs at a fraction of the
+//! capacity left for customers; every policy sees the same arrivals, one run after the other.
+//!
+//! Three parts: the policies side by side at each load; a staleness sweep over the announce
+//! interval; and a volunteer joining mid-run, with and without slow start.
+
+mod plot;
+mod report;
+mod world;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+#[derive(Args, Clone)]
+pub struct BalanceArgs {
+    /// Volunteers (half of them carry background sync traffic).
+    #[arg(long, default_value_t = 8)]
+    volunteers: usize,
+    /// Each volunteer's uplink, bytes/s.
+    #[arg(long, default_value_t = 1_000_000)]
+    upload_bps: u64,
+    /// Background sync uploads on each busy volunteer (4: BitTorrent's upload slots).
+    #[arg(long, default_value_t = 4)]
+    sync_conns: u32,
+    /// What those sync uploads want together, bytes/s; they share the uplink with customers
+    /// and get less when it is full. 0: as much as they can get.
+    #[arg(long, default_value_t = 500_000)]
+    sync_bps: u64,
+    /// Size of every customer download, bytes.
+    #[arg(long, default_value_t = 256 * 1024)]
+    file_size: usize,
+    /// Seconds of arrivals per run.
+    #[arg(long, default_value_t = 30)]
+    duration: u64,
+    /// Offered loads, as fractions of the capacity left for customers (the aggregate uplink
+    /// less the sync demand).
+    #[arg(long, value_delimiter = ',', default_value = "0.2,0.5,1.0")]
+    loads: Vec<f64>,
+    /// Policies, side by side.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "request-counting,least-connections,feedback,oracle"
+    )]
+    policies: Vec<String>,
+    /// Announce interval (s) of the main runs.
+    #[arg(long, default_value_t = 1)]
+    interval: u64,
+    /// Staleness sweep: announce intervals (s) for least-loaded and feedback.
+    #[arg(long, value_delimiter = ',', default_value = "1,5,15,30")]
+    sweep: Vec<u64>,
+    /// Offered load of the staleness sweep.
+    #[arg(long, default_value_t = 1.0)]
+    sweep_load: f64,
+    /// Skip the staleness sweep.
+    #[arg(long)]
+    no_sweep: bool,
+    /// Announce interval (s) of the join runs: one volunteer starts a third of the way in.
+    #[arg(long, default_value_t = 5)]
+    join_interval: u64,
+    /// Seconds after the join over which the joiner's treatment is measured.
+    #[arg(long, default_value_t = 10)]
+    join_window: u64,
+    /// Skip the join runs.
+    #[arg(long)]
+    no_join: bool,
+    /// At most this many requests per run.
+    #[arg(long, default_value_t = 5000)]
+    max_requests: usize,
+    /// Where to write results.csv, results.md and the plots.
+    #[arg(long, default_value = "bench-balance")]
+    out: PathBuf,
+    /// Seed of the arrival process (the same for every policy).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+impl BalanceArgs {
+    /// Bytes/s the volunteers can give customers: the aggregate uplink less what the busy
+    /// half's sync wants. With greedy sync (`--sync-bps 0`) the whole aggregate uplink.
+    fn customer_capacity(&self) -> f64 {
+        let busy = (0..self.volunteers).filter(|&i| world::is_busy(i)).count() as f64;
+        let sync = self.sync_bps.min(self.upload_bps) as f64;
+        self.volunteers as f64 * self.upload_bps as f64 - busy * sync
+    }
+}
+
+/// What one run does.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub label: String,
+    pub part: Part,
+    pub policy: String,
+    pub load: f64,
+    pub interval: u64,
+    pub slow_start_secs: u64,
+    /// One volunteer starts during the run instead of before it.
+    pub join: bool,
+    pub duration: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Policies,
+    Sweep,
+    Join,
+}
+
+/// The slow start the server uses unless a scenario turns it off.
+const SLOW_START_SECS: u64 = 10;
+
+fn plan(a: &BalanceArgs) -> Vec<Scenario> {
+    let mut plan = Vec::new();
+    for &load in &a.loads {
+        for p in &a.policies {
+            plan.push(Scenario {
+                label: format!("{p} at {:.0}%", load * 100.0),
+                part: Part::Policies,
+                policy: p.clone(),
+                load,
+                interval: a.interval,
+                slow_start_secs: SLOW_START_SECS,
+                join: false,
+                duration: a.duration,
+            });
+        }
+    }
+    if !a.no_sweep {
+        for &iv in &a.sweep {
+            for p in ["least-loaded", "feedback"] {
+                plan.push(Scenario {
+                    label: format!("{p}, {iv} s announces"),
+                    part: Part::Sweep,
+                    policy: p.to_string(),
+                    load: a.sweep_load,
+                    interval: iv,
+                    slow_start_secs: SLOW_START_SECS,
+                    join: false,
+                    // A stale-information run must see several announce intervals.
+                    duration: a.duration.max(2 * iv),
+                });
+            }
+        }
+    }
+    if !a.no_join {
+        for (p, ss) in [
+            ("feedback", SLOW_START_SECS),
+            ("feedback", 0),
+            ("least-loaded", 0),
+        ] {
+            plan.push(Scenario {
+                label: if p == "feedback" && ss > 0 {
+                    format!("join: {p}, slow start {ss} s")
+                } else if p == "feedback" {
+                    format!("join: {p}, no slow start")
+                } else {
+                    format!("join: {p}")
+                },
+                part: Part::Join,
+                policy: p.to_string(),
+                load: 0.5,
+                interval: a.join_interval,
+                slow_start_secs: ss,
+                join: true,
+                // The joiner starts a third of the way in and is watched for a window.
+                duration: a.duration.max(3 * a.join_window / 2 + a.join_window),
+            });
+        }
+    }
+    plan
+}
+
+pub async fn run(a: BalanceArgs) -> Result<()> {
+    anyhow::ensure!(a.volunteers >= 2, "--volunteers must be at least 2");
+    anyhow::ensure!(
+        a.customer_capacity() > 0.0,
+        "--sync-bps leaves no capacity for customers"
+    );
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let work = std::env::temp_dir().join(format!("mirrorswarm-balance-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let mut results = Vec::new();
+    for sc in plan(&a) {
+        let mut args = a.clone();
+        args.duration = sc.duration;
+        let r = world::run_one(&args, &work, &sc)
+            .await
+            .with_context(|| sc.label.clone())?;
+        eprintln!("{}", report::md_row(&r));
+        results.push((sc, r));
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::write(a.out.join("results.csv"), report::csv(&results))?;
+    let md = report::markdown(&a, &results);
+    std::fs::write(a.out.join("results.md"), &md)?;
+    println!("{md}");
+    match plot::response_time_cdfs(&a.out, &results) {
+        Ok(files) => {
+            for f in files {
+                println!("plot: {}", f.display());
+            }
+        }
+        Err(e) => eprintln!("no plots: {e:#}"),
+    }
+    println!(
+        "written: {} and {}",
+        a.out.join("results.csv").display(),
+        a.out.join("results.md").display()
+    );
+    Ok(())
+}

@@ -1,0 +1,455 @@
+//! One run of the balancing study: a server and volunteers as real processes on loopback, a
+//! Poisson stream of customer downloads, and what each download saw.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use rand::{Rng, SeedableRng};
+
+use super::{BalanceArgs, Scenario};
+
+/// A child process that dies with its handle, so that no run outlives the bench.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn quiet(c: &mut Command) {
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+}
+
+/// Files in the benchmark repository (all of `file_size` bytes).
+const FILES: usize = 16;
+
+/// One finished customer download.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Seconds after the first arrival at which the request was sent.
+    pub start: f64,
+    pub secs: f64,
+    pub volunteer: Option<usize>,
+    pub ok: bool,
+}
+
+/// How a volunteer that joined during the run was treated in its first seconds.
+#[derive(Debug, Clone)]
+pub struct JoinStats {
+    /// Seconds after the first arrival at which the joiner was started.
+    pub joined_at: f64,
+    /// Customers sent to the joiner within `window` seconds of its start.
+    pub first_requests: usize,
+    /// What an equal share of those customers would have been.
+    pub fair_share: f64,
+    /// Most downloads the joiner served at once within the window, and the most any other
+    /// volunteer served at once in the same window.
+    pub peak_concurrent: usize,
+    pub others_peak_concurrent: usize,
+    pub window: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub label: String,
+    pub policy: String,
+    pub load: f64,
+    pub interval: u64,
+    pub requests: usize,
+    pub failed: usize,
+    pub mean: f64,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub busy_requests: usize,
+    pub idle_requests: usize,
+    pub origin_requests: usize,
+    /// Customer requests per volunteer ÷ the mean over volunteers.
+    pub request_share: Vec<f64>,
+    /// Bytes each volunteer sent (customers and sync) during the arrivals ÷ the mean over
+    /// volunteers, as the paper's Fig. 18 normalises network usage.
+    pub network_usage: Vec<f64>,
+    /// Response times of the successful downloads, sorted.
+    pub times: Vec<f64>,
+    pub join: Option<JoinStats>,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[idx]
+}
+
+/// Bytes a volunteer has sent so far: customer downloads plus synthetic sync uploads.
+async fn bytes_sent(client: &reqwest::Client, url: &str) -> Option<u64> {
+    let v: serde_json::Value = client
+        .get(format!("{url}/health"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    Some(v["uploaded_bytes"].as_u64()? + v["sync_uploaded_bytes"].as_u64()?)
+}
+
+/// Most intervals `[start, start + secs)` of `samples` open at one instant within `[from, to)`.
+fn peak_concurrency<'a>(samples: impl Iterator<Item = &'a Sample>, from: f64, to: f64) -> usize {
+    let mut edges: Vec<(f64, i32)> = Vec::new();
+    for s in samples {
+        let (a, b) = (s.start, s.start + s.secs);
+        if b > from && a < to {
+            edges.push((a.max(from), 1));
+            edges.push((b.min(to), -1));
+        }
+    }
+    // Ends before starts at the same instant.
+    edges.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
+    let (mut open, mut peak) = (0i32, 0i32);
+    for (_, d) in edges {
+        open += d;
+        peak = peak.max(open);
+    }
+    peak.max(0) as usize
+}
+
+/// The volunteers that carry background sync traffic: the even-numbered half.
+pub fn is_busy(i: usize) -> bool {
+    i % 2 == 0
+}
+
+/// Start a server and volunteers, drive the workload, stop everything.
+pub async fn run_one(a: &BalanceArgs, work: &Path, sc: &Scenario) -> Result<RunResult> {
+    let exe = std::env::current_exe()?;
+    let dir = work.join(sc.label.replace([' ', '/'], "_"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(&repo)?;
+    for i in 0..FILES {
+        let mut data = vec![0u8; a.file_size];
+        rand::thread_rng().fill(&mut data[..]);
+        std::fs::write(repo.join(format!("f{i}.bin")), data)?;
+    }
+    let port = free_port()?;
+    let oracle_port = free_port()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let mut cmd = Command::new(&exe);
+    cmd.args([
+        "server",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+    ])
+    .arg(dir.join("data"))
+    .arg("--repo")
+    .arg(format!("bench={}", repo.display()))
+    .args([
+        "--policy",
+        &sc.policy,
+        "--announce-interval",
+        &sc.interval.to_string(),
+        "--direct-max-bytes",
+        "0",
+        "--slow-start-secs",
+        &sc.slow_start_secs.to_string(),
+    ])
+    .args([
+        "--torrent-min-bytes",
+        "1099511627776",
+        "--oracle-listen",
+        &format!("127.0.0.1:{oracle_port}"),
+    ]);
+    quiet(&mut cmd);
+    let _server = Proc(cmd.spawn().context("starting the server")?);
+    crate::demo::wait_until(
+        &format!("{url}/health"),
+        |v| v["status"] == "ok",
+        "the server",
+    )
+    .await?;
+
+    let n = a.volunteers;
+    let mut commands = Vec::new();
+    let mut urls = Vec::new();
+    for i in 0..n {
+        let name = format!("v{i}");
+        let out = Command::new(&exe)
+            .args(["enroll", "--data-dir"])
+            .arg(dir.join("data"))
+            .args(["--name", &name])
+            .output()?;
+        let token = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        anyhow::ensure!(!token.is_empty(), "enrolling {name} printed no token");
+        let vport = free_port()?;
+        urls.push(format!("http://127.0.0.1:{vport}"));
+        let mut c = Command::new(&exe);
+        c.args([
+            "volunteer",
+            "--server",
+            &url,
+            "--token",
+            &token,
+            "--listen",
+            &format!("127.0.0.1:{vport}"),
+            "--data-dir",
+        ])
+        .arg(dir.join(&name))
+        .arg("--mirror")
+        .arg(format!("bench={}", repo.display()))
+        .args([
+            "--no-sync",
+            "--upload-bps",
+            &a.upload_bps.to_string(),
+            "--max-connections",
+            "64",
+        ])
+        .args(["--oracle-feed", &format!("127.0.0.1:{oracle_port}")]);
+        if is_busy(i) {
+            c.args(["--background-sync-conns", &a.sync_conns.to_string()]);
+            if a.sync_bps > 0 {
+                c.args(["--background-sync-bps", &a.sync_bps.to_string()]);
+            }
+        }
+        quiet(&mut c);
+        commands.push(c);
+    }
+    // In a join scenario the last volunteer starts a third of the way into the arrivals.
+    let joiner = sc.join.then(|| n - 1);
+    let mut vols = Vec::new();
+    for (i, c) in commands.iter_mut().enumerate() {
+        if Some(i) != joiner {
+            vols.push(Proc(c.spawn().context("starting a volunteer")?));
+        }
+    }
+    let first = n - usize::from(sc.join);
+    crate::demo::wait_until(
+        &format!("{url}/api/volunteers"),
+        |v| {
+            v.as_array().is_some_and(|x| {
+                x.iter()
+                    .filter(|e| e["state"] == "healthy" && e["generations"]["bench"] == 1)
+                    .count()
+                    == first
+            })
+        },
+        "the volunteers",
+    )
+    .await?;
+    // Let slow start finish (a fresh volunteer counts with part of its capacity at first).
+    tokio::time::sleep(Duration::from_secs(sc.slow_start_secs + 1)).await;
+
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .pool_max_idle_per_host(0)
+        .build()?;
+    let mut sent_before = Vec::new();
+    for u in &urls {
+        sent_before.push(bytes_sent(&client, u).await);
+    }
+    let rate = sc.load * a.customer_capacity() / a.file_size as f64;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
+    let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = tokio::task::JoinSet::new();
+    let start = Instant::now();
+    let join_at = a.duration as f64 / 3.0;
+    let mut joined_at = None;
+    let mut next = 0.0f64;
+    let mut sent = 0;
+    while next < a.duration as f64 && sent < a.max_requests {
+        let at = start + Duration::from_secs_f64(next);
+        tokio::time::sleep_until(at.into()).await;
+        if let (Some(j), None) = (joiner, joined_at) {
+            if next >= join_at {
+                vols.push(Proc(commands[j].spawn().context("starting the joiner")?));
+                joined_at = Some(start.elapsed().as_secs_f64());
+            }
+        }
+        let (client, samples, urls) = (client.clone(), samples.clone(), urls.clone());
+        let target = format!("{url}/bench/f{}.bin", rng.gen_range(0..FILES));
+        tasks.spawn(async move {
+            let offset = start.elapsed().as_secs_f64();
+            let t0 = Instant::now();
+            let res = async {
+                let r = client.get(&target).send().await?;
+                let final_url = r.url().to_string();
+                let ok = r.status().is_success();
+                let body = r.bytes().await?;
+                Ok::<_, reqwest::Error>((final_url, ok && !body.is_empty()))
+            }
+            .await;
+            let (volunteer, ok) = match res {
+                Ok((u, ok)) => (urls.iter().position(|v| u.starts_with(v.as_str())), ok),
+                Err(_) => (None, false),
+            };
+            let s = Sample {
+                start: offset,
+                secs: t0.elapsed().as_secs_f64(),
+                volunteer,
+                ok,
+            };
+            if let Ok(mut v) = samples.lock() {
+                v.push(s);
+            }
+        });
+        sent += 1;
+        next += -rng.gen::<f64>().max(1e-12).ln() / rate;
+    }
+    let mut sent_after = Vec::new();
+    for u in &urls {
+        sent_after.push(bytes_sent(&client, u).await);
+    }
+    // Drain, bounded.
+    let _ = tokio::time::timeout(Duration::from_secs(180), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    drop(vols);
+
+    let samples = std::mem::take(&mut *samples.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    let mut times: Vec<f64> = samples.iter().filter(|s| s.ok).map(|s| s.secs).collect();
+    times.sort_by(f64::total_cmp);
+    let mut per = vec![0usize; n];
+    let (mut busy, mut idle, mut origin) = (0, 0, 0);
+    for s in samples.iter().filter(|s| s.ok) {
+        match s.volunteer {
+            Some(i) => {
+                per[i] += 1;
+                if is_busy(i) {
+                    busy += 1
+                } else {
+                    idle += 1
+                }
+            }
+            None => origin += 1,
+        }
+    }
+    let usage: Vec<f64> = sent_before
+        .iter()
+        .zip(&sent_after)
+        .map(|(b, a)| a.unwrap_or(0).saturating_sub(b.unwrap_or(0)) as f64)
+        .collect();
+    let join = match (joiner, joined_at) {
+        (Some(j), Some(at)) => {
+            let window = a.join_window as f64;
+            let in_window = |s: &&Sample| s.ok && s.start >= at && s.start < at + window;
+            let first_requests = samples
+                .iter()
+                .filter(in_window)
+                .filter(|s| s.volunteer == Some(j))
+                .count();
+            let all = samples.iter().filter(in_window).count();
+            let others_peak = (0..n)
+                .filter(|&i| i != j)
+                .map(|i| {
+                    peak_concurrency(
+                        samples.iter().filter(|s| s.ok && s.volunteer == Some(i)),
+                        at,
+                        at + window,
+                    )
+                })
+                .max()
+                .unwrap_or(0);
+            Some(JoinStats {
+                joined_at: at,
+                first_requests,
+                fair_share: all as f64 / n as f64,
+                peak_concurrent: peak_concurrency(
+                    samples.iter().filter(|s| s.ok && s.volunteer == Some(j)),
+                    at,
+                    at + window,
+                ),
+                others_peak_concurrent: others_peak,
+                window,
+            })
+        }
+        _ => None,
+    };
+    Ok(RunResult {
+        label: sc.label.clone(),
+        policy: sc.policy.clone(),
+        load: sc.load,
+        interval: sc.interval,
+        requests: samples.len(),
+        failed: samples.iter().filter(|s| !s.ok).count(),
+        mean: if times.is_empty() {
+            0.0
+        } else {
+            times.iter().sum::<f64>() / times.len() as f64
+        },
+        p50: percentile(&times, 0.50),
+        p95: percentile(&times, 0.95),
+        p99: percentile(&times, 0.99),
+        max: times.last().copied().unwrap_or(0.0),
+        busy_requests: busy,
+        idle_requests: idle,
+        origin_requests: origin,
+        request_share: normalise(per.iter().map(|&c| c as f64).collect()),
+        network_usage: normalise(usage),
+        times,
+        join,
+    })
+}
+
+/// Each value ÷ the mean of all (0 where the mean is 0).
+fn normalise(v: Vec<f64>) -> Vec<f64> {
+    let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+    v.into_iter()
+        .map(|x| if mean > 0.0 { x / mean } else { 0.0 })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(start: f64, secs: f64) -> Sample {
+        Sample {
+            start,
+            secs,
+            volunteer: Some(0),
+            ok: true,
+        }
+    }
+
+    #[test]
+    fn peak_concurrency_counts_overlaps_within_the_window() {
+        let v = [s(0.0, 2.0), s(1.0, 2.0), s(1.5, 0.2), s(5.0, 1.0)];
+        assert_eq!(peak_concurrency(v.iter(), 0.0, 10.0), 3);
+        // Back to back is not overlapping.
+        let v = [s(0.0, 1.0), s(1.0, 1.0)];
+        assert_eq!(peak_concurrency(v.iter(), 0.0, 10.0), 1);
+        // Outside the window does not count.
+        let v = [s(0.0, 1.0), s(0.5, 1.0), s(5.0, 1.0)];
+        assert_eq!(peak_concurrency(v.iter(), 3.0, 10.0), 1);
+    }
+
+    #[test]
+    fn percentiles_and_normalising() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 50.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+        assert_eq!(normalise(vec![1.0, 3.0]), [0.5, 1.5]);
+        assert_eq!(normalise(vec![0.0, 0.0]), [0.0, 0.0]);
+    }
+}

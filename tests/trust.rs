@@ -1,0 +1,272 @@
+//! Trust: a volunteer serving altered bytes cannot hand them to a customer who uses the
+//! verifying proxy; the server catches it with spot checks and quarantines it until its files
+//! match again; admins can drain, resume and revoke volunteers.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// Overwrite `path` with `bytes` of the same length and put its mtime back, so the volunteer's
+/// own size-and-mtime check does not notice: only the content differs.
+fn replace_keeping_stat(path: &std::path::Path, bytes: &[u8]) {
+    let m = std::fs::metadata(path).unwrap();
+    assert_eq!(m.len(), bytes.len() as u64);
+    let mtime = m.modified().unwrap();
+    std::fs::write(path, bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+}
+
+fn start_proxy(root: &std::path::Path, server: &Server) -> (Proc, String) {
+    let port = free_port();
+    let cache = root.join("proxy-cache");
+    let p = Proc::spawn(
+        &[
+            "proxy",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--server",
+            &server.url,
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ],
+        &root.join("proxy.log"),
+    );
+    (p, format!("http://127.0.0.1:{port}"))
+}
+
+async fn state_of(server: &Server, name: &str) -> serde_json::Value {
+    server
+        .volunteers()
+        .await
+        .into_iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn altered_bytes_never_reach_a_proxy_customer_and_the_volunteer_is_quarantined() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    sample_repo(&repo);
+    let server = start_server(root, &repo, &["--spot-check-secs", "2"]).await;
+    let bad = start_volunteer(root, &server, "bad", &repo).await;
+    server.wait_held("bad", 1).await;
+    let (proxy, proxy_url) = start_proxy(root, &server);
+    let c = http();
+    wait_until(Duration::from_secs(20), "the proxy", || {
+        let u = format!("{proxy_url}/health");
+        let c = c.clone();
+        async move { c.get(u).send().await.is_ok() }
+    })
+    .await;
+
+    // Through the proxy, curl and wget get the right bytes from the (so far honest) volunteer.
+    let good_b = std::fs::read(repo.join("big/b.bin")).unwrap();
+    assert!(server
+        .location("big/b.bin")
+        .await
+        .is_some_and(|l| l.starts_with(&bad.url)));
+    let out = run(Command::new("curl")
+        .args(["-fsS", "-x", &proxy_url])
+        .arg(format!("{}/debian/big/b.bin", server.url)));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, good_b);
+    let wget_file = root.join("wget-b.bin");
+    let out = run(Command::new("wget")
+        .env("http_proxy", &proxy_url)
+        .args(["-q", "-O", wget_file.to_str().unwrap()])
+        .arg(format!("{}/debian/big/b.bin", server.url)));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&wget_file).unwrap(), good_b);
+    // A Range request through the proxy is answered from the verified copy.
+    let out = run(Command::new("curl")
+        .args(["-fsS", "-r", "1000-1999", "-x", &proxy_url])
+        .arg(format!("{}/debian/big/b.bin", server.url)));
+    assert_eq!(out.stdout, good_b[1000..2000]);
+
+    // Now the volunteer's copy of a.bin is altered behind its back.
+    let good_a = std::fs::read(repo.join("big/a.bin")).unwrap();
+    let mut evil = good_a.clone();
+    for b in evil.iter_mut().take(4096) {
+        *b ^= 0xff;
+    }
+    replace_keeping_stat(&bad.mirror.join("big/a.bin"), &evil);
+    let direct = c
+        .get(format!("{}/debian/big/a.bin", bad.url))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        &direct[..],
+        &evil[..],
+        "the volunteer serves the altered bytes"
+    );
+
+    // A customer through the proxy still gets the published bytes (from the origin).
+    let out = run(Command::new("curl")
+        .args(["-fsS", "-x", &proxy_url])
+        .arg(format!("{}/debian/big/a.bin", server.url)));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, good_a, "the proxy released wrong bytes");
+
+    // The proxy reported it; the server checks that file and quarantines the volunteer.
+    wait_until(Duration::from_secs(20), "the quarantine", || async {
+        state_of(&server, "bad").await["state"] == "quarantined"
+    })
+    .await;
+    let v = state_of(&server, "bad").await;
+    assert!(
+        v["quarantine"].as_str().unwrap_or("").contains("big/a.bin"),
+        "{v}"
+    );
+    let stats: serde_json::Value = c
+        .get(format!("{}/api/stats", server.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(stats["customer_reports"].as_u64() >= Some(1), "{stats}");
+    assert!(stats["spot_checks_failed"].as_u64() >= Some(1), "{stats}");
+    // The CLI shows it, with the reason.
+    let out = run(Command::new(BIN).args([
+        "volunteers",
+        "--data-dir",
+        server.data_dir.to_str().unwrap(),
+    ]));
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains("quarantined") && listing.contains("big/a.bin"),
+        "{listing}"
+    );
+
+    // No redirect points at it any more, for any file.
+    for _ in 0..10 {
+        for f in ["big/a.bin", "big/b.bin"] {
+            assert_eq!(
+                server.location(f).await,
+                None,
+                "redirected to a quarantined volunteer"
+            );
+        }
+    }
+
+    // Its admin restores the file; it passes its checks again and is let back.
+    replace_keeping_stat(&bad.mirror.join("big/a.bin"), &good_a);
+    wait_until(
+        Duration::from_secs(40),
+        "the end of the quarantine",
+        || async { state_of(&server, "bad").await["state"] == "healthy" },
+    )
+    .await;
+    assert!(server
+        .location("big/a.bin")
+        .await
+        .is_some_and(|l| l.starts_with(&bad.url)));
+    // The proxy refuses to fetch for other hosts.
+    let out = run(Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-x",
+            &proxy_url,
+        ])
+        .arg("http://127.0.0.2:9/elsewhere"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
+    drop(proxy);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admins_drain_resume_and_revoke_volunteers() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    sample_repo(&repo);
+    let server = start_server(root, &repo, &[]).await;
+    let v1 = start_volunteer(root, &server, "v1", &repo).await;
+    server.wait_held("v1", 1).await;
+    let admin = |verb: &str| {
+        let out = run(Command::new(BIN).args([
+            "volunteers",
+            verb,
+            "v1",
+            "--data-dir",
+            server.data_dir.to_str().unwrap(),
+        ]));
+        assert!(
+            out.status.success(),
+            "{verb}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+
+    admin("drain");
+    assert_eq!(state_of(&server, "v1").await["state"], "draining");
+    for _ in 0..10 {
+        assert_eq!(server.location("big/a.bin").await, None);
+    }
+    admin("resume");
+    wait_until(
+        Duration::from_secs(10),
+        "v1 to be healthy again",
+        || async { server.location("big/a.bin").await.is_some() },
+    )
+    .await;
+
+    admin("revoke");
+    assert_eq!(state_of(&server, "v1").await["state"], "revoked");
+    for _ in 0..10 {
+        assert_eq!(server.location("big/a.bin").await, None);
+    }
+    // Its next announces are refused, and it says so in its log.
+    wait_until(Duration::from_secs(10), "a refused announce", || async {
+        v1.proc.log_text().contains("credential revoked")
+    })
+    .await;
+    assert_eq!(state_of(&server, "v1").await["state"], "revoked");
+    // An unknown name is a clear error.
+    let out = run(Command::new(BIN).args([
+        "volunteers",
+        "drain",
+        "nobody",
+        "--data-dir",
+        server.data_dir.to_str().unwrap(),
+    ]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no volunteer named `nobody`"));
+    // Admin endpoints need the admin token.
+    let r = http()
+        .post(format!("{}/admin/volunteers/v1/resume", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}

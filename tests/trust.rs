@@ -270,3 +270,121 @@ async fn admins_drain_resume_and_revoke_volunteers() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apt_installs_a_package_through_the_proxy() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    sample_repo(&repo);
+    let server = start_server(root, &repo, &[]).await;
+    let v = start_volunteer(root, &server, "v", &repo).await;
+    server.wait_held("v", 1).await;
+    let (proxy, proxy_url) = start_proxy(root, &server);
+    let c = http();
+    wait_until(Duration::from_secs(20), "the proxy", || {
+        let u = format!("{proxy_url}/health");
+        let c = c.clone();
+        async move { c.get(u).send().await.is_ok() }
+    })
+    .await;
+
+    // apt with its own state, and dpkg installing into a directory of ours with its own
+    // database: nothing of the machine's own packages is touched.
+    let apt = root.join("apt");
+    let admin = apt.join("dpkg");
+    let target = apt.join("root");
+    for d in ["state/lists/partial", "cache/archives/partial", "work"] {
+        std::fs::create_dir_all(apt.join(d)).unwrap();
+    }
+    for d in ["info", "updates", "triggers"] {
+        std::fs::create_dir_all(admin.join(d)).unwrap();
+    }
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(admin.join("status"), b"").unwrap();
+    std::fs::write(
+        apt.join("sources.list"),
+        format!("deb [trusted=yes] {}/debian stable main\n", server.url),
+    )
+    .unwrap();
+    let apt_get = |args: &[&str]| {
+        let mut cmd = Command::new("apt-get");
+        cmd.arg("-o")
+            .arg(format!(
+                "Dir::Etc::SourceList={}",
+                apt.join("sources.list").display()
+            ))
+            .args([
+                "-o",
+                "Dir::Etc::SourceParts=/nonexistent",
+                "-o",
+                "Dir::Etc::Parts=/nonexistent",
+            ])
+            .arg("-o")
+            .arg(format!("Dir::State={}", apt.join("state").display()))
+            .arg("-o")
+            .arg(format!(
+                "Dir::State::status={}",
+                admin.join("status").display()
+            ))
+            .arg("-o")
+            .arg(format!("Dir::Cache={}", apt.join("cache").display()))
+            .arg("-o")
+            .arg(format!("Acquire::http::Proxy={proxy_url}"))
+            .arg("-o")
+            .arg(format!("DPkg::Options::=--admindir={}", admin.display()))
+            .arg("-o")
+            .arg(format!("DPkg::Options::=--instdir={}", target.display()))
+            .args([
+                "-o",
+                "DPkg::Options::=--force-script-chrootless",
+                "-o",
+                "DPkg::Options::=--force-not-root",
+                "-o",
+                "Debug::NoLocking=1",
+                "-o",
+                "APT::Sandbox::User=root",
+                "-o",
+                "Acquire::Languages=none",
+                "-y",
+            ])
+            .args(args)
+            .current_dir(apt.join("work"));
+        let out = run(&mut cmd);
+        assert!(
+            out.status.success(),
+            "apt-get {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    apt_get(&["update"]);
+    apt_get(&["install", "--no-install-recommends", "ms-hello", "ms-data"]);
+    let installed = std::fs::read(target.join("usr/share/ms-hello/greeting.txt")).unwrap();
+    assert!(!installed.is_empty());
+    assert_eq!(
+        std::fs::metadata(target.join("usr/share/ms-data/payload.bin"))
+            .unwrap()
+            .len(),
+        200 * 1024
+    );
+    let status = std::fs::read_to_string(admin.join("status")).unwrap();
+    assert_eq!(
+        status.matches("Status: install ok installed").count(),
+        2,
+        "{status}"
+    );
+    // ms-data (too big to be served directly) came from the volunteer, through the
+    // proxy's check.
+    let health: serde_json::Value = c
+        .get(format!("{}/health", v.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(health["served_requests"].as_u64() >= Some(1), "{health}");
+    let log = proxy.log_text();
+    assert!(!log.contains("source refused"), "{log}");
+}

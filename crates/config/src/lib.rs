@@ -71,6 +71,61 @@ pub struct ServerConfig {
     pub redirect: RedirectConfig,
     pub prsync: PrsyncServerConfig,
     pub trust: TrustConfig,
+    pub limits: LimitsConfig,
+}
+
+/// What a client may cost a server before it is cut off (`[limits]`), in the server and in
+/// volunteers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// A client must send a request's headers within this many seconds. Default 10.
+    pub header_timeout_secs: u64,
+    /// A client that takes nothing of a response for this many seconds is disconnected and
+    /// its download slot freed. Default 60.
+    pub client_stall_secs: u64,
+    /// Open connections at once (customers beyond a volunteer's `max_connections` slots get
+    /// a quick 503). Default 10000.
+    pub max_connections: usize,
+    /// Open connections at once from one IP address. Default 256.
+    pub max_connections_per_ip: usize,
+}
+
+impl LimitsConfig {
+    /// The accept loop's settings.
+    pub fn header_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.header_timeout_secs)
+    }
+    pub fn client_stall(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.client_stall_secs)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=3600).contains(&self.header_timeout_secs) {
+            return Err(invalid("limits.header_timeout_secs", "must be 1..=3600"));
+        }
+        if !(1..=86400).contains(&self.client_stall_secs) {
+            return Err(invalid("limits.client_stall_secs", "must be 1..=86400"));
+        }
+        if self.max_connections == 0 || self.max_connections_per_ip == 0 {
+            return Err(invalid(
+                "limits.max_connections",
+                "max_connections and max_connections_per_ip must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            header_timeout_secs: 10,
+            client_stall_secs: 60,
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
+        }
+    }
 }
 
 /// How the server checks volunteers' bytes (`[trust]`).
@@ -146,6 +201,7 @@ impl Default for ServerConfig {
             redirect: RedirectConfig::default(),
             prsync: PrsyncServerConfig::default(),
             trust: TrustConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -253,6 +309,7 @@ impl ServerConfig {
                 ),
             ));
         }
+        self.limits.validate()?;
         if !(1..=64).contains(&self.trust.suspect_speedup) {
             return Err(invalid("trust.suspect_speedup", "must be 1..=64"));
         }
@@ -332,6 +389,7 @@ pub struct VolunteerConfig {
     /// Experiments only: send every change of the connection count, at once, as a UDP datagram
     /// to this address (the server's `oracle` policy listens there). Default: none.
     pub oracle_feed: Option<SocketAddr>,
+    pub limits: LimitsConfig,
 }
 
 impl Default for VolunteerConfig {
@@ -352,12 +410,14 @@ impl Default for VolunteerConfig {
             background_sync_conns: 0,
             background_sync_bps: None,
             oracle_feed: None,
+            limits: LimitsConfig::default(),
         }
     }
 }
 
 impl VolunteerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.limits.validate()?;
         match &self.server {
             None => return Err(invalid("server", "the server URL is required")),
             Some(u) => validate_http_url(u).map_err(|r| invalid("server", r))?,

@@ -6,6 +6,9 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use axum::body::Body;
 use axum::response::Response;
@@ -22,6 +25,32 @@ pub fn with_guard<G: Send + Sync + 'static>(resp: Response, guard: G) -> Respons
             // pin projection; one allocation per response is negligible.
             guard: Some(Box::new(guard)),
         })
+    })
+}
+
+/// Like [`with_guard`], and a client that takes nothing for `stall` loses its slot: the body
+/// is produced by a task that hands one chunk at a time to the connection and gives up —
+/// dropping `guard` and ending the body short, which closes the connection — when the client
+/// stops reading. Without this a few clients that never read could hold every slot.
+pub fn with_stall_guard<G: Send + 'static>(resp: Response, guard: G, stall: Duration) -> Response {
+    resp.map(|body| {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, axum::Error>>(1);
+        tokio::spawn(async move {
+            let _guard = guard;
+            let mut stream = body.into_data_stream();
+            while let Some(item) = stream.next().await {
+                let failed = item.is_err();
+                match tokio::time::timeout(stall, tx.send(item)).await {
+                    Ok(Ok(())) if !failed => {}
+                    Ok(_) => return,
+                    Err(_) => {
+                        tracing::info!(?stall, "client stopped reading; connection dropped");
+                        return;
+                    }
+                }
+            }
+        });
+        Body::from_stream(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
     })
 }
 
@@ -173,6 +202,49 @@ mod tests {
         assert_eq!(resp.body().size_hint().exact(), Some(5));
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&bytes[..], b"hello");
+        assert_eq!(live.load(Ordering::SeqCst), 0);
+    }
+
+    struct Live(Arc<AtomicUsize>);
+    impl Drop for Live {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn ten_chunks() -> Response {
+        let chunks = (0..10).map(|_| Ok::<_, std::io::Error>(Bytes::from_static(b"0123456789")));
+        Response::new(Body::from_stream(futures_util::stream::iter(chunks)))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_that_stops_loses_its_slot() {
+        let live = Arc::new(AtomicUsize::new(1));
+        let resp = with_stall_guard(ten_chunks(), Live(live.clone()), Duration::from_secs(5));
+        let mut body = resp.into_body();
+        assert!(body.frame().await.is_some());
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(
+            live.load(Ordering::SeqCst),
+            1,
+            "still within the stall limit"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(live.load(Ordering::SeqCst), 0, "the slot is released");
+        let mut rest = 0;
+        while let Some(Ok(f)) = body.frame().await {
+            rest += f.into_data().map(|d| d.len()).unwrap_or(0);
+        }
+        assert!(rest < 90, "the body ends short: {rest}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_that_keeps_reading_gets_everything() {
+        let live = Arc::new(AtomicUsize::new(1));
+        let resp = with_stall_guard(ten_chunks(), Live(live.clone()), Duration::from_secs(5));
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(bytes.len(), 100);
+        tokio::task::yield_now().await;
         assert_eq!(live.load(Ordering::SeqCst), 0);
     }
 }

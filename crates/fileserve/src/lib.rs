@@ -7,14 +7,16 @@
 //! - [`guard`]: keep a value alive until a response body is finished, to
 //!   count active downloads.
 //! - [`index`]: plain HTML directory listings.
+//! - [`listen`]: the accept loop, with limits for slow and greedy clients.
 
 pub mod guard;
 pub mod index;
+pub mod listen;
 pub mod path;
 pub mod request;
 pub mod serve;
 
-pub use guard::with_guard;
+pub use guard::{with_guard, with_stall_guard};
 pub use index::{encode_path_segment, render_index, IndexEntry};
 pub use path::{decode_url_path, safe_join, PathError};
 pub use request::{customer_path, declared_length, text_response};

@@ -312,13 +312,15 @@ pub async fn run(
         }
     });
 
-    axum::serve(
-        listener,
-        router(st).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-    .context("server failed")?;
+    let limits = fileserve::listen::Limits {
+        header_timeout: st.config.limits.header_timeout(),
+        max_connections: st.config.limits.max_connections,
+        max_per_ip: st.config.limits.max_connections_per_ip,
+        ..Default::default()
+    };
+    fileserve::listen::serve(listener, router(st), limits, shutdown)
+        .await
+        .context("server failed")?;
     tracing::info!("server stopped");
     Ok(())
 }

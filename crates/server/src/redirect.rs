@@ -236,6 +236,8 @@ pub async fn customer(
         let len = fileserve::declared_length(&resp);
         st.origin_http_bytes
             .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+        // A customer that stops reading must not hold an open file and a task forever.
+        return fileserve::with_stall_guard(resp, (), st.config.limits.client_stall());
     }
     resp
 }

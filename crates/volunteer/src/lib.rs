@@ -479,8 +479,13 @@ pub async fn run(
         listen = %st.config.listen, public_url = %st.config.public_url(), name = %st.credential.name,
         mirrors = ?st.mirrors.keys().collect::<Vec<_>>(), "volunteer ready"
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    let limits = fileserve::listen::Limits {
+        header_timeout: st.config.limits.header_timeout(),
+        max_connections: st.config.limits.max_connections,
+        max_per_ip: st.config.limits.max_connections_per_ip,
+        ..Default::default()
+    };
+    fileserve::listen::serve(listener, app, limits, shutdown)
         .await
         .context("volunteer server failed")?;
     // No regular announce may follow the `stopped` one and make us look alive again.

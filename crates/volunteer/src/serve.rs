@@ -143,7 +143,8 @@ pub async fn customer(
         Some(b) => resp.map(|body| crate::limit::throttle(body, b.clone())),
         None => resp,
     };
-    fileserve::with_guard(resp, guard)
+    // A customer that stops reading must not keep its slot.
+    fileserve::with_stall_guard(resp, guard, st.config.limits.client_stall())
 }
 
 /// Bytes uploaded, for the reported upload rate.

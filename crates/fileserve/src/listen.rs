@@ -1,0 +1,174 @@
+//! The accept loop of both servers, with the limits a hostile peer would otherwise exploit:
+//! a deadline for request headers (slowloris), a bound on header bytes, and caps on open
+//! connections in all and per client address, so that one address cannot take every slot.
+//!
+//! Connections over a cap are closed at once, before a byte is read: cheaper than an error
+//! response, and what a flood deserves.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tower::ServiceExt;
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// A client must send a request's complete headers within this time.
+    pub header_timeout: Duration,
+    /// Largest request head accepted (at least 8 KiB).
+    pub max_header_bytes: usize,
+    /// Open connections at once, in all.
+    pub max_connections: usize,
+    /// Open connections at once from one IP address.
+    pub max_per_ip: usize,
+    /// On shutdown, how long to let requests in flight finish.
+    pub drain: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            max_connections: 10_000,
+            max_per_ip: 256,
+            drain: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Open connections per address; an entry disappears with its last connection.
+#[derive(Default)]
+struct PerIp(Mutex<HashMap<IpAddr, usize>>);
+
+/// One admitted connection; frees its slots when dropped.
+struct Admitted {
+    table: Arc<PerIp>,
+    ip: IpAddr,
+    _total: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut t = self.table.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = t.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                t.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl PerIp {
+    fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max: usize,
+        total: &Arc<tokio::sync::Semaphore>,
+    ) -> Option<Admitted> {
+        let permit = total.clone().try_acquire_owned().ok()?;
+        let mut t = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = t.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Admitted {
+            table: self.clone(),
+            ip,
+            _total: permit,
+        })
+    }
+}
+
+/// Serve `app` on `listener` until `shutdown` resolves, then let requests in flight finish
+/// for at most `limits.drain`. Handlers can extract `ConnectInfo<SocketAddr>`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let total = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let per_ip = Arc::new(PerIp::default());
+    let mut refused_logged = std::time::Instant::now() - Duration::from_secs(60);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Some(admitted) = per_ip.admit(peer.ip(), limits.max_per_ip, &total) else {
+            if refused_logged.elapsed() > Duration::from_secs(10) {
+                tracing::warn!(%peer, "connection refused: too many open connections (in all or from this address)");
+                refused_logged = std::time::Instant::now();
+            }
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(req)
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(admitted);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(limits.drain) => {
+            tracing::info!("stopping with requests still in flight");
+        }
+    }
+    Ok(())
+}
+
+/// The address a connection came from, for handlers served by [`serve`].
+pub type Peer = ConnectInfo<SocketAddr>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_ip_and_total_caps() {
+        let total = Arc::new(tokio::sync::Semaphore::new(3));
+        let t = Arc::new(PerIp::default());
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let a1 = t.admit(a, 2, &total).unwrap();
+        let _a2 = t.admit(a, 2, &total).unwrap();
+        assert!(t.admit(a, 2, &total).is_none(), "per-address cap");
+        let _b1 = t.admit(b, 2, &total).unwrap();
+        assert!(t.admit(b, 2, &total).is_none(), "total cap");
+        drop(a1);
+        assert!(t.admit(a, 2, &total).is_some(), "a slot comes back");
+    }
+}

@@ -500,6 +500,9 @@ async fn volunteers(a: VolunteersArgs) -> Result<()> {
                     capacity: 0,
                     last_announce_ms_ago: None,
                     redirects: 0,
+                    observed_bps: None,
+                    observed_speed: 1.0,
+                    reports: 0,
                 })
                 .collect()
         }

@@ -388,3 +388,58 @@ async fn apt_installs_a_package_through_the_proxy() {
     let log = proxy.log_text();
     assert!(!log.contains("source refused"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_volunteer_that_reports_idle_but_serves_slowly_gets_a_smaller_share() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    sample_repo(&repo);
+    let server = start_server(root, &repo, &["--spot-check-secs", "1"]).await;
+    let fast = start_volunteer(root, &server, "fast", &repo).await;
+    // The slow one's uplink is a trickle, but it reports no connections like any idle one.
+    let mirror = root.join("slow").join("debian");
+    copy_tree(&repo, &mirror);
+    let token = server.enroll("slow");
+    let port = free_port();
+    let mut args = volunteer_args(&server, &token, port, &root.join("slow/data"), &mirror);
+    args.extend(["--upload-bps".to_string(), "40000".to_string()]);
+    let _slow = Proc::spawn(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &root.join("slow.log"),
+    );
+    server.wait_held("fast", 1).await;
+    server.wait_held("slow", 1).await;
+
+    // The server's checks measure both; the slow one's share is cut, towards the floor of a
+    // tenth as the measurements accumulate.
+    wait_until(
+        Duration::from_secs(60),
+        "the slow volunteer to be found out",
+        || async { state_of(&server, "slow").await["observed_speed"].as_f64() <= Some(0.2) },
+    )
+    .await;
+    assert_eq!(
+        state_of(&server, "fast").await["observed_speed"].as_f64(),
+        Some(1.0)
+    );
+    let slow_url = format!("http://127.0.0.1:{port}");
+    let (mut to_slow, mut to_fast) = (0, 0);
+    for _ in 0..60 {
+        match server.location("big/a.bin").await {
+            Some(l) if l.starts_with(&slow_url) => to_slow += 1,
+            Some(l) if l.starts_with(&fast.url) => to_fast += 1,
+            _ => {}
+        }
+    }
+    // About one in ten at a speed factor of 0.1 (up to one in six at 0.2).
+    assert!(
+        to_slow <= 15,
+        "{to_slow} of 60 customers went to the slow volunteer: {}",
+        state_of(&server, "slow").await
+    );
+    assert!(
+        to_fast >= 40,
+        "only {to_fast} of 60 went to the fast volunteer"
+    );
+}

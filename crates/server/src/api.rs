@@ -112,6 +112,20 @@ pub struct VolunteerView {
     pub capacity: u32,
     pub last_announce_ms_ago: Option<u64>,
     pub redirects: u64,
+    /// Throughput the server's spot checks observed, bytes/s.
+    #[serde(default)]
+    pub observed_bps: Option<u64>,
+    /// Its share relative to its declared capacity given what the checks observed (1.0: not
+    /// held back).
+    #[serde(default = "one")]
+    pub observed_speed: f64,
+    /// Customers' proxies that reported bad bytes from it.
+    #[serde(default)]
+    pub reports: u64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 pub async fn volunteers(State(st): State<Arc<AppState>>) -> Json<Vec<VolunteerView>> {
@@ -150,6 +164,9 @@ pub async fn volunteers(State(st): State<Arc<AppState>>) -> Json<Vec<VolunteerVi
                 last_announce_ms_ago: live
                     .map(|v| now.saturating_duration_since(v.last_report).as_millis() as u64),
                 redirects: live.map_or(0, |v| v.issued_total),
+                observed_bps: st.spot.observed_bps(&c.id).map(|b| b as u64),
+                observed_speed: reg.observed_speed(&c.id),
+                reports: st.spot.reports_about(&c.id),
             }
         })
         .collect();

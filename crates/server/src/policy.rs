@@ -23,6 +23,9 @@ pub struct Candidate {
     pub age: std::time::Duration,
     /// Live customer and sync connections, for the `oracle` experiment only.
     pub exact: Option<(u32, u32)>,
+    /// How fast the server's own checks found it, against its peers: 1.0 unless it served
+    /// them markedly slower than the median (down to 0.1). Reports can lie; this cannot.
+    pub observed_speed: f64,
 }
 
 impl Candidate {
@@ -141,11 +144,15 @@ impl Feedback {
         (0.1 + 0.9 * c.age.as_secs_f64() / self.slow_start.as_secs_f64()).min(1.0)
     }
 
+    /// The load it would have with one more customer, relative to its effective capacity:
+    /// declared capacity, cut by slow start and by how slow the server observed it. The "+1"
+    /// makes two idle volunteers compare by capacity instead of tying at zero.
     fn score(&self, c: &Candidate) -> f64 {
         let busy = f64::from(c.load.customer_conns)
             + f64::from(c.load.sync_conns)
-            + f64::from(c.issued_since_report);
-        busy / (c.capacity() * self.ramp(c))
+            + f64::from(c.issued_since_report)
+            + 1.0;
+        busy / (c.capacity() * self.ramp(c) * c.observed_speed.clamp(0.01, 1.0))
     }
 
     fn has_headroom(&self, c: &Candidate) -> bool {
@@ -207,6 +214,7 @@ mod tests {
             issued_recent: total as usize,
             age: std::time::Duration::from_secs(3600),
             exact: None,
+            observed_speed: 1.0,
         }
     }
 
@@ -312,5 +320,21 @@ mod tests {
         b.exact = Some((1, 0));
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         assert_eq!(Oracle.order(&[a, b], &mut rng)[0], 1);
+    }
+
+    #[test]
+    fn a_volunteer_observed_slow_gets_a_smaller_share_whatever_it_reports() {
+        // Both report no connections; the server's checks found one ten times slower.
+        let mut slow = cand("slow", 0, 0, 0, 0, 200);
+        slow.observed_speed = 0.1;
+        let mut c = vec![slow, cand("fast", 0, 0, 0, 0, 200)];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut to_slow = 0;
+        for _ in 0..110 {
+            let first = FB.order(&c, &mut rng)[0];
+            c[first].issued_since_report += 1;
+            to_slow += usize::from(first == 0);
+        }
+        assert!(to_slow <= 15, "{to_slow} of 110 went to the slow volunteer");
     }
 }

@@ -71,6 +71,7 @@ pub fn choose(
             issued_recent: v.issued_within(window, now),
             age: now.saturating_duration_since(v.joined),
             exact: oracle.get(&v.id).copied(),
+            observed_speed: reg.observed_speed(&v.id),
         })
         .collect();
     drop(oracle);

@@ -16,6 +16,16 @@ use sha1::Digest as _;
 
 use crate::state::{lock, write, AppState};
 
+/// Checks of fewer bytes than this say nothing about a volunteer's speed.
+const MIN_SPEED_SAMPLE: u64 = 128 * 1024;
+
+/// A volunteer at least this fraction of the median observed speed is not held back.
+const SLOW_FRACTION: f64 = 0.5;
+
+/// The share a volunteer gets for being slow never drops below this: it still gets checked
+/// and can recover.
+const MIN_SPEED_FACTOR: f64 = 0.1;
+
 /// What to fetch, and what the bytes must hash to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -212,13 +222,20 @@ fn pick_target(st: &AppState, d: &Due) -> Option<Target> {
             if n == 0 {
                 return None;
             }
-            // A few tries: most files of a current volunteer qualify.
+            // A few tries for a file it holds that customers are redirected for (larger than
+            // what the server serves itself); failing that, any file it holds.
+            let direct = st.config.redirect.direct_max_bytes;
             let mut found = None;
-            for _ in 0..8 {
+            for _ in 0..16 {
                 let (rel, e) = snap.manifest.files.iter().nth(rng.gen_range(0..n))?;
                 if e.changed_in <= g {
-                    found = Some(rel.clone());
-                    break;
+                    let redirected = e.size > direct;
+                    if redirected || found.is_none() {
+                        found = Some(rel.clone());
+                    }
+                    if redirected {
+                        break;
+                    }
                 }
             }
             (repo.to_string(), found?)
@@ -348,6 +365,30 @@ pub async fn fetch_and_verify(client: &reqwest::Client, t: &Target) -> Verdict {
     }
 }
 
+/// Compare each volunteer's observed speed with the median of all observed: one that serves
+/// the server's checks at under half the median has its share cut in proportion, whatever
+/// load it reports. This is what catches a volunteer that claims to be idle but is slow.
+fn update_observed_speeds(st: &AppState) {
+    let speeds: Vec<(String, f64)> = lock(&st.spot.tracks)
+        .iter()
+        .filter_map(|(id, t)| Some((id.clone(), t.observed_bps?)))
+        .collect();
+    if speeds.len() < 2 {
+        return;
+    }
+    let mut sorted: Vec<f64> = speeds.iter().map(|s| s.1).collect();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let mut reg = lock(&st.registry);
+    for (id, bps) in speeds {
+        let factor = (bps / (SLOW_FRACTION * median)).clamp(MIN_SPEED_FACTOR, 1.0);
+        if factor < 1.0 && reg.observed_speed(&id) >= 1.0 {
+            tracing::warn!(volunteer = %id, observed_bps = bps as u64, median_bps = median as u64, "serves far slower than its peers: its share is cut");
+        }
+        reg.set_observed_speed(&id, factor);
+    }
+}
+
 /// Act on a verdict: quarantine on a mismatch, count passes towards release.
 async fn apply(st: &AppState, id: &str, t: &Target, verdict: Verdict) {
     let name = st.credential(id).map_or_else(|| id.to_string(), |c| c.name);
@@ -361,8 +402,11 @@ async fn apply(st: &AppState, id: &str, t: &Target, verdict: Verdict) {
                 if tr.suspect.as_ref() == Some(&(t.repo.clone(), t.rel.clone())) {
                     tr.suspect = None;
                 }
-                let bps = bytes as f64 / secs.max(1e-3);
-                tr.observed_bps = Some(tr.observed_bps.map_or(bps, |o| 0.7 * o + 0.3 * bps));
+                // Small files measure latency, not bandwidth.
+                if bytes >= MIN_SPEED_SAMPLE {
+                    let bps = bytes as f64 / secs.max(1e-3);
+                    tr.observed_bps = Some(tr.observed_bps.map_or(bps, |o| 0.7 * o + 0.3 * bps));
+                }
                 if quarantined {
                     tr.passes += 1;
                     tr.passes >= st.config.trust.release_after_passes && tr.suspect.is_none()
@@ -371,6 +415,7 @@ async fn apply(st: &AppState, id: &str, t: &Target, verdict: Verdict) {
                 }
             };
             tracing::debug!(volunteer = %name, repo = %t.repo, path = %t.rel, bytes, secs, "spot check passed");
+            update_observed_speeds(st);
             if release {
                 if let Err(e) = st.store.set_quarantine(id, None).await {
                     tracing::error!(volunteer = %name, error = %e, "cannot record the end of a quarantine");

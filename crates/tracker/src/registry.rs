@@ -125,6 +125,8 @@ pub struct Registry {
     /// Volunteers whose bytes failed a check. Kept apart from the live state so that it holds
     /// whether or not they announce.
     quarantined: std::collections::HashSet<String>,
+    /// How fast the server's checks found each volunteer against its peers (1.0 if absent).
+    observed_speed: HashMap<String, f64>,
     timeout: Duration,
 }
 
@@ -133,6 +135,7 @@ impl Registry {
         Registry {
             volunteers: HashMap::new(),
             quarantined: Default::default(),
+            observed_speed: HashMap::new(),
             timeout,
         }
     }
@@ -194,6 +197,7 @@ impl Registry {
     /// Forget a volunteer (revoked).
     pub fn remove(&mut self, id: &str) {
         self.volunteers.remove(id);
+        self.observed_speed.remove(id);
     }
 
     /// A signed `stopped` announce: no more redirects until it announces again with a newer
@@ -213,6 +217,16 @@ impl Registry {
         } else {
             self.quarantined.remove(id);
         }
+    }
+
+    /// Record how fast the server's own checks found `id`, relative to its peers.
+    pub fn set_observed_speed(&mut self, id: &str, speed: f64) {
+        self.observed_speed.insert(id.to_string(), speed);
+    }
+
+    /// 1.0 unless the server's checks found `id` slower than its peers.
+    pub fn observed_speed(&self, id: &str) -> f64 {
+        self.observed_speed.get(id).copied().unwrap_or(1.0)
     }
 
     pub fn is_quarantined(&self, id: &str) -> bool {

@@ -50,6 +50,7 @@ fn feedback_keeps_customers_off_busy_volunteers_and_beats_request_counting() {
             "--policies",
             "request-counting,feedback",
             "--no-sweep",
+            "--no-join",
             "--sync-conns",
             "4",
         ])

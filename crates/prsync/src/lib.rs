@@ -9,10 +9,14 @@
 
 pub mod artifacts;
 pub mod blockmatch;
+#[cfg(feature = "bittorrent")]
 pub mod bt;
 pub mod fetch;
 pub mod local;
+#[cfg(feature = "bittorrent")]
 pub mod pull;
+#[cfg(feature = "bittorrent")]
 pub mod readonly;
 pub mod rollsum;
+#[cfg(feature = "bittorrent")]
 pub mod seeder;

@@ -13,7 +13,7 @@ pub struct Candidate {
     pub id: String,
     /// Last reported workload.
     pub load: Load,
-    /// Redirects the server issued since that report.
+    /// Redirects the server issued since that report (within the connection window).
     pub issued_since_report: u32,
     /// Redirects the server ever issued to it (since this server started).
     pub issued_total: u64,
@@ -147,12 +147,18 @@ impl Feedback {
     /// The load it would have with one more customer, relative to its effective capacity:
     /// declared capacity, cut by slow start and by how slow the server observed it. The "+1"
     /// makes two idle volunteers compare by capacity instead of tying at zero.
-    fn score(&self, c: &Candidate) -> f64 {
-        let busy = f64::from(c.load.customer_conns)
-            + f64::from(c.load.sync_conns)
-            + f64::from(c.issued_since_report)
-            + 1.0;
-        busy / (c.capacity() * self.ramp(c) * c.observed_speed.clamp(0.01, 1.0))
+    fn score(&self, c: &Candidate, by_rate: bool) -> f64 {
+        let cut = self.ramp(c) * c.observed_speed.clamp(0.01, 1.0);
+        match expected_rate(c) {
+            Some(rate) if by_rate => 1.0 / (rate * cut).max(1e-9),
+            _ => {
+                let busy = f64::from(c.load.customer_conns)
+                    + f64::from(c.load.sync_conns)
+                    + f64::from(c.issued_since_report)
+                    + 1.0;
+                busy / (c.capacity() * cut)
+            }
+        }
     }
 
     fn has_headroom(&self, c: &Candidate) -> bool {
@@ -161,11 +167,29 @@ impl Feedback {
     }
 }
 
+/// The rate, bytes/s, one more customer would get from `c`, if it declared its uplink: its
+/// fair share among all flows, or what sync leaves over split among the customers, whichever
+/// is more. Sync uploads often want less than a fair share (their receivers are limited
+/// too), so counting each as a whole connection would keep customers off volunteers that
+/// still have bandwidth to spare.
+fn expected_rate(c: &Candidate) -> Option<f64> {
+    let link = c.load.link_bps as f64;
+    if link <= 0.0 {
+        return None;
+    }
+    let customers = f64::from(c.load.customer_conns) + f64::from(c.issued_since_report);
+    let sync = (c.load.sync_bps as f64).min(link);
+    let fair = link / (customers + f64::from(c.load.sync_conns) + 1.0);
+    Some(fair.max((link - sync) / (customers + 1.0)))
+}
+
 impl Policy for Feedback {
     fn name(&self) -> &'static str {
         "feedback"
     }
     fn order(&self, cands: &[Candidate], rng: &mut dyn RngCore) -> Vec<usize> {
+        // Rates compare only if every candidate declared its uplink; else count connections.
+        let by_rate = cands.iter().all(|c| c.load.link_bps > 0);
         let open: Vec<usize> = (0..cands.len())
             .filter(|&i| self.has_headroom(&cands[i]))
             .collect();
@@ -178,7 +202,10 @@ impl Policy for Feedback {
                 if b == a {
                     b = open[n - 1];
                 }
-                let (sa, sb) = (self.score(&cands[a]), self.score(&cands[b]));
+                let (sa, sb) = (
+                    self.score(&cands[a], by_rate),
+                    self.score(&cands[b], by_rate),
+                );
                 if sb < sa || (sb == sa && rng.gen_bool(0.5)) {
                     b
                 } else {
@@ -186,7 +213,7 @@ impl Policy for Feedback {
                 }
             }
         };
-        let mut rest: Vec<usize> = sorted_by(cands, |c| self.score(c))
+        let mut rest: Vec<usize> = sorted_by(cands, |c| self.score(c, by_rate))
             .into_iter()
             .filter(|&i| i != first && self.has_headroom(&cands[i]))
             .collect();
@@ -208,6 +235,8 @@ mod tests {
                 sync_conns: sync,
                 upload_bps: 0,
                 capacity: cap,
+                sync_bps: 0,
+                link_bps: 0,
             },
             issued_since_report: since,
             issued_total: total,
@@ -336,5 +365,25 @@ mod tests {
             to_slow += usize::from(first == 0);
         }
         assert!(to_slow <= 15, "{to_slow} of 110 went to the slow volunteer");
+    }
+
+    #[test]
+    fn with_declared_uplinks_feedback_weighs_sync_by_its_bandwidth() {
+        // A volunteer whose 4 sync uploads use half its link, no customers; another with two
+        // customers and no sync. Counting connections (5 vs 3) prefers the second; a new
+        // customer would get half the link from the first and a third from the second.
+        let mut busy = cand("busy", 0, 4, 0, 0, 64);
+        busy.load.sync_bps = 500_000;
+        let idle = cand("idle", 2, 0, 0, 0, 64);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        assert_eq!(FB.order(&[busy.clone(), idle.clone()], &mut rng)[0], 1);
+        let (mut busy, mut idle) = (busy, idle);
+        busy.load.link_bps = 1_000_000;
+        idle.load.link_bps = 1_000_000;
+        assert_eq!(FB.order(&[busy.clone(), idle.clone()], &mut rng)[0], 0);
+        // Greedy sync (using the whole link) counts like connections again: the fair share
+        // among 5 flows is less than among 3.
+        busy.load.sync_bps = 1_000_000;
+        assert_eq!(FB.order(&[busy, idle], &mut rng)[0], 1);
     }
 }

@@ -66,7 +66,7 @@ pub fn choose(
         .map(|v| Candidate {
             id: v.id.clone(),
             load: v.load,
-            issued_since_report: v.issued_since_report,
+            issued_since_report: v.unreported_within(window, now),
             issued_total: v.issued_total,
             issued_recent: v.issued_within(window, now),
             age: now.saturating_duration_since(v.joined),

@@ -50,6 +50,12 @@ pub struct MirrorReport {
     pub capacity: u32,
     /// Public base URL, `http://` or `https://`.
     pub url: String,
+    /// Recent upload rate of sync traffic to other volunteers, bytes/s (optional `ms_sbps`,
+    /// 0 if absent).
+    pub sync_bps: u64,
+    /// The uplink customers and sync share, bytes/s, if the admin declared one (optional
+    /// `ms_link`, 0: unknown).
+    pub link_bps: u64,
 }
 
 /// Why a mirror report or its signature framing was rejected.
@@ -73,9 +79,11 @@ pub enum MirrorError {
     MalformedSignature,
 }
 
-/// The report's parameter names, in [`MirrorReport`] field order.
-const FIELDS: [&str; 8] = [
-    "ms_vid", "ms_seq", "ms_gen", "ms_cc", "ms_sc", "ms_up", "ms_cap", "ms_url",
+/// The report's parameter names, in [`MirrorReport`] field order. The last two are optional
+/// (older volunteers do not send them).
+const FIELDS: [&str; 10] = [
+    "ms_vid", "ms_seq", "ms_gen", "ms_cc", "ms_sc", "ms_up", "ms_cap", "ms_url", "ms_sbps",
+    "ms_link",
 ];
 
 /// Reads the mirror report from an announce's extra parameters.
@@ -86,7 +94,7 @@ const FIELDS: [&str; 8] = [
 pub fn parse_mirror_report(
     extra: &[(String, Vec<u8>)],
 ) -> Result<Option<MirrorReport>, MirrorError> {
-    let mut values: [Option<&[u8]>; 8] = [None; 8];
+    let mut values: [Option<&[u8]>; 10] = [None; 10];
     for (name, value) in extra {
         let Some((field, slot)) = FIELDS
             .iter()
@@ -100,7 +108,7 @@ pub fn parse_mirror_report(
         }
         *slot = Some(value);
     }
-    let [vid, seq, generation, cc, sc, up, cap, url] = values;
+    let [vid, seq, generation, cc, sc, up, cap, url, sbps, link] = values;
     let Some(vid) = vid else {
         return Ok(None);
     };
@@ -116,6 +124,8 @@ pub fn parse_mirror_report(
         return Err(MirrorError::ZeroCapacity);
     }
     let url = parse_url(url.ok_or(MirrorError::Missing("ms_url"))?)?;
+    let sync_bps = sbps.map_or(Ok(0), |v| number(Some(v), "ms_sbps"))?;
+    let link_bps = link.map_or(Ok(0), |v| number(Some(v), "ms_link"))?;
 
     Ok(Some(MirrorReport {
         volunteer,
@@ -126,6 +136,8 @@ pub fn parse_mirror_report(
         upload_bps,
         capacity,
         url,
+        sync_bps,
+        link_bps,
     }))
 }
 
@@ -247,7 +259,8 @@ pub fn build_mirror_query(
 ) -> String {
     format!(
         "info_hash={}&peer_id={}&port={port}&uploaded=0&downloaded=0&left=0&compact=1&numwant=0\
-         &ms_vid={}&ms_seq={}&ms_gen={}&ms_cc={}&ms_sc={}&ms_up={}&ms_cap={}&ms_url={}",
+         &ms_vid={}&ms_seq={}&ms_gen={}&ms_cc={}&ms_sc={}&ms_up={}&ms_cap={}&ms_url={}\
+         &ms_sbps={}&ms_link={}",
         percent_encode(&mirror_info_hash(repo)),
         percent_encode(&peer_id),
         percent_encode(report.volunteer.as_bytes()),
@@ -258,6 +271,8 @@ pub fn build_mirror_query(
         report.upload_bps,
         report.capacity,
         percent_encode(report.url.as_bytes()),
+        report.sync_bps,
+        report.link_bps,
     )
 }
 
@@ -279,6 +294,8 @@ mod tests {
             upload_bps: 9_000_000,
             capacity: 50,
             url: "https://mirror.example.org:8443/debian/?a=b&c=d".to_string(),
+            sync_bps: 0,
+            link_bps: 0,
         }
     }
 
@@ -340,6 +357,23 @@ mod tests {
     }
 
     #[test]
+    fn bandwidth_fields_are_optional_and_checked() {
+        let mut pairs = full();
+        pairs.push(("ms_sbps", "500"));
+        pairs.push(("ms_link", "1000"));
+        let r = parse_mirror_report(&extra(&pairs)).unwrap().unwrap();
+        assert_eq!((r.sync_bps, r.link_bps), (500, 1000));
+        let r = parse_mirror_report(&extra(&full())).unwrap().unwrap();
+        assert_eq!((r.sync_bps, r.link_bps), (0, 0), "absent means unknown");
+        let mut pairs = full();
+        pairs.push(("ms_link", "-1"));
+        assert_eq!(
+            parse_mirror_report(&extra(&pairs)),
+            Err(MirrorError::InvalidNumber("ms_link"))
+        );
+    }
+
+    #[test]
     fn build_exact_text() {
         let q = build_mirror_query("r", [b'p'; 20], 1, &report());
         assert_eq!(
@@ -347,7 +381,8 @@ mod tests {
             format!(
                 "info_hash={}&peer_id=pppppppppppppppppppp&port=1&uploaded=0&downloaded=0&left=0\
 &compact=1&numwant=0&ms_vid=vol_01-A&ms_seq=17&ms_gen=123456&ms_cc=3&ms_sc=1&ms_up=9000000\
-&ms_cap=50&ms_url=https%3A%2F%2Fmirror.example.org%3A8443%2Fdebian%2F%3Fa%3Db%26c%3Dd",
+&ms_cap=50&ms_url=https%3A%2F%2Fmirror.example.org%3A8443%2Fdebian%2F%3Fa%3Db%26c%3Dd\
+&ms_sbps=0&ms_link=0",
                 percent_encode(&mirror_info_hash("r"))
             )
         );
@@ -471,6 +506,8 @@ mod tests {
                 upload_bps: 5,
                 capacity: 6,
                 url: "http://h".to_string(),
+                sync_bps: 0,
+                link_bps: 0,
             }))
         );
     }

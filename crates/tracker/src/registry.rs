@@ -19,6 +19,10 @@ pub struct Load {
     pub upload_bps: u64,
     /// Declared capacity: concurrent customer downloads it accepts.
     pub capacity: u32,
+    /// Recent sync upload rate, bytes/s.
+    pub sync_bps: u64,
+    /// Declared uplink, bytes/s (0: unknown).
+    pub link_bps: u64,
 }
 
 /// Live state of one volunteer.
@@ -47,6 +51,17 @@ pub struct VolunteerLive {
 }
 
 impl VolunteerLive {
+    /// Redirects issued since its last report and within `window` of `now`: customers its
+    /// report cannot know of yet and that are probably still downloading. Without the window,
+    /// a long announce interval would count downloads long finished.
+    pub fn unreported_within(&self, window: Duration, now: Instant) -> u32 {
+        let since = self
+            .last_report
+            .max(now.checked_sub(window).unwrap_or(self.last_report));
+        let n = self.recent.iter().rev().take_while(|t| **t > since).count();
+        (n as u32).min(self.issued_since_report)
+    }
+
     /// Redirects issued within `window` of `now`.
     pub fn issued_within(&self, window: Duration, now: Instant) -> usize {
         self.recent
@@ -187,6 +202,8 @@ impl Registry {
             sync_conns: report.sync_conns,
             upload_bps: report.upload_bps,
             capacity: report.capacity.max(1),
+            sync_bps: report.sync_bps,
+            link_bps: report.link_bps,
         };
         v.last_report = now;
         v.issued_since_report = 0;
@@ -336,6 +353,8 @@ mod tests {
             upload_bps: 0,
             capacity: 4,
             url: format!("http://{id}.test"),
+            sync_bps: 0,
+            link_bps: 0,
         }
     }
 
@@ -430,5 +449,19 @@ mod tests {
         assert!(r.is_quarantined("a"));
         r.set_quarantined("a", false);
         assert!(r.check(r.get("a").unwrap(), "deb", 1, 1, t0).is_ok());
+    }
+
+    #[test]
+    fn unreported_redirects_age_out() {
+        let t0 = Instant::now();
+        let mut r = Registry::new(Duration::from_secs(100));
+        r.report("deb", &report("a", 1, 1, 0), false, t0).unwrap();
+        r.note_redirect("a", t0 + Duration::from_secs(1));
+        r.note_redirect("a", t0 + Duration::from_secs(20));
+        let v = r.get("a").unwrap();
+        let w = Duration::from_secs(10);
+        assert_eq!(v.unreported_within(w, t0 + Duration::from_secs(21)), 1);
+        assert_eq!(v.unreported_within(w, t0 + Duration::from_secs(5)), 2);
+        assert_eq!(v.unreported_within(w, t0 + Duration::from_secs(40)), 0);
     }
 }

@@ -47,6 +47,13 @@ impl Mirror {
     }
 }
 
+/// Upload rates over the last announce interval, bytes/s.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rates {
+    pub customers_bps: u64,
+    pub sync_bps: u64,
+}
+
 pub struct VolunteerState {
     pub config: VolunteerConfig,
     pub credential: Credential,
@@ -160,7 +167,7 @@ impl VolunteerState {
         Ok(())
     }
 
-    fn report(&self, repo: &str, upload_bps: u64) -> MirrorReport {
+    fn report(&self, repo: &str, rates: Rates) -> MirrorReport {
         let held = self.mirrors.get(repo).map_or(0, |m| m.view().held);
         MirrorReport {
             volunteer: self.credential.volunteer_id.clone(),
@@ -168,18 +175,20 @@ impl VolunteerState {
             generation: held,
             customer_conns: self.active.load(Ordering::Acquire),
             sync_conns: self.sync_connections(),
-            upload_bps,
+            upload_bps: rates.customers_bps,
             capacity: self.config.max_connections,
             url: self.config.public_url(),
+            sync_bps: rates.sync_bps,
+            link_bps: self.config.upload_bps.unwrap_or(0),
         }
     }
 
-    fn signed_query(&self, repo: &str, upload_bps: u64, event: Option<&str>) -> Result<String> {
+    fn signed_query(&self, repo: &str, rates: Rates, event: Option<&str>) -> Result<String> {
         let mut q = build_mirror_query(
             repo,
             self.peer_id,
             self.config.listen.port(),
-            &self.report(repo, upload_bps),
+            &self.report(repo, rates),
         );
         if let Some(ev) = event {
             q.push_str("&event=");
@@ -190,10 +199,10 @@ impl VolunteerState {
 
     /// Announce every mirror; returns the interval the server asked for. A newer generation
     /// starts a PRsync pull in the background (one per repository at a time).
-    async fn announce_all(self: &Arc<Self>, upload_bps: u64) -> Option<Duration> {
+    async fn announce_all(self: &Arc<Self>, rates: Rates) -> Option<Duration> {
         let mut interval = None;
         for repo in self.mirrors.keys() {
-            let q = match self.signed_query(repo, upload_bps, None) {
+            let q = match self.signed_query(repo, rates, None) {
                 Ok(q) => q,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot sign announce");
@@ -216,6 +225,14 @@ impl VolunteerState {
             }
         }
         interval
+    }
+
+    /// Bytes uploaded for syncing so far: what the seeder sent to other volunteers, plus the
+    /// synthetic sync of experiments. (Uploads by a pull lingering as a seeder are not
+    /// counted; they are short.)
+    fn sync_uploaded_total(&self) -> u64 {
+        self.sync_uploaded.load(Ordering::Relaxed)
+            + self.seeder.as_ref().map_or(0, |s| s.bt.uploaded_bytes())
     }
 
     /// Connections used for syncing: BitTorrent peers plus pulls under way.
@@ -305,7 +322,7 @@ impl VolunteerState {
 
     async fn announce_stopped(&self) {
         for repo in self.mirrors.keys() {
-            if let Ok(q) = self.signed_query(repo, 0, Some("stopped")) {
+            if let Ok(q) = self.signed_query(repo, Rates::default(), Some("stopped")) {
                 let _ = self.client.announce(&q).await;
             }
         }
@@ -457,14 +474,18 @@ pub async fn run(
     let announcer = st.clone();
     let announce_task = tokio::spawn(async move {
         let mut interval = Duration::from_secs(5);
-        let mut last = (Instant::now(), 0u64);
+        let mut last = (Instant::now(), 0u64, 0u64);
         loop {
             let now = Instant::now();
             let up = serve::uploaded(&announcer.uploaded);
+            let sync = announcer.sync_uploaded_total();
             let secs = now.duration_since(last.0).as_secs_f64().max(0.001);
-            let bps = ((up - last.1) as f64 / secs) as u64;
-            last = (now, up);
-            if let Some(i) = announcer.announce_all(bps).await {
+            let rates = Rates {
+                customers_bps: (up.saturating_sub(last.1) as f64 / secs) as u64,
+                sync_bps: (sync.saturating_sub(last.2) as f64 / secs) as u64,
+            };
+            last = (now, up, sync);
+            if let Some(i) = announcer.announce_all(rates).await {
                 interval = i;
             }
             tokio::time::sleep(interval).await;

@@ -244,39 +244,52 @@ fn pick_target(st: &AppState, d: &Due) -> Option<Target> {
     let snap = st.repo(&repo)?;
     let entry = snap.manifest.files.get(&rel)?;
     let url = crate::redirect::volunteer_url(&d.url, &repo, &rel);
-    let expect = if entry.size <= st.config.trust.whole_file_max_bytes {
-        Expect::Whole {
-            size: entry.size,
-            sha256: entry.sha256.0,
+    let whole = Expect::Whole {
+        size: entry.size,
+        sha256: entry.sha256.0,
+    };
+    // Large files are checked one piece at a time, by the published torrent's SHA-1s; a large
+    // file without a torrent (below `torrent_min_bytes`) is checked whole.
+    let torrent = (entry.size > st.config.trust.whole_file_max_bytes)
+        .then(|| {
+            std::fs::read(crate::publish::artifact_path(
+                &st.config.data_dir,
+                &entry.sha256.to_hex(),
+                "torrent",
+            ))
+            .ok()
+        })
+        .flatten()
+        .and_then(|t| torrent_pieces(&t));
+    let expect = match torrent {
+        Some((piece_len, pieces)) => {
+            piece_check(&pieces, piece_len, entry.size, &mut rng).unwrap_or(whole)
         }
-    } else {
-        let torrent = std::fs::read(crate::publish::artifact_path(
-            &st.config.data_dir,
-            &entry.sha256.to_hex(),
-            "torrent",
-        ))
-        .ok()?;
-        let (piece_len, pieces) = torrent_pieces(&torrent)?;
-        let count = pieces.len() / 20;
-        if count == 0 || piece_len == 0 {
-            return None;
-        }
-        let index = rng.gen_range(0..count);
-        let start = index as u64 * piece_len;
-        let mut sha1 = [0u8; 20];
-        sha1.copy_from_slice(&pieces[index * 20..index * 20 + 20]);
-        Expect::Piece {
-            index: index as u32,
-            start,
-            len: piece_len.min(entry.size.saturating_sub(start)),
-            sha1,
-        }
+        None => whole,
     };
     Some(Target {
         repo,
         rel,
         url,
         expect,
+    })
+}
+
+/// A random piece of a file of `size` bytes, with its SHA-1 from `pieces`.
+fn piece_check(pieces: &[u8], piece_len: u64, size: u64, rng: &mut impl Rng) -> Option<Expect> {
+    let count = pieces.len() / 20;
+    if count == 0 || piece_len == 0 || (count as u64 - 1) * piece_len >= size {
+        return None;
+    }
+    let index = rng.gen_range(0..count);
+    let start = index as u64 * piece_len;
+    let mut sha1 = [0u8; 20];
+    sha1.copy_from_slice(&pieces[index * 20..index * 20 + 20]);
+    Some(Expect::Piece {
+        index: index as u32,
+        start,
+        len: piece_len.min(size - start),
+        sha1,
     })
 }
 
@@ -478,5 +491,110 @@ mod tests {
         );
         assert_eq!(torrent_pieces(b"not bencode"), None);
         assert_eq!(torrent_pieces(b"le"), None);
+    }
+
+    /// A real file server on loopback, serving `dir`, like a volunteer does.
+    async fn serve_dir(dir: std::path::PathBuf) -> String {
+        use axum::http::{HeaderMap, Method, Uri};
+        let app = axum::Router::new().fallback(move |m: Method, u: Uri, h: HeaderMap| {
+            let dir = dir.clone();
+            async move {
+                let file = dir.join(u.path().trim_start_matches('/'));
+                fileserve::serve_file(&m, &h, &file, &fileserve::ServeOptions::default()).await
+            }
+        });
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await });
+        url
+    }
+
+    #[tokio::test]
+    async fn whole_files_and_pieces_are_checked_against_the_published_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(dir.path().join("f"), &data).unwrap();
+        let url = serve_dir(dir.path().to_path_buf()).await;
+        let client = reqwest::Client::new();
+        let target = |expect| Target {
+            repo: "r".into(),
+            rel: "f".into(),
+            url: format!("{url}/f"),
+            expect,
+        };
+        let sha256: [u8; 32] = sha2::Sha256::digest(&data).into();
+        let whole = Expect::Whole {
+            size: data.len() as u64,
+            sha256,
+        };
+        assert!(matches!(
+            fetch_and_verify(&client, &target(whole)).await,
+            Verdict::Pass { bytes: 100_000, .. }
+        ));
+        // Pieces of 32 KiB: the last one is short.
+        let mut pieces = Vec::new();
+        for c in data.chunks(32 * 1024) {
+            pieces.extend_from_slice(&sha1::Sha1::digest(c));
+        }
+        let mut rng = rand::thread_rng();
+        for _ in 0..8 {
+            let p = piece_check(&pieces, 32 * 1024, data.len() as u64, &mut rng).unwrap();
+            assert!(matches!(
+                fetch_and_verify(&client, &target(p)).await,
+                Verdict::Pass { .. }
+            ));
+        }
+        // The file changes on the "volunteer": both kinds of check see it.
+        let mut bad = data.clone();
+        bad[40_000] ^= 1;
+        std::fs::write(dir.path().join("f"), &bad).unwrap();
+        assert!(matches!(
+            fetch_and_verify(
+                &client,
+                &target(Expect::Whole {
+                    size: 100_000,
+                    sha256
+                })
+            )
+            .await,
+            Verdict::Mismatch(_)
+        ));
+        let piece1 = Expect::Piece {
+            index: 1,
+            start: 32 * 1024,
+            len: 32 * 1024,
+            sha1: pieces[20..40].try_into().unwrap(),
+        };
+        assert!(matches!(
+            fetch_and_verify(&client, &target(piece1)).await,
+            Verdict::Mismatch(m) if m.contains("piece 1")
+        ));
+        // A truncated file is a mismatch; a missing one is inconclusive.
+        std::fs::write(dir.path().join("f"), &data[..50_000]).unwrap();
+        assert!(matches!(
+            fetch_and_verify(
+                &client,
+                &target(Expect::Whole {
+                    size: 100_000,
+                    sha256
+                })
+            )
+            .await,
+            Verdict::Mismatch(_)
+        ));
+        std::fs::remove_file(dir.path().join("f")).unwrap();
+        assert!(matches!(
+            fetch_and_verify(
+                &client,
+                &target(Expect::Whole {
+                    size: 100_000,
+                    sha256
+                })
+            )
+            .await,
+            Verdict::Inconclusive(_)
+        ));
+        // A piece list that does not fit the size is refused.
+        assert!(piece_check(&pieces, 32 * 1024, 10, &mut rng).is_none());
     }
 }

@@ -503,6 +503,7 @@ async fn volunteers(a: VolunteersArgs) -> Result<()> {
                     observed_bps: None,
                     observed_speed: 1.0,
                     reports: 0,
+                    redirected_bytes: 0,
                 })
                 .collect()
         }

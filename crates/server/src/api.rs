@@ -122,6 +122,9 @@ pub struct VolunteerView {
     /// Customers' proxies that reported bad bytes from it.
     #[serde(default)]
     pub reports: u64,
+    /// Bytes of the files customers were redirected to it for.
+    #[serde(default)]
+    pub redirected_bytes: u64,
 }
 
 fn one() -> f64 {
@@ -167,6 +170,7 @@ pub async fn volunteers(State(st): State<Arc<AppState>>) -> Json<Vec<VolunteerVi
                 observed_bps: st.spot.observed_bps(&c.id).map(|b| b as u64),
                 observed_speed: reg.observed_speed(&c.id),
                 reports: st.spot.reports_about(&c.id),
+                redirected_bytes: live.map_or(0, |v| v.issued_bytes),
             }
         })
         .collect();
@@ -373,6 +377,12 @@ pub async fn stats(State(st): State<Arc<AppState>>) -> Response {
         "spot_checks_failed": st.spot.failed.load(std::sync::atomic::Ordering::Relaxed),
         "spot_checks_inconclusive": st.spot.inconclusive.load(std::sync::atomic::Ordering::Relaxed),
         "customer_reports": st.spot.reports.load(std::sync::atomic::Ordering::Relaxed),
+        "redirects_to_volunteers": st.counters.outcome(crate::metrics::Outcome::Volunteer),
+        "redirected_bytes": st.counters.redirected_bytes.load(std::sync::atomic::Ordering::Relaxed),
+        "origin_requests": st.counters.outcome(crate::metrics::Outcome::OriginSmall)
+            + st.counters.outcome(crate::metrics::Outcome::OriginNoVolunteer)
+            + st.counters.outcome(crate::metrics::Outcome::OriginRequested),
+        "quarantines": st.counters.quarantines.load(std::sync::atomic::Ordering::Relaxed),
     }))
     .into_response()
 }
@@ -434,4 +444,17 @@ pub async fn report(
         StatusCode::ACCEPTED,
         "thanks: the server will check that volunteer",
     )
+}
+
+/// `GET /dashboard`: one self-contained page that polls `/api/volunteers`, `/api/stats` and
+/// `/health` every two seconds. No build step: the page is in the binary.
+pub async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        include_str!("dashboard.html"),
+    )
+        .into_response()
 }

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod metalink;
+pub mod metrics;
 pub mod origin_gate;
 pub mod policy;
 pub mod publish;
@@ -67,6 +68,10 @@ pub const RESERVED_NAMES: &[&str] = &[
     "admin",
     "manifests",
     "artifacts",
+    "metrics",
+    "dashboard",
+    // Volunteers' own pages.
+    "status",
 ];
 
 /// Publish one repository now and swap the new snapshot in.
@@ -180,6 +185,7 @@ pub async fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>> {
         seed: tokio::sync::OnceCell::new(),
         origin_peers: RwLock::new(Default::default()),
         spot: Default::default(),
+        counters: Default::default(),
         oracle_live: RwLock::new(HashMap::new()),
         origin_gate: Mutex::new(origin_gate::OriginGate::new(
             std::time::Duration::from_secs(10),
@@ -220,6 +226,8 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route("/artifacts/{file}", get(api::artifact))
         .route("/api/stats", get(api::stats))
         .route("/api/report", post(api::report))
+        .route("/metrics", get(metrics::metrics))
+        .route("/dashboard", get(api::dashboard))
         .fallback(redirect::customer)
         .with_state(st)
 }

@@ -16,6 +16,7 @@ use fileserve::{encode_path_segment, IndexEntry, ServeOptions};
 use manifest::Entry;
 
 use crate::metalink;
+use crate::metrics::Outcome;
 use crate::policy::Candidate;
 use crate::publish::RepoSnapshot;
 use crate::state::{lock, AppState};
@@ -98,7 +99,7 @@ pub fn choose(
         .filter_map(|i| urls.get(i).cloned())
         .collect();
     if let Some((id, _)) = chosen.first() {
-        reg.note_redirect(id, now);
+        reg.note_redirect(id, entry.size, now);
     }
     chosen
 }
@@ -201,6 +202,7 @@ pub async fn customer(
         urls.push(origin);
         let name = rel.rsplit('/').next().unwrap_or(rel);
         let doc = metalink::render(name, &entry, &urls);
+        st.counters.count(Outcome::Metalink);
         // No Digest headers here: they would describe this document, not the file, and
         // aria2c checks them against what it downloaded.
         let body = if method == Method::HEAD {
@@ -219,6 +221,10 @@ pub async fn customer(
     if !origin_only && entry.size > st.config.redirect.direct_max_bytes {
         let chosen = choose(&st, &snap, rel, &entry);
         if let Some((_, base)) = chosen.first() {
+            st.counters.count(Outcome::Volunteer);
+            st.counters
+                .redirected_bytes
+                .fetch_add(entry.size, std::sync::atomic::Ordering::Relaxed);
             return redirect(
                 &st,
                 repo,
@@ -230,6 +236,13 @@ pub async fn customer(
             );
         }
     }
+    st.counters.count(if origin_only {
+        Outcome::OriginRequested
+    } else if entry.size <= st.config.redirect.direct_max_bytes {
+        Outcome::OriginSmall
+    } else {
+        Outcome::OriginNoVolunteer
+    });
     let resp = serve_origin(&snap, rel, &entry, &method, &headers, extra).await;
     if method == Method::GET
         && (resp.status() == StatusCode::OK || resp.status() == StatusCode::PARTIAL_CONTENT)

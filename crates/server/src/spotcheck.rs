@@ -457,6 +457,9 @@ async fn apply(st: &AppState, id: &str, t: &Target, verdict: Verdict) {
                 // Still quarantine in memory: bad bytes must not reach customers.
                 tracing::error!(volunteer = %name, error = %e, "cannot record a quarantine");
             }
+            if !quarantined {
+                st.counters.quarantines.fetch_add(1, Ordering::Relaxed);
+            }
             lock(&st.registry).set_quarantined(id, true);
             if let Some(c) = write(&st.credentials).get_mut(id) {
                 c.quarantine = Some(reason.clone());

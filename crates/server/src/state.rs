@@ -39,6 +39,8 @@ pub struct AppState {
     pub oracle_live: RwLock<HashMap<String, (u32, u32)>>,
     /// Who may download from the origin's seed.
     pub origin_gate: Mutex<crate::origin_gate::OriginGate>,
+    /// Counters for `/metrics` and the dashboard.
+    pub counters: crate::metrics::Counters,
     /// Spot checks of volunteers' bytes, and customers' reports.
     pub spot: crate::spotcheck::SpotChecks,
     /// Addresses the origin's seed announced from (so the tracker can hide it).

@@ -46,7 +46,7 @@ pub async fn announce(
         Ok(r) => r,
         Err(e) => {
             tracing::info!(%peer, error = %e, "refused mirror announce");
-            return failure(&e.to_string());
+            return refused(&st, &e.to_string());
         }
     };
     let Some(report) = report else {
@@ -54,21 +54,24 @@ pub async fn announce(
     };
 
     let Some(repo) = st.info_hashes.get(&req.info_hash).cloned() else {
-        return failure("unknown repository: info_hash is no repository this server publishes");
+        return refused(
+            &st,
+            "unknown repository: info_hash is no repository this server publishes",
+        );
     };
     let Some(cred) = st.credential(&report.volunteer) else {
         tracing::info!(%peer, volunteer = %report.volunteer, "announce from unknown volunteer");
-        return failure("unknown volunteer: enroll first");
+        return refused(&st, "unknown volunteer: enroll first");
     };
     let verified = split_signed_query(&raw)
         .map(|(signed, sig)| verify_query_signature(&cred.secret, signed, &sig))
         .unwrap_or(false);
     if !verified {
         tracing::warn!(%peer, volunteer = %cred.name, "announce with a bad signature");
-        return failure("bad signature: announce not authenticated");
+        return refused(&st, "bad signature: announce not authenticated");
     }
     if cred.revoked {
-        return failure("credential revoked");
+        return refused(&st, "credential revoked");
     }
     let latest = st.repo(&repo).map_or(0, |s| s.generation());
     let now = Instant::now();
@@ -79,9 +82,12 @@ pub async fn announce(
             tracing::info!(volunteer = %cred.name, repo = %repo, "volunteer stopped");
         } else if let Err(e) = reg.report(&repo, &report, cred.draining, now) {
             tracing::warn!(volunteer = %cred.name, error = %e, "refused announce");
-            return failure(&e.to_string());
+            return refused(&st, &e.to_string());
         }
     }
+    st.counters
+        .announces_ok
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::trace!(volunteer = %cred.name, repo = %repo, generation = report.generation, conns = report.customer_conns, "mirror announce");
     let empty = AnnounceOutcome {
         peers: Vec::new(),
@@ -150,4 +156,12 @@ fn plain_announce(
         }
         Err(e) => failure(&e.to_string()),
     }
+}
+
+/// A refused mirror announce: counted, then answered with a bencoded failure reason.
+fn refused(st: &AppState, reason: &str) -> Response {
+    st.counters
+        .announces_refused
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    failure(reason)
 }

@@ -39,6 +39,8 @@ pub struct VolunteerLive {
     /// two reports does not all land on whoever looked idlest.
     pub issued_since_report: u32,
     pub issued_total: u64,
+    /// Bytes of the files customers were redirected to it for.
+    pub issued_bytes: u64,
     /// When recent redirects were issued (for server-side connection estimates).
     recent: VecDeque<Instant>,
     pub draining: bool,
@@ -179,6 +181,7 @@ impl Registry {
                 last_report: now,
                 issued_since_report: 0,
                 issued_total: 0,
+                issued_bytes: 0,
                 recent: VecDeque::new(),
                 draining,
                 stopped: false,
@@ -313,11 +316,12 @@ impl Registry {
         (ok, excluded)
     }
 
-    /// Record that a customer was sent to `id`.
-    pub fn note_redirect(&mut self, id: &str, now: Instant) {
+    /// Record that a customer was sent to `id` for a file of `bytes`.
+    pub fn note_redirect(&mut self, id: &str, bytes: u64, now: Instant) {
         if let Some(v) = self.volunteers.get_mut(id) {
             v.issued_since_report = v.issued_since_report.saturating_add(1);
             v.issued_total += 1;
+            v.issued_bytes += bytes;
             if v.recent.len() >= RECENT_CAP {
                 v.recent.pop_front();
             }
@@ -391,7 +395,7 @@ mod tests {
             Err(RegistryError::Replay { got: 5, last: 5 })
         );
         for _ in 0..4 {
-            r.note_redirect("a", t0);
+            r.note_redirect("a", 1, t0);
         }
         assert_eq!(r.get("a").unwrap().issued_since_report, 4);
         r.report("deb", &report("a", 6, 1, 1), false, t0).unwrap();
@@ -456,8 +460,8 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Registry::new(Duration::from_secs(100));
         r.report("deb", &report("a", 1, 1, 0), false, t0).unwrap();
-        r.note_redirect("a", t0 + Duration::from_secs(1));
-        r.note_redirect("a", t0 + Duration::from_secs(20));
+        r.note_redirect("a", 1, t0 + Duration::from_secs(1));
+        r.note_redirect("a", 1, t0 + Duration::from_secs(20));
         let v = r.get("a").unwrap();
         let w = Duration::from_secs(10);
         assert_eq!(v.unreported_within(w, t0 + Duration::from_secs(21)), 1);

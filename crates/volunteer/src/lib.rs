@@ -64,6 +64,10 @@ pub struct VolunteerState {
     pub uploaded: AtomicU64,
     /// Bytes of synthetic background sync uploads (experiments).
     pub sync_uploaded: Arc<AtomicU64>,
+    /// Requests refused because every slot was taken (503).
+    pub refused_busy: AtomicU64,
+    /// Requests refused because the file changed on disk since it verified.
+    pub refused_changed: AtomicU64,
     /// Successful GETs served (for the status page and tests).
     pub served: AtomicU64,
     pub rescan_now: Notify,
@@ -436,6 +440,8 @@ pub async fn run(
         active: Arc::new(AtomicU32::new(0)),
         uploaded: AtomicU64::new(0),
         sync_uploaded,
+        refused_busy: AtomicU64::new(0),
+        refused_changed: AtomicU64::new(0),
         served: AtomicU64::new(0),
         rescan_now: Notify::new(),
         bucket,
@@ -494,6 +500,8 @@ pub async fn run(
 
     let app = Router::new()
         .route("/health", get(serve::health))
+        .route("/metrics", get(serve::metrics))
+        .route("/status", get(serve::status_page))
         .fallback(serve::customer)
         .with_state(st.clone());
     tracing::info!(

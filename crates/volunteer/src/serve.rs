@@ -110,6 +110,7 @@ pub async fn customer(
             "file changed on disk since it verified; not serving it"
         );
         st.rescan_now.notify_one();
+        st.refused_changed.fetch_add(1, Ordering::Relaxed);
         return text(
             StatusCode::NOT_FOUND,
             format!("`{rel}` changed on disk and is being re-verified"),
@@ -120,6 +121,7 @@ pub async fn customer(
         st.config.max_connections,
         st.oracle_feed.clone(),
     ) else {
+        st.refused_busy.fetch_add(1, Ordering::Relaxed);
         let mut r = text(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many customers right now; retry shortly",
@@ -145,6 +147,162 @@ pub async fn customer(
     };
     // A customer that stops reading must not keep its slot.
     fileserve::with_stall_guard(resp, guard, st.config.limits.client_stall())
+}
+
+/// `GET /status`: a small page for the volunteer's admin, readable in any browser.
+pub async fn status_page(State(st): State<Arc<VolunteerState>>) -> Response {
+    use std::fmt::Write as _;
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let mut rows = String::new();
+    for (repo, m) in &st.mirrors {
+        let v = m.view();
+        let state = if v.held == 0 {
+            "not serving yet"
+        } else if v.held < v.latest {
+            "behind"
+        } else {
+            "current"
+        };
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(repo),
+            esc(&m.dir.display().to_string()),
+            v.held,
+            v.latest,
+            v.missing.len(),
+            state
+        );
+    }
+    let sync = st.sync_uploaded.load(Ordering::Relaxed)
+        + st.seeder.as_ref().map_or(0, |s| s.bt.uploaded_bytes());
+    let page = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>mirrorswarm volunteer {name}</title>\
+<style>body{{font:14px system-ui,sans-serif;margin:1.5em}}table{{border-collapse:collapse}}\
+td,th{{border-bottom:1px solid #ddd;padding:.3em .7em;text-align:left}}</style></head><body>\
+<h1>volunteer {name}</h1><p>server: {server}<br>customers now: {active} of {max}<br>\
+downloads served: {served}<br>bytes to customers: {up}<br>bytes to other volunteers: {sync}<br>\
+refused (busy): {busy}<br>refused (file changed on disk): {changed}</p>\
+<table><tr><th>repository</th><th>directory</th><th>held generation</th><th>newest</th>\
+<th>files missing or different</th><th>state</th></tr>{rows}</table></body></html>",
+        name = esc(&st.credential.name),
+        server = esc(st.config.server.as_deref().unwrap_or("?")),
+        active = st.active.load(Ordering::Acquire),
+        max = st.config.max_connections,
+        served = st.served.load(Ordering::Relaxed),
+        up = st.uploaded.load(Ordering::Relaxed),
+        busy = st.refused_busy.load(Ordering::Relaxed),
+        changed = st.refused_changed.load(Ordering::Relaxed),
+    );
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        page,
+    )
+        .into_response()
+}
+
+/// `GET /metrics`: Prometheus text exposition of this volunteer.
+pub async fn metrics(State(st): State<Arc<VolunteerState>>) -> Response {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(2048);
+    let name = st.credential.name.replace(['\\', '"', '\n'], "_");
+    let sync = st.sync_uploaded.load(Ordering::Relaxed)
+        + st.seeder.as_ref().map_or(0, |s| s.bt.uploaded_bytes());
+    let simple: [(&str, &str, &str, u64); 8] = [
+        (
+            "mirrorswarm_volunteer_active_connections",
+            "gauge",
+            "Customer downloads in progress.",
+            u64::from(st.active.load(Ordering::Acquire)),
+        ),
+        (
+            "mirrorswarm_volunteer_max_connections",
+            "gauge",
+            "Customer downloads accepted at once.",
+            u64::from(st.config.max_connections),
+        ),
+        (
+            "mirrorswarm_volunteer_served_requests_total",
+            "counter",
+            "Customer downloads started.",
+            st.served.load(Ordering::Relaxed),
+        ),
+        (
+            "mirrorswarm_volunteer_uploaded_bytes_total",
+            "counter",
+            "Bytes sent to customers.",
+            st.uploaded.load(Ordering::Relaxed),
+        ),
+        (
+            "mirrorswarm_volunteer_sync_uploaded_bytes_total",
+            "counter",
+            "Bytes sent to other volunteers for syncing.",
+            sync,
+        ),
+        (
+            "mirrorswarm_volunteer_refused_busy_total",
+            "counter",
+            "Customers refused with 503: every slot taken.",
+            st.refused_busy.load(Ordering::Relaxed),
+        ),
+        (
+            "mirrorswarm_volunteer_verification_failures_total",
+            "counter",
+            "Requests for a file that changed on disk since it verified (not served).",
+            st.refused_changed.load(Ordering::Relaxed),
+        ),
+        (
+            "mirrorswarm_volunteer_upload_limit_bytes_per_second",
+            "gauge",
+            "Configured uplink (0: none).",
+            st.config.upload_bps.unwrap_or(0),
+        ),
+    ];
+    for (metric, kind, help, v) in simple {
+        let _ = writeln!(
+            out,
+            "# HELP {metric} {help}\n# TYPE {metric} {kind}\n{metric}{{volunteer=\"{name}\"}} {v}"
+        );
+    }
+    let _ = writeln!(out, "# HELP mirrorswarm_volunteer_held_generation Generation fully held and verified.\n# TYPE mirrorswarm_volunteer_held_generation gauge");
+    let mut per_repo = Vec::new();
+    for (repo, m) in &st.mirrors {
+        let v = m.view();
+        per_repo.push((repo.clone(), v.held, v.latest, v.missing.len()));
+    }
+    for (repo, held, _, _) in &per_repo {
+        let _ = writeln!(
+            out,
+            "mirrorswarm_volunteer_held_generation{{volunteer=\"{name}\",repo=\"{repo}\"}} {held}"
+        );
+    }
+    let _ = writeln!(out, "# HELP mirrorswarm_volunteer_latest_generation Newest generation published, as far as it knows.\n# TYPE mirrorswarm_volunteer_latest_generation gauge");
+    for (repo, _, latest, _) in &per_repo {
+        let _ = writeln!(out, "mirrorswarm_volunteer_latest_generation{{volunteer=\"{name}\",repo=\"{repo}\"}} {latest}");
+    }
+    let _ = writeln!(out, "# HELP mirrorswarm_volunteer_missing_files Files of the newest generation missing or different here.\n# TYPE mirrorswarm_volunteer_missing_files gauge");
+    for (repo, _, _, missing) in &per_repo {
+        let _ = writeln!(
+            out,
+            "mirrorswarm_volunteer_missing_files{{volunteer=\"{name}\",repo=\"{repo}\"}} {missing}"
+        );
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
 }
 
 /// Bytes uploaded, for the reported upload rate.

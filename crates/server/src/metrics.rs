@@ -1,0 +1,260 @@
+//! `GET /metrics`: Prometheus text exposition. The request path only bumps relaxed atomic
+//! counters; per-volunteer and per-repository gauges are read from the registry at scrape
+//! time, so scraping costs the request path nothing.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+use crate::state::{lock, read, AppState};
+
+/// What happened to a customer request for a file.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome {
+    /// Redirected to a volunteer.
+    Volunteer,
+    /// A Metalink document listing sources.
+    Metalink,
+    /// Served by the origin: small enough to serve directly.
+    OriginSmall,
+    /// Served by the origin: no eligible volunteer with room.
+    OriginNoVolunteer,
+    /// Served by the origin because the customer asked for `/.origin/`.
+    OriginRequested,
+}
+
+const OUTCOMES: [(Outcome, &str); 5] = [
+    (Outcome::Volunteer, "volunteer"),
+    (Outcome::Metalink, "metalink"),
+    (Outcome::OriginSmall, "origin_small"),
+    (Outcome::OriginNoVolunteer, "origin_no_volunteer"),
+    (Outcome::OriginRequested, "origin_requested"),
+];
+
+#[derive(Default)]
+pub struct Counters {
+    outcomes: [AtomicU64; 5],
+    /// Bytes of the files customers were redirected to volunteers for.
+    pub redirected_bytes: AtomicU64,
+    pub announces_ok: AtomicU64,
+    pub announces_refused: AtomicU64,
+    pub quarantines: AtomicU64,
+}
+
+impl Counters {
+    pub fn count(&self, o: Outcome) {
+        self.outcomes[o as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn outcome(&self, o: Outcome) -> u64 {
+        self.outcomes[o as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// A label value, escaped as the exposition format requires.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+pub fn render(st: &AppState) -> String {
+    let c = &st.counters;
+    let mut out = String::with_capacity(4096);
+    let policy = label(st.policy.name());
+    header(
+        &mut out,
+        "mirrorswarm_requests_total",
+        "counter",
+        "Customer file requests by outcome.",
+    );
+    for (o, name) in OUTCOMES {
+        let _ = writeln!(
+            out,
+            "mirrorswarm_requests_total{{policy=\"{policy}\",outcome=\"{name}\"}} {}",
+            c.outcome(o)
+        );
+    }
+    let simple: [(&str, &str, &str, u64); 9] = [
+        (
+            "mirrorswarm_redirected_bytes_total",
+            "counter",
+            "Bytes of the files customers were redirected to volunteers for.",
+            c.redirected_bytes.load(Ordering::Relaxed),
+        ),
+        (
+            "mirrorswarm_origin_http_bytes_total",
+            "counter",
+            "File bytes the origin served over HTTP.",
+            st.origin_http_bytes.load(Ordering::Relaxed),
+        ),
+        (
+            "mirrorswarm_origin_seed_bytes_total",
+            "counter",
+            "Bytes the origin uploaded as a BitTorrent seed (sync traffic from the origin).",
+            st.seed.get().map_or(0, |s| s.uploaded_bytes()),
+        ),
+        (
+            "mirrorswarm_announces_accepted_total",
+            "counter",
+            "Authenticated mirror announces accepted.",
+            c.announces_ok.load(Ordering::Relaxed),
+        ),
+        (
+            "mirrorswarm_announces_refused_total",
+            "counter",
+            "Mirror announces refused (bad signature, replay, revoked, malformed).",
+            c.announces_refused.load(Ordering::Relaxed),
+        ),
+        (
+            "mirrorswarm_quarantines_total",
+            "counter",
+            "Times a volunteer was quarantined by a failed spot check.",
+            c.quarantines.load(Ordering::Relaxed),
+        ),
+        (
+            "mirrorswarm_verification_failures_total",
+            "counter",
+            "Spot checks that found bytes not matching the published hashes.",
+            st.spot.failed.load(Ordering::Relaxed),
+        ),
+        (
+            "mirrorswarm_spot_checks_passed_total",
+            "counter",
+            "Spot checks whose bytes matched.",
+            st.spot.passed.load(Ordering::Relaxed),
+        ),
+        (
+            "mirrorswarm_customer_reports_total",
+            "counter",
+            "Reports of bad bytes from customers' proxies.",
+            st.spot.reports.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, kind, help, v) in simple {
+        header(&mut out, name, kind, help);
+        let _ = writeln!(out, "{name} {v}");
+    }
+
+    header(
+        &mut out,
+        "mirrorswarm_repo_generation",
+        "gauge",
+        "Newest published generation.",
+    );
+    for (repo, g) in st.latest_generations() {
+        let _ = writeln!(
+            out,
+            "mirrorswarm_repo_generation{{repo=\"{}\"}} {g}",
+            label(&repo)
+        );
+    }
+
+    // Per volunteer, from the registry (names from the credentials).
+    let names: std::collections::HashMap<String, String> = read(&st.credentials)
+        .values()
+        .map(|c| (c.id.clone(), c.name.clone()))
+        .collect();
+    let reg = lock(&st.registry);
+    let now = Instant::now();
+    let gauges: [(&str, &str, &str); 8] = [
+        (
+            "mirrorswarm_volunteer_up",
+            "gauge",
+            "1 if its last announce is recent and it has not stopped.",
+        ),
+        (
+            "mirrorswarm_volunteer_customer_connections",
+            "gauge",
+            "Customer connections it last reported.",
+        ),
+        (
+            "mirrorswarm_volunteer_sync_connections",
+            "gauge",
+            "Sync connections it last reported.",
+        ),
+        (
+            "mirrorswarm_volunteer_capacity",
+            "gauge",
+            "Concurrent customers it accepts.",
+        ),
+        (
+            "mirrorswarm_volunteer_sync_bytes_per_second",
+            "gauge",
+            "Sync upload rate it last reported.",
+        ),
+        (
+            "mirrorswarm_volunteer_quarantined",
+            "gauge",
+            "1 while quarantined.",
+        ),
+        (
+            "mirrorswarm_volunteer_redirects_total",
+            "counter",
+            "Customers redirected to it.",
+        ),
+        (
+            "mirrorswarm_volunteer_redirected_bytes_total",
+            "counter",
+            "Bytes of the files customers were redirected to it for.",
+        ),
+    ];
+    let mut vols: Vec<_> = reg.all().collect();
+    vols.sort_by(|a, b| a.id.cmp(&b.id));
+    for (i, (name, kind, help)) in gauges.iter().enumerate() {
+        header(&mut out, name, kind, help);
+        for v in &vols {
+            let who = label(names.get(&v.id).map_or(&v.id, |n| n));
+            let value = match i {
+                0 => u64::from(!v.stopped && reg.is_fresh(v, now)),
+                1 => u64::from(v.load.customer_conns),
+                2 => u64::from(v.load.sync_conns),
+                3 => u64::from(v.load.capacity),
+                4 => v.load.sync_bps,
+                5 => u64::from(reg.is_quarantined(&v.id)),
+                6 => v.issued_total,
+                _ => v.issued_bytes,
+            };
+            let _ = writeln!(out, "{name}{{volunteer=\"{who}\"}} {value}");
+        }
+    }
+    header(
+        &mut out,
+        "mirrorswarm_volunteer_generation",
+        "gauge",
+        "Generation it fully holds, per repository.",
+    );
+    for v in &vols {
+        let who = label(names.get(&v.id).map_or(&v.id, |n| n));
+        let mut gens: Vec<_> = v.generations.iter().collect();
+        gens.sort();
+        for (repo, g) in gens {
+            let _ = writeln!(
+                out,
+                "mirrorswarm_volunteer_generation{{volunteer=\"{who}\",repo=\"{}\"}} {g}",
+                label(repo)
+            );
+        }
+    }
+    out
+}
+
+pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render(&st),
+    )
+        .into_response()
+}

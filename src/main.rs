@@ -22,6 +22,10 @@ use config::{ServerConfig, VolunteerConfig};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format on stderr: `text` (readable) or `json` (one object per line, for log
+    /// collectors). The level is set with RUST_LOG (default: info).
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 #[derive(Subcommand)]
@@ -251,19 +255,23 @@ struct VolunteersArgs {
     data_dir: Option<PathBuf>,
 }
 
-fn init_logging() {
+fn init_logging(format: &str) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(&cli.log_format);
     if let Command::Prsync(PrsyncCommand::Pull(a)) = &cli.command {
         return prsync_pull(a);
     }

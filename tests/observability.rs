@@ -233,3 +233,46 @@ async fn the_dashboard_shows_volunteers_in_a_real_browser() {
         png.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_can_be_json_lines_and_refusals_say_why() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    sample_repo(&repo);
+    let server = start_server(root, &repo, &["--log-format", "json"]).await;
+    // An announce that claims to be a volunteer but is not signed right.
+    let r = http()
+        .get(format!(
+            "{}/announce?info_hash=%00%00%00%00%00%00%00%00%00%00%00%00%00%00%00%00%00%00%00%00\
+&peer_id=aaaaaaaaaaaaaaaaaaaa&port=1&uploaded=0&downloaded=0&left=0&ms_vid=v&ms_seq=x",
+            server.url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let log = server.proc.log_text();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "server ready"),
+        "{log}"
+    );
+    let refusal = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "refused mirror announce")
+        .unwrap_or_else(|| panic!("no refusal logged: {log}"));
+    assert_eq!(refusal["level"], "INFO");
+    assert!(
+        refusal["fields"]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("ms_seq"),
+        "{refusal}"
+    );
+}

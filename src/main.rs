@@ -41,6 +41,10 @@ enum Command {
     /// List volunteers (name, URL, state, generations, load), or revoke, drain, resume or
     /// release one.
     Volunteers(VolunteersArgs),
+    /// The server at a glance: repositories, volunteers by state, offload, spot checks.
+    Status(StatusArgs),
+    /// The volunteer admin's controls: status, pause, resume, limits (on a running volunteer).
+    VolunteerCtl(admin::VolunteerCtlArgs),
     /// Run the customer-side verifying proxy: apt, dnf, wget and curl use it as their HTTP
     /// proxy, and get only bytes that match the server's published SHA-256.
     Proxy(ProxyArgs),
@@ -224,6 +228,16 @@ struct VolunteerArgs {
 }
 
 #[derive(Args)]
+struct StatusArgs {
+    /// The server's URL.
+    #[arg(long, conflicts_with = "data_dir")]
+    server: Option<String>,
+    /// The server's data directory (finds the running server through server.json).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct ProxyArgs {
     /// Where to listen for customers' requests.
     #[arg(long, default_value = "127.0.0.1:3142")]
@@ -309,6 +323,15 @@ async fn dispatch(cmd: Command) -> Result<()> {
         }
         Command::Volunteers(a) => volunteers(a).await,
         Command::Proxy(a) => proxy_cmd(a).await,
+        Command::Status(a) => {
+            let url = match (a.server, a.data_dir) {
+                (Some(s), _) => s.trim_end_matches('/').to_string(),
+                (None, Some(d)) => server::running_server_url(&d)?,
+                (None, None) => bail!("pass --server URL or --data-dir DIR"),
+            };
+            admin::server_status(&url).await
+        }
+        Command::VolunteerCtl(a) => admin::volunteer_ctl(a).await,
         Command::Demo(a) => demo::run(a).await,
         Command::Prsync(_) => unreachable!("handled in main"),
         Command::Bench(BenchCommand::Balance(a)) => bench_balance::run(a).await,

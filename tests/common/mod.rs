@@ -185,9 +185,10 @@ pub async fn start_server(root: &Path, repo_dir: &Path, extra: &[&str]) -> Serve
         data_dir.display().to_string(),
         "--repo".into(),
         format!("debian={}", repo_dir.display()),
-        "--announce-interval".into(),
-        "1".into(),
     ];
+    if !extra.contains(&"--announce-interval") {
+        args.extend(["--announce-interval".to_string(), "1".to_string()]);
+    }
     // A loaded test machine can delay an announce past the default 1.5 intervals; tests that
     // are about detecting a dead volunteer fast pass their own value.
     if !extra.contains(&"--timeout-intervals") {

@@ -99,8 +99,8 @@ pub struct VolunteerView {
     pub name: String,
     pub id: String,
     pub url: String,
-    /// `healthy`, `stale` (missed announces), `stopped`, `draining`, `quarantined`, `revoked`
-    /// or `never-announced`.
+    /// `healthy`, `stale` (missed announces), `stopped`, `paused` (by its admin), `draining`,
+    /// `quarantined`, `revoked` or `never-announced`.
     pub state: String,
     /// Why it is quarantined, when it is.
     #[serde(default)]
@@ -148,6 +148,7 @@ pub async fn volunteers(State(st): State<Arc<AppState>>) -> Json<Vec<VolunteerVi
                 _ if c.draining => "draining",
                 None => "never-announced",
                 Some(v) if v.stopped => "stopped",
+                Some(v) if v.paused => "paused",
                 Some(v) if !reg.is_fresh(v, now) => "stale",
                 Some(_) => "healthy",
             };

@@ -56,6 +56,8 @@ pub struct MirrorReport {
     /// The uplink customers and sync share, bytes/s, if the admin declared one (optional
     /// `ms_link`, 0: unknown).
     pub link_bps: u64,
+    /// Its admin paused it: keep it registered, send it no customers (optional `ms_pause=1`).
+    pub paused: bool,
 }
 
 /// Why a mirror report or its signature framing was rejected.
@@ -79,11 +81,11 @@ pub enum MirrorError {
     MalformedSignature,
 }
 
-/// The report's parameter names, in [`MirrorReport`] field order. The last two are optional
+/// The report's parameter names, in [`MirrorReport`] field order. The last three are optional
 /// (older volunteers do not send them).
-const FIELDS: [&str; 10] = [
+const FIELDS: [&str; 11] = [
     "ms_vid", "ms_seq", "ms_gen", "ms_cc", "ms_sc", "ms_up", "ms_cap", "ms_url", "ms_sbps",
-    "ms_link",
+    "ms_link", "ms_pause",
 ];
 
 /// Reads the mirror report from an announce's extra parameters.
@@ -94,7 +96,7 @@ const FIELDS: [&str; 10] = [
 pub fn parse_mirror_report(
     extra: &[(String, Vec<u8>)],
 ) -> Result<Option<MirrorReport>, MirrorError> {
-    let mut values: [Option<&[u8]>; 10] = [None; 10];
+    let mut values: [Option<&[u8]>; 11] = [None; 11];
     for (name, value) in extra {
         let Some((field, slot)) = FIELDS
             .iter()
@@ -108,7 +110,7 @@ pub fn parse_mirror_report(
         }
         *slot = Some(value);
     }
-    let [vid, seq, generation, cc, sc, up, cap, url, sbps, link] = values;
+    let [vid, seq, generation, cc, sc, up, cap, url, sbps, link, pause] = values;
     let Some(vid) = vid else {
         return Ok(None);
     };
@@ -126,6 +128,11 @@ pub fn parse_mirror_report(
     let url = parse_url(url.ok_or(MirrorError::Missing("ms_url"))?)?;
     let sync_bps = sbps.map_or(Ok(0), |v| number(Some(v), "ms_sbps"))?;
     let link_bps = link.map_or(Ok(0), |v| number(Some(v), "ms_link"))?;
+    let paused = match pause {
+        None | Some(b"0") => false,
+        Some(b"1") => true,
+        Some(_) => return Err(MirrorError::InvalidNumber("ms_pause")),
+    };
 
     Ok(Some(MirrorReport {
         volunteer,
@@ -138,6 +145,7 @@ pub fn parse_mirror_report(
         url,
         sync_bps,
         link_bps,
+        paused,
     }))
 }
 
@@ -260,7 +268,7 @@ pub fn build_mirror_query(
     format!(
         "info_hash={}&peer_id={}&port={port}&uploaded=0&downloaded=0&left=0&compact=1&numwant=0\
          &ms_vid={}&ms_seq={}&ms_gen={}&ms_cc={}&ms_sc={}&ms_up={}&ms_cap={}&ms_url={}\
-         &ms_sbps={}&ms_link={}",
+         &ms_sbps={}&ms_link={}&ms_pause={}",
         percent_encode(&mirror_info_hash(repo)),
         percent_encode(&peer_id),
         percent_encode(report.volunteer.as_bytes()),
@@ -273,6 +281,7 @@ pub fn build_mirror_query(
         percent_encode(report.url.as_bytes()),
         report.sync_bps,
         report.link_bps,
+        u8::from(report.paused),
     )
 }
 
@@ -296,6 +305,7 @@ mod tests {
             url: "https://mirror.example.org:8443/debian/?a=b&c=d".to_string(),
             sync_bps: 0,
             link_bps: 0,
+            paused: false,
         }
     }
 
@@ -366,6 +376,15 @@ mod tests {
         let r = parse_mirror_report(&extra(&full())).unwrap().unwrap();
         assert_eq!((r.sync_bps, r.link_bps), (0, 0), "absent means unknown");
         let mut pairs = full();
+        pairs.push(("ms_pause", "1"));
+        assert!(parse_mirror_report(&extra(&pairs)).unwrap().unwrap().paused);
+        let mut pairs = full();
+        pairs.push(("ms_pause", "yes"));
+        assert_eq!(
+            parse_mirror_report(&extra(&pairs)),
+            Err(MirrorError::InvalidNumber("ms_pause"))
+        );
+        let mut pairs = full();
         pairs.push(("ms_link", "-1"));
         assert_eq!(
             parse_mirror_report(&extra(&pairs)),
@@ -382,7 +401,7 @@ mod tests {
                 "info_hash={}&peer_id=pppppppppppppppppppp&port=1&uploaded=0&downloaded=0&left=0\
 &compact=1&numwant=0&ms_vid=vol_01-A&ms_seq=17&ms_gen=123456&ms_cc=3&ms_sc=1&ms_up=9000000\
 &ms_cap=50&ms_url=https%3A%2F%2Fmirror.example.org%3A8443%2Fdebian%2F%3Fa%3Db%26c%3Dd\
-&ms_sbps=0&ms_link=0",
+&ms_sbps=0&ms_link=0&ms_pause=0",
                 percent_encode(&mirror_info_hash("r"))
             )
         );
@@ -508,6 +527,7 @@ mod tests {
                 url: "http://h".to_string(),
                 sync_bps: 0,
                 link_bps: 0,
+                paused: false,
             }))
         );
     }

@@ -44,6 +44,8 @@ pub struct VolunteerLive {
     /// When recent redirects were issued (for server-side connection estimates).
     recent: VecDeque<Instant>,
     pub draining: bool,
+    /// Its admin paused it (it said so in its last announce).
+    pub paused: bool,
     /// It said it stopped. Kept (with its sequence number) rather than forgotten, so that an
     /// announce it sent just before stopping, arriving late, is refused as a replay instead of
     /// bringing it back.
@@ -94,6 +96,8 @@ pub enum Exclusion {
         age_ms: u64,
     },
     Draining,
+    /// Its admin paused it.
+    Paused,
     /// A spot check found bytes that do not match the published hashes.
     Quarantined,
     /// It announced that it stopped.
@@ -117,6 +121,7 @@ impl fmt::Display for Exclusion {
             }
             Exclusion::Stale { age_ms } => write!(f, "last announce {age_ms} ms ago"),
             Exclusion::Draining => write!(f, "draining"),
+            Exclusion::Paused => write!(f, "paused by its admin"),
             Exclusion::Quarantined => write!(f, "quarantined"),
             Exclusion::Stopped => write!(f, "stopped"),
             Exclusion::Full { conns, capacity } => {
@@ -184,6 +189,7 @@ impl Registry {
                 issued_bytes: 0,
                 recent: VecDeque::new(),
                 draining,
+                paused: report.paused,
                 stopped: false,
                 joined: now,
             });
@@ -211,6 +217,7 @@ impl Registry {
         v.last_report = now;
         v.issued_since_report = 0;
         v.draining = draining;
+        v.paused = report.paused;
         Ok(())
     }
 
@@ -280,6 +287,9 @@ impl Registry {
         }
         if v.draining {
             return Err(Exclusion::Draining);
+        }
+        if v.paused {
+            return Err(Exclusion::Paused);
         }
         if self.quarantined.contains(&v.id) {
             return Err(Exclusion::Quarantined);
@@ -359,6 +369,7 @@ mod tests {
             url: format!("http://{id}.test"),
             sync_bps: 0,
             link_bps: 0,
+            paused: false,
         }
     }
 

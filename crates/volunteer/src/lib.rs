@@ -6,6 +6,7 @@
 //! HTTP API; [`holdings`] verification of the local copy; [`serve`] the customer path.
 
 pub mod client;
+pub mod control;
 pub mod credential;
 pub mod holdings;
 pub mod limit;
@@ -19,7 +20,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use config::VolunteerConfig;
 use ed25519_dalek::VerifyingKey;
@@ -71,8 +72,17 @@ pub struct VolunteerState {
     /// Successful GETs served (for the status page and tests).
     pub served: AtomicU64,
     pub rescan_now: Notify,
+    /// Announce now rather than at the end of the interval (after an admin's change).
+    pub announce_now: Notify,
+    /// Bearer token of the admin's controls (`control`).
+    pub control_token: String,
     /// The upload link shared by customers and (synthetic) sync traffic, when capped.
-    pub bucket: Option<Arc<limit::TokenBucket>>,
+    /// The uplink customers share (the admin can change it live).
+    pub uplink: limit::Uplink,
+    /// Customers at once (the admin can change it live); starts at `config.max_connections`.
+    pub max_connections: AtomicU32,
+    /// Paused by its admin: no customers, and the server is told.
+    pub paused: std::sync::atomic::AtomicBool,
     /// Experiments only: live connection counts for the server's oracle.
     pub oracle_feed: Option<Arc<oracle_feed::OracleFeed>>,
     /// BitTorrent: fetches for PRsync and seeds what we hold to other volunteers.
@@ -180,10 +190,11 @@ impl VolunteerState {
             customer_conns: self.active.load(Ordering::Acquire),
             sync_conns: self.sync_connections(),
             upload_bps: rates.customers_bps,
-            capacity: self.config.max_connections,
+            capacity: self.max_connections.load(Ordering::Relaxed).max(1),
             url: self.config.public_url(),
             sync_bps: rates.sync_bps,
-            link_bps: self.config.upload_bps.unwrap_or(0),
+            link_bps: self.uplink.bps(),
+            paused: self.paused.load(Ordering::Relaxed),
         }
     }
 
@@ -407,13 +418,10 @@ pub async fn run(
     } else {
         None
     };
-    // The uplink: customers and background sync share it; the burst is small so that a
-    // download's rate follows the link at once.
-    let bucket = cfg
-        .upload_bps
-        .map(|bps| Arc::new(limit::TokenBucket::new(bps, (bps / 20).max(64 * 1024))));
+    // The uplink: customers and background sync share it.
+    let uplink = limit::Uplink::new(cfg.upload_bps);
     let sync_uploaded = Arc::new(AtomicU64::new(0));
-    if let Some(b) = &bucket {
+    if let Some(b) = uplink.current() {
         limit::spawn_background_uploads(
             b.clone(),
             cfg.background_sync_conns,
@@ -431,6 +439,11 @@ pub async fn run(
     if let Some(f) = &oracle_feed {
         f.send(0);
     }
+    let cfg_max_connections = cfg.max_connections;
+    let control_token = control::load_or_create_token(&cfg.data_dir)
+        .with_context(|| format!("control token in {}", cfg.data_dir.display()))?;
+    control::write_runtime_info(&cfg.data_dir, &format!("http://{}", listener.local_addr()?))
+        .with_context(|| format!("writing {}", control::runtime_path(&cfg.data_dir).display()))?;
     let st = Arc::new(VolunteerState {
         config: cfg,
         credential,
@@ -444,7 +457,11 @@ pub async fn run(
         refused_changed: AtomicU64::new(0),
         served: AtomicU64::new(0),
         rescan_now: Notify::new(),
-        bucket,
+        announce_now: Notify::new(),
+        control_token,
+        uplink,
+        max_connections: AtomicU32::new(cfg_max_connections),
+        paused: std::sync::atomic::AtomicBool::new(false),
         oracle_feed,
         seeder,
         syncing: std::sync::Mutex::new(Default::default()),
@@ -494,7 +511,10 @@ pub async fn run(
             if let Some(i) = announcer.announce_all(rates).await {
                 interval = i;
             }
-            tokio::time::sleep(interval).await;
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = announcer.announce_now.notified() => {}
+            }
         }
     });
 
@@ -502,6 +522,10 @@ pub async fn run(
         .route("/health", get(serve::health))
         .route("/metrics", get(serve::metrics))
         .route("/status", get(serve::status_page))
+        .route("/admin/status", get(control::status))
+        .route("/admin/pause", post(control::pause))
+        .route("/admin/resume", post(control::resume))
+        .route("/admin/limits", post(control::limits))
         .fallback(serve::customer)
         .with_state(st.clone());
     tracing::info!(

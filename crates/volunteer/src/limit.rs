@@ -44,6 +44,48 @@ impl TokenBucket {
     }
 }
 
+/// The uplink as the volunteer's admin set it: unlimited, or a token bucket. The admin can
+/// change it while the volunteer runs; downloads already under way finish at the old rate.
+pub struct Uplink {
+    bucket: std::sync::RwLock<Option<Arc<TokenBucket>>>,
+    bps: std::sync::atomic::AtomicU64,
+}
+
+impl Uplink {
+    pub fn new(bps: Option<u64>) -> Self {
+        Uplink {
+            bucket: std::sync::RwLock::new(bps.map(Self::bucket_for)),
+            bps: std::sync::atomic::AtomicU64::new(bps.unwrap_or(0)),
+        }
+    }
+
+    /// The burst is small so that a download's rate follows the link at once.
+    fn bucket_for(bps: u64) -> Arc<TokenBucket> {
+        Arc::new(TokenBucket::new(bps, (bps / 20).max(64 * 1024)))
+    }
+
+    /// The bucket new downloads take from (None: unlimited).
+    pub fn current(&self) -> Option<Arc<TokenBucket>> {
+        self.bucket
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Set the uplink (None or 0: unlimited).
+    pub fn set(&self, bps: Option<u64>) {
+        let bps = bps.filter(|&b| b > 0);
+        *self.bucket.write().unwrap_or_else(|e| e.into_inner()) = bps.map(Self::bucket_for);
+        self.bps
+            .store(bps.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Bytes/s (0: unlimited).
+    pub fn bps(&self) -> u64 {
+        self.bps.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Send `body` no faster than `bucket` allows.
 pub fn throttle(body: Body, bucket: Arc<TokenBucket>) -> Body {
     let stream = body.into_data_stream().then(move |chunk| {

@@ -63,7 +63,9 @@ pub async fn health(State(st): State<Arc<VolunteerState>>) -> Response {
         "served_requests": st.served.load(Ordering::Relaxed),
         "uploaded_bytes": st.uploaded.load(Ordering::Relaxed),
         "sync_uploaded_bytes": st.sync_uploaded.load(Ordering::Relaxed),
-        "max_connections": st.config.max_connections,
+        "max_connections": st.max_connections.load(Ordering::Relaxed),
+        "paused": st.paused.load(Ordering::Relaxed),
+        "upload_bps": st.uplink.bps(),
         "mirrors": mirrors,
     }))
     .into_response()
@@ -116,9 +118,18 @@ pub async fn customer(
             format!("`{rel}` changed on disk and is being re-verified"),
         );
     }
+    if st.paused.load(Ordering::Relaxed) {
+        let mut r = text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this volunteer is paused by its admin; the mirror server has other sources",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        return r;
+    }
     let Some(guard) = try_acquire(
         &st.active,
-        st.config.max_connections,
+        st.max_connections.load(Ordering::Relaxed),
         st.oracle_feed.clone(),
     ) else {
         st.refused_busy.fetch_add(1, Ordering::Relaxed);
@@ -141,8 +152,8 @@ pub async fn customer(
         st.uploaded.fetch_add(len, Ordering::Relaxed);
         st.served.fetch_add(1, Ordering::Relaxed);
     }
-    let resp = match &st.bucket {
-        Some(b) => resp.map(|body| crate::limit::throttle(body, b.clone())),
+    let resp = match st.uplink.current() {
+        Some(b) => resp.map(|body| crate::limit::throttle(body, b)),
         None => resp,
     };
     // A customer that stops reading must not keep its slot.
@@ -193,7 +204,7 @@ refused (busy): {busy}<br>refused (file changed on disk): {changed}</p>\
         name = esc(&st.credential.name),
         server = esc(st.config.server.as_deref().unwrap_or("?")),
         active = st.active.load(Ordering::Acquire),
-        max = st.config.max_connections,
+        max = st.max_connections.load(Ordering::Relaxed),
         served = st.served.load(Ordering::Relaxed),
         up = st.uploaded.load(Ordering::Relaxed),
         busy = st.refused_busy.load(Ordering::Relaxed),

@@ -1,0 +1,123 @@
+//! The volunteer admin's controls on a running volunteer (pause, resume, limits, status) and
+//! the operator's one-screen `mirrorswarm status`.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn ctl(data_dir: &std::path::Path, args: &[&str]) -> String {
+    let out = run(Command::new(BIN)
+        .arg("volunteer-ctl")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir));
+    assert!(
+        out.status.success(),
+        "volunteer-ctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn state(server: &Server, name: &str) -> serde_json::Value {
+    server
+        .volunteers()
+        .await
+        .into_iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admins_pause_resume_and_change_limits_live() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    sample_repo(&repo);
+    let server = start_server(root, &repo, &["--announce-interval", "5"]).await;
+    let v = start_volunteer(root, &server, "v1", &repo).await;
+    server.wait_held("v1", 1).await;
+
+    let status = ctl(&v.data_dir, &["status"]);
+    assert!(
+        status.contains("v1: serving") && status.contains("of 64 customers"),
+        "{status}"
+    );
+    assert!(status.contains("debian"), "{status}");
+
+    // Pause: the volunteer refuses customers and the server knows at once (well within the
+    // 5 s announce interval), so it stops sending any.
+    ctl(&v.data_dir, &["pause"]);
+    wait_until(
+        Duration::from_secs(3),
+        "the server to see the pause",
+        || async { state(&server, "v1").await["state"] == "paused" },
+    )
+    .await;
+    assert_eq!(server.location("big/a.bin").await, None);
+    let r = http()
+        .get(format!("{}/debian/big/a.bin", v.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("paused by its admin"));
+
+    ctl(&v.data_dir, &["resume"]);
+    wait_until(
+        Duration::from_secs(3),
+        "the server to see the resume",
+        || async { state(&server, "v1").await["state"] == "healthy" },
+    )
+    .await;
+    assert!(server.location("big/a.bin").await.is_some());
+
+    // Limits, live: the server sees the new capacity and uplink.
+    let out = ctl(
+        &v.data_dir,
+        &[
+            "limits",
+            "--max-connections",
+            "7",
+            "--upload-bps",
+            "2000000",
+        ],
+    );
+    assert!(
+        out.contains("of 7 customers") && out.contains("2000000 B/s"),
+        "{out}"
+    );
+    wait_until(Duration::from_secs(3), "the new capacity", || async {
+        state(&server, "v1").await["capacity"] == 7
+    })
+    .await;
+    // Bad values are refused with a reason; the control token is required.
+    let out = run(Command::new(BIN)
+        .args(["volunteer-ctl", "limits", "--upload-bps", "5", "--data-dir"])
+        .arg(&v.data_dir));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 16384"));
+    let r = http()
+        .post(format!("{}/admin/pause", v.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // The operator's one screen.
+    let out =
+        run(Command::new(BIN).args(["status", "--data-dir", server.data_dir.to_str().unwrap()]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("debian (generation 1)") && text.contains("1 healthy"),
+        "{text}"
+    );
+}

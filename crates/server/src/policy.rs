@@ -44,7 +44,14 @@ pub trait Policy: Send + Sync {
 /// share takes to grow to its full capacity (feedback only).
 pub fn by_name(name: &str, slow_start: std::time::Duration) -> Option<Box<dyn Policy>> {
     match name {
-        "feedback" => Some(Box::new(Feedback { slow_start })),
+        "feedback" => Some(Box::new(Feedback {
+            slow_start,
+            use_rates: true,
+        })),
+        "feedback-connections" => Some(Box::new(Feedback {
+            slow_start,
+            use_rates: false,
+        })),
         "least-connections" => Some(Box::new(LeastConnections)),
         "request-counting" => Some(Box::new(RequestCounting)),
         "least-loaded" => Some(Box::new(LeastLoaded)),
@@ -132,6 +139,9 @@ impl Policy for LeastConnections {
 /// volunteer that (re)joined recently counts with a reduced capacity (slow start).
 pub struct Feedback {
     pub slow_start: std::time::Duration,
+    /// Weigh sync by bandwidth where every candidate declared its uplink (`feedback`); off,
+    /// it always counts connections as the paper does (`feedback-connections`).
+    pub use_rates: bool,
 }
 
 impl Feedback {
@@ -185,11 +195,15 @@ fn expected_rate(c: &Candidate) -> Option<f64> {
 
 impl Policy for Feedback {
     fn name(&self) -> &'static str {
-        "feedback"
+        if self.use_rates {
+            "feedback"
+        } else {
+            "feedback-connections"
+        }
     }
     fn order(&self, cands: &[Candidate], rng: &mut dyn RngCore) -> Vec<usize> {
         // Rates compare only if every candidate declared its uplink; else count connections.
-        let by_rate = cands.iter().all(|c| c.load.link_bps > 0);
+        let by_rate = self.use_rates && cands.iter().all(|c| c.load.link_bps > 0);
         let open: Vec<usize> = (0..cands.len())
             .filter(|&i| self.has_headroom(&cands[i]))
             .collect();
@@ -249,6 +263,7 @@ mod tests {
 
     const FB: Feedback = Feedback {
         slow_start: std::time::Duration::from_secs(10),
+        use_rates: true,
     };
 
     #[test]

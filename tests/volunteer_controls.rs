@@ -121,3 +121,67 @@ async fn admins_pause_resume_and_change_limits_live() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upload_windows_and_quotas_from_the_toml_are_respected() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    sample_repo(&repo);
+    let server = start_server(root, &repo, &[]).await;
+
+    // A window around now (UTC) with 3 customers at once; the server sees that capacity.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 60
+        % 1440;
+    let hhmm = |m: u64| format!("{:02}:{:02}", (m % 1440) / 60, m % 60);
+    let (from, to) = (hhmm(now + 1440 - 2), hhmm(now + 5));
+    let mirror = root.join("w").join("debian");
+    copy_tree(&repo, &mirror);
+    let cfg = root.join("w.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[upload_windows]]\nfrom = \"{from}\"\nto = \"{to}\"\nmax_connections = 3\nupload_bps = 0\n"
+        ),
+    )
+    .unwrap();
+    let token = server.enroll("w");
+    let mut args = volunteer_args(&server, &token, free_port(), &root.join("w/data"), &mirror);
+    args.extend(["--config".to_string(), cfg.display().to_string()]);
+    let _w = Proc::spawn(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &root.join("w.log"),
+    );
+    server.wait_held("w", 1).await;
+    wait_until(Duration::from_secs(10), "the window's capacity", || async {
+        state(&server, "w").await["capacity"] == 3
+    })
+    .await;
+
+    // A volunteer that syncs, with a quota smaller than the repository: it does not sync,
+    // says why, and holds nothing (so it gets no customers).
+    let empty = root.join("q").join("debian");
+    std::fs::create_dir_all(&empty).unwrap();
+    let cfg = root.join("q.toml");
+    std::fs::write(&cfg, "[quotas]\ndebian = 1000\n").unwrap();
+    let token = server.enroll("q");
+    let mut args = volunteer_args(&server, &token, free_port(), &root.join("q/data"), &empty);
+    args.retain(|a| a != "--no-sync");
+    args.extend(["--config".to_string(), cfg.display().to_string()]);
+    let q = Proc::spawn(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &root.join("q.log"),
+    );
+    wait_until(
+        Duration::from_secs(15),
+        "the quota to be logged",
+        || async { q.log_text().contains("exceeds this repository's quota") },
+    )
+    .await;
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+    assert_eq!(state(&server, "q").await["generations"]["debian"], 0);
+}

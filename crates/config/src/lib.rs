@@ -349,6 +349,41 @@ impl ServerConfig {
     }
 }
 
+/// Other limits for a time of day (`[[upload_windows]]`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UploadWindow {
+    /// Start, `HH:MM` UTC.
+    pub from: String,
+    /// End (exclusive), `HH:MM` UTC; before `from` to wrap midnight.
+    pub to: String,
+    /// Uplink during the window, bytes/s (0: unlimited). Default: the usual.
+    pub upload_bps: Option<u64>,
+    /// Customers at once during the window. Default: the usual.
+    pub max_connections: Option<u32>,
+}
+
+/// Minutes since midnight of `HH:MM`.
+pub fn parse_hhmm(s: &str) -> Option<u32> {
+    let (h, m) = s.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60).then_some(h * 60 + m)
+}
+
+impl UploadWindow {
+    /// Whether `minute` (since midnight UTC) is inside the window.
+    pub fn contains(&self, minute: u32) -> bool {
+        match (parse_hhmm(&self.from), parse_hhmm(&self.to)) {
+            (Some(a), Some(b)) if a <= b => (a..b).contains(&minute),
+            (Some(a), Some(b)) => minute >= a || minute < b,
+            _ => false,
+        }
+    }
+}
+
 /// Volunteer daemon configuration (`mirrorswarm volunteer`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -366,6 +401,15 @@ pub struct VolunteerConfig {
     pub data_dir: PathBuf,
     /// Mirrored repositories: name → directory holding its copy.
     pub mirrors: BTreeMap<String, PathBuf>,
+    /// Disk quota per repository, bytes: a generation larger than this is not synced (the
+    /// volunteer keeps serving what it holds, and the server sends it only customers for
+    /// files it still has current). Default: none.
+    pub quotas: BTreeMap<String, u64>,
+    /// Times of day (UTC) with other limits, e.g. a smaller uplink during office hours:
+    /// `[[upload_windows]] from = "08:00", to = "18:00", upload_bps = 1000000,
+    /// max_connections = 8`. A window may wrap midnight; the first that matches applies;
+    /// outside every window the usual limits do. Default: none.
+    pub upload_windows: Vec<UploadWindow>,
     /// Maximum concurrent customer downloads; beyond it customers get `503` with `Retry-After`.
     /// Also reported to the server as the declared capacity. Default 64.
     pub max_connections: u32,
@@ -404,6 +448,8 @@ impl Default for VolunteerConfig {
             public_url: None,
             data_dir: PathBuf::from("mirrorswarm-volunteer"),
             mirrors: BTreeMap::new(),
+            quotas: BTreeMap::new(),
+            upload_windows: Vec::new(),
             max_connections: 64,
             rescan_secs: 5,
             sync: true,
@@ -421,6 +467,30 @@ impl Default for VolunteerConfig {
 impl VolunteerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.limits.validate()?;
+        for (i, w) in self.upload_windows.iter().enumerate() {
+            for (k, v) in [("from", &w.from), ("to", &w.to)] {
+                if parse_hhmm(v).is_none() {
+                    return Err(invalid(
+                        format!("upload_windows[{i}].{k}"),
+                        format!("`{v}` is not a time HH:MM (UTC)"),
+                    ));
+                }
+            }
+            if w.max_connections == Some(0) {
+                return Err(invalid(
+                    format!("upload_windows[{i}].max_connections"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        for name in self.quotas.keys() {
+            if !self.mirrors.contains_key(name) {
+                return Err(invalid(
+                    format!("quotas.{name}"),
+                    "names no repository under [mirrors]",
+                ));
+            }
+        }
         match &self.server {
             None => return Err(invalid("server", "the server URL is required")),
             Some(u) => validate_http_url(u).map_err(|r| invalid("server", r))?,
@@ -600,5 +670,33 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("`mirrors`"));
+    }
+
+    #[test]
+    fn upload_windows_parse_wrap_and_are_checked() {
+        assert_eq!(parse_hhmm("08:30"), Some(510));
+        for bad in ["8:30", "24:00", "12:60", "ab:cd", ""] {
+            assert_eq!(parse_hhmm(bad), None, "{bad}");
+        }
+        let day = UploadWindow {
+            from: "08:00".into(),
+            to: "18:00".into(),
+            upload_bps: Some(1),
+            max_connections: None,
+        };
+        assert!(day.contains(8 * 60) && !day.contains(18 * 60) && !day.contains(7 * 60));
+        let night = UploadWindow {
+            from: "22:00".into(),
+            to: "06:00".into(),
+            ..day.clone()
+        };
+        assert!(night.contains(23 * 60) && night.contains(60) && !night.contains(12 * 60));
+        let text = "server = \"http://s\"\n[mirrors]\nd = \"/tmp\"\n[[upload_windows]]\nfrom = \"8:00\"\nto = \"18:00\"\n";
+        let c: VolunteerConfig = toml::from_str(text).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("upload_windows[0].from"), "{e}");
+        let text = "server = \"http://s\"\n[mirrors]\nd = \"/tmp\"\n[quotas]\nx = 5\n";
+        let c: VolunteerConfig = toml::from_str(text).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("quotas.x"));
     }
 }

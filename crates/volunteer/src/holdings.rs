@@ -37,6 +37,8 @@ pub struct HoldingsView {
     pub missing: Vec<String>,
     /// Verified large files of the latest generation, with their torrents: what we seed.
     pub seedable: Vec<(String, manifest::Sha256, manifest::Btih)>,
+    /// Size of the latest generation, bytes (0: unknown).
+    pub latest_bytes: u64,
 }
 
 pub struct Holdings {
@@ -186,6 +188,7 @@ impl Holdings {
             servable,
             missing,
             seedable,
+            latest_bytes: self.manifests.get(&latest).map_or(0, |m| m.total_bytes()),
         }
     }
 }

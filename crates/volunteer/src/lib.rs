@@ -83,6 +83,8 @@ pub struct VolunteerState {
     pub max_connections: AtomicU32,
     /// Paused by its admin: no customers, and the server is told.
     pub paused: std::sync::atomic::AtomicBool,
+    /// Generations already reported as over quota, so the log says it once.
+    quota_warned: std::sync::Mutex<std::collections::HashSet<(String, u64)>>,
     /// Experiments only: live connection counts for the server's oracle.
     pub oracle_feed: Option<Arc<oracle_feed::OracleFeed>>,
     /// BitTorrent: fetches for PRsync and seeds what we hold to other volunteers.
@@ -268,6 +270,18 @@ impl VolunteerState {
         let v = m.view();
         if v.latest == 0 || v.held >= v.latest {
             return;
+        }
+        if let Some(&quota) = self.config.quotas.get(repo) {
+            if v.latest_bytes > quota {
+                let mut warned = self.quota_warned.lock().unwrap_or_else(|e| e.into_inner());
+                if warned.insert((repo.to_string(), v.latest)) {
+                    tracing::warn!(
+                        repo, generation = v.latest, bytes = v.latest_bytes, quota,
+                        "newest generation exceeds this repository's quota; not syncing it (serving what is held)"
+                    );
+                }
+                return;
+            }
         }
         {
             let Ok(mut s) = self.syncing.lock() else {
@@ -462,6 +476,7 @@ pub async fn run(
         uplink,
         max_connections: AtomicU32::new(cfg_max_connections),
         paused: std::sync::atomic::AtomicBool::new(false),
+        quota_warned: Default::default(),
         oracle_feed,
         seeder,
         syncing: std::sync::Mutex::new(Default::default()),
@@ -492,6 +507,40 @@ pub async fn run(
             }
         }
     });
+
+    // Upload windows: other limits at times of day, applied when a window starts or ends
+    // (so an admin's live change holds until the next boundary).
+    if !st.config.upload_windows.is_empty() {
+        let w = st.clone();
+        tokio::spawn(async move {
+            let mut current: Option<Option<usize>> = None;
+            loop {
+                let minute = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| (d.as_secs() / 60 % 1440) as u32);
+                let active = w
+                    .config
+                    .upload_windows
+                    .iter()
+                    .position(|x| x.contains(minute));
+                if current != Some(active) {
+                    current = Some(active);
+                    let (bps, conns) = match active.map(|i| &w.config.upload_windows[i]) {
+                        Some(win) => (
+                            win.upload_bps.or(w.config.upload_bps),
+                            win.max_connections.unwrap_or(w.config.max_connections),
+                        ),
+                        None => (w.config.upload_bps, w.config.max_connections),
+                    };
+                    w.uplink.set(bps);
+                    w.max_connections.store(conns, Ordering::Relaxed);
+                    tracing::info!(window = ?active, upload_bps = ?bps, max_connections = conns, "upload window limits apply");
+                    w.announce_now.notify_one();
+                }
+                tokio::time::sleep(Duration::from_secs(20)).await;
+            }
+        });
+    }
 
     // Announce loop.
     let announcer = st.clone();

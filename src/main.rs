@@ -123,8 +123,8 @@ struct ServerArgs {
     /// URL customers and volunteers reach this server at [default: http://<listen>].
     #[arg(long)]
     public_url: Option<String>,
-    /// Balancing policy: feedback, feedback-connections, least-connections, request-counting;
-    /// for experiments least-loaded and oracle [default: feedback].
+    /// Balancing policy: feedback, least-connections, request-counting; for experiments
+    /// feedback-bandwidth, least-loaded and oracle [default: feedback].
     #[arg(long)]
     policy: Option<String>,
     /// Seconds between volunteer announces [default: 5].

@@ -45,7 +45,7 @@ pub struct BalanceArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "request-counting,least-connections,feedback,oracle"
+        default_value = "request-counting,least-connections,feedback,feedback-bandwidth,oracle"
     )]
     policies: Vec<String>,
     /// Announce interval (s) of the main runs.

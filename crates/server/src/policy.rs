@@ -46,11 +46,11 @@ pub fn by_name(name: &str, slow_start: std::time::Duration) -> Option<Box<dyn Po
     match name {
         "feedback" => Some(Box::new(Feedback {
             slow_start,
-            use_rates: true,
-        })),
-        "feedback-connections" => Some(Box::new(Feedback {
-            slow_start,
             use_rates: false,
+        })),
+        "feedback-bandwidth" => Some(Box::new(Feedback {
+            slow_start,
+            use_rates: true,
         })),
         "least-connections" => Some(Box::new(LeastConnections)),
         "request-counting" => Some(Box::new(RequestCounting)),
@@ -139,8 +139,9 @@ impl Policy for LeastConnections {
 /// volunteer that (re)joined recently counts with a reduced capacity (slow start).
 pub struct Feedback {
     pub slow_start: std::time::Duration,
-    /// Weigh sync by bandwidth where every candidate declared its uplink (`feedback`); off,
-    /// it always counts connections as the paper does (`feedback-connections`).
+    /// Weigh sync by bandwidth where every candidate declared its uplink
+    /// (`feedback-bandwidth`, an experiment: it measured no better); off, it counts
+    /// connections as the paper does (`feedback`, the default).
     pub use_rates: bool,
 }
 
@@ -196,9 +197,9 @@ fn expected_rate(c: &Candidate) -> Option<f64> {
 impl Policy for Feedback {
     fn name(&self) -> &'static str {
         if self.use_rates {
-            "feedback"
+            "feedback-bandwidth"
         } else {
-            "feedback-connections"
+            "feedback"
         }
     }
     fn order(&self, cands: &[Candidate], rng: &mut dyn RngCore) -> Vec<usize> {
@@ -383,7 +384,7 @@ mod tests {
     }
 
     #[test]
-    fn with_declared_uplinks_feedback_weighs_sync_by_its_bandwidth() {
+    fn feedback_bandwidth_weighs_sync_by_its_bandwidth_where_uplinks_are_declared() {
         // A volunteer whose 4 sync uploads use half its link, no customers; another with two
         // customers and no sync. Counting connections (5 vs 3) prefers the second; a new
         // customer would get half the link from the first and a third from the second.
@@ -396,6 +397,9 @@ mod tests {
         busy.load.link_bps = 1_000_000;
         idle.load.link_bps = 1_000_000;
         assert_eq!(FB.order(&[busy.clone(), idle.clone()], &mut rng)[0], 0);
+        // The default `feedback` counts connections whatever is declared.
+        let paper = by_name("feedback", std::time::Duration::from_secs(10)).unwrap();
+        assert_eq!(paper.order(&[busy.clone(), idle.clone()], &mut rng)[0], 1);
         // Greedy sync (using the whole link) counts like connections again: the fair share
         // among 5 flows is less than among 3.
         busy.load.sync_bps = 1_000_000;

@@ -191,6 +191,11 @@ pub async fn start_server(root: &Path, repo_dir: &Path, extra: &[&str]) -> Serve
     }
     // A loaded test machine can delay an announce past the default 1.5 intervals; tests that
     // are about detecting a dead volunteer fast pass their own value.
+    // Tests probe redirects in bursts right after volunteers join; slow start would rightly
+    // send such bursts to the origin. It has its own unit test and bench scenario.
+    if !extra.contains(&"--slow-start-secs") {
+        args.extend(["--slow-start-secs".to_string(), "0".to_string()]);
+    }
     if !extra.contains(&"--timeout-intervals") {
         args.extend(["--timeout-intervals".to_string(), "3".to_string()]);
     }

@@ -19,8 +19,12 @@ use crate::state::{lock, write, AppState};
 /// Checks of fewer bytes than this say nothing about a volunteer's speed.
 const MIN_SPEED_SAMPLE: u64 = 128 * 1024;
 
-/// A volunteer at least this fraction of the median observed speed is not held back.
-const SLOW_FRACTION: f64 = 0.5;
+/// A volunteer at least this fraction of the median observed speed is not held back. Checks
+/// are few and a busy moment slows one down, so only a large gap counts.
+const SLOW_FRACTION: f64 = 0.25;
+
+/// Speed samples a volunteer needs before its speed is compared with anyone's.
+const MIN_SPEED_SAMPLES: u32 = 3;
 
 /// The share a volunteer gets for being slow never drops below this: it still gets checked
 /// and can recover.
@@ -71,6 +75,8 @@ struct Track {
     reports: u64,
     /// Throughput seen by passed checks, bytes/s (exponentially weighted).
     observed_bps: Option<f64>,
+    /// How many checks contributed to `observed_bps`.
+    speed_samples: u32,
 }
 
 /// The checker's state, shared with the handlers (`/api/report`, `/api/stats`).
@@ -378,12 +384,13 @@ pub async fn fetch_and_verify(client: &reqwest::Client, t: &Target) -> Verdict {
     }
 }
 
-/// Compare each volunteer's observed speed with the median of all observed: one that serves
-/// the server's checks at under half the median has its share cut in proportion, whatever
-/// load it reports. This is what catches a volunteer that claims to be idle but is slow.
+/// Compare each volunteer's observed speed with the median of all observed (each after at
+/// least `MIN_SPEED_SAMPLES` checks): one that serves the server's checks at under a quarter
+/// of the median has its share cut in proportion, whatever load it reports. This is what catches a volunteer that claims to be idle but is slow.
 fn update_observed_speeds(st: &AppState) {
     let speeds: Vec<(String, f64)> = lock(&st.spot.tracks)
         .iter()
+        .filter(|(_, t)| t.speed_samples >= MIN_SPEED_SAMPLES)
         .filter_map(|(id, t)| Some((id.clone(), t.observed_bps?)))
         .collect();
     if speeds.len() < 2 {
@@ -419,6 +426,7 @@ async fn apply(st: &AppState, id: &str, t: &Target, verdict: Verdict) {
                 if bytes >= MIN_SPEED_SAMPLE {
                     let bps = bytes as f64 / secs.max(1e-3);
                     tr.observed_bps = Some(tr.observed_bps.map_or(bps, |o| 0.7 * o + 0.3 * bps));
+                    tr.speed_samples = tr.speed_samples.saturating_add(1);
                 }
                 if quarantined {
                     tr.passes += 1;

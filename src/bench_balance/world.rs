@@ -167,6 +167,10 @@ pub async fn run_one(a: &BalanceArgs, work: &Path, sc: &Scenario) -> Result<RunR
         "0",
         "--slow-start-secs",
         &sc.slow_start_secs.to_string(),
+        // The study is about what volunteers report; spot checks would add a signal of their
+        // own (the speed they observe) to `feedback` only.
+        "--spot-check-secs",
+        "0",
     ])
     .args([
         "--torrent-min-bytes",

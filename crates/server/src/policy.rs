@@ -140,7 +140,7 @@ impl Policy for LeastConnections {
 pub struct Feedback {
     pub slow_start: std::time::Duration,
     /// Weigh sync by bandwidth where every candidate declared its uplink
-    /// (`feedback-bandwidth`, an experiment: it measured no better); off, it counts
+    /// (`feedback-bandwidth`, an experiment: not clearly better so far); off, it counts
     /// connections as the paper does (`feedback`, the default).
     pub use_rates: bool,
 }

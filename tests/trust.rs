@@ -24,7 +24,8 @@ fn replace_keeping_stat(path: &std::path::Path, bytes: &[u8]) {
         .unwrap();
 }
 
-fn start_proxy(root: &std::path::Path, server: &Server) -> (Proc, String) {
+/// A proxy for `server`, answering (its `/health` is the server's, fetched through it).
+async fn start_proxy(root: &std::path::Path, server: &Server) -> (Proc, String) {
     let port = free_port();
     let cache = root.join("proxy-cache");
     let p = Proc::spawn(
@@ -39,16 +40,15 @@ fn start_proxy(root: &std::path::Path, server: &Server) -> (Proc, String) {
         ],
         &root.join("proxy.log"),
     );
-    (p, format!("http://127.0.0.1:{port}"))
-}
-
-async fn state_of(server: &Server, name: &str) -> serde_json::Value {
-    server
-        .volunteers()
-        .await
-        .into_iter()
-        .find(|v| v["name"] == name)
-        .unwrap_or_default()
+    let url = format!("http://127.0.0.1:{port}");
+    let c = http();
+    wait_until(Duration::from_secs(20), "the proxy", || {
+        let u = format!("{url}/health");
+        let c = c.clone();
+        async move { c.get(u).send().await.is_ok() }
+    })
+    .await;
+    (p, url)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -60,14 +60,8 @@ async fn altered_bytes_never_reach_a_proxy_customer_and_the_volunteer_is_quarant
     let server = start_server(root, &repo, &["--spot-check-secs", "2"]).await;
     let bad = start_volunteer(root, &server, "bad", &repo).await;
     server.wait_held("bad", 1).await;
-    let (proxy, proxy_url) = start_proxy(root, &server);
+    let (proxy, proxy_url) = start_proxy(root, &server).await;
     let c = http();
-    wait_until(Duration::from_secs(20), "the proxy", || {
-        let u = format!("{proxy_url}/health");
-        let c = c.clone();
-        async move { c.get(u).send().await.is_ok() }
-    })
-    .await;
 
     // Through the proxy, curl and wget get the right bytes from the (so far honest) volunteer.
     let good_b = std::fs::read(repo.join("big/b.bin")).unwrap();
@@ -135,10 +129,10 @@ async fn altered_bytes_never_reach_a_proxy_customer_and_the_volunteer_is_quarant
 
     // The proxy reported it; the server checks that file and quarantines the volunteer.
     wait_until(Duration::from_secs(20), "the quarantine", || async {
-        state_of(&server, "bad").await["state"] == "quarantined"
+        server.volunteer("bad").await["state"] == "quarantined"
     })
     .await;
-    let v = state_of(&server, "bad").await;
+    let v = server.volunteer("bad").await;
     assert!(
         v["quarantine"].as_str().unwrap_or("").contains("big/a.bin"),
         "{v}"
@@ -181,7 +175,7 @@ async fn altered_bytes_never_reach_a_proxy_customer_and_the_volunteer_is_quarant
     wait_until(
         Duration::from_secs(40),
         "the end of the quarantine",
-        || async { state_of(&server, "bad").await["state"] == "healthy" },
+        || async { server.volunteer("bad").await["state"] == "healthy" },
     )
     .await;
     assert!(server
@@ -229,7 +223,7 @@ async fn admins_drain_resume_and_revoke_volunteers() {
     };
 
     admin("drain");
-    assert_eq!(state_of(&server, "v1").await["state"], "draining");
+    assert_eq!(server.volunteer("v1").await["state"], "draining");
     for _ in 0..10 {
         assert_eq!(server.location("big/a.bin").await, None);
     }
@@ -242,7 +236,7 @@ async fn admins_drain_resume_and_revoke_volunteers() {
     .await;
 
     admin("revoke");
-    assert_eq!(state_of(&server, "v1").await["state"], "revoked");
+    assert_eq!(server.volunteer("v1").await["state"], "revoked");
     for _ in 0..10 {
         assert_eq!(server.location("big/a.bin").await, None);
     }
@@ -251,7 +245,7 @@ async fn admins_drain_resume_and_revoke_volunteers() {
         v1.proc.log_text().contains("credential revoked")
     })
     .await;
-    assert_eq!(state_of(&server, "v1").await["state"], "revoked");
+    assert_eq!(server.volunteer("v1").await["state"], "revoked");
     // An unknown name is a clear error.
     let out = run(Command::new(BIN).args([
         "volunteers",
@@ -280,14 +274,8 @@ async fn apt_installs_a_package_through_the_proxy() {
     let server = start_server(root, &repo, &[]).await;
     let v = start_volunteer(root, &server, "v", &repo).await;
     server.wait_held("v", 1).await;
-    let (proxy, proxy_url) = start_proxy(root, &server);
+    let (proxy, proxy_url) = start_proxy(root, &server).await;
     let c = http();
-    wait_until(Duration::from_secs(20), "the proxy", || {
-        let u = format!("{proxy_url}/health");
-        let c = c.clone();
-        async move { c.get(u).send().await.is_ok() }
-    })
-    .await;
 
     // apt with its own state, and dpkg installing into a directory of ours with its own
     // database: nothing of the machine's own packages is touched.
@@ -416,11 +404,11 @@ async fn a_volunteer_that_reports_idle_but_serves_slowly_gets_a_smaller_share() 
     wait_until(
         Duration::from_secs(60),
         "the slow volunteer to be found out",
-        || async { state_of(&server, "slow").await["observed_speed"].as_f64() <= Some(0.2) },
+        || async { server.volunteer("slow").await["observed_speed"].as_f64() <= Some(0.2) },
     )
     .await;
     assert_eq!(
-        state_of(&server, "fast").await["observed_speed"].as_f64(),
+        server.volunteer("fast").await["observed_speed"].as_f64(),
         Some(1.0)
     );
     let slow_url = format!("http://127.0.0.1:{port}");
@@ -436,7 +424,7 @@ async fn a_volunteer_that_reports_idle_but_serves_slowly_gets_a_smaller_share() 
     assert!(
         to_slow <= 15,
         "{to_slow} of 60 customers went to the slow volunteer: {}",
-        state_of(&server, "slow").await
+        server.volunteer("slow").await
     );
     assert!(
         to_fast >= 40,

@@ -22,15 +22,6 @@ fn ctl(data_dir: &std::path::Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-async fn state(server: &Server, name: &str) -> serde_json::Value {
-    server
-        .volunteers()
-        .await
-        .into_iter()
-        .find(|v| v["name"] == name)
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn admins_pause_resume_and_change_limits_live() {
     let tmp = TestDir::new();
@@ -54,7 +45,7 @@ async fn admins_pause_resume_and_change_limits_live() {
     wait_until(
         Duration::from_secs(3),
         "the server to see the pause",
-        || async { state(&server, "v1").await["state"] == "paused" },
+        || async { server.volunteer("v1").await["state"] == "paused" },
     )
     .await;
     assert_eq!(server.location("big/a.bin").await, None);
@@ -70,7 +61,7 @@ async fn admins_pause_resume_and_change_limits_live() {
     wait_until(
         Duration::from_secs(3),
         "the server to see the resume",
-        || async { state(&server, "v1").await["state"] == "healthy" },
+        || async { server.volunteer("v1").await["state"] == "healthy" },
     )
     .await;
     assert!(server.location("big/a.bin").await.is_some());
@@ -91,7 +82,7 @@ async fn admins_pause_resume_and_change_limits_live() {
         "{out}"
     );
     wait_until(Duration::from_secs(3), "the new capacity", || async {
-        state(&server, "v1").await["capacity"] == 7
+        server.volunteer("v1").await["capacity"] == 7
     })
     .await;
     // Bad values are refused with a reason; the control token is required.
@@ -158,7 +149,7 @@ async fn upload_windows_and_quotas_from_the_toml_are_respected() {
     );
     server.wait_held("w", 1).await;
     wait_until(Duration::from_secs(10), "the window's capacity", || async {
-        state(&server, "w").await["capacity"] == 3
+        server.volunteer("w").await["capacity"] == 3
     })
     .await;
 
@@ -183,5 +174,5 @@ async fn upload_windows_and_quotas_from_the_toml_are_respected() {
     )
     .await;
     assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
-    assert_eq!(state(&server, "q").await["generations"]["debian"], 0);
+    assert_eq!(server.volunteer("q").await["generations"]["debian"], 0);
 }

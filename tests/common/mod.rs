@@ -273,6 +273,15 @@ impl Server {
         }
     }
 
+    /// The server's view of the volunteer called `name` (null if unknown).
+    pub async fn volunteer(&self, name: &str) -> serde_json::Value {
+        self.volunteers()
+            .await
+            .into_iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_default()
+    }
+
     /// The generation a volunteer is known to hold, if it is healthy.
     pub async fn held(&self, name: &str) -> Option<u64> {
         self.volunteers()

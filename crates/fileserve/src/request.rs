@@ -1,6 +1,6 @@
 //! The first steps every file-serving endpoint takes, shared by origin and volunteers.
 
-use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
 /// A plain-text response: every refusal says why.
@@ -29,6 +29,22 @@ pub fn customer_path(method: &Method, uri: &Uri) -> Result<String, Box<Response>
     }
     crate::decode_url_path(uri.path())
         .map_err(|e| Box::new(text_response(e.status(), format!("bad path: {e}"))))
+}
+
+/// Whether `headers` carry `Authorization: Bearer <token>`, compared in constant time (the
+/// admin endpoints of the server and of volunteers).
+pub fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| {
+            t.len() == token.len()
+                && t.bytes()
+                    .zip(token.bytes())
+                    .fold(0u8, |a, (x, y)| a | (x ^ y))
+                    == 0
+        })
 }
 
 /// The body length a response declares (0 if none): what a server counts as uploaded.

@@ -264,12 +264,7 @@ pub async fn publish(
 
 /// Admin endpoints need `Authorization: Bearer <the contents of <data-dir>/admin.token>`.
 pub fn require_admin(st: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
-    let authorized = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| constant_time_eq(t.as_bytes(), st.admin_token.as_bytes()));
-    if authorized {
+    if fileserve::bearer_matches(headers, &st.admin_token) {
         Ok(())
     } else {
         Err(Box::new(text(
@@ -277,10 +272,6 @@ pub fn require_admin(st: &AppState, headers: &HeaderMap) -> Result<(), Box<Respo
             "admin token required (see <data-dir>/admin.token)",
         )))
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `POST /admin/volunteers/<name>/<action>`: `revoke` (for good), `drain` (no customers,

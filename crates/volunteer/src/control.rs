@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fileserve::text_response as text;
@@ -64,18 +64,7 @@ pub fn write_runtime_info(data_dir: &Path, url: &str) -> std::io::Result<()> {
 }
 
 fn authorized(st: &VolunteerState, headers: &HeaderMap) -> Result<(), Box<Response>> {
-    let ok = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| {
-            t.len() == st.control_token.len()
-                && t.bytes()
-                    .zip(st.control_token.bytes())
-                    .fold(0u8, |a, (x, y)| a | (x ^ y))
-                    == 0
-        });
-    if ok {
+    if fileserve::bearer_matches(headers, &st.control_token) {
         Ok(())
     } else {
         Err(Box::new(text(

@@ -3,6 +3,7 @@
 
 mod admin;
 mod bench_balance;
+mod bench_speed;
 mod demo;
 
 use std::path::PathBuf;
@@ -26,6 +27,15 @@ struct Cli {
     /// collectors). The level is set with RUST_LOG (default: info).
     #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Threads that run requests: 0 one per core; 1 a single-threaded runtime (one core,
+    /// as a one-worker nginx).
+    #[arg(
+        long,
+        global = true,
+        env = "MIRRORSWARM_WORKER_THREADS",
+        default_value_t = 0
+    )]
+    worker_threads: usize,
 }
 
 #[derive(Subcommand)]
@@ -62,6 +72,9 @@ enum Command {
 enum BenchCommand {
     /// The paper's balancing experiment: policies side by side under background sync traffic.
     Balance(bench_balance::BalanceArgs),
+    /// Redirector, tracker, volunteer serving and publishing against nginx, opentracker and
+    /// sha256sum, side by side (needs wrk, nginx, opentracker; benches/speed.sh installs them).
+    Speed(bench_speed::SpeedArgs),
 }
 
 #[derive(Subcommand)]
@@ -289,7 +302,7 @@ fn main() -> ExitCode {
     if let Command::Prsync(PrsyncCommand::Pull(a)) = &cli.command {
         return prsync_pull(a);
     }
-    let rt = match tokio::runtime::Runtime::new() {
+    let rt = match runtime(cli.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -303,6 +316,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The async runtime: multi-threaded with `threads` workers (0: one per core), or a
+/// current-thread runtime for 1, which skips work stealing and cross-thread wakeups.
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if threads > 1 {
+        b.worker_threads(threads);
+    }
+    b.enable_all().build()
 }
 
 async fn dispatch(cmd: Command) -> Result<()> {
@@ -335,6 +362,7 @@ async fn dispatch(cmd: Command) -> Result<()> {
         Command::Demo(a) => demo::run(a).await,
         Command::Prsync(_) => unreachable!("handled in main"),
         Command::Bench(BenchCommand::Balance(a)) => bench_balance::run(a).await,
+        Command::Bench(BenchCommand::Speed(a)) => bench_speed::run(a).await,
     }
 }
 

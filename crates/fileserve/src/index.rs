@@ -65,6 +65,12 @@ pub fn render_index(url_path: &str, entries: &[IndexEntry]) -> String {
 /// characters with HTML meaning, as UTF-8 bytes.
 pub fn encode_path_segment(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
+    push_encoded_segment(&mut out, segment);
+    out
+}
+
+/// [`encode_path_segment`] appending to `out` (no allocation of its own).
+pub fn push_encoded_segment(out: &mut String, segment: &str) {
     for &b in segment.as_bytes() {
         let keep = b.is_ascii_alphanumeric()
             || matches!(
@@ -77,7 +83,6 @@ pub fn encode_path_segment(segment: &str) -> String {
             let _ = write!(out, "%{b:02X}");
         }
     }
-    out
 }
 
 /// Escape text for HTML element content and double- or single-quoted

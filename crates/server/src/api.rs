@@ -189,8 +189,8 @@ pub async fn manifest(
             format!("no repository named `{repo}`"),
         );
     };
-    let bytes = if which == "latest" {
-        snap.signed.to_vec()
+    let g = if which == "latest" {
+        snap.generation()
     } else {
         let Ok(g) = which.parse::<u64>() else {
             return text(
@@ -198,13 +198,18 @@ pub async fn manifest(
                 "generation must be a number or `latest`",
             );
         };
+        g
+    };
+    // Manifests are served from disk: a million-file manifest is ~150 MB of JSON that the
+    // server need not hold, and volunteers fetch it once a generation.
+    let bytes = {
         if g > snap.generation() || g == 0 {
             return text(
                 StatusCode::NOT_FOUND,
                 format!("generation {g} of `{repo}` is not published"),
             );
         }
-        match st.publisher.read_generation(&repo, g) {
+        match tokio::fs::read(crate::publish::manifest_path(&st.config.data_dir, &repo, g)).await {
             Ok(b) => b,
             Err(_) => {
                 return text(
@@ -424,10 +429,7 @@ pub async fn report(
     let Some((repo, rel)) = path.split_once('/') else {
         return text(StatusCode::BAD_REQUEST, "url names no file of a repository");
     };
-    if st
-        .repo(repo)
-        .is_none_or(|s| !s.manifest.files.contains_key(rel))
-    {
+    if st.repo(repo).is_none_or(|s| !s.files.contains(rel)) {
         return text(StatusCode::NOT_FOUND, "url names no published file");
     }
     tracing::warn!(volunteer = %id, repo, path = rel, reason = %r.reason, "a customer reported bad bytes; checking that volunteer now");

@@ -8,6 +8,7 @@
 //! documents; [`sample_repo`] a generated apt repository for the demo and tests.
 
 pub mod api;
+pub mod file_index;
 pub mod metalink;
 pub mod metrics;
 pub mod origin_gate;
@@ -173,7 +174,13 @@ pub async fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>> {
         repos: RwLock::new(HashMap::new()),
         repo_dirs: cfg.repos.clone(),
         info_hashes,
-        registry: Mutex::new(Registry::new(cfg.tracker.volunteer_timeout())),
+        registry: Mutex::new({
+            let mut r = Registry::new(cfg.tracker.volunteer_timeout());
+            r.set_connection_window(std::time::Duration::from_secs(
+                cfg.redirect.connection_window_secs,
+            ));
+            r
+        }),
         swarms: Mutex::new(Swarms::new(SwarmLimits {
             peer_ttl: cfg.tracker.peer_ttl(),
             ..SwarmLimits::default()

@@ -10,7 +10,6 @@ use tracker::registry::Load;
 /// What a policy may know of one eligible volunteer.
 #[derive(Debug, Clone)]
 pub struct Candidate {
-    pub id: String,
     /// Last reported workload.
     pub load: Load,
     /// Redirects the server issued since that report (within the connection window).
@@ -38,6 +37,10 @@ pub trait Policy: Send + Sync {
     fn name(&self) -> &'static str;
     /// Indices into `cands`, best first. Empty: no volunteer should take this request.
     fn order(&self, cands: &[Candidate], rng: &mut dyn RngCore) -> Vec<usize>;
+    /// Whether candidates need the exact live load (the oracle's experiment feed).
+    fn wants_exact_load(&self) -> bool {
+        false
+    }
 }
 
 /// Build a policy by its configured name. `slow_start`: how long a (re)joining volunteer's
@@ -82,6 +85,9 @@ pub struct Oracle;
 impl Policy for Oracle {
     fn name(&self) -> &'static str {
         "oracle"
+    }
+    fn wants_exact_load(&self) -> bool {
+        true
     }
     fn order(&self, cands: &[Candidate], rng: &mut dyn RngCore) -> Vec<usize> {
         let load = |c: &Candidate| {
@@ -242,9 +248,8 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
-    fn cand(id: &str, conns: u32, sync: u32, since: u32, total: u64, cap: u32) -> Candidate {
+    fn cand(_name: &str, conns: u32, sync: u32, since: u32, total: u64, cap: u32) -> Candidate {
         Candidate {
-            id: id.into(),
             load: Load {
                 customer_conns: conns,
                 sync_conns: sync,

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use manifest::scan::{scan_tree, ScanCache};
 use manifest::{Manifest, ServerKey, SignedManifest};
 
+use crate::file_index::FileIndex;
 use crate::store::{now_secs, GenerationRecord, Store};
 
 /// One published generation of one repository, as the request path reads it.
@@ -24,17 +25,18 @@ use crate::store::{now_secs, GenerationRecord, Store};
 pub struct RepoSnapshot {
     pub name: String,
     pub root: PathBuf,
-    pub manifest: Manifest,
-    /// The signed envelope, served to volunteers as is.
-    pub signed: Bytes,
-    /// Size and mtime of each file when it was hashed, to notice files edited on disk after
-    /// publishing (their bytes no longer match the published digest).
-    pub stat: ScanCache,
+    pub generation: u64,
+    pub published_at: u64,
+    /// Every file with its entry, and its size and mtime when hashed (to notice files edited
+    /// on disk after publishing: their bytes no longer match the published digest).
+    pub files: FileIndex,
+    /// The signed envelope of this generation, served to volunteers from disk.
+    pub signed_path: PathBuf,
 }
 
 impl RepoSnapshot {
     pub fn generation(&self) -> u64 {
-        self.manifest.generation
+        self.generation
     }
 }
 
@@ -95,6 +97,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)
+}
+
+/// Give memory freed after a publish (the scan, the manifest, its JSON) back to the system.
+/// glibc keeps freed heap for reuse otherwise, and a million-file publish frees hundreds of
+/// megabytes the request path will never use.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it touches no live
+    // allocation and is safe to call at any time from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 impl Publisher {
@@ -188,13 +202,10 @@ impl Publisher {
         previous: Option<&RepoSnapshot>,
     ) -> Result<(RepoSnapshot, PublishReport)> {
         let cache_path = repo_dir(&self.data_dir, name).join("scan-cache.json");
-        let prev_loaded;
-        let prev: Option<(&Manifest, Bytes)> = match previous {
-            Some(s) => Some((&s.manifest, s.signed.clone())),
-            None => {
-                prev_loaded = self.load_latest(name)?;
-                prev_loaded.as_ref().map(|(m, b)| (m, b.clone()))
-            }
+        // The previous generation as a manifest again, for the duration of this publish.
+        let prev: Option<Manifest> = match previous {
+            Some(s) => Some(s.files.to_manifest(name, s.generation, s.published_at)),
+            None => self.load_latest(name)?.map(|(m, _)| m),
         };
         let cache: ScanCache = match std::fs::read(&cache_path) {
             Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
@@ -204,10 +215,12 @@ impl Publisher {
             Err(_) => ScanCache::new(),
         };
         let root_owned = root.to_path_buf();
-        let scanned = tokio::task::spawn_blocking(move || scan_tree(&root_owned, &cache))
-            .await
-            .context("scan task failed")?
-            .with_context(|| format!("scanning {}", root.display()))?;
+        let (mut scanned, cache) = tokio::task::spawn_blocking(move || {
+            scan_tree(&root_owned, &cache).map(|scanned| (scanned, cache))
+        })
+        .await
+        .context("scan task failed")?
+        .with_context(|| format!("scanning {}", root.display()))?;
         for (path, why) in &scanned.skipped {
             tracing::warn!(repo = name, path = %path, reason = %why, "not published");
         }
@@ -216,17 +229,11 @@ impl Publisher {
             .iter()
             .map(|(p, c)| (p.clone(), (c.size, c.sha256)))
             .collect();
-        let prev_gen = prev.as_ref().map_or(0, |(m, _)| m.generation);
-        let candidate = Manifest::next(
-            name,
-            prev.as_ref().map(|(m, _)| *m),
-            contents,
-            prev_gen + 1,
-            now_secs(),
-        );
+        let prev_gen = prev.as_ref().map_or(0, |m| m.generation);
+        let candidate = Manifest::next(name, prev.as_ref(), contents, prev_gen + 1, now_secs());
 
-        let (manifest, signed, new_generation) = match prev {
-            Some((m, bytes)) if m.same_content(&candidate) => (m.clone(), bytes, false),
+        let (manifest, new_generation) = match prev {
+            Some(m) if m.same_content(&candidate) => (m, false),
             _ => {
                 let mut candidate = candidate;
                 let built = self.attach_artifacts(&mut candidate, root).await?;
@@ -241,11 +248,15 @@ impl Publisher {
                 let path = manifest_path(&self.data_dir, name, candidate.generation);
                 write_atomic(&path, &signed)
                     .with_context(|| format!("writing {}", path.display()))?;
-                (candidate, Bytes::from(signed), true)
+                (candidate, true)
             }
         };
-        write_atomic(&cache_path, &serde_json::to_vec(&scanned.files)?)
-            .with_context(|| format!("writing {}", cache_path.display()))?;
+        // Nothing read and nothing moved: the cache on disk already says all this.
+        if scanned.hashed > 0 || scanned.files != cache {
+            write_atomic(&cache_path, &serde_json::to_vec(&scanned.files)?)
+                .with_context(|| format!("writing {}", cache_path.display()))?;
+        }
+        drop(cache);
         if manifest.generation == 0 {
             bail!("internal: generation 0 published");
         }
@@ -274,15 +285,20 @@ impl Publisher {
             changed_files: if new_generation { changed_files } else { 0 },
             hashed_files: scanned.hashed,
             hashed_bytes: scanned.hashed_bytes,
-            skipped: scanned.skipped,
+            skipped: std::mem::take(&mut scanned.skipped),
         };
+        let files = FileIndex::build(&manifest, &scanned.files)?;
         let snapshot = RepoSnapshot {
             name: name.to_string(),
             root: root.to_path_buf(),
-            manifest,
-            signed,
-            stat: scanned.files,
+            generation: manifest.generation,
+            published_at: manifest.published_at,
+            files,
+            signed_path: manifest_path(&self.data_dir, name, manifest.generation),
         };
+        drop(manifest);
+        drop(scanned);
+        release_freed_memory();
         Ok((snapshot, report))
     }
 }
@@ -318,7 +334,7 @@ mod tests {
             (r1b.generation, r1b.new_generation, r1b.hashed_files),
             (1, false, 0)
         );
-        assert_eq!(s1b.signed, s1.signed);
+        assert_eq!(s1b.signed_path, s1.signed_path);
 
         std::fs::write(repo.join("sub/b"), b"two, changed").unwrap();
         let (s2, r2) = p.publish("r", &repo, Some(&s1b)).await.unwrap();
@@ -326,8 +342,8 @@ mod tests {
             (r2.generation, r2.changed_files, r2.hashed_files),
             (2, 1, 1)
         );
-        assert_eq!(s2.manifest.files["a"].changed_in, 1);
-        assert_eq!(s2.manifest.files["sub/b"].changed_in, 2);
+        assert_eq!(s2.files.get("a").unwrap().changed_in, 1);
+        assert_eq!(s2.files.get("sub/b").unwrap().changed_in, 2);
 
         // A new publisher (server restart) continues from the files on disk.
         let p2 = Publisher::new(data.clone(), key.clone(), store, arts);

@@ -7,6 +7,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use rand::Rng;
+
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -25,63 +27,93 @@ use crate::state::{lock, AppState};
 /// start with `.`, so it cannot clash with one.
 pub const ORIGIN_PREFIX: &str = ".origin";
 
-fn encode_rel(rel: &str) -> String {
-    rel.split('/')
-        .map(encode_path_segment)
-        .collect::<Vec<_>>()
-        .join("/")
+/// `repo/rel` percent-encoded segment by segment, once per request: every URL the answer
+/// names ends with it.
+pub fn encoded_repo_path(repo: &str, rel: &str) -> String {
+    let mut out = String::with_capacity(repo.len() + rel.len() + 8);
+    fileserve::push_encoded_segment(&mut out, repo);
+    for seg in rel.split('/') {
+        out.push('/');
+        fileserve::push_encoded_segment(&mut out, seg);
+    }
+    out
+}
+
+/// Append `base` (without a trailing slash), `/`, and an encoded path.
+fn push_url(out: &mut String, base: &str, encoded: &str) {
+    out.push_str(base.trim_end_matches('/'));
+    out.push('/');
+    out.push_str(encoded);
 }
 
 /// Where a volunteer serves `repo/rel`.
 pub fn volunteer_url(base: &str, repo: &str, rel: &str) -> String {
-    format!(
-        "{}/{}/{}",
-        base.trim_end_matches('/'),
-        encode_path_segment(repo),
-        encode_rel(rel)
-    )
+    let mut out = String::new();
+    push_url(&mut out, base, &encoded_repo_path(repo, rel));
+    out
 }
 
-pub fn origin_url(public: &str, repo: &str, rel: &str) -> String {
-    format!(
-        "{public}/{ORIGIN_PREFIX}/{}/{}",
-        encode_path_segment(repo),
-        encode_rel(rel)
-    )
+pub fn origin_url(public: &str, encoded: &str) -> String {
+    let mut out = String::with_capacity(public.len() + encoded.len() + 10);
+    out.push_str(public);
+    out.push('/');
+    out.push_str(ORIGIN_PREFIX);
+    out.push('/');
+    out.push_str(encoded);
+    out
 }
 
-/// The volunteers that may serve `entry`, best first (the policy's order).
+/// How many eligible volunteers the policy sees per request: all of them in a small pool, a
+/// random sample in a large one (best of a sample balances nearly as well as best of all,
+/// and keeps a redirect's cost independent of the number of volunteers).
+pub const SAMPLE: usize = 16;
+
+/// Base URLs of up to `want` volunteers that may serve `entry`, best first (the policy's
+/// order); the first is counted as redirected to.
 pub fn choose(
     st: &AppState,
     snap: &RepoSnapshot,
     rel: &str,
     entry: &Entry,
-) -> Vec<(String, String)> {
+    want: usize,
+) -> Vec<String> {
     let now = Instant::now();
-    let window = std::time::Duration::from_secs(st.config.redirect.connection_window_secs);
+    let mut rng = rand::thread_rng();
     let mut reg = lock(&st.registry);
-    let (eligible, excluded) = reg.candidates(&snap.name, entry.changed_in, snap.generation(), now);
-    let oracle = crate::state::read(&st.oracle_live);
-    let cands: Vec<Candidate> = eligible
+    let mut sample = Vec::with_capacity(SAMPLE);
+    reg.sample(
+        &snap.name,
+        entry.changed_in,
+        snap.generation(),
+        now,
+        SAMPLE,
+        &mut |n| rng.gen_range(0..n),
+        &mut sample,
+    );
+    let oracle = st
+        .policy
+        .wants_exact_load()
+        .then(|| crate::state::read(&st.oracle_live));
+    let cands: Vec<Candidate> = sample
         .iter()
-        .map(|v| Candidate {
-            id: v.id.clone(),
-            load: v.load,
-            issued_since_report: v.unreported_within(window, now),
-            issued_total: v.issued_total,
-            issued_recent: v.issued_within(window, now),
-            age: now.saturating_duration_since(v.joined),
-            exact: oracle.get(&v.id).copied(),
-            observed_speed: reg.observed_speed(&v.id),
+        .map(|&i| {
+            let (unreported, recent) = reg.open_redirects(i, now);
+            let v = reg.at(i);
+            Candidate {
+                load: v.load,
+                issued_since_report: unreported,
+                issued_total: v.issued_total,
+                issued_recent: recent,
+                age: now.saturating_duration_since(v.joined),
+                exact: oracle.as_ref().and_then(|o| o.get(&v.id).copied()),
+                observed_speed: reg.observed_speed(&v.id),
+            }
         })
         .collect();
     drop(oracle);
-    let urls: Vec<(String, String)> = eligible
-        .iter()
-        .map(|v| (v.id.clone(), v.url.clone()))
-        .collect();
-    let order = st.policy.order(&cands, &mut rand::thread_rng());
+    let order = st.policy.order(&cands, &mut rng);
     if tracing::enabled!(tracing::Level::DEBUG) {
+        let (_, excluded) = reg.candidates(&snap.name, entry.changed_in, snap.generation(), now);
         let why: Vec<String> = excluded
             .iter()
             .map(|(v, e)| format!("{}: {e}", v.id))
@@ -89,17 +121,19 @@ pub fn choose(
         tracing::debug!(
             repo = %snap.name, path = rel, changed_in = entry.changed_in,
             policy = st.policy.name(),
-            chosen = order.first().map(|&i| cands[i].id.as_str()).unwrap_or("origin"),
-            eligible = cands.len(), excluded = ?why,
+            chosen = order.first().map(|&i| reg.at(sample[i]).id.as_str()).unwrap_or("origin"),
+            sampled = cands.len(), excluded = ?why,
             "redirect decision"
         );
     }
-    let chosen: Vec<(String, String)> = order
-        .into_iter()
-        .filter_map(|i| urls.get(i).cloned())
+    let chosen: Vec<String> = order
+        .iter()
+        .take(want)
+        .filter_map(|&i| sample.get(i))
+        .map(|&at| reg.at(at).url.clone())
         .collect();
-    if let Some((id, _)) = chosen.first() {
-        reg.note_redirect(id, entry.size, now);
+    if let Some(&first) = order.first().and_then(|&i| sample.get(i)) {
+        reg.note_redirect_at(first, entry.size, now);
     }
     chosen
 }
@@ -163,23 +197,18 @@ pub async fn customer(
     }
     // `x.meta4` is a Metalink for `x`, unless the repository really has a file called `x.meta4`.
     let (rel, metalink) = match rel.strip_suffix(".meta4") {
-        Some(base) if !snap.manifest.files.contains_key(rel) => (base, true),
+        Some(base) if !snap.files.contains(rel) => (base, true),
         _ => (rel, wants_metalink(&headers)),
     };
-    let Some(entry) = snap.manifest.files.get(rel).copied() else {
+    let Some(entry) = snap.files.get(rel) else {
         let dir_prefix = format!("{rel}/");
         if snap
-            .manifest
             .files
-            .range(dir_prefix.clone()..)
+            .range_from(&dir_prefix)
             .next()
             .is_some_and(|(k, _)| k.starts_with(&dir_prefix))
         {
-            return moved(&format!(
-                "/{}/{}/",
-                encode_path_segment(repo),
-                encode_rel(rel)
-            ));
+            return moved(&format!("/{}/", encoded_repo_path(repo, rel)));
         }
         return text(
             StatusCode::NOT_FOUND,
@@ -192,12 +221,17 @@ pub async fn customer(
 
     let mut extra = HeaderMap::new();
     digest_headers(&entry, &mut extra);
-    let origin = origin_url(&st.public_url, repo, rel);
+    let encoded = encoded_repo_path(repo, rel);
+    let origin = origin_url(&st.public_url, &encoded);
 
     if metalink && !origin_only {
-        let mut urls: Vec<String> = choose(&st, &snap, rel, &entry)
+        let mut urls: Vec<String> = choose(&st, &snap, rel, &entry, SAMPLE)
             .into_iter()
-            .map(|(_, base)| volunteer_url(&base, repo, rel))
+            .map(|base| {
+                let mut u = String::new();
+                push_url(&mut u, &base, &encoded);
+                u
+            })
             .collect();
         urls.push(origin);
         let name = rel.rsplit('/').next().unwrap_or(rel);
@@ -219,21 +253,19 @@ pub async fn customer(
     }
 
     if !origin_only && entry.size > st.config.redirect.direct_max_bytes {
-        let chosen = choose(&st, &snap, rel, &entry);
-        if let Some((_, base)) = chosen.first() {
+        let chosen = choose(
+            &st,
+            &snap,
+            rel,
+            &entry,
+            st.config.redirect.alternatives.max(1),
+        );
+        if let Some(base) = chosen.first() {
             st.counters.count(Outcome::Volunteer);
             st.counters
                 .redirected_bytes
                 .fetch_add(entry.size, std::sync::atomic::Ordering::Relaxed);
-            return redirect(
-                &st,
-                repo,
-                rel,
-                &volunteer_url(base, repo, rel),
-                &chosen[1..],
-                &origin,
-                extra,
-            );
+            return redirect(&st, &encoded, base, &chosen[1..], &origin, extra);
         }
     }
     st.counters.count(if origin_only {
@@ -264,35 +296,42 @@ fn moved(location: &str) -> Response {
     r
 }
 
+/// A 302 to `base`, with the alternatives (volunteers, then the origin) as RFC 6249
+/// `Link: rel=duplicate` and the Metalink as `rel=describedby`. Built into one buffer per
+/// header: this is the request path's hottest answer.
 fn redirect(
     st: &AppState,
-    repo: &str,
-    rel: &str,
-    target: &str,
-    alternatives: &[(String, String)],
+    encoded: &str,
+    base: &str,
+    alternatives: &[String],
     origin: &str,
     mut headers: HeaderMap,
 ) -> Response {
+    use std::fmt::Write as _;
+    let mut target = String::with_capacity(base.len() + encoded.len() + 1);
+    push_url(&mut target, base, encoded);
     let max_alt = st.config.redirect.alternatives;
-    let mut links: Vec<String> = alternatives
-        .iter()
-        .take(max_alt.saturating_sub(1))
-        .map(|(_, base)| volunteer_url(base, repo, rel))
-        .chain(std::iter::once(origin.to_string()))
-        .take(max_alt)
-        .enumerate()
-        .map(|(i, u)| format!("<{u}>; rel=duplicate; pri={}", i + 1))
-        .collect();
-    links.push(format!(
-        "<{}/{}/{}.meta4>; rel=describedby; type=\"application/metalink4+xml\"",
-        st.public_url,
-        encode_path_segment(repo),
-        encode_rel(rel)
-    ));
-    if let Ok(v) = HeaderValue::from_str(&links.join(", ")) {
+    let mut link = String::with_capacity(96 * (max_alt + 1));
+    let volunteers = alternatives.iter().take(max_alt.saturating_sub(1));
+    let mut pri = 0;
+    for alt in volunteers {
+        pri += 1;
+        link.push('<');
+        push_url(&mut link, alt, encoded);
+        let _ = write!(link, ">; rel=duplicate; pri={pri}, ");
+    }
+    if max_alt > 0 {
+        let _ = write!(link, "<{origin}>; rel=duplicate; pri={}, ", pri + 1);
+    }
+    let _ = write!(
+        link,
+        "<{}/{encoded}.meta4>; rel=describedby; type=\"application/metalink4+xml\"",
+        st.public_url
+    );
+    if let Ok(v) = HeaderValue::from_str(&link) {
         headers.insert(header::LINK, v);
     }
-    match HeaderValue::from_str(target) {
+    match HeaderValue::from_str(&target) {
         Ok(loc) => headers.insert(header::LOCATION, loc),
         Err(_) => {
             return text(
@@ -303,7 +342,8 @@ fn redirect(
     };
     // The choice depends on live load: never cache it.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    let mut r = text(StatusCode::FOUND, format!("redirecting to {target}"));
+    target.insert_str(0, "redirecting to ");
+    let mut r = text(StatusCode::FOUND, target);
     r.headers_mut().extend(headers);
     r
 }
@@ -322,8 +362,8 @@ async fn serve_origin(
     };
     // If the operator changed the file after publishing, its bytes no longer match the
     // published digest: serve it (the origin always answers) but do not vouch for it.
-    let unchanged = match (tokio::fs::metadata(&file).await, snap.stat.get(rel)) {
-        (Ok(meta), Some(c)) => manifest::scan::stat_key(&meta) == (c.size, c.mtime_ns),
+    let unchanged = match (tokio::fs::metadata(&file).await, snap.files.stat(rel)) {
+        (Ok(meta), Some(published)) => manifest::scan::stat_key(&meta) == published,
         _ => false,
     };
     let etag = if unchanged {
@@ -344,7 +384,7 @@ async fn serve_origin(
 
 fn directory(snap: &RepoSnapshot, rel: &str, method: &Method, uri: &Uri) -> Response {
     let mut entries: Vec<IndexEntry> = Vec::new();
-    for (path, e) in snap.manifest.files.range(rel.to_string()..) {
+    for (path, e) in snap.files.range_from(rel) {
         let Some(rest) = path.strip_prefix(rel) else {
             break;
         };

@@ -61,11 +61,11 @@ impl OriginSeed {
     /// Seed exactly the large files of `snap`'s generation (for its repository).
     pub async fn sync(&self, snap: &RepoSnapshot) -> Result<()> {
         let mut files = Vec::new();
-        for (path, e) in &snap.manifest.files {
+        for (path, e) in snap.files.iter() {
             let Some(btih) = e.btih else { continue };
             let file = snap.root.join(path);
-            let unchanged = match (std::fs::metadata(&file), snap.stat.get(path)) {
-                (Ok(m), Some(c)) => manifest::scan::stat_key(&m) == (c.size, c.mtime_ns),
+            let unchanged = match (std::fs::metadata(&file), snap.files.stat(path)) {
+                (Ok(m), Some(published)) => manifest::scan::stat_key(&m) == published,
                 _ => false,
             };
             if unchanged {

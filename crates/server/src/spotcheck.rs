@@ -209,8 +209,7 @@ fn pick_target(st: &AppState, d: &Due) -> Option<Target> {
     let (repo, rel) = match &d.suspect {
         Some((repo, rel))
             if st.repo(repo).is_some_and(|s| {
-                s.manifest
-                    .files
+                s.files
                     .get(rel)
                     .is_some_and(|e| held.get(repo.as_str()).is_some_and(|&g| e.changed_in <= g))
             }) =>
@@ -224,7 +223,7 @@ fn pick_target(st: &AppState, d: &Due) -> Option<Target> {
             }
             let (repo, g) = repos[rng.gen_range(0..repos.len())];
             let snap = st.repo(repo)?;
-            let n = snap.manifest.files.len();
+            let n = snap.files.len();
             if n == 0 {
                 return None;
             }
@@ -233,11 +232,11 @@ fn pick_target(st: &AppState, d: &Due) -> Option<Target> {
             let direct = st.config.redirect.direct_max_bytes;
             let mut found = None;
             for _ in 0..16 {
-                let (rel, e) = snap.manifest.files.iter().nth(rng.gen_range(0..n))?;
+                let (rel, e) = snap.files.nth(rng.gen_range(0..n))?;
                 if e.changed_in <= g {
                     let redirected = e.size > direct;
                     if redirected || found.is_none() {
-                        found = Some(rel.clone());
+                        found = Some(rel.to_string());
                     }
                     if redirected {
                         break;
@@ -248,7 +247,7 @@ fn pick_target(st: &AppState, d: &Due) -> Option<Target> {
         }
     };
     let snap = st.repo(&repo)?;
-    let entry = snap.manifest.files.get(&rel)?;
+    let entry = snap.files.get(&rel)?;
     let url = crate::redirect::volunteer_url(&d.url, &repo, &rel);
     let whole = Expect::Whole {
         size: entry.size,

@@ -62,17 +62,17 @@ impl VolunteerLive {
         let since = self
             .last_report
             .max(now.checked_sub(window).unwrap_or(self.last_report));
-        let n = self.recent.iter().rev().take_while(|t| **t > since).count();
+        // `recent` is in time order: a binary search, not a walk, on the request path.
+        let n = self.recent.len() - self.recent.partition_point(|t| *t <= since);
         (n as u32).min(self.issued_since_report)
     }
 
     /// Redirects issued within `window` of `now`.
     pub fn issued_within(&self, window: Duration, now: Instant) -> usize {
-        self.recent
-            .iter()
-            .rev()
-            .take_while(|t| now.saturating_duration_since(**t) <= window)
-            .count()
+        match now.checked_sub(window) {
+            Some(cut) => self.recent.len() - self.recent.partition_point(|t| *t < cut),
+            None => self.recent.len(),
+        }
     }
 }
 
@@ -143,7 +143,11 @@ const RECENT_CAP: usize = 4096;
 
 #[derive(Debug)]
 pub struct Registry {
-    volunteers: HashMap<String, VolunteerLive>,
+    /// Sorted by id: listings are stable, and a position is what the request path samples.
+    volunteers: Vec<VolunteerLive>,
+    index: HashMap<String, usize>,
+    /// How long a redirect's timestamp is kept (the redirector's connection window).
+    window: Duration,
     /// Volunteers whose bytes failed a check. Kept apart from the live state so that it holds
     /// whether or not they announce.
     quarantined: std::collections::HashSet<String>,
@@ -155,7 +159,9 @@ pub struct Registry {
 impl Registry {
     pub fn new(timeout: Duration) -> Self {
         Registry {
-            volunteers: HashMap::new(),
+            volunteers: Vec::new(),
+            index: HashMap::new(),
+            window: Duration::from_secs(10),
             quarantined: Default::default(),
             observed_speed: HashMap::new(),
             timeout,
@@ -166,6 +172,25 @@ impl Registry {
         self.timeout
     }
 
+    /// How long redirects count as open connections; older timestamps are dropped.
+    pub fn set_connection_window(&mut self, window: Duration) {
+        self.window = window;
+    }
+
+    fn reindex(&mut self) {
+        self.index = self
+            .volunteers
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.id.clone(), i))
+            .collect();
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<&mut VolunteerLive> {
+        let i = *self.index.get(id)?;
+        self.volunteers.get_mut(i)
+    }
+
     /// Apply an authenticated mirror announce for `repo`.
     pub fn report(
         &mut self,
@@ -174,25 +199,34 @@ impl Registry {
         draining: bool,
         now: Instant,
     ) -> Result<(), RegistryError> {
-        let v = self
-            .volunteers
-            .entry(report.volunteer.clone())
-            .or_insert_with(|| VolunteerLive {
-                id: report.volunteer.clone(),
-                url: report.url.clone(),
-                generations: HashMap::new(),
-                load: Load::default(),
-                last_seq: 0,
-                last_report: now,
-                issued_since_report: 0,
-                issued_total: 0,
-                issued_bytes: 0,
-                recent: VecDeque::new(),
-                draining,
-                paused: report.paused,
-                stopped: false,
-                joined: now,
-            });
+        let i = match self.index.get(&report.volunteer) {
+            Some(&i) => i,
+            None => {
+                let at = self.volunteers.partition_point(|v| v.id < report.volunteer);
+                self.volunteers.insert(
+                    at,
+                    VolunteerLive {
+                        id: report.volunteer.clone(),
+                        url: report.url.clone(),
+                        generations: HashMap::new(),
+                        load: Load::default(),
+                        last_seq: 0,
+                        last_report: now,
+                        issued_since_report: 0,
+                        issued_total: 0,
+                        issued_bytes: 0,
+                        recent: VecDeque::new(),
+                        draining,
+                        paused: report.paused,
+                        stopped: false,
+                        joined: now,
+                    },
+                );
+                self.reindex();
+                at
+            }
+        };
+        let v = &mut self.volunteers[i];
         if report.seq <= v.last_seq {
             return Err(RegistryError::Replay {
                 got: report.seq,
@@ -223,14 +257,17 @@ impl Registry {
 
     /// Forget a volunteer (revoked).
     pub fn remove(&mut self, id: &str) {
-        self.volunteers.remove(id);
+        if let Some(i) = self.index.get(id).copied() {
+            self.volunteers.remove(i);
+            self.reindex();
+        }
         self.observed_speed.remove(id);
     }
 
     /// A signed `stopped` announce: no more redirects until it announces again with a newer
     /// sequence number.
     pub fn stop(&mut self, id: &str, seq: u64) {
-        if let Some(v) = self.volunteers.get_mut(id) {
+        if let Some(v) = self.get_mut(id) {
             if seq > v.last_seq {
                 v.last_seq = seq;
                 v.stopped = true;
@@ -261,7 +298,7 @@ impl Registry {
     }
 
     pub fn set_draining(&mut self, id: &str, draining: bool) {
-        if let Some(v) = self.volunteers.get_mut(id) {
+        if let Some(v) = self.get_mut(id) {
             v.draining = draining;
         }
     }
@@ -315,41 +352,128 @@ impl Registry {
     ) -> (Vec<&VolunteerLive>, Vec<(&VolunteerLive, Exclusion)>) {
         let mut ok = Vec::new();
         let mut excluded = Vec::new();
-        for v in self.volunteers.values() {
+        // In id order (the vector's), so policies with ties behave the same run to run.
+        for v in &self.volunteers {
             match self.check(v, repo, needed, latest, now) {
                 Ok(()) => ok.push(v),
                 Err(e) => excluded.push((v, e)),
             }
         }
-        // Stable order so that policies with ties behave the same run to run.
-        ok.sort_by(|a, b| a.id.cmp(&b.id));
         (ok, excluded)
+    }
+
+    /// The request path's view: up to `k` eligible volunteers, as positions for [`Self::at`].
+    /// With at most `k` volunteers in all, every eligible one, in id order; otherwise `k`
+    /// distinct ones found by random probes (`pick(n)` returns a random index below `n`), so a
+    /// redirect costs the same with ten volunteers or ten thousand. When probes keep missing
+    /// (most volunteers lag or are excluded), a walk from a random start fills the rest.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample(
+        &self,
+        repo: &str,
+        needed: u64,
+        latest: u64,
+        now: Instant,
+        k: usize,
+        pick: &mut dyn FnMut(usize) -> usize,
+        out: &mut Vec<usize>,
+    ) {
+        out.clear();
+        let n = self.volunteers.len();
+        let eligible = |i: usize| {
+            self.check(&self.volunteers[i], repo, needed, latest, now)
+                .is_ok()
+        };
+        if n <= k {
+            out.extend((0..n).filter(|&i| eligible(i)));
+            return;
+        }
+        for _ in 0..4 * k {
+            let i = pick(n);
+            if !out.contains(&i) && eligible(i) {
+                out.push(i);
+                if out.len() == k {
+                    return;
+                }
+            }
+        }
+        let start = pick(n);
+        for i in (start..n).chain(0..start) {
+            if out.len() == k {
+                break;
+            }
+            if !out.contains(&i) && eligible(i) {
+                out.push(i);
+            }
+        }
+    }
+
+    /// Redirects to the volunteer at position `i` that are probably still open, in O(1):
+    /// `(unreported, recent)`, as [`VolunteerLive::unreported_within`] and
+    /// [`VolunteerLive::issued_within`] with the registry's window. Drops timestamps that
+    /// left the window first, so what remains is exactly the window's.
+    pub fn open_redirects(&mut self, i: usize, now: Instant) -> (u32, usize) {
+        let window = self.window;
+        let Some(v) = self.volunteers.get_mut(i) else {
+            return (0, 0);
+        };
+        drop_older_than(&mut v.recent, window, now);
+        let recent = v.recent.len();
+        // The unreported ones are the newest `issued_since_report`; all left are in the window.
+        ((recent as u32).min(v.issued_since_report), recent)
+    }
+
+    /// The volunteer at a position [`Self::sample`] returned.
+    pub fn at(&self, i: usize) -> &VolunteerLive {
+        &self.volunteers[i]
     }
 
     /// Record that a customer was sent to `id` for a file of `bytes`.
     pub fn note_redirect(&mut self, id: &str, bytes: u64, now: Instant) {
-        if let Some(v) = self.volunteers.get_mut(id) {
-            v.issued_since_report = v.issued_since_report.saturating_add(1);
-            v.issued_total += 1;
-            v.issued_bytes += bytes;
-            if v.recent.len() >= RECENT_CAP {
-                v.recent.pop_front();
-            }
-            v.recent.push_back(now);
+        if let Some(i) = self.index.get(id).copied() {
+            self.note_redirect_at(i, bytes, now);
         }
     }
 
-    pub fn get(&self, id: &str) -> Option<&VolunteerLive> {
-        self.volunteers.get(id)
+    /// [`Self::note_redirect`] for a position [`Self::sample`] returned.
+    pub fn note_redirect_at(&mut self, i: usize, bytes: u64, now: Instant) {
+        let window = self.window;
+        let Some(v) = self.volunteers.get_mut(i) else {
+            return;
+        };
+        v.issued_since_report = v.issued_since_report.saturating_add(1);
+        v.issued_total += 1;
+        v.issued_bytes += bytes;
+        // Timestamps older than the window count for nothing: drop them as we go, so the
+        // queue holds one window of redirects, not a flood's history.
+        drop_older_than(&mut v.recent, window, now);
+        if v.recent.len() >= RECENT_CAP {
+            v.recent.pop_front();
+        }
+        v.recent.push_back(now);
     }
 
+    pub fn get(&self, id: &str) -> Option<&VolunteerLive> {
+        self.volunteers.get(*self.index.get(id)?)
+    }
+
+    /// Every volunteer, in id order.
     pub fn all(&self) -> impl Iterator<Item = &VolunteerLive> {
-        self.volunteers.values()
+        self.volunteers.iter()
     }
 
     /// Whether a volunteer's last announce is recent enough.
     pub fn is_fresh(&self, v: &VolunteerLive, now: Instant) -> bool {
         now.saturating_duration_since(v.last_report) <= self.timeout
+    }
+}
+
+fn drop_older_than(recent: &mut VecDeque<Instant>, window: Duration, now: Instant) {
+    while recent
+        .front()
+        .is_some_and(|t| now.saturating_duration_since(*t) > window)
+    {
+        recent.pop_front();
     }
 }
 
@@ -467,9 +591,90 @@ mod tests {
     }
 
     #[test]
+    fn sampling_finds_eligible_volunteers_among_many() {
+        let t0 = Instant::now();
+        let mut r = Registry::new(Duration::from_secs(3));
+        // 300 volunteers; only every tenth holds generation 2.
+        for i in 0..300u64 {
+            let g = if i % 10 == 0 { 2 } else { 1 };
+            r.report("deb", &report(&format!("v{i:03}"), 1, g, 0), false, t0)
+                .unwrap();
+        }
+        let mut state = 12345u64;
+        let mut pick = |n: usize| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) as usize) % n
+        };
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            r.sample("deb", 2, 2, t0, 8, &mut pick, &mut out);
+            let mut d = out.clone();
+            d.sort();
+            d.dedup();
+            assert_eq!(d.len(), 8, "eight distinct eligible volunteers");
+            for &i in &out {
+                assert_eq!(r.at(i).generations["deb"], 2);
+                seen.insert(i);
+            }
+        }
+        assert_eq!(seen.len(), 30, "every eligible volunteer gets sampled");
+        r.sample("deb", 3, 3, t0, 8, &mut pick, &mut out);
+        assert!(out.is_empty(), "none eligible: the walk ends empty");
+        // Few volunteers: all eligible ones, in id order.
+        let mut small = Registry::new(Duration::from_secs(3));
+        for id in ["c", "a", "b"] {
+            small
+                .report("deb", &report(id, 1, 1, 0), false, t0)
+                .unwrap();
+        }
+        small.sample("deb", 1, 1, t0, 8, &mut pick, &mut out);
+        let ids: Vec<&str> = out.iter().map(|&i| small.at(i).id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        small.remove("b");
+        assert_eq!(small.get("c").unwrap().id, "c");
+        assert!(small.get("b").is_none());
+    }
+
+    #[test]
+    fn old_redirect_timestamps_are_dropped() {
+        let t0 = Instant::now();
+        let mut r = Registry::new(Duration::from_secs(100));
+        r.set_connection_window(Duration::from_secs(10));
+        r.report("deb", &report("a", 1, 1, 0), false, t0).unwrap();
+        for s in 0..30 {
+            r.note_redirect("a", 1, t0 + Duration::from_secs(s));
+        }
+        let v = r.get("a").unwrap();
+        assert_eq!(
+            v.recent.len(),
+            11,
+            "only the last window of redirects is kept"
+        );
+        assert_eq!(v.issued_total, 30);
+        assert_eq!(
+            v.issued_within(Duration::from_secs(5), t0 + Duration::from_secs(29)),
+            6
+        );
+        // The O(1) counts agree with the searches.
+        let later = t0 + Duration::from_millis(35_500);
+        let (u, w) = (
+            v.unreported_within(Duration::from_secs(10), later),
+            v.issued_within(Duration::from_secs(10), later),
+        );
+        let i = r.index["a"];
+        assert_eq!(r.open_redirects(i, later), (u, w));
+        assert_eq!(w, 4);
+    }
+
+    #[test]
     fn unreported_redirects_age_out() {
         let t0 = Instant::now();
         let mut r = Registry::new(Duration::from_secs(100));
+        // Keep every timestamp: this test asks about windows other than the registry's.
+        r.set_connection_window(Duration::from_secs(100));
         r.report("deb", &report("a", 1, 1, 0), false, t0).unwrap();
         r.note_redirect("a", 1, t0 + Duration::from_secs(1));
         r.note_redirect("a", 1, t0 + Duration::from_secs(20));

@@ -1,0 +1,642 @@
+//! The four parts of the speed bench. Each starts what it measures, runs the same load against
+//! ours and the reference, and returns rows.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rand::{RngCore, SeedableRng};
+
+use super::procs::{memory, require};
+use super::services::{start_nginx, start_opentracker, start_server, Cores};
+use super::wrk::{self, Load};
+use super::{population, trees, Goal, Row, SpeedArgs};
+
+const WARMUP_SECS: u64 = 2;
+
+/// One line on the machine, for the report.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib >> 20);
+    format!(
+        "Machine: {cpu}, {cores} cores, {mem} GiB; wrk {}",
+        tool_version("wrk", "-v")
+    )
+}
+
+fn tool_version(program: &str, flag: &str) -> String {
+    Command::new(program)
+        .arg(flag)
+        .output()
+        .ok()
+        .map(|o| {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            text.lines().next().unwrap_or("").trim().to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// Warm up, then measure; refuse a run in which anything failed, since its rate would lie.
+fn measure(
+    a: &SpeedArgs,
+    url: &str,
+    script: &str,
+    conns: u32,
+    cores: Cores,
+    what: &str,
+) -> Result<Load> {
+    let threads = match cores {
+        Cores::One => 1,
+        Cores::All => 2,
+    };
+    let work = &a.work;
+    wrk::run(
+        work,
+        url,
+        script,
+        threads,
+        conns,
+        WARMUP_SECS,
+        cores.client_cpu(),
+    )?;
+    let l = wrk::run(
+        work,
+        url,
+        script,
+        threads,
+        conns,
+        a.secs,
+        cores.client_cpu(),
+    )?;
+    if l.bad_status > 0 || l.socket_errors > 0 {
+        bail!(
+            "{what}: {} bad statuses and {} socket errors in {} requests",
+            l.bad_status,
+            l.socket_errors,
+            l.requests
+        );
+    }
+    eprintln!(
+        "   {what} ({}): {:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
+        cores.label(),
+        l.per_sec(),
+        l.p50_ms,
+        l.p99_ms
+    );
+    Ok(l)
+}
+
+fn latency_detail(ours: &Load, reference: &Load, name: &str) -> String {
+    format!(
+        "p99 {:.2} ms vs {name} {:.2} ms; p50 {:.2} vs {:.2} ms",
+        ours.p99_ms, reference.p99_ms, ours.p50_ms, reference.p50_ms
+    )
+}
+
+fn fresh_dir(p: &Path) -> Result<()> {
+    if p.exists() {
+        std::fs::remove_dir_all(p).with_context(|| format!("clearing {}", p.display()))?;
+    }
+    std::fs::create_dir_all(p)?;
+    Ok(())
+}
+
+/// A repository of one small file: the baseline server and the tracker's host.
+fn tiny_repo(work: &Path) -> Result<PathBuf> {
+    let dir = work.join("tiny-repo");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("hello.txt"), b"hello\n")?;
+    Ok(dir)
+}
+
+fn publish_secs(data_dir: &Path) -> Result<f64> {
+    let exe = std::env::current_exe()?;
+    let t = Instant::now();
+    let out = Command::new(exe)
+        .arg("publish")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .context("running mirrorswarm publish")?;
+    let secs = t.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!(
+            "mirrorswarm publish failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(secs)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Redirects against nginx's `return 302`, the server's memory, and republishing.
+pub async fn redirect(a: &SpeedArgs) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let pool = a.work.join("pool-tree");
+    eprintln!("   building {} files in {} (once)", a.files, pool.display());
+    let t = Instant::now();
+    trees::many_files(&pool, a.files)?;
+    eprintln!("   tree ready in {:.1} s", t.elapsed().as_secs_f64());
+    let paths = a.work.join("pool-paths.txt");
+    trees::sample_paths(&paths, "bench", a.files, 100_000)?;
+    let script = wrk::random_paths_script(&paths);
+
+    // The baseline: the same server with a one-file repository and no volunteers.
+    let tiny = tiny_repo(&a.work)?;
+    fresh_dir(&a.work.join("server-data-base"))?;
+    let base = start_server(
+        &a.work,
+        "base",
+        &[("bench", &tiny)],
+        Cores::One,
+        Duration::from_secs(60),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (base_rss, _) = memory(base.proc.pid())?;
+    drop(base);
+
+    fresh_dir(&a.work.join("server-data-pool"))?;
+    let t = Instant::now();
+    let srv = start_server(
+        &a.work,
+        "pool",
+        &[("bench", &pool)],
+        Cores::One,
+        Duration::from_secs(1800),
+    )
+    .await?;
+    let first_publish = t.elapsed().as_secs_f64();
+    eprintln!(
+        "   server up with the first publish of {} files in {first_publish:.1} s",
+        a.files
+    );
+    let (_, after_publish_hwm) = memory(srv.proc.pid())?;
+    let t = Instant::now();
+    let members = population::enroll(&srv.url, &srv.data_dir, a.volunteers).await?;
+    population::announce_all(&srv.url, "bench", 1, &members).await?;
+    population::check_registered(&srv.url, a.volunteers).await?;
+    eprintln!(
+        "   {} volunteers enrolled and announced in {:.1} s",
+        a.volunteers,
+        t.elapsed().as_secs_f64()
+    );
+    let (rss, hwm) = memory(srv.proc.pid())?;
+    let per_entry = rss.saturating_sub(base_rss) as f64 / a.files as f64;
+    rows.push(Row {
+        part: "memory",
+        case: format!("{} files, {} volunteers", a.files, a.volunteers),
+        unit: "bytes of RSS per manifest entry",
+        ours: per_entry,
+        reference_name: "",
+        reference: None,
+        goal: Goal::AtMost(150.0),
+        detail: format!(
+            "RSS {} MiB over a {} MiB baseline; peak {} MiB (after the first publish {} MiB)",
+            rss >> 20,
+            base_rss >> 20,
+            hwm >> 20,
+            after_publish_hwm >> 20
+        ),
+    });
+    rows.push(Row {
+        part: "publish",
+        case: format!("first publish, {} files (server start)", a.files),
+        unit: "s",
+        ours: first_publish,
+        reference_name: "",
+        reference: None,
+        goal: Goal::None,
+        detail: "every file read and hashed; includes the server's start".into(),
+    });
+
+    let ours_one = measure(
+        a,
+        &srv.url,
+        &script,
+        a.connections,
+        Cores::One,
+        "mirrorswarm redirects",
+    )?;
+    let mut republish = Vec::new();
+    for _ in 0..3 {
+        republish.push(publish_secs(&srv.data_dir)?);
+    }
+    let (rss_after, _) = memory(srv.proc.pid())?;
+    rows.push(Row {
+        part: "publish",
+        case: format!("republish, {} files unchanged (median of 3)", a.files),
+        unit: "s",
+        ours: median(republish.clone()),
+        reference_name: "",
+        reference: None,
+        goal: Goal::AtMost(10.0),
+        detail: format!(
+            "runs {}; RSS after {} MiB",
+            republish
+                .iter()
+                .map(|s| format!("{s:.2} s"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            rss_after >> 20
+        ),
+    });
+    drop(srv);
+
+    let nginx_302 = "    location / { return 302 http://10.0.0.1:8080$request_uri; }";
+    let ng = start_nginx(&a.work, "redirect-1", Cores::One, nginx_302).await?;
+    let nginx_one = measure(
+        a,
+        &ng.url,
+        &script,
+        a.connections,
+        Cores::One,
+        "nginx return 302",
+    )?;
+    drop(ng);
+    rows.push(Row {
+        part: "redirect",
+        case: format!("1 core, {} connections", a.connections),
+        unit: "requests/s",
+        ours: ours_one.per_sec(),
+        reference_name: "nginx",
+        reference: Some(nginx_one.per_sec()),
+        goal: Goal::RatioAtLeast(1.0),
+        detail: latency_detail(&ours_one, &nginx_one, "nginx"),
+    });
+
+    let srv = start_server(
+        &a.work,
+        "pool",
+        &[("bench", &pool)],
+        Cores::All,
+        Duration::from_secs(1800),
+    )
+    .await?;
+    population::announce_all(&srv.url, "bench", 1, &members).await?;
+    let ours_all = measure(
+        a,
+        &srv.url,
+        &script,
+        a.connections,
+        Cores::All,
+        "mirrorswarm redirects",
+    )?;
+    drop(srv);
+    let ng = start_nginx(&a.work, "redirect-all", Cores::All, nginx_302).await?;
+    let nginx_all = measure(
+        a,
+        &ng.url,
+        &script,
+        a.connections,
+        Cores::All,
+        "nginx return 302",
+    )?;
+    drop(ng);
+    rows.push(Row {
+        part: "redirect",
+        case: format!("all cores, {} connections", a.connections),
+        unit: "requests/s",
+        ours: ours_all.per_sec(),
+        reference_name: "nginx",
+        reference: Some(nginx_all.per_sec()),
+        goal: Goal::RatioAtLeast(1.0),
+        detail: latency_detail(&ours_all, &nginx_all, "nginx"),
+    });
+    Ok(rows)
+}
+
+/// One announce to `url`, checked to be a compact peer list (not a failure).
+async fn check_announce(url: &str, hash_hex: &str) -> Result<()> {
+    let mut q = String::new();
+    for i in 0..20 {
+        q.push('%');
+        q.push_str(&hash_hex[2 * i..2 * i + 2]);
+    }
+    let body = reqwest::get(format!(
+        "{url}/announce?info_hash={q}&peer_id=-MS0001-check0000000&port=6881&uploaded=0&downloaded=0&left=0&compact=1"
+    ))
+    .await?
+    .bytes()
+    .await?;
+    if !body.windows(7).any(|w| w == b"5:peers") || body.windows(7).any(|w| w == b"failure") {
+        bail!(
+            "{url} did not answer an announce with peers: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    Ok(())
+}
+
+/// Announces against opentracker.
+pub async fn announce(a: &SpeedArgs) -> Result<Vec<Row>> {
+    const TORRENTS: usize = 1000;
+    const PEERS: u32 = 100_000;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let hashes: Vec<String> = (0..TORRENTS)
+        .map(|_| {
+            let mut h = [0u8; 20];
+            rng.fill_bytes(&mut h);
+            hex_lower(&h)
+        })
+        .collect();
+    let list = a.work.join("info-hashes.txt");
+    std::fs::write(&list, hashes.join("\n") + "\n")?;
+    let script = wrk::announce_script(&list, PEERS);
+    let tiny = tiny_repo(&a.work)?;
+    let mut rows = Vec::new();
+    for cores in [Cores::One, Cores::All] {
+        fresh_dir(&a.work.join("server-data-tracker"))?;
+        let srv = start_server(
+            &a.work,
+            "tracker",
+            &[("bench", &tiny)],
+            cores,
+            Duration::from_secs(60),
+        )
+        .await?;
+        check_announce(&srv.url, &hashes[0]).await?;
+        let ours = measure(
+            a,
+            &format!("{}/announce", srv.url),
+            &script,
+            a.connections,
+            cores,
+            "mirrorswarm announces",
+        )?;
+        drop(srv);
+        let ot = start_opentracker(&a.work, cores, &list).await?;
+        check_announce(&ot.url, &hashes[0]).await?;
+        let theirs = measure(
+            a,
+            &format!("{}/announce", ot.url),
+            &script,
+            a.connections,
+            cores,
+            "opentracker announces",
+        )?;
+        drop(ot);
+        rows.push(Row {
+            part: "announce",
+            case: format!(
+                "{}, {} connections, {TORRENTS} torrents, {PEERS} peers",
+                cores.label(),
+                a.connections
+            ),
+            unit: "announces/s",
+            ours: ours.per_sec(),
+            reference_name: "opentracker",
+            reference: Some(theirs.per_sec()),
+            goal: Goal::RatioAtLeast(1.0),
+            detail: latency_detail(&ours, &theirs, "opentracker"),
+        });
+    }
+    Ok(rows)
+}
+
+fn hex_lower(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Start a volunteer serving `tree` as repository `serve`, and wait until it serves `probe`.
+async fn start_volunteer(
+    a: &SpeedArgs,
+    server_url: &str,
+    token: Option<&str>,
+    tree: &Path,
+    cores: Cores,
+    probe: &str,
+) -> Result<(super::procs::Proc, String)> {
+    let port = super::procs::free_port()?;
+    let exe = std::env::current_exe()?;
+    let mut cmd = match cores {
+        Cores::One => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg("0").arg(&exe);
+            c
+        }
+        Cores::All => Command::new(&exe),
+    };
+    cmd.arg("--worker-threads")
+        .arg(if cores == Cores::One { "1" } else { "0" })
+        .arg("volunteer")
+        .arg("--server")
+        .arg(server_url)
+        .arg("--mirror")
+        .arg(format!("serve={}", tree.display()))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(a.work.join("volunteer-data"))
+        .arg("--max-connections")
+        .arg("100000")
+        .arg("--no-sync")
+        .env("RUST_LOG", "warn");
+    if let Some(t) = token {
+        cmd.arg("--token").arg(t);
+    }
+    let log = a.work.join("volunteer.log");
+    let mut p = super::procs::Proc::spawn("mirrorswarm volunteer", &mut cmd, &log)?;
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        p.check_alive(&log)?;
+        if let Ok(r) = reqwest::get(format!("{url}{probe}")).await {
+            if r.status().is_success() {
+                return Ok((p, url));
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the volunteer did not serve {probe} within 120 s (log: {})",
+                log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A volunteer serving files against nginx with sendfile.
+pub async fn serve(a: &SpeedArgs) -> Result<Vec<Row>> {
+    let tree = a.work.join("serve-tree");
+    let small = trees::random_files(&tree, "s", 1000, 16 * 1024, 1)?;
+    let large = trees::random_files(&tree, "l", 16, 4 << 20, 2)?;
+    let files: Vec<PathBuf> = small.iter().chain(&large).map(|n| tree.join(n)).collect();
+    trees::warm(&files)?;
+    let list = |names: &[String], file: &str| -> Result<PathBuf> {
+        let p = a.work.join(file);
+        let body: String = names.iter().map(|n| format!("/serve/{n}\n")).collect();
+        std::fs::write(&p, body)?;
+        Ok(p)
+    };
+    let small_script = wrk::random_paths_script(&list(&small, "serve-small.txt")?);
+    let large_script = wrk::random_paths_script(&list(&large, "serve-large.txt")?);
+    let root = a.work.join("nginx-root");
+    std::fs::create_dir_all(&root)?;
+    let link = root.join("serve");
+    if std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink(&tree, &link)?;
+    }
+
+    fresh_dir(&a.work.join("server-data-serve"))?;
+    fresh_dir(&a.work.join("volunteer-data"))?;
+    let srv = start_server(
+        &a.work,
+        "serve",
+        &[("serve", &tree)],
+        Cores::All,
+        Duration::from_secs(120),
+    )
+    .await?;
+    let token = server::create_enrollment_token(&srv.data_dir, "bench-serve", 3600).await?;
+    let probe = format!("/serve/{}", small[0]);
+    let mut token = Some(token);
+    let mut rows = Vec::new();
+    for cores in [Cores::One, Cores::All] {
+        let (vol, vurl) =
+            start_volunteer(a, &srv.url, token.as_deref(), &tree, cores, &probe).await?;
+        token = None;
+        let ours_small = measure(
+            a,
+            &vurl,
+            &small_script,
+            a.connections,
+            cores,
+            "volunteer 16 KiB",
+        )?;
+        let ours_large = measure(a, &vurl, &large_script, 16, cores, "volunteer 4 MiB")?;
+        drop(vol);
+        let body = format!("    root {};\n    location / {{ }}", root.display());
+        let ng = start_nginx(&a.work, "serve", cores, &body).await?;
+        let ng_small = measure(
+            a,
+            &ng.url,
+            &small_script,
+            a.connections,
+            cores,
+            "nginx 16 KiB",
+        )?;
+        let ng_large = measure(a, &ng.url, &large_script, 16, cores, "nginx 4 MiB")?;
+        drop(ng);
+        for (label, ours, theirs, conns, size) in [
+            ("16 KiB", ours_small, ng_small, a.connections, 16.0 * 1024.0),
+            ("4 MiB", ours_large, ng_large, 16, 4.0 * 1048576.0),
+        ] {
+            rows.push(Row {
+                part: "serve",
+                case: format!("{label} files, {}, {conns} connections", cores.label()),
+                unit: "requests/s",
+                ours: ours.per_sec(),
+                reference_name: "nginx",
+                reference: Some(theirs.per_sec()),
+                goal: Goal::RatioAtLeast(0.9),
+                detail: format!(
+                    "{:.0} vs {:.0} MB/s; {}",
+                    ours.per_sec() * size / 1e6,
+                    theirs.per_sec() * size / 1e6,
+                    latency_detail(&ours, &theirs, "nginx")
+                ),
+            });
+        }
+    }
+    drop(srv);
+    Ok(rows)
+}
+
+/// `mirrorswarm publish` hashing against `sha256sum` over the same files in the page cache.
+pub async fn publish(a: &SpeedArgs) -> Result<Vec<Row>> {
+    require("sha256sum", "coreutils")?;
+    let count = (a.hash_mib / 64).max(1);
+    let source = a.work.join("hash-source");
+    let names = trees::random_files(&source, "h", count, 64 << 20, 9)?;
+    let repo = a.work.join("hash-repo");
+    fresh_dir(&repo)?;
+    fresh_dir(&a.work.join("server-data-hash"))?;
+    let srv = start_server(
+        &a.work,
+        "hash",
+        &[("hash", &repo)],
+        Cores::All,
+        Duration::from_secs(60),
+    )
+    .await?;
+    let mut files = Vec::new();
+    for n in &names {
+        let to = repo.join(n);
+        std::fs::hard_link(source.join(n), &to)?;
+        files.push(to);
+    }
+    trees::warm(&files)?;
+    let mb = (count * 64) as f64 * 1048576.0 / 1e6;
+
+    let first = publish_secs(&srv.data_dir)?;
+    // New mtimes: the next publish must read and hash every byte again, but the content-keyed
+    // torrents and block signatures already exist. That isolates hashing.
+    let now = std::time::SystemTime::now() + Duration::from_secs(1);
+    for f in &files {
+        std::fs::File::options()
+            .write(true)
+            .open(f)?
+            .set_modified(now)?;
+    }
+    let rehash = publish_secs(&srv.data_dir)?;
+    drop(srv);
+
+    let t = Instant::now();
+    let out = Command::new("sha256sum")
+        .args(&files)
+        .output()
+        .context("running sha256sum")?;
+    let sums = t.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!("sha256sum failed");
+    }
+    let mut rows = vec![Row {
+        part: "publish",
+        case: format!("hashing {count} × 64 MiB (page cache)"),
+        unit: "MB/s",
+        ours: mb / rehash,
+        reference_name: "sha256sum",
+        reference: Some(mb / sums),
+        goal: Goal::RatioAtLeast(0.9),
+        detail: format!("{rehash:.2} s vs {sums:.2} s, mirrorswarm publish command to reply"),
+    }];
+    rows.push(Row {
+        part: "publish",
+        case: format!("first publish of {count} × 64 MiB, with torrents and block signatures"),
+        unit: "MB/s",
+        ours: mb / first,
+        reference_name: "sha256sum",
+        reference: Some(mb / sums),
+        goal: Goal::None,
+        detail: format!("{first:.2} s: SHA-256, then SHA-1 pieces and the rsync signature"),
+    });
+    Ok(rows)
+}

@@ -1,0 +1,115 @@
+//! Processes the speed bench starts and measures: children that die with their handle,
+//! free ports, waiting until a server answers, resident memory.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// A child process that is killed when its handle drops, so no run outlives the bench.
+pub struct Proc {
+    child: Child,
+    name: String,
+}
+
+impl Proc {
+    /// Start `cmd` with stdin closed and stdout/stderr appended to `log`.
+    pub fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Result<Proc> {
+        let out =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {name} ({cmd:?})"))?;
+        Ok(Proc {
+            child,
+            name: name.to_string(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fail with the log's tail if the process has already exited.
+    pub fn check_alive(&mut self, log: &Path) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: String = text
+                .lines()
+                .rev()
+                .take(15)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            bail!("{} exited ({status}); its log says:\n{tail}", self.name);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Poll `url` until it answers at all (any status), for at most `limit`.
+pub async fn wait_http(url: &str, limit: Duration, proc: &mut Proc, log: &Path) -> Result<()> {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        proc.check_alive(log)?;
+        if client.get(url).send().await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{url} did not answer within {limit:?}")
+}
+
+/// Resident and peak resident memory of a process, in bytes (`VmRSS`, `VmHWM`).
+pub fn memory(pid: u32) -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    };
+    match (field("VmRSS:"), field("VmHWM:")) {
+        (Some(rss), Some(hwm)) => Ok((rss, hwm)),
+        _ => bail!("no VmRSS/VmHWM in /proc/{pid}/status"),
+    }
+}
+
+/// The path of an installed program, or a clear error naming the Debian package.
+pub fn require(program: &str, package: &str) -> Result<std::path::PathBuf> {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+    {
+        let p = Path::new(dir).join(program);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!("`{program}` not found: install it with `apt-get install -y {package}` (or run benches/speed.sh, which does)")
+}

@@ -1,0 +1,158 @@
+//! Driving `wrk` with a Lua request mix and reading back what it measured.
+//!
+//! Every script ends with the same `done` hook, which prints one machine-readable line, so
+//! nothing depends on wrk's human output format.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// What one wrk run saw.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub requests: u64,
+    pub secs: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Responses with a status other than 2xx/3xx.
+    pub bad_status: u64,
+    /// Connect, read, write errors and timeouts.
+    pub socket_errors: u64,
+}
+
+impl Load {
+    pub fn per_sec(&self) -> f64 {
+        self.requests as f64 / self.secs.max(1e-9)
+    }
+}
+
+const DONE_HOOK: &str = r#"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("MSBENCH %d %d %f %f %d %d\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), e.status,
+    e.connect + e.read + e.write + e.timeout))
+end
+"#;
+
+/// A script that requests `GET <path>` for paths drawn at random from `paths_file` (one per
+/// line), so every run hits the same spread of the manifest.
+pub fn random_paths_script(paths_file: &Path) -> String {
+    format!(
+        r#"
+local paths = {{}}
+for line in io.lines("{}") do paths[#paths + 1] = line end
+math.randomseed(7)
+request = function()
+  return wrk.format("GET", paths[math.random(#paths)])
+end
+{DONE_HOOK}"#,
+        paths_file.display()
+    )
+}
+
+/// A BitTorrent announce mix: random torrents from `hashes_file` (40 hex digits per line),
+/// peers from a pool of `peers` ids, a quarter of them seeders, compact responses, one
+/// connection per announce.
+pub fn announce_script(hashes_file: &Path, peers: u32) -> String {
+    format!(
+        r#"
+local hashes = {{}}
+local function pct(hex)
+  return (hex:gsub("..", function(b) return "%" .. b end))
+end
+for line in io.lines("{}") do hashes[#hashes + 1] = pct(line) end
+math.randomseed(11)
+request = function()
+  local p = math.random({peers})
+  local left = 0
+  if p % 4 ~= 0 then left = 1048576 end
+  local path = "/announce?info_hash=" .. hashes[math.random(#hashes)] ..
+    "&peer_id=-MS0001-" .. string.format("%012d", p) ..
+    "&port=" .. (10000 + p % 50000) ..
+    "&uploaded=0&downloaded=0&left=" .. left .. "&compact=1&numwant=50"
+  -- A client announces every half hour or so, on a connection of its own (opentracker
+  -- closes every connection after its answer anyway).
+  return wrk.format("GET", path, {{["Connection"] = "close"}})
+end
+{DONE_HOOK}"#,
+        hashes_file.display()
+    )
+}
+
+/// Run wrk against `url` with `script`. `cpu`: pin wrk to this CPU (taskset).
+pub fn run(
+    work: &Path,
+    url: &str,
+    script: &str,
+    threads: u32,
+    connections: u32,
+    secs: u64,
+    cpu: Option<usize>,
+) -> Result<Load> {
+    let script_path = work.join("wrk-script.lua");
+    std::fs::write(&script_path, script)?;
+    let mut cmd = match cpu {
+        Some(c) => {
+            let mut t = Command::new("taskset");
+            t.arg("-c").arg(c.to_string()).arg("wrk");
+            t
+        }
+        None => Command::new("wrk"),
+    };
+    cmd.arg(format!("-t{threads}"))
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{secs}s"))
+        .arg("--timeout")
+        .arg("10s")
+        .arg("-s")
+        .arg(&script_path)
+        .arg(url);
+    let out = cmd.output().context("running wrk")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "wrk failed ({}): {}{}",
+            out.status,
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    parse(&stdout).with_context(|| format!("reading wrk's output:\n{stdout}"))
+}
+
+fn parse(stdout: &str) -> Result<Load> {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("MSBENCH "))
+        .context("no MSBENCH line")?;
+    let f: Vec<&str> = line.split_whitespace().collect();
+    if f.len() != 6 {
+        bail!("MSBENCH line has {} fields, want 6", f.len());
+    }
+    Ok(Load {
+        requests: f[0].parse()?,
+        secs: f[1].parse::<f64>()? / 1e6,
+        p50_ms: f[2].parse::<f64>()? / 1e3,
+        p99_ms: f[3].parse::<f64>()? / 1e3,
+        bad_status: f[4].parse()?,
+        socket_errors: f[5].parse()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_done_line() {
+        let l = parse("Running 1s test\nMSBENCH 2000 1000000 150.5 900.0 3 1\n").unwrap();
+        assert_eq!(l.requests, 2000);
+        assert!((l.per_sec() - 2000.0).abs() < 1e-6);
+        assert!((l.p99_ms - 0.9).abs() < 1e-9);
+        assert_eq!((l.bad_status, l.socket_errors), (3, 1));
+        assert!(parse("Requests/sec: 5").is_err());
+        assert!(parse("MSBENCH 1 2").is_err());
+    }
+}

@@ -18,6 +18,6 @@ pub mod serve;
 
 pub use guard::{with_guard, with_stall_guard};
 pub use index::{encode_path_segment, push_encoded_segment, render_index, IndexEntry};
-pub use path::{decode_url_path, safe_join, PathError};
+pub use path::{decode_url_path, join_listed, safe_join, PathError};
 pub use request::{bearer_matches, customer_path, declared_length, text_response};
 pub use serve::{content_type_for, parse_range, serve_file, RangeOutcome, ServeOptions};

@@ -85,7 +85,11 @@ pub async fn publish_repo(st: &AppState, name: &str) -> Result<PublishReport> {
     let previous = st.repo(name);
     let (snap, report) = st.publisher.publish(name, dir, previous.as_deref()).await?;
     let snap = Arc::new(snap);
-    write(&st.repos).insert(name.to_string(), snap.clone());
+    let replaced = write(&st.repos).insert(name.to_string(), snap.clone());
+    // Requests still holding the old snapshot free it when they finish; most memory of the
+    // publish itself is free now.
+    drop((replaced, previous));
+    publish::release_freed_memory();
     if let Some(seed) = st.seed.get() {
         if let Err(e) = seed.sync(&snap).await {
             tracing::warn!(repo = name, error = %format!("{e:#}"), "origin seeding incomplete");

@@ -99,10 +99,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Give memory freed after a publish (the scan, the manifest, its JSON) back to the system.
-/// glibc keeps freed heap for reuse otherwise, and a million-file publish frees hundreds of
-/// megabytes the request path will never use.
-fn release_freed_memory() {
+/// Give memory freed after a publish (the scan, the manifests, their JSON, the previous
+/// snapshot) back to the system. glibc keeps freed heap for reuse otherwise, and a
+/// million-file publish frees hundreds of megabytes the request path will never use.
+pub fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free heap pages to the kernel; it touches no live
     // allocation and is safe to call at any time from any thread.
@@ -296,9 +296,6 @@ impl Publisher {
             files,
             signed_path: manifest_path(&self.data_dir, name, manifest.generation),
         };
-        drop(manifest);
-        drop(scanned);
-        release_freed_memory();
         Ok((snapshot, report))
     }
 }

@@ -162,19 +162,18 @@ fn wants_metalink(headers: &HeaderMap) -> bool {
 }
 
 /// The fallback handler for every path not claimed by the API.
-pub async fn customer(
-    State(st): State<Arc<AppState>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let decoded = match fileserve::customer_path(&method, &uri) {
+pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Request) -> Response {
+    // The request's parts by reference: extracting `HeaderMap` would copy it on every
+    // redirect. (A customer's body, if any, is ignored.)
+    let (parts, _) = req.into_parts();
+    let (method, uri, headers) = (&parts.method, &parts.uri, &parts.headers);
+    let decoded = match fileserve::customer_path(method, uri) {
         Ok(p) => p,
         Err(resp) => return *resp,
     };
     let path = decoded.trim_start_matches('/');
     if path.is_empty() {
-        return repo_list(&st, &method);
+        return repo_list(&st, method);
     }
     let (origin_only, path) = match path.strip_prefix(ORIGIN_PREFIX) {
         Some(rest) if rest.is_empty() || rest.starts_with('/') => {
@@ -193,12 +192,12 @@ pub async fn customer(
         return moved(&format!("/{}/", encode_path_segment(repo)));
     }
     if rel.is_empty() || rel.ends_with('/') {
-        return directory(&snap, rel, &method, &uri);
+        return directory(&snap, rel, method, uri);
     }
     // `x.meta4` is a Metalink for `x`, unless the repository really has a file called `x.meta4`.
     let (rel, metalink) = match rel.strip_suffix(".meta4") {
         Some(base) if !snap.files.contains(rel) => (base, true),
-        _ => (rel, wants_metalink(&headers)),
+        _ => (rel, wants_metalink(headers)),
     };
     let Some(entry) = snap.files.get(rel) else {
         let dir_prefix = format!("{rel}/");
@@ -275,7 +274,7 @@ pub async fn customer(
     } else {
         Outcome::OriginNoVolunteer
     });
-    let resp = serve_origin(&snap, rel, &entry, &method, &headers, extra).await;
+    let resp = serve_origin(&snap, rel, &entry, method, headers, extra).await;
     if method == Method::GET
         && (resp.status() == StatusCode::OK || resp.status() == StatusCode::PARTIAL_CONTENT)
     {
@@ -356,13 +355,13 @@ async fn serve_origin(
     headers: &HeaderMap,
     mut extra: HeaderMap,
 ) -> Response {
-    let file = match fileserve::safe_join(&snap.root, rel) {
+    let file = match fileserve::join_listed(&snap.root, rel) {
         Ok(f) => f,
         Err(e) => return text(e.status(), format!("`{rel}`: {e}")),
     };
     // If the operator changed the file after publishing, its bytes no longer match the
     // published digest: serve it (the origin always answers) but do not vouch for it.
-    let unchanged = match (tokio::fs::metadata(&file).await, snap.files.stat(rel)) {
+    let unchanged = match (std::fs::metadata(&file), snap.files.stat(rel)) {
         (Ok(meta), Some(published)) => manifest::scan::stat_key(&meta) == published,
         _ => false,
     };

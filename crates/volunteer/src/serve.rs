@@ -95,14 +95,13 @@ pub async fn customer(
             format!("`{rel}` is not a verified file of `{repo}` here"),
         );
     };
-    let file = match fileserve::safe_join(&mirror.dir, rel) {
+    let file = match fileserve::join_listed(&mirror.dir, rel) {
         Ok(f) => f,
         Err(e) => return text(e.status(), format!("`{rel}`: {e}")),
     };
     // The file must still be what verified: a change on disk since the last scan (an admin
     // copying in a new version, or tampering) takes it out of service until it re-verifies.
-    let unchanged = tokio::fs::metadata(&file)
-        .await
+    let unchanged = std::fs::metadata(&file)
         .map(|m| manifest::scan::stat_key(&m) == (verified.size, verified.mtime_ns))
         .unwrap_or(false);
     if !unchanged {

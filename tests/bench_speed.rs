@@ -1,0 +1,65 @@
+//! The speed bench's harness works end to end: a small run of `mirrorswarm bench speed`
+//! starts our server, a volunteer, nginx and opentracker, drives each with wrk, checks that
+//! every answer was right, and reports every comparison. Figures from a debug build on a
+//! shared CI machine mean nothing, so none is asserted; BENCHMARKS.md has the real run.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+#[test]
+fn the_speed_bench_measures_every_part_against_its_reference() {
+    let tmp = TestDir::new();
+    let work = tmp.path().join("work");
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "speed",
+            "--files",
+            "3000",
+            "--volunteers",
+            "20",
+            "--secs",
+            "1",
+            "--connections",
+            "8",
+            "--hash-mib",
+            "64",
+            "--work",
+        ])
+        .arg(&work)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run the bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed:\n{stderr}");
+    let csv = std::fs::read_to_string(work.join("speed-results.csv")).expect("CSV written");
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    let count = |part: &str, reference: &str| {
+        rows.iter()
+            .filter(|r| r[0] == part && r[4] == reference)
+            .inspect(|r| {
+                let ours: f64 = r[3].parse().unwrap();
+                assert!(ours > 0.0, "{r:?}");
+                if !reference.is_empty() {
+                    let theirs: f64 = r[5].parse().unwrap();
+                    assert!(theirs > 0.0, "{r:?}");
+                }
+            })
+            .count()
+    };
+    assert_eq!(count("redirect", "nginx"), 2, "{csv}");
+    assert_eq!(count("announce", "opentracker"), 2, "{csv}");
+    assert_eq!(count("serve", "nginx"), 4, "{csv}");
+    assert_eq!(count("publish", "sha256sum"), 2, "{csv}");
+    assert_eq!(count("memory", ""), 1, "{csv}");
+    assert_eq!(count("publish", ""), 2, "{csv}");
+    let md = std::fs::read_to_string(work.join("speed-results.md")).expect("table written");
+    assert!(md.contains("| redirect | 1 core"), "{md}");
+}

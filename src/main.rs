@@ -302,6 +302,7 @@ fn main() -> ExitCode {
     if let Command::Prsync(PrsyncCommand::Pull(a)) = &cli.command {
         return prsync_pull(a);
     }
+    fileserve::listen::set_serving_workers(cli.worker_threads);
     let rt = match runtime(cli.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {

@@ -96,9 +96,87 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let caps = Caps {
+        total: Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1))),
+        per_ip: Arc::new(PerIp::default()),
+    };
+    let workers = serving_workers();
+    if workers <= 1 {
+        return accept_loop(listener, app, limits, caps, shutdown).await;
+    }
+    // As nginx runs: one thread per core, each with a runtime of its own accepting from the
+    // same listening socket. A work-stealing runtime shared by all cores spent a fifth of its
+    // time parking and waking threads on small requests (BENCHMARKS.md); here a connection
+    // stays on the thread that accepted it. The caps are shared, so they hold in all.
+    let std_listener = listener.into_std()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut threads = Vec::with_capacity(workers);
+    for i in 0..workers {
+        let listener = std_listener.try_clone()?;
+        let (app, limits, caps) = (app.clone(), limits.clone(), caps.clone());
+        let mut stop = stop_rx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("serve-{i}"))
+            .spawn(move || -> std::io::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    let stopped = async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    };
+                    accept_loop(listener, app, limits, caps, stopped).await
+                })
+            })?;
+        threads.push(thread);
+    }
+    drop(std_listener);
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    for t in threads {
+        let joined = tokio::task::spawn_blocking(move || t.join())
+            .await
+            .map_err(std::io::Error::other)?;
+        match joined {
+            Ok(r) => r?,
+            Err(_) => return Err(std::io::Error::other("a serving thread panicked")),
+        }
+    }
+    Ok(())
+}
+
+/// The connection caps, shared by every serving thread.
+#[derive(Clone)]
+struct Caps {
+    total: Arc<tokio::sync::Semaphore>,
+    per_ip: Arc<PerIp>,
+}
+
+static SERVING_WORKERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many threads [`serve`] accepts and serves on: 1 serves on the caller's runtime; 0 (the
+/// default) one per core. Set once by the binary from `--worker-threads`.
+pub fn set_serving_workers(n: usize) {
+    SERVING_WORKERS.store(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn serving_workers() -> usize {
+    match SERVING_WORKERS.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: Limits,
+    caps: Caps,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let total = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
-    let per_ip = Arc::new(PerIp::default());
+    let Caps { total, per_ip } = caps;
     let mut refused_logged = std::time::Instant::now() - Duration::from_secs(60);
     tokio::pin!(shutdown);
     loop {

@@ -248,7 +248,20 @@ pub async fn publish(
     };
     let mut reports = Vec::new();
     for name in names {
-        match crate::publish_repo(&st, &name).await {
+        // On the runtime the server started on: requests may be served by per-core
+        // single-threaded runtimes, and the BitTorrent seed that publishing updates needs
+        // the multi-threaded one it was created on.
+        let job = {
+            let (st, name) = (st.clone(), name.clone());
+            st.background
+                .clone()
+                .spawn(async move { crate::publish_repo(&st, &name).await })
+        };
+        let outcome = match job.await {
+            Ok(r) => r,
+            Err(e) => Err(anyhow::anyhow!("publish task failed: {e}")),
+        };
+        match outcome {
             Ok(r) => reports.push(serde_json::json!({
                 "repo": r.repo, "generation": r.generation, "new_generation": r.new_generation,
                 "files": r.files, "changed_files": r.changed_files,

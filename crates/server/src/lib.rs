@@ -162,6 +162,7 @@ pub async fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>> {
         .map(|n| (tracker::mirror::mirror_info_hash(n), n.clone()))
         .collect();
     let st = Arc::new(AppState {
+        background: tokio::runtime::Handle::current(),
         public_url: cfg.public_url(),
         publisher: Publisher::new(
             cfg.data_dir.clone(),

@@ -14,6 +14,8 @@ use crate::store::{Store, VolunteerRecord};
 
 pub struct AppState {
     pub config: config::ServerConfig,
+    /// The runtime the server started on, for work that must not run on a serving thread's.
+    pub background: tokio::runtime::Handle,
     pub public_url: String,
     pub key: Arc<ServerKey>,
     pub store: Store,

@@ -155,7 +155,7 @@ pub async fn volunteers(State(st): State<Arc<AppState>>) -> Json<Vec<VolunteerVi
             VolunteerView {
                 name: c.name.clone(),
                 id: c.id.clone(),
-                url: live.map_or(c.url.clone(), |v| v.url.clone()),
+                url: live.map_or(c.url.clone(), |v| v.url.to_string()),
                 state: state.into(),
                 quarantine: c.quarantine.clone(),
                 generations: live

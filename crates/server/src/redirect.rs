@@ -66,7 +66,7 @@ pub fn origin_url(public: &str, encoded: &str) -> String {
 /// How many eligible volunteers the policy sees per request: all of them in a small pool, a
 /// random sample in a large one (best of a sample balances nearly as well as best of all,
 /// and keeps a redirect's cost independent of the number of volunteers).
-pub const SAMPLE: usize = 16;
+pub const SAMPLE: usize = 8;
 
 /// Base URLs of up to `want` volunteers that may serve `entry`, best first (the policy's
 /// order); the first is counted as redirected to.
@@ -76,7 +76,7 @@ pub fn choose(
     rel: &str,
     entry: &Entry,
     want: usize,
-) -> Vec<String> {
+) -> Vec<Arc<str>> {
     let now = Instant::now();
     let mut rng = rand::thread_rng();
     let mut reg = lock(&st.registry);
@@ -126,7 +126,7 @@ pub fn choose(
             "redirect decision"
         );
     }
-    let chosen: Vec<String> = order
+    let chosen: Vec<Arc<str>> = order
         .iter()
         .take(want)
         .filter_map(|&i| sample.get(i))
@@ -302,7 +302,7 @@ fn redirect(
     st: &AppState,
     encoded: &str,
     base: &str,
-    alternatives: &[String],
+    alternatives: &[Arc<str>],
     origin: &str,
     mut headers: HeaderMap,
 ) -> Response {

@@ -180,7 +180,7 @@ fn due_now(st: &AppState, now: Instant) -> Vec<Due> {
             tr.last = Some(now);
             due.push(Due {
                 id: v.id.clone(),
-                url: v.url.clone(),
+                url: v.url.to_string(),
                 generations: v.generations.iter().map(|(r, g)| (r.clone(), *g)).collect(),
                 suspect: tr.suspect.clone(),
             });

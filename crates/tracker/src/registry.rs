@@ -29,7 +29,8 @@ pub struct Load {
 #[derive(Debug, Clone)]
 pub struct VolunteerLive {
     pub id: String,
-    pub url: String,
+    /// Shared, so the redirector can hold on to it without copying.
+    pub url: std::sync::Arc<str>,
     /// Generation fully held, per repository.
     pub generations: HashMap<String, u64>,
     pub load: Load,
@@ -207,7 +208,7 @@ impl Registry {
                     at,
                     VolunteerLive {
                         id: report.volunteer.clone(),
-                        url: report.url.clone(),
+                        url: report.url.as_str().into(),
                         generations: HashMap::new(),
                         load: Load::default(),
                         last_seq: 0,
@@ -238,7 +239,9 @@ impl Registry {
         }
         v.stopped = false;
         v.last_seq = report.seq;
-        v.url = report.url.clone();
+        if *v.url != *report.url {
+            v.url = report.url.as_str().into();
+        }
         v.generations.insert(repo.to_string(), report.generation);
         v.load = Load {
             customer_conns: report.customer_conns,

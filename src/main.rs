@@ -137,7 +137,7 @@ struct ServerArgs {
     #[arg(long)]
     public_url: Option<String>,
     /// Balancing policy: feedback, least-connections, request-counting; for experiments
-    /// feedback-bandwidth, least-loaded and oracle [default: feedback].
+    /// feedback-connections, least-loaded and oracle [default: feedback].
     #[arg(long)]
     policy: Option<String>,
     /// Seconds between volunteer announces [default: 5].

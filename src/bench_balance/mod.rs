@@ -45,13 +45,13 @@ pub struct BalanceArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "request-counting,least-connections,feedback,feedback-bandwidth,oracle"
+        default_value = "request-counting,least-connections,feedback-connections,feedback,oracle"
     )]
     policies: Vec<String>,
     /// Announce interval (s) of the main runs.
     #[arg(long, default_value_t = 1)]
     interval: u64,
-    /// Staleness sweep: announce intervals (s) for least-loaded and feedback.
+    /// Staleness sweep: announce intervals (s) for least-loaded and both feedback policies.
     #[arg(long, value_delimiter = ',', default_value = "1,5,15,30")]
     sweep: Vec<u64>,
     /// Offered load of the staleness sweep.
@@ -78,6 +78,11 @@ pub struct BalanceArgs {
     /// Seed of the arrival process (the same for every policy).
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Repeat the side-by-side runs with this many arrival processes (seeds `--seed`,
+    /// `--seed`+1, …): at full load queues grow as a random walk, so one run's ratios say
+    /// little on their own. The sweep and the join runs use the first seed.
+    #[arg(long, default_value_t = 1)]
+    repeat: u64,
 }
 
 impl BalanceArgs {
@@ -102,6 +107,8 @@ pub struct Scenario {
     /// One volunteer starts during the run instead of before it.
     pub join: bool,
     pub duration: u64,
+    /// Seed of the arrivals.
+    pub seed: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,23 +123,30 @@ const SLOW_START_SECS: u64 = 10;
 
 fn plan(a: &BalanceArgs) -> Vec<Scenario> {
     let mut plan = Vec::new();
-    for &load in &a.loads {
-        for p in &a.policies {
-            plan.push(Scenario {
-                label: format!("{p} at {:.0}%", load * 100.0),
-                part: Part::Policies,
-                policy: p.clone(),
-                load,
-                interval: a.interval,
-                slow_start_secs: SLOW_START_SECS,
-                join: false,
-                duration: a.duration,
-            });
+    for seed in a.seed..a.seed + a.repeat.max(1) {
+        for &load in &a.loads {
+            for p in &a.policies {
+                plan.push(Scenario {
+                    label: if a.repeat > 1 {
+                        format!("{p} at {:.0}% (seed {seed})", load * 100.0)
+                    } else {
+                        format!("{p} at {:.0}%", load * 100.0)
+                    },
+                    part: Part::Policies,
+                    policy: p.clone(),
+                    load,
+                    interval: a.interval,
+                    slow_start_secs: SLOW_START_SECS,
+                    join: false,
+                    duration: a.duration,
+                    seed,
+                });
+            }
         }
     }
     if !a.no_sweep {
         for &iv in &a.sweep {
-            for p in ["least-loaded", "feedback"] {
+            for p in ["least-loaded", "feedback-connections", "feedback"] {
                 plan.push(Scenario {
                     label: format!("{p}, {iv} s announces"),
                     part: Part::Sweep,
@@ -143,6 +157,7 @@ fn plan(a: &BalanceArgs) -> Vec<Scenario> {
                     join: false,
                     // A stale-information run must see several announce intervals.
                     duration: a.duration.max(2 * iv),
+                    seed: a.seed,
                 });
             }
         }
@@ -169,6 +184,7 @@ fn plan(a: &BalanceArgs) -> Vec<Scenario> {
                 join: true,
                 // The joiner starts a third of the way in and is watched for a window.
                 duration: a.duration.max(3 * a.join_window / 2 + a.join_window),
+                seed: a.seed,
             });
         }
     }

@@ -44,12 +44,15 @@ pub fn response_time_cdfs(out: &Path, results: &[(Scenario, RunResult)]) -> Resu
         .filter(|(s, _)| s.part == Part::Policies)
         .map(|(s, _)| s.load)
         .collect();
+    loads.sort_by(f64::total_cmp);
     loads.dedup();
     let mut files = Vec::new();
     for load in loads {
+        // One line per policy: the first seed's runs.
+        let first_seed = results.iter().map(|(s, _)| s.seed).min().unwrap_or(0);
         let runs: Vec<&RunResult> = results
             .iter()
-            .filter(|(s, _)| s.part == Part::Policies && s.load == load)
+            .filter(|(s, _)| s.part == Part::Policies && s.load == load && s.seed == first_seed)
             .map(|(_, r)| r)
             .collect();
         let path = out.join(format!("response-times-{:.0}.png", load * 100.0));

@@ -20,12 +20,12 @@ pub fn spread(v: &[f64]) -> f64 {
 /// One CSV line per run. The first columns are stable (the CI regression test reads them).
 pub fn csv(results: &[(Scenario, RunResult)]) -> String {
     let mut out = String::from(
-        "policy,load,interval_s,requests,failed,mean_s,p50_s,p95_s,p99_s,max_s,busy,idle,origin,request_share,network_usage,part,slow_start_s,label\n",
+        "policy,load,interval_s,requests,failed,mean_s,p50_s,p95_s,p99_s,max_s,busy,idle,origin,request_share,network_usage,part,slow_start_s,seed,label\n",
     );
     for (sc, r) in results {
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{:?},{},{}",
+            "{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{:?},{},{},{}",
             r.policy,
             r.load,
             r.interval,
@@ -43,7 +43,8 @@ pub fn csv(results: &[(Scenario, RunResult)]) -> String {
             list(&r.network_usage, ";"),
             sc.part,
             sc.slow_start_secs,
-            r.label
+            r.seed,
+            r.label.replace(',', ";")
         );
     }
     out
@@ -51,10 +52,11 @@ pub fn csv(results: &[(Scenario, RunResult)]) -> String {
 
 pub fn md_row(r: &RunResult) -> String {
     format!(
-        "| {} | {:.0}% | {} s | {} ({} failed) | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} / {} / {} | {} | {} |",
+        "| {} | {:.0}% | {} s | {} | {} ({} failed) | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} / {} / {} | {} | {} |",
         r.policy,
         r.load * 100.0,
         r.interval,
+        r.seed,
         r.requests,
         r.failed,
         r.mean,
@@ -70,7 +72,78 @@ pub fn md_row(r: &RunResult) -> String {
     )
 }
 
-const HEADER: &str = "| policy | load | interval | requests | mean (s) | p50 | p95 | p99 | max | busy / idle / origin | network usage ÷ mean (busy, idle, …) | customers ÷ mean |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+const HEADER: &str = "| policy | load | interval | seed | requests | mean (s) | p50 | p95 | p99 | max | busy / idle / origin | network usage ÷ mean (busy, idle, …) | customers ÷ mean |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+
+/// `feedback` against the others at each load and seed, as the study's goals compare them;
+/// with several seeds, the median of each ratio too.
+fn goals(a: &BalanceArgs, results: &[(Scenario, RunResult)]) -> String {
+    let mut md = String::from("\n| load | seed | feedback max ÷ request-counting max | feedback mean ÷ request-counting mean | feedback mean ÷ oracle mean | feedback p95 ÷ least-connections p95 | feedback network usage, largest distance from the mean |\n|---|---|---|---|---|---|---|\n");
+    let seeds = a.seed..a.seed + a.repeat.max(1);
+    for &load in &a.loads {
+        let mut per_seed: Vec<[Option<f64>; 5]> = Vec::new();
+        for seed in seeds.clone() {
+            let get = |p: &str| {
+                results
+                    .iter()
+                    .filter(|(s, _)| s.part == Part::Policies)
+                    .map(|(_, r)| r)
+                    .find(|r| r.policy == p && r.load == load && r.seed == seed)
+            };
+            let Some(f) = get("feedback") else { continue };
+            let ratio = |other: Option<&RunResult>, pick: fn(&RunResult) -> f64| {
+                other.and_then(|o| (pick(o) > 0.0).then(|| pick(f) / pick(o)))
+            };
+            let row = [
+                ratio(get("request-counting"), |r| r.max),
+                ratio(get("request-counting"), |r| r.mean),
+                ratio(get("oracle"), |r| r.mean),
+                ratio(get("least-connections"), |r| r.p95),
+                Some(spread(&f.network_usage)),
+            ];
+            let _ = writeln!(md, "| {:.0}% | {seed} | {} |", load * 100.0, cells(&row));
+            per_seed.push(row);
+        }
+        if per_seed.len() > 1 {
+            let medians: Vec<Option<f64>> = (0..5)
+                .map(|k| median(per_seed.iter().filter_map(|r| r[k]).collect()))
+                .collect();
+            let _ = writeln!(
+                md,
+                "| {:.0}% | median | {} |",
+                load * 100.0,
+                cells(&medians)
+            );
+        }
+    }
+    md
+}
+
+/// Ratios as table cells; the last one is a spread, shown as ±percent.
+fn cells(v: &[Option<f64>]) -> String {
+    let n = v.len();
+    v.iter()
+        .enumerate()
+        .map(|(i, x)| match x {
+            Some(x) if i + 1 == n => format!("±{:.0}%", x * 100.0),
+            Some(x) => format!("{x:.2}"),
+            None => "–".to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
 
 pub fn markdown(a: &BalanceArgs, results: &[(Scenario, RunResult)]) -> String {
     let mut md = String::new();
@@ -96,36 +169,7 @@ pub fn markdown(a: &BalanceArgs, results: &[(Scenario, RunResult)]) -> String {
         md.push_str(&md_row(r));
         md.push('\n');
     }
-    let _ = writeln!(md, "\n| load | feedback max ÷ request-counting max | feedback mean ÷ request-counting mean | feedback mean ÷ oracle mean | feedback p95 ÷ least-connections p95 | feedback network usage, largest distance from the mean |\n|---|---|---|---|---|---|");
-    for &load in &a.loads {
-        let get = |p: &str| {
-            part(Part::Policies)
-                .map(|(_, r)| r)
-                .find(|r| r.policy == p && r.load == load)
-        };
-        let ratio = |x: f64, y: f64| {
-            if y > 0.0 {
-                format!("{:.2}", x / y)
-            } else {
-                "–".to_string()
-            }
-        };
-        if let Some(f) = get("feedback") {
-            let rc = get("request-counting");
-            let lc = get("least-connections");
-            let o = get("oracle");
-            let _ = writeln!(
-                md,
-                "| {:.0}% | {} | {} | {} | {} | ±{:.0}% |",
-                load * 100.0,
-                rc.map_or("–".into(), |rc| ratio(f.max, rc.max)),
-                rc.map_or("–".into(), |rc| ratio(f.mean, rc.mean)),
-                o.map_or("–".into(), |o| ratio(f.mean, o.mean)),
-                lc.map_or("–".into(), |lc| ratio(f.p95, lc.p95)),
-                spread(&f.network_usage) * 100.0
-            );
-        }
-    }
+    md.push_str(&goals(a, results));
 
     if part(Part::Sweep).next().is_some() {
         md.push_str("\n### Staleness sweep\n\n");

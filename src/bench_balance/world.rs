@@ -67,6 +67,7 @@ pub struct RunResult {
     pub policy: String,
     pub load: f64,
     pub interval: u64,
+    pub seed: u64,
     pub requests: usize,
     pub failed: usize,
     pub mean: f64,
@@ -271,7 +272,7 @@ pub async fn run_one(a: &BalanceArgs, work: &Path, sc: &Scenario) -> Result<RunR
         sent_before.push(bytes_sent(&client, u).await);
     }
     let rate = sc.load * a.customer_capacity() / a.file_size as f64;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(sc.seed);
     let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut tasks = tokio::task::JoinSet::new();
     let start = Instant::now();
@@ -393,6 +394,7 @@ pub async fn run_one(a: &BalanceArgs, work: &Path, sc: &Scenario) -> Result<RunR
         policy: sc.policy.clone(),
         load: sc.load,
         interval: sc.interval,
+        seed: sc.seed,
         requests: samples.len(),
         failed: samples.iter().filter(|s| !s.ok).count(),
         mean: if times.is_empty() {

@@ -49,7 +49,7 @@ pub fn load_file<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigE
 /// The balancing policies the redirector knows, chosen by name.
 pub const POLICY_NAMES: &[&str] = &[
     "feedback",
-    "feedback-bandwidth",
+    "feedback-connections",
     "least-connections",
     "request-counting",
     "oracle",
@@ -249,9 +249,8 @@ impl TrackerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RedirectConfig {
     /// Balancing policy: `feedback` (default), `least-connections`, `request-counting`; for
-    /// experiments `feedback-bandwidth` (feedback weighing sync by bandwidth where uplinks are
-    /// declared), `least-loaded` (argmin of reported load) and `oracle` (needs
-    /// `oracle_listen`).
+    /// experiments `feedback-connections` (the paper's feedback, counting connections),
+    /// `least-loaded` (argmin of reported load) and `oracle` (needs `oracle_listen`).
     pub policy: String,
     /// Files of at most this many bytes are served by the server itself: a redirect costs the
     /// customer a round trip more than such a file takes to send. Default 32768.

@@ -5,13 +5,17 @@
 //! offered as alternatives. An empty order sends the customer to the origin.
 
 use rand::{Rng, RngCore};
+use tracker::link_model::LinkModel;
 use tracker::registry::Load;
 
 /// What a policy may know of one eligible volunteer.
 #[derive(Debug, Clone)]
-pub struct Candidate {
+pub struct Candidate<'a> {
     /// Last reported workload.
     pub load: Load,
+    /// Its downloads as they probably stand now (the report, the redirects since, drained at
+    /// its declared link's rate; for the `oracle`, corrected by exact live counts).
+    pub model: &'a LinkModel,
     /// Redirects the server issued since that report (within the connection window).
     pub issued_since_report: u32,
     /// Redirects the server ever issued to it (since this server started).
@@ -20,14 +24,12 @@ pub struct Candidate {
     pub issued_recent: usize,
     /// Time since it (re)joined: for slow start.
     pub age: std::time::Duration,
-    /// Live customer and sync connections, for the `oracle` experiment only.
-    pub exact: Option<(u32, u32)>,
     /// How fast the server's own checks found it, against its peers: 1.0 unless it served
     /// them markedly slower than the median (down to 0.1). Reports can lie; this cannot.
     pub observed_speed: f64,
 }
 
-impl Candidate {
+impl Candidate<'_> {
     fn capacity(&self) -> f64 {
         f64::from(self.load.capacity.max(1))
     }
@@ -35,8 +37,9 @@ impl Candidate {
 
 pub trait Policy: Send + Sync {
     fn name(&self) -> &'static str;
-    /// Indices into `cands`, best first. Empty: no volunteer should take this request.
-    fn order(&self, cands: &[Candidate], rng: &mut dyn RngCore) -> Vec<usize>;
+    /// Indices into `cands`, best first, for a download of `bytes`. Empty: no volunteer
+    /// should take this request.
+    fn order(&self, cands: &[Candidate], bytes: u64, rng: &mut dyn RngCore) -> Vec<usize>;
     /// Whether candidates need the exact live load (the oracle's experiment feed).
     fn wants_exact_load(&self) -> bool {
         false
@@ -44,21 +47,16 @@ pub trait Policy: Send + Sync {
 }
 
 /// Build a policy by its configured name. `slow_start`: how long a (re)joining volunteer's
-/// share takes to grow to its full capacity (feedback only).
+/// share takes to grow to its full capacity (the feedback policies).
 pub fn by_name(name: &str, slow_start: std::time::Duration) -> Option<Box<dyn Policy>> {
+    let ramp = SlowStart(slow_start);
     match name {
-        "feedback" => Some(Box::new(Feedback {
-            slow_start,
-            use_rates: false,
-        })),
-        "feedback-bandwidth" => Some(Box::new(Feedback {
-            slow_start,
-            use_rates: true,
-        })),
+        "feedback" => Some(Box::new(Feedback { ramp, live: false })),
+        "feedback-connections" => Some(Box::new(FeedbackConnections { ramp })),
         "least-connections" => Some(Box::new(LeastConnections)),
         "request-counting" => Some(Box::new(RequestCounting)),
         "least-loaded" => Some(Box::new(LeastLoaded)),
-        "oracle" => Some(Box::new(Oracle)),
+        "oracle" => Some(Box::new(Feedback { ramp, live: true })),
         _ => None,
     }
 }
@@ -71,38 +69,10 @@ impl Policy for LeastLoaded {
     fn name(&self) -> &'static str {
         "least-loaded"
     }
-    fn order(&self, cands: &[Candidate], _rng: &mut dyn RngCore) -> Vec<usize> {
+    fn order(&self, cands: &[Candidate], _bytes: u64, _rng: &mut dyn RngCore) -> Vec<usize> {
         sorted_by(cands, |c| {
             f64::from(c.load.customer_conns + c.load.sync_conns) / c.capacity()
         })
-    }
-}
-
-/// The bound for experiments: the exact live connection counts, streamed by each volunteer on
-/// every change. Falls back to reported load for a volunteer that streams nothing.
-pub struct Oracle;
-
-impl Policy for Oracle {
-    fn name(&self) -> &'static str {
-        "oracle"
-    }
-    fn wants_exact_load(&self) -> bool {
-        true
-    }
-    fn order(&self, cands: &[Candidate], rng: &mut dyn RngCore) -> Vec<usize> {
-        let load = |c: &Candidate| {
-            let (cc, sc) = c
-                .exact
-                .unwrap_or((c.load.customer_conns, c.load.sync_conns));
-            f64::from(cc + sc) / c.capacity()
-        };
-        // Ties broken at random so that equal volunteers share.
-        let jitter: Vec<f64> = cands.iter().map(|_| rng.gen::<f64>() * 1e-9).collect();
-        let mut idx: Vec<usize> = (0..cands.len()).collect();
-        idx.sort_by(|&a, &b| {
-            (load(&cands[a]) + jitter[a]).total_cmp(&(load(&cands[b]) + jitter[b]))
-        });
-        idx
     }
 }
 
@@ -121,7 +91,7 @@ impl Policy for RequestCounting {
     fn name(&self) -> &'static str {
         "request-counting"
     }
-    fn order(&self, cands: &[Candidate], _rng: &mut dyn RngCore) -> Vec<usize> {
+    fn order(&self, cands: &[Candidate], _bytes: u64, _rng: &mut dyn RngCore) -> Vec<usize> {
         sorted_by(cands, |c| c.issued_total as f64 / c.capacity())
     }
 }
@@ -134,83 +104,67 @@ impl Policy for LeastConnections {
     fn name(&self) -> &'static str {
         "least-connections"
     }
-    fn order(&self, cands: &[Candidate], _rng: &mut dyn RngCore) -> Vec<usize> {
+    fn order(&self, cands: &[Candidate], _bytes: u64, _rng: &mut dyn RngCore) -> Vec<usize> {
         sorted_by(cands, |c| c.issued_recent as f64 / c.capacity())
     }
 }
 
-/// The default: each volunteer's last reported customer and sync connections plus the
-/// redirects issued since that report, relative to declared capacity; best of two random
-/// choices, because always taking the apparent minimum of stale data herds onto one node. A
-/// volunteer that (re)joined recently counts with a reduced capacity (slow start).
-pub struct Feedback {
-    pub slow_start: std::time::Duration,
-    /// Weigh sync by bandwidth where every candidate declared its uplink
-    /// (`feedback-bandwidth`, an experiment: not clearly better so far); off, it counts
-    /// connections as the paper does (`feedback`, the default).
-    pub use_rates: bool,
-}
+/// Slow start: a volunteer that (re)joined counts with part of its capacity, a tenth at once
+/// and all of it after the configured time, so a newcomer whose report says "idle" is not
+/// flooded before its first reports show what it can take.
+#[derive(Debug, Clone, Copy)]
+struct SlowStart(std::time::Duration);
 
-impl Feedback {
-    /// The share of its capacity a volunteer of this age gets: a tenth at once, all of it after
-    /// `slow_start`.
-    fn ramp(&self, c: &Candidate) -> f64 {
-        if self.slow_start.is_zero() {
+impl SlowStart {
+    fn share(self, c: &Candidate) -> f64 {
+        if self.0.is_zero() {
             return 1.0;
         }
-        (0.1 + 0.9 * c.age.as_secs_f64() / self.slow_start.as_secs_f64()).min(1.0)
+        (0.1 + 0.9 * c.age.as_secs_f64() / self.0.as_secs_f64()).min(1.0)
     }
 
-    /// The load it would have with one more customer, relative to its effective capacity:
-    /// declared capacity, cut by slow start and by how slow the server observed it. The "+1"
-    /// makes two idle volunteers compare by capacity instead of tying at zero.
-    fn score(&self, c: &Candidate, by_rate: bool) -> f64 {
-        let cut = self.ramp(c) * c.observed_speed.clamp(0.01, 1.0);
-        match expected_rate(c) {
-            Some(rate) if by_rate => 1.0 / (rate * cut).max(1e-9),
-            _ => {
-                let busy = f64::from(c.load.customer_conns)
-                    + f64::from(c.load.sync_conns)
-                    + f64::from(c.issued_since_report)
-                    + 1.0;
-                busy / (c.capacity() * cut)
-            }
-        }
+    /// What a candidate can do relative to what it says: slow start, cut further by how slow
+    /// the server observed it.
+    fn cut(self, c: &Candidate) -> f64 {
+        self.share(c) * c.observed_speed.clamp(0.01, 1.0)
+    }
+
+    /// Customers it may take at once while it ramps up.
+    fn capacity(self, c: &Candidate) -> u32 {
+        ((f64::from(c.load.capacity.max(1)) * self.share(c)).ceil() as u32).max(1)
+    }
+}
+
+/// The paper's feedback, kept for comparison: each volunteer's last reported customer and
+/// sync connections plus the redirects issued since that report, relative to declared
+/// capacity; best of two random choices, because always taking the apparent minimum of stale
+/// data herds onto one node. Also what `feedback` falls back to where a volunteer's uplink is
+/// undeclared.
+pub struct FeedbackConnections {
+    ramp: SlowStart,
+}
+
+impl FeedbackConnections {
+    /// The load it would have with one more customer, relative to its effective capacity.
+    /// The "+1" makes two idle volunteers compare by capacity instead of tying at zero.
+    fn score(&self, c: &Candidate) -> f64 {
+        let busy = f64::from(c.load.customer_conns)
+            + f64::from(c.load.sync_conns)
+            + f64::from(c.issued_since_report)
+            + 1.0;
+        busy / (c.capacity() * self.ramp.cut(c))
     }
 
     fn has_headroom(&self, c: &Candidate) -> bool {
-        let cap = (f64::from(c.load.capacity.max(1)) * self.ramp(c)).ceil() as u32;
-        c.load.customer_conns.saturating_add(c.issued_since_report) < cap.max(1)
+        c.load.customer_conns.saturating_add(c.issued_since_report) < self.ramp.capacity(c)
     }
 }
 
-/// The rate, bytes/s, one more customer would get from `c`, if it declared its uplink: its
-/// fair share among all flows, or what sync leaves over split among the customers, whichever
-/// is more. Sync uploads often want less than a fair share (their receivers are limited
-/// too), so counting each as a whole connection would keep customers off volunteers that
-/// still have bandwidth to spare.
-fn expected_rate(c: &Candidate) -> Option<f64> {
-    let link = c.load.link_bps as f64;
-    if link <= 0.0 {
-        return None;
-    }
-    let customers = f64::from(c.load.customer_conns) + f64::from(c.issued_since_report);
-    let sync = (c.load.sync_bps as f64).min(link);
-    let fair = link / (customers + f64::from(c.load.sync_conns) + 1.0);
-    Some(fair.max((link - sync) / (customers + 1.0)))
-}
-
-impl Policy for Feedback {
+impl Policy for FeedbackConnections {
     fn name(&self) -> &'static str {
-        if self.use_rates {
-            "feedback-bandwidth"
-        } else {
-            "feedback"
-        }
+        "feedback-connections"
     }
-    fn order(&self, cands: &[Candidate], rng: &mut dyn RngCore) -> Vec<usize> {
-        // Rates compare only if every candidate declared its uplink; else count connections.
-        let by_rate = self.use_rates && cands.iter().all(|c| c.load.link_bps > 0);
+    fn order(&self, cands: &[Candidate], _bytes: u64, rng: &mut dyn RngCore) -> Vec<usize> {
         let open: Vec<usize> = (0..cands.len())
             .filter(|&i| self.has_headroom(&cands[i]))
             .collect();
@@ -223,10 +177,7 @@ impl Policy for Feedback {
                 if b == a {
                     b = open[n - 1];
                 }
-                let (sa, sb) = (
-                    self.score(&cands[a], by_rate),
-                    self.score(&cands[b], by_rate),
-                );
+                let (sa, sb) = (self.score(&cands[a]), self.score(&cands[b]));
                 if sb < sa || (sb == sa && rng.gen_bool(0.5)) {
                     b
                 } else {
@@ -234,7 +185,7 @@ impl Policy for Feedback {
                 }
             }
         };
-        let mut rest: Vec<usize> = sorted_by(cands, |c| self.score(c, by_rate))
+        let mut rest: Vec<usize> = sorted_by(cands, |c| self.score(c))
             .into_iter()
             .filter(|&i| i != first && self.has_headroom(&cands[i]))
             .collect();
@@ -243,34 +194,150 @@ impl Policy for Feedback {
     }
 }
 
+/// The default: send the customer where it adds the least waiting, its own and that of the
+/// customers already there. Each volunteer's [`LinkModel`] knows its declared uplink, the
+/// sync traffic it reported and the downloads it probably serves now (its last report plus
+/// the redirects since, drained at the rates the link gives them), so between two reports
+/// the server neither herds onto whoever looked idle (it counts its own redirects) nor
+/// starves a volunteer whose customers have long finished (it drains them). Sync uploads
+/// that want less than a fair share leave the rest of the link to customers, which counting
+/// connections cannot see.
+///
+/// Slow start and the speed the server's checks observed scale a candidate's cost up; a
+/// volunteer whose modelled customers fill its declared capacity gets none. Where any
+/// candidate's uplink is undeclared, the costs would not compare: it counts connections
+/// instead, as [`FeedbackConnections`].
+///
+/// As `oracle` (`live`), the models are corrected by exact live counts before every choice:
+/// the bound the reported feedback is measured against.
+pub struct Feedback {
+    ramp: SlowStart,
+    live: bool,
+}
+
+impl Feedback {
+    fn has_headroom(&self, c: &Candidate) -> bool {
+        c.model.customers() < self.ramp.capacity(c) as usize
+    }
+}
+
+impl Policy for Feedback {
+    fn name(&self) -> &'static str {
+        if self.live {
+            "oracle"
+        } else {
+            "feedback"
+        }
+    }
+    fn wants_exact_load(&self) -> bool {
+        self.live
+    }
+    fn order(&self, cands: &[Candidate], bytes: u64, rng: &mut dyn RngCore) -> Vec<usize> {
+        if !cands.iter().all(|c| c.model.known()) {
+            return FeedbackConnections { ramp: self.ramp }.order(cands, bytes, rng);
+        }
+        let mut scored: Vec<(f64, usize)> = (0..cands.len())
+            .filter(|&i| self.has_headroom(&cands[i]))
+            .filter_map(|i| {
+                let c = &cands[i];
+                let wait = c.model.marginal_wait(bytes)?;
+                // Equal volunteers tie exactly; a little noise spreads them at random.
+                let noise = 1.0 + 1e-9 * rng.gen::<f64>();
+                Some((wait * noise / self.ramp.cut(c), i))
+            })
+            .collect();
+        scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+        scored.into_iter().map(|(_, i)| i).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::SeedableRng;
+    use std::time::{Duration, Instant};
+    use tracker::link_model::Reported;
 
-    fn cand(_name: &str, conns: u32, sync: u32, since: u32, total: u64, cap: u32) -> Candidate {
-        Candidate {
-            load: Load {
-                customer_conns: conns,
+    /// A volunteer as a test describes it: its report, and its model built from that report.
+    struct Vol {
+        load: Load,
+        model: LinkModel,
+        since: u32,
+        total: u64,
+        age: Duration,
+        speed: f64,
+    }
+
+    fn vol(conns: u32, sync: u32, sync_bps: u64, link: u64, cap: u32, t: Instant) -> Vol {
+        let load = Load {
+            customer_conns: conns,
+            sync_conns: sync,
+            upload_bps: 0,
+            capacity: cap,
+            sync_bps,
+            link_bps: link,
+        };
+        let mut model = LinkModel::default();
+        model.reconcile(
+            Reported {
+                customers: conns,
                 sync_conns: sync,
-                upload_bps: 0,
-                capacity: cap,
-                sync_bps: 0,
-                link_bps: 0,
+                sync_bps,
+                link_bps: link,
             },
-            issued_since_report: since,
-            issued_total: total,
-            issued_recent: total as usize,
-            age: std::time::Duration::from_secs(3600),
-            exact: None,
-            observed_speed: 1.0,
+            100_000,
+            t,
+        );
+        Vol {
+            load,
+            model,
+            since: 0,
+            total: 0,
+            age: Duration::from_secs(3600),
+            speed: 1.0,
         }
     }
 
-    const FB: Feedback = Feedback {
-        slow_start: std::time::Duration::from_secs(10),
-        use_rates: true,
-    };
+    impl Vol {
+        fn redirected(&mut self, bytes: u64, t: Instant) {
+            self.since += 1;
+            self.total += 1;
+            self.model.add(bytes, t);
+        }
+    }
+
+    fn cands(v: &[Vol]) -> Vec<Candidate<'_>> {
+        v.iter()
+            .map(|v| Candidate {
+                load: v.load,
+                model: &v.model,
+                issued_since_report: v.since,
+                issued_total: v.total,
+                issued_recent: v.total as usize,
+                age: v.age,
+                observed_speed: v.speed,
+            })
+            .collect()
+    }
+
+    fn policy(name: &str) -> Box<dyn Policy> {
+        by_name(name, Duration::from_secs(10)).unwrap()
+    }
+
+    /// Send `n` customers of `bytes` one after the other, at one instant, as the redirector
+    /// would: each counted where it went before the next is placed. Returns where they went.
+    fn place(p: &dyn Policy, v: &mut [Vol], n: usize, bytes: u64, t: Instant) -> Vec<u32> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut hits = vec![0; v.len()];
+        for _ in 0..n {
+            let Some(&first) = p.order(&cands(v), bytes, &mut rng).first() else {
+                break;
+            };
+            v[first].redirected(bytes, t);
+            hits[first] += 1;
+        }
+        hits
+    }
 
     #[test]
     fn names_resolve() {
@@ -278,136 +345,179 @@ mod tests {
             assert_eq!(by_name(n, Default::default()).unwrap().name(), *n);
         }
         assert!(by_name("nope", Default::default()).is_none());
+        assert!(policy("oracle").wants_exact_load());
+        assert!(!policy("feedback").wants_exact_load());
     }
 
     #[test]
     fn request_counting_spreads_by_capacity() {
-        let c = [cand("a", 0, 0, 0, 10, 10), cand("b", 0, 0, 0, 3, 1)];
+        let t = Instant::now();
+        let mut v = [vol(0, 0, 0, 0, 10, t), vol(0, 0, 0, 0, 1, t)];
+        v[0].total = 10;
+        v[1].total = 3;
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        assert_eq!(RequestCounting.order(&c, &mut rng), [0, 1]);
+        assert_eq!(RequestCounting.order(&cands(&v), 1, &mut rng), [0, 1]);
     }
 
     #[test]
-    fn feedback_never_picks_the_busier_of_two() {
+    fn feedback_connections_never_picks_the_busier_of_two() {
         // With two candidates best-of-two always compares both.
-        let c = [cand("busy", 1, 5, 0, 0, 8), cand("idle", 1, 0, 0, 0, 8)];
+        let t = Instant::now();
+        let v = [vol(1, 5, 0, 0, 8, t), vol(1, 0, 0, 0, 8, t)];
+        let p = policy("feedback-connections");
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for _ in 0..100 {
-            assert_eq!(FB.order(&c, &mut rng)[0], 1);
+            assert_eq!(p.order(&cands(&v), 1, &mut rng)[0], 1);
         }
     }
 
     #[test]
-    fn feedback_counts_redirects_since_report_and_respects_capacity() {
-        let c = [cand("a", 0, 0, 3, 0, 4), cand("b", 2, 0, 0, 0, 4)];
+    fn feedback_connections_counts_redirects_since_report_and_respects_capacity() {
+        let t = Instant::now();
+        let p = policy("feedback-connections");
+        let mut v = [vol(0, 0, 0, 0, 4, t), vol(2, 0, 0, 0, 4, t)];
+        v[0].since = 3;
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        assert_eq!(FB.order(&c, &mut rng)[0], 1);
-        let full = [cand("a", 2, 0, 2, 0, 4), cand("b", 4, 0, 0, 0, 4)];
-        assert!(FB.order(&full, &mut rng).is_empty());
+        assert_eq!(p.order(&cands(&v), 1, &mut rng)[0], 1);
+        let mut full = [vol(2, 0, 0, 0, 4, t), vol(4, 0, 0, 0, 4, t)];
+        full[0].since = 2;
+        assert!(p.order(&cands(&full), 1, &mut rng).is_empty());
     }
 
     #[test]
     fn feedback_spreads_over_equal_volunteers() {
-        let c: Vec<Candidate> = (0..4)
-            .map(|i| cand(&format!("v{i}"), 0, 0, 0, 0, 8))
-            .collect();
-        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-        let mut hits = [0u32; 4];
-        for _ in 0..4000 {
-            hits[FB.order(&c, &mut rng)[0]] += 1;
+        let t = Instant::now();
+        for name in ["feedback", "feedback-connections"] {
+            let mut v: Vec<Vol> = (0..4).map(|_| vol(0, 0, 0, 1_000_000, 1000, t)).collect();
+            let hits = place(&*policy(name), &mut v, 400, 100_000, t);
+            assert!(hits.iter().all(|&h| h >= 80), "{name}: {hits:?}");
         }
-        assert!(hits.iter().all(|&h| h > 800), "{hits:?}");
     }
 
     #[test]
-    fn a_joining_volunteer_is_ramped_up_not_flooded() {
-        let mut young = cand("young", 0, 0, 0, 0, 20);
-        young.age = std::time::Duration::from_secs(1);
-        // 19% of its capacity at one second: at most 4 of its 20 slots while it ramps up.
-        let mut c = vec![young, cand("old", 0, 0, 0, 0, 20)];
-        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-        let mut to_young = 0;
-        for _ in 0..20 {
-            let Some(&first) = FB.order(&c, &mut rng).first() else {
-                break;
-            };
-            c[first].issued_since_report += 1;
-            to_young += usize::from(first == 0);
-        }
-        assert!(
-            to_young <= 4,
-            "{to_young} of 20 went to the volunteer that just joined"
+    fn feedback_places_by_the_waiting_it_adds() {
+        let t = Instant::now();
+        // A 1 MB/s volunteer whose 4 sync uploads want 0.4 MB/s in all, no customers, and an
+        // idle one with two customers. Counting connections (5 against 3) prefers the second;
+        // a new customer would get 0.6 MB/s from the first and a third of 1 MB/s from the
+        // second (and slow its two customers down).
+        let v = [
+            vol(0, 4, 400_000, 1_000_000, 64, t),
+            vol(2, 0, 0, 1_000_000, 64, t),
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        assert_eq!(
+            policy("feedback").order(&cands(&v), 100_000, &mut rng)[0],
+            0
+        );
+        assert_eq!(
+            policy("feedback-connections").order(&cands(&v), 100_000, &mut rng)[0],
+            1
+        );
+        // Greedy sync (each upload took a full share) is a connection like any other: a
+        // fifth of the link against half of it beside one other customer.
+        let greedy = [
+            vol(0, 4, 1_000_000, 1_000_000, 64, t),
+            vol(1, 0, 0, 1_000_000, 64, t),
+        ];
+        assert_eq!(
+            policy("feedback").order(&cands(&greedy), 100_000, &mut rng)[0],
+            1
         );
     }
 
     #[test]
-    fn least_loaded_herds_where_feedback_spreads() {
-        // Between two reports, every request sees the same stale numbers.
-        let c: Vec<Candidate> = (0..4)
-            .map(|i| cand(&format!("v{i}"), i, 0, 0, 0, 64))
-            .collect();
-        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
-        let mut herd = [0u32; 4];
-        for _ in 0..40 {
-            herd[LeastLoaded.order(&c, &mut rng)[0]] += 1;
+    fn feedback_drains_the_customers_it_sent() {
+        let t = Instant::now();
+        let mut v = [
+            vol(0, 0, 0, 1_000_000, 64, t),
+            vol(1, 0, 0, 1_000_000, 64, t),
+        ];
+        for _ in 0..3 {
+            v[0].redirected(100_000, t);
         }
-        assert_eq!(herd, [40, 0, 0, 0]);
-        let mut c = c;
-        let mut spread = [0u32; 4];
-        for _ in 0..40 {
-            let first = FB.order(&c, &mut rng)[0];
-            c[first].issued_since_report += 1;
-            spread[first] += 1;
+        let p = policy("feedback");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        // Three just sent to the first: the second, with one, is better now.
+        assert_eq!(p.order(&cands(&v), 100_000, &mut rng)[0], 1);
+        // Half a second later the first one's three 100 kB downloads are done; the second's
+        // customer, of a size the model does not know, may still be going.
+        let later = t + Duration::from_millis(500);
+        for x in &mut v {
+            x.model.advance(later);
         }
-        assert!(spread.iter().all(|&n| n >= 5), "{spread:?}");
+        assert_eq!(v[0].model.customers(), 0);
+        assert_eq!(p.order(&cands(&v), 100_000, &mut rng)[0], 0);
     }
 
     #[test]
-    fn oracle_uses_exact_load() {
-        let mut a = cand("a", 0, 0, 0, 0, 8);
-        a.exact = Some((6, 1));
-        let mut b = cand("b", 5, 0, 0, 0, 8);
-        b.exact = Some((1, 0));
-        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        assert_eq!(Oracle.order(&[a, b], &mut rng)[0], 1);
+    fn feedback_counts_connections_where_an_uplink_is_undeclared() {
+        let t = Instant::now();
+        // The first would be better by bandwidth, but the second declared no uplink.
+        let v = [vol(0, 4, 400_000, 1_000_000, 64, t), vol(2, 0, 0, 0, 64, t)];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for _ in 0..20 {
+            assert_eq!(policy("feedback").order(&cands(&v), 1, &mut rng)[0], 1);
+        }
+    }
+
+    #[test]
+    fn feedback_respects_capacity() {
+        let t = Instant::now();
+        let mut v = [vol(3, 0, 0, 1_000_000, 4, t), vol(4, 0, 0, 1_000_000, 4, t)];
+        v[0].redirected(1_000_000, t);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        assert!(policy("feedback").order(&cands(&v), 1, &mut rng).is_empty());
+    }
+
+    #[test]
+    fn a_joining_volunteer_is_ramped_up_not_flooded() {
+        let t = Instant::now();
+        for name in ["feedback", "feedback-connections"] {
+            // 19% of its capacity at one second: at most 4 of its 20 slots while it ramps up.
+            let mut v = vec![
+                vol(0, 0, 0, 1_000_000, 20, t),
+                vol(0, 0, 0, 1_000_000, 20, t),
+            ];
+            v[0].age = Duration::from_secs(1);
+            let hits = place(&*policy(name), &mut v, 20, 1_000_000, t);
+            assert!(
+                hits[0] <= 4,
+                "{name}: {} of 20 went to the volunteer that just joined",
+                hits[0]
+            );
+        }
+    }
+
+    #[test]
+    fn least_loaded_herds_where_feedback_spreads() {
+        let t = Instant::now();
+        // Between two reports, every request sees the same stale numbers.
+        let make = || -> Vec<Vol> { (0..4).map(|i| vol(i, 0, 0, 1_000_000, 64, t)).collect() };
+        let herd = place(&LeastLoaded, &mut make(), 40, 100_000, t);
+        assert_eq!(herd, [40, 0, 0, 0]);
+        for name in ["feedback", "feedback-connections"] {
+            let spread = place(&*policy(name), &mut make(), 40, 100_000, t);
+            assert!(spread.iter().all(|&n| n >= 5), "{name}: {spread:?}");
+        }
     }
 
     #[test]
     fn a_volunteer_observed_slow_gets_a_smaller_share_whatever_it_reports() {
-        // Both report no connections; the server's checks found one ten times slower.
-        let mut slow = cand("slow", 0, 0, 0, 0, 200);
-        slow.observed_speed = 0.1;
-        let mut c = vec![slow, cand("fast", 0, 0, 0, 0, 200)];
-        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        let mut to_slow = 0;
-        for _ in 0..110 {
-            let first = FB.order(&c, &mut rng)[0];
-            c[first].issued_since_report += 1;
-            to_slow += usize::from(first == 0);
+        let t = Instant::now();
+        for name in ["feedback", "feedback-connections"] {
+            // Both report no connections; the server's checks found one ten times slower.
+            let mut v = vec![
+                vol(0, 0, 0, 1_000_000, 200, t),
+                vol(0, 0, 0, 1_000_000, 200, t),
+            ];
+            v[0].speed = 0.1;
+            let hits = place(&*policy(name), &mut v, 110, 100_000, t);
+            assert!(
+                hits[0] <= 15,
+                "{name}: {} of 110 went to the slow volunteer",
+                hits[0]
+            );
         }
-        assert!(to_slow <= 15, "{to_slow} of 110 went to the slow volunteer");
-    }
-
-    #[test]
-    fn feedback_bandwidth_weighs_sync_by_its_bandwidth_where_uplinks_are_declared() {
-        // A volunteer whose 4 sync uploads use half its link, no customers; another with two
-        // customers and no sync. Counting connections (5 vs 3) prefers the second; a new
-        // customer would get half the link from the first and a third from the second.
-        let mut busy = cand("busy", 0, 4, 0, 0, 64);
-        busy.load.sync_bps = 500_000;
-        let idle = cand("idle", 2, 0, 0, 0, 64);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-        assert_eq!(FB.order(&[busy.clone(), idle.clone()], &mut rng)[0], 1);
-        let (mut busy, mut idle) = (busy, idle);
-        busy.load.link_bps = 1_000_000;
-        idle.load.link_bps = 1_000_000;
-        assert_eq!(FB.order(&[busy.clone(), idle.clone()], &mut rng)[0], 0);
-        // The default `feedback` counts connections whatever is declared.
-        let paper = by_name("feedback", std::time::Duration::from_secs(10)).unwrap();
-        assert_eq!(paper.order(&[busy.clone(), idle.clone()], &mut rng)[0], 1);
-        // Greedy sync (using the whole link) counts like connections again: the fair share
-        // among 5 flows is less than among 3.
-        busy.load.sync_bps = 1_000_000;
-        assert_eq!(FB.order(&[busy, idle], &mut rng)[0], 1);
     }
 }

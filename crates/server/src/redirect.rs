@@ -90,28 +90,34 @@ pub fn choose(
         &mut |n| rng.gen_range(0..n),
         &mut sample,
     );
-    let oracle = st
-        .policy
-        .wants_exact_load()
-        .then(|| crate::state::read(&st.oracle_live));
+    // The oracle's models are corrected by exact live counts before it chooses.
+    if st.policy.wants_exact_load() {
+        let live = crate::state::read(&st.oracle_live);
+        for &i in &sample {
+            if let Some(&(customers, _)) = live.get(&reg.at(i).id) {
+                reg.set_live_customers(i, customers, now);
+            }
+        }
+    }
+    let open: Vec<(u32, usize)> = sample.iter().map(|&i| reg.open_redirects(i, now)).collect();
     let cands: Vec<Candidate> = sample
         .iter()
-        .map(|&i| {
-            let (unreported, recent) = reg.open_redirects(i, now);
+        .zip(&open)
+        .map(|(&i, &(unreported, recent))| {
             let v = reg.at(i);
             Candidate {
                 load: v.load,
+                model: &v.model,
                 issued_since_report: unreported,
                 issued_total: v.issued_total,
                 issued_recent: recent,
                 age: now.saturating_duration_since(v.joined),
-                exact: oracle.as_ref().and_then(|o| o.get(&v.id).copied()),
                 observed_speed: reg.observed_speed(&v.id),
             }
         })
         .collect();
-    drop(oracle);
-    let order = st.policy.order(&cands, &mut rng);
+    let order = st.policy.order(&cands, entry.size, &mut rng);
+    drop(cands);
     if tracing::enabled!(tracing::Level::DEBUG) {
         let (_, excluded) = reg.candidates(&snap.name, entry.changed_in, snap.generation(), now);
         let why: Vec<String> = excluded
@@ -122,7 +128,7 @@ pub fn choose(
             repo = %snap.name, path = rel, changed_in = entry.changed_in,
             policy = st.policy.name(),
             chosen = order.first().map(|&i| reg.at(sample[i]).id.as_str()).unwrap_or("origin"),
-            sampled = cands.len(), excluded = ?why,
+            sampled = sample.len(), excluded = ?why,
             "redirect decision"
         );
     }

@@ -11,9 +11,12 @@
 //! - [`swarm`]: in-memory peer store with expiry and hard size limits.
 //! - [`response`]: bencoded announce, scrape and failure responses.
 //! - [`mirror`]: the signed mirrorswarm extension volunteers put on announces.
+//! - [`registry`]: which volunteer may serve what, its reported load, and what it was sent.
+//! - [`link_model`]: a volunteer's downloads as they probably stand between two reports.
 
 pub mod announce;
 pub mod bencode;
+pub mod link_model;
 pub mod mirror;
 pub mod query;
 pub mod registry;

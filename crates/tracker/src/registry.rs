@@ -9,6 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use crate::link_model::{LinkModel, Reported};
 use crate::mirror::MirrorReport;
 
 /// The workload a volunteer reported in its last announce.
@@ -44,6 +45,9 @@ pub struct VolunteerLive {
     pub issued_bytes: u64,
     /// When recent redirects were issued (for server-side connection estimates).
     recent: VecDeque<Instant>,
+    /// Its downloads as they probably stand now: the last report plus the redirects since,
+    /// drained at its declared link's rate.
+    pub model: LinkModel,
     pub draining: bool,
     /// Its admin paused it (it said so in its last announce).
     pub paused: bool,
@@ -217,6 +221,7 @@ impl Registry {
                         issued_total: 0,
                         issued_bytes: 0,
                         recent: VecDeque::new(),
+                        model: LinkModel::default(),
                         draining,
                         paused: report.paused,
                         stopped: false,
@@ -251,6 +256,17 @@ impl Registry {
             sync_bps: report.sync_bps,
             link_bps: report.link_bps,
         };
+        let typical = typical_remaining(v);
+        v.model.reconcile(
+            Reported {
+                customers: report.customer_conns,
+                sync_conns: report.sync_conns,
+                sync_bps: report.sync_bps,
+                link_bps: report.link_bps,
+            },
+            typical,
+            now,
+        );
         v.last_report = now;
         v.issued_since_report = 0;
         v.draining = draining;
@@ -414,16 +430,27 @@ impl Registry {
     /// Redirects to the volunteer at position `i` that are probably still open, in O(1):
     /// `(unreported, recent)`, as [`VolunteerLive::unreported_within`] and
     /// [`VolunteerLive::issued_within`] with the registry's window. Drops timestamps that
-    /// left the window first, so what remains is exactly the window's.
+    /// left the window first, so what remains is exactly the window's, and brings its
+    /// [`LinkModel`] up to `now`.
     pub fn open_redirects(&mut self, i: usize, now: Instant) -> (u32, usize) {
         let window = self.window;
         let Some(v) = self.volunteers.get_mut(i) else {
             return (0, 0);
         };
+        v.model.advance(now);
         drop_older_than(&mut v.recent, window, now);
         let recent = v.recent.len();
         // The unreported ones are the newest `issued_since_report`; all left are in the window.
         ((recent as u32).min(v.issued_since_report), recent)
+    }
+
+    /// Experiments only (the `oracle`): the exact number of customers the volunteer at
+    /// position `i` serves right now, streamed by it, corrects its model at once.
+    pub fn set_live_customers(&mut self, i: usize, customers: u32, now: Instant) {
+        if let Some(v) = self.volunteers.get_mut(i) {
+            let typical = typical_remaining(v);
+            v.model.set_customers(customers, typical, now);
+        }
     }
 
     /// The volunteer at a position [`Self::sample`] returned.
@@ -447,6 +474,7 @@ impl Registry {
         v.issued_since_report = v.issued_since_report.saturating_add(1);
         v.issued_total += 1;
         v.issued_bytes += bytes;
+        v.model.add(bytes, now);
         // Timestamps older than the window count for nothing: drop them as we go, so the
         // queue holds one window of redirects, not a flood's history.
         drop_older_than(&mut v.recent, window, now);
@@ -468,6 +496,15 @@ impl Registry {
     /// Whether a volunteer's last announce is recent enough.
     pub fn is_fresh(&self, v: &VolunteerLive, now: Instant) -> bool {
         now.saturating_duration_since(v.last_report) <= self.timeout
+    }
+}
+
+/// What a download the model did not know of probably has left to send: half of what
+/// customers were typically sent there for (half a mebibyte before any were).
+fn typical_remaining(v: &VolunteerLive) -> u64 {
+    match v.issued_bytes.checked_div(v.issued_total) {
+        Some(mean) => mean / 2,
+        None => 512 * 1024,
     }
 }
 

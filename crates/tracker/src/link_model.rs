@@ -1,0 +1,346 @@
+//! What a volunteer's uplink is probably doing right now, between two of its reports.
+//!
+//! A report says how many customers a volunteer serves, how many sync uploads share its link
+//! and how fast they went, and how fast the link is. The server adds what the report cannot
+//! know yet: the customers it redirected since. This model keeps those downloads as a fluid
+//! queue, the way TCP flows share a link (each active flow gets an equal share, sync uploads
+//! that want less than a share leave the rest to customers), and drains them at the rates
+//! the link gives them. So between reports the server knows not only how many customers it
+//! sent, but which of them have probably finished.
+//!
+//! From that it answers the question a balancing policy asks: how much customer waiting does
+//! one more download of `n` bytes add here, its own time included. The model is corrected by
+//! every report; an undeclared link (rate 0) leaves it unused.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+/// Downloads beyond this are not modelled (the oldest is forgotten): bounded memory whatever
+/// a flood of redirects does.
+const MAX_FLOWS: usize = 4096;
+
+/// A sync upload that got at least this share of a fair split took what the link gave it
+/// (it would take more); one below it wanted no more than it got.
+const GREEDY_SHARE: f64 = 0.9;
+
+#[derive(Debug, Clone)]
+pub struct LinkModel {
+    /// Bytes/s of the uplink customers and sync share (0: undeclared, no model).
+    link: f64,
+    sync_conns: u32,
+    /// Bytes/s one sync upload wants at most; `None`: as much as it gets.
+    sync_cap: Option<f64>,
+    /// Bytes every active download has received since the model's origin: all active flows
+    /// advance equally, so one counter serves them all.
+    served: f64,
+    /// Each download's `served` value at which it is complete, ascending.
+    finish: VecDeque<f64>,
+    at: Option<Instant>,
+}
+
+impl Default for LinkModel {
+    fn default() -> Self {
+        LinkModel {
+            link: 0.0,
+            sync_conns: 0,
+            sync_cap: None,
+            served: 0.0,
+            finish: VecDeque::new(),
+            at: None,
+        }
+    }
+}
+
+/// What the latest report said, as the model needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Reported {
+    pub customers: u32,
+    pub sync_conns: u32,
+    /// Bytes/s the sync uploads sent together over the last interval.
+    pub sync_bps: u64,
+    pub link_bps: u64,
+}
+
+impl LinkModel {
+    /// Whether the volunteer declared its link, so the model's times mean anything.
+    pub fn known(&self) -> bool {
+        self.link > 0.0
+    }
+
+    /// Downloads it probably serves right now.
+    pub fn customers(&self) -> usize {
+        self.finish.len()
+    }
+
+    /// Bytes/s each of `m ≥ 1` customer downloads gets.
+    fn per_flow(&self, m: usize) -> f64 {
+        let m = m as f64;
+        let ns = f64::from(self.sync_conns);
+        let fair = self.link / (m + ns);
+        match self.sync_cap {
+            Some(cap) if ns > 0.0 && cap < fair => (self.link - ns * cap) / m,
+            _ => fair,
+        }
+    }
+
+    /// Move the model to `now`: downloads progress, and those done are dropped.
+    pub fn advance(&mut self, now: Instant) {
+        let Some(at) = self.at else {
+            self.at = Some(now);
+            return;
+        };
+        let mut dt = now.saturating_duration_since(at).as_secs_f64();
+        self.at = Some(now.max(at));
+        if !self.known() {
+            return;
+        }
+        while dt > 0.0 {
+            let Some(&first) = self.finish.front() else {
+                break;
+            };
+            let rate = self.per_flow(self.finish.len());
+            let need = (first - self.served).max(0.0) / rate;
+            if need <= dt {
+                self.served = first;
+                self.finish.pop_front();
+                dt -= need;
+            } else {
+                self.served += rate * dt;
+                dt = 0.0;
+            }
+        }
+        if self.finish.is_empty() {
+            // Nothing in flight: restart the counter, so it never grows large enough to lose
+            // precision.
+            self.served = 0.0;
+        }
+    }
+
+    /// A customer was just sent here for `bytes`.
+    pub fn add(&mut self, bytes: u64, now: Instant) {
+        self.advance(now);
+        if !self.known() {
+            // Nothing would ever drain them: the policies count connections instead.
+            return;
+        }
+        if self.finish.len() >= MAX_FLOWS {
+            self.finish.pop_front();
+        }
+        self.insert(self.served + bytes.max(1) as f64);
+    }
+
+    fn insert(&mut self, tag: f64) {
+        let at = self.finish.partition_point(|&f| f <= tag);
+        self.finish.insert(at, tag);
+    }
+
+    /// Correct the model with a report: its link and sync traffic as said, and as many
+    /// downloads as it counts. Extra modelled downloads are taken to be those nearest their
+    /// end (they have finished); customers the model does not know of (sent by someone else,
+    /// or lost from it) are given `typical_bytes` still to go.
+    pub fn reconcile(&mut self, r: Reported, typical_bytes: u64, now: Instant) {
+        self.advance(now);
+        self.link = r.link_bps as f64;
+        self.sync_conns = r.sync_conns;
+        self.sync_cap = None;
+        if r.sync_conns > 0 && self.known() {
+            let got = r.sync_bps as f64 / f64::from(r.sync_conns);
+            let fair = self.link / f64::from(r.customers + r.sync_conns);
+            if got < GREEDY_SHARE * fair {
+                self.sync_cap = Some(got);
+            }
+        }
+        let want = (r.customers as usize).min(MAX_FLOWS);
+        while self.finish.len() > want {
+            self.finish.pop_front();
+        }
+        while self.finish.len() < want {
+            self.insert(self.served + typical_bytes.max(1) as f64);
+        }
+    }
+
+    /// Live counts from the oracle's feed: as [`Self::reconcile`], for the count alone.
+    pub fn set_customers(&mut self, customers: u32, typical_bytes: u64, now: Instant) {
+        let r = Reported {
+            customers,
+            sync_conns: self.sync_conns,
+            sync_bps: 0,
+            link_bps: self.link as u64,
+        };
+        let cap = self.sync_cap;
+        self.reconcile(r, typical_bytes, now);
+        self.sync_cap = cap;
+    }
+
+    /// Seconds of customer waiting one more download of `bytes` would add, summed over every
+    /// download here, its own included, if nobody else arrived: what routing it here costs.
+    /// `None` if the link is undeclared. The model should have been advanced to now.
+    pub fn marginal_wait(&self, bytes: u64) -> Option<f64> {
+        if !self.known() {
+            return None;
+        }
+        let new = bytes.max(1) as f64;
+        Some(self.total_wait(Some(new)) - self.total_wait(None))
+    }
+
+    /// Sum of the completion times of every modelled download (and `extra` remaining bytes
+    /// more), at the model's rates, with no more arrivals: over each stretch between two
+    /// completions, every download still going waits for the whole stretch.
+    fn total_wait(&self, extra: Option<f64>) -> f64 {
+        let n = self.finish.len() + usize::from(extra.is_some());
+        let mut remaining = self
+            .finish
+            .iter()
+            .map(|&f| (f - self.served).max(0.0))
+            .peekable();
+        let mut extra = extra;
+        let mut prev = 0.0;
+        let mut total = 0.0;
+        for left in (1..=n).rev() {
+            // The next to finish: the smaller of the next modelled download and the extra one.
+            let next = match (remaining.peek().copied(), extra) {
+                (Some(r), Some(e)) if e < r => {
+                    extra = None;
+                    e
+                }
+                (Some(r), _) => {
+                    remaining.next();
+                    r
+                }
+                (None, Some(e)) => {
+                    extra = None;
+                    e
+                }
+                (None, None) => break,
+            };
+            total += (next - prev) * left as f64 / self.per_flow(left);
+            prev = next;
+        }
+        total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn model(customers: u32, sync_conns: u32, sync_bps: u64, link: u64, t: Instant) -> LinkModel {
+        let mut m = LinkModel::default();
+        m.reconcile(
+            Reported {
+                customers,
+                sync_conns,
+                sync_bps,
+                link_bps: link,
+            },
+            100_000,
+            t,
+        );
+        m
+    }
+
+    #[test]
+    fn downloads_drain_at_the_link_rate() {
+        let t = Instant::now();
+        let mut m = model(0, 0, 0, 1_000_000, t);
+        m.add(500_000, t);
+        m.add(500_000, t);
+        // Two share 1 MB/s: both done after 1 s, not before.
+        m.advance(t + Duration::from_millis(990));
+        assert_eq!(m.customers(), 2);
+        m.advance(t + Duration::from_millis(1010));
+        assert_eq!(m.customers(), 0);
+    }
+
+    #[test]
+    fn a_short_download_finishes_first_and_frees_its_share() {
+        let t = Instant::now();
+        let mut m = model(0, 0, 0, 1_000_000, t);
+        m.add(100_000, t);
+        m.add(900_000, t);
+        // 0.2 s for the short one at half the link, then 0.8 s alone at all of it.
+        m.advance(t + Duration::from_millis(210));
+        assert_eq!(m.customers(), 1);
+        m.advance(t + Duration::from_millis(990));
+        assert_eq!(m.customers(), 1);
+        m.advance(t + Duration::from_millis(1010));
+        assert_eq!(m.customers(), 0);
+    }
+
+    #[test]
+    fn sync_that_wants_little_leaves_the_rest_to_customers() {
+        let t = Instant::now();
+        // 4 sync uploads sent 0.4 MB/s in all on a 1 MB/s link with no customers: they wanted
+        // no more (a fair share was 250 kB/s each).
+        let capped = model(0, 4, 400_000, 1_000_000, t);
+        assert_eq!(capped.sync_cap, Some(100_000.0));
+        // A new customer gets the 0.6 MB/s left: 1 MB alone takes 1/0.6 s.
+        let w = capped.marginal_wait(1_000_000).unwrap();
+        assert!((w - 1.0 / 0.6).abs() < 1e-9, "{w}");
+        // Greedy sync (a full share each) leaves a fifth to one customer.
+        let greedy = model(0, 4, 1_000_000, 1_000_000, t);
+        assert_eq!(greedy.sync_cap, None);
+        let w = greedy.marginal_wait(1_000_000).unwrap();
+        assert!((w - 5.0).abs() < 1e-9, "{w}");
+    }
+
+    #[test]
+    fn the_cost_counts_the_delay_to_those_already_there() {
+        let t = Instant::now();
+        let idle = model(0, 0, 0, 1_000_000, t);
+        assert!((idle.marginal_wait(1_000_000).unwrap() - 1.0).abs() < 1e-9);
+        let mut one = model(0, 0, 0, 1_000_000, t);
+        one.add(1_000_000, t);
+        // Both take 2 s now: its own 2 s plus the 1 s the other now waits longer.
+        assert!((one.marginal_wait(1_000_000).unwrap() - 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn reports_correct_the_model() {
+        let t = Instant::now();
+        let mut m = model(0, 0, 0, 1_000_000, t);
+        for _ in 0..5 {
+            m.add(1_000_000, t);
+        }
+        // The volunteer says two: the three nearest their end are taken as done.
+        m.reconcile(
+            Reported {
+                customers: 2,
+                sync_conns: 0,
+                sync_bps: 0,
+                link_bps: 1_000_000,
+            },
+            100_000,
+            t,
+        );
+        assert_eq!(m.customers(), 2);
+        // It says seven: five it did not know of are added.
+        m.set_customers(7, 100_000, t);
+        assert_eq!(m.customers(), 7);
+    }
+
+    #[test]
+    fn an_undeclared_link_gives_no_estimate() {
+        let t = Instant::now();
+        let mut m = model(3, 0, 0, 0, t);
+        assert!(!m.known());
+        assert_eq!(m.marginal_wait(1000), None);
+        m.add(1000, t);
+        assert_eq!(
+            m.customers(),
+            3,
+            "nothing is modelled that could never drain"
+        );
+    }
+
+    #[test]
+    fn the_model_stays_bounded() {
+        let t = Instant::now();
+        let mut m = model(0, 0, 0, 1, t);
+        for _ in 0..(MAX_FLOWS + 10) {
+            m.add(1_000_000, t);
+        }
+        assert_eq!(m.customers(), MAX_FLOWS);
+    }
+}

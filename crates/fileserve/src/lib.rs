@@ -8,7 +8,9 @@
 //!   count active downloads.
 //! - [`index`]: plain HTML directory listings.
 //! - [`listen`]: the accept loop, with limits for slow and greedy clients.
+//! - [`fast`]: plain GET and HEAD requests answered without the full stack.
 
+pub mod fast;
 pub mod guard;
 pub mod index;
 pub mod listen;
@@ -20,4 +22,7 @@ pub use guard::{with_guard, with_stall_guard};
 pub use index::{encode_path_segment, push_encoded_segment, render_index, IndexEntry};
 pub use path::{decode_url_path, join_listed, safe_join, PathError};
 pub use request::{bearer_matches, customer_path, declared_length, text_response};
-pub use serve::{content_type_for, parse_range, serve_file, RangeOutcome, ServeOptions};
+pub use serve::{
+    content_type_for, fast_whole_file, is_plain_file_request, open_regular, parse_range,
+    serve_file, serve_open, RangeOutcome, ServeOptions,
+};

@@ -4,6 +4,10 @@
 //!
 //! Connections over a cap are closed at once, before a byte is read: cheaper than an error
 //! response, and what a flood deserves.
+//!
+//! A server with a [`FastPath`] has each connection's plain requests answered by it
+//! ([`crate::fast`]); the first request it does not take hands the connection to hyper and
+//! the router.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,6 +21,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tower::ServiceExt;
 
+use crate::fast::{self, FastPath, Rewind, Served};
+
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// A client must send a request's complete headers within this time.
@@ -29,6 +35,9 @@ pub struct Limits {
     pub max_per_ip: usize,
     /// On shutdown, how long to let requests in flight finish.
     pub drain: Duration,
+    /// A client that takes no bytes of an answer for this long is dropped (fast path; the
+    /// router's handlers guard their bodies with [`crate::with_stall_guard`]).
+    pub client_stall: Duration,
 }
 
 impl Default for Limits {
@@ -39,6 +48,7 @@ impl Default for Limits {
             max_connections: 10_000,
             max_per_ip: 256,
             drain: Duration::from_secs(10),
+            client_stall: Duration::from_secs(60),
         }
     }
 }
@@ -89,10 +99,12 @@ impl PerIp {
 }
 
 /// Serve `app` on `listener` until `shutdown` resolves, then let requests in flight finish
-/// for at most `limits.drain`. Handlers can extract `ConnectInfo<SocketAddr>`.
+/// for at most `limits.drain`. Handlers can extract `ConnectInfo<SocketAddr>`. With `fast`,
+/// the requests it answers never reach `app`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
+    fast: Option<Arc<dyn FastPath>>,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -102,7 +114,7 @@ pub async fn serve(
     };
     let workers = serving_workers();
     if workers <= 1 {
-        return accept_loop(listener, app, limits, caps, shutdown).await;
+        return accept_loop(listener, app, fast, limits, caps, shutdown).await;
     }
     // As nginx runs: one thread per core, each with a runtime of its own accepting from the
     // same listening socket. A work-stealing runtime shared by all cores spent a fifth of its
@@ -113,7 +125,7 @@ pub async fn serve(
     let mut threads = Vec::with_capacity(workers);
     for i in 0..workers {
         let listener = std_listener.try_clone()?;
-        let (app, limits, caps) = (app.clone(), limits.clone(), caps.clone());
+        let (app, fast, limits, caps) = (app.clone(), fast.clone(), limits.clone(), caps.clone());
         let mut stop = stop_rx.clone();
         let thread = std::thread::Builder::new()
             .name(format!("serve-{i}"))
@@ -126,7 +138,7 @@ pub async fn serve(
                     let stopped = async move {
                         let _ = stop.wait_for(|s| *s).await;
                     };
-                    accept_loop(listener, app, limits, caps, stopped).await
+                    accept_loop(listener, app, fast, limits, caps, stopped).await
                 })
             })?;
         threads.push(thread);
@@ -171,12 +183,22 @@ fn serving_workers() -> usize {
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     app: Router,
+    fast: Option<Arc<dyn FastPath>>,
     limits: Limits,
     caps: Caps,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let Caps { total, per_ip } = caps;
+    let conn_limits = fast::ConnLimits {
+        header_timeout: limits.header_timeout,
+        max_header_bytes: limits.max_header_bytes.max(8192),
+        stall: limits.client_stall,
+    };
+    // Fast-path connections learn of a stop from `stop`; every connection task holds an
+    // `alive` sender, so the receiver ends when the last one has.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (alive_tx, mut alive_rx) = tokio::sync::mpsc::channel::<()>(1);
     let mut refused_logged = std::time::Instant::now() - Duration::from_secs(60);
     tokio::pin!(shutdown);
     loop {
@@ -201,26 +223,47 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(req)
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .max_buf_size(limits.max_header_bytes.max(8192))
-            .serve_connection(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn);
+        let fast = fast.clone();
+        let conn_limits = conn_limits.clone();
+        let mut stop = stop_rx.clone();
+        let alive = alive_tx.clone();
+        let watcher = graceful.watcher();
+        let (header_timeout, max_buf) = (limits.header_timeout, conn_limits.max_header_bytes);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let _alive = alive;
+            let _admitted = admitted;
+            let (stream, read) = match &fast {
+                Some(f) => {
+                    match fast::serve_connection(stream, peer, &**f, &conn_limits, &mut stop).await
+                    {
+                        Served::Closed => return,
+                        Served::Handover(stream, read) => (stream, read),
+                    }
+                }
+                None => (stream, Vec::new()),
+            };
+            let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                app.clone().oneshot(req)
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(max_buf)
+                .serve_connection(TokioIo::new(Rewind::new(read, stream)), svc);
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-            drop(admitted);
         });
     }
     drop(listener);
+    let _ = stop_tx.send(true);
+    drop(alive_tx);
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = async {
+            graceful.shutdown().await;
+            while alive_rx.recv().await.is_some() {}
+        } => {}
         _ = tokio::time::sleep(limits.drain) => {
             tracing::info!("stopping with requests still in flight");
         }

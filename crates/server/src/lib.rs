@@ -244,6 +244,37 @@ pub fn router(st: Arc<AppState>) -> Router {
         .with_state(st)
 }
 
+/// Whether `path` is one of [`router`]'s own routes rather than a customer's path.
+fn is_routed(path: &str) -> bool {
+    matches!(
+        path,
+        "/announce" | "/scrape" | "/health" | "/metrics" | "/dashboard"
+    ) || ["/api/", "/manifests/", "/admin/", "/artifacts/"]
+        .iter()
+        .any(|p| path.starts_with(p))
+}
+
+/// The requests answered without the router (`fileserve::fast`): announces and customers'
+/// redirects, nearly all a busy server sees. Everything else goes to [`router`].
+struct FastRoutes(Arc<AppState>);
+
+impl fileserve::fast::FastPath for FastRoutes {
+    fn answer(
+        &self,
+        req: &fileserve::fast::Request<'_>,
+        reply: &mut fileserve::fast::Reply<'_>,
+    ) -> fileserve::fast::Answer {
+        let path = req.path();
+        if path == "/announce" {
+            return tracker_http::fast_announce(&self.0, req, reply);
+        }
+        if is_routed(path) {
+            return fileserve::fast::Answer::Pass;
+        }
+        redirect::fast_customer(&self.0, req, reply)
+    }
+}
+
 /// Start the origin's BitTorrent seed and seed every repository's large files. A failure
 /// is logged, not fatal: volunteers then fetch from each other and over HTTP.
 async fn start_seed(st: &Arc<AppState>, local: SocketAddr) {
@@ -336,9 +367,11 @@ pub async fn run(
         header_timeout: st.config.limits.header_timeout(),
         max_connections: st.config.limits.max_connections,
         max_per_ip: st.config.limits.max_connections_per_ip,
+        client_stall: st.config.limits.client_stall(),
         ..Default::default()
     };
-    fileserve::listen::serve(listener, router(st), limits, shutdown)
+    let fast: Arc<dyn fileserve::fast::FastPath> = Arc::new(FastRoutes(st.clone()));
+    fileserve::listen::serve(listener, router(st), Some(fast), limits, shutdown)
         .await
         .context("server failed")?;
     tracing::info!("server stopped");

@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use fileserve::text_response as text;
-use fileserve::{encode_path_segment, IndexEntry, ServeOptions};
+use fileserve::{encode_path_segment, fast, IndexEntry, ServeOptions};
 use manifest::Entry;
 
 use crate::metalink;
@@ -159,12 +159,124 @@ fn digest_headers(entry: &Entry, headers: &mut HeaderMap) {
     }
 }
 
-fn wants_metalink(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("application/metalink4+xml"))
+fn wants_metalink<'a>(mut accept: impl Iterator<Item = &'a [u8]>) -> bool {
+    accept.any(|v| {
+        v.windows(METALINK_TYPE.len())
+            .any(|w| w == METALINK_TYPE.as_bytes())
+    })
+}
+
+const METALINK_TYPE: &str = "application/metalink4+xml";
+
+/// What a customer's request path names, before anything is chosen or counted. Shared by the
+/// router's handler and the fast path, so both read a path the same way.
+enum Resolved<'a> {
+    RepoList,
+    /// A directory named without its trailing slash, or a file's directory: where to go.
+    Moved(String),
+    Directory(Arc<RepoSnapshot>, &'a str),
+    NotFound(String),
+    File(FileRequest<'a>),
+}
+
+struct FileRequest<'a> {
+    snap: Arc<RepoSnapshot>,
+    repo: &'a str,
+    rel: &'a str,
+    entry: Entry,
+    /// Asked for at `/.origin/…`: never redirected.
+    origin_only: bool,
+    /// A Metalink document is wanted (`x.meta4`, or `Accept`).
+    metalink: bool,
+}
+
+/// Read `decoded` (a strictly decoded request path) against the published snapshots.
+/// `accepts_metalink` is asked only for a file that exists.
+fn resolve<'a>(
+    st: &AppState,
+    decoded: &'a str,
+    accepts_metalink: impl FnOnce() -> bool,
+) -> Resolved<'a> {
+    let path = decoded.trim_start_matches('/');
+    if path.is_empty() {
+        return Resolved::RepoList;
+    }
+    let (origin_only, path) = match path.strip_prefix(ORIGIN_PREFIX) {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+            (true, rest.trim_start_matches('/'))
+        }
+        _ => (false, path),
+    };
+    let (repo, rel) = path.split_once('/').unwrap_or((path, ""));
+    let Some(snap) = st.repo(repo) else {
+        return Resolved::NotFound(format!("no repository named `{repo}`"));
+    };
+    if rel.is_empty() && !decoded.ends_with('/') {
+        return Resolved::Moved(format!("/{}/", encode_path_segment(repo)));
+    }
+    if rel.is_empty() || rel.ends_with('/') {
+        return Resolved::Directory(snap, rel);
+    }
+    // `x.meta4` is a Metalink for `x`, unless the repository really has a file called `x.meta4`.
+    let (rel, metalink) = match rel.strip_suffix(".meta4") {
+        Some(base) if !snap.files.contains(rel) => (base, true),
+        _ => (rel, false),
+    };
+    let Some(entry) = snap.files.get(rel) else {
+        let dir_prefix = format!("{rel}/");
+        if snap
+            .files
+            .range_from(&dir_prefix)
+            .next()
+            .is_some_and(|(k, _)| k.starts_with(&dir_prefix))
+        {
+            return Resolved::Moved(format!("/{}/", encoded_repo_path(repo, rel)));
+        }
+        return Resolved::NotFound(format!(
+            "`{rel}` is not in generation {} of `{repo}`",
+            snap.generation()
+        ));
+    };
+    let metalink = metalink || accepts_metalink();
+    Resolved::File(FileRequest {
+        snap,
+        repo,
+        rel,
+        entry,
+        origin_only,
+        metalink,
+    })
+}
+
+impl FileRequest<'_> {
+    /// Whether this request is for a volunteer, if one may serve it.
+    fn wants_volunteer(&self, st: &AppState) -> bool {
+        !self.origin_only && !self.metalink && self.entry.size > st.config.redirect.direct_max_bytes
+    }
+
+    /// A redirect to a volunteer chosen for it, counted; `None` if no volunteer may serve it.
+    fn redirect(&self, st: &AppState) -> Option<Redirect> {
+        let chosen = choose(
+            st,
+            &self.snap,
+            self.rel,
+            &self.entry,
+            st.config.redirect.alternatives.max(1),
+        );
+        let first = chosen.first()?;
+        st.counters.count(Outcome::Volunteer);
+        st.counters
+            .redirected_bytes
+            .fetch_add(self.entry.size, std::sync::atomic::Ordering::Relaxed);
+        let encoded = encoded_repo_path(self.repo, self.rel);
+        Some(Redirect::new(
+            st,
+            &encoded,
+            first,
+            &chosen[1..],
+            &self.entry,
+        ))
+    }
 }
 
 /// The fallback handler for every path not claimed by the API.
@@ -177,60 +289,21 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
         Ok(p) => p,
         Err(resp) => return *resp,
     };
-    let path = decoded.trim_start_matches('/');
-    if path.is_empty() {
-        return repo_list(&st, method);
-    }
-    let (origin_only, path) = match path.strip_prefix(ORIGIN_PREFIX) {
-        Some(rest) if rest.is_empty() || rest.starts_with('/') => {
-            (true, rest.trim_start_matches('/'))
-        }
-        _ => (false, path),
+    let accept = || wants_metalink(headers.get_all(header::ACCEPT).iter().map(|v| v.as_bytes()));
+    let file = match resolve(&st, &decoded, accept) {
+        Resolved::RepoList => return repo_list(&st, method),
+        Resolved::Moved(to) => return moved(&to),
+        Resolved::Directory(snap, rel) => return directory(&snap, rel, method, uri),
+        Resolved::NotFound(why) => return text(StatusCode::NOT_FOUND, why),
+        Resolved::File(f) => f,
     };
-    let (repo, rel) = path.split_once('/').unwrap_or((path, ""));
-    let Some(snap) = st.repo(repo) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("no repository named `{repo}`"),
-        );
-    };
-    if rel.is_empty() && !decoded.ends_with('/') {
-        return moved(&format!("/{}/", encode_path_segment(repo)));
-    }
-    if rel.is_empty() || rel.ends_with('/') {
-        return directory(&snap, rel, method, uri);
-    }
-    // `x.meta4` is a Metalink for `x`, unless the repository really has a file called `x.meta4`.
-    let (rel, metalink) = match rel.strip_suffix(".meta4") {
-        Some(base) if !snap.files.contains(rel) => (base, true),
-        _ => (rel, wants_metalink(headers)),
-    };
-    let Some(entry) = snap.files.get(rel) else {
-        let dir_prefix = format!("{rel}/");
-        if snap
-            .files
-            .range_from(&dir_prefix)
-            .next()
-            .is_some_and(|(k, _)| k.starts_with(&dir_prefix))
-        {
-            return moved(&format!("/{}/", encoded_repo_path(repo, rel)));
-        }
-        return text(
-            StatusCode::NOT_FOUND,
-            format!(
-                "`{rel}` is not in generation {} of `{repo}`",
-                snap.generation()
-            ),
-        );
-    };
-
+    let entry = &file.entry;
     let mut extra = HeaderMap::new();
-    digest_headers(&entry, &mut extra);
-    let encoded = encoded_repo_path(repo, rel);
-    let origin = origin_url(&st.public_url, &encoded);
+    digest_headers(entry, &mut extra);
 
-    if metalink && !origin_only {
-        let mut urls: Vec<String> = choose(&st, &snap, rel, &entry, SAMPLE)
+    if file.metalink && !file.origin_only {
+        let encoded = encoded_repo_path(file.repo, file.rel);
+        let mut urls: Vec<String> = choose(&st, &file.snap, file.rel, entry, SAMPLE)
             .into_iter()
             .map(|base| {
                 let mut u = String::new();
@@ -238,9 +311,9 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
                 u
             })
             .collect();
-        urls.push(origin);
-        let name = rel.rsplit('/').next().unwrap_or(rel);
-        let doc = metalink::render(name, &entry, &urls);
+        urls.push(origin_url(&st.public_url, &encoded));
+        let name = file.rel.rsplit('/').next().unwrap_or(file.rel);
+        let doc = metalink::render(name, entry, &urls);
         st.counters.count(Outcome::Metalink);
         // No Digest headers here: they would describe this document, not the file, and
         // aria2c checks them against what it downloaded.
@@ -251,36 +324,25 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
         };
         return (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/metalink4+xml")],
+            [(header::CONTENT_TYPE, METALINK_TYPE)],
             body,
         )
             .into_response();
     }
 
-    if !origin_only && entry.size > st.config.redirect.direct_max_bytes {
-        let chosen = choose(
-            &st,
-            &snap,
-            rel,
-            &entry,
-            st.config.redirect.alternatives.max(1),
-        );
-        if let Some(base) = chosen.first() {
-            st.counters.count(Outcome::Volunteer);
-            st.counters
-                .redirected_bytes
-                .fetch_add(entry.size, std::sync::atomic::Ordering::Relaxed);
-            return redirect(&st, &encoded, base, &chosen[1..], &origin, extra);
+    if file.wants_volunteer(&st) {
+        if let Some(r) = file.redirect(&st) {
+            return r.into_response();
         }
     }
-    st.counters.count(if origin_only {
+    st.counters.count(if file.origin_only {
         Outcome::OriginRequested
     } else if entry.size <= st.config.redirect.direct_max_bytes {
         Outcome::OriginSmall
     } else {
         Outcome::OriginNoVolunteer
     });
-    let resp = serve_origin(&snap, rel, &entry, method, headers, extra).await;
+    let resp = serve_origin(&file.snap, file.rel, entry, method, headers, extra).await;
     if method == Method::GET
         && (resp.status() == StatusCode::OK || resp.status() == StatusCode::PARTIAL_CONTENT)
     {
@@ -293,6 +355,32 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
     resp
 }
 
+/// The fast path's share of [`customer`]: a `GET` or `HEAD` of a file a volunteer can serve
+/// is answered with its redirect; anything else goes to the router.
+pub fn fast_customer(
+    st: &AppState,
+    req: &fast::Request<'_>,
+    reply: &mut fast::Reply<'_>,
+) -> fast::Answer {
+    let Ok(decoded) = fileserve::decode_url_path(req.path()) else {
+        return fast::Answer::Pass;
+    };
+    let accept = || wants_metalink(req.all("accept"));
+    let Resolved::File(file) = resolve(st, &decoded, accept) else {
+        return fast::Answer::Pass;
+    };
+    if !file.wants_volunteer(st) {
+        return fast::Answer::Pass;
+    }
+    match file.redirect(st) {
+        Some(r) => {
+            r.write(reply);
+            fast::Answer::Done
+        }
+        None => fast::Answer::Pass,
+    }
+}
+
 fn moved(location: &str) -> Response {
     let mut r = text(StatusCode::MOVED_PERMANENTLY, format!("see {location}"));
     if let Ok(v) = HeaderValue::from_str(location) {
@@ -301,56 +389,110 @@ fn moved(location: &str) -> Response {
     r
 }
 
-/// A 302 to `base`, with the alternatives (volunteers, then the origin) as RFC 6249
-/// `Link: rel=duplicate` and the Metalink as `rel=describedby`. Built into one buffer per
-/// header: this is the request path's hottest answer.
-fn redirect(
-    st: &AppState,
-    encoded: &str,
-    base: &str,
-    alternatives: &[Arc<str>],
-    origin: &str,
-    mut headers: HeaderMap,
-) -> Response {
-    use std::fmt::Write as _;
-    let mut target = String::with_capacity(base.len() + encoded.len() + 1);
-    push_url(&mut target, base, encoded);
-    let max_alt = st.config.redirect.alternatives;
-    let mut link = String::with_capacity(96 * (max_alt + 1));
-    let volunteers = alternatives.iter().take(max_alt.saturating_sub(1));
-    let mut pri = 0;
-    for alt in volunteers {
-        pri += 1;
-        link.push('<');
-        push_url(&mut link, alt, encoded);
-        let _ = write!(link, ">; rel=duplicate; pri={pri}, ");
+/// A 302 to a volunteer, with the alternatives (volunteers, then the origin) as RFC 6249
+/// `Link: rel=duplicate` and the Metalink as `rel=describedby`: the request path's hottest
+/// answer, built once and written by either path.
+struct Redirect {
+    target: String,
+    link: String,
+    size: u64,
+    /// `sha-256=<base64>`: the value of `Digest`; `Repr-Digest` wraps it in colons.
+    digest: String,
+}
+
+impl Redirect {
+    fn new(
+        st: &AppState,
+        encoded: &str,
+        base: &str,
+        alternatives: &[Arc<str>],
+        entry: &Entry,
+    ) -> Self {
+        use std::fmt::Write as _;
+        let mut target = String::with_capacity(base.len() + encoded.len() + 1);
+        push_url(&mut target, base, encoded);
+        let max_alt = st.config.redirect.alternatives;
+        let mut link = String::with_capacity(96 * (max_alt + 1));
+        let volunteers = alternatives.iter().take(max_alt.saturating_sub(1));
+        let mut pri = 0;
+        for alt in volunteers {
+            pri += 1;
+            link.push('<');
+            push_url(&mut link, alt, encoded);
+            let _ = write!(link, ">; rel=duplicate; pri={pri}, ");
+        }
+        if max_alt > 0 {
+            link.push('<');
+            link.push_str(&st.public_url);
+            link.push('/');
+            link.push_str(ORIGIN_PREFIX);
+            link.push('/');
+            link.push_str(encoded);
+            let _ = write!(link, ">; rel=duplicate; pri={}, ", pri + 1);
+        }
+        let _ = write!(
+            link,
+            "<{}/{encoded}.meta4>; rel=describedby; type=\"{METALINK_TYPE}\"",
+            st.public_url
+        );
+        let mut digest = String::with_capacity(52);
+        digest.push_str("sha-256=");
+        digest.push_str(&entry.sha256.to_base64());
+        Redirect {
+            target,
+            link,
+            size: entry.size,
+            digest,
+        }
     }
-    if max_alt > 0 {
-        let _ = write!(link, "<{origin}>; rel=duplicate; pri={}, ", pri + 1);
+
+    /// Every header of the answer but the framing ones, in the order they are sent. The
+    /// choice depends on live load: never cached.
+    fn headers(&self, mut emit: impl FnMut(&'static str, &str)) {
+        let mut size = itoa::Buffer::new();
+        emit("location", &self.target);
+        emit("link", &self.link);
+        emit("cache-control", "no-store");
+        emit(SIZE_HEADER, size.format(self.size));
+        emit("digest", &self.digest);
+        let b64 = &self.digest["sha-256=".len()..];
+        let mut repr = String::with_capacity(b64.len() + 10);
+        repr.push_str("sha-256=:");
+        repr.push_str(b64);
+        repr.push(':');
+        emit("repr-digest", &repr);
+        emit("content-type", "text/plain; charset=utf-8");
     }
-    let _ = write!(
-        link,
-        "<{}/{encoded}.meta4>; rel=describedby; type=\"application/metalink4+xml\"",
-        st.public_url
-    );
-    if let Ok(v) = HeaderValue::from_str(&link) {
-        headers.insert(header::LINK, v);
+
+    fn body(&self) -> String {
+        format!("redirecting to {}\n", self.target)
     }
-    match HeaderValue::from_str(&target) {
-        Ok(loc) => headers.insert(header::LOCATION, loc),
-        Err(_) => {
+
+    fn write(&self, reply: &mut fast::Reply<'_>) {
+        reply.status(302, "Found");
+        self.headers(|name, value| reply.header(name, value.as_bytes()));
+        reply.body(self.body().as_bytes());
+    }
+
+    fn into_response(self) -> Response {
+        let mut r = Response::new(Body::from(self.body()));
+        *r.status_mut() = StatusCode::FOUND;
+        let h = r.headers_mut();
+        let mut bad = false;
+        self.headers(|name, value| match HeaderValue::from_str(value) {
+            Ok(v) => {
+                h.insert(name, v);
+            }
+            Err(_) => bad = true,
+        });
+        if bad {
             return text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "volunteer URL is not a valid header",
-            )
+            );
         }
-    };
-    // The choice depends on live load: never cache it.
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    target.insert_str(0, "redirecting to ");
-    let mut r = text(StatusCode::FOUND, target);
-    r.headers_mut().extend(headers);
-    r
+        r
+    }
 }
 
 async fn serve_origin(

@@ -24,21 +24,39 @@ fn bencoded(body: Vec<u8>) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], body).into_response()
 }
 
-fn failure(reason: &str) -> Response {
-    bencoded(failure_response(reason))
-}
-
 pub async fn announce(
     State(st): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let raw = query.unwrap_or_default();
-    let req = match parse_announce(&raw) {
+    bencoded(announce_body(
+        &st,
+        peer,
+        query.as_deref().unwrap_or_default(),
+    ))
+}
+
+/// `GET /announce` on the fast path: every announce, answered as the router would.
+pub fn fast_announce(
+    st: &AppState,
+    req: &fileserve::fast::Request<'_>,
+    reply: &mut fileserve::fast::Reply<'_>,
+) -> fileserve::fast::Answer {
+    let body = announce_body(st, req.peer, req.query().unwrap_or_default());
+    reply.status(200, "OK");
+    reply.header("content-type", b"text/plain");
+    reply.body(&body);
+    fileserve::fast::Answer::Done
+}
+
+/// The bencoded answer to an announce with query `raw` from `peer`: always HTTP 200, errors
+/// as a `failure reason`.
+fn announce_body(st: &AppState, peer: SocketAddr, raw: &str) -> Vec<u8> {
+    let req = match parse_announce(raw) {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "malformed announce");
-            return failure(&e.to_string());
+            return failure_response(&e.to_string());
         }
     };
     let interval = st.config.tracker.interval_secs as u32;
@@ -46,32 +64,32 @@ pub async fn announce(
         Ok(r) => r,
         Err(e) => {
             tracing::info!(%peer, error = %e, "refused mirror announce");
-            return refused(&st, &e.to_string());
+            return refused(st, &e.to_string());
         }
     };
     let Some(report) = report else {
-        return plain_announce(&st, &req, peer, interval);
+        return plain_announce(st, &req, peer, interval);
     };
 
     let Some(repo) = st.info_hashes.get(&req.info_hash).cloned() else {
         return refused(
-            &st,
+            st,
             "unknown repository: info_hash is no repository this server publishes",
         );
     };
     let Some(cred) = st.credential(&report.volunteer) else {
         tracing::info!(%peer, volunteer = %report.volunteer, "announce from unknown volunteer");
-        return refused(&st, "unknown volunteer: enroll first");
+        return refused(st, "unknown volunteer: enroll first");
     };
-    let verified = split_signed_query(&raw)
+    let verified = split_signed_query(raw)
         .map(|(signed, sig)| verify_query_signature(&cred.secret, signed, &sig))
         .unwrap_or(false);
     if !verified {
         tracing::warn!(%peer, volunteer = %cred.name, "announce with a bad signature");
-        return refused(&st, "bad signature: announce not authenticated");
+        return refused(st, "bad signature: announce not authenticated");
     }
     if cred.revoked {
-        return refused(&st, "credential revoked");
+        return refused(st, "credential revoked");
     }
     let latest = st.repo(&repo).map_or(0, |s| s.generation());
     let now = Instant::now();
@@ -82,7 +100,7 @@ pub async fn announce(
             tracing::info!(volunteer = %cred.name, repo = %repo, "volunteer stopped");
         } else if let Err(e) = reg.report(&repo, &report, cred.draining, now) {
             tracing::warn!(volunteer = %cred.name, error = %e, "refused announce");
-            return refused(&st, &e.to_string());
+            return refused(st, &e.to_string());
         }
     }
     st.counters
@@ -94,13 +112,13 @@ pub async fn announce(
         complete: 0,
         incomplete: 0,
     };
-    bencoded(announce_response(
+    announce_response(
         interval,
         1,
         &empty,
         true,
         &[("ms_generation", Value::Int(latest as i64))],
-    ))
+    )
 }
 
 pub async fn scrape(State(st): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
@@ -110,7 +128,7 @@ pub async fn scrape(State(st): State<Arc<AppState>>, RawQuery(query): RawQuery) 
             let stats = lock(&st.swarms).scrape(&hashes, Instant::now());
             bencoded(scrape_response(&stats))
         }
-        Err(e) => failure(&e.to_string()),
+        Err(e) => bencoded(failure_response(&e.to_string())),
     }
 }
 
@@ -121,7 +139,7 @@ fn plain_announce(
     req: &tracker::announce::AnnounceRequest,
     peer: SocketAddr,
     interval: u32,
-) -> Response {
+) -> Vec<u8> {
     let is_origin = req.peer_id.starts_with(crate::seed::ORIGIN_PEER_PREFIX);
     if is_origin {
         write(&st.origin_peers).insert(SocketAddr::new(peer.ip().to_canonical(), req.port));
@@ -152,16 +170,16 @@ fn plain_announce(
                     o.peers.retain(|p| !origins.contains(p));
                 }
             }
-            bencoded(announce_response(interval, 1, &o, req.compact, &[]))
+            announce_response(interval, 1, &o, req.compact, &[])
         }
-        Err(e) => failure(&e.to_string()),
+        Err(e) => failure_response(&e.to_string()),
     }
 }
 
 /// A refused mirror announce: counted, then answered with a bencoded failure reason.
-fn refused(st: &AppState, reason: &str) -> Response {
+fn refused(st: &AppState, reason: &str) -> Vec<u8> {
     st.counters
         .announces_refused
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    failure(reason)
+    failure_response(reason)
 }

@@ -568,6 +568,7 @@ pub async fn run(
     });
 
     let app = Router::new()
+        // Every route here must be in `FastRoutes::answer`'s list.
         .route("/health", get(serve::health))
         .route("/metrics", get(serve::metrics))
         .route("/status", get(serve::status_page))
@@ -585,9 +586,11 @@ pub async fn run(
         header_timeout: st.config.limits.header_timeout(),
         max_connections: st.config.limits.max_connections,
         max_per_ip: st.config.limits.max_connections_per_ip,
+        client_stall: st.config.limits.client_stall(),
         ..Default::default()
     };
-    fileserve::listen::serve(listener, app, limits, shutdown)
+    let fast: Arc<dyn fileserve::fast::FastPath> = Arc::new(FastRoutes(st.clone()));
+    fileserve::listen::serve(listener, app, Some(fast), limits, shutdown)
         .await
         .context("volunteer server failed")?;
     // No regular announce may follow the `stopped` one and make us look alive again.
@@ -596,4 +599,22 @@ pub async fn run(
     st.announce_stopped().await;
     tracing::info!("volunteer stopped");
     Ok(())
+}
+
+/// Customers' downloads answered without the router (`fileserve::fast`); the volunteer's own
+/// pages and admin endpoints go to it.
+struct FastRoutes(Arc<VolunteerState>);
+
+impl fileserve::fast::FastPath for FastRoutes {
+    fn answer(
+        &self,
+        req: &fileserve::fast::Request<'_>,
+        reply: &mut fileserve::fast::Reply<'_>,
+    ) -> fileserve::fast::Answer {
+        let path = req.path();
+        if matches!(path, "/health" | "/metrics" | "/status") || path.starts_with("/admin/") {
+            return fileserve::fast::Answer::Pass;
+        }
+        serve::fast_customer(&self.0, req, reply)
+    }
 }

@@ -44,6 +44,16 @@ impl TokenBucket {
     }
 }
 
+/// File bodies on the fast path take their turns on the link as streamed bodies do.
+impl fileserve::fast::Pace for TokenBucket {
+    fn take(
+        &self,
+        n: usize,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(TokenBucket::take(self, n))
+    }
+}
+
 /// The uplink as the volunteer's admin set it: unlimited, or a token bucket. The admin can
 /// change it while the volunteer runs; downloads already under way finish at the old rate.
 pub struct Uplink {

@@ -71,6 +71,155 @@ pub async fn health(State(st): State<Arc<VolunteerState>>) -> Response {
     .into_response()
 }
 
+/// Why a customer's request was not served; every answer says why.
+#[derive(Debug)]
+enum Refusal {
+    NotMirrored(String),
+    NotVerified {
+        repo: String,
+        rel: String,
+    },
+    BadPath {
+        rel: String,
+        error: fileserve::PathError,
+    },
+    /// Not the bytes that verified (or gone): out of service until it verifies again.
+    Changed(String),
+    Paused,
+    Busy,
+}
+
+impl Refusal {
+    fn status(&self) -> StatusCode {
+        match self {
+            Refusal::NotMirrored(_) | Refusal::NotVerified { .. } | Refusal::Changed(_) => {
+                StatusCode::NOT_FOUND
+            }
+            Refusal::BadPath { error, .. } => error.status(),
+            Refusal::Paused | Refusal::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Refusal::NotMirrored(repo) => format!("this volunteer does not mirror `{repo}`"),
+            Refusal::NotVerified { repo, rel } => {
+                format!("`{rel}` is not a verified file of `{repo}` here")
+            }
+            Refusal::BadPath { rel, error } => format!("`{rel}`: {error}"),
+            Refusal::Changed(rel) => format!("`{rel}` changed on disk and is being re-verified"),
+            Refusal::Paused => {
+                "this volunteer is paused by its admin; the mirror server has other sources".into()
+            }
+            Refusal::Busy => "too many customers right now; retry shortly".into(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<&'static str> {
+        match self {
+            Refusal::Paused => Some("60"),
+            Refusal::Busy => Some("2"),
+            _ => None,
+        }
+    }
+
+    fn into_response(self) -> Response {
+        let mut r = text(self.status(), self.message());
+        if let Some(secs) = self.retry_after() {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
+        }
+        r
+    }
+
+    fn write(&self, reply: &mut fileserve::fast::Reply<'_>) {
+        let status = self.status();
+        reply.status(status.as_u16(), status.canonical_reason().unwrap_or(""));
+        reply.header("content-type", b"text/plain; charset=utf-8");
+        if let Some(secs) = self.retry_after() {
+            reply.header("retry-after", secs.as_bytes());
+        }
+        let mut body = self.message();
+        body.push('\n');
+        reply.body(body.as_bytes());
+    }
+}
+
+/// A download that passed every check: the open file, what it verified as, and its slot.
+struct Grant {
+    file: std::fs::File,
+    meta: std::fs::Metadata,
+    path: std::path::PathBuf,
+    etag: String,
+    guard: ActiveGuard,
+}
+
+impl Grant {
+    fn options(&self) -> ServeOptions {
+        ServeOptions {
+            etag: Some(self.etag.clone()),
+            content_type: Some(fileserve::content_type_for(&self.path)),
+            extra_headers: HeaderMap::new(),
+        }
+    }
+}
+
+/// Check a customer's request for `decoded` (a strictly decoded path) and take a download
+/// slot for it: only verified files whose bytes are still those that verified, and only if
+/// the admin has not paused this volunteer and a slot is free. Shared by the router's
+/// handler and the fast path.
+fn grant(st: &VolunteerState, decoded: &str) -> Result<Grant, Refusal> {
+    let path = decoded.trim_start_matches('/');
+    let (repo, rel) = path.split_once('/').unwrap_or((path, ""));
+    let Some(mirror) = st.mirrors.get(repo) else {
+        return Err(Refusal::NotMirrored(repo.to_string()));
+    };
+    let Some(verified) = mirror.view().servable.get(rel).copied() else {
+        return Err(Refusal::NotVerified {
+            repo: repo.to_string(),
+            rel: rel.to_string(),
+        });
+    };
+    let path = fileserve::join_listed(&mirror.dir, rel).map_err(|error| Refusal::BadPath {
+        rel: rel.to_string(),
+        error,
+    })?;
+    // The file must still be what verified, checked on the handle that is sent from: a
+    // change on disk since the last scan (an admin copying in a new version, or tampering)
+    // takes it out of service until it re-verifies.
+    let opened = fileserve::open_regular(&path)
+        .ok()
+        .filter(|(_, meta)| manifest::scan::stat_key(meta) == (verified.size, verified.mtime_ns));
+    let Some((file, meta)) = opened else {
+        tracing::warn!(
+            repo,
+            path = rel,
+            "file changed on disk since it verified; not serving it"
+        );
+        st.rescan_now.notify_one();
+        st.refused_changed.fetch_add(1, Ordering::Relaxed);
+        return Err(Refusal::Changed(rel.to_string()));
+    };
+    if st.paused.load(Ordering::Relaxed) {
+        return Err(Refusal::Paused);
+    }
+    let Some(guard) = try_acquire(
+        &st.active,
+        st.max_connections.load(Ordering::Relaxed),
+        st.oracle_feed.clone(),
+    ) else {
+        st.refused_busy.fetch_add(1, Ordering::Relaxed);
+        return Err(Refusal::Busy);
+    };
+    Ok(Grant {
+        file,
+        meta,
+        path,
+        etag: verified.sha256.to_hex(),
+        guard,
+    })
+}
+
 pub async fn customer(
     State(st): State<Arc<VolunteerState>>,
     method: Method,
@@ -81,71 +230,12 @@ pub async fn customer(
         Ok(p) => p,
         Err(resp) => return *resp,
     };
-    let path = decoded.trim_start_matches('/');
-    let (repo, rel) = path.split_once('/').unwrap_or((path, ""));
-    let Some(mirror) = st.mirrors.get(repo) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("this volunteer does not mirror `{repo}`"),
-        );
+    let g = match grant(&st, &decoded) {
+        Ok(g) => g,
+        Err(refusal) => return refusal.into_response(),
     };
-    let Some(verified) = mirror.view().servable.get(rel).copied() else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("`{rel}` is not a verified file of `{repo}` here"),
-        );
-    };
-    let file = match fileserve::join_listed(&mirror.dir, rel) {
-        Ok(f) => f,
-        Err(e) => return text(e.status(), format!("`{rel}`: {e}")),
-    };
-    // The file must still be what verified: a change on disk since the last scan (an admin
-    // copying in a new version, or tampering) takes it out of service until it re-verifies.
-    let unchanged = std::fs::metadata(&file)
-        .map(|m| manifest::scan::stat_key(&m) == (verified.size, verified.mtime_ns))
-        .unwrap_or(false);
-    if !unchanged {
-        tracing::warn!(
-            repo,
-            path = rel,
-            "file changed on disk since it verified; not serving it"
-        );
-        st.rescan_now.notify_one();
-        st.refused_changed.fetch_add(1, Ordering::Relaxed);
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("`{rel}` changed on disk and is being re-verified"),
-        );
-    }
-    if st.paused.load(Ordering::Relaxed) {
-        let mut r = text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this volunteer is paused by its admin; the mirror server has other sources",
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
-        return r;
-    }
-    let Some(guard) = try_acquire(
-        &st.active,
-        st.max_connections.load(Ordering::Relaxed),
-        st.oracle_feed.clone(),
-    ) else {
-        st.refused_busy.fetch_add(1, Ordering::Relaxed);
-        let mut r = text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many customers right now; retry shortly",
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
-        return r;
-    };
-    let opts = ServeOptions {
-        etag: Some(verified.sha256.to_hex()),
-        content_type: Some(fileserve::content_type_for(std::path::Path::new(rel))),
-        extra_headers: HeaderMap::new(),
-    };
-    let resp = fileserve::serve_file(&method, &headers, &file, &opts).await;
+    let opts = g.options();
+    let resp = fileserve::serve_open(&method, &headers, g.file, &g.meta, &g.path, &opts);
     if method == Method::GET && resp.status().is_success() {
         let len = fileserve::declared_length(&resp);
         st.uploaded.fetch_add(len, Ordering::Relaxed);
@@ -156,7 +246,49 @@ pub async fn customer(
         None => resp,
     };
     // A customer that stops reading must not keep its slot.
-    fileserve::with_stall_guard(resp, guard, st.config.limits.client_stall())
+    fileserve::with_stall_guard(resp, g.guard, st.config.limits.client_stall())
+}
+
+/// The fast path's share of [`customer`]: a plain `GET` or `HEAD` of a whole file, sent with
+/// `sendfile` (paced by the uplink, if it has a limit). Ranges and conditional requests go
+/// to the router.
+pub fn fast_customer(
+    st: &VolunteerState,
+    req: &fileserve::fast::Request<'_>,
+    reply: &mut fileserve::fast::Reply<'_>,
+) -> fileserve::fast::Answer {
+    use fileserve::fast::Answer;
+    if !fileserve::is_plain_file_request(req) {
+        return Answer::Pass;
+    }
+    let Ok(decoded) = fileserve::decode_url_path(req.path()) else {
+        return Answer::Pass;
+    };
+    let g = match grant(st, &decoded) {
+        Ok(g) => g,
+        Err(refusal) => {
+            refusal.write(reply);
+            return Answer::Done;
+        }
+    };
+    if !reply.head_only() {
+        st.uploaded.fetch_add(g.meta.len(), Ordering::Relaxed);
+        st.served.fetch_add(1, Ordering::Relaxed);
+    }
+    let opts = g.options();
+    let pace = st
+        .uplink
+        .current()
+        .map(|b| b as Arc<dyn fileserve::fast::Pace>);
+    fileserve::fast_whole_file(
+        reply,
+        g.file,
+        &g.meta,
+        &g.path,
+        &opts,
+        Box::new(g.guard),
+        pace,
+    )
 }
 
 /// `GET /status`: a small page for the volunteer's admin, readable in any browser.

@@ -10,6 +10,7 @@ mod conditional;
 mod mime;
 mod range;
 
+use std::fs::Metadata;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -21,6 +22,7 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
+use crate::fast;
 use conditional::{http_date, if_range_allows, not_modified, ETag, Validators};
 pub use mime::content_type_for;
 pub use range::{parse_range, RangeOutcome};
@@ -54,56 +56,82 @@ pub async fn serve_file(
     file: &Path,
     opts: &ServeOptions,
 ) -> Response {
-    let mut resp = respond(method, headers, file, opts).await;
-    add_extra_headers(resp.headers_mut(), &opts.extra_headers);
-    resp
-}
-
-async fn respond(
-    method: &Method,
-    headers: &HeaderMap,
-    file: &Path,
-    opts: &ServeOptions,
-) -> Response {
     if method != Method::GET && method != Method::HEAD {
         let mut resp = text_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         resp.headers_mut()
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        add_extra_headers(resp.headers_mut(), &opts.extra_headers);
         return resp;
     }
+    match open_regular(file) {
+        Ok((f, meta)) => serve_open(method, headers, f, &meta, file, opts),
+        Err(mut resp) => {
+            add_extra_headers(resp.headers_mut(), &opts.extra_headers);
+            *resp
+        }
+    }
+}
 
-    // File system calls are made inline, as nginx makes them: stat, open and reads of files
-    // in the page cache take microseconds, and a hop to tokio's blocking pool for each one
-    // cost more than the call (a 16 KiB file took five). The price is that a cold disk
-    // stalls this worker thread for the read, as it stalls an nginx worker.
-    //
-    // Opened without blocking, so a FIFO cannot hang the open (O_NONBLOCK changes nothing
-    // for reads of regular files); its type is checked on the handle.
-    let f = match std::fs::OpenOptions::new()
+/// Open `file` for sending: regular files only.
+///
+/// File system calls are made inline, as nginx makes them: stat, open and reads of files in
+/// the page cache take microseconds, and a hop to tokio's blocking pool for each one cost
+/// more than the call (a 16 KiB file took five). The price is that a cold disk stalls this
+/// worker thread for the read, as it stalls an nginx worker.
+///
+/// Opened without blocking, so a FIFO cannot hang the open (O_NONBLOCK changes nothing for
+/// reads of regular files); its type is checked on the handle, and size and mtime come from
+/// the handle too: what is sent is what was opened.
+pub fn open_regular(file: &Path) -> Result<(std::fs::File, Metadata), Box<Response>> {
+    let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(file)
-    {
-        Ok(f) => f,
-        Err(e) => return io_error_response(&e),
-    };
-    // Size and mtime from the open handle: what we send is what we opened.
-    let meta = match f.metadata() {
-        Ok(meta) if meta.is_file() => meta,
-        Ok(meta) if meta.is_dir() => return not_found("is a directory\n"),
-        Ok(_) => return not_found("not a regular file\n"),
-        Err(e) => return io_error_response(&e),
-    };
-    let len = meta.len();
+        .map_err(|e| Box::new(io_error_response(&e)))?;
+    match f.metadata() {
+        Ok(meta) if meta.is_file() => Ok((f, meta)),
+        Ok(meta) if meta.is_dir() => Err(Box::new(not_found("is a directory\n"))),
+        Ok(_) => Err(Box::new(not_found("not a regular file\n"))),
+        Err(e) => Err(Box::new(io_error_response(&e))),
+    }
+}
+
+/// [`serve_file`] for a file [`open_regular`] opened (`path` names it, for its type).
+pub fn serve_open(
+    method: &Method,
+    headers: &HeaderMap,
+    f: std::fs::File,
+    meta: &Metadata,
+    path: &Path,
+    opts: &ServeOptions,
+) -> Response {
+    let mut resp = respond(method, headers, f, meta, path, opts);
+    add_extra_headers(resp.headers_mut(), &opts.extra_headers);
+    resp
+}
+
+fn validators(meta: &Metadata, opts: &ServeOptions) -> Validators {
     let mtime = meta.modified().ok();
-    let validators = Validators {
+    Validators {
         etag: opts
             .etag
             .as_deref()
             .and_then(ETag::strong)
-            .or_else(|| mtime.and_then(|m| ETag::weak_from(len, m))),
+            .or_else(|| mtime.and_then(|m| ETag::weak_from(meta.len(), m))),
         last_modified: mtime.and_then(http_date),
-    };
+    }
+}
+
+fn respond(
+    method: &Method,
+    headers: &HeaderMap,
+    f: std::fs::File,
+    meta: &Metadata,
+    file: &Path,
+    opts: &ServeOptions,
+) -> Response {
+    let len = meta.len();
+    let validators = validators(meta, opts);
 
     let mut resp = Response::new(Body::empty());
     set_validator_headers(resp.headers_mut(), &validators);
@@ -164,6 +192,68 @@ async fn respond(
         };
     }
     resp
+}
+
+/// Whether the fast path can answer `req` for a file with [`fast_whole_file`]: it asks for
+/// no range and makes no condition (those go to the full path, which knows them all).
+pub fn is_plain_file_request(req: &fast::Request<'_>) -> bool {
+    req.headers().all(|(name, _)| {
+        !(name.eq_ignore_ascii_case("range")
+            || name.eq_ignore_ascii_case("if-range")
+            || name.eq_ignore_ascii_case("if-none-match")
+            || name.eq_ignore_ascii_case("if-modified-since")
+            || name.eq_ignore_ascii_case("if-match")
+            || name.eq_ignore_ascii_case("if-unmodified-since"))
+    })
+}
+
+/// The fast path's `200 OK` for a whole file opened by [`open_regular`] (for a request
+/// [`is_plain_file_request`] accepted): the same headers [`serve_open`] sends, the body by
+/// `sendfile`, `guard` kept until it is sent.
+pub fn fast_whole_file(
+    reply: &mut fast::Reply<'_>,
+    f: std::fs::File,
+    meta: &Metadata,
+    path: &Path,
+    opts: &ServeOptions,
+    guard: Box<dyn Send>,
+    pace: Option<std::sync::Arc<dyn fast::Pace>>,
+) -> fast::Answer {
+    let v = validators(meta, opts);
+    reply.status(200, "OK");
+    // As in `serve_open`, an extra header replaces the module's own of that name.
+    let own = |name: http::HeaderName| !opts.extra_headers.contains_key(name);
+    if own(ACCEPT_RANGES) {
+        reply.header("accept-ranges", b"bytes");
+    }
+    if let Some(tag) = v.etag.as_ref().and_then(ETag::header_value) {
+        if own(ETAG) {
+            reply.header("etag", tag.as_bytes());
+        }
+    }
+    if let Some(lm) = v.last_modified {
+        if own(LAST_MODIFIED) {
+            reply.header("last-modified", lm.to_string().as_bytes());
+        }
+    }
+    if own(CONTENT_TYPE) {
+        let content_type = opts.content_type.unwrap_or_else(|| content_type_for(path));
+        reply.header("content-type", content_type.as_bytes());
+    }
+    for (name, value) in &opts.extra_headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONTENT_RANGE {
+            continue;
+        }
+        reply.header(name.as_str(), value.as_bytes());
+    }
+    reply.end_head(meta.len());
+    fast::Answer::File(fast::FileBody {
+        file: f,
+        offset: 0,
+        len: meta.len(),
+        guard,
+        pace,
+    })
 }
 
 /// `pread` until `buf` is full; a file that shrank is an error (the length was promised).

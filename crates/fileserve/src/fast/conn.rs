@@ -1,0 +1,376 @@
+//! One connection on the fast path: read a head, answer it or hand the connection to hyper,
+//! and again, until the client closes, a limit is hit, or the server stops.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, Instant};
+
+use super::{Answer, FastPath, FileBody, Method, Reply, Request};
+
+/// Headers a fast request may have; one with more goes to hyper (which allows 100).
+const MAX_HEADERS: usize = 32;
+
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 4096;
+
+/// Bytes handed to one `sendfile` call without an uplink limit: the kernel sends what the
+/// socket takes and says how much.
+const SENDFILE_MAX: usize = 16 << 20;
+
+/// Bytes a paced body waits for at a time: one turn on a shared link, as in the full path.
+const PACED_CHUNK: usize = 64 * 1024;
+
+/// The limits a connection is held to.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnLimits {
+    /// A request head must be complete this long after the server starts waiting for it.
+    pub header_timeout: Duration,
+    /// Largest request head accepted.
+    pub max_header_bytes: usize,
+    /// A client that takes no bytes for this long is dropped.
+    pub stall: Duration,
+}
+
+/// How a connection left the fast path.
+pub(crate) enum Served {
+    /// It is finished: the client closed it, a limit was hit, or the server is stopping.
+    Closed,
+    /// The rest is hyper's: the connection and what was read of it but not answered.
+    Handover(TcpStream, Vec<u8>),
+}
+
+/// What to do after looking at the buffered input.
+enum Step {
+    /// No complete head yet.
+    More,
+    /// Answered: send `out` (and the file body), then drop `consumed` bytes of input.
+    Send {
+        consumed: usize,
+        close: bool,
+        file: Option<FileBody>,
+    },
+    Handover,
+}
+
+/// Why reading stopped.
+enum ReadEnd {
+    Eof,
+    TimedOut,
+    Stopping,
+    Failed,
+}
+
+pub(crate) async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    fast: &dyn FastPath,
+    limits: &ConnLimits,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Served {
+    let mut input: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut out: Vec<u8> = Vec::with_capacity(1024);
+    // The header deadline of the request being waited for. The timer behind it is armed
+    // lazily (see `read_more`), so a busy connection does not re-arm one per request.
+    let mut deadline = Instant::now() + limits.header_timeout;
+    let timer = sleep_until(deadline);
+    tokio::pin!(timer);
+    loop {
+        let step = look(&input, peer, fast, &mut out);
+        match step {
+            Step::More => {
+                if input.len() >= limits.max_header_bytes {
+                    out.clear();
+                    out.extend_from_slice(
+                        b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    );
+                    let _ = write_all(&stream, &out, limits.stall).await;
+                    return Served::Closed;
+                }
+                match read_more(
+                    &stream,
+                    &mut input,
+                    limits.max_header_bytes,
+                    deadline,
+                    timer.as_mut(),
+                    stop,
+                )
+                .await
+                {
+                    Ok(()) => {}
+                    Err(ReadEnd::TimedOut) => {
+                        tracing::debug!(%peer, "request head not complete in time; closing");
+                        return Served::Closed;
+                    }
+                    Err(ReadEnd::Eof | ReadEnd::Stopping | ReadEnd::Failed) => {
+                        return Served::Closed
+                    }
+                }
+            }
+            Step::Handover => return Served::Handover(stream, input),
+            Step::Send {
+                consumed,
+                close,
+                file,
+            } => {
+                if write_all(&stream, &out, limits.stall).await.is_err() {
+                    return Served::Closed;
+                }
+                if let Some(body) = file {
+                    if let Err(e) = send_file(&stream, body, limits.stall).await {
+                        tracing::debug!(%peer, error = %e, "file body not sent whole; closing");
+                        return Served::Closed;
+                    }
+                }
+                if close || *stop.borrow() {
+                    return Served::Closed;
+                }
+                input.drain(..consumed);
+                deadline = Instant::now() + limits.header_timeout;
+            }
+        }
+    }
+}
+
+/// Parse the head at the start of `input`, if it is complete, and answer it.
+fn look(input: &[u8], peer: SocketAddr, fast: &dyn FastPath, out: &mut Vec<u8>) -> Step {
+    if input.is_empty() {
+        return Step::More;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let consumed = match req.parse(input) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Step::More,
+        // Malformed, or too many headers: hyper answers these as it always has.
+        Err(_) => return Step::Handover,
+    };
+    let Some((method, target, close)) = simple(&req) else {
+        return Step::Handover;
+    };
+    let request = Request {
+        method,
+        target,
+        peer,
+        headers: req.headers,
+    };
+    let mut reply = Reply::new(out, method == Method::Head, close);
+    match fast.answer(&request, &mut reply) {
+        Answer::Done => Step::Send {
+            consumed,
+            close,
+            file: None,
+        },
+        Answer::File(body) => Step::Send {
+            consumed,
+            close,
+            file: (method == Method::Get && body.len > 0).then_some(body),
+        },
+        Answer::Pass => Step::Handover,
+    }
+}
+
+/// A request the fast path may take: HTTP/1.1 `GET` or `HEAD` of an origin-form target,
+/// without a body, an `Expect` or an upgrade. Returns its method, target, and whether the
+/// client asked to close the connection after it.
+fn simple<'a>(req: &httparse::Request<'_, 'a>) -> Option<(Method, &'a str, bool)> {
+    if req.version != Some(1) {
+        return None;
+    }
+    let method = match req.method? {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        _ => return None,
+    };
+    let target = req.path?;
+    if !target.starts_with('/') {
+        return None;
+    }
+    let mut close = false;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            if h.value.trim_ascii() != b"0" {
+                return None;
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("expect")
+            || name.eq_ignore_ascii_case("upgrade")
+        {
+            return None;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return None;
+                }
+            }
+        }
+    }
+    Some((method, target, close))
+}
+
+/// Read more of a request head into `input`, by the header deadline. While nothing of the
+/// next request has arrived, the server stopping ends the wait too.
+async fn read_more(
+    stream: &TcpStream,
+    input: &mut Vec<u8>,
+    max: usize,
+    deadline: Instant,
+    mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ReadEnd> {
+    let idle = input.is_empty();
+    if idle && *stop.borrow() {
+        return Err(ReadEnd::Stopping);
+    }
+    let mut chunk = [0u8; READ_CHUNK];
+    loop {
+        let room = (max - input.len().min(max)).clamp(1, READ_CHUNK);
+        match stream.try_read(&mut chunk[..room]) {
+            Ok(0) => return Err(ReadEnd::Eof),
+            Ok(n) => {
+                input.extend_from_slice(&chunk[..n]);
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return Err(ReadEnd::Failed),
+        }
+        tokio::select! {
+            r = stream.readable() => {
+                if r.is_err() {
+                    return Err(ReadEnd::Failed);
+                }
+            }
+            _ = &mut timer => {
+                // The timer may be left from an earlier request's deadline: re-arm it for
+                // this one's, and only give up once this one has passed.
+                if Instant::now() >= deadline {
+                    return Err(ReadEnd::TimedOut);
+                }
+                timer.as_mut().reset(deadline);
+            }
+            changed = stop.changed(), if idle => {
+                if changed.is_err() || *stop.borrow() {
+                    return Err(ReadEnd::Stopping);
+                }
+            }
+        }
+    }
+}
+
+/// Write all of `buf`; a client that takes nothing for `stall` is given up on.
+async fn write_all(stream: &TcpStream, mut buf: &[u8], stall: Duration) -> io::Result<()> {
+    while !buf.is_empty() {
+        match stream.try_write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(stream, stall).await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn writable(stream: &TcpStream, stall: Duration) -> io::Result<()> {
+    match tokio::time::timeout(stall, stream.writable()).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::info!(?stall, "client stopped reading; connection dropped");
+            Err(io::ErrorKind::TimedOut.into())
+        }
+    }
+}
+
+/// Send a file body with `sendfile`, paced if it has a pace. A file cut short is an error:
+/// the length was promised, so the connection is closed rather than the body left short
+/// and the next response taken for its end.
+async fn send_file(stream: &TcpStream, body: FileBody, stall: Duration) -> io::Result<()> {
+    let FileBody {
+        file,
+        offset,
+        len,
+        guard,
+        pace,
+    } = body;
+    let _guard = guard;
+    let end = offset
+        .checked_add(len)
+        .ok_or_else(|| io::Error::other("body range overflows"))?;
+    let mut pos = offset;
+    while pos < end {
+        let mut chunk = (end - pos).min(SENDFILE_MAX as u64) as usize;
+        if let Some(p) = &pace {
+            chunk = chunk.min(PACED_CHUNK);
+            p.take(chunk).await;
+        }
+        let chunk_end = pos + chunk as u64;
+        while pos < chunk_end {
+            let want = (chunk_end - pos) as usize;
+            let sent = stream.try_io(Interest::WRITABLE, || sendfile(stream, &file, pos, want));
+            match sent {
+                Ok(0) => return Err(io::Error::other("file shorter than its length")),
+                Ok(n) => pos += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(stream, stall).await?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One `sendfile(2)` of at most `len` bytes of `file` from `pos` to the socket.
+fn sendfile(stream: &TcpStream, file: &std::fs::File, pos: u64, len: usize) -> io::Result<usize> {
+    let mut off = libc::off_t::try_from(pos).map_err(|_| io::Error::other("offset too large"))?;
+    // SAFETY: both descriptors are open for the duration of the call, and `off` is a valid
+    // pointer to an off_t the kernel may update.
+    let n = unsafe { libc::sendfile(stream.as_raw_fd(), file.as_raw_fd(), &mut off, len) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &[u8]) -> Option<(Method, String, bool)> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        assert!(req.parse(raw).unwrap().is_complete());
+        simple(&req).map(|(m, t, c)| (m, t.to_string(), c))
+    }
+
+    #[test]
+    fn only_plain_gets_and_heads_are_simple() {
+        assert_eq!(
+            parse(b"GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Some((Method::Get, "/a?b".into(), false))
+        );
+        assert_eq!(
+            parse(b"HEAD /a HTTP/1.1\r\nConnection: keep-alive, close\r\n\r\n"),
+            Some((Method::Head, "/a".into(), true))
+        );
+        assert!(parse(b"GET /a HTTP/1.1\r\nContent-Length: 0\r\n\r\n").is_some());
+        for raw in [
+            &b"GET /a HTTP/1.0\r\n\r\n"[..],
+            b"POST /a HTTP/1.1\r\n\r\n",
+            b"GET http://x/a HTTP/1.1\r\n\r\n",
+            b"GET * HTTP/1.1\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+        ] {
+            assert_eq!(parse(raw), None, "{}", String::from_utf8_lossy(raw));
+        }
+    }
+}

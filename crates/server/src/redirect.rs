@@ -112,7 +112,7 @@ pub fn choose(
                 issued_total: v.issued_total,
                 issued_recent: recent,
                 age: now.saturating_duration_since(v.joined),
-                observed_speed: reg.observed_speed(&v.id),
+                observed_speed: v.observed_speed(),
             }
         })
         .collect();

@@ -26,6 +26,40 @@ pub struct Load {
     pub link_bps: u64,
 }
 
+/// The generation a volunteer fully holds, per repository: a handful of repositories at
+/// most, so a short list searched in place (the request path asks it for every candidate).
+#[derive(Debug, Clone, Default)]
+pub struct Held(Vec<(String, u64)>);
+
+impl Held {
+    pub fn get(&self, repo: &str) -> Option<&u64> {
+        self.0.iter().find(|(r, _)| r == repo).map(|(_, g)| g)
+    }
+
+    pub fn insert(&mut self, repo: &str, generation: u64) {
+        match self.0.iter_mut().find(|(r, _)| r == repo) {
+            Some((_, g)) => *g = generation,
+            None => self.0.push((repo.to_string(), generation)),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &u64)> {
+        self.0.iter().map(|(r, g)| (r, g))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::ops::Index<&str> for Held {
+    type Output = u64;
+    fn index(&self, repo: &str) -> &u64 {
+        self.get(repo)
+            .expect("no generation held for this repository")
+    }
+}
+
 /// Live state of one volunteer.
 #[derive(Debug, Clone)]
 pub struct VolunteerLive {
@@ -33,7 +67,7 @@ pub struct VolunteerLive {
     /// Shared, so the redirector can hold on to it without copying.
     pub url: std::sync::Arc<str>,
     /// Generation fully held, per repository.
-    pub generations: HashMap<String, u64>,
+    pub generations: Held,
     pub load: Load,
     pub last_seq: u64,
     pub last_report: Instant,
@@ -57,6 +91,17 @@ pub struct VolunteerLive {
     pub stopped: bool,
     /// When it (re)joined: first report, or first after going stale. For slow start.
     pub joined: Instant,
+    /// Copies of [`Registry`]'s quarantine set and observed speeds for this volunteer, so
+    /// the request path reads them without a lookup by name.
+    quarantined: bool,
+    observed_speed: f64,
+}
+
+impl VolunteerLive {
+    /// How fast the server's checks found it against its peers (1.0 unless slower).
+    pub fn observed_speed(&self) -> f64 {
+        self.observed_speed
+    }
 }
 
 impl VolunteerLive {
@@ -213,7 +258,7 @@ impl Registry {
                     VolunteerLive {
                         id: report.volunteer.clone(),
                         url: report.url.as_str().into(),
-                        generations: HashMap::new(),
+                        generations: Held::default(),
                         load: Load::default(),
                         last_seq: 0,
                         last_report: now,
@@ -226,6 +271,12 @@ impl Registry {
                         paused: report.paused,
                         stopped: false,
                         joined: now,
+                        quarantined: self.quarantined.contains(&report.volunteer),
+                        observed_speed: self
+                            .observed_speed
+                            .get(&report.volunteer)
+                            .copied()
+                            .unwrap_or(1.0),
                     },
                 );
                 self.reindex();
@@ -247,7 +298,7 @@ impl Registry {
         if *v.url != *report.url {
             v.url = report.url.as_str().into();
         }
-        v.generations.insert(repo.to_string(), report.generation);
+        v.generations.insert(repo, report.generation);
         v.load = Load {
             customer_conns: report.customer_conns,
             sync_conns: report.sync_conns,
@@ -300,11 +351,17 @@ impl Registry {
         } else {
             self.quarantined.remove(id);
         }
+        if let Some(v) = self.get_mut(id) {
+            v.quarantined = quarantined;
+        }
     }
 
     /// Record how fast the server's own checks found `id`, relative to its peers.
     pub fn set_observed_speed(&mut self, id: &str, speed: f64) {
         self.observed_speed.insert(id.to_string(), speed);
+        if let Some(v) = self.get_mut(id) {
+            v.observed_speed = speed;
+        }
     }
 
     /// 1.0 unless the server's checks found `id` slower than its peers.
@@ -347,7 +404,7 @@ impl Registry {
         if v.paused {
             return Err(Exclusion::Paused);
         }
-        if self.quarantined.contains(&v.id) {
+        if v.quarantined {
             return Err(Exclusion::Quarantined);
         }
         let held = *v.generations.get(repo).ok_or(Exclusion::NotMirroring)?;

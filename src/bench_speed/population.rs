@@ -50,7 +50,8 @@ pub async fn enroll(server_url: &str, data_dir: &Path, n: usize) -> Result<Vec<M
     Ok(out)
 }
 
-/// Every member announces, once, that it holds `generation` of `repo` and is idle.
+/// Every member announces, once, that it holds `generation` of `repo`, is idle, and has a
+/// 100 Mbit/s uplink.
 pub async fn announce_all(
     server_url: &str,
     repo: &str,
@@ -78,7 +79,9 @@ pub async fn announce_all(
                     capacity: 1_000_000,
                     url: m.url.clone(),
                     sync_bps: 0,
-                    link_bps: 0,
+                    // A declared 100 Mbit/s uplink: `feedback` then weighs each candidate by
+                    // its link model, as it does for volunteers that declare theirs.
+                    link_bps: 12_500_000,
                     paused: false,
                 };
                 let mut peer_id = [b'-'; 20];

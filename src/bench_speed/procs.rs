@@ -14,12 +14,15 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Start `cmd` with stdin closed and stdout/stderr appended to `log`.
+    /// Start `cmd` with stdin closed and stdout/stderr appended to `log`, in a process
+    /// group of its own (so that nginx's workers die with their master).
     pub fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Result<Proc> {
+        use std::os::unix::process::CommandExt;
         let out =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
         let child = cmd
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -56,6 +59,12 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // The whole group: a master's workers would otherwise live on, holding their port
+        // and taking CPU from the runs after.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

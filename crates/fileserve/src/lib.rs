@@ -20,7 +20,7 @@ pub mod serve;
 
 pub use guard::{with_guard, with_stall_guard};
 pub use index::{encode_path_segment, push_encoded_segment, render_index, IndexEntry};
-pub use path::{decode_url_path, join_listed, safe_join, PathError};
+pub use path::{decode_url_path, decode_url_path_cow, join_listed, safe_join, PathError};
 pub use request::{bearer_matches, customer_path, declared_length, text_response};
 pub use serve::{
     content_type_for, fast_whole_file, is_plain_file_request, open_regular, parse_range,

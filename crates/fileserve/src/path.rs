@@ -80,12 +80,18 @@ impl PathError {
 /// trailing `/` (a directory URL) stays. `""` and `"/"` are accepted as the
 /// root.
 pub fn decode_url_path(raw: &str) -> Result<String, PathError> {
+    decode_url_path_cow(raw).map(std::borrow::Cow::into_owned)
+}
+
+/// [`decode_url_path`], borrowing `raw` when it has nothing to decode (the usual case on the
+/// request path, which then allocates nothing); the same checks either way.
+pub fn decode_url_path_cow(raw: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
     let (lead, body) = match raw.strip_prefix('/') {
         Some(rest) => ("/", rest),
         None => ("", raw),
     };
     if body.is_empty() {
-        return Ok(lead.to_owned());
+        return Ok(std::borrow::Cow::Borrowed(raw));
     }
     let (body, trail) = match body.strip_suffix('/') {
         Some(rest) => (rest, "/"),
@@ -96,26 +102,36 @@ pub fn decode_url_path(raw: &str) -> Result<String, PathError> {
     if body.is_empty() {
         return Err(PathError::EmptySegment);
     }
+    if !body.contains('%') {
+        for seg in body.split('/') {
+            check_segment(seg)?;
+        }
+        return Ok(std::borrow::Cow::Borrowed(raw));
+    }
 
-    let mut out = String::with_capacity(raw.len());
-    out.push_str(lead);
+    let mut out = Vec::with_capacity(raw.len());
+    out.extend_from_slice(lead.as_bytes());
     for (i, seg) in body.split('/').enumerate() {
         if i > 0 {
-            out.push('/');
+            out.push(b'/');
         }
-        out.push_str(&decode_segment(seg)?);
+        let start = out.len();
+        decode_segment(seg, &mut out)?;
+        let text = std::str::from_utf8(&out[start..]).map_err(|_| PathError::InvalidUtf8)?;
+        check_segment(text)?;
     }
-    out.push_str(trail);
-    Ok(out)
+    out.extend_from_slice(trail.as_bytes());
+    String::from_utf8(out)
+        .map(std::borrow::Cow::Owned)
+        .map_err(|_| PathError::InvalidUtf8)
 }
 
-/// Decode and validate one segment (contains no literal `/`).
-fn decode_segment(seg: &str) -> Result<String, PathError> {
+/// Decode one segment (contains no literal `/`) onto `out`.
+fn decode_segment(seg: &str, out: &mut Vec<u8>) -> Result<(), PathError> {
     if seg.is_empty() {
         return Err(PathError::EmptySegment);
     }
     let bytes = seg.as_bytes();
-    let mut buf = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -129,16 +145,14 @@ fn decode_segment(seg: &str) -> Result<String, PathError> {
             if decoded == b'/' {
                 return Err(PathError::EncodedSlash);
             }
-            buf.push(decoded);
+            out.push(decoded);
             i += 3;
         } else {
-            buf.push(b);
+            out.push(b);
             i += 1;
         }
     }
-    let text = String::from_utf8(buf).map_err(|_| PathError::InvalidUtf8)?;
-    check_segment(&text)?;
-    Ok(text)
+    Ok(())
 }
 
 /// Checks shared by both layers, applied to an already-decoded segment.

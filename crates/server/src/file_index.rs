@@ -3,11 +3,12 @@
 //! A `Manifest` (a `BTreeMap<String, Entry>`) costs about 200 bytes a file with its
 //! allocations, and the server used to keep it beside its signed JSON and the scan cache: some
 //! 500 bytes a file, half a gigabyte for a million. Here every path lives in one string, each
-//! file is one fixed-size slot in path order, and an open-addressing table of slot numbers
-//! finds a path with one hash and, mostly, one probe. About 125 bytes a file with 45-byte
-//! paths; lookups touch two or three cache lines instead of a tree's twenty.
-
-use std::hash::{BuildHasher, RandomState};
+//! file is one fixed-size slot in path order, and an open-addressing table finds a path with
+//! one hash. Each table entry carries 32 bits of its path's hash beside the slot number, so
+//! the probes past a collision cost no visit to a slot: a hit touches three cache lines (the
+//! table, the slot, the path), a miss usually one. About 135 bytes a file with 45-byte paths.
+//! The three big arrays ask for transparent huge pages: with a million files they span a few
+//! hundred megabytes, and a TLB miss on each of the three lines cost as much as the lookup.
 
 use manifest::scan::ScanCache;
 use manifest::{Btih, Entry, Manifest, Sha256};
@@ -27,7 +28,9 @@ struct Slot {
 }
 
 const NO_BTIH: u32 = u32::MAX;
-const EMPTY: u32 = u32::MAX;
+/// A free table entry (no slot number is `u32::MAX`: at most `u32::MAX - 1` files).
+const EMPTY: u64 = u64::MAX;
+const SLOT_LIMIT: usize = u32::MAX as usize;
 
 /// Why a generation cannot be indexed (limits far beyond any repository).
 #[derive(Debug, thiserror::Error)]
@@ -43,24 +46,26 @@ pub struct FileIndex {
     paths: String,
     slots: Vec<Slot>,
     btih: Vec<[u8; 20]>,
-    /// Slot numbers by path hash, linear probing; a power of two, at most 3/4 full.
-    table: Vec<u32>,
-    hasher: RandomState,
+    /// By path hash, linear probing, a power of two at most 3/4 full: the hash's high 32
+    /// bits, then the slot number.
+    table: Vec<u64>,
+    /// Keys the path hash, chosen at random per index.
+    seed: u64,
 }
 
 impl FileIndex {
     /// Index `manifest`'s files; `stat` gives each one's mtime when it was hashed.
     pub fn build(manifest: &Manifest, stat: &ScanCache) -> Result<FileIndex, IndexError> {
         let n = manifest.files.len();
-        if n >= EMPTY as usize {
+        if n >= SLOT_LIMIT {
             return Err(IndexError::TooManyFiles);
         }
         let path_bytes: usize = manifest.files.keys().map(String::len).sum();
         if path_bytes > u32::MAX as usize {
             return Err(IndexError::PathsTooLong);
         }
-        let mut paths = String::with_capacity(path_bytes);
-        let mut slots = Vec::with_capacity(n);
+        let mut paths = String::from_utf8(huge_vec(path_bytes)).unwrap_or_default();
+        let mut slots = huge_vec(n);
         let mut btih = Vec::new();
         for (path, e) in &manifest.files {
             let start = paths.len() as u32;
@@ -91,23 +96,33 @@ impl FileIndex {
             slots,
             btih,
             table: Vec::new(),
-            hasher: RandomState::new(),
+            seed: random_seed(),
         };
         let cap = (n * 4 / 3 + 1).next_power_of_two().max(8);
-        let mut table = vec![EMPTY; cap];
+        let mut table = huge_vec(cap);
+        table.resize(cap, EMPTY);
         for i in 0..n {
-            let mut at = index.home(index.path_of(i), cap);
+            let h = path_hash(index.seed, index.path_of(i).as_bytes());
+            let mut at = (h as usize) & (cap - 1);
             while table[at] != EMPTY {
                 at = (at + 1) & (cap - 1);
             }
-            table[at] = i as u32;
+            table[at] = (h & TAG_MASK) | i as u64;
         }
         index.table = table;
+        index.advise_collapse();
         Ok(index)
     }
 
-    fn home(&self, path: &str, cap: usize) -> usize {
-        (self.hasher.hash_one(path) as usize) & (cap - 1)
+    /// Huge pages for the three big arrays, now that they are filled.
+    fn advise_collapse(&self) {
+        advise_huge(self.paths.as_ptr() as usize, self.paths.len(), true);
+        advise_huge(
+            self.slots.as_ptr() as usize,
+            self.slots.len() * std::mem::size_of::<Slot>(),
+            true,
+        );
+        advise_huge(self.table.as_ptr() as usize, self.table.len() * 8, true);
     }
 
     fn path_of(&self, i: usize) -> &str {
@@ -127,14 +142,19 @@ impl FileIndex {
 
     fn position(&self, path: &str) -> Option<usize> {
         let cap = self.table.len();
-        let mut at = self.home(path, cap);
+        let h = path_hash(self.seed, path.as_bytes());
+        let tag = h & TAG_MASK;
+        let mut at = (h as usize) & (cap - 1);
         loop {
-            let i = self.table[at];
-            if i == EMPTY {
+            let e = self.table[at];
+            if e == EMPTY {
                 return None;
             }
-            if self.path_of(i as usize) == path {
-                return Some(i as usize);
+            if e & TAG_MASK == tag {
+                let i = (e & !TAG_MASK) as usize;
+                if self.path_of(i) == path {
+                    return Some(i);
+                }
             }
             at = (at + 1) & (cap - 1);
         }
@@ -199,7 +219,80 @@ impl FileIndex {
         self.paths.capacity()
             + self.slots.capacity() * std::mem::size_of::<Slot>()
             + self.btih.capacity() * 20
-            + self.table.capacity() * 4
+            + self.table.capacity() * 8
+    }
+}
+
+/// A seed from the standard library's per-process random keys.
+fn random_seed() -> u64 {
+    use std::hash::BuildHasher;
+    std::hash::RandomState::new().hash_one(0x6d69_7272_6f72u64)
+}
+
+/// The path hash: eight bytes at a time, each folded in with a 64×64→128-bit multiply (as
+/// wyhash mixes), keyed by `seed`. A fifth of SipHash's cost on a 50-byte path. It need not
+/// resist chosen keys: the table's keys are the operator's published paths, and a customer's
+/// path that is not among them costs one probe sequence like any other.
+fn path_hash(seed: u64, bytes: &[u8]) -> u64 {
+    const K0: u64 = 0xa076_1d64_78bd_642f;
+    const K1: u64 = 0xe703_7ed1_a0b4_28db;
+    fn fold(a: u64, b: u64) -> u64 {
+        let m = u128::from(a) * u128::from(b);
+        (m as u64) ^ ((m >> 64) as u64)
+    }
+    let mut h = seed ^ fold(bytes.len() as u64 ^ K0, K1);
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        h = fold(h ^ u64::from_le_bytes(b) ^ K0, K1);
+    }
+    let rest = words.remainder();
+    if !rest.is_empty() {
+        let mut b = [0u8; 8];
+        b[..rest.len()].copy_from_slice(rest);
+        h = fold(h ^ u64::from_le_bytes(b) ^ K1, K0);
+    }
+    fold(h ^ K0, K1 ^ seed)
+}
+
+/// The high half of a table entry: that much of the path's hash.
+const TAG_MASK: u64 = 0xffff_ffff_0000_0000;
+
+/// An empty vector with room for `cap` elements, its memory (if large) advised for
+/// transparent huge pages before anything touches it.
+fn huge_vec<T>(cap: usize) -> Vec<T> {
+    let v: Vec<T> = Vec::with_capacity(cap);
+    advise_huge(
+        v.as_ptr() as usize,
+        cap.saturating_mul(std::mem::size_of::<T>()),
+        false,
+    );
+    v
+}
+
+/// Ask the kernel to back `bytes` at `start` (memory of our own) with huge pages: from now on
+/// (`MADV_HUGEPAGE`), or, with `collapse`, at once for pages already there (`MADV_COLLAPSE`,
+/// Linux 6.1: the allocator may have handed out memory that was touched before). Advice
+/// only: where the kernel gives none, nothing changes.
+fn advise_huge(start: usize, bytes: usize, collapse: bool) {
+    const HUGE: usize = 2 << 20;
+    const MADV_COLLAPSE: libc::c_int = 25;
+    if bytes < 2 * HUGE {
+        return;
+    }
+    // madvise wants a page-aligned start; the kernel uses the aligned 2 MiB stretches.
+    let aligned = (start + 4095) & !4095;
+    let len = (start + bytes).saturating_sub(aligned) & !4095;
+    let advice = if collapse {
+        MADV_COLLAPSE
+    } else {
+        libc::MADV_HUGEPAGE
+    };
+    // SAFETY: the range lies within an allocation of the caller's; these advices change no
+    // contents and no mapping, only how the kernel backs the pages.
+    unsafe {
+        libc::madvise(aligned as *mut libc::c_void, len, advice);
     }
 }
 
@@ -269,6 +362,35 @@ mod tests {
         assert_eq!(idx.total_bytes(), m.total_bytes());
         // Compact: under 150 bytes a file with these 20-byte paths, table included.
         assert!(idx.heap_bytes() < 150 * 5000, "{} bytes", idx.heap_bytes());
+    }
+
+    #[test]
+    fn the_path_hash_spreads_similar_paths() {
+        // Paths that differ in a digit or two, as a pool's do: probe sequences stay short.
+        let (m, stat) = manifest(200_000);
+        let idx = FileIndex::build(&m, &stat).unwrap();
+        let cap = idx.table.len();
+        let (mut longest, mut total) = (0usize, 0usize);
+        for p in m.files.keys() {
+            let want = idx.position(p).unwrap();
+            let h = path_hash(idx.seed, p.as_bytes());
+            let mut at = (h as usize) & (cap - 1);
+            let mut probes = 1;
+            while (idx.table[at] & !TAG_MASK) as usize != want {
+                at = (at + 1) & (cap - 1);
+                probes += 1;
+            }
+            longest = longest.max(probes);
+            total += probes;
+        }
+        let mean = total as f64 / m.files.len() as f64;
+        // Linear probing at this load (0.38) averages about 1.3 probes for a hit.
+        assert!(mean < 1.6, "mean probes {mean}");
+        assert!(longest < 40, "longest probe sequence {longest}");
+        // Different seeds, different hashes; every byte counts.
+        assert_ne!(path_hash(1, b"pool/a.deb"), path_hash(2, b"pool/a.deb"));
+        assert_ne!(path_hash(1, b"pool/a.deb"), path_hash(1, b"pool/b.deb"));
+        assert_ne!(path_hash(1, b"12345678"), path_hash(1, b"12345678\0"));
     }
 
     #[test]

@@ -63,10 +63,17 @@ pub fn origin_url(public: &str, encoded: &str) -> String {
     out
 }
 
-/// How many eligible volunteers the policy sees per request: all of them in a small pool, a
-/// random sample in a large one (best of a sample balances nearly as well as best of all,
-/// and keeps a redirect's cost independent of the number of volunteers).
-pub const SAMPLE: usize = 8;
+/// How many eligible volunteers the policy sees per request in a large pool: a random sample
+/// (the best of a few random choices balances nearly as well as the best of all, and keeps a
+/// redirect's cost independent of the number of volunteers). A Metalink lists up to
+/// [`METALINK_SOURCES`], so it samples that many.
+pub const BEST_OF: usize = 4;
+
+/// A pool this small is seen whole.
+pub const SMALL_POOL: usize = 8;
+
+/// Volunteers a Metalink document lists at most (before the origin).
+pub const METALINK_SOURCES: usize = 8;
 
 /// Base URLs of up to `want` volunteers that may serve `entry`, best first (the policy's
 /// order); the first is counted as redirected to.
@@ -80,13 +87,14 @@ pub fn choose(
     let now = Instant::now();
     let mut rng = rand::thread_rng();
     let mut reg = lock(&st.registry);
-    let mut sample = Vec::with_capacity(SAMPLE);
+    let k = want.max(BEST_OF);
+    let mut sample = Vec::with_capacity(k.max(SMALL_POOL));
     reg.sample(
         &snap.name,
         entry.changed_in,
         snap.generation(),
         now,
-        SAMPLE,
+        (k, SMALL_POOL),
         &mut |n| rng.gen_range(0..n),
         &mut sample,
     );
@@ -255,7 +263,7 @@ impl FileRequest<'_> {
     }
 
     /// A redirect to a volunteer chosen for it, counted; `None` if no volunteer may serve it.
-    fn redirect(&self, st: &AppState) -> Option<Redirect> {
+    fn redirect<'s>(&self, st: &'s AppState) -> Option<Redirect<'s>> {
         let chosen = choose(
             st,
             &self.snap,
@@ -263,19 +271,17 @@ impl FileRequest<'_> {
             &self.entry,
             st.config.redirect.alternatives.max(1),
         );
-        let first = chosen.first()?;
+        let r = Redirect::new(
+            st,
+            encoded_repo_path(self.repo, self.rel),
+            chosen,
+            &self.entry,
+        )?;
         st.counters.count(Outcome::Volunteer);
         st.counters
             .redirected_bytes
             .fetch_add(self.entry.size, std::sync::atomic::Ordering::Relaxed);
-        let encoded = encoded_repo_path(self.repo, self.rel);
-        Some(Redirect::new(
-            st,
-            &encoded,
-            first,
-            &chosen[1..],
-            &self.entry,
-        ))
+        Some(r)
     }
 }
 
@@ -303,7 +309,7 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
 
     if file.metalink && !file.origin_only {
         let encoded = encoded_repo_path(file.repo, file.rel);
-        let mut urls: Vec<String> = choose(&st, &file.snap, file.rel, entry, SAMPLE)
+        let mut urls: Vec<String> = choose(&st, &file.snap, file.rel, entry, METALINK_SOURCES)
             .into_iter()
             .map(|base| {
                 let mut u = String::new();
@@ -362,7 +368,7 @@ pub fn fast_customer(
     req: &fast::Request<'_>,
     reply: &mut fast::Reply<'_>,
 ) -> fast::Answer {
-    let Ok(decoded) = fileserve::decode_url_path(req.path()) else {
+    let Ok(decoded) = fileserve::decode_url_path_cow(req.path()) else {
         return fast::Answer::Pass;
     };
     let accept = || wants_metalink(req.all("accept"));
@@ -391,87 +397,121 @@ fn moved(location: &str) -> Response {
 
 /// A 302 to a volunteer, with the alternatives (volunteers, then the origin) as RFC 6249
 /// `Link: rel=duplicate` and the Metalink as `rel=describedby`: the request path's hottest
-/// answer, built once and written by either path.
-struct Redirect {
-    target: String,
-    link: String,
+/// answer, defined once and written by either path.
+struct Redirect<'a> {
+    public_url: &'a str,
+    /// `repo/rel`, percent-encoded.
+    encoded: String,
+    base: Arc<str>,
+    alternatives: Vec<Arc<str>>,
+    /// Alternatives listed, origin included.
+    max_alt: usize,
     size: u64,
-    /// `sha-256=<base64>`: the value of `Digest`; `Repr-Digest` wraps it in colons.
-    digest: String,
+    sha256: [u8; 32],
 }
 
-impl Redirect {
+impl<'a> Redirect<'a> {
     fn new(
-        st: &AppState,
-        encoded: &str,
-        base: &str,
-        alternatives: &[Arc<str>],
+        st: &'a AppState,
+        encoded: String,
+        mut chosen: Vec<Arc<str>>,
         entry: &Entry,
-    ) -> Self {
-        use std::fmt::Write as _;
-        let mut target = String::with_capacity(base.len() + encoded.len() + 1);
-        push_url(&mut target, base, encoded);
-        let max_alt = st.config.redirect.alternatives;
-        let mut link = String::with_capacity(96 * (max_alt + 1));
-        let volunteers = alternatives.iter().take(max_alt.saturating_sub(1));
-        let mut pri = 0;
+    ) -> Option<Self> {
+        if chosen.is_empty() {
+            return None;
+        }
+        let base = chosen.remove(0);
+        Some(Redirect {
+            public_url: &st.public_url,
+            encoded,
+            base,
+            alternatives: chosen,
+            max_alt: st.config.redirect.alternatives,
+            size: entry.size,
+            sha256: entry.sha256.0,
+        })
+    }
+
+    fn push_url(&self, out: &mut Vec<u8>, base: &str) {
+        out.extend_from_slice(base.trim_end_matches('/').as_bytes());
+        out.push(b'/');
+        out.extend_from_slice(self.encoded.as_bytes());
+    }
+
+    /// Every header of the answer but the framing ones, in the order they are sent, each
+    /// value built in one scratch buffer. The choice depends on live load: never cached.
+    fn each_header(&self, mut emit: impl FnMut(&'static str, &[u8])) {
+        use base64::Engine as _;
+        let mut v = Vec::with_capacity(512);
+        self.push_url(&mut v, &self.base);
+        emit("location", &v);
+
+        v.clear();
+        let volunteers = self
+            .alternatives
+            .iter()
+            .take(self.max_alt.saturating_sub(1));
+        let mut pri = 0u32;
+        let mut num = itoa::Buffer::new();
         for alt in volunteers {
             pri += 1;
-            link.push('<');
-            push_url(&mut link, alt, encoded);
-            let _ = write!(link, ">; rel=duplicate; pri={pri}, ");
+            v.push(b'<');
+            self.push_url(&mut v, alt);
+            v.extend_from_slice(b">; rel=duplicate; pri=");
+            v.extend_from_slice(num.format(pri).as_bytes());
+            v.extend_from_slice(b", ");
         }
-        if max_alt > 0 {
-            link.push('<');
-            link.push_str(&st.public_url);
-            link.push('/');
-            link.push_str(ORIGIN_PREFIX);
-            link.push('/');
-            link.push_str(encoded);
-            let _ = write!(link, ">; rel=duplicate; pri={}, ", pri + 1);
+        if self.max_alt > 0 {
+            v.push(b'<');
+            v.extend_from_slice(self.public_url.as_bytes());
+            v.push(b'/');
+            v.extend_from_slice(ORIGIN_PREFIX.as_bytes());
+            v.push(b'/');
+            v.extend_from_slice(self.encoded.as_bytes());
+            v.extend_from_slice(b">; rel=duplicate; pri=");
+            v.extend_from_slice(num.format(pri + 1).as_bytes());
+            v.extend_from_slice(b", ");
         }
-        let _ = write!(
-            link,
-            "<{}/{encoded}.meta4>; rel=describedby; type=\"{METALINK_TYPE}\"",
-            st.public_url
-        );
-        let mut digest = String::with_capacity(52);
-        digest.push_str("sha-256=");
-        digest.push_str(&entry.sha256.to_base64());
-        Redirect {
-            target,
-            link,
-            size: entry.size,
-            digest,
-        }
+        v.push(b'<');
+        v.extend_from_slice(self.public_url.as_bytes());
+        v.push(b'/');
+        v.extend_from_slice(self.encoded.as_bytes());
+        v.extend_from_slice(b".meta4>; rel=describedby; type=\"");
+        v.extend_from_slice(METALINK_TYPE.as_bytes());
+        v.push(b'"');
+        emit("link", &v);
+
+        emit("cache-control", b"no-store");
+        emit(SIZE_HEADER, num.format(self.size).as_bytes());
+        let mut b64 = [0u8; 44];
+        let n = base64::engine::general_purpose::STANDARD
+            .encode_slice(self.sha256, &mut b64)
+            .unwrap_or(0);
+        let b64 = &b64[..n];
+        v.clear();
+        v.extend_from_slice(b"sha-256=");
+        v.extend_from_slice(b64);
+        emit("digest", &v);
+        v.clear();
+        v.extend_from_slice(b"sha-256=:");
+        v.extend_from_slice(b64);
+        v.push(b':');
+        emit("repr-digest", &v);
+        emit("content-type", b"text/plain; charset=utf-8");
     }
 
-    /// Every header of the answer but the framing ones, in the order they are sent. The
-    /// choice depends on live load: never cached.
-    fn headers(&self, mut emit: impl FnMut(&'static str, &str)) {
-        let mut size = itoa::Buffer::new();
-        emit("location", &self.target);
-        emit("link", &self.link);
-        emit("cache-control", "no-store");
-        emit(SIZE_HEADER, size.format(self.size));
-        emit("digest", &self.digest);
-        let b64 = &self.digest["sha-256=".len()..];
-        let mut repr = String::with_capacity(b64.len() + 10);
-        repr.push_str("sha-256=:");
-        repr.push_str(b64);
-        repr.push(':');
-        emit("repr-digest", &repr);
-        emit("content-type", "text/plain; charset=utf-8");
-    }
-
-    fn body(&self) -> String {
-        format!("redirecting to {}\n", self.target)
+    fn body(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(self.base.len() + self.encoded.len() + 20);
+        b.extend_from_slice(b"redirecting to ");
+        self.push_url(&mut b, &self.base);
+        b.push(b'\n');
+        b
     }
 
     fn write(&self, reply: &mut fast::Reply<'_>) {
         reply.status(302, "Found");
-        self.headers(|name, value| reply.header(name, value.as_bytes()));
-        reply.body(self.body().as_bytes());
+        self.each_header(|name, value| reply.header(name, value));
+        reply.body(&self.body());
     }
 
     fn into_response(self) -> Response {
@@ -479,7 +519,7 @@ impl Redirect {
         *r.status_mut() = StatusCode::FOUND;
         let h = r.headers_mut();
         let mut bad = false;
-        self.headers(|name, value| match HeaderValue::from_str(value) {
+        self.each_header(|name, value| match HeaderValue::from_bytes(value) {
             Ok(v) => {
                 h.insert(name, v);
             }

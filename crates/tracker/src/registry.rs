@@ -438,8 +438,8 @@ impl Registry {
         (ok, excluded)
     }
 
-    /// The request path's view: up to `k` eligible volunteers, as positions for [`Self::at`].
-    /// With at most `k` volunteers in all, every eligible one, in id order; otherwise `k`
+    /// The request path's view: eligible volunteers, as positions for [`Self::at`]. With at
+    /// most `all_up_to` volunteers in all, every eligible one, in id order; otherwise `k`
     /// distinct ones found by random probes (`pick(n)` returns a random index below `n`), so a
     /// redirect costs the same with ten volunteers or ten thousand. When probes keep missing
     /// (most volunteers lag or are excluded), a walk from a random start fills the rest.
@@ -450,7 +450,7 @@ impl Registry {
         needed: u64,
         latest: u64,
         now: Instant,
-        k: usize,
+        (k, all_up_to): (usize, usize),
         pick: &mut dyn FnMut(usize) -> usize,
         out: &mut Vec<usize>,
     ) {
@@ -460,7 +460,7 @@ impl Registry {
             self.check(&self.volunteers[i], repo, needed, latest, now)
                 .is_ok()
         };
-        if n <= k {
+        if n <= all_up_to.max(k) {
             out.extend((0..n).filter(|&i| eligible(i)));
             return;
         }
@@ -707,7 +707,7 @@ mod tests {
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for _ in 0..200 {
-            r.sample("deb", 2, 2, t0, 8, &mut pick, &mut out);
+            r.sample("deb", 2, 2, t0, (8, 8), &mut pick, &mut out);
             let mut d = out.clone();
             d.sort();
             d.dedup();
@@ -718,7 +718,7 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 30, "every eligible volunteer gets sampled");
-        r.sample("deb", 3, 3, t0, 8, &mut pick, &mut out);
+        r.sample("deb", 3, 3, t0, (8, 8), &mut pick, &mut out);
         assert!(out.is_empty(), "none eligible: the walk ends empty");
         // Few volunteers: all eligible ones, in id order.
         let mut small = Registry::new(Duration::from_secs(3));
@@ -727,7 +727,7 @@ mod tests {
                 .report("deb", &report(id, 1, 1, 0), false, t0)
                 .unwrap();
         }
-        small.sample("deb", 1, 1, t0, 8, &mut pick, &mut out);
+        small.sample("deb", 1, 1, t0, (4, 8), &mut pick, &mut out);
         let ids: Vec<&str> = out.iter().map(|&i| small.at(i).id.as_str()).collect();
         assert_eq!(ids, ["a", "b", "c"]);
         small.remove("b");

@@ -261,7 +261,7 @@ pub fn fast_customer(
     if !fileserve::is_plain_file_request(req) {
         return Answer::Pass;
     }
-    let Ok(decoded) = fileserve::decode_url_path(req.path()) else {
+    let Ok(decoded) = fileserve::decode_url_path_cow(req.path()) else {
         return Answer::Pass;
     };
     let g = match grant(st, &decoded) {

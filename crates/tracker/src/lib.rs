@@ -19,6 +19,7 @@ pub mod bencode;
 pub mod link_model;
 pub mod mirror;
 pub mod query;
+pub mod recent;
 pub mod registry;
 pub mod response;
 pub mod swarm;

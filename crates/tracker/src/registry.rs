@@ -5,12 +5,14 @@
 //! serves. Every reason a volunteer is not eligible is a value ([`Exclusion`]) so the
 //! redirector can log it and the admin can see it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::link_model::{LinkModel, Reported};
 use crate::mirror::MirrorReport;
+use crate::recent::{RecentCounts, Slicing};
 
 /// The workload a volunteer reported in its last announce.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -26,37 +28,45 @@ pub struct Load {
     pub link_bps: u64,
 }
 
-/// The generation a volunteer fully holds, per repository: a handful of repositories at
-/// most, so a short list searched in place (the request path asks it for every candidate).
+/// The generation a volunteer fully holds, per repository. Names are the registry's shared
+/// copies and the first entry is held in place: the request path asks this of every
+/// candidate, and a volunteer mirrors one repository or a few.
 #[derive(Debug, Clone, Default)]
-pub struct Held(Vec<(String, u64)>);
+pub struct Held {
+    first: Option<(Arc<str>, u64)>,
+    more: Vec<(Arc<str>, u64)>,
+}
 
 impl Held {
-    pub fn get(&self, repo: &str) -> Option<&u64> {
-        self.0.iter().find(|(r, _)| r == repo).map(|(_, g)| g)
+    pub fn get(&self, repo: &str) -> Option<u64> {
+        self.iter().find(|(r, _)| *r == repo).map(|(_, g)| g)
     }
 
-    pub fn insert(&mut self, repo: &str, generation: u64) {
-        match self.0.iter_mut().find(|(r, _)| r == repo) {
+    fn insert(&mut self, repo: Arc<str>, generation: u64) {
+        if let Some((r, g)) = &mut self.first {
+            if **r == *repo {
+                *g = generation;
+                return;
+            }
+        } else {
+            self.first = Some((repo, generation));
+            return;
+        }
+        match self.more.iter_mut().find(|(r, _)| **r == *repo) {
             Some((_, g)) => *g = generation,
-            None => self.0.push((repo.to_string(), generation)),
+            None => self.more.push((repo, generation)),
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &u64)> {
-        self.0.iter().map(|(r, g)| (r, g))
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.first
+            .iter()
+            .chain(self.more.iter())
+            .map(|(r, g)| (&**r, *g))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl std::ops::Index<&str> for Held {
-    type Output = u64;
-    fn index(&self, repo: &str) -> &u64 {
-        self.get(repo)
-            .expect("no generation held for this repository")
+        self.first.is_none()
     }
 }
 
@@ -77,8 +87,8 @@ pub struct VolunteerLive {
     pub issued_total: u64,
     /// Bytes of the files customers were redirected to it for.
     pub issued_bytes: u64,
-    /// When recent redirects were issued (for server-side connection estimates).
-    recent: VecDeque<Instant>,
+    /// Redirects issued within the connection window (server-side connection estimates).
+    recent: RecentCounts,
     /// Its downloads as they probably stand now: the last report plus the redirects since,
     /// drained at its declared link's rate.
     pub model: LinkModel,
@@ -101,28 +111,6 @@ impl VolunteerLive {
     /// How fast the server's checks found it against its peers (1.0 unless slower).
     pub fn observed_speed(&self) -> f64 {
         self.observed_speed
-    }
-}
-
-impl VolunteerLive {
-    /// Redirects issued since its last report and within `window` of `now`: customers its
-    /// report cannot know of yet and that are probably still downloading. Without the window,
-    /// a long announce interval would count downloads long finished.
-    pub fn unreported_within(&self, window: Duration, now: Instant) -> u32 {
-        let since = self
-            .last_report
-            .max(now.checked_sub(window).unwrap_or(self.last_report));
-        // `recent` is in time order: a binary search, not a walk, on the request path.
-        let n = self.recent.len() - self.recent.partition_point(|t| *t <= since);
-        (n as u32).min(self.issued_since_report)
-    }
-
-    /// Redirects issued within `window` of `now`.
-    pub fn issued_within(&self, window: Duration, now: Instant) -> usize {
-        match now.checked_sub(window) {
-            Some(cut) => self.recent.len() - self.recent.partition_point(|t| *t < cut),
-            None => self.recent.len(),
-        }
     }
 }
 
@@ -187,17 +175,15 @@ pub enum RegistryError {
     Replay { got: u64, last: u64 },
 }
 
-/// How many redirect timestamps are kept per volunteer: enough for any window the
-/// least-connections estimate uses at realistic rates, bounded so memory is too.
-const RECENT_CAP: usize = 4096;
-
 #[derive(Debug)]
 pub struct Registry {
     /// Sorted by id: listings are stable, and a position is what the request path samples.
     volunteers: Vec<VolunteerLive>,
     index: HashMap<String, usize>,
-    /// How long a redirect's timestamp is kept (the redirector's connection window).
-    window: Duration,
+    /// How redirects are counted within the redirector's connection window.
+    slicing: Slicing,
+    /// Repository names, one shared copy each.
+    repo_names: Vec<Arc<str>>,
     /// Volunteers whose bytes failed a check. Kept apart from the live state so that it holds
     /// whether or not they announce.
     quarantined: std::collections::HashSet<String>,
@@ -211,7 +197,8 @@ impl Registry {
         Registry {
             volunteers: Vec::new(),
             index: HashMap::new(),
-            window: Duration::from_secs(10),
+            slicing: Slicing::new(Duration::from_secs(10), Instant::now()),
+            repo_names: Vec::new(),
             quarantined: Default::default(),
             observed_speed: HashMap::new(),
             timeout,
@@ -224,7 +211,16 @@ impl Registry {
 
     /// How long redirects count as open connections; older timestamps are dropped.
     pub fn set_connection_window(&mut self, window: Duration) {
-        self.window = window;
+        self.slicing = Slicing::new(window, Instant::now());
+    }
+
+    fn repo_name(&mut self, repo: &str) -> Arc<str> {
+        if let Some(r) = self.repo_names.iter().find(|r| ***r == *repo) {
+            return r.clone();
+        }
+        let r: Arc<str> = repo.into();
+        self.repo_names.push(r.clone());
+        r
     }
 
     fn reindex(&mut self) {
@@ -265,7 +261,7 @@ impl Registry {
                         issued_since_report: 0,
                         issued_total: 0,
                         issued_bytes: 0,
-                        recent: VecDeque::new(),
+                        recent: RecentCounts::default(),
                         model: LinkModel::default(),
                         draining,
                         paused: report.paused,
@@ -283,6 +279,7 @@ impl Registry {
                 at
             }
         };
+        let repo_name = self.repo_name(repo);
         let v = &mut self.volunteers[i];
         if report.seq <= v.last_seq {
             return Err(RegistryError::Replay {
@@ -298,7 +295,7 @@ impl Registry {
         if *v.url != *report.url {
             v.url = report.url.as_str().into();
         }
-        v.generations.insert(repo, report.generation);
+        v.generations.insert(repo_name, report.generation);
         v.load = Load {
             customer_conns: report.customer_conns,
             sync_conns: report.sync_conns,
@@ -407,7 +404,7 @@ impl Registry {
         if v.quarantined {
             return Err(Exclusion::Quarantined);
         }
-        let held = *v.generations.get(repo).ok_or(Exclusion::NotMirroring)?;
+        let held = v.generations.get(repo).ok_or(Exclusion::NotMirroring)?;
         if held > latest {
             return Err(Exclusion::Ahead { held, latest });
         }
@@ -485,20 +482,17 @@ impl Registry {
     }
 
     /// Redirects to the volunteer at position `i` that are probably still open, in O(1):
-    /// `(unreported, recent)`, as [`VolunteerLive::unreported_within`] and
-    /// [`VolunteerLive::issued_within`] with the registry's window. Drops timestamps that
-    /// left the window first, so what remains is exactly the window's, and brings its
-    /// [`LinkModel`] up to `now`.
+    /// `(unreported, recent)`: those within the connection window, and of them the ones
+    /// since its last report (at most all of them: the newest are the unreported ones).
+    /// Brings its [`LinkModel`] up to `now` too.
     pub fn open_redirects(&mut self, i: usize, now: Instant) -> (u32, usize) {
-        let window = self.window;
+        let slicing = self.slicing;
         let Some(v) = self.volunteers.get_mut(i) else {
             return (0, 0);
         };
         v.model.advance(now);
-        drop_older_than(&mut v.recent, window, now);
-        let recent = v.recent.len();
-        // The unreported ones are the newest `issued_since_report`; all left are in the window.
-        ((recent as u32).min(v.issued_since_report), recent)
+        let recent = v.recent.count(&slicing, now);
+        (recent.min(v.issued_since_report), recent as usize)
     }
 
     /// Experiments only (the `oracle`): the exact number of customers the volunteer at
@@ -524,7 +518,7 @@ impl Registry {
 
     /// [`Self::note_redirect`] for a position [`Self::sample`] returned.
     pub fn note_redirect_at(&mut self, i: usize, bytes: u64, now: Instant) {
-        let window = self.window;
+        let slicing = self.slicing;
         let Some(v) = self.volunteers.get_mut(i) else {
             return;
         };
@@ -532,13 +526,7 @@ impl Registry {
         v.issued_total += 1;
         v.issued_bytes += bytes;
         v.model.add(bytes, now);
-        // Timestamps older than the window count for nothing: drop them as we go, so the
-        // queue holds one window of redirects, not a flood's history.
-        drop_older_than(&mut v.recent, window, now);
-        if v.recent.len() >= RECENT_CAP {
-            v.recent.pop_front();
-        }
-        v.recent.push_back(now);
+        v.recent.add(&slicing, now);
     }
 
     pub fn get(&self, id: &str) -> Option<&VolunteerLive> {
@@ -562,15 +550,6 @@ fn typical_remaining(v: &VolunteerLive) -> u64 {
     match v.issued_bytes.checked_div(v.issued_total) {
         Some(mean) => mean / 2,
         None => 512 * 1024,
-    }
-}
-
-fn drop_older_than(recent: &mut VecDeque<Instant>, window: Duration, now: Instant) {
-    while recent
-        .front()
-        .is_some_and(|t| now.saturating_duration_since(*t) > window)
-    {
-        recent.pop_front();
     }
 }
 
@@ -633,12 +612,9 @@ mod tests {
         r.report("deb", &report("a", 6, 1, 1), false, t0).unwrap();
         assert_eq!(r.get("a").unwrap().issued_since_report, 0);
         assert_eq!(r.get("a").unwrap().issued_total, 4);
-        assert_eq!(
-            r.get("a")
-                .unwrap()
-                .issued_within(Duration::from_secs(1), t0),
-            4
-        );
+        let i = r.index["a"];
+        // Still counted as open within the window, but none since the report.
+        assert_eq!(r.open_redirects(i, t0), (0, 4));
     }
 
     #[test]
@@ -713,7 +689,7 @@ mod tests {
             d.dedup();
             assert_eq!(d.len(), 8, "eight distinct eligible volunteers");
             for &i in &out {
-                assert_eq!(r.at(i).generations["deb"], 2);
+                assert_eq!(r.at(i).generations.get("deb"), Some(2));
                 seen.insert(i);
             }
         }
@@ -736,7 +712,7 @@ mod tests {
     }
 
     #[test]
-    fn old_redirect_timestamps_are_dropped() {
+    fn redirects_count_within_the_connection_window() {
         let t0 = Instant::now();
         let mut r = Registry::new(Duration::from_secs(100));
         r.set_connection_window(Duration::from_secs(10));
@@ -744,41 +720,23 @@ mod tests {
         for s in 0..30 {
             r.note_redirect("a", 1, t0 + Duration::from_secs(s));
         }
-        let v = r.get("a").unwrap();
-        assert_eq!(
-            v.recent.len(),
-            11,
-            "only the last window of redirects is kept"
-        );
-        assert_eq!(v.issued_total, 30);
-        assert_eq!(
-            v.issued_within(Duration::from_secs(5), t0 + Duration::from_secs(29)),
-            6
-        );
-        // The O(1) counts agree with the searches.
-        let later = t0 + Duration::from_millis(35_500);
-        let (u, w) = (
-            v.unreported_within(Duration::from_secs(10), later),
-            v.issued_within(Duration::from_secs(10), later),
-        );
         let i = r.index["a"];
-        assert_eq!(r.open_redirects(i, later), (u, w));
-        assert_eq!(w, 4);
-    }
-
-    #[test]
-    fn unreported_redirects_age_out() {
-        let t0 = Instant::now();
-        let mut r = Registry::new(Duration::from_secs(100));
-        // Keep every timestamp: this test asks about windows other than the registry's.
-        r.set_connection_window(Duration::from_secs(100));
-        r.report("deb", &report("a", 1, 1, 0), false, t0).unwrap();
-        r.note_redirect("a", 1, t0 + Duration::from_secs(1));
-        r.note_redirect("a", 1, t0 + Duration::from_secs(20));
-        let v = r.get("a").unwrap();
-        let w = Duration::from_secs(10);
-        assert_eq!(v.unreported_within(w, t0 + Duration::from_secs(21)), 1);
-        assert_eq!(v.unreported_within(w, t0 + Duration::from_secs(5)), 2);
-        assert_eq!(v.unreported_within(w, t0 + Duration::from_secs(40)), 0);
+        assert_eq!(r.get("a").unwrap().issued_total, 30);
+        // The last ten seconds' (exact to a slice of the window), all of them since the
+        // report at t0.
+        let (u, w) = r.open_redirects(i, t0 + Duration::from_millis(29_500));
+        assert!((10..=11).contains(&w), "{w}");
+        assert_eq!(u as usize, w);
+        // A report: those open stay counted as open, none as unreported.
+        r.report("deb", &report("a", 2, 1, 3), false, t0 + Duration::from_secs(30))
+            .unwrap();
+        let (u, w) = r.open_redirects(i, t0 + Duration::from_millis(30_500));
+        assert_eq!(u, 0);
+        assert!((9..=11).contains(&w), "{w}");
+        r.note_redirect("a", 1, t0 + Duration::from_secs(31));
+        let (u, _) = r.open_redirects(i, t0 + Duration::from_millis(31_500));
+        assert_eq!(u, 1);
+        // Long after: nothing is open.
+        assert_eq!(r.open_redirects(i, t0 + Duration::from_secs(60)), (0, 0));
     }
 }

@@ -54,6 +54,11 @@ pub struct SpeedArgs {
     /// MiB of random data for the hashing part.
     #[arg(long, default_value_t = 1024)]
     hash_mib: usize,
+    /// Runs of each side in a comparison, ours and the reference taking turns (both servers
+    /// up throughout); the median run of each is reported. On a shared machine whose speed
+    /// drifts from minute to minute, alternating keeps the ratio fair.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
 }
 
 /// What a row's figure is held to.
@@ -166,8 +171,8 @@ pub async fn run(a: SpeedArgs) -> Result<()> {
             bail!("unknown part `{p}`: choose from redirect, announce, serve, publish");
         }
     }
-    if a.secs == 0 || a.connections == 0 || a.files == 0 {
-        bail!("--secs, --connections and --files must be at least 1");
+    if a.secs == 0 || a.connections == 0 || a.files == 0 || a.rounds == 0 {
+        bail!("--secs, --connections, --files and --rounds must be at least 1");
     }
     procs::require("wrk", "wrk")?;
     procs::require("taskset", "util-linux")?;

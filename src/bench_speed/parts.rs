@@ -59,17 +59,6 @@ fn tool_version(program: &str, flag: &str) -> String {
 }
 
 /// Warm up, then measure; refuse a run in which anything failed, since its rate would lie.
-fn measure(
-    a: &SpeedArgs,
-    url: &str,
-    script: &str,
-    conns: u32,
-    cores: Cores,
-    what: &str,
-) -> Result<Load> {
-    measure_with(a, url, script, conns, cores, what, false)
-}
-
 /// `resets_expected`: the server closes every connection with a reset after its answer
 /// (opentracker does), which wrk counts as a read error although the answer arrived whole.
 fn measure_with(
@@ -121,6 +110,54 @@ fn measure_with(
         l.p99_ms
     );
     Ok(l)
+}
+
+/// One side of a comparison: where it listens, and what to call it.
+struct Side<'a> {
+    url: &'a str,
+    what: &'a str,
+    /// It resets each connection after its answer (opentracker).
+    resets_expected: bool,
+}
+
+/// Ours and the reference under the same load, taking turns `--rounds` times; the median run
+/// of each (by rate).
+fn side_by_side(
+    a: &SpeedArgs,
+    ours: Side<'_>,
+    theirs: Side<'_>,
+    script: &str,
+    conns: u32,
+    cores: Cores,
+) -> Result<(Load, Load)> {
+    let (mut mine, mut refs) = (Vec::new(), Vec::new());
+    for _ in 0..a.rounds {
+        for (side, runs) in [(&ours, &mut mine), (&theirs, &mut refs)] {
+            runs.push(measure_with(
+                a,
+                side.url,
+                script,
+                conns,
+                cores,
+                side.what,
+                side.resets_expected,
+            )?);
+        }
+    }
+    Ok((median_load(mine), median_load(refs)))
+}
+
+fn median_load(mut runs: Vec<Load>) -> Load {
+    runs.sort_by(|x, y| x.per_sec().total_cmp(&y.per_sec()));
+    runs[runs.len() / 2]
+}
+
+fn ours<'a>(url: &'a str, what: &'a str) -> Side<'a> {
+    Side {
+        url,
+        what,
+        resets_expected: false,
+    }
 }
 
 fn latency_detail(ours: &Load, reference: &Load, name: &str) -> String {
@@ -252,14 +289,17 @@ pub async fn redirect(a: &SpeedArgs) -> Result<Vec<Row>> {
         detail: "every file read and hashed; includes the server's start".into(),
     });
 
-    let ours_one = measure(
+    let nginx_302 = "    location / { return 302 http://10.0.0.1:8080$request_uri; }";
+    let ng = start_nginx(&a.work, "redirect-1", Cores::One, nginx_302).await?;
+    let (ours_one, nginx_one) = side_by_side(
         a,
-        &srv.url,
+        ours(&srv.url, "mirrorswarm redirects"),
+        ours(&ng.url, "nginx return 302"),
         &script,
         a.connections,
         Cores::One,
-        "mirrorswarm redirects",
     )?;
+    drop(ng);
     let mut republish = Vec::new();
     for _ in 0..3 {
         republish.push(publish_secs(&srv.data_dir)?);
@@ -284,18 +324,6 @@ pub async fn redirect(a: &SpeedArgs) -> Result<Vec<Row>> {
         ),
     });
     drop(srv);
-
-    let nginx_302 = "    location / { return 302 http://10.0.0.1:8080$request_uri; }";
-    let ng = start_nginx(&a.work, "redirect-1", Cores::One, nginx_302).await?;
-    let nginx_one = measure(
-        a,
-        &ng.url,
-        &script,
-        a.connections,
-        Cores::One,
-        "nginx return 302",
-    )?;
-    drop(ng);
     rows.push(Row {
         part: "redirect",
         case: format!("1 core, {} connections", a.connections),
@@ -316,25 +344,17 @@ pub async fn redirect(a: &SpeedArgs) -> Result<Vec<Row>> {
     )
     .await?;
     population::announce_all(&srv.url, "bench", 1, &members).await?;
-    let ours_all = measure(
-        a,
-        &srv.url,
-        &script,
-        a.connections,
-        Cores::All,
-        "mirrorswarm redirects",
-    )?;
-    drop(srv);
     let ng = start_nginx(&a.work, "redirect-all", Cores::All, nginx_302).await?;
-    let nginx_all = measure(
+    let (ours_all, nginx_all) = side_by_side(
         a,
-        &ng.url,
+        ours(&srv.url, "mirrorswarm redirects"),
+        ours(&ng.url, "nginx return 302"),
         &script,
         a.connections,
         Cores::All,
-        "nginx return 302",
     )?;
     drop(ng);
+    drop(srv);
     rows.push(Row {
         part: "redirect",
         case: format!("all cores, {} connections", a.connections),
@@ -398,27 +418,26 @@ pub async fn announce(a: &SpeedArgs) -> Result<Vec<Row>> {
         )
         .await?;
         check_announce(&srv.url, &hashes[0]).await?;
-        let ours = measure(
-            a,
-            &format!("{}/announce", srv.url),
-            &script,
-            a.connections,
-            cores,
-            "mirrorswarm announces",
-        )?;
-        drop(srv);
         let ot = start_opentracker(&a.work, cores, &list).await?;
         check_announce(&ot.url, &hashes[0]).await?;
-        let theirs = measure_with(
+        let (ours_url, ot_url) = (
+            format!("{}/announce", srv.url),
+            format!("{}/announce", ot.url),
+        );
+        let (ours, theirs) = side_by_side(
             a,
-            &format!("{}/announce", ot.url),
+            ours(&ours_url, "mirrorswarm announces"),
+            Side {
+                url: &ot_url,
+                what: "opentracker announces",
+                resets_expected: true,
+            },
             &script,
             a.connections,
             cores,
-            "opentracker announces",
-            true,
         )?;
         drop(ot);
+        drop(srv);
         rows.push(Row {
             part: "announce",
             case: format!(
@@ -539,28 +558,26 @@ pub async fn serve(a: &SpeedArgs) -> Result<Vec<Row>> {
         let (vol, vurl) =
             start_volunteer(a, &srv.url, token.as_deref(), &tree, cores, &probe).await?;
         token = None;
-        let ours_small = measure(
-            a,
-            &vurl,
-            &small_script,
-            a.connections,
-            cores,
-            "volunteer 16 KiB",
-        )?;
-        let ours_large = measure(a, &vurl, &large_script, 16, cores, "volunteer 4 MiB")?;
-        drop(vol);
         let body = format!("    root {};\n    location / {{ }}", root.display());
         let ng = start_nginx(&a.work, "serve", cores, &body).await?;
-        let ng_small = measure(
+        let (ours_small, ng_small) = side_by_side(
             a,
-            &ng.url,
+            ours(&vurl, "volunteer 16 KiB"),
+            ours(&ng.url, "nginx 16 KiB"),
             &small_script,
             a.connections,
             cores,
-            "nginx 16 KiB",
         )?;
-        let ng_large = measure(a, &ng.url, &large_script, 16, cores, "nginx 4 MiB")?;
+        let (ours_large, ng_large) = side_by_side(
+            a,
+            ours(&vurl, "volunteer 4 MiB"),
+            ours(&ng.url, "nginx 4 MiB"),
+            &large_script,
+            16,
+            cores,
+        )?;
         drop(ng);
+        drop(vol);
         for (label, ours, theirs, conns, size) in [
             ("16 KiB", ours_small, ng_small, a.connections, 16.0 * 1024.0),
             ("4 MiB", ours_large, ng_large, 16, 4.0 * 1048576.0),

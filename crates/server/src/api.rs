@@ -159,7 +159,12 @@ pub async fn volunteers(State(st): State<Arc<AppState>>) -> Json<Vec<VolunteerVi
                 state: state.into(),
                 quarantine: c.quarantine.clone(),
                 generations: live
-                    .map(|v| v.generations.iter().map(|(k, g)| (k.to_string(), g)).collect())
+                    .map(|v| {
+                        v.generations
+                            .iter()
+                            .map(|(k, g)| (k.to_string(), g))
+                            .collect()
+                    })
                     .unwrap_or_default(),
                 customer_conns: live.map_or(0, |v| v.load.customer_conns),
                 sync_conns: live.map_or(0, |v| v.load.sync_conns),

@@ -181,7 +181,11 @@ fn due_now(st: &AppState, now: Instant) -> Vec<Due> {
             due.push(Due {
                 id: v.id.clone(),
                 url: v.url.to_string(),
-                generations: v.generations.iter().map(|(r, g)| (r.to_string(), g)).collect(),
+                generations: v
+                    .generations
+                    .iter()
+                    .map(|(r, g)| (r.to_string(), g))
+                    .collect(),
                 suspect: tr.suspect.clone(),
             });
         }

@@ -6,8 +6,8 @@
 //! redirector can log it and the admin can see it.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::link_model::{LinkModel, Reported};
@@ -728,8 +728,13 @@ mod tests {
         assert!((10..=11).contains(&w), "{w}");
         assert_eq!(u as usize, w);
         // A report: those open stay counted as open, none as unreported.
-        r.report("deb", &report("a", 2, 1, 3), false, t0 + Duration::from_secs(30))
-            .unwrap();
+        r.report(
+            "deb",
+            &report("a", 2, 1, 3),
+            false,
+            t0 + Duration::from_secs(30),
+        )
+        .unwrap();
         let (u, w) = r.open_redirects(i, t0 + Duration::from_millis(30_500));
         assert_eq!(u, 0);
         assert!((9..=11).contains(&w), "{w}");

@@ -237,6 +237,15 @@ async fn read_more(
             Ok(0) => return Err(ReadEnd::Eof),
             Ok(n) => {
                 input.extend_from_slice(&chunk[..n]);
+                if n < room {
+                    // A short read took all there was. Say so, so that the next read waits
+                    // for the socket to be readable instead of trying a `recv` that can only
+                    // fail (one wasted system call per request on a keep-alive connection).
+                    // Data arriving meanwhile raises a new readiness event, so none is missed.
+                    let _ = stream.try_io(Interest::READABLE, || {
+                        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                    });
+                }
                 return Ok(());
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

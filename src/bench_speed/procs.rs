@@ -14,15 +14,12 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Start `cmd` with stdin closed and stdout/stderr appended to `log`, in a process
-    /// group of its own (so that nginx's workers die with their master).
+    /// Start `cmd` with stdin closed and stdout/stderr appended to `log`.
     pub fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Result<Proc> {
-        use std::os::unix::process::CommandExt;
         let out =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
         let child = cmd
-            .process_group(0)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -59,12 +56,19 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        // The whole group: a master's workers would otherwise live on, holding their port
-        // and taking CPU from the runs after.
+        // SIGTERM first: nginx's master then stops its workers, which a SIGKILL would leave
+        // running, holding their port and taking CPU from the runs after.
         let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .args(["-TERM", &self.child.id().to_string()])
             .stderr(Stdio::null())
             .status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -71,13 +71,20 @@ pub fn encode_path_segment(segment: &str) -> String {
 
 /// [`encode_path_segment`] appending to `out` (no allocation of its own).
 pub fn push_encoded_segment(out: &mut String, segment: &str) {
-    for &b in segment.as_bytes() {
-        let keep = b.is_ascii_alphanumeric()
+    fn keep(b: u8) -> bool {
+        b.is_ascii_alphanumeric()
             || matches!(
                 b,
                 b'-' | b'.' | b'_' | b'~' | b'+' | b'=' | b'@' | b'!' | b'$' | b','
-            );
-        if keep {
+            )
+    }
+    // Most names need no escape at all: copy them whole.
+    if segment.bytes().all(keep) {
+        out.push_str(segment);
+        return;
+    }
+    for &b in segment.as_bytes() {
+        if keep(b) {
             out.push(char::from(b));
         } else {
             let _ = write!(out, "%{b:02X}");

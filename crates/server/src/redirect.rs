@@ -87,8 +87,9 @@ pub fn choose(
     let now = Instant::now();
     let mut rng = rand::thread_rng();
     let mut reg = lock(&st.registry);
-    let k = want.max(BEST_OF);
-    let mut sample = Vec::with_capacity(k.max(SMALL_POOL));
+    let k = want.clamp(BEST_OF, MAX_SAMPLE);
+    // The sample's buffer is the thread's, reused: this runs for every redirect.
+    let mut sample = SAMPLE_BUF.with(|b| std::mem::take(&mut *b.borrow_mut()));
     reg.sample(
         &snap.name,
         entry.changed_in,
@@ -98,6 +99,7 @@ pub fn choose(
         &mut |n| rng.gen_range(0..n),
         &mut sample,
     );
+    sample.truncate(MAX_SAMPLE);
     // The oracle's models are corrected by exact live counts before it chooses.
     if st.policy.wants_exact_load() {
         let live = crate::state::read(&st.oracle_live);
@@ -107,7 +109,10 @@ pub fn choose(
             }
         }
     }
-    let open: Vec<(u32, usize)> = sample.iter().map(|&i| reg.open_redirects(i, now)).collect();
+    let mut open = [(0u32, 0usize); MAX_SAMPLE];
+    for (o, &i) in open.iter_mut().zip(&sample) {
+        *o = reg.open_redirects(i, now);
+    }
     let cands: Vec<Candidate> = sample
         .iter()
         .zip(&open)
@@ -149,7 +154,17 @@ pub fn choose(
     if let Some(&first) = order.first().and_then(|&i| sample.get(i)) {
         reg.note_redirect_at(first, entry.size, now);
     }
+    drop(reg);
+    SAMPLE_BUF.with(|b| *b.borrow_mut() = sample);
     chosen
+}
+
+/// Candidates a policy sees at most (a small pool whole, or a Metalink's many sources).
+const MAX_SAMPLE: usize = 16;
+
+thread_local! {
+    static SAMPLE_BUF: std::cell::RefCell<Vec<usize>> =
+        std::cell::RefCell::new(Vec::with_capacity(MAX_SAMPLE));
 }
 
 /// The header that tells a verifying client (`mirrorswarm proxy`) how many bytes to expect
@@ -442,7 +457,10 @@ impl<'a> Redirect<'a> {
     /// value built in one scratch buffer. The choice depends on live load: never cached.
     fn each_header(&self, mut emit: impl FnMut(&'static str, &[u8])) {
         use base64::Engine as _;
-        let mut v = Vec::with_capacity(512);
+        // Room for the longest value, the Link header: every alternative's URL, the
+        // origin's and the Metalink's.
+        let url = self.public_url.len().max(self.base.len()) + self.encoded.len() + 48;
+        let mut v = Vec::with_capacity(url * (self.alternatives.len() + 3));
         self.push_url(&mut v, &self.base);
         emit("location", &v);
 

@@ -70,6 +70,7 @@ struct Running {
 async fn start(limits: Limits) -> Running {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("small.txt"), b"small file\n").unwrap();
+    std::fs::write(dir.path().join("empty"), b"").unwrap();
     let big: Vec<u8> = (0..(3u32 << 20)).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(dir.path().join("big.bin"), &big).unwrap();
     let active = Arc::new(AtomicUsize::new(0));
@@ -257,9 +258,13 @@ async fn files_go_out_whole_and_release_their_guard() {
     let srv = start(limits()).await;
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
     let mut pending = Vec::new();
-    s.write_all(b"GET /file/big.bin HTTP/1.1\r\n\r\nGET /file/small.txt HTTP/1.1\r\n\r\n")
-        .await
-        .unwrap();
+    // An empty file between two others: its head is sent alone (no body follows to carry
+    // it), and the next answer must still come.
+    s.write_all(
+        b"GET /file/big.bin HTTP/1.1\r\n\r\nGET /file/empty HTTP/1.1\r\n\r\nGET /file/small.txt HTTP/1.1\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let big = read_resp(&mut s, &mut pending, false).await;
     assert_eq!(big.status, 200);
     let want: Vec<u8> = (0..(3u32 << 20)).map(|i| (i * 7 % 251) as u8).collect();
@@ -268,6 +273,10 @@ async fn files_go_out_whole_and_release_their_guard() {
     assert!(big.head.contains("etag: w/\""), "{}", big.head);
     assert!(big.head.contains("last-modified: "));
     assert!(big.head.contains("content-type: application/octet-stream"));
+    let empty = read_resp(&mut s, &mut pending, false).await;
+    assert_eq!(empty.status, 200);
+    assert!(empty.head.contains("content-length: 0"), "{}", empty.head);
+    assert!(empty.body.is_empty());
     let small = read_resp(&mut s, &mut pending, false).await;
     assert_eq!(small.body, b"small file\n");
     assert!(small.head.contains("content-type: text/plain"));

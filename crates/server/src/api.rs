@@ -393,7 +393,7 @@ pub async fn stats(State(st): State<Arc<AppState>>) -> Response {
         "spot_checks_inconclusive": st.spot.inconclusive.load(std::sync::atomic::Ordering::Relaxed),
         "customer_reports": st.spot.reports.load(std::sync::atomic::Ordering::Relaxed),
         "redirects_to_volunteers": st.counters.outcome(crate::metrics::Outcome::Volunteer),
-        "redirected_bytes": st.counters.redirected_bytes.load(std::sync::atomic::Ordering::Relaxed),
+        "redirected_bytes": st.counters.redirected_bytes.sum(),
         "origin_requests": st.counters.outcome(crate::metrics::Outcome::OriginSmall)
             + st.counters.outcome(crate::metrics::Outcome::OriginNoVolunteer)
             + st.counters.outcome(crate::metrics::Outcome::OriginRequested),

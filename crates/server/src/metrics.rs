@@ -38,9 +38,9 @@ const OUTCOMES: [(Outcome, &str); 5] = [
 
 #[derive(Default)]
 pub struct Counters {
-    outcomes: [AtomicU64; 5],
+    outcomes: [Striped; 5],
     /// Bytes of the files customers were redirected to volunteers for.
-    pub redirected_bytes: AtomicU64,
+    pub redirected_bytes: Striped,
     pub announces_ok: AtomicU64,
     pub announces_refused: AtomicU64,
     pub quarantines: AtomicU64,
@@ -48,11 +48,46 @@ pub struct Counters {
 
 impl Counters {
     pub fn count(&self, o: Outcome) {
-        self.outcomes[o as usize].fetch_add(1, Ordering::Relaxed);
+        self.outcomes[o as usize].add(1);
     }
 
     pub fn outcome(&self, o: Outcome) -> u64 {
-        self.outcomes[o as usize].load(Ordering::Relaxed)
+        self.outcomes[o as usize].sum()
+    }
+}
+
+/// Stripes of a [`Striped`] counter: threads beyond this many share them.
+const STRIPES: usize = 8;
+
+/// A counter every request bumps, kept in one cache line per thread and summed when read:
+/// a single atomic that every core adds to moves its cache line between the cores on each
+/// request.
+#[derive(Default)]
+pub struct Striped([Stripe; STRIPES]);
+
+#[derive(Default)]
+#[repr(align(64))]
+struct Stripe(AtomicU64);
+
+thread_local! {
+    /// This thread's stripe, given out in turn as threads first count.
+    static STRIPE: usize = {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed) as usize % STRIPES
+    };
+}
+
+impl Striped {
+    pub fn add(&self, n: u64) {
+        let i = STRIPE.with(|i| *i);
+        self.0[i].0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn sum(&self) -> u64 {
+        self.0
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
     }
 }
 
@@ -89,7 +124,7 @@ pub fn render(st: &AppState) -> String {
             "mirrorswarm_redirected_bytes_total",
             "counter",
             "Bytes of the files customers were redirected to volunteers for.",
-            c.redirected_bytes.load(Ordering::Relaxed),
+            c.redirected_bytes.sum(),
         ),
         (
             "mirrorswarm_origin_http_bytes_total",
@@ -257,4 +292,30 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         render(&st),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_striped_counter_sums_what_every_thread_added() {
+        let c = Arc::new(Striped::default());
+        // More threads than stripes, so some share one.
+        let threads: Vec<_> = (0..STRIPES + 3)
+            .map(|t| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        c.add(t as u64 + 1);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let n = (STRIPES + 3) as u64;
+        assert_eq!(c.sum(), 1000 * n * (n + 1) / 2);
+    }
 }

@@ -293,9 +293,7 @@ impl FileRequest<'_> {
             &self.entry,
         )?;
         st.counters.count(Outcome::Volunteer);
-        st.counters
-            .redirected_bytes
-            .fetch_add(self.entry.size, std::sync::atomic::Ordering::Relaxed);
+        st.counters.redirected_bytes.add(self.entry.size);
         Some(r)
     }
 }

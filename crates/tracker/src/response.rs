@@ -21,6 +21,20 @@ pub fn announce_response(
     compact: bool,
     extra: &[(&str, Value)],
 ) -> Vec<u8> {
+    if compact && extra.is_empty() {
+        return compact_announce_response(interval_secs, min_interval_secs, outcome);
+    }
+    announce_via_dict(interval_secs, min_interval_secs, outcome, compact, extra)
+}
+
+/// Any announce response, built as a dictionary and encoded.
+fn announce_via_dict(
+    interval_secs: u32,
+    min_interval_secs: u32,
+    outcome: &AnnounceOutcome,
+    compact: bool,
+    extra: &[(&str, Value)],
+) -> Vec<u8> {
     let mut dict: Vec<(&str, Value)> = extra.to_vec();
     dict.push(("interval", Value::Int(i64::from(interval_secs))));
     dict.push(("min interval", Value::Int(i64::from(min_interval_secs))));
@@ -61,6 +75,71 @@ pub fn announce_response(
     // Value::dict keeps the last duplicate, so standard keys (pushed after
     // `extra`) win; the BTreeMap sorts keys as bencode requires.
     encode(&Value::dict(dict))
+}
+
+/// The common answer (compact, no extra keys) written straight into one buffer, keys in
+/// bencode's sorted order: what nearly every announce gets, so no dictionary is built.
+fn compact_announce_response(
+    interval_secs: u32,
+    min_interval_secs: u32,
+    outcome: &AnnounceOutcome,
+) -> Vec<u8> {
+    let v6 = outcome.peers.iter().filter(|a| a.is_ipv6()).count();
+    let v4 = outcome.peers.len() - v6;
+    let mut out = Vec::with_capacity(96 + 6 * v4 + 18 * v6);
+    out.push(b'd');
+    push_int(&mut out, b"8:complete", outcome.complete);
+    push_int(&mut out, b"10:incomplete", outcome.incomplete);
+    push_int(&mut out, b"8:interval", interval_secs);
+    push_int(&mut out, b"12:min interval", min_interval_secs);
+    out.extend_from_slice(b"5:peers");
+    push_len(&mut out, 6 * v4);
+    for a in &outcome.peers {
+        if let SocketAddr::V4(a) = a {
+            out.extend_from_slice(&a.ip().octets());
+            out.extend_from_slice(&a.port().to_be_bytes());
+        }
+    }
+    if v6 > 0 {
+        out.extend_from_slice(b"6:peers6");
+        push_len(&mut out, 18 * v6);
+        for a in &outcome.peers {
+            if let SocketAddr::V6(a) = a {
+                out.extend_from_slice(&a.ip().octets());
+                out.extend_from_slice(&a.port().to_be_bytes());
+            }
+        }
+    }
+    out.push(b'e');
+    out
+}
+
+/// `key` (already a bencoded string) and `i<n>e`.
+fn push_int(out: &mut Vec<u8>, key: &[u8], n: u32) {
+    out.extend_from_slice(key);
+    out.push(b'i');
+    push_decimal(out, n as usize);
+    out.push(b'e');
+}
+
+/// A byte string's length prefix, `<n>:`.
+fn push_len(out: &mut Vec<u8>, n: usize) {
+    push_decimal(out, n);
+    out.push(b':');
+}
+
+fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// A BEP 3 failure response carrying a human-readable reason.
@@ -113,6 +192,36 @@ mod tests {
         want.extend_from_slice(&[1, 0x12, 0x34]);
         want.push(b'e');
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn the_direct_compact_writer_matches_the_encoder() {
+        let many: Vec<SocketAddr> = (0..120u16)
+            .map(|i| {
+                if i % 3 == 0 {
+                    SocketAddr::new(IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, i)), i)
+                } else {
+                    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, (i >> 8) as u8, i as u8)), i)
+                }
+            })
+            .collect();
+        let cases = [
+            AnnounceOutcome::default(),
+            outcome(),
+            AnnounceOutcome {
+                peers: many,
+                complete: u32::MAX,
+                incomplete: 10,
+            },
+        ];
+        for o in &cases {
+            for (interval, min) in [(0, 0), (1800, 900), (u32::MAX, 1)] {
+                assert_eq!(
+                    compact_announce_response(interval, min, o),
+                    announce_via_dict(interval, min, o, true, &[]),
+                );
+            }
+        }
     }
 
     #[test]

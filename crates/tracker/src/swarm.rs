@@ -5,11 +5,13 @@
 //! periodically. Liveness is also checked on every read, so stale peers
 //! are never handed out even between expiry runs.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rand::seq::{IteratorRandom, SliceRandom};
+use rand::seq::SliceRandom;
+use rand::Rng;
 
 use crate::announce::{AnnounceRequest, Event};
 
@@ -62,24 +64,68 @@ pub enum SwarmError {
 
 #[derive(Debug, Clone)]
 struct Peer {
+    id: [u8; 20],
     addr: SocketAddr,
     left: u64,
     last_seen: Instant,
 }
 
+/// One torrent's peers in a vector (scanned for counts and read as a window for a reply,
+/// both in order through memory), with a map from peer id to place for the announces that
+/// update them. Removal moves the last peer into the hole.
 #[derive(Debug, Default)]
 struct Swarm {
-    peers: HashMap<[u8; 20], Peer>,
+    peers: Vec<Peer>,
+    index: HashMap<[u8; 20], usize>,
     downloaded: u32,
 }
 
 impl Swarm {
+    fn get(&self, id: &[u8; 20]) -> Option<&Peer> {
+        self.peers.get(*self.index.get(id)?)
+    }
+
+    /// Add the peer, or update it in place if its id is known.
+    fn upsert(&mut self, peer: Peer) {
+        match self.index.get(&peer.id) {
+            Some(&i) => self.peers[i] = peer,
+            None => {
+                self.index.insert(peer.id, self.peers.len());
+                self.peers.push(peer);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &[u8; 20]) {
+        let Some(i) = self.index.remove(id) else {
+            return;
+        };
+        self.peers.swap_remove(i);
+        if let Some(moved) = self.peers.get(i) {
+            self.index.insert(moved.id, i);
+        }
+    }
+
+    /// Keep only the peers `keep` accepts.
+    fn retain(&mut self, keep: impl Fn(&Peer) -> bool) {
+        let before = self.peers.len();
+        self.peers.retain(|p| keep(p));
+        if self.peers.len() != before {
+            self.index = self
+                .peers
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.id, i))
+                .collect();
+        }
+    }
+
     fn stats(&self, now: Instant, ttl: Duration) -> SwarmStats {
         let mut stats = SwarmStats {
             downloaded: self.downloaded,
             ..SwarmStats::default()
         };
-        for peer in self.peers.values().filter(|p| alive(p, now, ttl)) {
+        for peer in self.peers.iter().filter(|p| alive(p, now, ttl)) {
             if peer.left == 0 {
                 stats.complete = stats.complete.saturating_add(1);
             } else {
@@ -141,16 +187,17 @@ impl Swarms {
             return Ok(self.stop(req, now));
         }
 
-        if !self.swarms.contains_key(&req.info_hash) && self.swarms.len() >= self.limits.max_swarms
-        {
-            return Err(SwarmError::TooManySwarms);
-        }
-        let swarm = self.swarms.entry(req.info_hash).or_default();
+        let full = self.swarms.len() >= self.limits.max_swarms;
+        let swarm = match self.swarms.entry(req.info_hash) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(_) if full => return Err(SwarmError::TooManySwarms),
+            Entry::Vacant(e) => e.insert(Swarm::default()),
+        };
 
-        let previous = swarm.peers.get(&req.peer_id).map(|p| p.left);
+        let previous = swarm.get(&req.peer_id).map(|p| p.left);
         if previous.is_none() && swarm.peers.len() >= self.limits.max_peers_per_swarm {
             // Make room from stale entries before turning anyone away.
-            swarm.peers.retain(|_, p| alive(p, now, ttl));
+            swarm.retain(|p| alive(p, now, ttl));
             if swarm.peers.len() >= self.limits.max_peers_per_swarm {
                 if swarm.peers.is_empty() {
                     // Only possible with a zero limit; don't leave a husk.
@@ -165,14 +212,12 @@ impl Swarms {
         if req.event == Event::Completed && previous != Some(0) {
             swarm.downloaded = swarm.downloaded.saturating_add(1);
         }
-        swarm.peers.insert(
-            req.peer_id,
-            Peer {
-                addr,
-                left: req.left,
-                last_seen: now,
-            },
-        );
+        swarm.upsert(Peer {
+            id: req.peer_id,
+            addr,
+            left: req.left,
+            last_seen: now,
+        });
 
         let stats = swarm.stats(now, ttl);
         let peers = select_peers(swarm, req, now, ttl, stats.incomplete > 0);
@@ -188,7 +233,7 @@ impl Swarms {
         let Some(swarm) = self.swarms.get_mut(&req.info_hash) else {
             return AnnounceOutcome::default();
         };
-        swarm.peers.remove(&req.peer_id);
+        swarm.remove(&req.peer_id);
         let stats = swarm.stats(now, self.limits.peer_ttl);
         if swarm.peers.is_empty() {
             self.swarms.remove(&req.info_hash);
@@ -231,7 +276,7 @@ impl Swarms {
     pub fn expire(&mut self, now: Instant) {
         let ttl = self.limits.peer_ttl;
         self.swarms.retain(|_, swarm| {
-            swarm.peers.retain(|_, p| alive(p, now, ttl));
+            swarm.retain(|p| alive(p, now, ttl));
             !swarm.peers.is_empty()
         });
     }
@@ -239,6 +284,10 @@ impl Swarms {
 
 /// Up to `numwant` random live peers other than the announcer. A seeder
 /// gets only leechers when there are any: other seeders are useless to it.
+///
+/// The peers are read as a window from a random place, wrapping round, as opentracker picks
+/// them: where all are eligible every peer is as likely to be in a reply, and a reply costs
+/// about what it returns, not the size of the swarm.
 fn select_peers(
     swarm: &Swarm,
     req: &AnnounceRequest,
@@ -247,20 +296,24 @@ fn select_peers(
     leechers_exist: bool,
 ) -> Vec<SocketAddr> {
     let want = usize::try_from(req.numwant).unwrap_or(usize::MAX);
-    if want == 0 {
+    let n = swarm.peers.len();
+    if want == 0 || n == 0 {
         return Vec::new();
     }
     let only_leechers = req.left == 0 && leechers_exist;
-    let candidates = swarm
-        .peers
-        .iter()
-        .filter(|(id, p)| **id != req.peer_id && alive(p, now, ttl))
-        .filter(|(_, p)| !only_leechers || p.left > 0)
-        .map(|(_, p)| p.addr);
     let mut rng = rand::thread_rng();
-    let mut chosen = candidates.choose_multiple(&mut rng, want);
-    // choose_multiple does not randomise order; shuffle so nobody is
-    // systematically first in everyone's list.
+    let start = rng.gen_range(0..n);
+    let (tail, head) = swarm.peers.split_at(start);
+    let mut chosen: Vec<SocketAddr> = head
+        .iter()
+        .chain(tail)
+        .filter(|p| p.id != req.peer_id && alive(p, now, ttl))
+        .filter(|p| !only_leechers || p.left > 0)
+        .map(|p| p.addr)
+        .take(want)
+        .collect();
+    // Neighbours in the vector would otherwise come in the same order every time; shuffle
+    // so nobody is systematically first in everyone's list.
     chosen.shuffle(&mut rng);
     chosen
 }
@@ -671,5 +724,52 @@ mod tests {
             .announce(&req(H1, 2, 2, 1, Event::None), lo(1), t)
             .unwrap();
         assert_eq!(out.peers, vec![SocketAddr::new(moved.ip(), 4444)]);
+    }
+
+    #[test]
+    fn removing_from_the_middle_keeps_every_peer_reachable() {
+        let mut s = Swarms::new(limits());
+        let t = Instant::now();
+        for id in 1..=5u8 {
+            s.announce(&req(H1, id, u16::from(id), 1, Event::None), lo(1), t)
+                .unwrap();
+        }
+        // Peer 2 leaves: peer 5 moves into its place and must still be found by its id.
+        s.announce(&req(H1, 2, 2, 1, Event::Stopped), lo(1), t)
+            .unwrap();
+        let out = s
+            .announce(&req(H1, 5, 5, 0, Event::None), lo(1), t)
+            .unwrap();
+        assert_eq!((out.complete, out.incomplete), (1, 3));
+        assert_eq!(
+            s.peer_count(),
+            4,
+            "peer 5 updated in place, not added again"
+        );
+        s.announce(&req(H1, 5, 5, 0, Event::Stopped), lo(1), t)
+            .unwrap();
+        let out = s
+            .announce(&req(H1, 9, 9, 1, Event::None), lo(1), t)
+            .unwrap();
+        assert_eq!(set(&out.peers), set(&[lo(1), lo(3), lo(4)]));
+    }
+
+    #[test]
+    fn every_peer_gets_its_turn_in_replies() {
+        let mut s = Swarms::new(limits());
+        let t = Instant::now();
+        for id in 1..=10u8 {
+            s.announce(&req(H1, id, u16::from(id), 1, Event::None), lo(1), t)
+                .unwrap();
+        }
+        let mut r = req(H1, 1, 1, 1, Event::None);
+        r.numwant = 3;
+        let mut seen = HashSet::new();
+        for _ in 0..300 {
+            seen.extend(s.announce(&r, lo(1), t).unwrap().peers);
+        }
+        // Each of the 9 others is in a reply with probability 1/3 per draw.
+        let others: HashSet<_> = (2..=10u16).map(lo).collect();
+        assert_eq!(seen, others);
     }
 }

@@ -69,7 +69,18 @@ pub(crate) async fn wait_until<F: Fn(&serde_json::Value) -> bool>(
     pred: F,
     what: &str,
 ) -> Result<()> {
-    for _ in 0..300 {
+    wait_until_within(url, pred, what, Duration::from_secs(30)).await
+}
+
+/// [`wait_until`] with a chosen bound.
+pub(crate) async fn wait_until_within<F: Fn(&serde_json::Value) -> bool>(
+    url: &str,
+    pred: F,
+    what: &str,
+    within: Duration,
+) -> Result<()> {
+    let polls = within.as_millis().div_ceil(100).max(1);
+    for _ in 0..polls {
         if let Ok(r) = reqwest::get(url).await {
             if let Ok(v) = r.json::<serde_json::Value>().await {
                 if pred(&v) {
@@ -79,7 +90,7 @@ pub(crate) async fn wait_until<F: Fn(&serde_json::Value) -> bool>(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    bail!("timed out waiting for {what}")
+    bail!("timed out waiting for {what} ({} s)", within.as_secs())
 }
 
 pub async fn run(a: DemoArgs) -> Result<()> {

@@ -204,11 +204,22 @@ pub async fn run(a: BalanceArgs) -> Result<()> {
     for sc in plan(&a) {
         let mut args = a.clone();
         args.duration = sc.duration;
-        let r = world::run_one(&args, &work, &sc)
-            .await
-            .with_context(|| sc.label.clone())?;
+        // A run whose world did not come up (a port taken between choosing and binding it,
+        // a machine too loaded to start eight processes in time) is tried once more rather
+        // than ending an hour's study; a second failure ends it.
+        let r = match world::run_one(&args, &work, &sc).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{}: {e:#}; trying it once more", sc.label);
+                world::run_one(&args, &work, &sc)
+                    .await
+                    .with_context(|| sc.label.clone())?
+            }
+        };
         eprintln!("{}", report::md_row(&r));
         results.push((sc, r));
+        // Written after every run, so what was measured survives a later failure.
+        std::fs::write(a.out.join("results.csv"), report::csv(&results))?;
     }
     let _ = std::fs::remove_dir_all(&work);
     std::fs::write(a.out.join("results.csv"), report::csv(&results))?;

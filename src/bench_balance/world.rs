@@ -26,10 +26,15 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-fn quiet(c: &mut Command) {
+/// A child's output goes to `<log>` (kept with the run's directory for a failed run's
+/// post-mortem), none to the terminal, where the bench's own progress goes.
+fn logged(c: &mut Command, log: &Path) -> Result<()> {
+    let f = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     c.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stdout(f.try_clone()?)
+        .stderr(f)
+        .env("RUST_LOG", "warn");
+    Ok(())
 }
 
 /// Files in the benchmark repository (all of `file_size` bytes).
@@ -179,7 +184,7 @@ pub async fn run_one(a: &BalanceArgs, work: &Path, sc: &Scenario) -> Result<RunR
         "--oracle-listen",
         &format!("127.0.0.1:{oracle_port}"),
     ]);
-    quiet(&mut cmd);
+    logged(&mut cmd, &dir.join("server.log"))?;
     let _server = Proc(cmd.spawn().context("starting the server")?);
     crate::demo::wait_until(
         &format!("{url}/health"),
@@ -235,7 +240,7 @@ pub async fn run_one(a: &BalanceArgs, work: &Path, sc: &Scenario) -> Result<RunR
                 c.args(["--background-sync-bps", &a.sync_bps.to_string()]);
             }
         }
-        quiet(&mut c);
+        logged(&mut c, &dir.join(format!("{name}.log")))?;
         commands.push(c);
     }
     // In a join scenario the last volunteer starts a third of the way into the arrivals.
@@ -247,7 +252,9 @@ pub async fn run_one(a: &BalanceArgs, work: &Path, sc: &Scenario) -> Result<RunR
         }
     }
     let first = n - usize::from(sc.join);
-    crate::demo::wait_until(
+    // Generous: with 30 s announces a volunteer may need two before it counts as healthy,
+    // and a loaded machine starts eight processes slowly.
+    crate::demo::wait_until_within(
         &format!("{url}/api/volunteers"),
         |v| {
             v.as_array().is_some_and(|x| {
@@ -258,8 +265,10 @@ pub async fn run_one(a: &BalanceArgs, work: &Path, sc: &Scenario) -> Result<RunR
             })
         },
         "the volunteers",
+        Duration::from_secs(90),
     )
-    .await?;
+    .await
+    .with_context(|| format!("their logs: {}", dir.display()))?;
     // Let slow start finish (a fresh volunteer counts with part of its capacity at first).
     tokio::time::sleep(Duration::from_secs(sc.slow_start_secs + 1)).await;
 

@@ -3,7 +3,9 @@
 //! Error messages are short and client-facing: the server sends them back
 //! verbatim as the bencoded `failure reason`.
 
-use crate::query::{parse_decimal, parse_query, parse_query_with_limits, QueryError, QueryLimits};
+use std::borrow::Cow;
+
+use crate::query::{parse_decimal, parse_query_with_limits, visit_query, QueryError, QueryLimits};
 
 /// Default `numwant` when the client sends none.
 pub const DEFAULT_NUMWANT: u32 = 50;
@@ -67,25 +69,25 @@ pub enum AnnounceError {
 
 /// Collects each known parameter at most once.
 #[derive(Default)]
-struct Known {
-    info_hash: Option<Vec<u8>>,
-    peer_id: Option<Vec<u8>>,
-    port: Option<Vec<u8>>,
-    uploaded: Option<Vec<u8>>,
-    downloaded: Option<Vec<u8>>,
-    left: Option<Vec<u8>>,
-    event: Option<Vec<u8>>,
-    compact: Option<Vec<u8>>,
-    numwant: Option<Vec<u8>>,
-    key: Option<Vec<u8>>,
+struct Known<'a> {
+    info_hash: Option<Cow<'a, [u8]>>,
+    peer_id: Option<Cow<'a, [u8]>>,
+    port: Option<Cow<'a, [u8]>>,
+    uploaded: Option<Cow<'a, [u8]>>,
+    downloaded: Option<Cow<'a, [u8]>>,
+    left: Option<Cow<'a, [u8]>>,
+    event: Option<Cow<'a, [u8]>>,
+    compact: Option<Cow<'a, [u8]>>,
+    numwant: Option<Cow<'a, [u8]>>,
+    key: Option<Cow<'a, [u8]>>,
 }
 
 /// Parses the raw (percent-encoded) query of an announce request.
 pub fn parse_announce(raw_query: &str) -> Result<AnnounceRequest, AnnounceError> {
     let mut known = Known::default();
     let mut extra = Vec::new();
-    for (name, value) in parse_query(raw_query)? {
-        let slot = match name.as_str() {
+    visit_query(raw_query, QueryLimits::DEFAULT, |name, value| {
+        let slot = match name.as_ref() {
             "info_hash" => (&mut known.info_hash, "info_hash"),
             "peer_id" => (&mut known.peer_id, "peer_id"),
             "port" => (&mut known.port, "port"),
@@ -98,10 +100,10 @@ pub fn parse_announce(raw_query: &str) -> Result<AnnounceRequest, AnnounceError>
             "key" => (&mut known.key, "key"),
             // Client-claimed addresses are ignored: the peer's address always
             // comes from the socket, so nobody can point a swarm at a victim.
-            "ip" | "ipv4" | "ipv6" => continue,
+            "ip" | "ipv4" | "ipv6" => return Ok(()),
             _ => {
-                extra.push((name, value));
-                continue;
+                extra.push((name.into_owned(), value.into_owned()));
+                return Ok(());
             }
         };
         let (slot, label) = slot;
@@ -109,7 +111,8 @@ pub fn parse_announce(raw_query: &str) -> Result<AnnounceRequest, AnnounceError>
             return Err(AnnounceError::Duplicate(label));
         }
         *slot = Some(value);
-    }
+        Ok(())
+    })?;
 
     let info_hash = hash20(known.info_hash, "info_hash")?;
     let peer_id = hash20(known.peer_id, "peer_id")?;
@@ -154,7 +157,7 @@ pub fn parse_announce(raw_query: &str) -> Result<AnnounceRequest, AnnounceError>
         event,
         compact,
         numwant,
-        key: known.key,
+        key: known.key.map(Cow::into_owned),
         extra,
     })
 }
@@ -181,7 +184,7 @@ pub fn parse_scrape(raw_query: &str) -> Result<Vec<[u8; 20]>, AnnounceError> {
         if seen > MAX_SCRAPE_HASHES {
             return Err(AnnounceError::TooManyHashes);
         }
-        let hash = hash20(Some(value), "info_hash")?;
+        let hash = hash20(Some(Cow::Owned(value)), "info_hash")?;
         if !hashes.contains(&hash) {
             hashes.push(hash);
         }
@@ -189,12 +192,12 @@ pub fn parse_scrape(raw_query: &str) -> Result<Vec<[u8; 20]>, AnnounceError> {
     Ok(hashes)
 }
 
-fn hash20(value: Option<Vec<u8>>, name: &'static str) -> Result<[u8; 20], AnnounceError> {
+fn hash20(value: Option<Cow<'_, [u8]>>, name: &'static str) -> Result<[u8; 20], AnnounceError> {
     let value = value.ok_or(AnnounceError::Missing(name))?;
-    <[u8; 20]>::try_from(value.as_slice()).map_err(|_| AnnounceError::WrongLength(name))
+    <[u8; 20]>::try_from(value.as_ref()).map_err(|_| AnnounceError::WrongLength(name))
 }
 
-fn required_number(value: Option<Vec<u8>>, name: &'static str) -> Result<u64, AnnounceError> {
+fn required_number(value: Option<Cow<'_, [u8]>>, name: &'static str) -> Result<u64, AnnounceError> {
     let value = value.ok_or(AnnounceError::Missing(name))?;
     parse_decimal(&value).ok_or(AnnounceError::InvalidNumber(name))
 }

@@ -4,6 +4,8 @@
 //! values come back as bytes; only keys must be UTF-8. Every limit here
 //! exists so a hostile request costs a small, fixed amount of work.
 
+use std::borrow::Cow;
+
 /// Longest raw query accepted by [`parse_query`], in bytes.
 pub const MAX_QUERY_LEN: usize = 4096;
 /// Most `key=value` parameters accepted by [`parse_query`].
@@ -57,13 +59,30 @@ pub fn parse_query_with_limits(
     raw: &str,
     limits: QueryLimits,
 ) -> Result<Vec<(String, Vec<u8>)>, QueryError> {
+    let mut params = Vec::new();
+    visit_query(raw, limits, |key, value| {
+        params.push((key.into_owned(), value.into_owned()));
+        Ok(())
+    })?;
+    Ok(params)
+}
+
+/// [`parse_query_with_limits`] handing each pair to `visit` as it is decoded, borrowed from
+/// `raw` where it has nothing to decode: an announce's dozen parameters then cost no
+/// allocation. `visit` may stop the walk with an error of its own.
+pub fn visit_query<'a, E: From<QueryError>>(
+    raw: &'a str,
+    limits: QueryLimits,
+    mut visit: impl FnMut(Cow<'a, str>, Cow<'a, [u8]>) -> Result<(), E>,
+) -> Result<(), E> {
     if raw.len() > limits.max_len {
         return Err(QueryError::TooLong {
             len: raw.len(),
             max: limits.max_len,
-        });
+        }
+        .into());
     }
-    let mut params = Vec::new();
+    let mut count = 0;
     let mut offset = 0;
     for segment in raw.split('&') {
         let seg_offset = offset;
@@ -71,29 +90,36 @@ pub fn parse_query_with_limits(
         if segment.is_empty() {
             continue;
         }
-        if params.len() >= limits.max_params {
+        if count >= limits.max_params {
             return Err(QueryError::TooManyParams {
                 max: limits.max_params,
-            });
+            }
+            .into());
         }
+        count += 1;
         let (raw_key, raw_value, value_offset) = match segment.split_once('=') {
             Some((k, v)) => (k, v, seg_offset + k.len() + 1),
             None => (segment, "", seg_offset + segment.len()),
         };
         if raw_key.is_empty() {
-            return Err(QueryError::EmptyKey);
+            return Err(QueryError::EmptyKey.into());
         }
-        let key = percent_decode(raw_key.as_bytes(), seg_offset)?;
-        let key = String::from_utf8(key).map_err(|_| QueryError::KeyNotUtf8)?;
+        let key = match percent_decode(raw_key.as_bytes(), seg_offset)? {
+            Cow::Borrowed(_) => Cow::Borrowed(raw_key),
+            Cow::Owned(k) => Cow::Owned(String::from_utf8(k).map_err(|_| QueryError::KeyNotUtf8)?),
+        };
         let value = percent_decode(raw_value.as_bytes(), value_offset)?;
-        params.push((key, value));
+        visit(key, value)?;
     }
-    Ok(params)
+    Ok(())
 }
 
 /// Decodes `%XX` escapes and `+`. `base` is where `input` starts in the
 /// whole query, so errors can point at the offending byte.
-fn percent_decode(input: &[u8], base: usize) -> Result<Vec<u8>, QueryError> {
+fn percent_decode(input: &[u8], base: usize) -> Result<Cow<'_, [u8]>, QueryError> {
+    if !input.iter().any(|&b| b == b'%' || b == b'+') {
+        return Ok(Cow::Borrowed(input));
+    }
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
     while let Some(&b) = input.get(i) {
@@ -117,7 +143,7 @@ fn percent_decode(input: &[u8], base: usize) -> Result<Vec<u8>, QueryError> {
             }
         }
     }
-    Ok(out)
+    Ok(Cow::Owned(out))
 }
 
 fn hex_val(b: u8) -> Option<u8> {

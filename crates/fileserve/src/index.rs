@@ -69,15 +69,22 @@ pub fn encode_path_segment(segment: &str) -> String {
     out
 }
 
+/// Bytes a path segment keeps as they are when encoded.
+fn keep(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.' | b'_' | b'~' | b'+' | b'=' | b'@' | b'!' | b'$' | b','
+        )
+}
+
+/// Whether a path (segments and the `/` between them) encodes to itself.
+pub fn needs_no_escape(path: &str) -> bool {
+    path.bytes().all(|b| b == b'/' || keep(b))
+}
+
 /// [`encode_path_segment`] appending to `out` (no allocation of its own).
 pub fn push_encoded_segment(out: &mut String, segment: &str) {
-    fn keep(b: u8) -> bool {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.' | b'_' | b'~' | b'+' | b'=' | b'@' | b'!' | b'$' | b','
-            )
-    }
     // Most names need no escape at all: copy them whole.
     if segment.bytes().all(keep) {
         out.push_str(segment);

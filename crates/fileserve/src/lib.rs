@@ -19,7 +19,9 @@ pub mod request;
 pub mod serve;
 
 pub use guard::{with_guard, with_stall_guard};
-pub use index::{encode_path_segment, push_encoded_segment, render_index, IndexEntry};
+pub use index::{
+    encode_path_segment, needs_no_escape, push_encoded_segment, render_index, IndexEntry,
+};
 pub use path::{decode_url_path, decode_url_path_cow, join_listed, safe_join, PathError};
 pub use request::{bearer_matches, customer_path, declared_length, text_response};
 pub use serve::{

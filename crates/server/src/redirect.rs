@@ -31,6 +31,13 @@ pub const ORIGIN_PREFIX: &str = ".origin";
 /// names ends with it.
 pub fn encoded_repo_path(repo: &str, rel: &str) -> String {
     let mut out = String::with_capacity(repo.len() + rel.len() + 8);
+    // Most paths need no escape anywhere: copied whole, not segment by segment.
+    if fileserve::needs_no_escape(repo) && fileserve::needs_no_escape(rel) && !repo.contains('/') {
+        out.push_str(repo);
+        out.push('/');
+        out.push_str(rel);
+        return out;
+    }
     fileserve::push_encoded_segment(&mut out, repo);
     for seg in rel.split('/') {
         out.push('/');
@@ -642,4 +649,36 @@ fn repo_list(st: &AppState, method: &Method) -> Response {
         })
         .collect();
     html(method, fileserve::render_index("/", &entries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_copied_whole_encodes_as_segment_by_segment() {
+        let by_segment = |repo: &str, rel: &str| {
+            let mut out = String::new();
+            fileserve::push_encoded_segment(&mut out, repo);
+            for seg in rel.split('/') {
+                out.push('/');
+                fileserve::push_encoded_segment(&mut out, seg);
+            }
+            out
+        };
+        for (repo, rel) in [
+            ("debian", "pool/main/h/hello_2.10-3_amd64.deb"),
+            ("debian", ""),
+            ("deb ian", "pool/a b/c"),
+            ("r", "dir/ä/100%.txt"),
+            ("r", "x?y#z/a+b=c@d!e$f,g~h"),
+        ] {
+            assert_eq!(
+                encoded_repo_path(repo, rel),
+                by_segment(repo, rel),
+                "{repo} {rel}"
+            );
+        }
+        assert_eq!(encoded_repo_path("r", "a/b c"), "r/a/b%20c");
+    }
 }

@@ -62,12 +62,17 @@ pub fn volunteer_url(base: &str, repo: &str, rel: &str) -> String {
 
 pub fn origin_url(public: &str, encoded: &str) -> String {
     let mut out = String::with_capacity(public.len() + encoded.len() + 10);
+    push_origin_url(&mut out, public, encoded);
+    out
+}
+
+/// Append where the origin itself serves an encoded path.
+fn push_origin_url(out: &mut String, public: &str, encoded: &str) {
     out.push_str(public);
     out.push('/');
     out.push_str(ORIGIN_PREFIX);
     out.push('/');
     out.push_str(encoded);
-    out
 }
 
 /// How many eligible volunteers the policy sees per request in a large pool: a random sample
@@ -452,12 +457,6 @@ impl<'a> Redirect<'a> {
         })
     }
 
-    fn push_url(&self, out: &mut Vec<u8>, base: &str) {
-        out.extend_from_slice(base.trim_end_matches('/').as_bytes());
-        out.push(b'/');
-        out.extend_from_slice(self.encoded.as_bytes());
-    }
-
     /// Every header of the answer but the framing ones, in the order they are sent, each
     /// value built in one scratch buffer. The choice depends on live load: never cached.
     fn each_header(&self, mut emit: impl FnMut(&'static str, &[u8])) {
@@ -465,9 +464,9 @@ impl<'a> Redirect<'a> {
         // Room for the longest value, the Link header: every alternative's URL, the
         // origin's and the Metalink's.
         let url = self.public_url.len().max(self.base.len()) + self.encoded.len() + 48;
-        let mut v = Vec::with_capacity(url * (self.alternatives.len() + 3));
-        self.push_url(&mut v, &self.base);
-        emit("location", &v);
+        let mut v = String::with_capacity(url * (self.alternatives.len() + 3));
+        push_url(&mut v, &self.base, &self.encoded);
+        emit("location", v.as_bytes());
 
         v.clear();
         let volunteers = self
@@ -478,31 +477,25 @@ impl<'a> Redirect<'a> {
         let mut num = itoa::Buffer::new();
         for alt in volunteers {
             pri += 1;
-            v.push(b'<');
-            self.push_url(&mut v, alt);
-            v.extend_from_slice(b">; rel=duplicate; pri=");
-            v.extend_from_slice(num.format(pri).as_bytes());
-            v.extend_from_slice(b", ");
+            v.push('<');
+            push_url(&mut v, alt, &self.encoded);
+            v.push_str(">; rel=duplicate; pri=");
+            v.push_str(num.format(pri));
+            v.push_str(", ");
         }
         if self.max_alt > 0 {
-            v.push(b'<');
-            v.extend_from_slice(self.public_url.as_bytes());
-            v.push(b'/');
-            v.extend_from_slice(ORIGIN_PREFIX.as_bytes());
-            v.push(b'/');
-            v.extend_from_slice(self.encoded.as_bytes());
-            v.extend_from_slice(b">; rel=duplicate; pri=");
-            v.extend_from_slice(num.format(pri + 1).as_bytes());
-            v.extend_from_slice(b", ");
+            v.push('<');
+            push_origin_url(&mut v, self.public_url, &self.encoded);
+            v.push_str(">; rel=duplicate; pri=");
+            v.push_str(num.format(pri + 1));
+            v.push_str(", ");
         }
-        v.push(b'<');
-        v.extend_from_slice(self.public_url.as_bytes());
-        v.push(b'/');
-        v.extend_from_slice(self.encoded.as_bytes());
-        v.extend_from_slice(b".meta4>; rel=describedby; type=\"");
-        v.extend_from_slice(METALINK_TYPE.as_bytes());
-        v.push(b'"');
-        emit("link", &v);
+        v.push('<');
+        push_url(&mut v, self.public_url, &self.encoded);
+        v.push_str(".meta4>; rel=describedby; type=\"");
+        v.push_str(METALINK_TYPE);
+        v.push('"');
+        emit("link", v.as_bytes());
 
         emit("cache-control", b"no-store");
         emit(SIZE_HEADER, num.format(self.size).as_bytes());
@@ -510,31 +503,32 @@ impl<'a> Redirect<'a> {
         let n = base64::engine::general_purpose::STANDARD
             .encode_slice(self.sha256, &mut b64)
             .unwrap_or(0);
-        let b64 = &b64[..n];
+        // Base64 is ASCII.
+        let b64 = std::str::from_utf8(&b64[..n]).unwrap_or_default();
         v.clear();
-        v.extend_from_slice(b"sha-256=");
-        v.extend_from_slice(b64);
-        emit("digest", &v);
+        v.push_str("sha-256=");
+        v.push_str(b64);
+        emit("digest", v.as_bytes());
         v.clear();
-        v.extend_from_slice(b"sha-256=:");
-        v.extend_from_slice(b64);
-        v.push(b':');
-        emit("repr-digest", &v);
+        v.push_str("sha-256=:");
+        v.push_str(b64);
+        v.push(':');
+        emit("repr-digest", v.as_bytes());
         emit("content-type", b"text/plain; charset=utf-8");
     }
 
-    fn body(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(self.base.len() + self.encoded.len() + 20);
-        b.extend_from_slice(b"redirecting to ");
-        self.push_url(&mut b, &self.base);
-        b.push(b'\n');
+    fn body(&self) -> String {
+        let mut b = String::with_capacity(self.base.len() + self.encoded.len() + 20);
+        b.push_str("redirecting to ");
+        push_url(&mut b, &self.base, &self.encoded);
+        b.push('\n');
         b
     }
 
     fn write(&self, reply: &mut fast::Reply<'_>) {
         reply.status(302, "Found");
         self.each_header(|name, value| reply.header(name, value));
-        reply.body(&self.body());
+        reply.body(self.body().as_bytes());
     }
 
     fn into_response(self) -> Response {

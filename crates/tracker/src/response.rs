@@ -44,16 +44,7 @@ fn announce_via_dict(
         let mut v4 = Vec::new();
         let mut v6 = Vec::new();
         for addr in &outcome.peers {
-            match addr {
-                SocketAddr::V4(a) => {
-                    v4.extend_from_slice(&a.ip().octets());
-                    v4.extend_from_slice(&a.port().to_be_bytes());
-                }
-                SocketAddr::V6(a) => {
-                    v6.extend_from_slice(&a.ip().octets());
-                    v6.extend_from_slice(&a.port().to_be_bytes());
-                }
-            }
+            push_compact(if addr.is_ipv4() { &mut v4 } else { &mut v6 }, addr);
         }
         dict.push(("peers", Value::Bytes(v4)));
         if !v6.is_empty() {
@@ -94,24 +85,28 @@ fn compact_announce_response(
     push_int(&mut out, b"12:min interval", min_interval_secs);
     out.extend_from_slice(b"5:peers");
     push_len(&mut out, 6 * v4);
-    for a in &outcome.peers {
-        if let SocketAddr::V4(a) = a {
-            out.extend_from_slice(&a.ip().octets());
-            out.extend_from_slice(&a.port().to_be_bytes());
-        }
+    for a in outcome.peers.iter().filter(|a| a.is_ipv4()) {
+        push_compact(&mut out, a);
     }
     if v6 > 0 {
         out.extend_from_slice(b"6:peers6");
         push_len(&mut out, 18 * v6);
-        for a in &outcome.peers {
-            if let SocketAddr::V6(a) = a {
-                out.extend_from_slice(&a.ip().octets());
-                out.extend_from_slice(&a.port().to_be_bytes());
-            }
+        for a in outcome.peers.iter().filter(|a| a.is_ipv6()) {
+            push_compact(&mut out, a);
         }
     }
     out.push(b'e');
     out
+}
+
+/// A peer as BEP 23/7 pack it: the address's bytes, then the port big-endian (6 bytes for
+/// IPv4, 18 for IPv6).
+fn push_compact(out: &mut Vec<u8>, addr: &SocketAddr) {
+    match addr {
+        SocketAddr::V4(a) => out.extend_from_slice(&a.ip().octets()),
+        SocketAddr::V6(a) => out.extend_from_slice(&a.ip().octets()),
+    }
+    out.extend_from_slice(&addr.port().to_be_bytes());
 }
 
 /// `key` (already a bencoded string) and `i<n>e`.

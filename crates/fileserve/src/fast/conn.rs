@@ -88,7 +88,7 @@ pub(crate) async fn serve_connection(
                     out.extend_from_slice(
                         b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
                     );
-                    let _ = write_all(&stream, &out, limits.stall).await;
+                    let _ = write_all(&stream, &out, false, limits.stall).await;
                     return Served::Closed;
                 }
                 match read_more(
@@ -121,7 +121,7 @@ pub(crate) async fn serve_connection(
                 // for the body's first bytes and sends both in one segment, not two
                 // (perf: each segment on loopback is a trip through the whole stack).
                 let more = file.as_ref().is_some_and(|b| b.len > 0);
-                if send_head(&stream, &out, more, limits.stall).await.is_err() {
+                if write_all(&stream, &out, more, limits.stall).await.is_err() {
                     return Served::Closed;
                 }
                 if let Some(body) = file {
@@ -278,33 +278,19 @@ async fn read_more(
     }
 }
 
-/// Write all of `buf`; a client that takes nothing for `stall` is given up on.
-async fn write_all(stream: &TcpStream, mut buf: &[u8], stall: Duration) -> io::Result<()> {
-    while !buf.is_empty() {
-        match stream.try_write(buf) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(stream, stall).await?,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Write all of `head`, with MSG_MORE if `more` (a body follows at once).
-async fn send_head(
+/// Write all of `buf`, flagged MSG_MORE if `more` (a body follows at once); a client that
+/// takes nothing for `stall` is given up on.
+async fn write_all(
     stream: &TcpStream,
-    mut head: &[u8],
+    mut buf: &[u8],
     more: bool,
     stall: Duration,
 ) -> io::Result<()> {
-    if !more {
-        return write_all(stream, head, stall).await;
-    }
-    while !head.is_empty() {
-        match stream.try_io(Interest::WRITABLE, || send_more(stream, head)) {
+    let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
+    while !buf.is_empty() {
+        match stream.try_io(Interest::WRITABLE, || send(stream, buf, flags)) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => head = &head[n..],
+            Ok(n) => buf = &buf[n..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(stream, stall).await?,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -313,17 +299,10 @@ async fn send_head(
     Ok(())
 }
 
-/// One `send(2)` of `buf` flagged MSG_MORE.
-fn send_more(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+/// One `send(2)` of `buf`.
+fn send(stream: &TcpStream, buf: &[u8], flags: libc::c_int) -> io::Result<usize> {
     // SAFETY: the descriptor is open for the call and `buf` is valid for `buf.len()` bytes.
-    let n = unsafe {
-        libc::send(
-            stream.as_raw_fd(),
-            buf.as_ptr().cast(),
-            buf.len(),
-            libc::MSG_MORE | libc::MSG_NOSIGNAL,
-        )
-    };
+    let n = unsafe { libc::send(stream.as_raw_fd(), buf.as_ptr().cast(), buf.len(), flags) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -10,7 +10,7 @@
 //! The three big arrays ask for transparent huge pages: with a million files they span a few
 //! hundred megabytes, and a TLB miss on each of the three lines cost as much as the lookup.
 
-use manifest::scan::ScanCache;
+use manifest::scan::{CachedFile, Known, ScanCache};
 use manifest::{Btih, Entry, Manifest, Sha256};
 
 /// One file. Sizes and generations stay 64-bit; the path is a range of [`FileIndex::paths`].
@@ -214,12 +214,39 @@ impl FileIndex {
         }
     }
 
+    /// Whether a scan found exactly the files indexed here: the same paths, sizes, digests
+    /// and mtimes. Then this index is the one the scan would build.
+    pub fn matches_scan(&self, scanned: &ScanCache) -> bool {
+        self.slots.len() == scanned.len()
+            && (0..self.slots.len()).zip(scanned).all(|(i, (path, c))| {
+                let s = &self.slots[i];
+                self.path_of(i) == path
+                    && s.size == c.size
+                    && s.sha256 == c.sha256.0
+                    && s.mtime_ns != i64::MIN
+                    && i128::from(s.mtime_ns) == c.mtime_ns
+            })
+    }
+
     /// Bytes of memory held, for logs and the memory benchmark.
     pub fn heap_bytes(&self) -> usize {
         self.paths.capacity()
             + self.slots.capacity() * std::mem::size_of::<Slot>()
             + self.btih.capacity() * 20
             + self.table.capacity() * 8
+    }
+}
+
+/// A running server's index knows what the scan cache on disk says (it was built from it),
+/// without reading and parsing a JSON file of a million entries.
+impl Known for FileIndex {
+    fn known(&self, rel: &str) -> Option<CachedFile> {
+        let s = &self.slots[self.position(rel)?];
+        (s.mtime_ns != i64::MIN).then_some(CachedFile {
+            size: s.size,
+            mtime_ns: i128::from(s.mtime_ns),
+            sha256: Sha256(s.sha256),
+        })
     }
 }
 

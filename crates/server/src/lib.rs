@@ -83,12 +83,13 @@ pub async fn publish_repo(st: &AppState, name: &str) -> Result<PublishReport> {
         .ok_or_else(|| anyhow!("no repository named `{name}`"))?;
     let _guard = st.publish_lock.lock().await;
     let previous = st.repo(name);
-    let (snap, report) = st.publisher.publish(name, dir, previous.as_deref()).await?;
-    let snap = Arc::new(snap);
-    let replaced = write(&st.repos).insert(name.to_string(), snap.clone());
-    // Requests still holding the old snapshot free it when they finish; most memory of the
-    // publish itself is free now.
-    drop((replaced, previous));
+    let (snap, report) = st.publisher.publish(name, dir, previous.clone()).await?;
+    if !previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, &snap)) {
+        let replaced = write(&st.repos).insert(name.to_string(), snap.clone());
+        // Requests still holding the old snapshot free it when they finish; most memory of
+        // the publish itself is free now.
+        drop((replaced, previous));
+    }
     publish::release_freed_memory();
     if let Some(seed) = st.seed.get() {
         if let Err(e) = seed.sync(&snap).await {

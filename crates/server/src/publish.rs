@@ -194,36 +194,62 @@ impl Publisher {
         std::fs::read(manifest_path(&self.data_dir, name, generation))
     }
 
-    /// Scan `root` and publish the next generation of `name` if anything changed.
+    /// Scan `root` and publish the next generation of `name` if anything changed. The
+    /// snapshot returned is `previous` itself when the scan found exactly what it indexes.
     pub async fn publish(
         &self,
         name: &str,
         root: &Path,
-        previous: Option<&RepoSnapshot>,
-    ) -> Result<(RepoSnapshot, PublishReport)> {
+        previous: Option<Arc<RepoSnapshot>>,
+    ) -> Result<(Arc<RepoSnapshot>, PublishReport)> {
         let cache_path = repo_dir(&self.data_dir, name).join("scan-cache.json");
-        // The previous generation as a manifest again, for the duration of this publish.
-        let prev: Option<Manifest> = match previous {
-            Some(s) => Some(s.files.to_manifest(name, s.generation, s.published_at)),
-            None => self.load_latest(name)?.map(|(m, _)| m),
-        };
-        let cache: ScanCache = match std::fs::read(&cache_path) {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-                tracing::warn!(repo = name, error = %e, "scan cache unreadable; rehashing everything");
-                ScanCache::new()
-            }),
-            Err(_) => ScanCache::new(),
-        };
         let root_owned = root.to_path_buf();
-        let (mut scanned, cache) = tokio::task::spawn_blocking(move || {
-            scan_tree(&root_owned, &cache).map(|scanned| (scanned, cache))
-        })
-        .await
-        .context("scan task failed")?
-        .with_context(|| format!("scanning {}", root.display()))?;
+        // What was hashed before: the index being served knows it; at start, the cache on disk.
+        let (scanned, disk_cache) = match &previous {
+            Some(prev) => {
+                let prev = prev.clone();
+                let scanned =
+                    tokio::task::spawn_blocking(move || scan_tree(&root_owned, &prev.files))
+                        .await
+                        .context("scan task failed")?;
+                (scanned, None)
+            }
+            None => {
+                let cache = read_scan_cache(name, &cache_path);
+                let (scanned, cache) = tokio::task::spawn_blocking(move || {
+                    let scanned = scan_tree(&root_owned, &cache);
+                    (scanned, cache)
+                })
+                .await
+                .context("scan task failed")?;
+                (scanned, Some(cache))
+            }
+        };
+        let mut scanned = scanned.with_context(|| format!("scanning {}", root.display()))?;
         for (path, why) in &scanned.skipped {
             tracing::warn!(repo = name, path = %path, reason = %why, "not published");
         }
+        if let Some(prev) = previous.as_ref().filter(|p| p.root == root) {
+            if prev.files.matches_scan(&scanned.files) {
+                // Nothing to sign, write or index: a republish of an unchanged tree is a walk.
+                let report = PublishReport {
+                    repo: name.to_string(),
+                    generation: prev.generation,
+                    new_generation: false,
+                    files: scanned.files.len(),
+                    changed_files: 0,
+                    hashed_files: scanned.hashed,
+                    hashed_bytes: scanned.hashed_bytes,
+                    skipped: std::mem::take(&mut scanned.skipped),
+                };
+                return Ok((prev.clone(), report));
+            }
+        }
+        // The previous generation as a manifest again, for the duration of this publish.
+        let prev: Option<Manifest> = match &previous {
+            Some(s) => Some(s.files.to_manifest(name, s.generation, s.published_at)),
+            None => self.load_latest(name)?.map(|(m, _)| m),
+        };
         let contents: BTreeMap<String, (u64, manifest::Sha256)> = scanned
             .files
             .iter()
@@ -252,11 +278,11 @@ impl Publisher {
             }
         };
         // Nothing read and nothing moved: the cache on disk already says all this.
-        if scanned.hashed > 0 || scanned.files != cache {
+        if scanned.hashed > 0 || disk_cache.as_ref() != Some(&scanned.files) {
             write_atomic(&cache_path, &serde_json::to_vec(&scanned.files)?)
                 .with_context(|| format!("writing {}", cache_path.display()))?;
         }
-        drop(cache);
+        drop(disk_cache);
         if manifest.generation == 0 {
             bail!("internal: generation 0 published");
         }
@@ -296,7 +322,18 @@ impl Publisher {
             files,
             signed_path: manifest_path(&self.data_dir, name, manifest.generation),
         };
-        Ok((snapshot, report))
+        Ok((Arc::new(snapshot), report))
+    }
+}
+
+/// The scan cache on disk; an unreadable one only costs a rehash.
+fn read_scan_cache(repo: &str, path: &Path) -> ScanCache {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            tracing::warn!(repo, error = %e, "scan cache unreadable; rehashing everything");
+            ScanCache::new()
+        }),
+        Err(_) => ScanCache::new(),
     }
 }
 
@@ -326,15 +363,35 @@ mod tests {
             (r1.generation, r1.new_generation, r1.hashed_files),
             (1, true, 2)
         );
-        let (s1b, r1b) = p.publish("r", &repo, Some(&s1)).await.unwrap();
+        let (s1b, r1b) = p.publish("r", &repo, Some(s1.clone())).await.unwrap();
         assert_eq!(
             (r1b.generation, r1b.new_generation, r1b.hashed_files),
             (1, false, 0)
         );
-        assert_eq!(s1b.signed_path, s1.signed_path);
+        assert!(
+            Arc::ptr_eq(&s1, &s1b),
+            "an unchanged tree keeps the snapshot"
+        );
+
+        // Touched but not changed: read again, a new index (new mtime), the same generation.
+        let f = std::fs::File::options()
+            .write(true)
+            .open(repo.join("a"))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(7))
+            .unwrap();
+        drop(f);
+        let (s1c, r1c) = p.publish("r", &repo, Some(s1b.clone())).await.unwrap();
+        assert_eq!(
+            (r1c.generation, r1c.new_generation, r1c.hashed_files),
+            (1, false, 1)
+        );
+        assert!(!Arc::ptr_eq(&s1b, &s1c));
+        assert_eq!(s1c.files.stat("a").unwrap().1, 7_000_000_000);
+        let s1b = s1c;
 
         std::fs::write(repo.join("sub/b"), b"two, changed").unwrap();
-        let (s2, r2) = p.publish("r", &repo, Some(&s1b)).await.unwrap();
+        let (s2, r2) = p.publish("r", &repo, Some(s1b.clone())).await.unwrap();
         assert_eq!(
             (r2.generation, r2.changed_files, r2.hashed_files),
             (2, 1, 1)

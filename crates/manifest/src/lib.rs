@@ -5,13 +5,14 @@
 //! and customers' proxies trust a byte only if it hashes to what a signed manifest says.
 //!
 //! Modules: [`model`] the value types, [`signing`] keys and the signed envelope, [`scan`]
-//! walking and hashing a directory tree incrementally, [`relpath`] the safe relative paths
+//! hashing a directory tree incrementally, [`walk`] walking it on every core, [`relpath`] the safe relative paths
 //! every manifest key must be.
 
 pub mod model;
 pub mod relpath;
 pub mod scan;
 pub mod signing;
+pub mod walk;
 
 pub use model::{Btih, Entry, Manifest, Sha256};
 pub use relpath::validate_rel_path;

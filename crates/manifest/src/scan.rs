@@ -6,15 +6,16 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::fs::Metadata;
 use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::path::Path;
 use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
-use crate::{relpath::validate_rel_path, ManifestError, Sha256};
+use crate::walk::{walk, Visit};
+use crate::{ManifestError, Sha256};
 
 /// What the last scan learned of one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,52 +90,24 @@ impl Known for ScanCache {
 }
 
 /// Walk `root`, hashing files whose size or mtime differ from what `cache` knows.
-///
-/// Directories are read by a few threads at once (one per core, at most [`MAX_WALKERS`]),
-/// each file's metadata taken relative to its open directory: walking a million files by
-/// full path cost as much in the kernel's path lookups as in everything else together.
 pub fn scan_tree(root: &Path, cache: &impl Known) -> Result<ScanOutcome, ManifestError> {
-    let canon_root = root
-        .canonicalize()
-        .map_err(|e| ManifestError::io(root, e))?;
-    if !canon_root.is_dir() {
-        return Err(ManifestError::io(
-            root,
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a directory"),
-        ));
-    }
-    let walkers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, MAX_WALKERS);
-    let walk = Walk {
-        root: &canon_root,
+    let found = walk(root, || Collect {
         cache,
-        queue: Mutex::new(Queue {
-            dirs: vec![(canon_root.clone(), String::new())],
-            busy: 0,
-            failed: None,
-        }),
-        ready: Condvar::new(),
-    };
-    let found: Vec<Found> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..walkers).map(|_| s.spawn(|| walk.run())).collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
-    // (A walker cannot panic outside `read_dir`, whose panics become `failed`.)
-    let queue = walk.queue.into_inner().unwrap_or_else(|e| e.into_inner());
-    if let Some(e) = queue.failed {
-        return Err(e);
-    }
+        found: Found::default(),
+        buf: Vec::new(),
+    })?;
     let mut out = ScanOutcome::default();
     let mut files = Vec::new();
-    for f in found {
+    for Collect { found: f, .. } in found {
         out.hashed += f.hashed;
         out.hashed_bytes += f.hashed_bytes;
         out.skipped.extend(f.skipped);
-        files.extend(f.files);
+        // The paths' strings are made on this thread (see `walk` on arenas).
+        files.extend(
+            f.files
+                .into_iter()
+                .map(|(at, c)| (f.paths[at].to_owned(), c)),
+        );
     }
     // Sorted first, the map is built in one pass instead of a million searches.
     files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -143,184 +116,107 @@ pub fn scan_tree(root: &Path, cache: &impl Known) -> Result<ScanOutcome, Manifes
     Ok(out)
 }
 
-/// Threads reading directories at once: past a few, a local disk gains nothing.
-pub const MAX_WALKERS: usize = 8;
-
-/// The directories still to read, shared by the walkers.
-struct Queue {
-    /// Each with its path relative to the root, `/`-terminated (empty for the root).
-    dirs: Vec<(PathBuf, String)>,
-    /// Walkers reading a directory now (which may add more).
-    busy: usize,
-    /// The first error that stops the scan.
-    failed: Option<ManifestError>,
+/// Whether `root` holds exactly the `files` files `known` knows, each with the size and
+/// mtime it had: then a scan would find what was scanned before, and read nothing. Stops at
+/// the first difference. Allocates nothing per file. On `Some`, the entries skipped.
+pub fn unchanged_since(
+    root: &Path,
+    known: &impl Known,
+    files: usize,
+) -> Result<Option<Vec<(String, String)>>, ManifestError> {
+    let walkers = walk(root, || Compare {
+        known,
+        seen: 0,
+        differs: false,
+        skipped: Vec::new(),
+    })?;
+    let mut seen = 0;
+    let mut skipped = Vec::new();
+    for w in walkers {
+        if w.differs {
+            return Ok(None);
+        }
+        seen += w.seen;
+        skipped.extend(w.skipped);
+    }
+    skipped.sort();
+    // Every file seen is a distinct path `known` has: as many seen as it has is all of them.
+    Ok((seen == files).then_some(skipped))
 }
 
-struct Walk<'a, K> {
-    root: &'a Path,
-    cache: &'a K,
-    queue: Mutex<Queue>,
-    ready: Condvar,
-}
-
-/// What one walker found.
+/// What one walker of [`scan_tree`] found: a few large buffers, no allocation per file.
 #[derive(Default)]
 struct Found {
-    files: Vec<(String, CachedFile)>,
+    /// Every path found, one after the other.
+    paths: String,
+    /// Each file's range of `paths`.
+    files: Vec<(std::ops::Range<usize>, CachedFile)>,
     hashed: usize,
     hashed_bytes: u64,
     skipped: Vec<(String, String)>,
 }
 
-impl<K: Known> Walk<'_, K> {
-    fn run(&self) -> Found {
-        let mut found = Found::default();
-        let mut buf = Vec::new();
-        let mut subdirs = Vec::new();
-        let mut q = self.lock();
-        loop {
-            if q.failed.is_some() {
-                break;
-            }
-            let Some((dir, rel)) = q.dirs.pop() else {
-                if q.busy == 0 {
-                    break;
+struct Collect<'a, K> {
+    cache: &'a K,
+    found: Found,
+    /// The hash buffer, reused from file to file.
+    buf: Vec<u8>,
+}
+
+impl<K: Known> Visit for Collect<'_, K> {
+    fn file(&mut self, rel: &str, read: &Path, meta: &Metadata) -> Result<bool, ManifestError> {
+        let (size, mtime_ns) = stat_key(meta);
+        let cached = self
+            .cache
+            .known(rel)
+            .filter(|c| c.size == size && c.mtime_ns == mtime_ns);
+        let entry = match cached {
+            Some(c) => c,
+            None => {
+                let sha256 =
+                    hash_file_with(read, &mut self.buf).map_err(|e| ManifestError::io(read, e))?;
+                self.found.hashed += 1;
+                self.found.hashed_bytes += size;
+                CachedFile {
+                    size,
+                    mtime_ns,
+                    sha256,
                 }
-                q = self.ready.wait(q).unwrap_or_else(|e| e.into_inner());
-                continue;
-            };
-            q.busy += 1;
-            drop(q);
-            // A panic must fail the scan, not leave the others waiting or a manifest short.
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.read_dir(&dir, &rel, &mut found, &mut subdirs, &mut buf)
-            }))
-            .unwrap_or_else(|_| {
-                Err(ManifestError::io(
-                    &dir,
-                    std::io::Error::other("internal error while scanning"),
-                ))
-            });
-            q = self.lock();
-            q.busy -= 1;
-            q.dirs.append(&mut subdirs);
-            if let Err(e) = result {
-                q.failed.get_or_insert(e);
-            }
-            // New work, or the end of it (or a failure), for whoever waits.
-            self.ready.notify_all();
-        }
-        drop(q);
-        found
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// One directory's entries: files looked up and hashed if need be, subdirectories
-    /// queued. An unreadable directory is reported and skipped, as before a file in it
-    /// could be; a file that cannot be stat'ed or read fails the scan.
-    fn read_dir(
-        &self,
-        dir: &Path,
-        rel_dir: &str,
-        found: &mut Found,
-        subdirs: &mut Vec<(PathBuf, String)>,
-        buf: &mut Vec<u8>,
-    ) -> Result<(), ManifestError> {
-        let entries = match std::fs::read_dir(dir) {
-            Ok(e) => e,
-            Err(e) => {
-                found
-                    .skipped
-                    .push((dir.display().to_string(), e.to_string()));
-                return Ok(());
             }
         };
-        for item in entries {
-            let item = match item {
-                Ok(i) => i,
-                Err(e) => {
-                    found
-                        .skipped
-                        .push((dir.display().to_string(), e.to_string()));
-                    continue;
-                }
-            };
-            let name = item.file_name();
-            let Some(name) = name.to_str() else {
-                found
-                    .skipped
-                    .push((item.path().display().to_string(), "not valid UTF-8".into()));
-                continue;
-            };
-            if name.starts_with(".mirrorswarm") {
-                continue; // our own staging and lock files
-            }
-            let ft = item
-                .file_type()
-                .map_err(|e| ManifestError::io(&item.path(), e))?;
-            let rel = format!("{rel_dir}{name}");
-            if ft.is_dir() {
-                subdirs.push((item.path(), rel + "/"));
-                continue;
-            }
-            if let Err(reason) = validate_rel_path(&rel) {
-                found.skipped.push((rel, reason.into()));
-                continue;
-            }
-            // A link is read at the target it was checked to have.
-            let mut target = None;
-            let meta = if ft.is_symlink() {
-                match item.path().canonicalize() {
-                    Ok(t) if t.starts_with(self.root) && t.is_file() => {
-                        let m = std::fs::metadata(&t).map_err(|e| ManifestError::io(&t, e))?;
-                        target = Some(t);
-                        m
-                    }
-                    Ok(_) => {
-                        found
-                            .skipped
-                            .push((rel, "symlink to a directory or outside the root".into()));
-                        continue;
-                    }
-                    Err(e) => {
-                        found.skipped.push((rel, format!("dangling symlink: {e}")));
-                        continue;
-                    }
-                }
-            } else if ft.is_file() {
-                // Relative to the open directory: no walk of the whole path.
-                item.metadata()
-                    .map_err(|e| ManifestError::io(&item.path(), e))?
-            } else {
-                found.skipped.push((rel, "not a regular file".into()));
-                continue;
-            };
-            let (size, mtime_ns) = stat_key(&meta);
-            let cached = self
-                .cache
-                .known(&rel)
-                .filter(|c| c.size == size && c.mtime_ns == mtime_ns);
-            let entry = match cached {
-                Some(c) => c,
-                None => {
-                    let path = target.unwrap_or_else(|| item.path());
-                    let sha256 =
-                        hash_file_with(&path, buf).map_err(|e| ManifestError::io(&path, e))?;
-                    found.hashed += 1;
-                    found.hashed_bytes += size;
-                    CachedFile {
-                        size,
-                        mtime_ns,
-                        sha256,
-                    }
-                }
-            };
-            found.files.push((rel, entry));
-        }
-        Ok(())
+        let start = self.found.paths.len();
+        self.found.paths.push_str(rel);
+        let at = start..self.found.paths.len();
+        self.found.files.push((at, entry));
+        Ok(true)
+    }
+
+    fn skipped(&mut self, what: String, why: String) {
+        self.found.skipped.push((what, why));
+    }
+}
+
+struct Compare<'a, K> {
+    known: &'a K,
+    seen: usize,
+    differs: bool,
+    skipped: Vec<(String, String)>,
+}
+
+impl<K: Known> Visit for Compare<'_, K> {
+    fn file(&mut self, rel: &str, _read: &Path, meta: &Metadata) -> Result<bool, ManifestError> {
+        let (size, mtime_ns) = stat_key(meta);
+        let same = self
+            .known
+            .known(rel)
+            .is_some_and(|c| c.size == size && c.mtime_ns == mtime_ns);
+        self.seen += 1;
+        self.differs = !same;
+        Ok(same)
+    }
+
+    fn skipped(&mut self, what: String, why: String) {
+        self.skipped.push((what, why));
     }
 }
 
@@ -398,5 +294,47 @@ mod tests {
         assert!(scan_tree(&dir.path().join("nope"), &ScanCache::new()).is_err());
         std::fs::write(dir.path().join("file"), b"").unwrap();
         assert!(scan_tree(&dir.path().join("file"), &ScanCache::new()).is_err());
+    }
+
+    #[test]
+    fn unchanged_since_notices_any_difference() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for d in ["a", "b/c"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+            for f in 0..30 {
+                std::fs::write(root.join(format!("{d}/{f}")), d.as_bytes()).unwrap();
+            }
+        }
+        std::fs::write(root.join("bad\\name"), b"").unwrap();
+        let scanned = scan_tree(root, &ScanCache::new()).unwrap();
+        let n = scanned.files.len();
+        assert_eq!(n, 60);
+        let same = unchanged_since(root, &scanned.files, n).unwrap();
+        let skipped = same.expect("nothing changed");
+        assert_eq!(skipped.len(), 1, "{skipped:?}");
+        assert_eq!(skipped, scanned.skipped);
+
+        // One file fewer known than on disk (a new file), or one more (a deleted one).
+        let mut fewer = scanned.files.clone();
+        fewer.remove("a/3");
+        assert!(unchanged_since(root, &fewer, n - 1).unwrap().is_none());
+        assert!(unchanged_since(root, &scanned.files, n + 1)
+            .unwrap()
+            .is_none());
+        // A size or an mtime that moved.
+        std::fs::write(root.join("b/c/7"), b"other").unwrap();
+        assert!(unchanged_since(root, &scanned.files, n).unwrap().is_none());
+        std::fs::write(root.join("b/c/7"), b"b/c").unwrap();
+        let f = std::fs::File::options()
+            .write(true)
+            .open(root.join("b/c/7"))
+            .unwrap();
+        f.set_modified(std::time::UNIX_EPOCH).unwrap();
+        drop(f);
+        let mut touched = scanned.files.clone();
+        touched.get_mut("b/c/7").unwrap().mtime_ns = 0;
+        assert!(unchanged_since(root, &scanned.files, n).unwrap().is_none());
+        assert!(unchanged_since(root, &touched, n).unwrap().is_some());
     }
 }

@@ -214,20 +214,6 @@ impl FileIndex {
         }
     }
 
-    /// Whether a scan found exactly the files indexed here: the same paths, sizes, digests
-    /// and mtimes. Then this index is the one the scan would build.
-    pub fn matches_scan(&self, scanned: &ScanCache) -> bool {
-        self.slots.len() == scanned.len()
-            && (0..self.slots.len()).zip(scanned).all(|(i, (path, c))| {
-                let s = &self.slots[i];
-                self.path_of(i) == path
-                    && s.size == c.size
-                    && s.sha256 == c.sha256.0
-                    && s.mtime_ns != i64::MIN
-                    && i128::from(s.mtime_ns) == c.mtime_ns
-            })
-    }
-
     /// Bytes of memory held, for logs and the memory benchmark.
     pub fn heap_bytes(&self) -> usize {
         self.paths.capacity()

@@ -203,6 +203,34 @@ impl Publisher {
         previous: Option<Arc<RepoSnapshot>>,
     ) -> Result<(Arc<RepoSnapshot>, PublishReport)> {
         let cache_path = repo_dir(&self.data_dir, name).join("scan-cache.json");
+        if let Some(prev) = previous.as_ref().filter(|p| p.root == root) {
+            // The common republish: nothing changed. Checked by a walk that compares each
+            // file's size and mtime with the index being served: nothing read, nothing to
+            // sign, write or index.
+            let (p, dir) = (prev.clone(), root.to_path_buf());
+            let unchanged = tokio::task::spawn_blocking(move || {
+                manifest::scan::unchanged_since(&dir, &p.files, p.files.len())
+            })
+            .await
+            .context("scan task failed")?
+            .with_context(|| format!("scanning {}", root.display()))?;
+            if let Some(skipped) = unchanged {
+                for (path, why) in &skipped {
+                    tracing::warn!(repo = name, path = %path, reason = %why, "not published");
+                }
+                let report = PublishReport {
+                    repo: name.to_string(),
+                    generation: prev.generation,
+                    new_generation: false,
+                    files: prev.files.len(),
+                    changed_files: 0,
+                    hashed_files: 0,
+                    hashed_bytes: 0,
+                    skipped,
+                };
+                return Ok((prev.clone(), report));
+            }
+        }
         let root_owned = root.to_path_buf();
         // What was hashed before: the index being served knows it; at start, the cache on disk.
         let (scanned, disk_cache) = match &previous {
@@ -228,22 +256,6 @@ impl Publisher {
         let mut scanned = scanned.with_context(|| format!("scanning {}", root.display()))?;
         for (path, why) in &scanned.skipped {
             tracing::warn!(repo = name, path = %path, reason = %why, "not published");
-        }
-        if let Some(prev) = previous.as_ref().filter(|p| p.root == root) {
-            if prev.files.matches_scan(&scanned.files) {
-                // Nothing to sign, write or index: a republish of an unchanged tree is a walk.
-                let report = PublishReport {
-                    repo: name.to_string(),
-                    generation: prev.generation,
-                    new_generation: false,
-                    files: scanned.files.len(),
-                    changed_files: 0,
-                    hashed_files: scanned.hashed,
-                    hashed_bytes: scanned.hashed_bytes,
-                    skipped: std::mem::take(&mut scanned.skipped),
-                };
-                return Ok((prev.clone(), report));
-            }
         }
         // The previous generation as a manifest again, for the duration of this publish.
         let prev: Option<Manifest> = match &previous {

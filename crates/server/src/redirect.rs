@@ -31,19 +31,24 @@ pub const ORIGIN_PREFIX: &str = ".origin";
 /// names ends with it.
 pub fn encoded_repo_path(repo: &str, rel: &str) -> String {
     let mut out = String::with_capacity(repo.len() + rel.len() + 8);
+    push_encoded_repo_path(&mut out, repo, rel);
+    out
+}
+
+/// [`encoded_repo_path`] appended to `out`.
+fn push_encoded_repo_path(out: &mut String, repo: &str, rel: &str) {
     // Most paths need no escape anywhere: copied whole, not segment by segment.
     if fileserve::needs_no_escape(repo) && fileserve::needs_no_escape(rel) && !repo.contains('/') {
         out.push_str(repo);
         out.push('/');
         out.push_str(rel);
-        return out;
+        return;
     }
-    fileserve::push_encoded_segment(&mut out, repo);
+    fileserve::push_encoded_segment(out, repo);
     for seg in rel.split('/') {
         out.push('/');
-        fileserve::push_encoded_segment(&mut out, seg);
+        fileserve::push_encoded_segment(out, seg);
     }
-    out
 }
 
 /// Append `base` (without a trailing slash), `/`, and an encoded path.
@@ -95,9 +100,11 @@ pub fn choose(
     rel: &str,
     entry: &Entry,
     want: usize,
-) -> Vec<Arc<str>> {
+    chosen: &mut Chosen,
+) {
+    chosen.clear();
     let now = Instant::now();
-    let mut rng = rand::thread_rng();
+    let mut rng = crate::fast_rng::FastRng::for_thread();
     let mut reg = lock(&st.registry);
     let k = want.clamp(BEST_OF, MAX_SAMPLE);
     // The sample's buffer is the thread's, reused: this runs for every redirect.
@@ -157,18 +164,62 @@ pub fn choose(
             "redirect decision"
         );
     }
-    let chosen: Vec<Arc<str>> = order
-        .iter()
-        .take(want)
-        .filter_map(|&i| sample.get(i))
-        .map(|&at| reg.at(at).url.clone())
-        .collect();
+    for &at in order.iter().take(want).filter_map(|&i| sample.get(i)) {
+        chosen.push(&reg.at(at).url);
+    }
     if let Some(&first) = order.first().and_then(|&i| sample.get(i)) {
         reg.note_redirect_at(first, entry.size, now);
     }
     drop(reg);
     SAMPLE_BUF.with(|b| *b.borrow_mut() = sample);
-    chosen
+}
+
+/// The base URLs of the volunteers chosen for one request, best first, copied out of the
+/// registry into one reused buffer. (Cloning each one's `Arc<str>` wrote a reference count
+/// that every serving core shares.)
+#[derive(Debug, Default)]
+pub struct Chosen {
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl Chosen {
+    fn clear(&mut self) {
+        self.text.clear();
+        self.ends.clear();
+    }
+
+    fn push(&mut self, url: &str) {
+        self.text.push_str(url);
+        self.ends.push(self.text.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(&self.ends).map(|(a, &b)| &self.text[a..b])
+    }
+}
+
+/// What the fast path reuses from one redirect to the next on a thread.
+#[derive(Default)]
+struct Scratch {
+    chosen: Chosen,
+    /// The request's `repo/rel`, percent-encoded.
+    encoded: String,
+    /// Each header value in turn, and the body.
+    value: String,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 /// Candidates a policy sees at most (a small pool whole, or a Metalink's many sources).
@@ -290,23 +341,23 @@ impl FileRequest<'_> {
     }
 
     /// A redirect to a volunteer chosen for it, counted; `None` if no volunteer may serve it.
-    fn redirect<'s>(&self, st: &'s AppState) -> Option<Redirect<'s>> {
-        let chosen = choose(
-            st,
-            &self.snap,
-            self.rel,
-            &self.entry,
-            st.config.redirect.alternatives.max(1),
-        );
-        let r = Redirect::new(
-            st,
-            encoded_repo_path(self.repo, self.rel),
-            chosen,
-            &self.entry,
-        )?;
+    /// What it names is kept in `chosen` and `encoded`.
+    fn redirect<'s>(
+        &self,
+        st: &'s AppState,
+        chosen: &'s mut Chosen,
+        encoded: &'s mut String,
+    ) -> Option<Redirect<'s>> {
+        let want = st.config.redirect.alternatives.max(1);
+        choose(st, &self.snap, self.rel, &self.entry, want, chosen);
+        if chosen.is_empty() {
+            return None;
+        }
+        encoded.clear();
+        push_encoded_repo_path(encoded, self.repo, self.rel);
         st.counters.count(Outcome::Volunteer);
         st.counters.redirected_bytes.add(self.entry.size);
-        Some(r)
+        Some(Redirect::new(st, encoded, chosen, &self.entry))
     }
 }
 
@@ -334,11 +385,20 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
 
     if file.metalink && !file.origin_only {
         let encoded = encoded_repo_path(file.repo, file.rel);
-        let mut urls: Vec<String> = choose(&st, &file.snap, file.rel, entry, METALINK_SOURCES)
-            .into_iter()
+        let mut chosen = Chosen::default();
+        choose(
+            &st,
+            &file.snap,
+            file.rel,
+            entry,
+            METALINK_SOURCES,
+            &mut chosen,
+        );
+        let mut urls: Vec<String> = chosen
+            .iter()
             .map(|base| {
                 let mut u = String::new();
-                push_url(&mut u, &base, &encoded);
+                push_url(&mut u, base, &encoded);
                 u
             })
             .collect();
@@ -362,7 +422,8 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
     }
 
     if file.wants_volunteer(&st) {
-        if let Some(r) = file.redirect(&st) {
+        let (mut chosen, mut encoded) = (Chosen::default(), String::new());
+        if let Some(r) = file.redirect(&st, &mut chosen, &mut encoded) {
             return r.into_response();
         }
     }
@@ -403,13 +464,20 @@ pub fn fast_customer(
     if !file.wants_volunteer(st) {
         return fast::Answer::Pass;
     }
-    match file.redirect(st) {
-        Some(r) => {
-            r.write(reply);
-            fast::Answer::Done
+    SCRATCH.with(|s| {
+        let Scratch {
+            chosen,
+            encoded,
+            value,
+        } = &mut *s.borrow_mut();
+        match file.redirect(st, chosen, encoded) {
+            Some(r) => {
+                r.write(reply, value);
+                fast::Answer::Done
+            }
+            None => fast::Answer::Pass,
         }
-        None => fast::Answer::Pass,
-    }
+    })
 }
 
 fn moved(location: &str) -> Response {
@@ -426,9 +494,9 @@ fn moved(location: &str) -> Response {
 struct Redirect<'a> {
     public_url: &'a str,
     /// `repo/rel`, percent-encoded.
-    encoded: String,
-    base: Arc<str>,
-    alternatives: Vec<Arc<str>>,
+    encoded: &'a str,
+    /// The volunteer redirected to, then the alternatives.
+    chosen: &'a Chosen,
     /// Alternatives listed, origin included.
     max_alt: usize,
     size: u64,
@@ -436,62 +504,54 @@ struct Redirect<'a> {
 }
 
 impl<'a> Redirect<'a> {
-    fn new(
-        st: &'a AppState,
-        encoded: String,
-        mut chosen: Vec<Arc<str>>,
-        entry: &Entry,
-    ) -> Option<Self> {
-        if chosen.is_empty() {
-            return None;
-        }
-        let base = chosen.remove(0);
-        Some(Redirect {
+    fn new(st: &'a AppState, encoded: &'a str, chosen: &'a Chosen, entry: &Entry) -> Self {
+        Redirect {
             public_url: &st.public_url,
             encoded,
-            base,
-            alternatives: chosen,
+            chosen,
             max_alt: st.config.redirect.alternatives,
             size: entry.size,
             sha256: entry.sha256.0,
-        })
+        }
+    }
+
+    fn base(&self) -> &str {
+        self.chosen.iter().next().unwrap_or_default()
     }
 
     /// Every header of the answer but the framing ones, in the order they are sent, each
     /// value built in one scratch buffer. The choice depends on live load: never cached.
-    fn each_header(&self, mut emit: impl FnMut(&'static str, &[u8])) {
+    fn each_header(&self, v: &mut String, mut emit: impl FnMut(&'static str, &[u8])) {
         use base64::Engine as _;
-        // Room for the longest value, the Link header: every alternative's URL, the
-        // origin's and the Metalink's.
-        let url = self.public_url.len().max(self.base.len()) + self.encoded.len() + 48;
-        let mut v = String::with_capacity(url * (self.alternatives.len() + 3));
-        push_url(&mut v, &self.base, &self.encoded);
+        v.clear();
+        push_url(v, self.base(), self.encoded);
         emit("location", v.as_bytes());
 
         v.clear();
         let volunteers = self
-            .alternatives
+            .chosen
             .iter()
+            .skip(1)
             .take(self.max_alt.saturating_sub(1));
         let mut pri = 0u32;
         let mut num = itoa::Buffer::new();
         for alt in volunteers {
             pri += 1;
             v.push('<');
-            push_url(&mut v, alt, &self.encoded);
+            push_url(v, alt, self.encoded);
             v.push_str(">; rel=duplicate; pri=");
             v.push_str(num.format(pri));
             v.push_str(", ");
         }
         if self.max_alt > 0 {
             v.push('<');
-            push_origin_url(&mut v, self.public_url, &self.encoded);
+            push_origin_url(v, self.public_url, self.encoded);
             v.push_str(">; rel=duplicate; pri=");
             v.push_str(num.format(pri + 1));
             v.push_str(", ");
         }
         v.push('<');
-        push_url(&mut v, self.public_url, &self.encoded);
+        push_url(v, self.public_url, self.encoded);
         v.push_str(".meta4>; rel=describedby; type=\"");
         v.push_str(METALINK_TYPE);
         v.push('"');
@@ -517,26 +577,29 @@ impl<'a> Redirect<'a> {
         emit("content-type", b"text/plain; charset=utf-8");
     }
 
-    fn body(&self) -> String {
-        let mut b = String::with_capacity(self.base.len() + self.encoded.len() + 20);
+    fn body(&self, b: &mut String) {
+        b.clear();
         b.push_str("redirecting to ");
-        push_url(&mut b, &self.base, &self.encoded);
+        push_url(b, self.base(), self.encoded);
         b.push('\n');
-        b
     }
 
-    fn write(&self, reply: &mut fast::Reply<'_>) {
+    /// The answer into `reply`, each value built in `scratch`.
+    fn write(&self, reply: &mut fast::Reply<'_>, scratch: &mut String) {
         reply.status(302, "Found");
-        self.each_header(|name, value| reply.header(name, value));
-        reply.body(self.body().as_bytes());
+        self.each_header(scratch, |name, value| reply.header(name, value));
+        self.body(scratch);
+        reply.body(scratch.as_bytes());
     }
 
     fn into_response(self) -> Response {
-        let mut r = Response::new(Body::from(self.body()));
+        let mut v = String::new();
+        self.body(&mut v);
+        let mut r = Response::new(Body::from(v.clone()));
         *r.status_mut() = StatusCode::FOUND;
         let h = r.headers_mut();
         let mut bad = false;
-        self.each_header(|name, value| match HeaderValue::from_bytes(value) {
+        self.each_header(&mut v, |name, value| match HeaderValue::from_bytes(value) {
             Ok(v) => {
                 h.insert(name, v);
             }

@@ -1,0 +1,85 @@
+//! The request path's random numbers: which volunteers to sample, and the noise that breaks
+//! ties between equal ones. Nothing here needs to be unpredictable, only well spread, and
+//! it runs several times a redirect: `thread_rng` (ChaCha, reseeded from the OS every 64 KiB
+//! of output) cost more than the choice it served.
+
+use std::cell::Cell;
+
+use rand::RngCore;
+
+/// wyrand (wyhash's generator): one add and one multiply per number. One state per thread,
+/// seeded from the OS once.
+pub struct FastRng;
+
+thread_local! {
+    static STATE: Cell<u64> = Cell::new(rand::random());
+}
+
+impl FastRng {
+    /// The thread's generator (a handle: the state stays in the thread).
+    pub fn for_thread() -> FastRng {
+        FastRng
+    }
+}
+
+impl RngCore for FastRng {
+    fn next_u64(&mut self) -> u64 {
+        STATE.with(|s| {
+            let x = s.get().wrapping_add(0xa076_1d64_78bd_642f);
+            s.set(x);
+            let m = u128::from(x) * u128::from(x ^ 0xe703_7ed1_a0b4_28db);
+            (m as u64) ^ ((m >> 64) as u64)
+        })
+    }
+
+    fn next_u32(&mut self) -> u32 {
+        (self.next_u64() >> 32) as u32
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        rand_core_fill(self, dest)
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand::Error> {
+        rand_core_fill(self, dest);
+        Ok(())
+    }
+}
+
+fn rand_core_fill(r: &mut FastRng, dest: &mut [u8]) {
+    for chunk in dest.chunks_mut(8) {
+        let b = r.next_u64().to_le_bytes();
+        chunk.copy_from_slice(&b[..chunk.len()]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::Rng;
+
+    #[test]
+    fn spreads_evenly_and_differs_between_threads() {
+        let mut r = FastRng::for_thread();
+        let mut counts = [0u32; 10];
+        for _ in 0..100_000 {
+            counts[r.gen_range(0..10)] += 1;
+        }
+        // Each bucket within 5 % of 10,000 (a binomial sd is 95).
+        assert!(
+            counts.iter().all(|&c| (9_500..10_500).contains(&c)),
+            "{counts:?}"
+        );
+        let here: Vec<u64> = (0..4).map(|_| r.next_u64()).collect();
+        let there = std::thread::spawn(|| {
+            let mut r = FastRng::for_thread();
+            (0..4).map(|_| r.next_u64()).collect::<Vec<u64>>()
+        })
+        .join()
+        .unwrap();
+        assert_ne!(here, there);
+        let mut b = [0u8; 13];
+        r.fill_bytes(&mut b);
+        assert!(b.iter().any(|&x| x != 0));
+    }
+}

@@ -57,16 +57,20 @@ pub fn walk<V: Visit>(
         }),
         ready: Condvar::new(),
     };
-    let visitors: Vec<V> = std::thread::scope(|s| {
+    let joined: Vec<Option<V>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..walkers).map(|_| s.spawn(|| w.run(visitor()))).collect();
-        // A walker's panics inside a directory become `failed`; `run` has no other.
-        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        handles.into_iter().map(|h| h.join().ok()).collect()
     });
     let queue = w.queue.into_inner().unwrap_or_else(|e| e.into_inner());
-    match queue.failed {
-        Some(e) => Err(e),
-        None => Ok(visitors),
+    if let Some(e) = queue.failed {
+        return Err(e);
     }
+    // A walker's panics inside a directory become `failed`; one outside would lose what it
+    // found, and a tree short of files must never be published.
+    joined
+        .into_iter()
+        .collect::<Option<Vec<V>>>()
+        .ok_or_else(|| ManifestError::io(root, std::io::Error::other("a scanning thread failed")))
 }
 
 /// The directories still to read, shared by the walkers.
@@ -212,5 +216,42 @@ impl Walkers<'_> {
             }
         }
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Count(usize, bool);
+
+    impl Visit for Count {
+        fn file(&mut self, rel: &str, _: &Path, _: &Metadata) -> Result<bool, ManifestError> {
+            if self.1 && rel == "d3/f3" {
+                panic!("a visitor that fails");
+            }
+            self.0 += 1;
+            Ok(true)
+        }
+        fn skipped(&mut self, _: String, _: String) {}
+    }
+
+    #[test]
+    fn every_file_is_visited_once_and_a_panic_fails_the_walk() {
+        let dir = tempfile::tempdir().unwrap();
+        for d in 0..8 {
+            std::fs::create_dir_all(dir.path().join(format!("d{d}/sub"))).unwrap();
+            for f in 0..10 {
+                std::fs::write(dir.path().join(format!("d{d}/f{f}")), b"x").unwrap();
+                std::fs::write(dir.path().join(format!("d{d}/sub/f{f}")), b"x").unwrap();
+            }
+        }
+        let seen: usize = walk(dir.path(), || Count(0, false))
+            .unwrap()
+            .iter()
+            .map(|c| c.0)
+            .sum();
+        assert_eq!(seen, 160);
+        assert!(walk(dir.path(), || Count(0, true)).is_err());
     }
 }

@@ -81,6 +81,12 @@ pub fn stat_key(meta: &std::fs::Metadata) -> (u64, i128) {
 /// the same facts (a running server's index of the generation it serves).
 pub trait Known: Sync {
     fn known(&self, rel: &str) -> Option<CachedFile>;
+
+    /// What is known of `rel`, if it still has the size and mtime it had then.
+    fn unchanged(&self, rel: &str, size: u64, mtime_ns: i128) -> Option<CachedFile> {
+        self.known(rel)
+            .filter(|c| c.size == size && c.mtime_ns == mtime_ns)
+    }
 }
 
 impl Known for ScanCache {
@@ -166,11 +172,7 @@ struct Collect<'a, K> {
 impl<K: Known> Visit for Collect<'_, K> {
     fn file(&mut self, rel: &str, read: &Path, meta: &Metadata) -> Result<bool, ManifestError> {
         let (size, mtime_ns) = stat_key(meta);
-        let cached = self
-            .cache
-            .known(rel)
-            .filter(|c| c.size == size && c.mtime_ns == mtime_ns);
-        let entry = match cached {
+        let entry = match self.cache.unchanged(rel, size, mtime_ns) {
             Some(c) => c,
             None => {
                 let sha256 =
@@ -206,10 +208,7 @@ struct Compare<'a, K> {
 impl<K: Known> Visit for Compare<'_, K> {
     fn file(&mut self, rel: &str, _read: &Path, meta: &Metadata) -> Result<bool, ManifestError> {
         let (size, mtime_ns) = stat_key(meta);
-        let same = self
-            .known
-            .known(rel)
-            .is_some_and(|c| c.size == size && c.mtime_ns == mtime_ns);
+        let same = self.known.unchanged(rel, size, mtime_ns).is_some();
         self.seen += 1;
         self.differs = !same;
         Ok(same)

@@ -231,28 +231,22 @@ impl Publisher {
                 return Ok((prev.clone(), report));
             }
         }
-        let root_owned = root.to_path_buf();
         // What was hashed before: the index being served knows it; at start, the cache on disk.
-        let (scanned, disk_cache) = match &previous {
-            Some(prev) => {
-                let prev = prev.clone();
-                let scanned =
-                    tokio::task::spawn_blocking(move || scan_tree(&root_owned, &prev.files))
-                        .await
-                        .context("scan task failed")?;
-                (scanned, None)
-            }
+        let (dir, prev, repo, cache_file) = (
+            root.to_path_buf(),
+            previous.clone(),
+            name.to_string(),
+            cache_path.clone(),
+        );
+        let (scanned, disk_cache) = tokio::task::spawn_blocking(move || match prev {
+            Some(prev) => (scan_tree(&dir, &prev.files), None),
             None => {
-                let cache = read_scan_cache(name, &cache_path);
-                let (scanned, cache) = tokio::task::spawn_blocking(move || {
-                    let scanned = scan_tree(&root_owned, &cache);
-                    (scanned, cache)
-                })
-                .await
-                .context("scan task failed")?;
-                (scanned, Some(cache))
+                let cache = read_scan_cache(&repo, &cache_file);
+                (scan_tree(&dir, &cache), Some(cache))
             }
-        };
+        })
+        .await
+        .context("scan task failed")?;
         let mut scanned = scanned.with_context(|| format!("scanning {}", root.display()))?;
         for (path, why) in &scanned.skipped {
             tracing::warn!(repo = name, path = %path, reason = %why, "not published");

@@ -194,10 +194,6 @@ impl Chosen {
         self.ends.push(self.text.len());
     }
 
-    pub fn len(&self) -> usize {
-        self.ends.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
     }
@@ -593,9 +589,10 @@ impl<'a> Redirect<'a> {
     }
 
     fn into_response(self) -> Response {
+        let mut body = String::new();
+        self.body(&mut body);
+        let mut r = Response::new(Body::from(body));
         let mut v = String::new();
-        self.body(&mut v);
-        let mut r = Response::new(Body::from(v.clone()));
         *r.status_mut() = StatusCode::FOUND;
         let h = r.headers_mut();
         let mut bad = false;

@@ -90,3 +90,67 @@ fn feedback_keeps_customers_off_busy_volunteers_and_beats_request_counting() {
         rc.max
     );
 }
+
+/// `--links netns`: each volunteer behind a real `tc tbf` link in a namespace of its own, the
+/// busy half's sync real PRsync pulls. Needs root (CI runs as root); elsewhere it says so
+/// and passes, as the harness itself refuses to run.
+#[test]
+fn real_links_carry_real_prsync_sync_traffic_on_the_busy_half_only() {
+    let uid = Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        eprintln!("skipped: --links netns needs root");
+        return;
+    }
+    let tmp = TestDir::new();
+    let out = Command::new(BIN)
+        .args(["bench", "balance", "--links", "netns", "--volunteers", "4"])
+        .args([
+            "--duration",
+            "10",
+            "--loads",
+            "1.0",
+            "--policies",
+            "feedback",
+        ])
+        .args(["--no-sweep", "--no-join", "--sync-file-bytes", "2097152"])
+        .arg("--out")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = std::fs::read_to_string(tmp.path().join("results.csv")).unwrap();
+    println!("{csv}");
+    let fb = parse(&csv, "feedback");
+    assert!(fb.requests >= 50, "too few requests: {fb:?}");
+    assert_eq!(fb.failed, 0, "{fb:?}");
+    let line = csv.lines().find(|l| l.starts_with("feedback,")).unwrap();
+    let sync: Vec<f64> = line
+        .rsplit(',')
+        .next()
+        .unwrap()
+        .split(';')
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert_eq!(sync.len(), 4, "{line}");
+    // Volunteers 0 and 2 pull each new file; the origin hands its copy to one of them,
+    // which passes it on (which one may change from file to file). 1 and 3 do not sync.
+    assert!(
+        sync[0] + sync[2] > 20_000.0,
+        "the busy half sent {} B/s of sync: {line}",
+        sync[0] + sync[2]
+    );
+    for i in [1, 3] {
+        assert_eq!(sync[i], 0.0, "idle volunteer {i} sent sync: {line}");
+    }
+    // The namespaces and the bridge are gone afterwards.
+    let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&ns.stdout).contains("msb"),
+        "namespaces left behind: {}",
+        String::from_utf8_lossy(&ns.stdout)
+    );
+}

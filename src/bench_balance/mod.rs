@@ -1,12 +1,15 @@
 //! `mirrorswarm bench balance`: the paper's balancing experiment (section 4.2) with real
-//! processes on loopback. A server and N volunteers; each volunteer's uplink is a token bucket
-//! that customer downloads share with background sync uploads, which half of the volunteers
-//! carry. A Poisson stream of customer downloads of equal-size files runs at a fraction of the
+//! processes. A server and N volunteers; half of the volunteers carry sync traffic beside
+//! their customers. Either on loopback, each volunteer's uplink a token bucket that customer
+//! downloads share with synthetic sync uploads, or (`--links netns`, as root) each volunteer
+//! in a network namespace behind a `tc tbf` link, the sync real PRsync pulls of a
+//! repository republished as it runs. A Poisson stream of customer downloads of equal-size files runs at a fraction of the
 //! capacity left for customers; every policy sees the same arrivals, one run after the other.
 //!
 //! Three parts: the policies side by side at each load; a staleness sweep over the announce
 //! interval; and a volunteer joining mid-run, with and without slow start.
 
+mod links;
 mod plot;
 mod report;
 mod world;
@@ -24,7 +27,18 @@ pub struct BalanceArgs {
     /// Each volunteer's uplink, bytes/s.
     #[arg(long, default_value_t = 1_000_000)]
     upload_bps: u64,
-    /// Background sync uploads on each busy volunteer (4: BitTorrent's upload slots).
+    /// `bucket`: everything on loopback, each uplink a token bucket in the volunteer, the
+    /// sync synthetic. `netns` (needs root and iproute2): each volunteer in a network
+    /// namespace of its own behind a `tc tbf` link of `--upload-bps`, the busy half
+    /// syncing a repository the bench republishes with PRsync (BitTorrent among them).
+    #[arg(long, default_value = "bucket", value_parser = ["bucket", "netns"])]
+    links: String,
+    /// With `--links netns`: the size of the sync repository's one file, given new bytes
+    /// as often as makes the busy half upload about `--sync-bps` each.
+    #[arg(long, default_value_t = 4 << 20)]
+    sync_file_bytes: usize,
+    /// Synthetic background sync uploads on each busy volunteer (4: BitTorrent's upload
+    /// slots); with `--links netns` the sync connections are real and this is unused.
     #[arg(long, default_value_t = 4)]
     sync_conns: u32,
     /// What those sync uploads want together, bytes/s; they share the uplink with customers
@@ -197,6 +211,21 @@ pub async fn run(a: BalanceArgs) -> Result<()> {
         a.customer_capacity() > 0.0,
         "--sync-bps leaves no capacity for customers"
     );
+    let links = if a.links == "netns" {
+        let busy = (0..a.volunteers).filter(|&i| world::is_busy(i)).count();
+        anyhow::ensure!(
+            busy >= 2,
+            "--links netns needs at least 4 volunteers: the busy half trade the sync pieces"
+        );
+        anyhow::ensure!(
+            a.file_size < a.sync_file_bytes,
+            "--file-size must be below --sync-file-bytes (only the sync file gets a torrent)"
+        );
+        anyhow::ensure!(a.sync_bps > 0, "--links netns needs a --sync-bps above 0");
+        Some(links::Links::create(a.volunteers, a.upload_bps)?)
+    } else {
+        None
+    };
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let work = std::env::temp_dir().join(format!("mirrorswarm-balance-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
@@ -207,11 +236,11 @@ pub async fn run(a: BalanceArgs) -> Result<()> {
         // A run whose world did not come up (a port taken between choosing and binding it,
         // a machine too loaded to start eight processes in time) is tried once more rather
         // than ending an hour's study; a second failure ends it.
-        let r = match world::run_one(&args, &work, &sc).await {
+        let r = match world::run_one(&args, &work, &sc, links.as_ref()).await {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("{}: {e:#}; trying it once more", sc.label);
-                world::run_one(&args, &work, &sc)
+                world::run_one(&args, &work, &sc, links.as_ref())
                     .await
                     .with_context(|| sc.label.clone())?
             }

@@ -20,12 +20,12 @@ pub fn spread(v: &[f64]) -> f64 {
 /// One CSV line per run. The first columns are stable (the CI regression test reads them).
 pub fn csv(results: &[(Scenario, RunResult)]) -> String {
     let mut out = String::from(
-        "policy,load,interval_s,requests,failed,mean_s,p50_s,p95_s,p99_s,max_s,busy,idle,origin,request_share,network_usage,part,slow_start_s,seed,label\n",
+        "policy,load,interval_s,requests,failed,mean_s,p50_s,p95_s,p99_s,max_s,busy,idle,origin,request_share,network_usage,part,slow_start_s,seed,label,sync_bps\n",
     );
     for (sc, r) in results {
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{:?},{},{},{}",
+            "{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{:?},{},{},{},{}",
             r.policy,
             r.load,
             r.interval,
@@ -44,15 +44,32 @@ pub fn csv(results: &[(Scenario, RunResult)]) -> String {
             sc.part,
             sc.slow_start_secs,
             r.seed,
-            r.label.replace(',', ";")
+            r.label.replace(',', ";"),
+            r.sync_bps
+                .iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(";")
         );
     }
     out
 }
 
+/// Mean sync upload of the busy half, kB/s.
+fn busy_sync_kbps(r: &RunResult) -> f64 {
+    let busy: Vec<f64> = r
+        .sync_bps
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| super::world::is_busy(*i))
+        .map(|(_, &x)| x)
+        .collect();
+    busy.iter().sum::<f64>() / busy.len().max(1) as f64 / 1000.0
+}
+
 pub fn md_row(r: &RunResult) -> String {
     format!(
-        "| {} | {:.0}% | {} s | {} | {} ({} failed) | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} / {} / {} | {} | {} |",
+        "| {} | {:.0}% | {} s | {} | {} ({} failed) | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} / {} / {} | {} | {} | {:.0} |",
         r.policy,
         r.load * 100.0,
         r.interval,
@@ -69,10 +86,11 @@ pub fn md_row(r: &RunResult) -> String {
         r.origin_requests,
         list(&r.network_usage, " "),
         list(&r.request_share, " "),
+        busy_sync_kbps(r),
     )
 }
 
-const HEADER: &str = "| policy | load | interval | seed | requests | mean (s) | p50 | p95 | p99 | max | busy / idle / origin | network usage ÷ mean (busy, idle, …) | customers ÷ mean |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+const HEADER: &str = "| policy | load | interval | seed | requests | mean (s) | p50 | p95 | p99 | max | busy / idle / origin | network usage ÷ mean (busy, idle, …) | customers ÷ mean | busy half's sync (kB/s each) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
 
 /// `feedback` against the others at each load and seed, as the study's goals compare them;
 /// with several seeds, the median of each ratio too.
@@ -147,17 +165,27 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 
 pub fn markdown(a: &BalanceArgs, results: &[(Scenario, RunResult)]) -> String {
     let mut md = String::new();
+    let sync = if a.links == "netns" {
+        format!(
+            "each in a network namespace behind a tc tbf link; the even-numbered half sync a {} B file republished for them to upload about {} B/s each with PRsync (real BitTorrent traffic on the same links)",
+            a.sync_file_bytes, a.sync_bps
+        )
+    } else {
+        format!(
+            "on loopback, each uplink a token bucket; the even-numbered half carry {} synthetic sync uploads wanting {} in all",
+            a.sync_conns,
+            if a.sync_bps == 0 {
+                "all the link gives them".to_string()
+            } else {
+                format!("{} B/s", a.sync_bps)
+            }
+        )
+    };
     let _ = writeln!(
         md,
-        "{} volunteers with {} B/s uplinks; the even-numbered half carry {} sync uploads wanting {} in all; {} B files; loads are fractions of {:.0} B/s, the capacity left for customers.\n",
+        "{} volunteers with {} B/s uplinks, {sync}; {} B files; loads are fractions of {:.0} B/s, the capacity left for customers.\n",
         a.volunteers,
         a.upload_bps,
-        a.sync_conns,
-        if a.sync_bps == 0 {
-            "all the link gives them".to_string()
-        } else {
-            format!("{} B/s", a.sync_bps)
-        },
         a.file_size,
         a.customer_capacity()
     );

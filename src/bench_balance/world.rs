@@ -1,4 +1,5 @@
-//! One run of the balancing study: a server and volunteers as real processes on loopback, a
+//! One run of the balancing study: a server and volunteers as real processes (on loopback, or
+//! each volunteer in a network namespace of its own behind a real rate-limited link), a
 //! Poisson stream of customer downloads, and what each download saw.
 
 use std::path::Path;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use rand::{Rng, SeedableRng};
 
+use super::links::Links;
 use super::{BalanceArgs, Scenario};
 
 /// A child process that dies with its handle, so that no run outlives the bench.
@@ -20,11 +22,12 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+fn free_port(ip: std::net::IpAddr) -> Result<u16> {
+    Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
 }
+
+/// The port every volunteer listens on inside its own namespace (each has its own ports).
+const NETNS_PORT: u16 = 8000;
 
 /// A child's output goes to `<log>` (kept with the run's directory for a failed run's
 /// post-mortem), none to the terminal, where the bench's own progress goes.
@@ -88,6 +91,9 @@ pub struct RunResult {
     /// Bytes each volunteer sent (customers and sync) during the arrivals ÷ the mean over
     /// volunteers, as the paper's Fig. 18 normalises network usage.
     pub network_usage: Vec<f64>,
+    /// Bytes/s each volunteer uploaded for syncing during the arrivals (synthetic, or what
+    /// its BitTorrent session sent).
+    pub sync_bps: Vec<f64>,
     /// Response times of the successful downloads, sorted.
     pub times: Vec<f64>,
     pub join: Option<JoinStats>,
@@ -101,8 +107,22 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx]
 }
 
-/// Bytes a volunteer has sent so far: customer downloads plus synthetic sync uploads.
-async fn bytes_sent(client: &reqwest::Client, url: &str) -> Option<u64> {
+/// What a volunteer has sent so far, in bytes.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sent {
+    /// Everything: on real links, what crossed the link (headers and retransmissions
+    /// included); on loopback, customer downloads plus synthetic sync uploads.
+    total: u64,
+    /// Uploads for syncing (synthetic, or what its BitTorrent session sent).
+    sync: u64,
+}
+
+async fn bytes_sent(
+    client: &reqwest::Client,
+    url: &str,
+    links: Option<&Links>,
+    i: usize,
+) -> Option<Sent> {
     let v: serde_json::Value = client
         .get(format!("{url}/health"))
         .send()
@@ -111,7 +131,68 @@ async fn bytes_sent(client: &reqwest::Client, url: &str) -> Option<u64> {
         .json()
         .await
         .ok()?;
-    Some(v["uploaded_bytes"].as_u64()? + v["sync_uploaded_bytes"].as_u64()?)
+    let sync = v["sync_uploaded_bytes"].as_u64()?;
+    let total = match links {
+        Some(l) => l.sent_bytes(i)?,
+        None => v["uploaded_bytes"].as_u64()? + sync,
+    };
+    Some(Sent { total, sync })
+}
+
+/// Real sync traffic for `--links netns`: the busy half mirror a second repository,
+/// `sync`, whose one large file the server republishes with new bytes every `period`;
+/// each new generation is pulled by PRsync, pieces traded among the busy volunteers (the
+/// origin hands its copy to one of them), as the paper's "one half of the volunteer nodes
+/// periodically download files".
+async fn republish_sync(
+    exe: std::path::PathBuf,
+    data: std::path::PathBuf,
+    repo: std::path::PathBuf,
+    bytes: usize,
+    period: Duration,
+) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is at once: generation 1 (`sync-0.bin`) was published at the start.
+    tick.tick().await;
+    for k in 1u64.. {
+        tick.tick().await;
+        let (exe, data, repo) = (exe.clone(), data.clone(), repo.clone());
+        let r = tokio::task::spawn_blocking(move || -> Result<()> {
+            // A new name each time, as new package versions come: a file under way to a
+            // volunteer must not change under it. The two before stay for pulls that lag.
+            let mut buf = vec![0u8; bytes];
+            rand::thread_rng().fill(&mut buf[..]);
+            std::fs::write(repo.join(format!("sync-{k}.bin")), buf)?;
+            if let Some(old) = k.checked_sub(3) {
+                let _ = std::fs::remove_file(repo.join(format!("sync-{old}.bin")));
+            }
+            let out = Command::new(&exe)
+                .args(["publish", "--repo", "sync", "--data-dir"])
+                .arg(&data)
+                .output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "publish: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            Ok(())
+        })
+        .await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("republishing the sync repository: {e:#}"),
+            Err(e) => eprintln!("republishing the sync repository: {e}"),
+        }
+    }
+}
+
+/// How often the sync repository gets a new generation for the busy half to upload about
+/// `sync_bps` each: of a new file's `bytes`, the origin sends one copy and the busy
+/// volunteers the other `busy - 1` among themselves.
+pub fn sync_period(bytes: usize, busy: usize, sync_bps: u64) -> Duration {
+    let per_volunteer = bytes as f64 * (busy.saturating_sub(1)) as f64 / busy.max(1) as f64;
+    Duration::from_secs_f64((per_volunteer / sync_bps.max(1) as f64).max(0.5))
 }
 
 /// Most intervals `[start, start + secs)` of `samples` open at one instant within `[from, to)`.
@@ -140,7 +221,12 @@ pub fn is_busy(i: usize) -> bool {
 }
 
 /// Start a server and volunteers, drive the workload, stop everything.
-pub async fn run_one(a: &BalanceArgs, work: &Path, sc: &Scenario) -> Result<RunResult> {
+pub async fn run_one(
+    a: &BalanceArgs,
+    work: &Path,
+    sc: &Scenario,
+    links: Option<&Links>,
+) -> Result<RunResult> {
     let exe = std::env::current_exe()?;
     let dir = work.join(sc.label.replace([' ', '/'], "_"));
     let _ = std::fs::remove_dir_all(&dir);
@@ -151,20 +237,35 @@ pub async fn run_one(a: &BalanceArgs, work: &Path, sc: &Scenario) -> Result<RunR
         rand::thread_rng().fill(&mut data[..]);
         std::fs::write(repo.join(format!("f{i}.bin")), data)?;
     }
-    let port = free_port()?;
-    let oracle_port = free_port()?;
-    let url = format!("http://127.0.0.1:{port}");
+    let host: std::net::IpAddr = match links {
+        Some(l) => l.host().into(),
+        None => std::net::Ipv4Addr::LOCALHOST.into(),
+    };
+    let sync_repo = dir.join("sync");
+    if links.is_some() {
+        std::fs::create_dir_all(&sync_repo)?;
+        let mut data = vec![0u8; a.sync_file_bytes];
+        rand::thread_rng().fill(&mut data[..]);
+        std::fs::write(sync_repo.join("sync-0.bin"), data)?;
+    }
+    let port = free_port(host)?;
+    let oracle_port = free_port(host)?;
+    let url = format!("http://{host}:{port}");
     let mut cmd = Command::new(&exe);
     cmd.args([
         "server",
         "--listen",
-        &format!("127.0.0.1:{port}"),
+        &format!("{host}:{port}"),
         "--data-dir",
     ])
     .arg(dir.join("data"))
     .arg("--repo")
-    .arg(format!("bench={}", repo.display()))
-    .args([
+    .arg(format!("bench={}", repo.display()));
+    if links.is_some() {
+        cmd.arg("--repo")
+            .arg(format!("sync={}", sync_repo.display()));
+    }
+    cmd.args([
         "--policy",
         &sc.policy,
         "--announce-interval",
@@ -179,10 +280,14 @@ pub async fn run_one(a: &BalanceArgs, work: &Path, sc: &Scenario) -> Result<RunR
         "0",
     ])
     .args([
+        // Torrents for the sync repository's large file only: customers' files go by HTTP.
         "--torrent-min-bytes",
-        "1099511627776",
+        &match links {
+            Some(_) => a.sync_file_bytes.to_string(),
+            None => "1099511627776".to_string(),
+        },
         "--oracle-listen",
-        &format!("127.0.0.1:{oracle_port}"),
+        &format!("{host}:{oracle_port}"),
     ]);
     logged(&mut cmd, &dir.join("server.log"))?;
     let _server = Proc(cmd.spawn().context("starting the server")?);
@@ -210,9 +315,17 @@ pub async fn run_one(a: &BalanceArgs, work: &Path, sc: &Scenario) -> Result<RunR
             .trim()
             .to_string();
         anyhow::ensure!(!token.is_empty(), "enrolling {name} printed no token");
-        let vport = free_port()?;
-        urls.push(format!("http://127.0.0.1:{vport}"));
-        let mut c = Command::new(&exe);
+        let (listen, mut c) = match links {
+            Some(l) => (
+                std::net::SocketAddr::new(l.volunteer(i).into(), NETNS_PORT),
+                l.command(i, &exe),
+            ),
+            None => (
+                std::net::SocketAddr::new(host, free_port(host)?),
+                Command::new(&exe),
+            ),
+        };
+        urls.push(format!("http://{listen}"));
         c.args([
             "volunteer",
             "--server",
@@ -220,24 +333,38 @@ pub async fn run_one(a: &BalanceArgs, work: &Path, sc: &Scenario) -> Result<RunR
             "--token",
             &token,
             "--listen",
-            &format!("127.0.0.1:{vport}"),
+            &listen.to_string(),
             "--data-dir",
         ])
         .arg(dir.join(&name))
         .arg("--mirror")
         .arg(format!("bench={}", repo.display()))
+        // On real links `--upload-bps` declares the link to the balancer (the link itself
+        // is the limit); on loopback it is the limit.
         .args([
-            "--no-sync",
             "--upload-bps",
             &a.upload_bps.to_string(),
             "--max-connections",
             "64",
         ])
-        .args(["--oracle-feed", &format!("127.0.0.1:{oracle_port}")]);
-        if is_busy(i) {
-            c.args(["--background-sync-conns", &a.sync_conns.to_string()]);
-            if a.sync_bps > 0 {
-                c.args(["--background-sync-bps", &a.sync_bps.to_string()]);
+        .args(["--oracle-feed", &format!("{host}:{oracle_port}")]);
+        match (links, is_busy(i)) {
+            (Some(_), true) => {
+                let mine = dir.join(format!("{name}-sync"));
+                std::fs::create_dir_all(&mine)?;
+                c.arg("--mirror").arg(format!("sync={}", mine.display()));
+            }
+            (Some(_), false) => {
+                c.arg("--no-sync");
+            }
+            (None, busy) => {
+                c.arg("--no-sync");
+                if busy {
+                    c.args(["--background-sync-conns", &a.sync_conns.to_string()]);
+                    if a.sync_bps > 0 {
+                        c.args(["--background-sync-bps", &a.sync_bps.to_string()]);
+                    }
+                }
             }
         }
         logged(&mut c, &dir.join(format!("{name}.log")))?;
@@ -269,16 +396,31 @@ pub async fn run_one(a: &BalanceArgs, work: &Path, sc: &Scenario) -> Result<RunR
     )
     .await
     .with_context(|| format!("their logs: {}", dir.display()))?;
-    // Let slow start finish (a fresh volunteer counts with part of its capacity at first).
-    tokio::time::sleep(Duration::from_secs(sc.slow_start_secs + 1)).await;
+    // Real sync runs from here on, so that it is under way when the customers come.
+    let _republisher = links.map(|_| {
+        let busy = (0..n).filter(|&i| is_busy(i)).count();
+        AbortOnDrop(tokio::spawn(republish_sync(
+            exe.clone(),
+            dir.join("data"),
+            sync_repo.clone(),
+            a.sync_file_bytes,
+            sync_period(a.sync_file_bytes, busy, a.sync_bps),
+        )))
+    });
+    // Let slow start finish (a fresh volunteer counts with part of its capacity at first),
+    // and real sync reach its pace.
+    tokio::time::sleep(Duration::from_secs(
+        (sc.slow_start_secs + 1).max(if links.is_some() { 10 } else { 0 }),
+    ))
+    .await;
 
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .pool_max_idle_per_host(0)
         .build()?;
     let mut sent_before = Vec::new();
-    for u in &urls {
-        sent_before.push(bytes_sent(&client, u).await);
+    for (i, u) in urls.iter().enumerate() {
+        sent_before.push(bytes_sent(&client, u, links, i).await);
     }
     let rate = sc.load * a.customer_capacity() / a.file_size as f64;
     let mut rng = rand::rngs::StdRng::seed_from_u64(sc.seed);
@@ -329,9 +471,10 @@ pub async fn run_one(a: &BalanceArgs, work: &Path, sc: &Scenario) -> Result<RunR
         next += -rng.gen::<f64>().max(1e-12).ln() / rate;
     }
     let mut sent_after = Vec::new();
-    for u in &urls {
-        sent_after.push(bytes_sent(&client, u).await);
+    for (i, u) in urls.iter().enumerate() {
+        sent_after.push(bytes_sent(&client, u, links, i).await);
     }
+    let arrivals_secs = start.elapsed().as_secs_f64().max(0.001);
     // Drain, bounded.
     let _ = tokio::time::timeout(Duration::from_secs(180), async {
         while tasks.join_next().await.is_some() {}
@@ -357,10 +500,20 @@ pub async fn run_one(a: &BalanceArgs, work: &Path, sc: &Scenario) -> Result<RunR
             None => origin += 1,
         }
     }
-    let usage: Vec<f64> = sent_before
-        .iter()
-        .zip(&sent_after)
-        .map(|(b, a)| a.unwrap_or(0).saturating_sub(b.unwrap_or(0)) as f64)
+    let during = |pick: fn(&Sent) -> u64| -> Vec<f64> {
+        sent_before
+            .iter()
+            .zip(&sent_after)
+            .map(|(b, a)| {
+                let (b, a) = (b.unwrap_or_default(), a.unwrap_or_default());
+                pick(&a).saturating_sub(pick(&b)) as f64
+            })
+            .collect()
+    };
+    let usage = during(|s| s.total);
+    let sync_bps = during(|s| s.sync)
+        .into_iter()
+        .map(|b| b / arrivals_secs)
         .collect();
     let join = match (joiner, joined_at) {
         (Some(j), Some(at)) => {
@@ -420,9 +573,18 @@ pub async fn run_one(a: &BalanceArgs, work: &Path, sc: &Scenario) -> Result<RunR
         origin_requests: origin,
         request_share: normalise(per.iter().map(|&c| c as f64).collect()),
         network_usage: normalise(usage),
+        sync_bps,
         times,
         join,
     })
+}
+
+/// A task that ends with its handle.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Each value ÷ the mean of all (0 where the mean is 0).
@@ -456,6 +618,16 @@ mod tests {
         // Outside the window does not count.
         let v = [s(0.0, 1.0), s(0.5, 1.0), s(5.0, 1.0)];
         assert_eq!(peak_concurrency(v.iter(), 3.0, 10.0), 1);
+    }
+
+    #[test]
+    fn sync_period_paces_the_busy_half_at_the_asked_rate() {
+        // 4 busy: of a new 4 MB file the origin sends one copy and the busy half the other
+        // three, 3 MB a volunteer: at 500 kB/s, one every 6 s.
+        assert_eq!(sync_period(4_000_000, 4, 500_000), Duration::from_secs(6));
+        assert_eq!(sync_period(1_000_000, 2, 250_000), Duration::from_secs(2));
+        // Never faster than twice a second, whatever is asked.
+        assert_eq!(sync_period(1, 4, 1_000_000_000), Duration::from_millis(500));
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub async fn health(State(st): State<Arc<VolunteerState>>) -> Response {
         "active_connections": st.active.load(Ordering::Acquire),
         "served_requests": st.served.load(Ordering::Relaxed),
         "uploaded_bytes": st.uploaded.load(Ordering::Relaxed),
-        "sync_uploaded_bytes": st.sync_uploaded.load(Ordering::Relaxed),
+        "sync_uploaded_bytes": st.sync_uploaded_total(),
         "max_connections": st.max_connections.load(Ordering::Relaxed),
         "paused": st.paused.load(Ordering::Relaxed),
         "upload_bps": st.uplink.bps(),
@@ -321,8 +321,7 @@ pub async fn status_page(State(st): State<Arc<VolunteerState>>) -> Response {
             state
         );
     }
-    let sync = st.sync_uploaded.load(Ordering::Relaxed)
-        + st.seeder.as_ref().map_or(0, |s| s.bt.uploaded_bytes());
+    let sync = st.sync_uploaded_total();
     let page = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>mirrorswarm volunteer {name}</title>\
 <style>body{{font:14px system-ui,sans-serif;margin:1.5em}}table{{border-collapse:collapse}}\
@@ -356,8 +355,7 @@ pub async fn metrics(State(st): State<Arc<VolunteerState>>) -> Response {
     use std::fmt::Write as _;
     let mut out = String::with_capacity(2048);
     let name = st.credential.name.replace(['\\', '"', '\n'], "_");
-    let sync = st.sync_uploaded.load(Ordering::Relaxed)
-        + st.seeder.as_ref().map_or(0, |s| s.bt.uploaded_bytes());
+    let sync = st.sync_uploaded_total();
     let simple: [(&str, &str, &str, u64); 8] = [
         (
             "mirrorswarm_volunteer_active_connections",

@@ -556,6 +556,7 @@ async fn volunteers(a: VolunteersArgs) -> Result<()> {
                     generations: Default::default(),
                     customer_conns: 0,
                     sync_conns: 0,
+                    sync_bps: 0,
                     upload_bps: 0,
                     capacity: 0,
                     last_announce_ms_ago: None,

@@ -176,3 +176,43 @@ async fn upload_windows_and_quotas_from_the_toml_are_respected() {
     assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
     assert_eq!(server.volunteer("q").await["generations"]["debian"], 0);
 }
+
+/// Prompt reports: with 30 s announces, a volunteer whose sync upload starts tells the server
+/// within a few seconds, not at its next announce. (The synthetic sync starts with the
+/// volunteer; its first announce, at once, has seen none of it.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_burst_is_reported_at_once_not_at_the_next_interval() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    sample_repo(&repo);
+    let server = start_server(root, &repo, &["--announce-interval", "30"]).await;
+    let mirror = root.join("s").join("debian");
+    copy_tree(&repo, &mirror);
+    let token = server.enroll("s");
+    let mut args = volunteer_args(&server, &token, free_port(), &root.join("s/data"), &mirror);
+    args.extend(
+        [
+            "--upload-bps",
+            "1000000",
+            "--background-sync-conns",
+            "4",
+            "--background-sync-bps",
+            "600000",
+        ]
+        .map(String::from),
+    );
+    let _s = Proc::spawn(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &root.join("s.log"),
+    );
+    server.wait_held("s", 1).await;
+    // Well before the 30 s interval comes round: the sync as it goes (600 kB/s wanted, the
+    // link has room for it), not a rate over no time or over the whole interval.
+    wait_until(Duration::from_secs(10), "a report of the sync", || async {
+        server.volunteer("s").await["sync_bps"]
+            .as_u64()
+            .is_some_and(|b| (400_000..=800_000).contains(&b))
+    })
+    .await;
+}

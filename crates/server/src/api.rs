@@ -108,6 +108,9 @@ pub struct VolunteerView {
     pub generations: std::collections::BTreeMap<String, u64>,
     pub customer_conns: u32,
     pub sync_conns: u32,
+    /// Bytes/s its sync uploads sent, as its last report said.
+    #[serde(default)]
+    pub sync_bps: u64,
     pub upload_bps: u64,
     pub capacity: u32,
     pub last_announce_ms_ago: Option<u64>,
@@ -168,6 +171,7 @@ pub async fn volunteers(State(st): State<Arc<AppState>>) -> Json<Vec<VolunteerVi
                     .unwrap_or_default(),
                 customer_conns: live.map_or(0, |v| v.load.customer_conns),
                 sync_conns: live.map_or(0, |v| v.load.sync_conns),
+                sync_bps: live.map_or(0, |v| v.load.sync_bps),
                 upload_bps: live.map_or(0, |v| v.load.upload_bps),
                 capacity: live.map_or(0, |v| v.load.capacity),
                 last_announce_ms_ago: live

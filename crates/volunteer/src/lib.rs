@@ -11,6 +11,7 @@ pub mod credential;
 pub mod holdings;
 pub mod limit;
 pub mod oracle_feed;
+pub mod prompt;
 pub mod serve;
 
 use std::collections::BTreeMap;
@@ -91,6 +92,11 @@ pub struct VolunteerState {
     pub seeder: Option<prsync::seeder::Seeder>,
     /// Repositories with a PRsync pull under way.
     syncing: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Sync upload bytes/s over the last second ([`prompt`]), and what the last announce
+    /// said, and when it was sent.
+    recent_sync_bps: AtomicU64,
+    reported_sync_bps: AtomicU64,
+    last_announce: std::sync::Mutex<Instant>,
     seq: AtomicU64,
     peer_id: [u8; 20],
 }
@@ -480,6 +486,9 @@ pub async fn run(
         oracle_feed,
         seeder,
         syncing: std::sync::Mutex::new(Default::default()),
+        recent_sync_bps: AtomicU64::new(0),
+        reported_sync_bps: AtomicU64::new(0),
+        last_announce: std::sync::Mutex::new(Instant::now()),
         seq: AtomicU64::new(seq0),
         peer_id,
     });
@@ -542,11 +551,42 @@ pub async fn run(
         });
     }
 
+    // Prompt reports: announce at once when the sync upload rate moves a lot (`prompt`).
+    let watcher = st.clone();
+    tokio::spawn(async move {
+        let mut meter = prompt::RecentRate::default();
+        let mut tick = tokio::time::interval(prompt::CHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            let bps = meter.sample(now, watcher.sync_uploaded_total());
+            watcher.recent_sync_bps.store(bps, Ordering::Relaxed);
+            let last = *watcher
+                .last_announce
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let reported = watcher.reported_sync_bps.load(Ordering::Relaxed);
+            if now.saturating_duration_since(last) >= prompt::MIN_GAP
+                && prompt::moved(reported, bps, watcher.uplink.bps())
+            {
+                tracing::debug!(reported, now = bps, "sync upload moved: announcing now");
+                watcher.announce_now.notify_one();
+            }
+        }
+    });
+
     // Announce loop.
     let announcer = st.clone();
     let announce_task = tokio::spawn(async move {
         let mut interval = Duration::from_secs(5);
-        let mut last = (Instant::now(), 0u64, 0u64);
+        // From the counters as they stand: what was sent before the first announce (the
+        // initial verification can take a while) is not a rate over no time at all.
+        let mut last = (
+            Instant::now(),
+            serve::uploaded(&announcer.uploaded),
+            announcer.sync_uploaded_total(),
+        );
         loop {
             let now = Instant::now();
             let up = serve::uploaded(&announcer.uploaded);
@@ -554,12 +594,26 @@ pub async fn run(
             let secs = now.duration_since(last.0).as_secs_f64().max(0.001);
             let rates = Rates {
                 customers_bps: (up.saturating_sub(last.1) as f64 / secs) as u64,
-                sync_bps: (sync.saturating_sub(last.2) as f64 / secs) as u64,
+                // Sync as it goes now, over the last second: the balancer models the link
+                // from here on, and a burst averaged over a long interval would read as a
+                // trickle.
+                sync_bps: if now.duration_since(last.0) > Duration::from_secs(2) {
+                    announcer.recent_sync_bps.load(Ordering::Relaxed)
+                } else {
+                    (sync.saturating_sub(last.2) as f64 / secs) as u64
+                },
             };
             last = (now, up, sync);
             if let Some(i) = announcer.announce_all(rates).await {
                 interval = i;
             }
+            announcer
+                .reported_sync_bps
+                .store(rates.sync_bps, Ordering::Relaxed);
+            *announcer
+                .last_announce
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Instant::now();
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = announcer.announce_now.notified() => {}

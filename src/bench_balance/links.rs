@@ -46,10 +46,12 @@ impl Links {
         if unsafe { libc::geteuid() } != 0 {
             bail!("--links netns makes network namespaces and qdiscs: run it as root");
         }
+        remove_stale();
         let pid = std::process::id();
         let links = Links {
-            // Interface names have at most 15 bytes: "msb" + 5 digits + "h" + 3 digits.
-            tag: format!("msb{}", pid % 100_000),
+            // Interface names have at most 15 bytes: "msb" + a pid of at most 7 digits
+            // (Linux's limit is 4,194,304) + "h" + 3 digits.
+            tag: format!("msb{pid}"),
             // 10.213.x.0/24, x from the process id: two concurrent studies do not share one.
             subnet: [10, 213, (pid % 250) as u8],
             count,
@@ -146,6 +148,34 @@ impl Links {
     pub fn sent_bytes(&self, i: usize) -> Option<u64> {
         let p = format!("/sys/class/net/{}/statistics/rx_bytes", self.host_if(i));
         std::fs::read_to_string(p).ok()?.trim().parse().ok()
+    }
+}
+
+/// Remove what a study that was killed (not interrupted: that cleans up) left behind: the
+/// namespaces and bridge of a process that no longer runs.
+fn remove_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    let mut dead = std::collections::BTreeSet::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some((tag, _)) = name.split_once("-v") else {
+            continue;
+        };
+        let Some(pid) = tag.strip_prefix("msb") else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists() {
+            eprintln!("removing namespace {name}, left by a study that was killed");
+            let _ = run("ip", &["netns", "del", name]);
+            dead.insert(tag.to_string());
+        }
+    }
+    for tag in dead {
+        let _ = run("ip", &["link", "del", &format!("{tag}b")]);
     }
 }
 

@@ -226,21 +226,32 @@ pub async fn run(a: BalanceArgs) -> Result<()> {
     } else {
         None
     };
+    // Ctrl-C or SIGTERM stops the study cleanly: dropping it kills every process it
+    // started, and then `links` removes the namespaces.
+    tokio::select! {
+        r = study(&a, links.as_ref()) => r,
+        _ = crate::shutdown_signal() => {
+            anyhow::bail!("interrupted; what was measured so far is in {}", a.out.join("results.csv").display())
+        }
+    }
+}
+
+async fn study(a: &BalanceArgs, links: Option<&links::Links>) -> Result<()> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let work = std::env::temp_dir().join(format!("mirrorswarm-balance-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let mut results = Vec::new();
-    for sc in plan(&a) {
+    for sc in plan(a) {
         let mut args = a.clone();
         args.duration = sc.duration;
         // A run whose world did not come up (a port taken between choosing and binding it,
         // a machine too loaded to start eight processes in time) is tried once more rather
         // than ending an hour's study; a second failure ends it.
-        let r = match world::run_one(&args, &work, &sc, links.as_ref()).await {
+        let r = match world::run_one(&args, &work, &sc, links).await {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("{}: {e:#}; trying it once more", sc.label);
-                world::run_one(&args, &work, &sc, links.as_ref())
+                world::run_one(&args, &work, &sc, links)
                     .await
                     .with_context(|| sc.label.clone())?
             }
@@ -252,7 +263,7 @@ pub async fn run(a: BalanceArgs) -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&work);
     std::fs::write(a.out.join("results.csv"), report::csv(&results))?;
-    let md = report::markdown(&a, &results);
+    let md = report::markdown(a, &results);
     std::fs::write(a.out.join("results.md"), &md)?;
     println!("{md}");
     match plot::response_time_cdfs(&a.out, &results) {

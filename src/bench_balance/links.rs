@@ -52,8 +52,7 @@ impl Links {
             // Interface names have at most 15 bytes: "msb" + a pid of at most 7 digits
             // (Linux's limit is 4,194,304) + "h" + 3 digits.
             tag: format!("msb{pid}"),
-            // 10.213.x.0/24, x from the process id: two concurrent studies do not share one.
-            subnet: [10, 213, (pid % 250) as u8],
+            subnet: [10, 213, free_subnet(pid)?],
             count,
         };
         // Built step by step; on a failure, drop removes what was made.
@@ -149,6 +148,23 @@ impl Links {
         let p = format!("/sys/class/net/{}/statistics/rx_bytes", self.host_if(i));
         std::fs::read_to_string(p).ok()?.trim().parse().ok()
     }
+}
+
+/// The third octet of a 10.213.x.0/24 no route on this machine uses yet (so two studies at
+/// once, or a network that happens to use the range, are not joined), tried from one the
+/// process id picks.
+fn free_subnet(pid: u32) -> Result<u8> {
+    for k in 0..250u32 {
+        let x = ((pid + k) % 250) as u8;
+        let out = Command::new("ip")
+            .args(["route", "show", &format!("10.213.{x}.0/24")])
+            .output()
+            .context("running ip (iproute2 is needed for --links netns)")?;
+        if out.status.success() && out.stdout.iter().all(u8::is_ascii_whitespace) {
+            return Ok(x);
+        }
+    }
+    bail!("every 10.213.x.0/24 is in use on this machine")
 }
 
 /// Remove what a study that was killed (not interrupted: that cleans up) left behind: the

@@ -15,6 +15,9 @@ struct Row {
     idle: f64,
     failed: u64,
     requests: u64,
+    /// Each volunteer's sync upload, bytes/s (the last column).
+    sync: Vec<f64>,
+    line: String,
 }
 
 fn parse(csv: &str, policy: &str) -> Row {
@@ -29,39 +32,20 @@ fn parse(csv: &str, policy: &str) -> Row {
         max: f[9].parse().unwrap(),
         busy: f[10].parse().unwrap(),
         idle: f[11].parse().unwrap(),
+        sync: f[f.len() - 1]
+            .split(';')
+            .map(|x| x.parse().unwrap())
+            .collect(),
+        line: line.to_string(),
     }
 }
 
-/// One study at a time: two at once on a small machine would load each other's volunteers.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-#[test]
-fn feedback_keeps_customers_off_busy_volunteers_and_beats_request_counting() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+/// Run `mirrorswarm bench balance` with `args`; its CSV.
+fn study(args: &[&str]) -> String {
     let tmp = TestDir::new();
     let out = Command::new(BIN)
-        .args([
-            "bench",
-            "balance",
-            "--volunteers",
-            "4",
-            "--duration",
-            "10",
-            "--loads",
-            "1.0",
-        ])
-        .args([
-            "--policies",
-            "request-counting,feedback",
-            "--no-sweep",
-            "--no-join",
-            "--sync-conns",
-            "4",
-            // Greedy sync: the busy half's uploads take what the link gives them, so request
-            // counting overloads it clearly and the verdict does not hang on noise.
-            "--sync-bps",
-            "0",
-        ])
+        .args(["bench", "balance"])
+        .args(args)
         .arg("--out")
         .arg(tmp.path())
         .output()
@@ -72,9 +56,36 @@ fn feedback_keeps_customers_off_busy_volunteers_and_beats_request_counting() {
         String::from_utf8_lossy(&out.stderr)
     );
     let csv = std::fs::read_to_string(tmp.path().join("results.csv")).unwrap();
+    println!("{csv}");
+    csv
+}
+
+/// One study at a time: two at once on a small machine would load each other's volunteers.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn feedback_keeps_customers_off_busy_volunteers_and_beats_request_counting() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let csv = study(&[
+        "--volunteers",
+        "4",
+        "--duration",
+        "10",
+        "--loads",
+        "1.0",
+        "--policies",
+        "request-counting,feedback",
+        "--no-sweep",
+        "--no-join",
+        "--sync-conns",
+        "4",
+        // Greedy sync: the busy half's uploads take what the link gives them, so request
+        // counting overloads it clearly and the verdict does not hang on noise.
+        "--sync-bps",
+        "0",
+    ]);
     let rc = parse(&csv, "request-counting");
     let fb = parse(&csv, "feedback");
-    println!("{csv}");
     for r in [&rc, &fb] {
         assert!(r.requests >= 100, "too few requests for a verdict: {r:?}");
         assert_eq!(r.failed, 0, "{r:?}");
@@ -117,40 +128,26 @@ fn real_links_carry_real_prsync_sync_traffic_on_the_busy_half_only() {
         return;
     }
     let _ = Command::new("ip").args(["netns", "del", &probe]).status();
-    let tmp = TestDir::new();
-    let out = Command::new(BIN)
-        .args(["bench", "balance", "--links", "netns", "--volunteers", "4"])
-        .args([
-            "--duration",
-            "10",
-            "--loads",
-            "1.0",
-            "--policies",
-            "feedback",
-        ])
-        .args(["--no-sweep", "--no-join", "--sync-file-bytes", "2097152"])
-        .arg("--out")
-        .arg(tmp.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let csv = std::fs::read_to_string(tmp.path().join("results.csv")).unwrap();
-    println!("{csv}");
+    let csv = study(&[
+        "--links",
+        "netns",
+        "--volunteers",
+        "4",
+        "--duration",
+        "10",
+        "--loads",
+        "1.0",
+        "--policies",
+        "feedback",
+        "--no-sweep",
+        "--no-join",
+        "--sync-file-bytes",
+        "2097152",
+    ]);
     let fb = parse(&csv, "feedback");
     assert!(fb.requests >= 50, "too few requests: {fb:?}");
     assert_eq!(fb.failed, 0, "{fb:?}");
-    let line = csv.lines().find(|l| l.starts_with("feedback,")).unwrap();
-    let sync: Vec<f64> = line
-        .rsplit(',')
-        .next()
-        .unwrap()
-        .split(';')
-        .map(|x| x.parse().unwrap())
-        .collect();
+    let (sync, line) = (&fb.sync, &fb.line);
     assert_eq!(sync.len(), 4, "{line}");
     // Volunteers 0 and 2 pull each new file; the origin hands its copy to one of them,
     // which passes it on (which one may change from file to file). 1 and 3 do not sync.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use rand::{RngCore, SeedableRng};
 
-use super::procs::{memory, require};
+use super::procs::{cpu_seconds, memory, require};
 use super::services::{start_nginx, start_opentracker, start_server, Cores};
 use super::wrk::{self, Load};
 use super::{population, trees, Goal, Row, SpeedArgs};
@@ -64,6 +64,7 @@ fn tool_version(program: &str, flag: &str) -> String {
 fn measure_with(
     a: &SpeedArgs,
     url: &str,
+    pid: u32,
     script: &str,
     conns: u32,
     cores: Cores,
@@ -84,7 +85,8 @@ fn measure_with(
         WARMUP_SECS,
         cores.client_cpu(),
     )?;
-    let l = wrk::run(
+    let cpu_before = cpu_seconds(pid)?;
+    let mut l = wrk::run(
         work,
         url,
         script,
@@ -93,6 +95,9 @@ fn measure_with(
         a.secs,
         cores.client_cpu(),
     )?;
+    let cpu_after = cpu_seconds(pid)?;
+    l.cpu_user_s = cpu_after.0 - cpu_before.0;
+    l.cpu_kernel_s = cpu_after.1 - cpu_before.1;
     let socket_errors = if resets_expected { 0 } else { l.socket_errors };
     if l.bad_status > 0 || socket_errors > 0 {
         bail!(
@@ -112,9 +117,10 @@ fn measure_with(
     Ok(l)
 }
 
-/// One side of a comparison: where it listens, and what to call it.
+/// One side of a comparison: where it listens, its process, and what to call it.
 struct Side<'a> {
     url: &'a str,
+    pid: u32,
     what: &'a str,
     /// It resets each connection after its answer (opentracker).
     resets_expected: bool,
@@ -136,6 +142,7 @@ fn side_by_side(
             runs.push(measure_with(
                 a,
                 side.url,
+                side.pid,
                 script,
                 conns,
                 cores,
@@ -152,18 +159,23 @@ fn median_load(mut runs: Vec<Load>) -> Load {
     runs[runs.len() / 2]
 }
 
-fn ours<'a>(url: &'a str, what: &'a str) -> Side<'a> {
+fn ours<'a>(url: &'a str, pid: u32, what: &'a str) -> Side<'a> {
     Side {
         url,
+        pid,
         what,
         resets_expected: false,
     }
 }
 
+/// Latencies, and the CPU time each server spent per request: where a rate's gap comes
+/// from (its own work, or the kernel's on its behalf).
 fn latency_detail(ours: &Load, reference: &Load, name: &str) -> String {
+    let ((ou, ok), (ru, rk)) = (ours.cpu_per_request_us(), reference.cpu_per_request_us());
     format!(
-        "p99 {:.2} ms vs {name} {:.2} ms; p50 {:.2} vs {:.2} ms",
-        ours.p99_ms, reference.p99_ms, ours.p50_ms, reference.p50_ms
+        "p99 {:.2} ms vs {name} {:.2} ms; p50 {:.2} vs {:.2} ms; \
+         CPU per request {:.1} µs user + {:.1} µs kernel vs {:.1} + {:.1}",
+        ours.p99_ms, reference.p99_ms, ours.p50_ms, reference.p50_ms, ou, ok, ru, rk
     )
 }
 
@@ -299,8 +311,8 @@ pub async fn redirect(a: &SpeedArgs) -> Result<Vec<Row>> {
     let ng = start_nginx(&a.work, "redirect-1", Cores::One, nginx_302).await?;
     let (ours_one, nginx_one) = side_by_side(
         a,
-        ours(&srv.url, "mirrorswarm redirects"),
-        ours(&ng.url, "nginx return 302"),
+        ours(&srv.url, srv.proc.pid(), "mirrorswarm redirects"),
+        ours(&ng.url, ng.proc.pid(), "nginx return 302"),
         &script,
         a.connections,
         Cores::One,
@@ -353,8 +365,8 @@ pub async fn redirect(a: &SpeedArgs) -> Result<Vec<Row>> {
     let ng = start_nginx(&a.work, "redirect-all", Cores::All, nginx_302).await?;
     let (ours_all, nginx_all) = side_by_side(
         a,
-        ours(&srv.url, "mirrorswarm redirects"),
-        ours(&ng.url, "nginx return 302"),
+        ours(&srv.url, srv.proc.pid(), "mirrorswarm redirects"),
+        ours(&ng.url, ng.proc.pid(), "nginx return 302"),
         &script,
         a.connections,
         Cores::All,
@@ -432,9 +444,10 @@ pub async fn announce(a: &SpeedArgs) -> Result<Vec<Row>> {
         );
         let (ours, theirs) = side_by_side(
             a,
-            ours(&ours_url, "mirrorswarm announces"),
+            ours(&ours_url, srv.proc.pid(), "mirrorswarm announces"),
             Side {
                 url: &ot_url,
+                pid: ot.proc.pid(),
                 what: "opentracker announces",
                 resets_expected: true,
             },
@@ -568,16 +581,16 @@ pub async fn serve(a: &SpeedArgs) -> Result<Vec<Row>> {
         let ng = start_nginx(&a.work, "serve", cores, &body).await?;
         let (ours_small, ng_small) = side_by_side(
             a,
-            ours(&vurl, "volunteer 16 KiB"),
-            ours(&ng.url, "nginx 16 KiB"),
+            ours(&vurl, vol.pid(), "volunteer 16 KiB"),
+            ours(&ng.url, ng.proc.pid(), "nginx 16 KiB"),
             &small_script,
             a.connections,
             cores,
         )?;
         let (ours_large, ng_large) = side_by_side(
             a,
-            ours(&vurl, "volunteer 4 MiB"),
-            ours(&ng.url, "nginx 4 MiB"),
+            ours(&vurl, vol.pid(), "volunteer 4 MiB"),
+            ours(&ng.url, ng.proc.pid(), "nginx 4 MiB"),
             &large_script,
             16,
             cores,

@@ -99,7 +99,7 @@ pub async fn start_server(
 
 /// A running nginx.
 pub struct Nginx {
-    pub _proc: Proc,
+    pub proc: Proc,
     pub url: String,
 }
 
@@ -136,12 +136,12 @@ pub async fn start_nginx(work: &Path, tag: &str, cores: Cores, server_body: &str
     let mut proc = Proc::spawn("nginx", &mut cmd, &log)?;
     let url = format!("http://127.0.0.1:{port}");
     wait_http(&format!("{url}/"), Duration::from_secs(10), &mut proc, &log).await?;
-    Ok(Nginx { _proc: proc, url })
+    Ok(Nginx { proc, url })
 }
 
 /// A running opentracker.
 pub struct OpenTracker {
-    pub _proc: Proc,
+    pub proc: Proc,
     pub url: String,
 }
 
@@ -173,5 +173,5 @@ pub async fn start_opentracker(work: &Path, cores: Cores, whitelist: &Path) -> R
         &log,
     )
     .await?;
-    Ok(OpenTracker { _proc: proc, url })
+    Ok(OpenTracker { proc, url })
 }

@@ -19,11 +19,21 @@ pub struct Load {
     pub bad_status: u64,
     /// Connect, read, write errors and timeouts.
     pub socket_errors: u64,
+    /// CPU seconds the server used while wrk ran, user and kernel (filled in by the
+    /// caller, which knows the server's process).
+    pub cpu_user_s: f64,
+    pub cpu_kernel_s: f64,
 }
 
 impl Load {
     pub fn per_sec(&self) -> f64 {
         self.requests as f64 / self.secs.max(1e-9)
+    }
+
+    /// The server's CPU time per request, user and kernel, in microseconds.
+    pub fn cpu_per_request_us(&self) -> (f64, f64) {
+        let n = self.requests.max(1) as f64;
+        (self.cpu_user_s * 1e6 / n, self.cpu_kernel_s * 1e6 / n)
     }
 }
 
@@ -155,6 +165,8 @@ fn parse(stdout: &str) -> Result<Load> {
         p99_ms: f[3].parse::<f64>()? / 1e3,
         bad_status: f[4].parse()?,
         socket_errors: f[5].parse()?,
+        cpu_user_s: 0.0,
+        cpu_kernel_s: 0.0,
     })
 }
 

@@ -18,6 +18,7 @@ pub mod publish;
 pub mod redirect;
 pub mod sample_repo;
 pub mod seed;
+pub mod snapshots;
 pub mod spotcheck;
 pub mod state;
 pub mod store;
@@ -86,9 +87,9 @@ pub async fn publish_repo(st: &AppState, name: &str) -> Result<PublishReport> {
     let previous = st.repo(name);
     let (snap, report) = st.publisher.publish(name, dir, previous.clone()).await?;
     if !previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, &snap)) {
-        let replaced = write(&st.repos).insert(name.to_string(), snap.clone());
-        // Requests still holding the old snapshot free it when they finish; most memory of
-        // the publish itself is free now.
+        let replaced = st.repos.install(name, snap.clone());
+        // Requests still holding the old snapshot free it when they finish, and each serving
+        // thread's copy at its next request; most memory of the publish itself is free now.
         drop((replaced, previous));
     }
     publish::release_freed_memory();
@@ -178,7 +179,7 @@ pub async fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>> {
         key,
         store,
         publish_lock: tokio::sync::Mutex::new(()),
-        repos: RwLock::new(HashMap::new()),
+        repos: Default::default(),
         repo_dirs: cfg.repos.clone(),
         info_hashes,
         registry: Mutex::new({
@@ -296,8 +297,7 @@ async fn start_seed(st: &Arc<AppState>, local: SocketAddr) {
     {
         Ok(s) => {
             let s = st.seed.get_or_init(|| async { Arc::new(s) }).await.clone();
-            let snaps: Vec<Arc<publish::RepoSnapshot>> =
-                state::read(&st.repos).values().cloned().collect();
+            let snaps = st.repos.all();
             for snap in snaps {
                 if let Err(e) = s.sync(&snap).await {
                     tracing::warn!(repo = %snap.name, error = %format!("{e:#}"), "origin seeding incomplete");

@@ -5,7 +5,7 @@
 //! offered as alternatives. An empty order sends the customer to the origin.
 
 use rand::{Rng, RngCore};
-use tracker::link_model::LinkModel;
+use tracker::link_model::LinkView;
 use tracker::registry::Load;
 
 /// What a policy may know of one eligible volunteer.
@@ -15,7 +15,7 @@ pub struct Candidate<'a> {
     pub load: Load,
     /// Its downloads as they probably stand now (the report, the redirects since, drained at
     /// its declared link's rate; for the `oracle`, corrected by exact live counts).
-    pub model: &'a LinkModel,
+    pub model: LinkView<'a>,
     /// Redirects the server issued since that report (within the connection window).
     pub issued_since_report: u32,
     /// Redirects the server ever issued to it (since this server started).
@@ -37,9 +37,15 @@ impl Candidate<'_> {
 
 pub trait Policy: Send + Sync {
     fn name(&self) -> &'static str;
-    /// Indices into `cands`, best first, for a download of `bytes`. Empty: no volunteer
-    /// should take this request.
-    fn order(&self, cands: &[Candidate], bytes: u64, rng: &mut dyn RngCore) -> Vec<usize>;
+    /// Indices into `cands`, best first, for a download of `bytes`, into `out` (cleared
+    /// first). Empty: no volunteer should take this request.
+    fn order_into(&self, cands: &[Candidate], bytes: u64, rng: &mut dyn RngCore, out: &mut Order);
+    /// [`Self::order_into`] a new buffer.
+    fn order(&self, cands: &[Candidate], bytes: u64, rng: &mut dyn RngCore) -> Vec<usize> {
+        let mut out = Order::default();
+        self.order_into(cands, bytes, rng, &mut out);
+        out.best_first
+    }
     /// Whether candidates need the exact live load (the oracle's experiment feed).
     fn wants_exact_load(&self) -> bool {
         false
@@ -61,6 +67,43 @@ pub fn by_name(name: &str, slow_start: std::time::Duration) -> Option<Box<dyn Po
     }
 }
 
+/// A policy's answer, and its scratch: kept by the caller from one request to the next, so
+/// ordering a redirect's candidates allocates nothing.
+#[derive(Debug, Default)]
+pub struct Order {
+    /// Indices into the candidates, best first.
+    pub best_first: Vec<usize>,
+    scored: Vec<(f64, usize)>,
+}
+
+impl Order {
+    /// `best_first` = the candidates that `keep` admits, by `score`, lowest first; ties keep
+    /// input order (ids are sorted). Each score is computed once.
+    fn sort_by(
+        &mut self,
+        cands: &[Candidate],
+        keep: impl Fn(&Candidate) -> bool,
+        score: impl Fn(&Candidate) -> f64,
+    ) {
+        self.scored.clear();
+        self.scored.extend(
+            cands
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| keep(c))
+                .map(|(i, c)| (score(c), i)),
+        );
+        self.take_scored();
+    }
+
+    /// `best_first` = what is in `scored`, lowest score first (stable).
+    fn take_scored(&mut self) {
+        self.scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+        self.best_first.clear();
+        self.best_first.extend(self.scored.iter().map(|&(_, i)| i));
+    }
+}
+
 /// Always the volunteer whose last report looks idlest: what best-of-two guards against. On
 /// stale reports every customer between two announces goes to the same volunteer (herding).
 pub struct LeastLoaded;
@@ -69,18 +112,15 @@ impl Policy for LeastLoaded {
     fn name(&self) -> &'static str {
         "least-loaded"
     }
-    fn order(&self, cands: &[Candidate], _bytes: u64, _rng: &mut dyn RngCore) -> Vec<usize> {
-        sorted_by(cands, |c| {
+    fn order_into(&self, cands: &[Candidate], _: u64, _: &mut dyn RngCore, out: &mut Order) {
+        out.sort_by(cands, all, |c| {
             f64::from(c.load.customer_conns + c.load.sync_conns) / c.capacity()
-        })
+        });
     }
 }
 
-/// Indices sorted by a score, lowest first; ties keep input order (ids are sorted).
-fn sorted_by(cands: &[Candidate], score: impl Fn(&Candidate) -> f64) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..cands.len()).collect();
-    idx.sort_by(|&a, &b| score(&cands[a]).total_cmp(&score(&cands[b])));
-    idx
+fn all(_: &Candidate) -> bool {
+    true
 }
 
 /// Apache `byrequests`, the paper's baseline: spread requests in proportion to capacity,
@@ -91,8 +131,8 @@ impl Policy for RequestCounting {
     fn name(&self) -> &'static str {
         "request-counting"
     }
-    fn order(&self, cands: &[Candidate], _bytes: u64, _rng: &mut dyn RngCore) -> Vec<usize> {
-        sorted_by(cands, |c| c.issued_total as f64 / c.capacity())
+    fn order_into(&self, cands: &[Candidate], _: u64, _: &mut dyn RngCore, out: &mut Order) {
+        out.sort_by(cands, all, |c| c.issued_total as f64 / c.capacity());
     }
 }
 
@@ -104,8 +144,8 @@ impl Policy for LeastConnections {
     fn name(&self) -> &'static str {
         "least-connections"
     }
-    fn order(&self, cands: &[Candidate], _bytes: u64, _rng: &mut dyn RngCore) -> Vec<usize> {
-        sorted_by(cands, |c| c.issued_recent as f64 / c.capacity())
+    fn order_into(&self, cands: &[Candidate], _: u64, _: &mut dyn RngCore, out: &mut Order) {
+        out.sort_by(cands, all, |c| c.issued_recent as f64 / c.capacity());
     }
 }
 
@@ -164,18 +204,25 @@ impl Policy for FeedbackConnections {
     fn name(&self) -> &'static str {
         "feedback-connections"
     }
-    fn order(&self, cands: &[Candidate], _bytes: u64, rng: &mut dyn RngCore) -> Vec<usize> {
-        let open: Vec<usize> = (0..cands.len())
-            .filter(|&i| self.has_headroom(&cands[i]))
-            .collect();
-        let first = match open.len() {
-            0 => return Vec::new(),
-            1 => open[0],
+    fn order_into(&self, cands: &[Candidate], _: u64, rng: &mut dyn RngCore, out: &mut Order) {
+        // Those with headroom, by score; then the best of two random ones of them is moved
+        // to the front.
+        out.sort_by(cands, |c| self.has_headroom(c), |c| self.score(c));
+        // The open ones in input order (ascending index), to draw from as before.
+        let n = out.best_first.len();
+        let nth_open = |k: usize| {
+            (0..cands.len())
+                .filter(|&i| self.has_headroom(&cands[i]))
+                .nth(k)
+                .unwrap_or(0)
+        };
+        let first = match n {
+            0 | 1 => return,
             n => {
-                let a = open[rng.gen_range(0..n)];
-                let mut b = open[rng.gen_range(0..n - 1)];
+                let a = nth_open(rng.gen_range(0..n));
+                let mut b = nth_open(rng.gen_range(0..n - 1));
                 if b == a {
-                    b = open[n - 1];
+                    b = nth_open(n - 1);
                 }
                 let (sa, sb) = (self.score(&cands[a]), self.score(&cands[b]));
                 if sb < sa || (sb == sa && rng.gen_bool(0.5)) {
@@ -185,18 +232,16 @@ impl Policy for FeedbackConnections {
                 }
             }
         };
-        let mut rest: Vec<usize> = sorted_by(cands, |c| self.score(c))
-            .into_iter()
-            .filter(|&i| i != first && self.has_headroom(&cands[i]))
-            .collect();
-        rest.insert(0, first);
-        rest
+        if let Some(at) = out.best_first.iter().position(|&i| i == first) {
+            out.best_first[..=at].rotate_right(1);
+        }
     }
 }
 
 /// The default: send the customer where it adds the least waiting, its own and that of the
-/// customers already there. Each volunteer's [`LinkModel`] knows its declared uplink, the
-/// sync traffic it reported and the downloads it probably serves now (its last report plus
+/// customers already there. Each volunteer's
+/// [`LinkModel`](tracker::link_model::LinkModel) knows its declared uplink, the sync
+/// traffic it reported and the downloads it probably serves now (its last report plus
 /// the redirects since, drained at the rates the link gives them), so between two reports
 /// the server neither herds onto whoever looked idle (it counts its own redirects) nor
 /// starves a volunteer whose customers have long finished (it drains them). Sync uploads
@@ -232,22 +277,23 @@ impl Policy for Feedback {
     fn wants_exact_load(&self) -> bool {
         self.live
     }
-    fn order(&self, cands: &[Candidate], bytes: u64, rng: &mut dyn RngCore) -> Vec<usize> {
+    fn order_into(&self, cands: &[Candidate], bytes: u64, rng: &mut dyn RngCore, out: &mut Order) {
         if !cands.iter().all(|c| c.model.known()) {
-            return FeedbackConnections { ramp: self.ramp }.order(cands, bytes, rng);
+            return FeedbackConnections { ramp: self.ramp }.order_into(cands, bytes, rng, out);
         }
-        let mut scored: Vec<(f64, usize)> = (0..cands.len())
-            .filter(|&i| self.has_headroom(&cands[i]))
-            .filter_map(|i| {
-                let c = &cands[i];
-                let wait = c.model.marginal_wait(bytes)?;
-                // Equal volunteers tie exactly; a little noise spreads them at random.
-                let noise = 1.0 + 1e-9 * rng.gen::<f64>();
-                Some((wait * noise / self.ramp.cut(c), i))
-            })
-            .collect();
-        scored.sort_by(|a, b| a.0.total_cmp(&b.0));
-        scored.into_iter().map(|(_, i)| i).collect()
+        out.scored.clear();
+        out.scored.extend(
+            (0..cands.len())
+                .filter(|&i| self.has_headroom(&cands[i]))
+                .filter_map(|i| {
+                    let c = &cands[i];
+                    let wait = c.model.marginal_wait(bytes)?;
+                    // Equal volunteers tie exactly; a little noise spreads them at random.
+                    let noise = 1.0 + 1e-9 * rng.gen::<f64>();
+                    Some((wait * noise / self.ramp.cut(c), i))
+                }),
+        );
+        out.take_scored();
     }
 }
 
@@ -256,7 +302,7 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
     use std::time::{Duration, Instant};
-    use tracker::link_model::Reported;
+    use tracker::link_model::{LinkModel, Reported};
 
     /// A volunteer as a test describes it: its report, and its model built from that report.
     struct Vol {
@@ -310,7 +356,7 @@ mod tests {
         v.iter()
             .map(|v| Candidate {
                 load: v.load,
-                model: &v.model,
+                model: v.model.view_as_moved(),
                 issued_since_report: v.since,
                 issued_total: v.total,
                 issued_recent: v.total as usize,

@@ -100,15 +100,19 @@ pub fn choose(
     rel: &str,
     entry: &Entry,
     want: usize,
+    now: Instant,
     chosen: &mut Chosen,
 ) {
     chosen.clear();
-    let now = Instant::now();
     let mut rng = crate::fast_rng::FastRng::for_thread();
     let mut reg = lock(&st.registry);
     let k = want.clamp(BEST_OF, MAX_SAMPLE);
-    // The sample's buffer is the thread's, reused: this runs for every redirect.
-    let mut sample = SAMPLE_BUF.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    // The sample's and the order's buffers are the thread's, reused: this runs for every
+    // redirect.
+    let ChooseScratch {
+        mut sample,
+        mut order,
+    } = CHOOSE_SCRATCH.with(|b| std::mem::take(&mut *b.borrow_mut()));
     reg.sample(
         &snap.name,
         entry.changed_in,
@@ -139,7 +143,7 @@ pub fn choose(
             let v = reg.at(i);
             Candidate {
                 load: v.load,
-                model: &v.model,
+                model: v.model.view(now),
                 issued_since_report: unreported,
                 issued_total: v.issued_total,
                 issued_recent: recent,
@@ -148,8 +152,10 @@ pub fn choose(
             }
         })
         .collect();
-    let order = st.policy.order(&cands, entry.size, &mut rng);
+    st.policy
+        .order_into(&cands, entry.size, &mut rng, &mut order);
     drop(cands);
+    let best_first = &order.best_first;
     if tracing::enabled!(tracing::Level::DEBUG) {
         let (_, excluded) = reg.candidates(&snap.name, entry.changed_in, snap.generation(), now);
         let why: Vec<String> = excluded
@@ -159,19 +165,19 @@ pub fn choose(
         tracing::debug!(
             repo = %snap.name, path = rel, changed_in = entry.changed_in,
             policy = st.policy.name(),
-            chosen = order.first().map(|&i| reg.at(sample[i]).id.as_str()).unwrap_or("origin"),
+            chosen = best_first.first().map(|&i| reg.at(sample[i]).id.as_str()).unwrap_or("origin"),
             sampled = sample.len(), excluded = ?why,
             "redirect decision"
         );
     }
-    for &at in order.iter().take(want).filter_map(|&i| sample.get(i)) {
+    for &at in best_first.iter().take(want).filter_map(|&i| sample.get(i)) {
         chosen.push(&reg.at(at).url);
     }
-    if let Some(&first) = order.first().and_then(|&i| sample.get(i)) {
+    if let Some(&first) = best_first.first().and_then(|&i| sample.get(i)) {
         reg.note_redirect_at(first, entry.size, now);
     }
     drop(reg);
-    SAMPLE_BUF.with(|b| *b.borrow_mut() = sample);
+    CHOOSE_SCRATCH.with(|b| *b.borrow_mut() = ChooseScratch { sample, order });
 }
 
 /// The base URLs of the volunteers chosen for one request, best first, copied out of the
@@ -221,9 +227,16 @@ thread_local! {
 /// Candidates a policy sees at most (a small pool whole, or a Metalink's many sources).
 const MAX_SAMPLE: usize = 16;
 
+/// What [`choose`] reuses from one redirect to the next on a thread.
+#[derive(Default)]
+struct ChooseScratch {
+    sample: Vec<usize>,
+    order: crate::policy::Order,
+}
+
 thread_local! {
-    static SAMPLE_BUF: std::cell::RefCell<Vec<usize>> =
-        std::cell::RefCell::new(Vec::with_capacity(MAX_SAMPLE));
+    static CHOOSE_SCRATCH: std::cell::RefCell<ChooseScratch> =
+        std::cell::RefCell::new(ChooseScratch::default());
 }
 
 /// The header that tells a verifying client (`mirrorswarm proxy`) how many bytes to expect
@@ -252,17 +265,19 @@ const METALINK_TYPE: &str = "application/metalink4+xml";
 
 /// What a customer's request path names, before anything is chosen or counted. Shared by the
 /// router's handler and the fast path, so both read a path the same way.
-enum Resolved<'a> {
+/// `S` holds the snapshot: an `Arc` the router's handler keeps across its awaits, or a
+/// reference into the serving thread's copy on the fast path.
+enum Resolved<'a, S> {
     RepoList,
     /// A directory named without its trailing slash, or a file's directory: where to go.
     Moved(String),
-    Directory(Arc<RepoSnapshot>, &'a str),
+    Directory(S, &'a str),
     NotFound(String),
-    File(FileRequest<'a>),
+    File(FileRequest<'a, S>),
 }
 
-struct FileRequest<'a> {
-    snap: Arc<RepoSnapshot>,
+struct FileRequest<'a, S> {
+    snap: S,
     repo: &'a str,
     rel: &'a str,
     entry: Entry,
@@ -272,13 +287,14 @@ struct FileRequest<'a> {
     metalink: bool,
 }
 
-/// Read `decoded` (a strictly decoded request path) against the published snapshots.
-/// `accepts_metalink` is asked only for a file that exists.
-fn resolve<'a>(
-    st: &AppState,
+/// Read `decoded` (a strictly decoded request path) against the published snapshots, which
+/// `snapshot` looks up by repository name. `accepts_metalink` is asked only for a file that
+/// exists.
+fn resolve<'a, S: std::ops::Deref<Target = RepoSnapshot>>(
+    snapshot: impl FnOnce(&str) -> Option<S>,
     decoded: &'a str,
     accepts_metalink: impl FnOnce() -> bool,
-) -> Resolved<'a> {
+) -> Resolved<'a, S> {
     let path = decoded.trim_start_matches('/');
     if path.is_empty() {
         return Resolved::RepoList;
@@ -290,7 +306,7 @@ fn resolve<'a>(
         _ => (false, path),
     };
     let (repo, rel) = path.split_once('/').unwrap_or((path, ""));
-    let Some(snap) = st.repo(repo) else {
+    let Some(snap) = snapshot(repo) else {
         return Resolved::NotFound(format!("no repository named `{repo}`"));
     };
     if rel.is_empty() && !decoded.ends_with('/') {
@@ -330,7 +346,7 @@ fn resolve<'a>(
     })
 }
 
-impl FileRequest<'_> {
+impl<S: std::ops::Deref<Target = RepoSnapshot>> FileRequest<'_, S> {
     /// Whether this request is for a volunteer, if one may serve it.
     fn wants_volunteer(&self, st: &AppState) -> bool {
         !self.origin_only && !self.metalink && self.entry.size > st.config.redirect.direct_max_bytes
@@ -341,11 +357,12 @@ impl FileRequest<'_> {
     fn redirect<'s>(
         &self,
         st: &'s AppState,
+        now: Instant,
         chosen: &'s mut Chosen,
         encoded: &'s mut String,
     ) -> Option<Redirect<'s>> {
         let want = st.config.redirect.alternatives.max(1);
-        choose(st, &self.snap, self.rel, &self.entry, want, chosen);
+        choose(st, &self.snap, self.rel, &self.entry, want, now, chosen);
         if chosen.is_empty() {
             return None;
         }
@@ -368,7 +385,7 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
         Err(resp) => return *resp,
     };
     let accept = || wants_metalink(headers.get_all(header::ACCEPT).iter().map(|v| v.as_bytes()));
-    let file = match resolve(&st, &decoded, accept) {
+    let file = match resolve(|repo| st.repo(repo), &decoded, accept) {
         Resolved::RepoList => return repo_list(&st, method),
         Resolved::Moved(to) => return moved(&to),
         Resolved::Directory(snap, rel) => return directory(&snap, rel, method, uri),
@@ -388,6 +405,7 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
             file.rel,
             entry,
             METALINK_SOURCES,
+            Instant::now(),
             &mut chosen,
         );
         let mut urls: Vec<String> = chosen
@@ -419,7 +437,7 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
 
     if file.wants_volunteer(&st) {
         let (mut chosen, mut encoded) = (Chosen::default(), String::new());
-        if let Some(r) = file.redirect(&st, &mut chosen, &mut encoded) {
+        if let Some(r) = file.redirect(&st, Instant::now(), &mut chosen, &mut encoded) {
             return r.into_response();
         }
     }
@@ -454,25 +472,28 @@ pub fn fast_customer(
         return fast::Answer::Pass;
     };
     let accept = || wants_metalink(req.all("accept"));
-    let Resolved::File(file) = resolve(st, &decoded, accept) else {
-        return fast::Answer::Pass;
-    };
-    if !file.wants_volunteer(st) {
-        return fast::Answer::Pass;
-    }
-    SCRATCH.with(|s| {
-        let Scratch {
-            chosen,
-            encoded,
-            value,
-        } = &mut *s.borrow_mut();
-        match file.redirect(st, chosen, encoded) {
-            Some(r) => {
-                r.write(reply, value);
-                fast::Answer::Done
-            }
-            None => fast::Answer::Pass,
+    st.repos.with_current(|repos| {
+        let snapshot = |repo: &str| repos.get(repo).map(|s| &**s);
+        let Resolved::File(file) = resolve(snapshot, &decoded, accept) else {
+            return fast::Answer::Pass;
+        };
+        if !file.wants_volunteer(st) {
+            return fast::Answer::Pass;
         }
+        SCRATCH.with(|s| {
+            let Scratch {
+                chosen,
+                encoded,
+                value,
+            } = &mut *s.borrow_mut();
+            match file.redirect(st, req.received, chosen, encoded) {
+                Some(r) => {
+                    r.write(reply, value);
+                    fast::Answer::Done
+                }
+                None => fast::Answer::Pass,
+            }
+        })
     })
 }
 

@@ -23,7 +23,7 @@ pub struct AppState {
     /// Serialises publishes; the request path never takes it.
     pub publish_lock: tokio::sync::Mutex<()>,
     /// Current generation of each repository, swapped whole by a publish.
-    pub repos: RwLock<HashMap<String, Arc<RepoSnapshot>>>,
+    pub repos: crate::snapshots::Snapshots,
     pub repo_dirs: BTreeMap<String, PathBuf>,
     /// Mirror info-hash → repository name.
     pub info_hashes: HashMap<[u8; 20], String>,
@@ -51,13 +51,14 @@ pub struct AppState {
 
 impl AppState {
     pub fn repo(&self, name: &str) -> Option<Arc<RepoSnapshot>> {
-        read(&self.repos).get(name).cloned()
+        self.repos.get(name)
     }
 
     pub fn latest_generations(&self) -> BTreeMap<String, u64> {
-        read(&self.repos)
-            .iter()
-            .map(|(k, v)| (k.clone(), v.generation()))
+        self.repos
+            .all()
+            .into_iter()
+            .map(|s| (s.name.clone(), s.generation()))
             .collect()
     }
 

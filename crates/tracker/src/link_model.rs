@@ -83,36 +83,67 @@ impl LinkModel {
         }
     }
 
-    /// Move the model to `now`: downloads progress, and those done are dropped.
-    pub fn advance(&mut self, now: Instant) {
-        let Some(at) = self.at else {
-            self.at = Some(now);
-            return;
+    /// Where the downloads stand at `now`, without moving the model there: how many of the
+    /// oldest have finished since, and what every one still going has received.
+    fn progress(&self, now: Instant) -> Progress {
+        let done = Progress {
+            finished: 0,
+            served: self.served,
         };
+        let (Some(at), true) = (self.at, self.known()) else {
+            return done;
+        };
+        let mut p = done;
         let mut dt = now.saturating_duration_since(at).as_secs_f64();
-        self.at = Some(now.max(at));
-        if !self.known() {
-            return;
-        }
         while dt > 0.0 {
-            let Some(&first) = self.finish.front() else {
+            let Some(&first) = self.finish.get(p.finished) else {
                 break;
             };
-            let rate = self.per_flow(self.finish.len());
-            let need = (first - self.served).max(0.0) / rate;
+            let rate = self.per_flow(self.finish.len() - p.finished);
+            let need = (first - p.served).max(0.0) / rate;
             if need <= dt {
-                self.served = first;
-                self.finish.pop_front();
+                p.served = first;
+                p.finished += 1;
                 dt -= need;
             } else {
-                self.served += rate * dt;
+                p.served += rate * dt;
                 dt = 0.0;
             }
         }
+        p
+    }
+
+    /// Move the model to `now`: downloads progress, and those done are dropped.
+    pub fn advance(&mut self, now: Instant) {
+        let p = self.progress(now);
+        self.at = Some(self.at.map_or(now, |at| now.max(at)));
+        self.finish.drain(..p.finished);
+        self.served = p.served;
         if self.finish.is_empty() {
             // Nothing in flight: restart the counter, so it never grows large enough to lose
             // precision.
             self.served = 0.0;
+        }
+    }
+
+    /// The model as it stands at `now`, read without moving it: what a policy weighs. (A
+    /// candidate only looked at is not written to: on all cores, each write moved its cache
+    /// lines to the writing core, four candidates a redirect.)
+    pub fn view(&self, now: Instant) -> LinkView<'_> {
+        LinkView {
+            model: self,
+            progress: self.progress(now),
+        }
+    }
+
+    /// [`Self::view`] at the time the model was last moved to.
+    pub fn view_as_moved(&self) -> LinkView<'_> {
+        LinkView {
+            model: self,
+            progress: Progress {
+                finished: 0,
+                served: self.served,
+            },
         }
     }
 
@@ -172,9 +203,42 @@ impl LinkModel {
         self.sync_cap = cap;
     }
 
+    /// [`LinkView::marginal_wait`] as the model was last moved.
+    pub fn marginal_wait(&self, bytes: u64) -> Option<f64> {
+        self.view_as_moved().marginal_wait(bytes)
+    }
+}
+
+/// How far the downloads have got since the model was last moved.
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    /// The oldest this many have finished.
+    finished: usize,
+    /// What each one still going has received (in the model's `served` units).
+    served: f64,
+}
+
+/// A [`LinkModel`] read as it stands at some instant, without moving it there.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkView<'a> {
+    model: &'a LinkModel,
+    progress: Progress,
+}
+
+impl LinkView<'_> {
+    /// Whether the volunteer declared its link, so the model's times mean anything.
+    pub fn known(&self) -> bool {
+        self.model.known()
+    }
+
+    /// Downloads it probably serves at that instant.
+    pub fn customers(&self) -> usize {
+        self.model.finish.len() - self.progress.finished
+    }
+
     /// Seconds of customer waiting one more download of `bytes` would add, summed over every
     /// download here, its own included, if nobody else arrived: what routing it here costs.
-    /// `None` if the link is undeclared. The model should have been advanced to now.
+    /// `None` if the link is undeclared.
     pub fn marginal_wait(&self, bytes: u64) -> Option<f64> {
         if !self.known() {
             return None;
@@ -187,11 +251,14 @@ impl LinkModel {
     /// more), at the model's rates, with no more arrivals: over each stretch between two
     /// completions, every download still going waits for the whole stretch.
     fn total_wait(&self, extra: Option<f64>) -> f64 {
-        let n = self.finish.len() + usize::from(extra.is_some());
-        let mut remaining = self
+        let model = self.model;
+        let served = self.progress.served;
+        let n = self.customers() + usize::from(extra.is_some());
+        let mut remaining = model
             .finish
             .iter()
-            .map(|&f| (f - self.served).max(0.0))
+            .skip(self.progress.finished)
+            .map(|&f| (f - served).max(0.0))
             .peekable();
         let mut extra = extra;
         let mut prev = 0.0;
@@ -213,7 +280,7 @@ impl LinkModel {
                 }
                 (None, None) => break,
             };
-            total += (next - prev) * left as f64 / self.per_flow(left);
+            total += (next - prev) * left as f64 / model.per_flow(left);
             prev = next;
         }
         total
@@ -342,5 +409,31 @@ mod tests {
             m.add(1_000_000, t);
         }
         assert_eq!(m.customers(), MAX_FLOWS);
+    }
+
+    #[test]
+    fn a_view_reads_what_moving_the_model_would_give() {
+        let t = Instant::now();
+        let mut m = model(1, 1, 100_000, 1_000_000, t);
+        for (k, bytes) in [100_000u64, 400_000, 2_000_000].into_iter().enumerate() {
+            m.add(bytes, t + Duration::from_millis(50 * k as u64));
+        }
+        for ms in [0u64, 120, 400, 900, 3000, 10_000] {
+            let now = t + Duration::from_millis(100 + ms);
+            let (customers, wait) = {
+                let v = m.view(now);
+                (v.customers(), v.marginal_wait(300_000).unwrap())
+            };
+            let mut moved = m.clone();
+            moved.advance(now);
+            assert_eq!(customers, moved.customers(), "at +{ms} ms");
+            let expected = moved.marginal_wait(300_000).unwrap();
+            assert!(
+                (wait - expected).abs() < 1e-9,
+                "at +{ms} ms: {wait} vs {expected}"
+            );
+        }
+        // The view moved nothing.
+        assert_eq!(m.customers(), 4);
     }
 }

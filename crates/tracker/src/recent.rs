@@ -71,9 +71,17 @@ impl RecentCounts {
     }
 
     /// Redirects within the window before `now`.
-    pub fn count(&mut self, s: &Slicing, now: Instant) -> u32 {
-        self.roll(s, now);
-        self.total
+    /// Read only: a candidate looked at is not written to (see `LinkModel::view`).
+    pub fn count(&self, s: &Slicing, now: Instant) -> u32 {
+        let at = s.at(now);
+        if at <= self.newest {
+            return self.total;
+        }
+        let gone = (at - self.newest).min(SLICES as u64);
+        let forgotten: u32 = (1..=gone)
+            .map(|k| self.counts[((self.newest + k) % SLICES as u64) as usize])
+            .sum();
+        self.total.saturating_sub(forgotten)
     }
 }
 

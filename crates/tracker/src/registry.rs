@@ -521,14 +521,12 @@ impl Registry {
     /// Redirects to the volunteer at position `i` that are probably still open, in O(1):
     /// `(unreported, recent)`: those within the connection window, and of them the ones
     /// since its last report (at most all of them: the newest are the unreported ones).
-    /// Brings its [`LinkModel`] up to `now` too.
-    pub fn open_redirects(&mut self, i: usize, now: Instant) -> (u32, usize) {
-        let slicing = self.slicing;
-        let Some(v) = self.volunteers.get_mut(i) else {
+    /// Reads only; a policy reads its [`LinkModel`] with `view(now)`.
+    pub fn open_redirects(&self, i: usize, now: Instant) -> (u32, usize) {
+        let Some(v) = self.volunteers.get(i) else {
             return (0, 0);
         };
-        v.model.advance(now);
-        let recent = v.recent.count(&slicing, now);
+        let recent = v.recent.count(&self.slicing, now);
         (recent.min(v.issued_since_report), recent as usize)
     }
 

@@ -43,6 +43,8 @@ pub struct Request<'a> {
     /// The request target as sent: an origin-form path (it starts with `/`), maybe a query.
     pub target: &'a str,
     pub peer: SocketAddr,
+    /// When its head was complete: the one clock reading a fast answer needs.
+    pub received: std::time::Instant,
     headers: &'a [httparse::Header<'a>],
 }
 
@@ -86,15 +88,23 @@ pub struct Reply<'b> {
     out: &'b mut Vec<u8>,
     head_only: bool,
     close: bool,
+    /// The request's [`Request::received`], for the `date` header.
+    at: std::time::Instant,
 }
 
 impl<'b> Reply<'b> {
-    pub(crate) fn new(out: &'b mut Vec<u8>, head_only: bool, close: bool) -> Self {
+    pub(crate) fn new(
+        out: &'b mut Vec<u8>,
+        head_only: bool,
+        close: bool,
+        at: std::time::Instant,
+    ) -> Self {
         out.clear();
         Reply {
             out,
             head_only,
             close,
+            at,
         }
     }
 
@@ -107,7 +117,7 @@ impl<'b> Reply<'b> {
         self.out.push(b' ');
         self.out.extend_from_slice(reason.as_bytes());
         self.out.extend_from_slice(b"\r\ndate: ");
-        date::with_now(|d| self.out.extend_from_slice(d));
+        date::with_now(self.at, |d| self.out.extend_from_slice(d));
         self.out.extend_from_slice(b"\r\n");
         if self.close {
             self.out.extend_from_slice(b"connection: close\r\n");

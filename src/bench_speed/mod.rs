@@ -59,6 +59,12 @@ pub struct SpeedArgs {
     /// drifts from minute to minute, alternating keeps the ratio fair.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
+    /// For `--parts redirect-ab`: another mirrorswarm binary (say, a build of the previous
+    /// commit) whose redirects this one's are measured against, taking turns as against
+    /// nginx. The machine's drift moves a run against nginx by more than most changes do;
+    /// two builds side by side show what a change did.
+    #[arg(long, value_name = "PATH")]
+    ab_binary: Option<PathBuf>,
 }
 
 /// What a row's figure is held to.
@@ -167,8 +173,14 @@ fn csv(rows: &[Row]) -> String {
 
 pub async fn run(a: SpeedArgs) -> Result<()> {
     for p in &a.parts {
-        if !["redirect", "announce", "serve", "publish"].contains(&p.as_str()) {
-            bail!("unknown part `{p}`: choose from redirect, announce, serve, publish");
+        if !["redirect", "announce", "serve", "publish", "redirect-ab"].contains(&p.as_str()) {
+            bail!(
+                "unknown part `{p}`: choose from redirect, announce, serve, publish \
+                 (and redirect-ab, with --ab-binary)"
+            );
+        }
+        if p == "redirect-ab" && a.ab_binary.is_none() {
+            bail!("--parts redirect-ab measures against another build: give it with --ab-binary");
         }
     }
     if a.secs == 0 || a.connections == 0 || a.files == 0 || a.rounds == 0 {
@@ -186,6 +198,7 @@ pub async fn run(a: SpeedArgs) -> Result<()> {
             "redirect" => parts::redirect(&a).await,
             "announce" => parts::announce(&a).await,
             "serve" => parts::serve(&a).await,
+            "redirect-ab" => parts::redirect_ab(&a).await,
             _ => parts::publish(&a).await,
         }
         .with_context(|| format!("part `{p}`"))?;

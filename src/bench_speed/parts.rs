@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use rand::{RngCore, SeedableRng};
 
 use super::procs::{cpu_seconds, memory, require};
-use super::services::{start_nginx, start_opentracker, start_server, Cores};
+use super::services::{start_nginx, start_opentracker, start_server, start_server_from, Cores};
 use super::wrk::{self, Load};
 use super::{population, trees, Goal, Row, SpeedArgs};
 
@@ -126,8 +126,27 @@ struct Side<'a> {
     resets_expected: bool,
 }
 
-/// Ours and the reference under the same load, taking turns `--rounds` times; the median run
-/// of each (by rate).
+/// Ours and the reference under the same load, taking turns `--rounds` times.
+struct Compared {
+    /// The median run of each (by rate).
+    ours: Load,
+    theirs: Load,
+    /// Ours ÷ theirs in each round: the spread a ratio of medians hides.
+    by_round: Vec<f64>,
+}
+
+impl Compared {
+    /// Latencies, CPU per request, and the rounds' ratios.
+    fn detail(&self, name: &str) -> String {
+        let rounds: Vec<String> = self.by_round.iter().map(|r| format!("{r:.2}")).collect();
+        format!(
+            "{}; ratio by round {}",
+            latency_detail(&self.ours, &self.theirs, name),
+            rounds.join(", ")
+        )
+    }
+}
+
 fn side_by_side(
     a: &SpeedArgs,
     ours: Side<'_>,
@@ -135,7 +154,7 @@ fn side_by_side(
     script: &str,
     conns: u32,
     cores: Cores,
-) -> Result<(Load, Load)> {
+) -> Result<Compared> {
     let (mut mine, mut refs) = (Vec::new(), Vec::new());
     for _ in 0..a.rounds {
         for (side, runs) in [(&ours, &mut mine), (&theirs, &mut refs)] {
@@ -151,7 +170,16 @@ fn side_by_side(
             )?);
         }
     }
-    Ok((median_load(mine), median_load(refs)))
+    let by_round = mine
+        .iter()
+        .zip(&refs)
+        .map(|(m, r)| m.per_sec() / r.per_sec().max(1e-9))
+        .collect();
+    Ok(Compared {
+        ours: median_load(mine),
+        theirs: median_load(refs),
+        by_round,
+    })
 }
 
 fn median_load(mut runs: Vec<Load>) -> Load {
@@ -309,7 +337,7 @@ pub async fn redirect(a: &SpeedArgs) -> Result<Vec<Row>> {
 
     let nginx_302 = "    location / { return 302 http://10.0.0.1:8080$request_uri; }";
     let ng = start_nginx(&a.work, "redirect-1", Cores::One, nginx_302).await?;
-    let (ours_one, nginx_one) = side_by_side(
+    let one = side_by_side(
         a,
         ours(&srv.url, srv.proc.pid(), "mirrorswarm redirects"),
         ours(&ng.url, ng.proc.pid(), "nginx return 302"),
@@ -346,11 +374,11 @@ pub async fn redirect(a: &SpeedArgs) -> Result<Vec<Row>> {
         part: "redirect",
         case: format!("1 core, {} connections", a.connections),
         unit: "requests/s",
-        ours: ours_one.per_sec(),
+        ours: one.ours.per_sec(),
         reference_name: "nginx",
-        reference: Some(nginx_one.per_sec()),
+        reference: Some(one.theirs.per_sec()),
         goal: Goal::RatioAtLeast(1.0),
-        detail: latency_detail(&ours_one, &nginx_one, "nginx"),
+        detail: one.detail("nginx"),
     });
 
     let srv = start_server(
@@ -363,7 +391,7 @@ pub async fn redirect(a: &SpeedArgs) -> Result<Vec<Row>> {
     .await?;
     population::announce_all(&srv.url, "bench", 1, &members).await?;
     let ng = start_nginx(&a.work, "redirect-all", Cores::All, nginx_302).await?;
-    let (ours_all, nginx_all) = side_by_side(
+    let all = side_by_side(
         a,
         ours(&srv.url, srv.proc.pid(), "mirrorswarm redirects"),
         ours(&ng.url, ng.proc.pid(), "nginx return 302"),
@@ -377,12 +405,93 @@ pub async fn redirect(a: &SpeedArgs) -> Result<Vec<Row>> {
         part: "redirect",
         case: format!("all cores, {} connections", a.connections),
         unit: "requests/s",
-        ours: ours_all.per_sec(),
+        ours: all.ours.per_sec(),
         reference_name: "nginx",
-        reference: Some(nginx_all.per_sec()),
+        reference: Some(all.theirs.per_sec()),
         goal: Goal::RatioAtLeast(1.0),
-        detail: latency_detail(&ours_all, &nginx_all, "nginx"),
+        detail: all.detail("nginx"),
     });
+    Ok(rows)
+}
+
+/// This build's redirects against another build's (`--ab-binary`), in the redirect part's
+/// state (the same tree, volunteers and request mix), on one core and on all, the two
+/// servers taking turns. The other build is the reference: a ratio above 1 means this one
+/// is faster.
+pub async fn redirect_ab(a: &SpeedArgs) -> Result<Vec<Row>> {
+    let other = a
+        .ab_binary
+        .as_deref()
+        .context("redirect-ab needs --ab-binary")?;
+    if !other.is_file() {
+        bail!("--ab-binary {}: no such file", other.display());
+    }
+    let this = std::env::current_exe()?;
+    let pool = a.work.join("pool-tree");
+    trees::many_files(&pool, a.files)?;
+    let paths = a.work.join("pool-paths.txt");
+    trees::sample_paths(&paths, "bench", a.files, 100_000)?;
+    let script = wrk::random_paths_script(&paths);
+    let mut rows = Vec::new();
+    // Each build keeps its data directory across the two core settings; the volunteers
+    // enrolled in each at the first start announce again after the second.
+    let mut members: [Option<Vec<population::Member>>; 2] = [None, None];
+    for tag in ["ab-this", "ab-other"] {
+        fresh_dir(&a.work.join(format!("server-data-{tag}")))?;
+    }
+    for cores in [Cores::One, Cores::All] {
+        let mut servers = Vec::new();
+        for (k, (tag, exe)) in [("ab-this", this.as_path()), ("ab-other", other)]
+            .into_iter()
+            .enumerate()
+        {
+            let srv = start_server_from(
+                exe,
+                &a.work,
+                tag,
+                &[("bench", &pool)],
+                cores,
+                Duration::from_secs(1800),
+            )
+            .await?;
+            let m = match members[k].take() {
+                Some(m) => m,
+                None => population::enroll(&srv.url, &srv.data_dir, a.volunteers).await?,
+            };
+            population::announce_all(&srv.url, "bench", 1, &m).await?;
+            population::check_registered(&srv.url, a.volunteers).await?;
+            members[k] = Some(m);
+            servers.push(srv);
+        }
+        eprintln!("   both builds up ({})", cores.label());
+        let c = side_by_side(
+            a,
+            ours(
+                &servers[0].url,
+                servers[0].proc.pid(),
+                "this build's redirects",
+            ),
+            ours(
+                &servers[1].url,
+                servers[1].proc.pid(),
+                "the other build's redirects",
+            ),
+            &script,
+            a.connections,
+            cores,
+        )?;
+        drop(servers);
+        rows.push(Row {
+            part: "redirect-ab",
+            case: format!("{}, {} connections", cores.label(), a.connections),
+            unit: "requests/s",
+            ours: c.ours.per_sec(),
+            reference_name: "other build",
+            reference: Some(c.theirs.per_sec()),
+            goal: Goal::None,
+            detail: c.detail("other build"),
+        });
+    }
     Ok(rows)
 }
 
@@ -442,7 +551,7 @@ pub async fn announce(a: &SpeedArgs) -> Result<Vec<Row>> {
             format!("{}/announce", srv.url),
             format!("{}/announce", ot.url),
         );
-        let (ours, theirs) = side_by_side(
+        let c = side_by_side(
             a,
             ours(&ours_url, srv.proc.pid(), "mirrorswarm announces"),
             Side {
@@ -465,11 +574,11 @@ pub async fn announce(a: &SpeedArgs) -> Result<Vec<Row>> {
                 a.connections
             ),
             unit: "announces/s",
-            ours: ours.per_sec(),
+            ours: c.ours.per_sec(),
             reference_name: "opentracker",
-            reference: Some(theirs.per_sec()),
+            reference: Some(c.theirs.per_sec()),
             goal: Goal::RatioAtLeast(1.0),
-            detail: latency_detail(&ours, &theirs, "opentracker"),
+            detail: c.detail("opentracker"),
         });
     }
     Ok(rows)
@@ -579,7 +688,7 @@ pub async fn serve(a: &SpeedArgs) -> Result<Vec<Row>> {
         token = None;
         let body = format!("    root {};\n    location / {{ }}", root.display());
         let ng = start_nginx(&a.work, "serve", cores, &body).await?;
-        let (ours_small, ng_small) = side_by_side(
+        let small = side_by_side(
             a,
             ours(&vurl, vol.pid(), "volunteer 16 KiB"),
             ours(&ng.url, ng.proc.pid(), "nginx 16 KiB"),
@@ -587,7 +696,7 @@ pub async fn serve(a: &SpeedArgs) -> Result<Vec<Row>> {
             a.connections,
             cores,
         )?;
-        let (ours_large, ng_large) = side_by_side(
+        let large = side_by_side(
             a,
             ours(&vurl, vol.pid(), "volunteer 4 MiB"),
             ours(&ng.url, ng.proc.pid(), "nginx 4 MiB"),
@@ -597,10 +706,11 @@ pub async fn serve(a: &SpeedArgs) -> Result<Vec<Row>> {
         )?;
         drop(ng);
         drop(vol);
-        for (label, ours, theirs, conns, size) in [
-            ("16 KiB", ours_small, ng_small, a.connections, 16.0 * 1024.0),
-            ("4 MiB", ours_large, ng_large, 16, 4.0 * 1048576.0),
+        for (label, c, conns, size) in [
+            ("16 KiB", small, a.connections, 16.0 * 1024.0),
+            ("4 MiB", large, 16, 4.0 * 1048576.0),
         ] {
+            let (ours, theirs) = (c.ours, c.theirs);
             rows.push(Row {
                 part: "serve",
                 case: format!("{label} files, {}, {conns} connections", cores.label()),
@@ -613,7 +723,7 @@ pub async fn serve(a: &SpeedArgs) -> Result<Vec<Row>> {
                     "{:.0} vs {:.0} MB/s; {}",
                     ours.per_sec() * size / 1e6,
                     theirs.per_sec() * size / 1e6,
-                    latency_detail(&ours, &theirs, "nginx")
+                    c.detail("nginx")
                 ),
             });
         }

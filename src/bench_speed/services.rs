@@ -61,6 +61,19 @@ pub async fn start_server(
     cores: Cores,
     start_limit: Duration,
 ) -> Result<OurServer> {
+    let exe = std::env::current_exe().context("finding the mirrorswarm binary")?;
+    start_server_from(&exe, work, tag, repos, cores, start_limit).await
+}
+
+/// [`start_server`] from the binary `exe`.
+pub async fn start_server_from(
+    exe: &Path,
+    work: &Path,
+    tag: &str,
+    repos: &[(&str, &Path)],
+    cores: Cores,
+    start_limit: Duration,
+) -> Result<OurServer> {
     let port = free_port()?;
     let data_dir = work.join(format!("server-data-{tag}"));
     std::fs::create_dir_all(&data_dir)?;
@@ -78,8 +91,7 @@ pub async fn start_server(
     );
     let cfg = work.join(format!("server-{tag}.toml"));
     std::fs::write(&cfg, toml)?;
-    let exe = std::env::current_exe().context("finding the mirrorswarm binary")?;
-    let mut cmd = cores.wrap(&exe);
+    let mut cmd = cores.wrap(exe);
     cmd.arg("--worker-threads")
         .arg(if cores == Cores::One { "1" } else { "0" })
         .arg("server")

@@ -8,7 +8,7 @@
 //! documents; [`sample_repo`] a generated apt repository for the demo and tests.
 
 pub mod api;
-pub mod fast_rng;
+pub use tracker::fast_rng;
 pub mod file_index;
 pub mod metalink;
 pub mod metrics;

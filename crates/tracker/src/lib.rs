@@ -16,6 +16,7 @@
 
 pub mod announce;
 pub mod bencode;
+pub mod fast_rng;
 pub mod link_model;
 pub mod mirror;
 pub mod query;

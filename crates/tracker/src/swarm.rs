@@ -125,7 +125,8 @@ impl Swarm {
             downloaded: self.downloaded,
             ..SwarmStats::default()
         };
-        for peer in self.peers.iter().filter(|p| alive(p, now, ttl)) {
+        let live = Liveness::at(now, ttl);
+        for peer in self.peers.iter().filter(|p| live.alive(p)) {
             if peer.left == 0 {
                 stats.complete = stats.complete.saturating_add(1);
             } else {
@@ -136,8 +137,25 @@ impl Swarm {
     }
 }
 
-fn alive(peer: &Peer, now: Instant, ttl: Duration) -> bool {
-    now.saturating_duration_since(peer.last_seen) <= ttl
+/// Whether a peer was seen within the TTL, as one comparison of instants (not a duration
+/// computed per peer): every announce asks it of each peer in its swarm, for the counts.
+#[derive(Clone, Copy)]
+struct Liveness {
+    /// Seen at or after this: alive. `None`: the TTL reaches back before the clock's start,
+    /// so every peer is.
+    since: Option<Instant>,
+}
+
+impl Liveness {
+    fn at(now: Instant, ttl: Duration) -> Self {
+        Liveness {
+            since: now.checked_sub(ttl),
+        }
+    }
+
+    fn alive(self, peer: &Peer) -> bool {
+        self.since.is_none_or(|since| peer.last_seen >= since)
+    }
 }
 
 /// All swarms the tracker knows about.
@@ -197,7 +215,8 @@ impl Swarms {
         let previous = swarm.get(&req.peer_id).map(|p| p.left);
         if previous.is_none() && swarm.peers.len() >= self.limits.max_peers_per_swarm {
             // Make room from stale entries before turning anyone away.
-            swarm.retain(|p| alive(p, now, ttl));
+            let live = Liveness::at(now, ttl);
+            swarm.retain(|p| live.alive(p));
             if swarm.peers.len() >= self.limits.max_peers_per_swarm {
                 if swarm.peers.is_empty() {
                     // Only possible with a zero limit; don't leave a husk.
@@ -274,9 +293,9 @@ impl Swarms {
 
     /// Drops peers not seen within the TTL, then swarms left empty.
     pub fn expire(&mut self, now: Instant) {
-        let ttl = self.limits.peer_ttl;
+        let live = Liveness::at(now, self.limits.peer_ttl);
         self.swarms.retain(|_, swarm| {
-            swarm.retain(|p| alive(p, now, ttl));
+            swarm.retain(|p| live.alive(p));
             !swarm.peers.is_empty()
         });
     }
@@ -301,13 +320,14 @@ fn select_peers(
         return Vec::new();
     }
     let only_leechers = req.left == 0 && leechers_exist;
-    let mut rng = rand::thread_rng();
+    let mut rng = crate::fast_rng::FastRng::for_thread();
     let start = rng.gen_range(0..n);
     let (tail, head) = swarm.peers.split_at(start);
+    let live = Liveness::at(now, ttl);
     let mut chosen: Vec<SocketAddr> = head
         .iter()
         .chain(tail)
-        .filter(|p| p.id != req.peer_id && alive(p, now, ttl))
+        .filter(|p| p.id != req.peer_id && live.alive(p))
         .filter(|p| !only_leechers || p.left > 0)
         .map(|p| p.addr)
         .take(want)

@@ -74,15 +74,15 @@ pub(crate) async fn serve_connection(
     limits: &ConnLimits,
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Served {
-    let mut input: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-    let mut out: Vec<u8> = Vec::with_capacity(1024);
+    let mut bufs = Buffers::take();
+    let Buffers { input, out } = &mut bufs;
     // The header deadline of the request being waited for. The timer behind it is armed
     // lazily (see `read_more`), so a busy connection does not re-arm one per request.
     let mut deadline = Instant::now() + limits.header_timeout;
     let timer = sleep_until(deadline);
     tokio::pin!(timer);
     loop {
-        let step = look(&input, peer, fast, &mut out);
+        let step = look(input, peer, fast, out);
         match step {
             Step::More => {
                 if input.len() >= limits.max_header_bytes {
@@ -90,12 +90,12 @@ pub(crate) async fn serve_connection(
                     out.extend_from_slice(
                         b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
                     );
-                    let _ = write_all(&stream, &out, false, limits.stall).await;
+                    let _ = write_all(&stream, out, false, limits.stall).await;
                     return Served::Closed;
                 }
                 match read_more(
                     &stream,
-                    &mut input,
+                    input,
                     limits.max_header_bytes,
                     deadline,
                     timer.as_mut(),
@@ -113,7 +113,7 @@ pub(crate) async fn serve_connection(
                     }
                 }
             }
-            Step::Handover => return Served::Handover(stream, input),
+            Step::Handover => return Served::Handover(stream, std::mem::take(input)),
             Step::Send {
                 consumed,
                 at,
@@ -124,7 +124,7 @@ pub(crate) async fn serve_connection(
                 // for the body's first bytes and sends both in one segment, not two
                 // (perf: each segment on loopback is a trip through the whole stack).
                 let more = file.as_ref().is_some_and(|b| b.len > 0);
-                if write_all(&stream, &out, more, limits.stall).await.is_err() {
+                if write_all(&stream, out, more, limits.stall).await.is_err() {
                     return Served::Closed;
                 }
                 if let Some(body) = file {
@@ -142,6 +142,56 @@ pub(crate) async fn serve_connection(
                 deadline = Instant::from_std(at) + limits.header_timeout;
             }
         }
+    }
+}
+
+/// A connection's input and output buffers, kept per thread between connections: with a
+/// connection per announce (as BitTorrent clients make them), allocating and freeing them,
+/// larger than what the allocator caches per thread, was a tenth of an announce's own time.
+#[derive(Default)]
+struct Buffers {
+    input: Vec<u8>,
+    out: Vec<u8>,
+}
+
+/// Buffers a thread keeps at most, and the largest it keeps (one grown for a long head is
+/// let go).
+const POOLED: usize = 256;
+const POOLED_MAX_BYTES: usize = 64 * 1024;
+
+thread_local! {
+    static POOL: std::cell::RefCell<Vec<Buffers>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Buffers {
+    fn take() -> Buffers {
+        let pooled = POOL.with(|p| p.borrow_mut().pop());
+        pooled.unwrap_or_else(|| Buffers {
+            input: Vec::with_capacity(READ_CHUNK),
+            out: Vec::with_capacity(1024),
+        })
+    }
+}
+
+impl Drop for Buffers {
+    fn drop(&mut self) {
+        let keep = |v: &Vec<u8>| (1..=POOLED_MAX_BYTES).contains(&v.capacity());
+        if !keep(&self.input) || !keep(&self.out) {
+            return;
+        }
+        // `try_with`: a connection ending while its thread exits finds the pool gone. What
+        // is not pooled is freed as usual once this returns.
+        let _ = POOL.try_with(|p| {
+            let Ok(mut p) = p.try_borrow_mut() else {
+                return;
+            };
+            if p.len() < POOLED {
+                let mut bufs = std::mem::take(self);
+                bufs.input.clear();
+                bufs.out.clear();
+                p.push(bufs);
+            }
+        });
     }
 }
 
@@ -390,6 +440,31 @@ mod tests {
         let mut req = httparse::Request::new(&mut headers);
         assert!(req.parse(raw).unwrap().is_complete());
         simple(&req).map(|(m, t, c)| (m, t.to_string(), c))
+    }
+
+    #[test]
+    fn buffers_come_back_empty_and_the_pool_stays_bounded() {
+        std::thread::spawn(|| {
+            let mut b = Buffers::take();
+            b.input.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+            b.out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+            let ptr = b.input.as_ptr();
+            drop(b);
+            let again = Buffers::take();
+            assert_eq!(again.input.as_ptr(), ptr, "the same buffer, reused");
+            assert!(again.input.is_empty() && again.out.is_empty());
+            drop(again);
+            // A buffer grown past the limit is let go, not kept.
+            let mut big = Buffers::take();
+            big.input.reserve(POOLED_MAX_BYTES * 2);
+            drop(big);
+            assert_eq!(POOL.with(|p| p.borrow().len()), 0);
+            let many: Vec<Buffers> = (0..POOLED + 10).map(|_| Buffers::take()).collect();
+            drop(many);
+            assert_eq!(POOL.with(|p| p.borrow().len()), POOLED);
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! The request path's random numbers: which volunteers to sample, and the noise that breaks
-//! ties between equal ones. Nothing here needs to be unpredictable, only well spread, and
-//! it runs several times a redirect: `thread_rng` (ChaCha, reseeded from the OS every 64 KiB
-//! of output) cost more than the choice it served.
+//! The request paths' random numbers: which volunteers a redirect samples, the noise that
+//! breaks ties between equal ones, where an announce's reply starts in the swarm and its
+//! order. Nothing here needs to be unpredictable, only well spread, and it runs several
+//! times a request: `thread_rng` (ChaCha, reseeded from the OS every 64 KiB of output) cost
+//! more than the choice it served.
 
 use std::cell::Cell;
 

@@ -58,24 +58,26 @@ fn tool_version(program: &str, flag: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Warm up, then measure; refuse a run in which anything failed, since its rate would lie.
-/// `resets_expected`: the server closes every connection with a reset after its answer
-/// (opentracker does), which wrk counts as a read error although the answer arrived whole.
+/// Warm up, then measure `side`, and the CPU time its processes used meanwhile; refuse a run
+/// in which anything failed, since its rate would lie.
 fn measure_with(
     a: &SpeedArgs,
-    url: &str,
-    pid: u32,
+    side: &Side<'_>,
     script: &str,
     conns: u32,
     cores: Cores,
-    what: &str,
-    resets_expected: bool,
 ) -> Result<Load> {
     let threads = match cores {
         Cores::One => 1,
         Cores::All => 2,
     };
     let work = &a.work;
+    let Side {
+        url,
+        pid,
+        what,
+        resets_expected,
+    } = *side;
     wrk::run(
         work,
         url,
@@ -118,11 +120,13 @@ fn measure_with(
 }
 
 /// One side of a comparison: where it listens, its process, and what to call it.
+#[derive(Clone, Copy)]
 struct Side<'a> {
     url: &'a str,
     pid: u32,
     what: &'a str,
-    /// It resets each connection after its answer (opentracker).
+    /// It resets each connection after its answer (opentracker does), which wrk counts as
+    /// a read error although the answer arrived whole.
     resets_expected: bool,
 }
 
@@ -158,16 +162,7 @@ fn side_by_side(
     let (mut mine, mut refs) = (Vec::new(), Vec::new());
     for _ in 0..a.rounds {
         for (side, runs) in [(&ours, &mut mine), (&theirs, &mut refs)] {
-            runs.push(measure_with(
-                a,
-                side.url,
-                side.pid,
-                script,
-                conns,
-                cores,
-                side.what,
-                side.resets_expected,
-            )?);
+            runs.push(measure_with(a, side, script, conns, cores)?);
         }
     }
     let by_round = mine

@@ -152,7 +152,7 @@ mod tests {
         for b in 0..=255u8 {
             assert_eq!(keep(b), keeps(b), "{b}");
             let one = [b];
-            let as_path = std::str::from_utf8(&one).map_or(false, needs_no_escape);
+            let as_path = std::str::from_utf8(&one).is_ok_and(needs_no_escape);
             assert_eq!(as_path, b.is_ascii() && (b == b'/' || keeps(b)), "{b}");
         }
     }

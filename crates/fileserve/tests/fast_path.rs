@@ -373,6 +373,35 @@ async fn oversized_and_slow_heads_are_cut_off() {
 }
 
 #[tokio::test]
+async fn a_body_slower_than_the_header_deadline_does_not_cost_the_next_request() {
+    let srv = start(Limits {
+        header_timeout: Duration::from_secs(1),
+        ..limits()
+    })
+    .await;
+    // Larger than the socket buffers on both ends can hold while the client reads nothing.
+    let big: Vec<u8> = (0..(24u32 << 20)).map(|i| (i % 253) as u8).collect();
+    std::fs::write(srv._dir.path().join("huge.bin"), &big).unwrap();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut s = sock.connect(srv.addr).await.unwrap();
+    let mut pending = Vec::new();
+    s.write_all(b"GET /file/huge.bin HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    // The body takes longer to send than the header deadline: the client takes nothing for
+    // 1.5 s, then all of it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = read_resp(&mut s, &mut pending, false).await;
+    assert_eq!((r.status, r.body.len()), (200, big.len()));
+    // A moment later, the next request: its deadline counts from the end of the body, not
+    // from the previous request's arrival.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.write_all(b"GET /hello HTTP/1.1\r\n\r\n").await.unwrap();
+    assert_eq!(read_resp(&mut s, &mut pending, false).await.status, 200);
+}
+
+#[tokio::test]
 async fn stopping_closes_idle_connections_and_ends_the_server() {
     let mut srv = start(limits()).await;
     let mut s = TcpStream::connect(srv.addr).await.unwrap();

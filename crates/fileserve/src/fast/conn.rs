@@ -127,19 +127,23 @@ pub(crate) async fn serve_connection(
                 if write_all(&stream, out, more, limits.stall).await.is_err() {
                     return Served::Closed;
                 }
+                // The next head's deadline counts from when this answer was sent. For an
+                // answer written at once that is the request's own clock reading (a few
+                // microseconds earlier, one clock read fewer per request); a file body may
+                // take minutes, so the clock is read again after it.
+                let mut sent = at;
                 if let Some(body) = file {
                     if let Err(e) = send_file(&stream, body, limits.stall).await {
                         tracing::debug!(%peer, error = %e, "file body not sent whole; closing");
                         return Served::Closed;
                     }
+                    sent = std::time::Instant::now();
                 }
                 if close || *stop.borrow() {
                     return Served::Closed;
                 }
                 input.drain(..consumed);
-                // From the request's own clock reading, not a new one: a few microseconds
-                // earlier, one clock read fewer per request.
-                deadline = Instant::from_std(at) + limits.header_timeout;
+                deadline = Instant::from_std(sent) + limits.header_timeout;
             }
         }
     }

@@ -243,9 +243,9 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Redirects against nginx's `return 302`, the server's memory, and republishing.
-pub async fn redirect(a: &SpeedArgs) -> Result<Vec<Row>> {
-    let mut rows = Vec::new();
+/// The redirect parts' tree (built once, kept in the work directory) and their wrk script:
+/// 100,000 of its paths in a fixed random order.
+fn redirect_mix(a: &SpeedArgs) -> Result<(PathBuf, String)> {
     let pool = a.work.join("pool-tree");
     eprintln!("   building {} files in {} (once)", a.files, pool.display());
     let t = Instant::now();
@@ -253,7 +253,13 @@ pub async fn redirect(a: &SpeedArgs) -> Result<Vec<Row>> {
     eprintln!("   tree ready in {:.1} s", t.elapsed().as_secs_f64());
     let paths = a.work.join("pool-paths.txt");
     trees::sample_paths(&paths, "bench", a.files, 100_000)?;
-    let script = wrk::random_paths_script(&paths);
+    Ok((pool, wrk::random_paths_script(&paths)))
+}
+
+/// Redirects against nginx's `return 302`, the server's memory, and republishing.
+pub async fn redirect(a: &SpeedArgs) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let (pool, script) = redirect_mix(a)?;
 
     // The baseline: the same server with a one-file repository and no volunteers.
     let tiny = tiny_repo(&a.work)?;
@@ -422,11 +428,7 @@ pub async fn redirect_ab(a: &SpeedArgs) -> Result<Vec<Row>> {
         bail!("--ab-binary {}: no such file", other.display());
     }
     let this = std::env::current_exe()?;
-    let pool = a.work.join("pool-tree");
-    trees::many_files(&pool, a.files)?;
-    let paths = a.work.join("pool-paths.txt");
-    trees::sample_paths(&paths, "bench", a.files, 100_000)?;
-    let script = wrk::random_paths_script(&paths);
+    let (pool, script) = redirect_mix(a)?;
     let mut rows = Vec::new();
     // Each build keeps its data directory across the two core settings; the volunteers
     // enrolled in each at the first start announce again after the second.

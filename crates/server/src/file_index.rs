@@ -81,7 +81,8 @@ impl FileIndex {
         let mut order: Vec<u32> = huge_vec(n);
         let mut btih = Vec::new();
         for (path, e) in &manifest.files {
-            order.push((records.len() / ALIGN) as u32);
+            let start = records.len();
+            order.push((start / ALIGN) as u32);
             let b = match e.btih {
                 Some(h) => {
                     btih.push(h.0);
@@ -100,8 +101,7 @@ impl FileIndex {
             records.extend_from_slice(&b.to_le_bytes());
             records.extend_from_slice(&(path.len() as u32).to_le_bytes());
             records.extend_from_slice(path.as_bytes());
-            let padded = records.len().div_ceil(ALIGN) * ALIGN;
-            records.resize(padded, 0);
+            records.resize(start + record_len(path.len()), 0);
         }
         btih.shrink_to_fit();
         let mut index = FileIndex {

@@ -59,9 +59,9 @@ pub struct SpeedArgs {
     /// drifts from minute to minute, alternating keeps the ratio fair.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
-    /// For `--parts redirect-ab`: another mirrorswarm binary (say, a build of the previous
-    /// commit) whose redirects this one's are measured against, taking turns as against
-    /// nginx. The machine's drift moves a run against nginx by more than most changes do;
+    /// For `--parts redirect-ab` and `announce-ab`: another mirrorswarm binary (say, a build
+    /// of the previous commit) whose redirects or announces this one's are measured against,
+    /// taking turns as against nginx. The machine's drift moves a run against nginx by more than most changes do;
     /// two builds side by side show what a change did.
     #[arg(long, value_name = "PATH")]
     ab_binary: Option<PathBuf>,
@@ -173,14 +173,23 @@ fn csv(rows: &[Row]) -> String {
 
 pub async fn run(a: SpeedArgs) -> Result<()> {
     for p in &a.parts {
-        if !["redirect", "announce", "serve", "publish", "redirect-ab"].contains(&p.as_str()) {
+        if ![
+            "redirect",
+            "announce",
+            "serve",
+            "publish",
+            "redirect-ab",
+            "announce-ab",
+        ]
+        .contains(&p.as_str())
+        {
             bail!(
                 "unknown part `{p}`: choose from redirect, announce, serve, publish \
-                 (and redirect-ab, with --ab-binary)"
+                 (and redirect-ab, announce-ab, with --ab-binary)"
             );
         }
-        if p == "redirect-ab" && a.ab_binary.is_none() {
-            bail!("--parts redirect-ab measures against another build: give it with --ab-binary");
+        if p.ends_with("-ab") && a.ab_binary.is_none() {
+            bail!("--parts {p} measures against another build: give it with --ab-binary");
         }
     }
     if a.secs == 0 || a.connections == 0 || a.files == 0 || a.rounds == 0 {
@@ -199,6 +208,7 @@ pub async fn run(a: SpeedArgs) -> Result<()> {
             "announce" => parts::announce(&a).await,
             "serve" => parts::serve(&a).await,
             "redirect-ab" => parts::redirect_ab(&a).await,
+            "announce-ab" => parts::announce_ab(&a).await,
             _ => parts::publish(&a).await,
         }
         .with_context(|| format!("part `{p}`"))?;

@@ -195,9 +195,11 @@ fn ours<'a>(url: &'a str, pid: u32, what: &'a str) -> Side<'a> {
 /// from (its own work, or the kernel's on its behalf).
 fn latency_detail(ours: &Load, reference: &Load, name: &str) -> String {
     let ((ou, ok), (ru, rk)) = (ours.cpu_per_request_us(), reference.cpu_per_request_us());
+    let ((os, oc), (rs, rc)) = (ours.busy_cores(), reference.busy_cores());
     format!(
         "p99 {:.2} ms vs {name} {:.2} ms; p50 {:.2} vs {:.2} ms; \
-         CPU per request {:.1} µs user + {:.1} µs kernel vs {:.1} + {:.1}",
+         CPU per request {:.1} µs user + {:.1} µs kernel vs {:.1} + {:.1}; \
+         cores busy, server and wrk: {os:.2} and {oc:.2} vs {rs:.2} and {rc:.2}",
         ours.p99_ms, reference.p99_ms, ours.p50_ms, reference.p50_ms, ou, ok, ru, rk
     )
 }
@@ -415,18 +417,24 @@ pub async fn redirect(a: &SpeedArgs) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// The build `--ab-binary` names, checked to be a file.
+fn other_build(a: &SpeedArgs) -> Result<&Path> {
+    let other = a
+        .ab_binary
+        .as_deref()
+        .context("an A/B part needs --ab-binary")?;
+    if !other.is_file() {
+        bail!("--ab-binary {}: no such file", other.display());
+    }
+    Ok(other)
+}
+
 /// This build's redirects against another build's (`--ab-binary`), in the redirect part's
 /// state (the same tree, volunteers and request mix), on one core and on all, the two
 /// servers taking turns. The other build is the reference: a ratio above 1 means this one
 /// is faster.
 pub async fn redirect_ab(a: &SpeedArgs) -> Result<Vec<Row>> {
-    let other = a
-        .ab_binary
-        .as_deref()
-        .context("redirect-ab needs --ab-binary")?;
-    if !other.is_file() {
-        bail!("--ab-binary {}: no such file", other.display());
-    }
+    let other = other_build(a)?;
     let this = std::env::current_exe()?;
     let (pool, script) = redirect_mix(a)?;
     let mut rows = Vec::new();
@@ -514,10 +522,13 @@ async fn check_announce(url: &str, hash_hex: &str) -> Result<()> {
     Ok(())
 }
 
-/// Announces against opentracker.
-pub async fn announce(a: &SpeedArgs) -> Result<Vec<Row>> {
-    const TORRENTS: usize = 1000;
-    const PEERS: u32 = 100_000;
+/// Torrents and peers of the announce mix.
+const TORRENTS: usize = 1000;
+const PEERS: u32 = 100_000;
+
+/// The announce mix: the info hashes (hex, also written to a file for opentracker's
+/// whitelist), that file, and wrk's script.
+fn announce_mix(a: &SpeedArgs) -> Result<(Vec<String>, PathBuf, String)> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let hashes: Vec<String> = (0..TORRENTS)
         .map(|_| {
@@ -529,6 +540,12 @@ pub async fn announce(a: &SpeedArgs) -> Result<Vec<Row>> {
     let list = a.work.join("info-hashes.txt");
     std::fs::write(&list, hashes.join("\n") + "\n")?;
     let script = wrk::announce_script(&list, PEERS);
+    Ok((hashes, list, script))
+}
+
+/// Announces against opentracker.
+pub async fn announce(a: &SpeedArgs) -> Result<Vec<Row>> {
+    let (hashes, list, script) = announce_mix(a)?;
     let tiny = tiny_repo(&a.work)?;
     let mut rows = Vec::new();
     for cores in [Cores::One, Cores::All] {
@@ -576,6 +593,55 @@ pub async fn announce(a: &SpeedArgs) -> Result<Vec<Row>> {
             reference: Some(c.theirs.per_sec()),
             goal: Goal::RatioAtLeast(1.0),
             detail: c.detail("opentracker"),
+        });
+    }
+    Ok(rows)
+}
+
+/// This build's announces against another build's (`--ab-binary`), with the announce part's
+/// mix, on one core and on all, the two taking turns. As in `redirect-ab`, a ratio above 1
+/// means this build is faster.
+pub async fn announce_ab(a: &SpeedArgs) -> Result<Vec<Row>> {
+    let other = other_build(a)?;
+    let this = std::env::current_exe()?;
+    let (hashes, _, script) = announce_mix(a)?;
+    let tiny = tiny_repo(&a.work)?;
+    let mut rows = Vec::new();
+    for cores in [Cores::One, Cores::All] {
+        let mut servers = Vec::new();
+        for (tag, exe) in [("tracker-this", this.as_path()), ("tracker-other", other)] {
+            fresh_dir(&a.work.join(format!("server-data-{tag}")))?;
+            let srv = start_server_from(
+                exe,
+                &a.work,
+                tag,
+                &[("bench", &tiny)],
+                cores,
+                Duration::from_secs(60),
+            )
+            .await?;
+            check_announce(&srv.url, &hashes[0]).await?;
+            servers.push(srv);
+        }
+        let urls: Vec<String> = servers.iter().map(|s| format!("{}/announce", s.url)).collect();
+        let c = side_by_side(
+            a,
+            ours(&urls[0], servers[0].proc.pid(), "this build's announces"),
+            ours(&urls[1], servers[1].proc.pid(), "the other build's announces"),
+            &script,
+            a.connections,
+            cores,
+        )?;
+        drop(servers);
+        rows.push(Row {
+            part: "announce-ab",
+            case: format!("{}, {} connections", cores.label(), a.connections),
+            unit: "announces/s",
+            ours: c.ours.per_sec(),
+            reference_name: "other build",
+            reference: Some(c.theirs.per_sec()),
+            goal: Goal::None,
+            detail: c.detail("other build"),
         });
     }
     Ok(rows)

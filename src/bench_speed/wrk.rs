@@ -23,6 +23,9 @@ pub struct Load {
     /// caller, which knows the server's process).
     pub cpu_user_s: f64,
     pub cpu_kernel_s: f64,
+    /// CPU seconds wrk itself used (its start included): beside the server's, it says which
+    /// of the two a run's rate was bound by.
+    pub client_cpu_s: f64,
 }
 
 impl Load {
@@ -35,6 +38,27 @@ impl Load {
         let n = self.requests.max(1) as f64;
         (self.cpu_user_s * 1e6 / n, self.cpu_kernel_s * 1e6 / n)
     }
+
+    /// How busy the server and wrk were, in cores (1.0: one core all the time).
+    pub fn busy_cores(&self) -> (f64, f64) {
+        let secs = self.secs.max(1e-9);
+        (
+            (self.cpu_user_s + self.cpu_kernel_s) / secs,
+            self.client_cpu_s / secs,
+        )
+    }
+}
+
+/// User and kernel seconds of the children this process has waited for (RUSAGE_CHILDREN):
+/// the difference across one wrk run is that run's, as nothing else is reaped meanwhile.
+fn reaped_children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) } != 0 {
+        return 0.0;
+    }
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
 }
 
 const DONE_HOOK: &str = r#"
@@ -136,7 +160,9 @@ pub fn run(
         .arg("-s")
         .arg(&script_path)
         .arg(url);
+    let cpu_before = reaped_children_cpu_seconds();
     let out = cmd.output().context("running wrk")?;
+    let client_cpu_s = reaped_children_cpu_seconds() - cpu_before;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!(
@@ -146,7 +172,9 @@ pub fn run(
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    parse(&stdout).with_context(|| format!("reading wrk's output:\n{stdout}"))
+    let mut load = parse(&stdout).with_context(|| format!("reading wrk's output:\n{stdout}"))?;
+    load.client_cpu_s = client_cpu_s;
+    Ok(load)
 }
 
 fn parse(stdout: &str) -> Result<Load> {
@@ -167,6 +195,7 @@ fn parse(stdout: &str) -> Result<Load> {
         socket_errors: f[5].parse()?,
         cpu_user_s: 0.0,
         cpu_kernel_s: 0.0,
+        client_cpu_s: 0.0,
     })
 }
 

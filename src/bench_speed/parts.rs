@@ -623,11 +623,18 @@ pub async fn announce_ab(a: &SpeedArgs) -> Result<Vec<Row>> {
             check_announce(&srv.url, &hashes[0]).await?;
             servers.push(srv);
         }
-        let urls: Vec<String> = servers.iter().map(|s| format!("{}/announce", s.url)).collect();
+        let urls: Vec<String> = servers
+            .iter()
+            .map(|s| format!("{}/announce", s.url))
+            .collect();
         let c = side_by_side(
             a,
             ours(&urls[0], servers[0].proc.pid(), "this build's announces"),
-            ours(&urls[1], servers[1].proc.pid(), "the other build's announces"),
+            ours(
+                &urls[1],
+                servers[1].proc.pid(),
+                "the other build's announces",
+            ),
             &script,
             a.connections,
             cores,

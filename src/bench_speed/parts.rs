@@ -429,6 +429,26 @@ fn other_build(a: &SpeedArgs) -> Result<&Path> {
     Ok(other)
 }
 
+/// An A/B part's row: this build against the other, which is the reference.
+fn ab_row(
+    part: &'static str,
+    unit: &'static str,
+    a: &SpeedArgs,
+    cores: Cores,
+    c: &Compared,
+) -> Row {
+    Row {
+        part,
+        case: format!("{}, {} connections", cores.label(), a.connections),
+        unit,
+        ours: c.ours.per_sec(),
+        reference_name: "other build",
+        reference: Some(c.theirs.per_sec()),
+        goal: Goal::None,
+        detail: c.detail("other build"),
+    }
+}
+
 /// This build's redirects against another build's (`--ab-binary`), in the redirect part's
 /// state (the same tree, volunteers and request mix), on one core and on all, the two
 /// servers taking turns. The other build is the reference: a ratio above 1 means this one
@@ -486,16 +506,7 @@ pub async fn redirect_ab(a: &SpeedArgs) -> Result<Vec<Row>> {
             cores,
         )?;
         drop(servers);
-        rows.push(Row {
-            part: "redirect-ab",
-            case: format!("{}, {} connections", cores.label(), a.connections),
-            unit: "requests/s",
-            ours: c.ours.per_sec(),
-            reference_name: "other build",
-            reference: Some(c.theirs.per_sec()),
-            goal: Goal::None,
-            detail: c.detail("other build"),
-        });
+        rows.push(ab_row("redirect-ab", "requests/s", a, cores, &c));
     }
     Ok(rows)
 }
@@ -640,16 +651,7 @@ pub async fn announce_ab(a: &SpeedArgs) -> Result<Vec<Row>> {
             cores,
         )?;
         drop(servers);
-        rows.push(Row {
-            part: "announce-ab",
-            case: format!("{}, {} connections", cores.label(), a.connections),
-            unit: "announces/s",
-            ours: c.ours.per_sec(),
-            reference_name: "other build",
-            reference: Some(c.theirs.per_sec()),
-            goal: Goal::None,
-            detail: c.detail("other build"),
-        });
+        rows.push(ab_row("announce-ab", "announces/s", a, cores, &c));
     }
     Ok(rows)
 }

@@ -145,35 +145,42 @@ fn plain_announce(
         write(&st.origin_peers).insert(SocketAddr::new(peer.ip().to_canonical(), req.port));
     }
     let now = Instant::now();
-    let outcome = lock(&st.swarms).announce(req, peer, now);
-    match outcome {
-        Ok(mut o) => {
-            if is_origin {
-                o.peers.clear();
-            } else {
-                let origins = read(&st.origin_peers);
-                let origin_listed = o.peers.iter().any(|p| origins.contains(p));
-                let other_seeders = o
-                    .complete
-                    .saturating_sub(u32::from(req.left == 0))
-                    .saturating_sub(u32::from(origin_listed));
-                let stopped = req.event == Event::Stopped;
-                let allowed = lock(&st.origin_gate).may_see_origin(
-                    req.info_hash,
-                    req.peer_id,
-                    req.left,
-                    stopped,
-                    other_seeders,
-                    now,
-                );
-                if !allowed {
-                    o.peers.retain(|p| !origins.contains(p));
-                }
-            }
-            announce_response(interval, 1, &o, req.compact, &[])
+    OUTCOME.with(|o| {
+        let o = &mut *o.borrow_mut();
+        if let Err(e) = lock(&st.swarms).announce_into(req, peer, now, o) {
+            return failure_response(&e.to_string());
         }
-        Err(e) => failure_response(&e.to_string()),
-    }
+        if is_origin {
+            o.peers.clear();
+        } else {
+            let origins = read(&st.origin_peers);
+            let origin_listed = o.peers.iter().any(|p| origins.contains(p));
+            let other_seeders = o
+                .complete
+                .saturating_sub(u32::from(req.left == 0))
+                .saturating_sub(u32::from(origin_listed));
+            let stopped = req.event == Event::Stopped;
+            let allowed = lock(&st.origin_gate).may_see_origin(
+                req.info_hash,
+                req.peer_id,
+                req.left,
+                stopped,
+                other_seeders,
+                now,
+            );
+            if !allowed {
+                o.peers.retain(|p| !origins.contains(p));
+            }
+        }
+        announce_response(interval, 1, o, req.compact, &[])
+    })
+}
+
+thread_local! {
+    /// Each serving thread's announce outcome, its peer buffer reused from one announce to
+    /// the next.
+    static OUTCOME: std::cell::RefCell<AnnounceOutcome> =
+        std::cell::RefCell::new(AnnounceOutcome::default());
 }
 
 /// A refused mirror announce: counted, then answered with a bencoded failure reason.

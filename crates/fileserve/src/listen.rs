@@ -108,6 +108,7 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    defer_accept(&listener, limits.header_timeout);
     let caps = Caps {
         total: Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1))),
         per_ip: Arc::new(PerIp::default()),
@@ -156,6 +157,31 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// Have the kernel hand over a connection only once its first bytes have come (Linux's
+/// `TCP_DEFER_ACCEPT`, nginx's `deferred`): HTTP clients speak first, so a connection is then
+/// accepted with its request already readable, without a read that can only fail and a wait
+/// for the socket, and a client that connects and says nothing costs no task and no slot
+/// until the kernel gives up waiting (about `wait`), when it is accepted and held to the
+/// header deadline as any other.
+fn defer_accept(listener: &tokio::net::TcpListener, wait: Duration) {
+    use std::os::fd::AsRawFd;
+    let secs = libc::c_int::try_from(wait.as_secs().max(1)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the descriptor is the listener's, open for the call; the value is a c_int.
+    let r = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        // Only slower without it, never wrong.
+        tracing::debug!(error = %std::io::Error::last_os_error(), "TCP_DEFER_ACCEPT not set");
+    }
 }
 
 /// The connection caps, shared by every serving thread.
@@ -221,7 +247,13 @@ async fn accept_loop(
             }
             continue;
         };
-        let _ = stream.set_nodelay(true);
+        // Without Nagle's delay: a head and a body, or a second answer, must not wait for
+        // the client's ACK. The fast path sets it itself, and only once a connection writes
+        // a second time: a first answer in one write goes out at once either way, and most
+        // connections (an announce, a redirect) end after it, one system call sooner.
+        if fast.is_none() {
+            let _ = stream.set_nodelay(true);
+        }
         let app = app.clone();
         let fast = fast.clone();
         let conn_limits = conn_limits.clone();
@@ -237,7 +269,10 @@ async fn accept_loop(
                     match fast::serve_connection(stream, peer, &**f, &conn_limits, &mut stop).await
                     {
                         Served::Closed => return,
-                        Served::Handover(stream, read) => (stream, read),
+                        Served::Handover(stream, read) => {
+                            let _ = stream.set_nodelay(true);
+                            (stream, read)
+                        }
                     }
                 }
                 None => (stream, Vec::new()),

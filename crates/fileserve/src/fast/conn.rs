@@ -81,6 +81,10 @@ pub(crate) async fn serve_connection(
     let mut deadline = Instant::now() + limits.header_timeout;
     let timer = sleep_until(deadline);
     tokio::pin!(timer);
+    // Whether Nagle's delay is off (see `listen`): turned off before any write that could
+    // wait behind an earlier one's unacknowledged bytes.
+    let mut nodelay = false;
+    let mut answered = false;
     loop {
         let step = look(input, peer, fast, out);
         match step {
@@ -124,6 +128,11 @@ pub(crate) async fn serve_connection(
                 // for the body's first bytes and sends both in one segment, not two
                 // (perf: each segment on loopback is a trip through the whole stack).
                 let more = file.as_ref().is_some_and(|b| b.len > 0);
+                if !nodelay && (answered || more) {
+                    let _ = stream.set_nodelay(true);
+                    nodelay = true;
+                }
+                answered = true;
                 if write_all(&stream, out, more, limits.stall).await.is_err() {
                     return Served::Closed;
                 }

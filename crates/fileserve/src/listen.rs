@@ -327,4 +327,27 @@ mod tests {
         drop(a1);
         assert!(t.admit(a, 2, &total).is_some(), "a slot comes back");
     }
+
+    #[tokio::test]
+    async fn accepts_are_deferred_until_a_request_comes() {
+        use std::os::fd::AsRawFd;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        defer_accept(&l, Duration::from_secs(10));
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: the descriptor is open; `v` and `len` are valid for the call.
+        let r = unsafe {
+            libc::getsockopt(
+                l.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(r, 0);
+        // The kernel keeps it as a count of SYN-ACK retransmissions and reports it back in
+        // seconds, rounded up to their schedule.
+        assert!(v >= 10, "TCP_DEFER_ACCEPT is {v}");
+    }
 }

@@ -372,6 +372,30 @@ async fn oversized_and_slow_heads_are_cut_off() {
     assert!(closes(&mut s, Duration::from_secs(3)).await);
 }
 
+/// Accepts wait for a request's first bytes (`TCP_DEFER_ACCEPT`): a client that connects and
+/// speaks late is still answered, and one that never speaks is still closed, once the kernel
+/// stops waiting and the header deadline has passed.
+#[tokio::test]
+async fn silent_and_late_clients_with_deferred_accepts() {
+    let srv = start(Limits {
+        header_timeout: Duration::from_secs(2),
+        ..limits()
+    })
+    .await;
+    let mut silent = TcpStream::connect(srv.addr).await.unwrap();
+    let mut late = TcpStream::connect(srv.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    late.write_all(b"GET /hello?late HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_resp(&mut late, &mut Vec::new(), false).await;
+    assert_eq!((r.status, r.body), (200, b"fast late".to_vec()));
+    assert!(
+        closes(&mut silent, Duration::from_secs(20)).await,
+        "a silent connection is not held for ever"
+    );
+}
+
 #[tokio::test]
 async fn a_body_slower_than_the_header_deadline_does_not_cost_the_next_request() {
     let srv = start(Limits {

@@ -56,8 +56,9 @@ pub struct SpeedArgs {
     hash_mib: usize,
     /// Runs of each side in a comparison, ours and the reference taking turns (both servers
     /// up throughout); the median run of each is reported. On a shared machine whose speed
-    /// drifts from minute to minute, alternating keeps the ratio fair.
-    #[arg(long, default_value_t = 3)]
+    /// drifts from minute to minute, alternating keeps the ratio fair; with three rounds the
+    /// median was still one round's luck often enough to flip a verdict at 1×.
+    #[arg(long, default_value_t = 5)]
     rounds: u32,
     /// For `--parts redirect-ab` and `announce-ab`: another mirrorswarm binary (say, a build
     /// of the previous commit) whose redirects or announces this one's are measured against,

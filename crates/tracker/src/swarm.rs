@@ -160,10 +160,10 @@ impl Swarm {
     }
 
     fn recount(&mut self) {
-        let seeders = self.peers.iter().filter(|p| p.seeder).count();
-        self.seeders = u32::try_from(seeders).unwrap_or(u32::MAX);
-        self.leechers = u32::try_from(self.peers.len() - seeders).unwrap_or(u32::MAX);
-        self.oldest_seen = self.peers.iter().map(|p| p.last_seen).min();
+        let (all, oldest) = self.scan(Liveness::EVERYONE);
+        self.seeders = all.complete;
+        self.leechers = all.incomplete;
+        self.oldest_seen = oldest;
     }
 
     /// Whether every peer held is alive: the kept counts are then the live ones.
@@ -233,6 +233,9 @@ struct Liveness {
 }
 
 impl Liveness {
+    /// Every peer alive, whenever it was seen.
+    const EVERYONE: Liveness = Liveness { since: None };
+
     fn at(now: Instant, ttl: Duration) -> Self {
         Liveness {
             since: now.checked_sub(ttl),
@@ -944,11 +947,8 @@ mod tests {
                     oldest.is_none() || sw.oldest_seen.is_some_and(|b| Some(b) <= oldest),
                     "the bound is at or before every peer"
                 );
-                let all = Liveness { since: None };
-                assert_eq!(
-                    (sw.seeders, sw.leechers),
-                    (sw.scan(all).0.complete, sw.scan(all).0.incomplete)
-                );
+                let (all, _) = sw.scan(Liveness::EVERYONE);
+                assert_eq!((sw.seeders, sw.leechers), (all.complete, all.incomplete));
             }
         }
     }

@@ -218,6 +218,17 @@ async fn curl_wget_apt_and_aria2c_get_exact_bytes_from_volunteers() {
         link.contains("rel=duplicate") && link.contains("/.origin/debian/"),
         "{link}"
     );
+    // A GET's redirect is all head: Location and the headers above, no note beside them
+    // (apt, wget, curl and aria2c above followed such answers).
+    let r = http()
+        .get(format!("{}/debian/{BIG_DEB}", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    assert!(r.headers().contains_key("location"));
+    assert_eq!(r.headers()["content-length"], "0");
+    assert!(r.bytes().await.unwrap().is_empty());
 }
 
 fn which(cmd: &str) -> bool {

@@ -591,28 +591,20 @@ impl<'a> Redirect<'a> {
         v.push_str(b64);
         v.push(':');
         emit("repr-digest", v.as_bytes());
-        emit("content-type", b"text/plain; charset=utf-8");
     }
 
-    fn body(&self, b: &mut String) {
-        b.clear();
-        b.push_str("redirecting to ");
-        push_url(b, self.base(), self.encoded);
-        b.push('\n');
-    }
-
-    /// The answer into `reply`, each value built in `scratch`.
+    /// The answer into `reply`, each value built in `scratch`. It has no body: RFC 9110
+    /// (15.4.3) makes the note a 302 "usually" carries optional, every client follows
+    /// `Location`, and on the hottest answer a note repeating it (with its content type)
+    /// was an eighth of the bytes each customer and the load generator had to parse.
     fn write(&self, reply: &mut fast::Reply<'_>, scratch: &mut String) {
         reply.status(302, "Found");
         self.each_header(scratch, |name, value| reply.header(name, value));
-        self.body(scratch);
-        reply.body(scratch.as_bytes());
+        reply.body(b"");
     }
 
     fn into_response(self) -> Response {
-        let mut body = String::new();
-        self.body(&mut body);
-        let mut r = Response::new(Body::from(body));
+        let mut r = Response::new(Body::empty());
         let mut v = String::new();
         *r.status_mut() = StatusCode::FOUND;
         let h = r.headers_mut();

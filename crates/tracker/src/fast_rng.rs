@@ -21,15 +21,29 @@ impl FastRng {
     pub fn for_thread() -> FastRng {
         FastRng
     }
+
+    /// A copy of the thread's generator as it stands: it yields the numbers the thread's
+    /// next draws will, without drawing them (to prefetch what they will pick).
+    pub fn peek() -> PeekedRng {
+        PeekedRng(STATE.with(Cell::get))
+    }
+}
+
+/// One wyrand step.
+fn step(state: &mut u64) -> u64 {
+    let x = state.wrapping_add(0xa076_1d64_78bd_642f);
+    *state = x;
+    let m = u128::from(x) * u128::from(x ^ 0xe703_7ed1_a0b4_28db);
+    (m as u64) ^ ((m >> 64) as u64)
 }
 
 impl RngCore for FastRng {
     fn next_u64(&mut self) -> u64 {
         STATE.with(|s| {
-            let x = s.get().wrapping_add(0xa076_1d64_78bd_642f);
+            let mut x = s.get();
+            let out = step(&mut x);
             s.set(x);
-            let m = u128::from(x) * u128::from(x ^ 0xe703_7ed1_a0b4_28db);
-            (m as u64) ^ ((m >> 64) as u64)
+            out
         })
     }
 
@@ -47,7 +61,29 @@ impl RngCore for FastRng {
     }
 }
 
-fn rand_core_fill(r: &mut FastRng, dest: &mut [u8]) {
+/// [`FastRng::peek`]'s detached copy of a thread's generator.
+pub struct PeekedRng(u64);
+
+impl RngCore for PeekedRng {
+    fn next_u64(&mut self) -> u64 {
+        step(&mut self.0)
+    }
+
+    fn next_u32(&mut self) -> u32 {
+        (self.next_u64() >> 32) as u32
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        rand_core_fill(self, dest)
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand::Error> {
+        rand_core_fill(self, dest);
+        Ok(())
+    }
+}
+
+fn rand_core_fill(r: &mut impl RngCore, dest: &mut [u8]) {
     for chunk in dest.chunks_mut(8) {
         let b = r.next_u64().to_le_bytes();
         chunk.copy_from_slice(&b[..chunk.len()]);
@@ -58,6 +94,18 @@ fn rand_core_fill(r: &mut FastRng, dest: &mut [u8]) {
 mod tests {
     use super::*;
     use rand::Rng;
+
+    #[test]
+    fn a_peek_foretells_the_next_draws_without_taking_them() {
+        let mut peek = FastRng::peek();
+        let foretold: Vec<usize> = (0..8).map(|_| peek.gen_range(0..1000)).collect();
+        let mut r = FastRng::for_thread();
+        let drawn: Vec<usize> = (0..8).map(|_| r.gen_range(0..1000)).collect();
+        assert_eq!(foretold, drawn);
+        // The peek took nothing: the thread's generator moved on only by its own draws.
+        let mut again = FastRng::peek();
+        assert_eq!(again.next_u64(), r.next_u64());
+    }
 
     #[test]
     fn spreads_evenly_and_differs_between_threads() {

@@ -19,6 +19,7 @@ pub mod bencode;
 pub mod fast_rng;
 pub mod link_model;
 pub mod mirror;
+pub mod prefetch;
 pub mod query;
 pub mod recent;
 pub mod registry;

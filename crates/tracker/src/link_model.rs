@@ -136,6 +136,13 @@ impl LinkModel {
         }
     }
 
+    /// Start loading the downloads' finishing points (kept apart from the model), which a
+    /// [`Self::view`] reads next.
+    pub fn prefetch(&self) {
+        let (front, _) = self.finish.as_slices();
+        crate::prefetch::lines(front.first().unwrap_or(&self.served));
+    }
+
     /// [`Self::view`] at the time the model was last moved to.
     pub fn view_as_moved(&self) -> LinkView<'_> {
         LinkView {

@@ -7,11 +7,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::link_model::{LinkModel, Reported};
 use crate::mirror::MirrorReport;
+use crate::prefetch;
 use crate::recent::{RecentCounts, Slicing};
 
 /// The workload a volunteer reported in its last announce.
@@ -190,6 +192,47 @@ pub enum RegistryError {
     Replay { got: u64, last: u64 },
 }
 
+/// Probes of [`Registry::sample`] drawn, and their records hinted, before the first check.
+const PROBES_AHEAD: usize = 16;
+
+/// Where the registry's volunteer records lie, readable without its lock: the request path
+/// hints the CPU to load the records it is about to sample while it looks up the path, so
+/// that the two lookups' cache misses overlap. A hint only: nothing is read through the
+/// address, so a stale one (the registry changed since) costs a useless prefetch and no more.
+#[derive(Debug, Default)]
+pub struct RecordsAt {
+    base: AtomicUsize,
+    len: AtomicUsize,
+}
+
+impl RecordsAt {
+    /// Hint the records that [`Registry::sample`] would probe first if `pick` gave it the
+    /// same numbers (a copy of its generator: [`crate::fast_rng::FastRng::peek`]). Mirrors
+    /// `sample`'s first draws; where they differ, only the hint is wasted.
+    pub fn prefetch_sample(
+        &self,
+        (k, all_up_to): (usize, usize),
+        pick: &mut dyn FnMut(usize) -> usize,
+    ) {
+        let n = self.len.load(Ordering::Relaxed);
+        if n <= all_up_to.max(k) {
+            return;
+        }
+        let base = self.base.load(Ordering::Relaxed);
+        let size = std::mem::size_of::<VolunteerLive>();
+        for _ in 0..k.min(PROBES_AHEAD) {
+            let at = base.wrapping_add(pick(n).wrapping_mul(size));
+            prefetch::lines_of(at as *const u8, size);
+        }
+    }
+
+    fn set(&self, records: &[VolunteerLive]) {
+        self.base
+            .store(records.as_ptr() as usize, Ordering::Relaxed);
+        self.len.store(records.len(), Ordering::Relaxed);
+    }
+}
+
 #[derive(Debug)]
 pub struct Registry {
     /// Sorted by id: listings are stable, and a position is what the request path samples.
@@ -205,6 +248,8 @@ pub struct Registry {
     /// How fast the server's checks found each volunteer against its peers (1.0 if absent).
     observed_speed: HashMap<String, f64>,
     timeout: Duration,
+    /// Kept up to date with `volunteers` (see [`RecordsAt`]).
+    records_at: Arc<RecordsAt>,
 }
 
 impl Registry {
@@ -217,7 +262,13 @@ impl Registry {
             quarantined: Default::default(),
             observed_speed: HashMap::new(),
             timeout,
+            records_at: Arc::default(),
         }
+    }
+
+    /// Where the volunteer records lie, for the request path's prefetch hints.
+    pub fn records_at(&self) -> Arc<RecordsAt> {
+        self.records_at.clone()
     }
 
     pub fn timeout(&self) -> Duration {
@@ -238,7 +289,9 @@ impl Registry {
         r
     }
 
+    /// After `volunteers` gained or lost one (it may have moved).
     fn reindex(&mut self) {
+        self.records_at.set(&self.volunteers);
         self.index = self
             .volunteers
             .iter()
@@ -498,9 +551,21 @@ impl Registry {
             out.extend((0..n).filter(|&i| eligible(i)));
             return;
         }
-        for _ in 0..4 * k {
-            let i = pick(n);
+        // The first probes are drawn at once and their records hinted together, so that
+        // their cache misses overlap instead of each waiting for the check before it.
+        let mut ahead = [0usize; PROBES_AHEAD];
+        let drawn = k.min(PROBES_AHEAD);
+        for a in &mut ahead[..drawn] {
+            *a = pick(n);
+            prefetch::lines(&self.volunteers[*a]);
+        }
+        for probe in 0..4 * k {
+            let i = match ahead[..drawn].get(probe) {
+                Some(&i) => i,
+                None => pick(n),
+            };
             if !out.contains(&i) && eligible(i) {
+                self.volunteers[i].model.prefetch();
                 out.push(i);
                 if out.len() == k {
                     return;

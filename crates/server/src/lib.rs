@@ -164,6 +164,10 @@ pub async fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>> {
         .keys()
         .map(|n| (tracker::mirror::mirror_info_hash(n), n.clone()))
         .collect();
+    let mut registry = Registry::new(cfg.tracker.volunteer_timeout());
+    registry.set_connection_window(std::time::Duration::from_secs(
+        cfg.redirect.connection_window_secs,
+    ));
     let st = Arc::new(AppState {
         background: tokio::runtime::Handle::current(),
         public_url: cfg.public_url(),
@@ -182,13 +186,8 @@ pub async fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>> {
         repos: Default::default(),
         repo_dirs: cfg.repos.clone(),
         info_hashes,
-        registry: Mutex::new({
-            let mut r = Registry::new(cfg.tracker.volunteer_timeout());
-            r.set_connection_window(std::time::Duration::from_secs(
-                cfg.redirect.connection_window_secs,
-            ));
-            r
-        }),
+        records_at: registry.records_at(),
+        registry: Mutex::new(registry),
         swarms: Mutex::new(Swarms::new(SwarmLimits {
             peer_ttl: cfg.tracker.peer_ttl(),
             ..SwarmLimits::default()

@@ -106,7 +106,7 @@ pub fn choose(
     chosen.clear();
     let mut rng = crate::fast_rng::FastRng::for_thread();
     let mut reg = lock(&st.registry);
-    let k = want.clamp(BEST_OF, MAX_SAMPLE);
+    let k = sample_size(want);
     // The sample's and the order's buffers are the thread's, reused: this runs for every
     // redirect.
     let ChooseScratch {
@@ -136,7 +136,9 @@ pub fn choose(
     for (o, &i) in open.iter_mut().zip(&sample) {
         *o = reg.open_redirects(i, now);
     }
-    let cands: Vec<Candidate> = sample
+    // On the stack: the sample is at most `MAX_SAMPLE` (a vector was a malloc and a free per
+    // redirect).
+    let cands: arrayvec::ArrayVec<Candidate, MAX_SAMPLE> = sample
         .iter()
         .zip(&open)
         .map(|(&i, &(unreported, recent))| {
@@ -178,6 +180,23 @@ pub fn choose(
     }
     drop(reg);
     CHOOSE_SCRATCH.with(|b| *b.borrow_mut() = ChooseScratch { sample, order });
+}
+
+/// Candidates [`choose`] samples for `want` volunteers.
+fn sample_size(want: usize) -> usize {
+    want.clamp(BEST_OF, MAX_SAMPLE)
+}
+
+/// Hint the CPU to load the records [`choose`] will sample for `want` volunteers (the
+/// thread's generator is peeked, not drawn from), before the path's lookup: the lookup's
+/// cache misses and the records' then overlap instead of following one another. Nothing
+/// may draw from the thread's generator between this and `choose`, or the hint is wasted.
+fn prefetch_choice(st: &AppState, want: usize) {
+    let mut peek = crate::fast_rng::FastRng::peek();
+    st.records_at
+        .prefetch_sample((sample_size(want), SMALL_POOL), &mut |n| {
+            peek.gen_range(0..n)
+        });
 }
 
 /// The base URLs of the volunteers chosen for one request, best first, copied out of the
@@ -472,6 +491,7 @@ pub fn fast_customer(
         return fast::Answer::Pass;
     };
     let accept = || wants_metalink(req.all("accept"));
+    prefetch_choice(st, st.config.redirect.alternatives.max(1));
     st.repos.with_current(|repos| {
         let snapshot = |repo: &str| repos.get(repo).map(|s| &**s);
         let Resolved::File(file) = resolve(snapshot, &decoded, accept) else {

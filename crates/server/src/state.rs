@@ -28,6 +28,8 @@ pub struct AppState {
     /// Mirror info-hash → repository name.
     pub info_hashes: HashMap<[u8; 20], String>,
     pub registry: Mutex<Registry>,
+    /// Where the registry's records lie, read without its lock for prefetch hints.
+    pub records_at: Arc<tracker::registry::RecordsAt>,
     pub swarms: Mutex<Swarms>,
     /// Enrolled volunteers by id, mirrored from the store.
     pub credentials: RwLock<HashMap<String, VolunteerRecord>>,

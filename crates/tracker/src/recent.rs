@@ -31,19 +31,29 @@ impl Default for RecentCounts {
 #[derive(Debug, Clone, Copy)]
 pub struct Slicing {
     epoch: Instant,
-    slice: Duration,
+    /// The slice length in nanoseconds: a 64-bit division per candidate, where dividing
+    /// `Duration::as_nanos`'s `u128` was a call into the compiler's runtime.
+    slice_ns: u64,
 }
 
 impl Slicing {
     pub fn new(window: Duration, epoch: Instant) -> Self {
         // One slice fewer than the ring: the newest is still filling.
         let slice = (window / (SLICES as u32 - 1)).max(Duration::from_millis(1));
-        Slicing { epoch, slice }
+        Slicing {
+            epoch,
+            slice_ns: nanos(slice),
+        }
     }
 
     fn at(&self, now: Instant) -> u64 {
-        (now.saturating_duration_since(self.epoch).as_nanos() / self.slice.as_nanos()) as u64
+        nanos(now.saturating_duration_since(self.epoch)) / self.slice_ns
     }
+}
+
+/// `d` in nanoseconds, saturating (at 584 years).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl RecentCounts {

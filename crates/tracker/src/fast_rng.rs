@@ -37,51 +37,42 @@ fn step(state: &mut u64) -> u64 {
     (m as u64) ^ ((m >> 64) as u64)
 }
 
-impl RngCore for FastRng {
-    fn next_u64(&mut self) -> u64 {
-        STATE.with(|s| {
-            let mut x = s.get();
-            let out = step(&mut x);
-            s.set(x);
-            out
-        })
-    }
+/// `RngCore` for a generator whose `next_u64` is given: the rest is drawn from it.
+macro_rules! rng_core_from_next_u64 {
+    ($rng:ty, |$this:ident| $next_u64:expr) => {
+        impl RngCore for $rng {
+            fn next_u64(&mut self) -> u64 {
+                let $this = self;
+                $next_u64
+            }
 
-    fn next_u32(&mut self) -> u32 {
-        (self.next_u64() >> 32) as u32
-    }
+            fn next_u32(&mut self) -> u32 {
+                (self.next_u64() >> 32) as u32
+            }
 
-    fn fill_bytes(&mut self, dest: &mut [u8]) {
-        rand_core_fill(self, dest)
-    }
+            fn fill_bytes(&mut self, dest: &mut [u8]) {
+                rand_core_fill(self, dest)
+            }
 
-    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand::Error> {
-        rand_core_fill(self, dest);
-        Ok(())
-    }
+            fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand::Error> {
+                rand_core_fill(self, dest);
+                Ok(())
+            }
+        }
+    };
 }
+
+rng_core_from_next_u64!(FastRng, |_this| STATE.with(|s| {
+    let mut x = s.get();
+    let out = step(&mut x);
+    s.set(x);
+    out
+}));
 
 /// [`FastRng::peek`]'s detached copy of a thread's generator.
 pub struct PeekedRng(u64);
 
-impl RngCore for PeekedRng {
-    fn next_u64(&mut self) -> u64 {
-        step(&mut self.0)
-    }
-
-    fn next_u32(&mut self) -> u32 {
-        (self.next_u64() >> 32) as u32
-    }
-
-    fn fill_bytes(&mut self, dest: &mut [u8]) {
-        rand_core_fill(self, dest)
-    }
-
-    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand::Error> {
-        rand_core_fill(self, dest);
-        Ok(())
-    }
-}
+rng_core_from_next_u64!(PeekedRng, |this| step(&mut this.0));
 
 fn rand_core_fill(r: &mut impl RngCore, dest: &mut [u8]) {
     for chunk in dest.chunks_mut(8) {

@@ -149,6 +149,12 @@ struct ServerArgs {
     /// Files up to this size are served directly instead of redirected [default: 32768].
     #[arg(long)]
     direct_max_bytes: Option<u64>,
+    /// Which redirects carry the alternatives and the file's digests (`Link`, `Digest`,
+    /// `Repr-Digest`, `X-Mirrorswarm-Size`): `when-asked`, to clients that send
+    /// `Want-Digest` or `Want-Repr-Digest` (aria2, `mirrorswarm proxy`), or `always`
+    /// [default: when-asked].
+    #[arg(long, value_parser = ["when-asked", "always"])]
+    metalink_headers: Option<String>,
     /// Seconds over which a (re)joining volunteer's share grows to its full capacity under
     /// the feedback policy; 0 turns slow start off [default: 10].
     #[arg(long)]
@@ -395,6 +401,13 @@ fn server_config(a: ServerArgs) -> Result<ServerConfig> {
     }
     if let Some(v) = a.direct_max_bytes {
         cfg.redirect.direct_max_bytes = v;
+    }
+    if let Some(v) = a.metalink_headers {
+        cfg.redirect.metalink_headers = if v == "always" {
+            config::MetalinkHeaders::Always
+        } else {
+            config::MetalinkHeaders::WhenAsked
+        };
     }
     if let Some(v) = a.slow_start_secs {
         cfg.redirect.slow_start_secs = v;

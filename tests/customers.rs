@@ -196,9 +196,11 @@ async fn curl_wget_apt_and_aria2c_get_exact_bytes_from_volunteers() {
         );
     }
 
-    // Small files are served by the server directly; every redirect carries the digests.
+    // Small files are served by the server directly; a redirect carries the digests, the
+    // size and the alternatives to a client that asks for a digest (aria2's `Want-Digest`).
     let r = http()
         .head(format!("{}/debian/{BIG_DEB}", server.url))
+        .header("want-digest", "SHA-512;q=1, SHA-256;q=1, SHA;q=0.1")
         .send()
         .await
         .unwrap();
@@ -213,13 +215,31 @@ async fn curl_wget_apt_and_aria2c_get_exact_bytes_from_volunteers() {
         r.headers()["repr-digest"],
         format!("sha-256=:{b64}:").as_str()
     );
+    assert_eq!(
+        r.headers()["x-mirrorswarm-size"],
+        expected.len().to_string().as_str()
+    );
     let link = r.headers()["link"].to_str().unwrap();
     assert!(
         link.contains("rel=duplicate") && link.contains("/.origin/debian/"),
         "{link}"
     );
-    // A GET's redirect is all head: Location and the headers above, no note beside them
-    // (apt, wget, curl and aria2c above followed such answers).
+    // RFC 9530's `Want-Repr-Digest` (what `mirrorswarm proxy` sends) asks as well.
+    let r = http()
+        .head(format!("{}/debian/{BIG_DEB}", server.url))
+        .header("want-repr-digest", "sha-256=10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    assert_eq!(
+        r.headers()["repr-digest"],
+        format!("sha-256=:{b64}:").as_str()
+    );
+    assert!(r.headers().contains_key("link"));
+    // A plain GET's redirect (apt's, curl's, wget's) is all head and only where to go:
+    // Location, no note beside it and none of the headers above, which such clients do not
+    // read (apt, wget and curl above followed such answers).
     let r = http()
         .get(format!("{}/debian/{BIG_DEB}", server.url))
         .send()
@@ -227,8 +247,44 @@ async fn curl_wget_apt_and_aria2c_get_exact_bytes_from_volunteers() {
         .unwrap();
     assert_eq!(r.status(), 302);
     assert!(r.headers().contains_key("location"));
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    for h in ["link", "digest", "repr-digest", "x-mirrorswarm-size"] {
+        assert!(!r.headers().contains_key(h), "{h} on a plain redirect");
+    }
     assert_eq!(r.headers()["content-length"], "0");
     assert!(r.bytes().await.unwrap().is_empty());
+}
+
+/// `--metalink-headers always` puts the alternatives and digests on every redirect, asked or
+/// not, on both of the server's request paths (the fast path answers a plain `GET`; a request
+/// with a body goes through the router).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metalink_headers_can_go_to_every_client() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    sample_repo(&repo);
+    let server = start_server(
+        root,
+        &repo,
+        &["--direct-max-bytes", "1024", "--metalink-headers", "always"],
+    )
+    .await;
+    let _v = start_volunteer(root, &server, "v1", &repo).await;
+    server.wait_held("v1", 1).await;
+    let url = format!("{}/debian/{BIG_DEB}", server.url);
+    let plain = http().get(&url).send().await.unwrap();
+    let routed = http().get(&url).body("x").send().await.unwrap();
+    for r in [plain, routed] {
+        assert_eq!(r.status(), 302);
+        for h in ["link", "digest", "repr-digest", "x-mirrorswarm-size"] {
+            assert!(
+                r.headers().contains_key(h),
+                "{h} missing: {:?}",
+                r.headers()
+            );
+        }
+    }
 }
 
 fn which(cmd: &str) -> bool {

@@ -187,7 +187,12 @@ async fn handle(
         return text(StatusCode::BAD_REQUEST, "bad request target");
     }
     let url = format!("{}{}", p.cfg.server, path);
-    let mut req = p.client.request(method.clone(), &url);
+    // Asking for the digest (RFC 9530) is what makes the server's redirect carry it, the
+    // size and the alternatives: without them there is nothing to verify against.
+    let mut req = p
+        .client
+        .request(method.clone(), &url)
+        .header("want-repr-digest", "sha-256=10");
     for h in FORWARDED {
         if let Some(v) = headers.get(&h) {
             req = req.header(h, v);

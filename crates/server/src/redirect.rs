@@ -17,6 +17,8 @@ use fileserve::text_response as text;
 use fileserve::{encode_path_segment, fast, IndexEntry, ServeOptions};
 use manifest::Entry;
 
+use config::MetalinkHeaders;
+
 use crate::metalink;
 use crate::metrics::Outcome;
 use crate::policy::Candidate;
@@ -182,6 +184,16 @@ pub fn choose(
     CHOOSE_SCRATCH.with(|b| *b.borrow_mut() = ChooseScratch { sample, order });
 }
 
+/// How many volunteers a redirect names: the alternatives with the Metalink/HTTP headers,
+/// otherwise only the best (from a sample as large).
+fn volunteers_named(st: &AppState, with_metalink: bool) -> usize {
+    if with_metalink {
+        st.config.redirect.alternatives.max(1)
+    } else {
+        1
+    }
+}
+
 /// Candidates [`choose`] samples for `want` volunteers.
 fn sample_size(want: usize) -> usize {
     want.clamp(BEST_OF, MAX_SAMPLE)
@@ -270,6 +282,24 @@ fn digest_headers(entry: &Entry, headers: &mut HeaderMap) {
     }
     if let Ok(v) = HeaderValue::from_str(&format!("sha-256=:{b64}:")) {
         headers.insert("repr-digest", v);
+    }
+}
+
+/// Whether a client asked for a digest, by either header (RFC 3230's `Want-Digest`, RFC
+/// 9530's `Want-Repr-Digest`, whatever their values): the Metalink/HTTP clients do, and only
+/// they read what [`Redirect`] adds for them (see [`MetalinkHeaders`]).
+fn asks_for_digest<'a>(mut header: impl FnMut(&'static str) -> Option<&'a [u8]>) -> bool {
+    WANT_DIGEST.iter().any(|name| header(name).is_some())
+}
+
+/// The request headers by which a client asks for a digest.
+const WANT_DIGEST: [&str; 2] = ["want-digest", "want-repr-digest"];
+
+/// Whether a redirect answering a request carries the Metalink/HTTP headers.
+fn metalink_headers(st: &AppState, asked: impl FnOnce() -> bool) -> bool {
+    match st.config.redirect.metalink_headers {
+        MetalinkHeaders::Always => true,
+        MetalinkHeaders::WhenAsked => asked(),
     }
 }
 
@@ -379,8 +409,9 @@ impl<S: std::ops::Deref<Target = RepoSnapshot>> FileRequest<'_, S> {
         now: Instant,
         chosen: &'s mut Chosen,
         encoded: &'s mut String,
+        with_metalink: bool,
     ) -> Option<Redirect<'s>> {
-        let want = st.config.redirect.alternatives.max(1);
+        let want = volunteers_named(st, with_metalink);
         choose(st, &self.snap, self.rel, &self.entry, want, now, chosen);
         if chosen.is_empty() {
             return None;
@@ -389,7 +420,13 @@ impl<S: std::ops::Deref<Target = RepoSnapshot>> FileRequest<'_, S> {
         push_encoded_repo_path(encoded, self.repo, self.rel);
         st.counters.count(Outcome::Volunteer);
         st.counters.redirected_bytes.add(self.entry.size);
-        Some(Redirect::new(st, encoded, chosen, &self.entry))
+        Some(Redirect::new(
+            st,
+            encoded,
+            chosen,
+            &self.entry,
+            with_metalink,
+        ))
     }
 }
 
@@ -456,7 +493,15 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
 
     if file.wants_volunteer(&st) {
         let (mut chosen, mut encoded) = (Chosen::default(), String::new());
-        if let Some(r) = file.redirect(&st, Instant::now(), &mut chosen, &mut encoded) {
+        let asked = || asks_for_digest(|name| headers.get(name).map(|v| v.as_bytes()));
+        let with_metalink = metalink_headers(&st, asked);
+        if let Some(r) = file.redirect(
+            &st,
+            Instant::now(),
+            &mut chosen,
+            &mut encoded,
+            with_metalink,
+        ) {
             return r.into_response();
         }
     }
@@ -491,7 +536,8 @@ pub fn fast_customer(
         return fast::Answer::Pass;
     };
     let accept = || wants_metalink(req.all("accept"));
-    prefetch_choice(st, st.config.redirect.alternatives.max(1));
+    let with_metalink = metalink_headers(st, || asks_for_digest(|name| req.header(name)));
+    prefetch_choice(st, volunteers_named(st, with_metalink));
     st.repos.with_current(|repos| {
         let snapshot = |repo: &str| repos.get(repo).map(|s| &**s);
         let Resolved::File(file) = resolve(snapshot, &decoded, accept) else {
@@ -506,7 +552,7 @@ pub fn fast_customer(
                 encoded,
                 value,
             } = &mut *s.borrow_mut();
-            match file.redirect(st, req.received, chosen, encoded) {
+            match file.redirect(st, req.received, chosen, encoded, with_metalink) {
                 Some(r) => {
                     r.write(reply, value);
                     fast::Answer::Done
@@ -538,10 +584,19 @@ struct Redirect<'a> {
     max_alt: usize,
     size: u64,
     sha256: [u8; 32],
+    /// Whether it carries the alternatives and the digests (the Metalink/HTTP headers), or
+    /// only where to go.
+    with_metalink: bool,
 }
 
 impl<'a> Redirect<'a> {
-    fn new(st: &'a AppState, encoded: &'a str, chosen: &'a Chosen, entry: &Entry) -> Self {
+    fn new(
+        st: &'a AppState,
+        encoded: &'a str,
+        chosen: &'a Chosen,
+        entry: &Entry,
+        with_metalink: bool,
+    ) -> Self {
         Redirect {
             public_url: &st.public_url,
             encoded,
@@ -549,6 +604,7 @@ impl<'a> Redirect<'a> {
             max_alt: st.config.redirect.alternatives,
             size: entry.size,
             sha256: entry.sha256.0,
+            with_metalink,
         }
     }
 
@@ -557,13 +613,21 @@ impl<'a> Redirect<'a> {
     }
 
     /// Every header of the answer but the framing ones, in the order they are sent, each
-    /// value built in one scratch buffer. The choice depends on live load: never cached.
+    /// value built in one scratch buffer.
     fn each_header(&self, v: &mut String, mut emit: impl FnMut(&'static str, &[u8])) {
-        use base64::Engine as _;
         v.clear();
         push_url(v, self.base(), self.encoded);
         emit("location", v.as_bytes());
+        // The choice depends on live load: no cache may keep it.
+        emit("cache-control", b"no-store");
+        if self.with_metalink {
+            self.each_metalink_header(v, emit);
+        }
+    }
 
+    /// The Metalink/HTTP headers (RFC 6249): the alternatives, then what the file must be.
+    fn each_metalink_header(&self, v: &mut String, mut emit: impl FnMut(&'static str, &[u8])) {
+        use base64::Engine as _;
         v.clear();
         let volunteers = self
             .chosen
@@ -594,7 +658,6 @@ impl<'a> Redirect<'a> {
         v.push('"');
         emit("link", v.as_bytes());
 
-        emit("cache-control", b"no-store");
         emit(SIZE_HEADER, num.format(self.size).as_bytes());
         let mut b64 = [0u8; 44];
         let n = base64::engine::general_purpose::STANDARD

@@ -578,6 +578,7 @@ async fn volunteers(a: VolunteersArgs) -> Result<()> {
                     observed_speed: 1.0,
                     reports: 0,
                     redirected_bytes: 0,
+                    uplink_usage: 0.0,
                 })
                 .collect()
         }

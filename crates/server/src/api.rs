@@ -128,6 +128,10 @@ pub struct VolunteerView {
     /// Bytes of the files customers were redirected to it for.
     #[serde(default)]
     pub redirected_bytes: u64,
+    /// The share of its declared uplink it has been sending lately, customers and sync
+    /// together (what `feedback` evens out; 0 where the uplink is undeclared).
+    #[serde(default)]
+    pub uplink_usage: f64,
 }
 
 fn one() -> f64 {
@@ -181,6 +185,7 @@ pub async fn volunteers(State(st): State<Arc<AppState>>) -> Json<Vec<VolunteerVi
                 observed_speed: reg.observed_speed(&c.id),
                 reports: st.spot.reports_about(&c.id),
                 redirected_bytes: live.map_or(0, |v| v.issued_bytes),
+                uplink_usage: live.map_or(0.0, |v| v.usage()),
             }
         })
         .collect();

@@ -27,6 +27,9 @@ pub struct Candidate<'a> {
     /// How fast the server's own checks found it, against its peers: 1.0 unless it served
     /// them markedly slower than the median (down to 0.1). Reports can lie; this cannot.
     pub observed_speed: f64,
+    /// The share of its declared uplink it has been sending lately, customers and sync
+    /// together, by its reports (see `VolunteerLive::usage`).
+    pub usage: f64,
 }
 
 impl Candidate<'_> {
@@ -260,10 +263,69 @@ pub struct Feedback {
     live: bool,
 }
 
+/// How strongly `feedback` evens out what volunteers give. A volunteer donates its uplink,
+/// and the paper's measure of a fair split (Fig. 18) is each one's network use, sync
+/// included. At part load, least waiting alone keeps customers off links that carry sync
+/// while any other link is free, so those links give less and the free ones more (±16 % at
+/// 50 % load in the loopback study). So a candidate that has been using a larger share of
+/// its uplink than those it is weighed against has its cost scaled by
+/// `exp(EVEN_USAGE × (1 − their use now) × (its share − their mean share))`, where "now" is
+/// the mean of their last reports and the shares are averaged over a few seconds.
+///
+/// That trades a little waiting for an even split, and only where the waits are close: at
+/// half load (links about 0.65 used), between an empty link and one whose customer would
+/// wait twice as long, shares about ln 2 / 5.6 ≈ 0.12 apart decide. The `1 − use now` fades
+/// it out as the links fill: when all are nearly full there is no spare uplink to even out.
+/// It is the last reports' use, not the averaged shares, because a surge after a quiet spell
+/// is when it matters: the averages still remember who carried sync while the others were
+/// idle, and with a constant strength (6) or one faded by the averages, the loopback study's
+/// mean at full load rose by a tenth to a fifth, the links that had been idle taking the
+/// surge's first seconds. When all links are nearly idle, the shares hardly differ and the
+/// cost is the waiting.
+const EVEN_USAGE: f64 = 16.0;
+
 impl Feedback {
     fn has_headroom(&self, c: &Candidate) -> bool {
         c.model.customers() < self.ramp.capacity(c) as usize
     }
+
+    /// Whether a candidate's share of uplink use is weighed: not while slow start still
+    /// holds it back. A (re)joining volunteer's short history says little, and it would
+    /// look like the one that has given least and be flooded.
+    fn evens(&self, c: &Candidate) -> bool {
+        self.has_headroom(c) && self.ramp.share(c) >= 1.0
+    }
+
+    /// The factor [`EVEN_USAGE`] puts on a candidate's cost, against `weighed`: the mean
+    /// averaged share and the mean last-reported use of the candidates it is weighed with.
+    fn evening(&self, c: &Candidate, weighed: Weighed) -> f64 {
+        if !self.evens(c) {
+            return 1.0;
+        }
+        let strength = EVEN_USAGE * (1.0 - weighed.use_now).clamp(0.0, 1.0);
+        (strength * (c.usage - weighed.share)).exp()
+    }
+
+    fn weighed(&self, cands: &[Candidate]) -> Weighed {
+        let (share, use_now, n) = cands
+            .iter()
+            .filter(|c| self.evens(c))
+            .fold((0.0, 0.0, 0u32), |(s, u, n), c| {
+                (s + c.usage, u + c.load.usage(), n + 1)
+            });
+        let n = f64::from(n.max(1));
+        Weighed {
+            share: share / n,
+            use_now: use_now / n,
+        }
+    }
+}
+
+/// What [`Feedback::evening`] weighs a candidate against.
+#[derive(Debug, Clone, Copy)]
+struct Weighed {
+    share: f64,
+    use_now: f64,
 }
 
 impl Policy for Feedback {
@@ -281,6 +343,7 @@ impl Policy for Feedback {
         if !cands.iter().all(|c| c.model.known()) {
             return FeedbackConnections { ramp: self.ramp }.order_into(cands, bytes, rng, out);
         }
+        let weighed = self.weighed(cands);
         out.scored.clear();
         out.scored.extend(
             (0..cands.len())
@@ -290,7 +353,10 @@ impl Policy for Feedback {
                     let wait = c.model.marginal_wait(bytes)?;
                     // Equal volunteers tie exactly; a little noise spreads them at random.
                     let noise = 1.0 + 1e-9 * rng.gen::<f64>();
-                    Some((wait * noise / self.ramp.cut(c), i))
+                    Some((
+                        wait * noise * self.evening(c, weighed) / self.ramp.cut(c),
+                        i,
+                    ))
                 }),
         );
         out.take_scored();
@@ -312,6 +378,7 @@ mod tests {
         total: u64,
         age: Duration,
         speed: f64,
+        usage: f64,
     }
 
     fn vol(conns: u32, sync: u32, sync_bps: u64, link: u64, cap: u32, t: Instant) -> Vol {
@@ -341,6 +408,7 @@ mod tests {
             total: 0,
             age: Duration::from_secs(3600),
             speed: 1.0,
+            usage: 0.0,
         }
     }
 
@@ -362,6 +430,7 @@ mod tests {
                 issued_recent: v.total as usize,
                 age: v.age,
                 observed_speed: v.speed,
+                usage: v.usage,
             })
             .collect()
     }
@@ -470,6 +539,58 @@ mod tests {
             policy("feedback").order(&cands(&greedy), 100_000, &mut rng)[0],
             1
         );
+    }
+
+    #[test]
+    fn feedback_evens_out_what_volunteers_give_where_waits_are_close() {
+        let t = Instant::now();
+        // An empty link whose sync takes half of it, and an empty free one: a customer
+        // waits twice as long on the first. Each report says what its link sent (customers,
+        // plus sync), `usage` what it sent over the last few seconds.
+        let mut v = [
+            vol(0, 4, 500_000, 1_000_000, 64, t),
+            vol(0, 0, 0, 1_000_000, 64, t),
+        ];
+        let p = policy("feedback");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let mut first = |v: &[Vol]| p.order(&cands(v), 256_000, &mut rng)[0];
+        fn sent(v: &mut [Vol], customers_bps: [u64; 2], usage: [f64; 2]) {
+            for (x, (bps, u)) in v.iter_mut().zip(customers_bps.into_iter().zip(usage)) {
+                x.load.upload_bps = bps;
+                x.usage = u;
+            }
+        }
+        // Links about 0.6 used. Having given alike, or the synced one a little more or less:
+        // the faster link.
+        for usage in [[0.6, 0.6], [0.7, 0.6], [0.6, 0.65]] {
+            sent(&mut v, [100_000, 600_000], usage);
+            assert_eq!(first(&v), 1, "{usage:?}");
+        }
+        // The free one has been sending much more (it took every customer): the other,
+        // though its customer waits longer.
+        sent(&mut v, [100_000, 600_000], [0.5, 0.7]);
+        assert_eq!(first(&v), 0);
+        // As far apart when both links are now nearly full, there is little spare to even
+        // out: the waits decide.
+        sent(&mut v, [450_000, 1_000_000], [0.5, 0.7]);
+        assert_eq!(first(&v), 1);
+        // Where the wait is far worse, what they gave cannot outweigh it: a link with six
+        // customers against an empty one.
+        let mut crowded = [
+            vol(6, 0, 0, 1_000_000, 64, t),
+            vol(0, 0, 0, 1_000_000, 64, t),
+        ];
+        sent(&mut crowded, [1_000_000, 300_000], [0.5, 0.7]);
+        assert_eq!(first(&crowded), 1);
+        // Nor does a newcomer's short history make it the favourite: slow start holds it
+        // back as it would without the evening out.
+        let mut joining = [
+            vol(0, 0, 0, 1_000_000, 64, t),
+            vol(0, 0, 0, 1_000_000, 64, t),
+        ];
+        sent(&mut joining, [500_000, 0], [0.9, 0.0]);
+        joining[1].age = Duration::from_secs(1);
+        assert_eq!(first(&joining), 0);
     }
 
     #[test]

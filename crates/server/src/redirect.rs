@@ -153,6 +153,7 @@ pub fn choose(
                 issued_recent: recent,
                 age: now.saturating_duration_since(v.joined),
                 observed_speed: v.observed_speed(),
+                usage: v.usage(),
             }
         })
         .collect();

@@ -122,12 +122,40 @@ pub struct VolunteerLive {
     /// A copy of [`Registry`]'s observed speeds (as `quarantined` is of its quarantine set)
     /// for this volunteer, so the request path reads them without a lookup by name.
     observed_speed: f64,
+    /// How much of its declared uplink it has been using, customers and sync together, as
+    /// its reports said, averaged over about [`USAGE_WINDOW`] (0 where the link is
+    /// undeclared).
+    usage: f64,
 }
+
+/// How long a volunteer's reported uplink use is averaged over: long enough to span many
+/// downloads (one report says little), short enough to follow a sync that starts or stops.
+pub const USAGE_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl VolunteerLive {
     /// How fast the server's checks found it against its peers (1.0 unless slower).
     pub fn observed_speed(&self) -> f64 {
         self.observed_speed
+    }
+
+    /// The share of its declared uplink it has been sending, customers and sync together,
+    /// averaged over about [`USAGE_WINDOW`] of reports: what a volunteer gives, which
+    /// `feedback` evens out where customers lose little by it.
+    pub fn usage(&self) -> f64 {
+        self.usage
+    }
+}
+
+impl Load {
+    /// The uplink share this report says was used over its interval: customers' and sync's
+    /// bytes/s over the declared link, bounded (a report can say anything); 0 where the link
+    /// is undeclared.
+    pub fn usage(&self) -> f64 {
+        if self.link_bps == 0 {
+            return 0.0;
+        }
+        let sent = self.upload_bps.saturating_add(self.sync_bps) as f64;
+        (sent / self.link_bps as f64).clamp(0.0, 2.0)
     }
 }
 
@@ -341,6 +369,7 @@ impl Registry {
                             .get(&report.volunteer)
                             .copied()
                             .unwrap_or(1.0),
+                        usage: 0.0,
                     },
                 );
                 self.reindex();
@@ -355,7 +384,10 @@ impl Registry {
                 last: v.last_seq,
             });
         }
-        if v.stopped || now.saturating_duration_since(v.last_report) > self.timeout {
+        let since_last = now.saturating_duration_since(v.last_report);
+        // New, or back after stopping or going stale: what it did before says nothing now.
+        let fresh = v.last_seq == 0 || v.stopped || since_last > self.timeout;
+        if fresh {
             v.joined = now; // back after stopping or going stale: slow start again
         }
         v.stopped = false;
@@ -372,6 +404,14 @@ impl Registry {
             sync_bps: report.sync_bps,
             link_bps: report.link_bps,
         };
+        // Each report's rate covers the time since the one before, so it weighs by that.
+        let used = v.load.usage();
+        let weight = if fresh {
+            1.0
+        } else {
+            1.0 - (-since_last.as_secs_f64() / USAGE_WINDOW.as_secs_f64()).exp()
+        };
+        v.usage += weight * (used - v.usage);
         let typical = typical_remaining(v);
         v.model.reconcile(
             Reported {
@@ -715,6 +755,49 @@ mod tests {
         let i = r.index["a"];
         // Still counted as open within the window, but none since the report.
         assert_eq!(r.open_redirects(i, t0), (0, 4));
+    }
+
+    #[test]
+    fn uplink_use_is_averaged_over_reports_by_the_time_each_covers() {
+        let t0 = Instant::now();
+        let mut r = Registry::new(Duration::from_secs(60));
+        let sending = |seq, customers_bps, sync_bps| MirrorReport {
+            upload_bps: customers_bps,
+            sync_bps,
+            link_bps: 1_000_000,
+            ..report("a", seq, 1, 0)
+        };
+        // The first report is all there is to go by.
+        r.report("deb", &sending(1, 300_000, 300_000), false, t0)
+            .unwrap();
+        assert!((r.get("a").unwrap().usage() - 0.6).abs() < 1e-9);
+        // Idle for one window: it moves about two thirds of the way to 0.
+        r.report("deb", &sending(2, 0, 0), false, t0 + USAGE_WINDOW)
+            .unwrap();
+        let u = r.get("a").unwrap().usage();
+        assert!((u - 0.6 * (-1.0f64).exp()).abs() < 1e-9, "{u}");
+        // A report a moment later weighs little, and a wild one is bounded.
+        r.report(
+            "deb",
+            &sending(3, u64::MAX, u64::MAX),
+            false,
+            t0 + USAGE_WINDOW + USAGE_WINDOW / 100,
+        )
+        .unwrap();
+        let after = r.get("a").unwrap().usage();
+        assert!(after > u && after < u + 0.05, "{u} -> {after}");
+        // Back after going stale: its history starts again.
+        r.report(
+            "deb",
+            &sending(4, 100_000, 0),
+            false,
+            t0 + Duration::from_secs(600),
+        )
+        .unwrap();
+        assert!((r.get("a").unwrap().usage() - 0.1).abs() < 1e-9);
+        // An undeclared uplink has no share to speak of.
+        r.report("deb", &report("b", 1, 1, 0), false, t0).unwrap();
+        assert_eq!(r.get("b").unwrap().usage(), 0.0);
     }
 
     #[test]

@@ -269,19 +269,19 @@ pub struct Feedback {
 /// while any other link is free, so those links give less and the free ones more (±16 % at
 /// 50 % load in the loopback study). So a candidate that has been using a larger share of
 /// its uplink than those it is weighed against has its cost scaled by
-/// `exp(EVEN_USAGE × (1 − their use now) × (its share − their mean share))`, where "now" is
-/// the mean of their last reports and the shares are averaged over a few seconds.
+/// `exp(EVEN_USAGE × (1 − their use now) × (its share − their mean share))`: the shares
+/// averaged over a few seconds of reports, the use now by the server's model of each link.
 ///
 /// That trades a little waiting for an even split, and only where the waits are close: at
 /// half load (links about 0.65 used), between an empty link and one whose customer would
 /// wait twice as long, shares about ln 2 / 5.6 ≈ 0.12 apart decide. The `1 − use now` fades
 /// it out as the links fill: when all are nearly full there is no spare uplink to even out.
-/// It is the last reports' use, not the averaged shares, because a surge after a quiet spell
-/// is when it matters: the averages still remember who carried sync while the others were
-/// idle, and with a constant strength (6) or one faded by the averages, the loopback study's
-/// mean at full load rose by a tenth to a fifth, the links that had been idle taking the
-/// surge's first seconds. When all links are nearly idle, the shares hardly differ and the
-/// cost is the waiting.
+/// It is the use now, not the averaged shares, because a surge after a quiet spell is when
+/// it matters: the averages still remember who carried sync while the others were idle.
+/// With a constant strength (6), or one faded by the averages or by the last reports, the
+/// loopback study's mean at full load rose by a tenth to a fifth, the links that had been
+/// idle taking more of the surge. When all links are nearly idle, the shares hardly differ
+/// and the cost is the waiting.
 const EVEN_USAGE: f64 = 16.0;
 
 impl Feedback {
@@ -296,8 +296,7 @@ impl Feedback {
         self.has_headroom(c) && self.ramp.share(c) >= 1.0
     }
 
-    /// The factor [`EVEN_USAGE`] puts on a candidate's cost, against `weighed`: the mean
-    /// averaged share and the mean last-reported use of the candidates it is weighed with.
+    /// The factor [`EVEN_USAGE`] puts on a candidate's cost, against `weighed`.
     fn evening(&self, c: &Candidate, weighed: Weighed) -> f64 {
         if !self.evens(c) {
             return 1.0;
@@ -306,19 +305,33 @@ impl Feedback {
         (strength * (c.usage - weighed.share)).exp()
     }
 
+    /// The mean averaged share of the candidates that are weighed, and the mean use now of
+    /// all of them (a full one is full, weighed or not).
     fn weighed(&self, cands: &[Candidate]) -> Weighed {
-        let (share, use_now, n) = cands
+        let (share, n) = cands
             .iter()
             .filter(|c| self.evens(c))
-            .fold((0.0, 0.0, 0u32), |(s, u, n), c| {
-                (s + c.usage, u + c.load.usage(), n + 1)
-            });
-        let n = f64::from(n.max(1));
+            .fold((0.0, 0u32), |(s, n), c| (s + c.usage, n + 1));
+        let use_now: f64 = cands.iter().map(in_use_now).sum();
         Weighed {
-            share: share / n,
-            use_now: use_now / n,
+            share: share / f64::from(n.max(1)),
+            use_now: use_now / cands.len().max(1) as f64,
         }
     }
+}
+
+/// How much of a candidate's uplink is probably in use right now, by the server's own model:
+/// all of it while it serves a customer (customers take what sync leaves), else what its
+/// sync sent. The server's model, not the last report, because it knows at once of the
+/// customers it just sent: a surge fills it within a few redirects, a report a second later.
+fn in_use_now(c: &Candidate) -> f64 {
+    if c.model.customers() > 0 {
+        return 1.0;
+    }
+    if c.load.link_bps == 0 {
+        return 0.0;
+    }
+    (c.load.sync_bps as f64 / c.load.link_bps as f64).min(1.0)
 }
 
 /// What [`Feedback::evening`] weighs a candidate against.
@@ -545,8 +558,8 @@ mod tests {
     fn feedback_evens_out_what_volunteers_give_where_waits_are_close() {
         let t = Instant::now();
         // An empty link whose sync takes half of it, and an empty free one: a customer
-        // waits twice as long on the first. Each report says what its link sent (customers,
-        // plus sync), `usage` what it sent over the last few seconds.
+        // waits twice as long on the first. `usage`: the share of its link each sent over the
+        // last few seconds.
         let mut v = [
             vol(0, 4, 500_000, 1_000_000, 64, t),
             vol(0, 0, 0, 1_000_000, 64, t),
@@ -554,33 +567,35 @@ mod tests {
         let p = policy("feedback");
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         let mut first = |v: &[Vol]| p.order(&cands(v), 256_000, &mut rng)[0];
-        fn sent(v: &mut [Vol], customers_bps: [u64; 2], usage: [f64; 2]) {
-            for (x, (bps, u)) in v.iter_mut().zip(customers_bps.into_iter().zip(usage)) {
-                x.load.upload_bps = bps;
+        fn sent(v: &mut [Vol], usage: [f64; 2]) {
+            for (x, u) in v.iter_mut().zip(usage) {
                 x.usage = u;
             }
         }
-        // Links about 0.6 used. Having given alike, or the synced one a little more or less:
-        // the faster link.
-        for usage in [[0.6, 0.6], [0.7, 0.6], [0.6, 0.65]] {
-            sent(&mut v, [100_000, 600_000], usage);
+        // Having given alike, or the synced one a little more or less: the faster link.
+        for usage in [[0.6, 0.6], [0.7, 0.6], [0.6, 0.64]] {
+            sent(&mut v, usage);
             assert_eq!(first(&v), 1, "{usage:?}");
         }
         // The free one has been sending much more (it took every customer): the other,
         // though its customer waits longer.
-        sent(&mut v, [100_000, 600_000], [0.5, 0.7]);
+        sent(&mut v, [0.5, 0.7]);
         assert_eq!(first(&v), 0);
-        // As far apart when both links are now nearly full, there is little spare to even
-        // out: the waits decide.
-        sent(&mut v, [450_000, 1_000_000], [0.5, 0.7]);
-        assert_eq!(first(&v), 1);
-        // Where the wait is far worse, what they gave cannot outweigh it: a link with six
+        // As far apart when both links are in use now (each serves a customer), there is no
+        // spare to even out: the waits decide.
+        let mut full = [
+            vol(1, 4, 500_000, 1_000_000, 64, t),
+            vol(1, 0, 0, 1_000_000, 64, t),
+        ];
+        sent(&mut full, [0.5, 0.7]);
+        assert_eq!(first(&full), 1);
+        // Where the wait is far worse, what they gave cannot outweigh it: a link with eight
         // customers against an empty one.
         let mut crowded = [
-            vol(6, 0, 0, 1_000_000, 64, t),
+            vol(8, 0, 0, 1_000_000, 64, t),
             vol(0, 0, 0, 1_000_000, 64, t),
         ];
-        sent(&mut crowded, [1_000_000, 300_000], [0.5, 0.7]);
+        sent(&mut crowded, [0.5, 0.7]);
         assert_eq!(first(&crowded), 1);
         // Nor does a newcomer's short history make it the favourite: slow start holds it
         // back as it would without the evening out.
@@ -588,7 +603,7 @@ mod tests {
             vol(0, 0, 0, 1_000_000, 64, t),
             vol(0, 0, 0, 1_000_000, 64, t),
         ];
-        sent(&mut joining, [500_000, 0], [0.9, 0.0]);
+        sent(&mut joining, [0.9, 0.0]);
         joining[1].age = Duration::from_secs(1);
         assert_eq!(first(&joining), 0);
     }

@@ -223,7 +223,7 @@ async fn accept_loop(
     };
     // Fast-path connections learn of a stop from `stop`; every connection task holds an
     // `alive` sender, so the receiver ends when the last one has.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop = Arc::new(fast::Stop::default());
     let (alive_tx, mut alive_rx) = tokio::sync::mpsc::channel::<()>(1);
     let mut refused_logged = std::time::Instant::now() - Duration::from_secs(60);
     tokio::pin!(shutdown);
@@ -257,7 +257,7 @@ async fn accept_loop(
         let app = app.clone();
         let fast = fast.clone();
         let conn_limits = conn_limits.clone();
-        let mut stop = stop_rx.clone();
+        let stop = stop.clone();
         let alive = alive_tx.clone();
         let watcher = graceful.watcher();
         let (header_timeout, max_buf) = (limits.header_timeout, conn_limits.max_header_bytes);
@@ -266,8 +266,7 @@ async fn accept_loop(
             let _admitted = admitted;
             let (stream, read) = match &fast {
                 Some(f) => {
-                    match fast::serve_connection(stream, peer, &**f, &conn_limits, &mut stop).await
-                    {
+                    match fast::serve_connection(stream, peer, &**f, &conn_limits, &stop).await {
                         Served::Closed => return,
                         Served::Handover(stream, read) => {
                             let _ = stream.set_nodelay(true);
@@ -292,7 +291,7 @@ async fn accept_loop(
         });
     }
     drop(listener);
-    let _ = stop_tx.send(true);
+    stop.raise();
     drop(alive_tx);
     tokio::select! {
         _ = async {

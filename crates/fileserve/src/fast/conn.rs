@@ -10,6 +10,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 
+use super::stop::{Stop, StopWatch};
 use super::{Answer, FastPath, FileBody, Method, Reply, Request};
 
 /// Headers a fast request may have; one with more goes to hyper (which allows 100).
@@ -72,14 +73,17 @@ pub(crate) async fn serve_connection(
     peer: SocketAddr,
     fast: &dyn FastPath,
     limits: &ConnLimits,
-    stop: &mut tokio::sync::watch::Receiver<bool>,
+    stop: &std::sync::Arc<Stop>,
 ) -> Served {
+    let mut stop = StopWatch::new(stop.clone());
     let mut bufs = Buffers::take();
     let Buffers { input, out } = &mut bufs;
-    // The header deadline of the request being waited for. The timer behind it is armed
-    // lazily (see `read_more`), so a busy connection does not re-arm one per request.
-    let mut deadline = Instant::now() + limits.header_timeout;
-    let timer = sleep_until(deadline);
+    // When the server started waiting for the request it waits for: its head is due a
+    // header timeout later. The timer behind that deadline is armed lazily (see
+    // `read_more`), so a busy connection neither re-arms one nor computes a deadline per
+    // request.
+    let mut waiting_since = Instant::now();
+    let timer = sleep_until(waiting_since + limits.header_timeout);
     tokio::pin!(timer);
     // Whether Nagle's delay is off (see `listen`): turned off before any write that could
     // wait behind an earlier one's unacknowledged bytes.
@@ -101,9 +105,9 @@ pub(crate) async fn serve_connection(
                     &stream,
                     input,
                     limits.max_header_bytes,
-                    deadline,
+                    (waiting_since, limits.header_timeout),
                     timer.as_mut(),
-                    stop,
+                    &mut stop,
                 )
                 .await
                 {
@@ -148,11 +152,11 @@ pub(crate) async fn serve_connection(
                     }
                     sent = std::time::Instant::now();
                 }
-                if close || *stop.borrow() {
+                if close || stop.is_raised() {
                     return Served::Closed;
                 }
                 input.drain(..consumed);
-                deadline = Instant::from_std(sent) + limits.header_timeout;
+                waiting_since = Instant::from_std(sent);
             }
         }
     }
@@ -298,12 +302,12 @@ async fn read_more(
     stream: &TcpStream,
     input: &mut Vec<u8>,
     max: usize,
-    deadline: Instant,
+    (since, header_timeout): (Instant, Duration),
     mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
-    stop: &mut tokio::sync::watch::Receiver<bool>,
+    stop: &mut StopWatch,
 ) -> Result<(), ReadEnd> {
     let idle = input.is_empty();
-    if idle && *stop.borrow() {
+    if idle && stop.is_raised() {
         return Err(ReadEnd::Stopping);
     }
     loop {
@@ -331,7 +335,10 @@ async fn read_more(
         // draw cost a random number per request.
         tokio::select! {
             biased;
-            r = stream.readable() => {
+            // `poll_read_ready` keeps the one waker in the socket's reader slot; the
+            // `readable()` future linked itself into the socket's waiter list and out again,
+            // a lock each way, on every request.
+            r = std::future::poll_fn(|cx| stream.poll_read_ready(cx)) => {
                 if r.is_err() {
                     return Err(ReadEnd::Failed);
                 }
@@ -339,16 +346,13 @@ async fn read_more(
             _ = &mut timer => {
                 // The timer may be left from an earlier request's deadline: re-arm it for
                 // this one's, and only give up once this one has passed.
+                let deadline = since + header_timeout;
                 if Instant::now() >= deadline {
                     return Err(ReadEnd::TimedOut);
                 }
                 timer.as_mut().reset(deadline);
             }
-            changed = stop.changed(), if idle => {
-                if changed.is_err() || *stop.borrow() {
-                    return Err(ReadEnd::Stopping);
-                }
-            }
+            _ = stop.raised(), if idle => return Err(ReadEnd::Stopping),
         }
     }
 }

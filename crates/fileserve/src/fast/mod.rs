@@ -20,6 +20,7 @@
 mod conn;
 mod date;
 mod rewind;
+mod stop;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,6 +29,7 @@ use std::sync::Arc;
 
 pub(crate) use conn::{serve_connection, ConnLimits, Served};
 pub(crate) use rewind::Rewind;
+pub(crate) use stop::Stop;
 
 /// The methods the fast path answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -302,6 +302,10 @@ impl Feedback {
             return 1.0;
         }
         let strength = EVEN_USAGE * (1.0 - weighed.use_now).clamp(0.0, 1.0);
+        if strength == 0.0 {
+            // Every link weighed is full: the waits decide (and no `exp` per candidate).
+            return 1.0;
+        }
         (strength * (c.usage - weighed.share)).exp()
     }
 

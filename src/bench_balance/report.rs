@@ -20,12 +20,12 @@ pub fn spread(v: &[f64]) -> f64 {
 /// One CSV line per run. The first columns are stable (the CI regression test reads them).
 pub fn csv(results: &[(Scenario, RunResult)]) -> String {
     let mut out = String::from(
-        "policy,load,interval_s,requests,failed,mean_s,p50_s,p95_s,p99_s,max_s,busy,idle,origin,request_share,network_usage,part,slow_start_s,seed,label,sync_bps\n",
+        "policy,load,interval_s,requests,failed,mean_s,p50_s,p95_s,p99_s,max_s,busy,idle,origin,request_share,network_usage,part,slow_start_s,seed,label,sync_bps,usage_floor\n",
     );
     for (sc, r) in results {
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{:?},{},{},{},{}",
+            "{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{:?},{},{},{},{},{:.3}",
             r.policy,
             r.load,
             r.interval,
@@ -49,7 +49,8 @@ pub fn csv(results: &[(Scenario, RunResult)]) -> String {
                 .iter()
                 .map(|x| format!("{x:.0}"))
                 .collect::<Vec<_>>()
-                .join(";")
+                .join(";"),
+            r.usage_floor
         );
     }
     out
@@ -95,10 +96,10 @@ const HEADER: &str = "| policy | load | interval | seed | requests | mean (s) | 
 /// `feedback` against the others at each load and seed, as the study's goals compare them;
 /// with several seeds, the median of each ratio too.
 fn goals(a: &BalanceArgs, results: &[(Scenario, RunResult)]) -> String {
-    let mut md = String::from("\n| load | seed | feedback max ÷ request-counting max | feedback mean ÷ request-counting mean | feedback mean ÷ oracle mean | feedback p95 ÷ least-connections p95 | feedback network usage, largest distance from the mean |\n|---|---|---|---|---|---|---|\n");
+    let mut md = String::from("\n| load | seed | feedback max ÷ request-counting max | feedback mean ÷ request-counting mean | feedback mean ÷ oracle mean | feedback p95 ÷ least-connections p95 | feedback network usage, largest distance from the mean | the least any split of the customers could reach, given that run's sync |\n|---|---|---|---|---|---|---|---|\n");
     let seeds = a.seed..a.seed + a.repeat.max(1);
     for &load in &a.loads {
-        let mut per_seed: Vec<[Option<f64>; 5]> = Vec::new();
+        let mut per_seed: Vec<[Option<f64>; 6]> = Vec::new();
         for seed in seeds.clone() {
             let get = |p: &str| {
                 results
@@ -117,12 +118,13 @@ fn goals(a: &BalanceArgs, results: &[(Scenario, RunResult)]) -> String {
                 ratio(get("oracle"), |r| r.mean),
                 ratio(get("least-connections"), |r| r.p95),
                 Some(spread(&f.network_usage)),
+                Some(f.usage_floor),
             ];
             let _ = writeln!(md, "| {:.0}% | {seed} | {} |", load * 100.0, cells(&row));
             per_seed.push(row);
         }
         if per_seed.len() > 1 {
-            let medians: Vec<Option<f64>> = (0..5)
+            let medians: Vec<Option<f64>> = (0..6)
                 .map(|k| median(per_seed.iter().filter_map(|r| r[k]).collect()))
                 .collect();
             let _ = writeln!(
@@ -136,13 +138,13 @@ fn goals(a: &BalanceArgs, results: &[(Scenario, RunResult)]) -> String {
     md
 }
 
-/// Ratios as table cells; the last one is a spread, shown as ±percent.
+/// Ratios as table cells; the last two are spreads, shown as ±percent.
 fn cells(v: &[Option<f64>]) -> String {
     let n = v.len();
     v.iter()
         .enumerate()
         .map(|(i, x)| match x {
-            Some(x) if i + 1 == n => format!("±{:.0}%", x * 100.0),
+            Some(x) if i + 2 >= n => format!("±{:.0}%", x * 100.0),
             Some(x) => format!("{x:.2}"),
             None => "–".to_string(),
         })

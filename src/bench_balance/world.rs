@@ -94,6 +94,11 @@ pub struct RunResult {
     /// Bytes/s each volunteer uploaded for syncing during the arrivals (synthetic, or what
     /// its BitTorrent session sent).
     pub sync_bps: Vec<f64>,
+    /// The least "largest distance from the mean" of `network_usage` that any split of the
+    /// customers could have reached in this run: a link sends at least its own sync bytes,
+    /// so where one link's sync alone is above the mean usage, no policy brings it down to
+    /// the mean (0 where every link's sync is at or below it).
+    pub usage_floor: f64,
     /// Response times of the successful downloads, sorted.
     pub times: Vec<f64>,
     pub join: Option<JoinStats>,
@@ -511,10 +516,9 @@ pub async fn run_one(
             .collect()
     };
     let usage = during(|s| s.total);
-    let sync_bps = during(|s| s.sync)
-        .into_iter()
-        .map(|b| b / arrivals_secs)
-        .collect();
+    let sync_bytes = during(|s| s.sync);
+    let usage_floor = usage_floor(&usage, &sync_bytes);
+    let sync_bps = sync_bytes.iter().map(|b| b / arrivals_secs).collect();
     let join = match (joiner, joined_at) {
         (Some(j), Some(at)) => {
             let window = a.join_window as f64;
@@ -574,6 +578,7 @@ pub async fn run_one(
         request_share: normalise(per.iter().map(|&c| c as f64).collect()),
         network_usage: normalise(usage),
         sync_bps,
+        usage_floor,
         times,
         join,
     })
@@ -585,6 +590,17 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// The floor under the spread of network usage that the customers' placement cannot go
+/// below: how far the link whose sync alone sent the most is above the mean usage.
+fn usage_floor(usage: &[f64], sync: &[f64]) -> f64 {
+    let mean = usage.iter().sum::<f64>() / usage.len().max(1) as f64;
+    if mean <= 0.0 {
+        return 0.0;
+    }
+    let most = sync.iter().copied().fold(0.0, f64::max);
+    (most / mean - 1.0).max(0.0)
 }
 
 /// Each value ÷ the mean of all (0 where the mean is 0).
@@ -638,5 +654,17 @@ mod tests {
         assert_eq!(percentile(&[], 0.5), 0.0);
         assert_eq!(normalise(vec![1.0, 3.0]), [0.5, 1.5]);
         assert_eq!(normalise(vec![0.0, 0.0]), [0.0, 0.0]);
+    }
+
+    #[test]
+    fn usage_floor_is_how_far_one_links_sync_alone_is_above_the_mean() {
+        // The loopback study at 20 %: a busy link's sync (500) alone is 1.25 × the mean
+        // usage (400), so no split of the customers gets within ±25 %.
+        let usage = [600.0, 200.0, 600.0, 200.0];
+        let sync = [500.0, 0.0, 500.0, 0.0];
+        assert!((usage_floor(&usage, &sync) - 0.25).abs() < 1e-9);
+        // Sync below the mean everywhere: an even split is possible.
+        assert_eq!(usage_floor(&[100.0, 100.0], &[80.0, 0.0]), 0.0);
+        assert_eq!(usage_floor(&[0.0, 0.0], &[0.0, 0.0]), 0.0);
     }
 }

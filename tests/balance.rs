@@ -15,7 +15,7 @@ struct Row {
     idle: f64,
     failed: u64,
     requests: u64,
-    /// Each volunteer's sync upload, bytes/s (the last column).
+    /// Each volunteer's sync upload, bytes/s (the `sync_bps` column).
     sync: Vec<f64>,
     line: String,
 }
@@ -26,16 +26,18 @@ fn parse(csv: &str, policy: &str) -> Row {
         .find(|l| l.starts_with(&format!("{policy},")))
         .unwrap_or_else(|| panic!("{policy} missing:\n{csv}"));
     let f: Vec<&str> = line.split(',').collect();
+    let sync_at = csv
+        .lines()
+        .next()
+        .and_then(|header| header.split(',').position(|c| c == "sync_bps"))
+        .unwrap_or_else(|| panic!("no sync_bps column:\n{csv}"));
     Row {
         requests: f[3].parse().unwrap(),
         failed: f[4].parse().unwrap(),
         max: f[9].parse().unwrap(),
         busy: f[10].parse().unwrap(),
         idle: f[11].parse().unwrap(),
-        sync: f[f.len() - 1]
-            .split(';')
-            .map(|x| x.parse().unwrap())
-            .collect(),
+        sync: f[sync_at].split(';').map(|x| x.parse().unwrap()).collect(),
         line: line.to_string(),
     }
 }

@@ -117,15 +117,18 @@ pub async fn serve(
     if workers <= 1 {
         return accept_loop(listener, app, fast, limits, caps, shutdown).await;
     }
-    // As nginx runs: one thread per core, each with a runtime of its own accepting from the
-    // same listening socket. A work-stealing runtime shared by all cores spent a fifth of its
-    // time parking and waking threads on small requests (BENCHMARKS.md); here a connection
-    // stays on the thread that accepted it. The caps are shared, so they hold in all.
+    // As nginx runs: one thread per core, each with a runtime of its own. A work-stealing
+    // runtime shared by all cores spent a fifth of its time parking and waking threads on
+    // small requests (BENCHMARKS.md); here a connection stays on the thread that accepted
+    // it. The caps are shared, so they hold in all. Each thread listens on a socket of its
+    // own where the listener allows it (made by [`bind`]), so the kernel spreads the
+    // connections over the threads; otherwise all accept from the one socket.
+    let addr = listener.local_addr()?;
     let std_listener = listener.into_std()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut threads = Vec::with_capacity(workers);
     for i in 0..workers {
-        let listener = std_listener.try_clone()?;
+        let shared = std_listener.try_clone()?;
         let (app, fast, limits, caps) = (app.clone(), fast.clone(), limits.clone(), caps.clone());
         let mut stop = stop_rx.clone();
         let thread = std::thread::Builder::new()
@@ -135,7 +138,19 @@ pub async fn serve(
                     .enable_all()
                     .build()?;
                 rt.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    let listener = match i {
+                        0 => tokio::net::TcpListener::from_std(shared)?,
+                        _ => match reuseport_listener(addr) {
+                            Ok(own) => {
+                                defer_accept(&own, limits.header_timeout);
+                                own
+                            }
+                            Err(e) => {
+                                tracing::debug!(error = %e, "serving thread {i} shares the one listening socket");
+                                tokio::net::TcpListener::from_std(shared)?
+                            }
+                        },
+                    };
                     let stopped = async move {
                         let _ = stop.wait_for(|s| *s).await;
                     };
@@ -157,6 +172,34 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// A listening socket on `addr` for [`serve`], with `SO_REUSEPORT`: each serving thread then
+/// listens on the same address with a socket of its own, and the kernel spreads new
+/// connections over them by their addresses' hash (nginx's `reuseport`). From one shared
+/// socket, a burst of connections went to whichever thread woke first: one took every
+/// connection of one client in the speed bench.
+///
+/// The address is bound once without the option first and let go, so that a port another
+/// process listens on, or a second server started on it by mistake, is refused ("address in
+/// use") rather than silently shared; port 0 is resolved by that first bind.
+pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let probe = std::net::TcpListener::bind(addr)?;
+    let addr = probe.local_addr()?;
+    drop(probe);
+    reuseport_listener(addr)
+}
+
+/// A socket listening on `addr` with `SO_REUSEPORT` (and `SO_REUSEADDR`, as tokio's `bind`).
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// Have the kernel hand over a connection only once its first bytes have come (Linux's
@@ -348,5 +391,86 @@ mod tests {
         // The kernel keeps it as a count of SYN-ACK retransmissions and reports it back in
         // seconds, rounded up to their schedule.
         assert!(v >= 10, "TCP_DEFER_ACCEPT is {v}");
+    }
+
+    #[tokio::test]
+    async fn bind_refuses_an_address_already_listened_on() {
+        let first = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = first.local_addr().unwrap();
+        // A second server on the same port (ours, with SO_REUSEPORT too) is refused, not
+        // given half the connections.
+        let again = bind(addr).unwrap_err();
+        assert_eq!(again.kind(), std::io::ErrorKind::AddrInUse, "{again}");
+        // So is a port another program listens on.
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = bind(other.local_addr().unwrap()).unwrap_err();
+        assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse, "{taken}");
+    }
+
+    /// Listening sockets on `port` (state 0A in `/proc/net/tcp`).
+    fn listening_on(port: u16) -> usize {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        table
+            .lines()
+            .skip(1)
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 3
+                    && f[3] == "0A"
+                    && f[1].rsplit(':').next() == Some(&format!("{port:04X}")[..])
+            })
+            .count()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_serving_thread_listens_on_a_socket_of_its_own_and_all_answer() {
+        set_serving_workers(3);
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().route("/", axum::routing::get(|| async { "hello" }));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, app, None, Limits::default(), async {
+            let _ = stop_rx.await;
+        }));
+        let mut sockets = 0;
+        for _ in 0..100 {
+            sockets = listening_on(addr.port());
+            if sockets == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(sockets, 3, "one listening socket per serving thread");
+        // Connections from many source ports land on whichever socket the kernel picks;
+        // each is answered.
+        for _ in 0..12 {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut answer))
+                .await
+                .expect("answered in time")
+                .unwrap();
+            assert!(
+                answer.ends_with(b"hello"),
+                "{}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+        let _ = stop_tx.send(());
+        tokio::time::timeout(Duration::from_secs(20), server)
+            .await
+            .expect("the server stops")
+            .unwrap()
+            .unwrap();
+        set_serving_workers(0);
+        assert_eq!(
+            listening_on(addr.port()),
+            0,
+            "every listening socket closed"
+        );
     }
 }

@@ -340,9 +340,8 @@ pub async fn run(
     let listen = cfg.listen;
     let data = DataDir(cfg.data_dir.clone());
     let st = build_state(cfg).await?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener =
+        fileserve::listen::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
     if st.config.prsync.seed {
         start_seed(&st, local).await;

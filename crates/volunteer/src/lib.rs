@@ -407,8 +407,7 @@ pub async fn run(
     let seq0 = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(1, |d| d.as_micros() as u64);
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
+    let listener = fileserve::listen::bind(cfg.listen)
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let seeder = if cfg.sync {
         let listen = cfg

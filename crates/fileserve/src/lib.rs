@@ -10,6 +10,7 @@
 //! - [`listen`]: the accept loop, with limits for slow and greedy clients.
 //! - [`fast`]: plain GET and HEAD requests answered without the full stack.
 
+mod accept;
 pub mod fast;
 pub mod guard;
 pub mod index;

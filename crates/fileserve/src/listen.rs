@@ -21,7 +21,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tower::ServiceExt;
 
-use crate::fast::{self, FastPath, Rewind, Served};
+use crate::accept::Acceptor;
+use crate::fast::{self, FastPath, First, Rewind, Served};
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -115,6 +116,7 @@ pub async fn serve(
     };
     let workers = serving_workers();
     if workers <= 1 {
+        let listener = listener.into_std()?;
         return accept_loop(listener, app, fast, limits, caps, shutdown).await;
     }
     // As nginx runs: one thread per core, each with a runtime of its own. A work-stealing
@@ -139,15 +141,15 @@ pub async fn serve(
                     .build()?;
                 rt.block_on(async move {
                     let listener = match i {
-                        0 => tokio::net::TcpListener::from_std(shared)?,
+                        0 => shared,
                         _ => match reuseport_listener(addr) {
                             Ok(own) => {
                                 defer_accept(&own, limits.header_timeout);
-                                own
+                                own.into_std()?
                             }
                             Err(e) => {
                                 tracing::debug!(error = %e, "serving thread {i} shares the one listening socket");
-                                tokio::net::TcpListener::from_std(shared)?
+                                shared
                             }
                         },
                     };
@@ -208,8 +210,7 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListen
 /// for the socket, and a client that connects and says nothing costs no task and no slot
 /// until the kernel gives up waiting (about `wait`), when it is accepted and held to the
 /// header deadline as any other.
-fn defer_accept(listener: &tokio::net::TcpListener, wait: Duration) {
-    use std::os::fd::AsRawFd;
+fn defer_accept(listener: &impl std::os::fd::AsRawFd, wait: Duration) {
     let secs = libc::c_int::try_from(wait.as_secs().max(1)).unwrap_or(libc::c_int::MAX);
     // SAFETY: the descriptor is the listener's, open for the call; the value is a c_int.
     let r = unsafe {
@@ -250,7 +251,7 @@ fn serving_workers() -> usize {
 }
 
 async fn accept_loop(
-    listener: tokio::net::TcpListener,
+    listener: std::net::TcpListener,
     app: Router,
     fast: Option<Arc<dyn FastPath>>,
     limits: Limits,
@@ -269,11 +270,14 @@ async fn accept_loop(
     let stop = Arc::new(fast::Stop::default());
     let (alive_tx, mut alive_rx) = tokio::sync::mpsc::channel::<()>(1);
     let mut refused_logged = std::time::Instant::now() - Duration::from_secs(60);
+    let listener = Acceptor::new(listener)?;
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
+                // The client gave up before its connection was taken: nothing to do.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => continue,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -294,9 +298,24 @@ async fn accept_loop(
         // the client's ACK. The fast path sets it itself, and only once a connection writes
         // a second time: a first answer in one write goes out at once either way, and most
         // connections (an announce, a redirect) end after it, one system call sooner.
-        if fast.is_none() {
-            let _ = stream.set_nodelay(true);
-        }
+        let start = match &fast {
+            Some(f) => match fast::answer_first(&stream, peer, &**f) {
+                First::Finished => continue,
+                First::Continue(start) => Some(start),
+            },
+            None => {
+                let _ = stream.set_nodelay(true);
+                None
+            }
+        };
+        // Registered with the runtime only now, with something to wait for.
+        let stream = match tokio::net::TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "connection not registered with the runtime; closed");
+                continue;
+            }
+        };
         let app = app.clone();
         let fast = fast.clone();
         let conn_limits = conn_limits.clone();
@@ -307,9 +326,11 @@ async fn accept_loop(
         tokio::spawn(async move {
             let _alive = alive;
             let _admitted = admitted;
-            let (stream, read) = match &fast {
-                Some(f) => {
-                    match fast::serve_connection(stream, peer, &**f, &conn_limits, &stop).await {
+            let (stream, read) = match (&fast, start) {
+                (Some(f), Some(start)) => {
+                    match fast::serve_connection(stream, peer, &**f, &conn_limits, &stop, start)
+                        .await
+                    {
                         Served::Closed => return,
                         Served::Handover(stream, read) => {
                             let _ = stream.set_nodelay(true);
@@ -317,7 +338,7 @@ async fn accept_loop(
                         }
                     }
                 }
-                None => (stream, Vec::new()),
+                _ => (stream, Vec::new()),
             };
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));

@@ -38,6 +38,12 @@ impl FastPath for TestFast {
                 reply.body(body.as_bytes());
                 Answer::Done
             }
+            // An answer larger than a socket takes at once, made in the reply buffer.
+            "/large" => {
+                reply.status(200, "OK");
+                reply.body(&large_body());
+                Answer::Done
+            }
             p if p.starts_with("/file/") && is_plain_file_request(req) => {
                 let path = self.root.join(&p["/file/".len()..]);
                 let Ok((f, meta)) = open_regular(&path) else {
@@ -57,6 +63,10 @@ impl FastPath for TestFast {
             _ => Answer::Pass,
         }
     }
+}
+
+fn large_body() -> Vec<u8> {
+    (0..(4u32 << 20)).map(|i| (i * 13 % 241) as u8).collect()
 }
 
 struct Running {
@@ -200,6 +210,65 @@ async fn keep_alive_pipelining_and_head() {
     assert!(r.head.contains("connection: close"));
     assert!(pending.is_empty(), "nothing after the HEAD's head");
     assert!(closes(&mut s, Duration::from_secs(2)).await);
+}
+
+/// A connection's first request is answered as it is accepted, before the connection has a
+/// task; each way it can go on from there must work.
+#[tokio::test]
+async fn first_requests_answered_on_accepting_and_every_way_on_from_there() {
+    let srv = start(limits()).await;
+    // A connection per request, as BitTorrent clients announce: answered, then closed.
+    for i in 0..20 {
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        let req = format!("GET /hello?{i} HTTP/1.1\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let r = read_resp(&mut s, &mut Vec::new(), false).await;
+        assert_eq!(r.body, format!("fast {i}").as_bytes());
+        assert!(r.head.contains("connection: close"), "{}", r.head);
+        assert!(
+            closes(&mut s, Duration::from_secs(5)).await,
+            "closed after it"
+        );
+    }
+    // A head that comes in two parts: the first read finds half of it.
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    s.write_all(b"GET /hello?split HT").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(b"TP/1.1\r\n\r\n").await.unwrap();
+    let mut pending = Vec::new();
+    let r = read_resp(&mut s, &mut pending, false).await;
+    assert_eq!(r.body, b"fast split");
+    // ... and the connection goes on after it.
+    s.write_all(b"GET /hello?again HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        read_resp(&mut s, &mut pending, false).await.body,
+        b"fast again"
+    );
+    // An answer the socket cannot take at once, to a client that reads it only later: the
+    // rest goes out from the connection's task, whole and in order, and the request
+    // pipelined behind it is answered after it.
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    s.write_all(b"GET /large HTTP/1.1\r\n\r\nGET /hello?after HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut pending = Vec::new();
+    let r = read_resp(&mut s, &mut pending, false).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body == large_body(), "the large answer's bytes, in order");
+    assert_eq!(
+        read_resp(&mut s, &mut pending, false).await.body,
+        b"fast after"
+    );
+    // A first request the fast path does not take still reaches the router.
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    s.write_all(b"GET /elsewhere HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_resp(&mut s, &mut Vec::new(), false).await;
+    assert_eq!(r.body, b"router /elsewhere");
 }
 
 #[tokio::test]

@@ -68,29 +68,161 @@ enum ReadEnd {
     Failed,
 }
 
+/// What became of a connection's first request, answered as it was accepted.
+pub(crate) enum First {
+    /// The connection is done with: answered and closed at the client's wish, or the client
+    /// left or failed.
+    Finished,
+    /// The connection goes on, in a task of its own, from here.
+    Continue(Start),
+}
+
+/// Where a connection's task takes over from [`answer_first`].
+pub(crate) struct Start {
+    bufs: Buffers,
+    /// An answer made but not yet wholly sent (what is left of it is in `bufs.out`), or one
+    /// with a file body to send.
+    pending: Option<Step>,
+    /// Whether an answer has gone out on the connection already.
+    answered: bool,
+    /// When the server started waiting for the next request's head.
+    waiting_since: std::time::Instant,
+}
+
+/// Read and answer a connection's first request on the accepting thread, before the
+/// runtime knows of the socket (see [`crate::accept`]): with deferred accepts the request is
+/// nearly always there already, and a client that makes a connection per request (an
+/// announce, a wget) is then served with no task, no timer and no reactor registration.
+/// Whatever has to wait (a head not yet whole, a client not taking the answer, a file body)
+/// or is not the fast path's goes on in the connection's task, from where this left off.
+pub(crate) fn answer_first(
+    stream: &std::net::TcpStream,
+    peer: SocketAddr,
+    fast: &dyn FastPath,
+) -> First {
+    let mut bufs = Buffers::take();
+    let read = {
+        let input = &mut bufs.input;
+        input.reserve(READ_CHUNK);
+        let spare = input.spare_capacity_mut();
+        let room = spare.len().min(READ_CHUNK);
+        // SAFETY: the descriptor is open for the call and `spare` is valid for writes of
+        // `room` bytes.
+        let n = unsafe { libc::recv(stream.as_raw_fd(), spare.as_mut_ptr().cast(), room, 0) };
+        if n > 0 {
+            // SAFETY: the kernel wrote `n` bytes (at most `room`) into the spare room.
+            unsafe { input.set_len(input.len() + n as usize) };
+            Ok(n as usize)
+        } else if n == 0 {
+            Ok(0)
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    let waiting = |bufs| {
+        First::Continue(Start {
+            bufs,
+            pending: None,
+            answered: false,
+            waiting_since: std::time::Instant::now(),
+        })
+    };
+    match read {
+        Ok(0) => return First::Finished,
+        Ok(_) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            return waiting(bufs)
+        }
+        Err(_) => return First::Finished,
+    }
+    let step = look(&bufs.input, peer, fast, &mut bufs.out);
+    match step {
+        Step::Send {
+            consumed,
+            at,
+            close,
+            file: None,
+        } => {
+            let out = &mut bufs.out;
+            match send(stream, out, libc::MSG_NOSIGNAL) {
+                Ok(n) if n == out.len() => {
+                    if close {
+                        return First::Finished;
+                    }
+                    out.clear();
+                    bufs.input.drain(..consumed);
+                    First::Continue(Start {
+                        bufs,
+                        pending: None,
+                        answered: true,
+                        waiting_since: at,
+                    })
+                }
+                sent => {
+                    match sent {
+                        Ok(n) => drop(out.drain(..n)),
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                            ) => {}
+                        Err(_) => return First::Finished,
+                    }
+                    First::Continue(Start {
+                        bufs,
+                        pending: Some(step),
+                        answered: false,
+                        waiting_since: at,
+                    })
+                }
+            }
+        }
+        Step::Send { at, .. } => First::Continue(Start {
+            bufs,
+            pending: Some(step),
+            answered: false,
+            waiting_since: at,
+        }),
+        Step::More | Step::Handover => waiting(bufs),
+    }
+}
+
 pub(crate) async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     fast: &dyn FastPath,
     limits: &ConnLimits,
     stop: &std::sync::Arc<Stop>,
+    start: Start,
 ) -> Served {
     let mut stop = StopWatch::new(stop.clone());
-    let mut bufs = Buffers::take();
+    let Start {
+        mut bufs,
+        mut pending,
+        mut answered,
+        waiting_since,
+    } = start;
     let Buffers { input, out } = &mut bufs;
     // When the server started waiting for the request it waits for: its head is due a
     // header timeout later. The timer behind that deadline is armed lazily (see
     // `read_more`), so a busy connection neither re-arms one nor computes a deadline per
     // request.
-    let mut waiting_since = Instant::now();
+    let mut waiting_since = Instant::from_std(waiting_since);
     let timer = sleep_until(waiting_since + limits.header_timeout);
     tokio::pin!(timer);
     // Whether Nagle's delay is off (see `listen`): turned off before any write that could
     // wait behind an earlier one's unacknowledged bytes.
     let mut nodelay = false;
-    let mut answered = false;
     loop {
-        let step = look(input, peer, fast, out);
+        let step = match pending.take() {
+            Some(step) => step,
+            None => look(input, peer, fast, out),
+        };
         match step {
             Step::More => {
                 if input.len() >= limits.max_header_bytes {
@@ -379,7 +511,7 @@ async fn write_all(
 }
 
 /// One `send(2)` of `buf`.
-fn send(stream: &TcpStream, buf: &[u8], flags: libc::c_int) -> io::Result<usize> {
+fn send(stream: &impl AsRawFd, buf: &[u8], flags: libc::c_int) -> io::Result<usize> {
     // SAFETY: the descriptor is open for the call and `buf` is valid for `buf.len()` bytes.
     let n = unsafe { libc::send(stream.as_raw_fd(), buf.as_ptr().cast(), buf.len(), flags) };
     if n < 0 {

@@ -13,6 +13,10 @@
 //! so far, to hyper, which serves the rest of that connection as it always did. So the fast
 //! path can stay small and the full stack keeps every edge case.
 //!
+//! A connection's first request is answered by the accepting thread before the socket is
+//! registered with the runtime ([`answer_first`]); a connection with more to do goes on in a
+//! task of its own ([`serve_connection`]).
+//!
 //! The limits of [`crate::listen`] hold here too: the header deadline, the head size bound,
 //! and a client that stops reading loses its connection (and its download slot) after the
 //! stall time.
@@ -27,7 +31,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-pub(crate) use conn::{serve_connection, ConnLimits, Served};
+pub(crate) use conn::{answer_first, serve_connection, ConnLimits, First, Served};
 pub(crate) use rewind::Rewind;
 pub(crate) use stop::Stop;
 

@@ -14,8 +14,8 @@
 //! path can stay small and the full stack keeps every edge case.
 //!
 //! A connection's first request is answered by the accepting thread before the socket is
-//! registered with the runtime ([`answer_first`]); a connection with more to do goes on in a
-//! task of its own ([`serve_connection`]).
+//! registered with the runtime (`answer_first`); a connection with more to do goes on in a
+//! task of its own (`serve_connection`).
 //!
 //! The limits of [`crate::listen`] hold here too: the header deadline, the head size bound,
 //! and a client that stops reading loses its connection (and its download slot) after the

@@ -149,7 +149,12 @@ pub(crate) fn answer_first(
             file: None,
         } => {
             let out = &mut bufs.out;
-            match send(stream, out, libc::MSG_NOSIGNAL) {
+            // An answer the connection closes after is sent with MSG_MORE: the kernel holds
+            // it, and the close that follows at once puts the FIN on the same segment and
+            // sends both, where a plain send went out alone and the FIN after it. One
+            // segment fewer is one trip fewer through both ends' TCP stacks per announce.
+            let hold = if close { libc::MSG_MORE } else { 0 };
+            match send(stream, out, libc::MSG_NOSIGNAL | hold) {
                 Ok(n) if n == out.len() => {
                     if close {
                         return First::Finished;
@@ -269,7 +274,13 @@ pub(crate) async fn serve_connection(
                     nodelay = true;
                 }
                 answered = true;
-                if write_all(&stream, out, more, limits.stall).await.is_err() {
+                // The last answer before a close is held the same way: the close then sends
+                // it with the FIN in one segment (see `answer_first`).
+                let last = close && file.is_none();
+                if write_all(&stream, out, more || last, limits.stall)
+                    .await
+                    .is_err()
+                {
                     return Served::Closed;
                 }
                 // The next head's deadline counts from when this answer was sent. For an

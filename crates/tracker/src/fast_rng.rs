@@ -74,6 +74,29 @@ pub struct PeekedRng(u64);
 
 rng_core_from_next_u64!(PeekedRng, |this| step(&mut this.0));
 
+impl FastRng {
+    /// The thread's generator taken out into a local for a run of draws (a shuffle draws one
+    /// per element): each draw from [`FastRng`] goes through the thread-local, which the
+    /// compiler will not keep in a register across calls. The state is put back when the
+    /// [`HeldRng`] is dropped; no other draw on the thread may come in between, or it would
+    /// repeat these numbers.
+    pub fn hold() -> HeldRng {
+        HeldRng(STATE.with(Cell::get))
+    }
+}
+
+/// [`FastRng::hold`]'s generator.
+pub struct HeldRng(u64);
+
+rng_core_from_next_u64!(HeldRng, |this| step(&mut this.0));
+
+impl Drop for HeldRng {
+    fn drop(&mut self) {
+        // `try_with`: nothing to put back into a thread that is going away.
+        let _ = STATE.try_with(|s| s.set(self.0));
+    }
+}
+
 fn rand_core_fill(r: &mut impl RngCore, dest: &mut [u8]) {
     for chunk in dest.chunks_mut(8) {
         let b = r.next_u64().to_le_bytes();
@@ -96,6 +119,18 @@ mod tests {
         // The peek took nothing: the thread's generator moved on only by its own draws.
         let mut again = FastRng::peek();
         assert_eq!(again.next_u64(), r.next_u64());
+    }
+
+    #[test]
+    fn a_held_generator_goes_on_from_the_thread_and_back_into_it() {
+        let mut peek = FastRng::peek();
+        let foretold: Vec<u64> = (0..6).map(|_| peek.next_u64()).collect();
+        let mut held = FastRng::hold();
+        let first: Vec<u64> = (0..3).map(|_| held.next_u64()).collect();
+        drop(held);
+        let mut r = FastRng::for_thread();
+        let then: Vec<u64> = (0..3).map(|_| r.next_u64()).collect();
+        assert_eq!([first, then].concat(), foretold);
     }
 
     #[test]

@@ -424,7 +424,7 @@ fn select_peers(
     let only_leechers = req.left == 0 && leechers_exist;
     // With no peer past the TTL (the usual case), no peer's clock need be read.
     let all_alive = swarm.all_alive(live);
-    let mut rng = crate::fast_rng::FastRng::for_thread();
+    let mut rng = crate::fast_rng::FastRng::hold();
     let start = rng.gen_range(0..n);
     let (tail, head) = swarm.peers.split_at(start);
     chosen.extend(

@@ -298,10 +298,11 @@ async fn accept_loop(
         // the client's ACK. The fast path sets it itself, and only once a connection writes
         // a second time: a first answer in one write goes out at once either way, and most
         // connections (an announce, a redirect) end after it, one system call sooner.
-        let start = match &fast {
+        // With a fast path: the fast path and where its task takes the connection over.
+        let fast_start = match &fast {
             Some(f) => match fast::answer_first(&stream, peer, &**f) {
                 First::Finished => continue,
-                First::Continue(start) => Some(start),
+                First::Continue(start) => Some((f.clone(), start)),
             },
             None => {
                 let _ = stream.set_nodelay(true);
@@ -317,7 +318,6 @@ async fn accept_loop(
             }
         };
         let app = app.clone();
-        let fast = fast.clone();
         let conn_limits = conn_limits.clone();
         let stop = stop.clone();
         let alive = alive_tx.clone();
@@ -326,9 +326,9 @@ async fn accept_loop(
         tokio::spawn(async move {
             let _alive = alive;
             let _admitted = admitted;
-            let (stream, read) = match (&fast, start) {
-                (Some(f), Some(start)) => {
-                    match fast::serve_connection(stream, peer, &**f, &conn_limits, &stop, start)
+            let (stream, read) = match fast_start {
+                Some((f, start)) => {
+                    match fast::serve_connection(stream, peer, &*f, &conn_limits, &stop, start)
                         .await
                     {
                         Served::Closed => return,
@@ -338,7 +338,7 @@ async fn accept_loop(
                         }
                     }
                 }
-                _ => (stream, Vec::new()),
+                None => (stream, Vec::new()),
             };
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));

@@ -130,14 +130,7 @@ pub(crate) fn answer_first(
     match read {
         Ok(0) => return First::Finished,
         Ok(_) => {}
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-            ) =>
-        {
-            return waiting(bufs)
-        }
+        Err(e) if not_yet(&e) => return waiting(bufs),
         Err(_) => return First::Finished,
     }
     let step = look(&bufs.input, peer, fast, &mut bufs.out);
@@ -154,38 +147,32 @@ pub(crate) fn answer_first(
             // sends both, where a plain send went out alone and the FIN after it. One
             // segment fewer is one trip fewer through both ends' TCP stacks per announce.
             let hold = if close { libc::MSG_MORE } else { 0 };
-            match send(stream, out, libc::MSG_NOSIGNAL | hold) {
-                Ok(n) if n == out.len() => {
-                    if close {
-                        return First::Finished;
-                    }
-                    out.clear();
-                    bufs.input.drain(..consumed);
-                    First::Continue(Start {
-                        bufs,
-                        pending: None,
-                        answered: true,
-                        waiting_since: at,
-                    })
-                }
-                sent => {
-                    match sent {
-                        Ok(n) => drop(out.drain(..n)),
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                            ) => {}
-                        Err(_) => return First::Finished,
-                    }
-                    First::Continue(Start {
-                        bufs,
-                        pending: Some(step),
-                        answered: false,
-                        waiting_since: at,
-                    })
-                }
+            let sent = match send(stream, out, libc::MSG_NOSIGNAL | hold) {
+                Ok(n) => n,
+                Err(e) if not_yet(&e) => 0,
+                Err(_) => return First::Finished,
+            };
+            if sent < out.len() {
+                // The task sends the rest once the client takes it.
+                out.drain(..sent);
+                return First::Continue(Start {
+                    bufs,
+                    pending: Some(step),
+                    answered: false,
+                    waiting_since: at,
+                });
             }
+            if close {
+                return First::Finished;
+            }
+            out.clear();
+            bufs.input.drain(..consumed);
+            First::Continue(Start {
+                bufs,
+                pending: None,
+                answered: true,
+                waiting_since: at,
+            })
         }
         Step::Send { at, .. } => First::Continue(Start {
             bufs,
@@ -195,6 +182,15 @@ pub(crate) fn answer_first(
         }),
         Step::More | Step::Handover => waiting(bufs),
     }
+}
+
+/// A failed system call that only means "not now": nothing to read or no room to write yet,
+/// or a signal came first.
+fn not_yet(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
 }
 
 pub(crate) async fn serve_connection(

@@ -77,6 +77,8 @@ pub struct Order {
     /// Indices into the candidates, best first.
     pub best_first: Vec<usize>,
     scored: Vec<(f64, usize)>,
+    /// What `feedback` derives from each candidate, once per candidate.
+    ramped: Vec<Ramped>,
 }
 
 impl Order {
@@ -166,15 +168,15 @@ impl SlowStart {
         (0.1 + 0.9 * c.age.as_secs_f64() / self.0.as_secs_f64()).min(1.0)
     }
 
-    /// What a candidate can do relative to what it says: slow start, cut further by how slow
-    /// the server observed it.
-    fn cut(self, c: &Candidate) -> f64 {
-        self.share(c) * c.observed_speed.clamp(0.01, 1.0)
+    /// What a candidate can do relative to what it says: slow start (its `share`), cut
+    /// further by how slow the server observed it.
+    fn cut(share: f64, c: &Candidate) -> f64 {
+        share * c.observed_speed.clamp(0.01, 1.0)
     }
 
-    /// Customers it may take at once while it ramps up.
-    fn capacity(self, c: &Candidate) -> u32 {
-        ((f64::from(c.load.capacity.max(1)) * self.share(c)).ceil() as u32).max(1)
+    /// Customers it may take at once while it ramps up (to `share` of its capacity).
+    fn capacity(share: f64, c: &Candidate) -> u32 {
+        ((f64::from(c.load.capacity.max(1)) * share).ceil() as u32).max(1)
     }
 }
 
@@ -195,11 +197,12 @@ impl FeedbackConnections {
             + f64::from(c.load.sync_conns)
             + f64::from(c.issued_since_report)
             + 1.0;
-        busy / (c.capacity() * self.ramp.cut(c))
+        busy / (c.capacity() * SlowStart::cut(self.ramp.share(c), c))
     }
 
     fn has_headroom(&self, c: &Candidate) -> bool {
-        c.load.customer_conns.saturating_add(c.issued_since_report) < self.ramp.capacity(c)
+        c.load.customer_conns.saturating_add(c.issued_since_report)
+            < SlowStart::capacity(self.ramp.share(c), c)
     }
 }
 
@@ -284,21 +287,34 @@ pub struct Feedback {
 /// and the cost is the waiting.
 const EVEN_USAGE: f64 = 16.0;
 
-impl Feedback {
-    fn has_headroom(&self, c: &Candidate) -> bool {
-        c.model.customers() < self.ramp.capacity(c) as usize
-    }
+/// What slow start makes of one candidate, for [`Feedback`]: derived once per choice, as
+/// every step of the choice asks it again.
+#[derive(Debug, Clone, Copy)]
+struct Ramped {
+    /// [`SlowStart::cut`].
+    cut: f64,
+    /// Its modelled customers leave room under its (ramped) capacity.
+    headroom: bool,
+    /// Its share of uplink use is weighed: not while slow start still holds it back. A
+    /// (re)joining volunteer's short history says little, and it would look like the one
+    /// that has given least and be flooded.
+    evens: bool,
+}
 
-    /// Whether a candidate's share of uplink use is weighed: not while slow start still
-    /// holds it back. A (re)joining volunteer's short history says little, and it would
-    /// look like the one that has given least and be flooded.
-    fn evens(&self, c: &Candidate) -> bool {
-        self.has_headroom(c) && self.ramp.share(c) >= 1.0
+impl Feedback {
+    fn ramped(&self, c: &Candidate) -> Ramped {
+        let share = self.ramp.share(c);
+        let headroom = c.model.customers() < SlowStart::capacity(share, c) as usize;
+        Ramped {
+            cut: SlowStart::cut(share, c),
+            headroom,
+            evens: headroom && share >= 1.0,
+        }
     }
 
     /// The factor [`EVEN_USAGE`] puts on a candidate's cost, against `weighed`.
-    fn evening(&self, c: &Candidate, weighed: Weighed) -> f64 {
-        if !self.evens(c) {
+    fn evening(c: &Candidate, r: Ramped, weighed: Weighed) -> f64 {
+        if !r.evens {
             return 1.0;
         }
         let strength = EVEN_USAGE * (1.0 - weighed.use_now).clamp(0.0, 1.0);
@@ -311,11 +327,12 @@ impl Feedback {
 
     /// The mean averaged share of the candidates that are weighed, and the mean use now of
     /// all of them (a full one is full, weighed or not).
-    fn weighed(&self, cands: &[Candidate]) -> Weighed {
+    fn weighed(cands: &[Candidate], ramped: &[Ramped]) -> Weighed {
         let (share, n) = cands
             .iter()
-            .filter(|c| self.evens(c))
-            .fold((0.0, 0u32), |(s, n), c| (s + c.usage, n + 1));
+            .zip(ramped)
+            .filter(|(_, r)| r.evens)
+            .fold((0.0, 0u32), |(s, n), (c, _)| (s + c.usage, n + 1));
         let use_now: f64 = cands.iter().map(in_use_now).sum();
         Weighed {
             share: share / f64::from(n.max(1)),
@@ -360,22 +377,25 @@ impl Policy for Feedback {
         if !cands.iter().all(|c| c.model.known()) {
             return FeedbackConnections { ramp: self.ramp }.order_into(cands, bytes, rng, out);
         }
-        let weighed = self.weighed(cands);
+        let mut ramped = std::mem::take(&mut out.ramped);
+        ramped.clear();
+        ramped.extend(cands.iter().map(|c| self.ramped(c)));
+        let weighed = Self::weighed(cands, &ramped);
         out.scored.clear();
         out.scored.extend(
-            (0..cands.len())
-                .filter(|&i| self.has_headroom(&cands[i]))
-                .filter_map(|i| {
-                    let c = &cands[i];
+            cands
+                .iter()
+                .zip(&ramped)
+                .enumerate()
+                .filter(|(_, (_, r))| r.headroom)
+                .filter_map(|(i, (c, &r))| {
                     let wait = c.model.marginal_wait(bytes)?;
                     // Equal volunteers tie exactly; a little noise spreads them at random.
                     let noise = 1.0 + 1e-9 * rng.gen::<f64>();
-                    Some((
-                        wait * noise * self.evening(c, weighed) / self.ramp.cut(c),
-                        i,
-                    ))
+                    Some((wait * noise * Self::evening(c, r, weighed) / r.cut, i))
                 }),
         );
+        out.ramped = ramped;
         out.take_scored();
     }
 }

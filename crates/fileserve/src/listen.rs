@@ -269,8 +269,24 @@ async fn accept_loop(
     // `alive` sender, so the receiver ends when the last one has.
     let stop = Arc::new(fast::Stop::default());
     let (alive_tx, mut alive_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let tasks = Tasks {
+        app,
+        conn_limits,
+        stop: stop.clone(),
+        alive: alive_tx,
+        graceful,
+        header_timeout: limits.header_timeout,
+    };
     let mut refused_logged = std::time::Instant::now() - Duration::from_secs(60);
     let listener = Acceptor::new(listener)?;
+    // Idle keep-alive connections of the fast path, and those that leave it for a task.
+    let mut parked = match &fast {
+        Some(_) => Some(fast::Parked::<Admitted>::new()?),
+        None => None,
+    };
+    let mut unparked = Vec::new();
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -285,6 +301,25 @@ async fn accept_loop(
                     continue;
                 }
             },
+            r = serve_parked(&mut parked, fast.as_deref(), &mut unparked) => {
+                if let Err(e) = r {
+                    // Not expected of an epoll set; its connections close, new ones get
+                    // tasks.
+                    tracing::warn!(error = %e, "waiting for keep-alive connections failed; they are closed");
+                    parked = None;
+                }
+                for u in unparked.drain(..) {
+                    let fast_start = fast.clone().map(|f| (f, u.start));
+                    tasks.spawn(u.stream, u.peer, u.held, fast_start);
+                }
+                continue;
+            }
+            _ = sweep.tick(), if parked.as_ref().is_some_and(|p| p.len() > 0) => {
+                if let Some(p) = &mut parked {
+                    p.sweep(std::time::Instant::now(), limits.header_timeout);
+                }
+                continue;
+            }
             _ = &mut shutdown => break,
         };
         let Some(admitted) = per_ip.admit(peer.ip(), limits.max_per_ip, &total) else {
@@ -302,6 +337,16 @@ async fn accept_loop(
         let fast_start = match &fast {
             Some(f) => match fast::answer_first(&stream, peer, &**f) {
                 First::Finished => continue,
+                First::Idle(idle) => {
+                    let Some(p) = &mut parked else {
+                        tasks.spawn(stream, peer, admitted, Some((f.clone(), idle.into_start())));
+                        continue;
+                    };
+                    if let Err(u) = p.park(stream, peer, idle, admitted) {
+                        tasks.spawn(u.stream, u.peer, u.held, Some((f.clone(), u.start)));
+                    }
+                    continue;
+                }
                 First::Continue(start) => Some((f.clone(), start)),
             },
             None => {
@@ -309,20 +354,76 @@ async fn accept_loop(
                 None
             }
         };
+        tasks.spawn(stream, peer, admitted, fast_start);
+    }
+    drop(listener);
+    // Idle keep-alive connections end with the server, as those waiting in tasks do.
+    drop(parked);
+    stop.raise();
+    let Tasks {
+        alive, graceful, ..
+    } = tasks;
+    drop(alive);
+    tokio::select! {
+        _ = async {
+            graceful.shutdown().await;
+            while alive_rx.recv().await.is_some() {}
+        } => {}
+        _ = tokio::time::sleep(limits.drain) => {
+            tracing::info!("stopping with requests still in flight");
+        }
+    }
+    Ok(())
+}
+
+/// Wait for parked connections with a request, and answer them; never ready without a fast
+/// path (or once its set failed).
+async fn serve_parked(
+    parked: &mut Option<fast::Parked<Admitted>>,
+    fast: Option<&dyn FastPath>,
+    out: &mut Vec<fast::Unparked<Admitted>>,
+) -> std::io::Result<()> {
+    match (parked, fast) {
+        (Some(p), Some(f)) => p.serve_ready(f, out).await,
+        _ => std::future::pending().await,
+    }
+}
+
+/// What a connection's task needs from the accept loop.
+struct Tasks {
+    app: Router,
+    conn_limits: fast::ConnLimits,
+    stop: Arc<fast::Stop>,
+    /// Held by every task: the accept loop knows all have ended when the receiver does.
+    alive: tokio::sync::mpsc::Sender<()>,
+    graceful: hyper_util::server::graceful::GracefulShutdown,
+    header_timeout: Duration,
+}
+
+impl Tasks {
+    /// Serve a connection in a task of its own: from `fast_start` on the fast path, else
+    /// (or once the fast path hands it over) with hyper.
+    fn spawn(
+        &self,
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+        admitted: Admitted,
+        fast_start: Option<(Arc<dyn FastPath>, fast::Start)>,
+    ) {
         // Registered with the runtime only now, with something to wait for.
         let stream = match tokio::net::TcpStream::from_std(stream) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "connection not registered with the runtime; closed");
-                continue;
+                return;
             }
         };
-        let app = app.clone();
-        let conn_limits = conn_limits.clone();
-        let stop = stop.clone();
-        let alive = alive_tx.clone();
-        let watcher = graceful.watcher();
-        let (header_timeout, max_buf) = (limits.header_timeout, conn_limits.max_header_bytes);
+        let app = self.app.clone();
+        let conn_limits = self.conn_limits.clone();
+        let stop = self.stop.clone();
+        let alive = self.alive.clone();
+        let watcher = self.graceful.watcher();
+        let (header_timeout, max_buf) = (self.header_timeout, conn_limits.max_header_bytes);
         tokio::spawn(async move {
             let _alive = alive;
             let _admitted = admitted;
@@ -354,19 +455,6 @@ async fn accept_loop(
             }
         });
     }
-    drop(listener);
-    stop.raise();
-    drop(alive_tx);
-    tokio::select! {
-        _ = async {
-            graceful.shutdown().await;
-            while alive_rx.recv().await.is_some() {}
-        } => {}
-        _ = tokio::time::sleep(limits.drain) => {
-            tracing::info!("stopping with requests still in flight");
-        }
-    }
-    Ok(())
 }
 
 /// The address a connection came from, for handlers served by [`serve`].

@@ -271,6 +271,179 @@ async fn first_requests_answered_on_accepting_and_every_way_on_from_there() {
     assert_eq!(r.body, b"router /elsewhere");
 }
 
+/// A keep-alive connection that has answered waits for its next request parked with the
+/// others (no task), and its next requests are answered from there; each way a request can
+/// need more than one answer on the spot must go on correctly from a parked connection too.
+#[tokio::test]
+async fn parked_keep_alive_connections_answered_every_way() {
+    let srv = start(Limits {
+        max_per_ip: 48,
+        ..limits()
+    })
+    .await;
+    // Parked, one answer each, then their requests taken in turns across all of them.
+    let mut conns = Vec::new();
+    for i in 0..40 {
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        let mut pending = Vec::new();
+        s.write_all(format!("GET /hello?{i} HTTP/1.1\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(
+            read_resp(&mut s, &mut pending, false).await.body,
+            format!("fast {i}").as_bytes()
+        );
+        conns.push((s, pending));
+    }
+    for round in 0..4 {
+        for (i, (s, _)) in conns.iter_mut().enumerate() {
+            let req = format!("GET /hello?{round}-{i} HTTP/1.1\r\n\r\n");
+            s.write_all(req.as_bytes()).await.unwrap();
+        }
+        for (i, (s, pending)) in conns.iter_mut().enumerate() {
+            let r = read_resp(s, pending, false).await;
+            assert_eq!(r.body, format!("fast {round}-{i}").as_bytes());
+        }
+    }
+    let mut parked = conns.into_iter();
+    let mut next = || parked.next().unwrap();
+
+    // Two requests in one write: the first answered from the set, the second after it.
+    let (mut s, mut pending) = next();
+    s.write_all(b"GET /hello?a HTTP/1.1\r\n\r\nGET /hello?b HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_resp(&mut s, &mut pending, false).await.body, b"fast a");
+    assert_eq!(read_resp(&mut s, &mut pending, false).await.body, b"fast b");
+
+    // A head in two parts, then the connection goes on.
+    let (mut s, mut pending) = next();
+    s.write_all(b"GET /hello?split HT").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(b"TP/1.1\r\n\r\n").await.unwrap();
+    assert_eq!(
+        read_resp(&mut s, &mut pending, false).await.body,
+        b"fast split"
+    );
+    s.write_all(b"GET /hello?on HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        read_resp(&mut s, &mut pending, false).await.body,
+        b"fast on"
+    );
+
+    // An answer the socket cannot take at once, read late, with a request behind it.
+    let (mut s, mut pending) = next();
+    s.write_all(b"GET /large HTTP/1.1\r\n\r\nGET /hello?after HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = read_resp(&mut s, &mut pending, false).await;
+    assert!(r.body == large_body(), "the large answer's bytes, in order");
+    assert_eq!(
+        read_resp(&mut s, &mut pending, false).await.body,
+        b"fast after"
+    );
+
+    // A file body (sent from a task), then more requests on the same connection.
+    let (mut s, mut pending) = next();
+    s.write_all(b"GET /file/small.txt HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        read_resp(&mut s, &mut pending, false).await.body,
+        b"small file\n"
+    );
+    s.write_all(b"GET /hello?file HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        read_resp(&mut s, &mut pending, false).await.body,
+        b"fast file"
+    );
+
+    // What the fast path does not take reaches the router, and hyper has the rest.
+    let (mut s, mut pending) = next();
+    s.write_all(b"GET /elsewhere HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        read_resp(&mut s, &mut pending, false).await.body,
+        b"router /elsewhere"
+    );
+
+    // Asked to close: answered, then closed.
+    let (mut s, mut pending) = next();
+    s.write_all(b"GET /hello?bye HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        read_resp(&mut s, &mut pending, false).await.body,
+        b"fast bye"
+    );
+    assert!(closes(&mut s, Duration::from_secs(5)).await);
+}
+
+/// A parked connection holds its place among the address's connections, and gives it back
+/// when its client closes it.
+#[tokio::test]
+async fn parked_connections_give_their_places_back_when_closed() {
+    const PLACES: usize = 16;
+    let srv = start(Limits {
+        max_per_ip: PLACES,
+        ..limits()
+    })
+    .await;
+    // Whether a new connection is let in and answered (one over the cap is closed at once).
+    async fn answered(addr: SocketAddr, tag: &str) -> Option<(TcpStream, Vec<u8>)> {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        let req = format!("GET /hello?{tag} HTTP/1.1\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut pending = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Answered, or closed unanswered: whichever comes first.
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        pending.extend_from_slice(&buf[..n]);
+        let r = read_resp(&mut s, &mut pending, false).await;
+        assert_eq!(r.body, format!("fast {tag}").as_bytes());
+        Some((s, pending))
+    }
+    let mut held = Vec::new();
+    for i in 0..PLACES {
+        held.push(
+            answered(srv.addr, &i.to_string())
+                .await
+                .expect("within the cap"),
+        );
+    }
+    assert!(
+        answered(srv.addr, "over").await.is_none(),
+        "one over the cap is refused while the parked ones hold their places"
+    );
+    drop(held);
+    // The server learns of the closes as their sockets turn readable; a place may come back
+    // a moment after its client closed.
+    let mut back = Vec::new();
+    for i in 0..PLACES {
+        let mut got = None;
+        for _ in 0..50 {
+            got = answered(srv.addr, &format!("again{i}")).await;
+            if got.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        back.push(got.expect("the closed connections' places came back"));
+    }
+}
+
 #[tokio::test]
 async fn what_the_fast_path_does_not_take_goes_to_the_router() {
     let srv = start(limits()).await;

@@ -68,16 +68,20 @@ enum ReadEnd {
     Failed,
 }
 
-/// What became of a connection's first request, answered as it was accepted.
+/// What became of a request answered on a plain socket: a connection's first, as it was
+/// accepted, or a parked keep-alive connection's next.
 pub(crate) enum First {
     /// The connection is done with: answered and closed at the client's wish, or the client
     /// left or failed.
     Finished,
+    /// Answered whole, nothing more read, the socket read dry: it waits for its next
+    /// request and may be parked (see [`super::Parked`]) instead of given a task.
+    Idle(Idle),
     /// The connection goes on, in a task of its own, from here.
     Continue(Start),
 }
 
-/// Where a connection's task takes over from [`answer_first`].
+/// Where a connection's task takes over from [`answer_on`].
 pub(crate) struct Start {
     bufs: Buffers,
     /// An answer made but not yet wholly sent (what is left of it is in `bufs.out`), or one
@@ -87,6 +91,29 @@ pub(crate) struct Start {
     answered: bool,
     /// When the server started waiting for the next request's head.
     waiting_since: std::time::Instant,
+    /// Whether Nagle's delay is off already.
+    nodelay: bool,
+}
+
+/// A keep-alive connection between requests: answered, nothing buffered.
+pub(crate) struct Idle {
+    bufs: Buffers,
+    /// Since when its next head is awaited (it is due a header timeout later).
+    pub(crate) since: std::time::Instant,
+    nodelay: bool,
+}
+
+impl Idle {
+    /// The same connection, to go on in a task.
+    pub(crate) fn into_start(self) -> Start {
+        Start {
+            bufs: self.bufs,
+            pending: None,
+            answered: true,
+            waiting_since: self.since,
+            nodelay: self.nodelay,
+        }
+    }
 }
 
 /// Read and answer a connection's first request on the accepting thread, before the
@@ -100,8 +127,37 @@ pub(crate) fn answer_first(
     peer: SocketAddr,
     fast: &dyn FastPath,
 ) -> First {
-    let mut bufs = Buffers::take();
-    let read = {
+    answer_on(stream, peer, fast, Buffers::take(), None)
+}
+
+/// [`answer_first`] for a parked keep-alive connection whose socket became readable: its
+/// next request, answered the same way.
+pub(crate) fn answer_next(
+    stream: &std::net::TcpStream,
+    peer: SocketAddr,
+    fast: &dyn FastPath,
+    idle: Idle,
+) -> First {
+    let Idle {
+        bufs,
+        since,
+        nodelay,
+    } = idle;
+    answer_on(stream, peer, fast, bufs, Some((since, nodelay)))
+}
+
+/// Read what the socket has and answer the request it holds. `idle`: for a connection that
+/// has answered before, since when it waits and whether Nagle's delay is off.
+fn answer_on(
+    stream: &std::net::TcpStream,
+    peer: SocketAddr,
+    fast: &dyn FastPath,
+    mut bufs: Buffers,
+    idle: Option<(std::time::Instant, bool)>,
+) -> First {
+    let answered = idle.is_some();
+    let mut nodelay = idle.is_some_and(|(_, off)| off);
+    let (read, room) = {
         let input = &mut bufs.input;
         input.reserve(READ_CHUNK);
         let spare = input.spare_capacity_mut();
@@ -109,7 +165,7 @@ pub(crate) fn answer_first(
         // SAFETY: the descriptor is open for the call and `spare` is valid for writes of
         // `room` bytes.
         let n = unsafe { libc::recv(stream.as_raw_fd(), spare.as_mut_ptr().cast(), room, 0) };
-        if n > 0 {
+        let read = if n > 0 {
             // SAFETY: the kernel wrote `n` bytes (at most `room`) into the spare room.
             unsafe { input.set_len(input.len() + n as usize) };
             Ok(n as usize)
@@ -117,22 +173,34 @@ pub(crate) fn answer_first(
             Ok(0)
         } else {
             Err(io::Error::last_os_error())
-        }
+        };
+        (read, room)
     };
-    let waiting = |bufs| {
+    // Waiting for (the rest of) a head: a new connection from now, a parked one since it
+    // was parked.
+    let waiting = |bufs: Buffers| {
+        let since = idle.map_or_else(std::time::Instant::now, |(t, _)| t);
+        if answered && bufs.input.is_empty() {
+            return First::Idle(Idle {
+                bufs,
+                since,
+                nodelay,
+            });
+        }
         First::Continue(Start {
             bufs,
             pending: None,
-            answered: false,
-            waiting_since: std::time::Instant::now(),
+            answered,
+            waiting_since: since,
+            nodelay,
         })
     };
-    match read {
+    let read_dry = match read {
         Ok(0) => return First::Finished,
-        Ok(_) => {}
+        Ok(n) => n < room,
         Err(e) if not_yet(&e) => return waiting(bufs),
         Err(_) => return First::Finished,
-    }
+    };
     let step = look(&bufs.input, peer, fast, &mut bufs.out);
     match step {
         Step::Send {
@@ -141,6 +209,12 @@ pub(crate) fn answer_first(
             close,
             file: None,
         } => {
+            // A second answer on a connection must not wait behind the first one's
+            // unacknowledged bytes (see `serve_connection`).
+            if answered && !nodelay {
+                let _ = stream.set_nodelay(true);
+                nodelay = true;
+            }
             let out = &mut bufs.out;
             // An answer the connection closes after is sent with MSG_MORE: the kernel holds
             // it, and the close that follows at once puts the FIN on the same segment and
@@ -158,8 +232,9 @@ pub(crate) fn answer_first(
                 return First::Continue(Start {
                     bufs,
                     pending: Some(step),
-                    answered: false,
+                    answered,
                     waiting_since: at,
+                    nodelay,
                 });
             }
             if close {
@@ -167,18 +242,27 @@ pub(crate) fn answer_first(
             }
             out.clear();
             bufs.input.drain(..consumed);
+            if read_dry && bufs.input.is_empty() {
+                return First::Idle(Idle {
+                    bufs,
+                    since: at,
+                    nodelay,
+                });
+            }
             First::Continue(Start {
                 bufs,
                 pending: None,
                 answered: true,
                 waiting_since: at,
+                nodelay,
             })
         }
         Step::Send { at, .. } => First::Continue(Start {
             bufs,
             pending: Some(step),
-            answered: false,
+            answered,
             waiting_since: at,
+            nodelay,
         }),
         Step::More | Step::Handover => waiting(bufs),
     }
@@ -207,6 +291,7 @@ pub(crate) async fn serve_connection(
         mut pending,
         mut answered,
         waiting_since,
+        mut nodelay,
     } = start;
     let Buffers { input, out } = &mut bufs;
     // When the server started waiting for the request it waits for: its head is due a
@@ -216,9 +301,8 @@ pub(crate) async fn serve_connection(
     let mut waiting_since = Instant::from_std(waiting_since);
     let timer = sleep_until(waiting_since + limits.header_timeout);
     tokio::pin!(timer);
-    // Whether Nagle's delay is off (see `listen`): turned off before any write that could
-    // wait behind an earlier one's unacknowledged bytes.
-    let mut nodelay = false;
+    // Whether Nagle's delay is off (see `listen`) is in `nodelay`: turned off before any
+    // write that could wait behind an earlier one's unacknowledged bytes.
     loop {
         let step = match pending.take() {
             Some(step) => step,

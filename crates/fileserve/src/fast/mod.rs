@@ -14,8 +14,10 @@
 //! path can stay small and the full stack keeps every edge case.
 //!
 //! A connection's first request is answered by the accepting thread before the socket is
-//! registered with the runtime (`answer_first`); a connection with more to do goes on in a
-//! task of its own (`serve_connection`).
+//! registered with the runtime (`answer_first`). A keep-alive connection that then waits for
+//! its next request is parked in the thread's own epoll set (`parked`), and the accepting
+//! thread answers its requests the same way (`answer_next`); a connection with more to do
+//! goes on in a task of its own (`serve_connection`).
 //!
 //! The limits of [`crate::listen`] hold here too: the header deadline, the head size bound,
 //! and a client that stops reading loses its connection (and its download slot) after the
@@ -23,6 +25,7 @@
 
 mod conn;
 mod date;
+mod parked;
 mod rewind;
 mod stop;
 
@@ -31,7 +34,8 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-pub(crate) use conn::{answer_first, serve_connection, ConnLimits, First, Served};
+pub(crate) use conn::{answer_first, serve_connection, ConnLimits, First, Served, Start};
+pub(crate) use parked::{Parked, Unparked};
 pub(crate) use rewind::Rewind;
 pub(crate) use stop::Stop;
 

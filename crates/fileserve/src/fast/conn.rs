@@ -180,20 +180,7 @@ fn answer_on(
     // was parked.
     let waiting = |bufs: Buffers| {
         let since = idle.map_or_else(std::time::Instant::now, |(t, _)| t);
-        if answered && bufs.input.is_empty() {
-            return First::Idle(Idle {
-                bufs,
-                since,
-                nodelay,
-            });
-        }
-        First::Continue(Start {
-            bufs,
-            pending: None,
-            answered,
-            waiting_since: since,
-            nodelay,
-        })
+        between_requests(bufs, answered, since, nodelay, true)
     };
     let read_dry = match read {
         Ok(0) => return First::Finished,
@@ -242,20 +229,7 @@ fn answer_on(
             }
             out.clear();
             bufs.input.drain(..consumed);
-            if read_dry && bufs.input.is_empty() {
-                return First::Idle(Idle {
-                    bufs,
-                    since: at,
-                    nodelay,
-                });
-            }
-            First::Continue(Start {
-                bufs,
-                pending: None,
-                answered: true,
-                waiting_since: at,
-                nodelay,
-            })
+            between_requests(bufs, true, at, nodelay, read_dry)
         }
         Step::Send { at, .. } => First::Continue(Start {
             bufs,
@@ -266,6 +240,31 @@ fn answer_on(
         }),
         Step::More | Step::Handover => waiting(bufs),
     }
+}
+
+/// A connection waiting for a head since `since`: idle, to be parked, if it has answered,
+/// holds nothing unanswered and its socket was read dry (`dry`); else its task's start.
+fn between_requests(
+    bufs: Buffers,
+    answered: bool,
+    since: std::time::Instant,
+    nodelay: bool,
+    dry: bool,
+) -> First {
+    if answered && dry && bufs.input.is_empty() {
+        return First::Idle(Idle {
+            bufs,
+            since,
+            nodelay,
+        });
+    }
+    First::Continue(Start {
+        bufs,
+        pending: None,
+        answered,
+        waiting_since: since,
+        nodelay,
+    })
 }
 
 /// A failed system call that only means "not now": nothing to read or no room to write yet,

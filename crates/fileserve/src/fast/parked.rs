@@ -187,10 +187,8 @@ impl<H> Parked<H> {
         Ok(())
     }
 
-    /// Close the connections whose next head has been due for `timeout` at `now`; returns
-    /// how many.
-    pub(crate) fn sweep(&mut self, now: Instant, timeout: Duration) -> usize {
-        let mut closed = 0;
+    /// Close the connections whose next head has been due for `timeout` at `now`.
+    pub(crate) fn sweep(&mut self, now: Instant, timeout: Duration) {
         for (key, slot) in self.slots.iter_mut().enumerate() {
             let Some(s) = slot else { continue };
             if now.saturating_duration_since(s.idle.since) < timeout {
@@ -199,9 +197,7 @@ impl<H> Parked<H> {
             tracing::debug!(peer = %s.peer, "keep-alive connection sent no request in time; closing");
             *slot = None;
             self.free.push(key);
-            closed += 1;
         }
-        closed
     }
 }
 

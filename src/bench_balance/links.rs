@@ -144,9 +144,10 @@ impl Links {
 
     /// Bytes volunteer `i` has sent over its uplink: what its side of the pair transmitted
     /// is what the bridge side received.
-    pub fn sent_bytes(&self, i: usize) -> Option<u64> {
-        let p = format!("/sys/class/net/{}/statistics/rx_bytes", self.host_if(i));
-        std::fs::read_to_string(p).ok()?.trim().parse().ok()
+    /// The counter of what volunteer `i` has sent over its link, in bytes (what the
+    /// bridge's end of its pair received).
+    pub fn sent_bytes_file(&self, i: usize) -> std::path::PathBuf {
+        format!("/sys/class/net/{}/statistics/rx_bytes", self.host_if(i)).into()
     }
 }
 

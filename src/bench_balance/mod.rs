@@ -97,6 +97,14 @@ pub struct BalanceArgs {
     /// little on their own. The sweep and the join runs use the first seed.
     #[arg(long, default_value_t = 1)]
     repeat: u64,
+    /// Also write, per run, what shows where a slow request was sent and why:
+    /// `trace/<run>-requests.csv` (every request: when it was sent, how long it took, which
+    /// volunteer), `trace/<run>-links.csv` (each volunteer's bytes sent, all and for
+    /// syncing, every half second) and `trace/<run>-reports.csv` (each volunteer's last
+    /// report as the server held it, every half second); and keep every run's directory,
+    /// its processes' logs (at info) among it, in `trace/runs`.
+    #[arg(long)]
+    trace: bool,
 }
 
 impl BalanceArgs {
@@ -238,7 +246,13 @@ pub async fn run(a: BalanceArgs) -> Result<()> {
 
 async fn study(a: &BalanceArgs, links: Option<&links::Links>) -> Result<()> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let work = std::env::temp_dir().join(format!("mirrorswarm-balance-{}", std::process::id()));
+    // With `--trace` each run's directory (its processes' logs among it) stays with the
+    // trace; otherwise it is scratch.
+    let work = if a.trace {
+        std::path::absolute(a.out.join("trace").join("runs"))?
+    } else {
+        std::env::temp_dir().join(format!("mirrorswarm-balance-{}", std::process::id()))
+    };
     std::fs::create_dir_all(&work)?;
     let mut results = Vec::new();
     for sc in plan(a) {
@@ -261,7 +275,11 @@ async fn study(a: &BalanceArgs, links: Option<&links::Links>) -> Result<()> {
         // Written after every run, so what was measured survives a later failure.
         std::fs::write(a.out.join("results.csv"), report::csv(&results))?;
     }
-    let _ = std::fs::remove_dir_all(&work);
+    if a.trace {
+        println!("every run's processes and logs: {}", work.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&work);
+    }
     std::fs::write(a.out.join("results.csv"), report::csv(&results))?;
     let md = report::markdown(a, &results);
     std::fs::write(a.out.join("results.md"), &md)?;

@@ -31,12 +31,17 @@ const NETNS_PORT: u16 = 8000;
 
 /// A child's output goes to `<log>` (kept with the run's directory for a failed run's
 /// post-mortem), none to the terminal, where the bench's own progress goes.
-fn logged(c: &mut Command, log: &Path) -> Result<()> {
+/// `verbose` (`--trace`): what the processes did, not only what went wrong.
+fn logged(c: &mut Command, log: &Path, verbose: bool) -> Result<()> {
     let f = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    c.stdin(Stdio::null())
-        .stdout(f.try_clone()?)
-        .stderr(f)
-        .env("RUST_LOG", "warn");
+    c.stdin(Stdio::null()).stdout(f.try_clone()?).stderr(f).env(
+        "RUST_LOG",
+        if verbose {
+            "info,librqbit=warn,librqbit_core=warn"
+        } else {
+            "warn"
+        },
+    );
     Ok(())
 }
 
@@ -122,12 +127,8 @@ struct Sent {
     sync: u64,
 }
 
-async fn bytes_sent(
-    client: &reqwest::Client,
-    url: &str,
-    links: Option<&Links>,
-    i: usize,
-) -> Option<Sent> {
+/// `link`: the link's own counter (`--links netns`); without one, what the volunteer counts.
+async fn bytes_sent(client: &reqwest::Client, url: &str, link: Option<&Path>) -> Option<Sent> {
     let v: serde_json::Value = client
         .get(format!("{url}/health"))
         .send()
@@ -137,8 +138,8 @@ async fn bytes_sent(
         .await
         .ok()?;
     let sync = v["sync_uploaded_bytes"].as_u64()?;
-    let total = match links {
-        Some(l) => l.sent_bytes(i)?,
+    let total = match link {
+        Some(f) => std::fs::read_to_string(f).ok()?.trim().parse().ok()?,
         None => v["uploaded_bytes"].as_u64()? + sync,
     };
     Some(Sent { total, sync })
@@ -190,6 +191,94 @@ async fn republish_sync(
             Err(e) => eprintln!("republishing the sync repository: {e}"),
         }
     }
+}
+
+/// One reading of a volunteer's counters for `--trace`: seconds after the first arrival,
+/// the volunteer, and what it had sent (all, and for syncing).
+type Reading = (f64, usize, Sent);
+
+/// What the server held as a volunteer's last report, for `--trace`: seconds after the first
+/// arrival, then its `/api/volunteers` entry.
+type HeldReport = (f64, serde_json::Value);
+
+/// Reads every volunteer's counters every half second until aborted.
+async fn sample_links(
+    client: reqwest::Client,
+    urls: Vec<String>,
+    counters: Vec<Option<std::path::PathBuf>>,
+    server: String,
+    start: Instant,
+    into: Arc<std::sync::Mutex<(Vec<Reading>, Vec<HeldReport>)>>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let reports = async {
+            client
+                .get(format!("{server}/api/volunteers"))
+                .send()
+                .await
+                .ok()?
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+        };
+        if let Some(serde_json::Value::Array(vs)) = reports.await {
+            let t = start.elapsed().as_secs_f64();
+            if let Ok(mut v) = into.lock() {
+                v.1.extend(vs.into_iter().map(|x| (t, x)));
+            }
+        }
+        for (i, u) in urls.iter().enumerate() {
+            if let Some(s) = bytes_sent(&client, u, counters[i].as_deref()).await {
+                let t = start.elapsed().as_secs_f64();
+                if let Ok(mut v) = into.lock() {
+                    v.0.push((t, i, s));
+                }
+            }
+        }
+    }
+}
+
+fn write_trace(
+    out: &Path,
+    label: &str,
+    samples: &[Sample],
+    (timeline, reports): &(Vec<Reading>, Vec<HeldReport>),
+) -> Result<()> {
+    let dir = out.join("trace");
+    std::fs::create_dir_all(&dir)?;
+    let name: String = label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let mut reqs = String::from("start,secs,volunteer,ok\n");
+    for s in samples {
+        let v = s.volunteer.map(|v| v.to_string()).unwrap_or_default();
+        reqs.push_str(&format!("{:.3},{:.3},{v},{}\n", s.start, s.secs, s.ok));
+    }
+    std::fs::write(dir.join(format!("{name}-requests.csv")), reqs)?;
+    let mut lines = String::from("t,volunteer,sent_bytes,sync_bytes\n");
+    for (t, i, s) in timeline {
+        lines.push_str(&format!("{t:.3},{i},{},{}\n", s.total, s.sync));
+    }
+    std::fs::write(dir.join(format!("{name}-links.csv")), lines)?;
+    let mut held = String::from(
+        "t,volunteer,customer_conns,sync_conns,sync_bps,customers_bps,last_announce_ms_ago\n",
+    );
+    for (t, r) in reports {
+        held.push_str(&format!(
+            "{t:.3},{},{},{},{},{},{}\n",
+            r["name"].as_str().unwrap_or_default(),
+            r["customer_conns"],
+            r["sync_conns"],
+            r["sync_bps"],
+            r["upload_bps"],
+            r["last_announce_ms_ago"]
+        ));
+    }
+    std::fs::write(dir.join(format!("{name}-reports.csv")), held)?;
+    Ok(())
 }
 
 /// How often the sync repository gets a new generation for the busy half to upload about
@@ -294,7 +383,7 @@ pub async fn run_one(
         "--oracle-listen",
         &format!("{host}:{oracle_port}"),
     ]);
-    logged(&mut cmd, &dir.join("server.log"))?;
+    logged(&mut cmd, &dir.join("server.log"), a.trace)?;
     let _server = Proc(cmd.spawn().context("starting the server")?);
     crate::demo::wait_until(
         &format!("{url}/health"),
@@ -372,7 +461,7 @@ pub async fn run_one(
                 }
             }
         }
-        logged(&mut c, &dir.join(format!("{name}.log")))?;
+        logged(&mut c, &dir.join(format!("{name}.log")), a.trace)?;
         commands.push(c);
     }
     // In a join scenario the last volunteer starts a third of the way into the arrivals.
@@ -423,15 +512,29 @@ pub async fn run_one(
         .timeout(Duration::from_secs(120))
         .pool_max_idle_per_host(0)
         .build()?;
+    let counters: Vec<Option<std::path::PathBuf>> = (0..n)
+        .map(|i| links.map(|l| l.sent_bytes_file(i)))
+        .collect();
     let mut sent_before = Vec::new();
     for (i, u) in urls.iter().enumerate() {
-        sent_before.push(bytes_sent(&client, u, links, i).await);
+        sent_before.push(bytes_sent(&client, u, counters[i].as_deref()).await);
     }
+    let timeline = Arc::new(std::sync::Mutex::new((Vec::new(), Vec::new())));
+    let start = Instant::now();
+    let _sampler = a.trace.then(|| {
+        AbortOnDrop(tokio::spawn(sample_links(
+            client.clone(),
+            urls.clone(),
+            counters.clone(),
+            url.clone(),
+            start,
+            timeline.clone(),
+        )))
+    });
     let rate = sc.load * a.customer_capacity() / a.file_size as f64;
     let mut rng = rand::rngs::StdRng::seed_from_u64(sc.seed);
     let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut tasks = tokio::task::JoinSet::new();
-    let start = Instant::now();
     let join_at = a.duration as f64 / 3.0;
     let mut joined_at = None;
     let mut next = 0.0f64;
@@ -477,7 +580,7 @@ pub async fn run_one(
     }
     let mut sent_after = Vec::new();
     for (i, u) in urls.iter().enumerate() {
-        sent_after.push(bytes_sent(&client, u, links, i).await);
+        sent_after.push(bytes_sent(&client, u, counters[i].as_deref()).await);
     }
     let arrivals_secs = start.elapsed().as_secs_f64().max(0.001);
     // Drain, bounded.
@@ -488,6 +591,11 @@ pub async fn run_one(
     drop(vols);
 
     let samples = std::mem::take(&mut *samples.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    if a.trace {
+        let timeline =
+            std::mem::take(&mut *timeline.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+        write_trace(&a.out, &sc.label, &samples, &timeline)?;
+    }
     let mut times: Vec<f64> = samples.iter().filter(|s| s.ok).map(|s| s.secs).collect();
     times.sort_by(f64::total_cmp);
     let mut per = vec![0usize; n];

@@ -39,6 +39,14 @@ pub struct Limits {
     /// A client that takes no bytes of an answer for this long is dropped (fast path; the
     /// router's handlers guard their bodies with [`crate::with_stall_guard`]).
     pub client_stall: Duration,
+    /// Most bytes of an answer a connection leaves unsent in the kernel (Linux's
+    /// `TCP_NOTSENT_LOWAT`, set on the listener, which its connections inherit); `None`: as
+    /// much as the send buffer holds, up to megabytes. With a bound, a write completes when
+    /// the bytes are nearly on the wire rather than when they are queued, so an answer ends
+    /// (and whatever counts it as under way stops) about when its customer has it: a
+    /// volunteer reports its customers and their rate from that, and on a slow uplink a
+    /// whole 256 KiB package sat queued in the kernel while the count said it was done.
+    pub unsent_bytes: Option<u32>,
 }
 
 impl Default for Limits {
@@ -50,6 +58,7 @@ impl Default for Limits {
             max_per_ip: 256,
             drain: Duration::from_secs(10),
             client_stall: Duration::from_secs(60),
+            unsent_bytes: None,
         }
     }
 }
@@ -109,7 +118,7 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    defer_accept(&listener, limits.header_timeout);
+    tune_listener(&listener, &limits);
     let caps = Caps {
         total: Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1))),
         per_ip: Arc::new(PerIp::default()),
@@ -144,7 +153,7 @@ pub async fn serve(
                         0 => shared,
                         _ => match reuseport_listener(addr) {
                             Ok(own) => {
-                                defer_accept(&own, limits.header_timeout);
+                                tune_listener(&own, &limits);
                                 own.into_std()?
                             }
                             Err(e) => {
@@ -202,6 +211,38 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListen
     socket.set_reuseport(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
+}
+
+/// What every connection a listener accepts inherits: [`defer_accept`], and the bound on
+/// unsent bytes ([`Limits::unsent_bytes`]).
+fn tune_listener(listener: &impl std::os::fd::AsRawFd, limits: &Limits) {
+    defer_accept(listener, limits.header_timeout);
+    if let Some(bytes) = limits.unsent_bytes {
+        if let Err(e) = set_unsent_bytes(listener, bytes) {
+            // Answers then end when queued, as without the bound: counts run low, nothing
+            // is wrong.
+            tracing::warn!(error = %e, "TCP_NOTSENT_LOWAT not set; answers count as done once queued");
+        }
+    }
+}
+
+fn set_unsent_bytes(socket: &impl std::os::fd::AsRawFd, bytes: u32) -> std::io::Result<()> {
+    let v = libc::c_int::try_from(bytes.max(1)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the descriptor is open for the call; the value is a c_int.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Have the kernel hand over a connection only once its first bytes have come (Linux's
@@ -479,27 +520,59 @@ mod tests {
         assert!(t.admit(a, 2, &total).is_some(), "a slot comes back");
     }
 
-    #[tokio::test]
-    async fn accepts_are_deferred_until_a_request_comes() {
-        use std::os::fd::AsRawFd;
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        defer_accept(&l, Duration::from_secs(10));
+    /// A TCP-level option of a socket, as the kernel reports it.
+    fn tcp_option(socket: &impl std::os::fd::AsRawFd, option: libc::c_int) -> libc::c_int {
         let mut v: libc::c_int = 0;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: the descriptor is open; `v` and `len` are valid for the call.
         let r = unsafe {
             libc::getsockopt(
-                l.as_raw_fd(),
+                socket.as_raw_fd(),
                 libc::IPPROTO_TCP,
-                libc::TCP_DEFER_ACCEPT,
+                option,
                 (&mut v as *mut libc::c_int).cast(),
                 &mut len,
             )
         };
-        assert_eq!(r, 0);
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        v
+    }
+
+    #[tokio::test]
+    async fn accepts_are_deferred_until_a_request_comes() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        defer_accept(&l, Duration::from_secs(10));
+        let v = tcp_option(&l, libc::TCP_DEFER_ACCEPT);
         // The kernel keeps it as a count of SYN-ACK retransmissions and reports it back in
         // seconds, rounded up to their schedule.
         assert!(v >= 10, "TCP_DEFER_ACCEPT is {v}");
+    }
+
+    #[tokio::test]
+    async fn connections_leave_at_most_the_bound_unsent() {
+        use tokio::io::AsyncWriteExt;
+        for bound in [Some(16 * 1024), None] {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let limits = Limits {
+                unsent_bytes: bound,
+                ..Limits::default()
+            };
+            tune_listener(&l, &limits);
+            let mut client = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+                .await
+                .unwrap();
+            // Deferred accept: the connection comes once the client has spoken.
+            client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            let (accepted, _) = l.accept().await.unwrap();
+            let got = tcp_option(&accepted, libc::TCP_NOTSENT_LOWAT);
+            match bound {
+                // Every accepted connection inherits the listener's bound.
+                Some(b) => assert_eq!(got, b as libc::c_int),
+                // Without one, none of its own (0: the system's, by default no bound short
+                // of the send buffer).
+                None => assert_eq!(got, 0),
+            }
+        }
     }
 
     #[tokio::test]

@@ -32,6 +32,12 @@ use crate::client::ServerClient;
 use crate::credential::Credential;
 use crate::holdings::{Holdings, HoldingsView};
 
+/// Most bytes of a customer's answer left queued unsent in the kernel
+/// ([`fileserve::listen::Limits::unsent_bytes`]). Small against a package, so a download
+/// ends within a fraction of a second of its last byte leaving on a slow uplink; large
+/// enough that a fast one refills it only every 32 KiB.
+const UNSENT_BYTES: u32 = 64 * 1024;
+
 /// One mirrored repository: the slow verifier behind a mutex, and the view the request path
 /// reads, swapped whole after each rescan.
 pub struct Mirror {
@@ -95,6 +101,8 @@ pub struct VolunteerState {
     /// Sync upload bytes/s over the last second ([`prompt`]), and what the last announce
     /// said, and when it was sent.
     recent_sync_bps: AtomicU64,
+    /// Customer download bytes/s over the same last second.
+    recent_customers_bps: AtomicU64,
     reported_sync_bps: AtomicU64,
     last_announce: std::sync::Mutex<Instant>,
     seq: AtomicU64,
@@ -486,6 +494,7 @@ pub async fn run(
         seeder,
         syncing: std::sync::Mutex::new(Default::default()),
         recent_sync_bps: AtomicU64::new(0),
+        recent_customers_bps: AtomicU64::new(0),
         reported_sync_bps: AtomicU64::new(0),
         last_announce: std::sync::Mutex::new(Instant::now()),
         seq: AtomicU64::new(seq0),
@@ -554,6 +563,7 @@ pub async fn run(
     let watcher = st.clone();
     tokio::spawn(async move {
         let mut meter = prompt::RecentRate::default();
+        let mut customers = prompt::RecentRate::default();
         let mut tick = tokio::time::interval(prompt::CHECK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -561,6 +571,8 @@ pub async fn run(
             let now = Instant::now();
             let bps = meter.sample(now, watcher.sync_uploaded_total());
             watcher.recent_sync_bps.store(bps, Ordering::Relaxed);
+            let c = customers.sample(now, serve::uploaded(&watcher.uploaded));
+            watcher.recent_customers_bps.store(c, Ordering::Relaxed);
             let last = *watcher
                 .last_announce
                 .lock()
@@ -579,30 +591,17 @@ pub async fn run(
     let announcer = st.clone();
     let announce_task = tokio::spawn(async move {
         let mut interval = Duration::from_secs(5);
-        // From the counters as they stand: what was sent before the first announce (the
-        // initial verification can take a while) is not a rate over no time at all.
-        let mut last = (
-            Instant::now(),
-            serve::uploaded(&announcer.uploaded),
-            announcer.sync_uploaded_total(),
-        );
         loop {
-            let now = Instant::now();
-            let up = serve::uploaded(&announcer.uploaded);
-            let sync = announcer.sync_uploaded_total();
-            let secs = now.duration_since(last.0).as_secs_f64().max(0.001);
+            // Both rates over the last second, whenever the announce goes: the balancer
+            // models the link from here on. Averaged over a long interval a sync burst read
+            // as a trickle; measured since the previous announce, one made at once after it
+            // (a prompt report) read a few milliseconds: no bytes at all, or one BitTorrent
+            // chunk as megabytes a second, and the balancer flooded a link that was half
+            // full of sync, then shunned it.
             let rates = Rates {
-                customers_bps: (up.saturating_sub(last.1) as f64 / secs) as u64,
-                // Sync as it goes now, over the last second: the balancer models the link
-                // from here on, and a burst averaged over a long interval would read as a
-                // trickle.
-                sync_bps: if now.duration_since(last.0) > Duration::from_secs(2) {
-                    announcer.recent_sync_bps.load(Ordering::Relaxed)
-                } else {
-                    (sync.saturating_sub(last.2) as f64 / secs) as u64
-                },
+                customers_bps: announcer.recent_customers_bps.load(Ordering::Relaxed),
+                sync_bps: announcer.recent_sync_bps.load(Ordering::Relaxed),
             };
-            last = (now, up, sync);
             if let Some(i) = announcer.announce_all(rates).await {
                 interval = i;
             }
@@ -640,6 +639,10 @@ pub async fn run(
         max_connections: st.config.limits.max_connections,
         max_per_ip: st.config.limits.max_connections_per_ip,
         client_stall: st.config.limits.client_stall(),
+        // A customer counts as served while its bytes are still on their way out, not just
+        // while they are being queued: the reports the balancer steers by are made of that
+        // count and the rate it gives.
+        unsent_bytes: Some(UNSENT_BYTES),
         ..Default::default()
     };
     let fast: Arc<dyn fileserve::fast::FastPath> = Arc::new(FastRoutes(st.clone()));

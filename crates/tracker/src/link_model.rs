@@ -27,8 +27,10 @@ const GREEDY_SHARE: f64 = 0.9;
 pub struct LinkModel {
     /// Bytes/s of the uplink customers and sync share (0: undeclared, no model).
     link: f64,
-    sync_conns: u32,
-    /// Bytes/s one sync upload wants at most; `None`: as much as it gets.
+    /// How many customer downloads' worth of the link the sync uploads take when they take
+    /// what it gives them ([`sync_weight`]).
+    sync_weight: f64,
+    /// Bytes/s the sync uploads want together at most; `None`: as much as they get.
     sync_cap: Option<f64>,
     /// Bytes every active download has received since the model's origin: all active flows
     /// advance equally, so one counter serves them all.
@@ -42,7 +44,7 @@ impl Default for LinkModel {
     fn default() -> Self {
         LinkModel {
             link: 0.0,
-            sync_conns: 0,
+            sync_weight: 0.0,
             sync_cap: None,
             served: 0.0,
             finish: VecDeque::new(),
@@ -61,6 +63,20 @@ pub struct Reported {
     pub link_bps: u64,
 }
 
+/// How many customer downloads' worth of the link the sync uploads take when they take
+/// what it gives them: one each, as TCP flows share a link, and at least one while sync sent
+/// anything. A report's rate covers the last second while its count is of one instant: a
+/// seeder between two torrents reported no connection while it had sent 400 kB/s, and the
+/// model then left its link wholly to customers.
+fn sync_weight(r: &Reported) -> f64 {
+    let conns = f64::from(r.sync_conns);
+    if r.sync_bps > 0 {
+        conns.max(1.0)
+    } else {
+        conns
+    }
+}
+
 impl LinkModel {
     /// Whether the volunteer declared its link, so the model's times mean anything.
     pub fn known(&self) -> bool {
@@ -75,10 +91,10 @@ impl LinkModel {
     /// Bytes/s each of `m ≥ 1` customer downloads gets.
     fn per_flow(&self, m: usize) -> f64 {
         let m = m as f64;
-        let ns = f64::from(self.sync_conns);
-        let fair = self.link / (m + ns);
+        let w = self.sync_weight;
+        let fair = self.link / (m + w);
         match self.sync_cap {
-            Some(cap) if ns > 0.0 && cap < fair => (self.link - ns * cap) / m,
+            Some(cap) if w > 0.0 && cap < w * fair => (self.link - cap) / m,
             _ => fair,
         }
     }
@@ -179,13 +195,16 @@ impl LinkModel {
     pub fn reconcile(&mut self, r: Reported, typical_bytes: u64, now: Instant) {
         self.advance(now);
         self.link = r.link_bps as f64;
-        self.sync_conns = r.sync_conns;
+        self.sync_weight = 0.0;
         self.sync_cap = None;
-        if r.sync_conns > 0 && self.known() {
-            let got = r.sync_bps as f64 / f64::from(r.sync_conns);
-            let fair = self.link / f64::from(r.customers + r.sync_conns);
-            if got < GREEDY_SHARE * fair {
-                self.sync_cap = Some(got);
+        if self.known() {
+            self.sync_weight = sync_weight(&r);
+            let w = self.sync_weight;
+            // What a fair split would have given sync beside the customers reported; taking
+            // markedly less, it wanted no more.
+            let fair = w * self.link / (f64::from(r.customers) + w);
+            if w > 0.0 && (r.sync_bps as f64) < GREEDY_SHARE * fair {
+                self.sync_cap = Some(r.sync_bps as f64);
             }
         }
         let want = (r.customers as usize).min(MAX_FLOWS);
@@ -201,13 +220,13 @@ impl LinkModel {
     pub fn set_customers(&mut self, customers: u32, typical_bytes: u64, now: Instant) {
         let r = Reported {
             customers,
-            sync_conns: self.sync_conns,
+            sync_conns: 0,
             sync_bps: 0,
             link_bps: self.link as u64,
         };
-        let cap = self.sync_cap;
+        let sync = (self.sync_weight, self.sync_cap);
         self.reconcile(r, typical_bytes, now);
-        self.sync_cap = cap;
+        (self.sync_weight, self.sync_cap) = sync;
     }
 
     /// [`LinkView::marginal_wait`] as the model was last moved.
@@ -348,7 +367,7 @@ mod tests {
         // 4 sync uploads sent 0.4 MB/s in all on a 1 MB/s link with no customers: they wanted
         // no more (a fair share was 250 kB/s each).
         let capped = model(0, 4, 400_000, 1_000_000, t);
-        assert_eq!(capped.sync_cap, Some(100_000.0));
+        assert_eq!(capped.sync_cap, Some(400_000.0));
         // A new customer gets the 0.6 MB/s left: 1 MB alone takes 1/0.6 s.
         let w = capped.marginal_wait(1_000_000).unwrap();
         assert!((w - 1.0 / 0.6).abs() < 1e-9, "{w}");
@@ -357,6 +376,38 @@ mod tests {
         assert_eq!(greedy.sync_cap, None);
         let w = greedy.marginal_wait(1_000_000).unwrap();
         assert!((w - 5.0).abs() < 1e-9, "{w}");
+    }
+
+    fn report(customers: u32, conns: u32, sync_bps: u64) -> Reported {
+        Reported {
+            customers,
+            sync_conns: conns,
+            sync_bps,
+            link_bps: 1_000_000,
+        }
+    }
+
+    #[test]
+    fn sync_that_sent_counts_even_with_no_connection_left() {
+        // A seeder between torrents: no connection at the instant of the report, 400 kB/s
+        // over its last second. That is one flow, not none.
+        assert_eq!(sync_weight(&report(0, 0, 400_000)), 1.0);
+        let t = Instant::now();
+        let mut m = LinkModel::default();
+        m.reconcile(report(0, 0, 400_000), 100_000, t);
+        // It wanted less than the half a fair split gives it: a customer gets the rest.
+        assert_eq!(m.sync_cap, Some(400_000.0));
+        assert!((m.per_flow(1) - 600_000.0).abs() < 1e-6);
+        // Greedy, it takes a customer's share.
+        m.reconcile(report(0, 0, 950_000), 100_000, t);
+        assert_eq!(m.sync_cap, None);
+        assert!((m.per_flow(1) - 500_000.0).abs() < 1e-6);
+        // With no sync at all the link is the customers'.
+        assert_eq!(sync_weight(&report(0, 0, 0)), 0.0);
+        m.reconcile(report(0, 0, 0), 100_000, t);
+        assert!((m.per_flow(1) - 1e6).abs() < 1e-6);
+        // Connections count one each.
+        assert_eq!(sync_weight(&report(2, 3, 300_000)), 3.0);
     }
 
     #[test]

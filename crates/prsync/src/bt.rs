@@ -45,6 +45,8 @@ pub struct Fetched {
     /// Bytes fetched per peer address.
     pub per_peer: HashMap<String, u64>,
     pub finished: bool,
+    /// Given up because `give_up` said so, not for a stall or an error.
+    pub given_up: bool,
 }
 
 impl Bt {
@@ -158,38 +160,39 @@ impl Bt {
         }
     }
 
-    /// Wait until the torrent completes, it makes no progress for `stall`, or `limit` passes.
+    /// Wait until the torrent completes, it makes no progress for `stall`, `limit` passes, or
+    /// `give_up` (asked with how long it has made no progress) says to stop.
     pub async fn wait(
         &self,
         handle: &Arc<ManagedTorrent>,
         stall: Duration,
         limit: Duration,
+        give_up: &(dyn Fn(Duration) -> bool + Sync),
     ) -> Fetched {
         let start = Instant::now();
         let mut last_progress = (0u64, Instant::now());
+        let ended = |finished, given_up| Fetched {
+            per_peer: per_peer(handle),
+            finished,
+            given_up,
+        };
         loop {
             let st = handle.stats();
             if st.finished {
-                return Fetched {
-                    per_peer: per_peer(handle),
-                    finished: true,
-                };
+                return ended(true, false);
             }
             if let Some(e) = &st.error {
                 tracing::warn!(error = %e, "torrent error");
-                return Fetched {
-                    per_peer: per_peer(handle),
-                    finished: false,
-                };
+                return ended(false, false);
             }
             if st.progress_bytes != last_progress.0 {
                 last_progress = (st.progress_bytes, Instant::now());
             }
+            if give_up(last_progress.1.elapsed()) {
+                return ended(false, true);
+            }
             if last_progress.1.elapsed() > stall || start.elapsed() > limit {
-                return Fetched {
-                    per_peer: per_peer(handle),
-                    finished: false,
-                };
+                return ended(false, false);
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -267,5 +270,59 @@ fn rand_fill(buf: &mut [u8]) {
     let d = sha1::Sha1::digest(seed.as_bytes());
     for (b, x) in buf.iter_mut().zip(d.iter().cycle()) {
         *b = b'0' + (x % 10);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A torrent nobody seeds (its tracker does not answer) makes no progress: `wait` ends
+    /// when `give_up` says so, long before the stall timeout, and says why it ended.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_torrent_with_no_progress_is_given_up_when_the_caller_says() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("f.bin");
+        std::fs::write(&file, vec![7u8; 300_000]).unwrap();
+        let sha = "0".repeat(64);
+        // A tracker on a port nothing listens on: no peers ever.
+        let art = crate::artifacts::build(&file, &sha, "http://127.0.0.1:9/announce").unwrap();
+        let bt = Bt::start(BtConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            upload_bps: None,
+            peer_id: None,
+            dir: tmp.path().join("bt"),
+        })
+        .await
+        .unwrap();
+        let staging = tmp.path().join("staging");
+        std::fs::create_dir_all(&staging).unwrap();
+        let h = bt
+            .add(
+                Bytes::from(art.torrent),
+                &staging,
+                "http://127.0.0.1:9/announce",
+            )
+            .await
+            .unwrap();
+        let got = bt
+            .wait(
+                &h,
+                Duration::from_secs(60),
+                Duration::from_secs(60),
+                &|quiet| quiet >= Duration::from_millis(500),
+            )
+            .await;
+        assert!(!got.finished && got.given_up, "{got:?}");
+        // Without it, the stall timeout ends the wait, and says it was not given up.
+        let got = bt
+            .wait(
+                &h,
+                Duration::from_millis(500),
+                Duration::from_secs(60),
+                &|_| false,
+            )
+            .await;
+        assert!(!got.finished && !got.given_up, "{got:?}");
     }
 }

@@ -40,6 +40,16 @@ pub enum PullError {
     Server(String),
     #[error("{path}: no source gave bytes matching the signed manifest ({why})")]
     Unverified { path: String, why: String },
+    /// A newer generation came while a torrent of this one made no progress: its files may
+    /// be gone from every peer and the origin (a lagging volunteer waited out the whole
+    /// stall timeout, then the origin's 404, for a file already replaced). What was fetched
+    /// stays staged, and a pull of the newest generation takes it up.
+    #[error("generation {generation} was superseded by {newest} while {path} made no progress")]
+    Superseded {
+        generation: u64,
+        newest: u64,
+        path: String,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -75,7 +85,16 @@ pub struct PullOptions {
     pub http_parallel: usize,
     /// After installing, how long to keep seeding while others still download.
     pub linger: Duration,
+    /// The newest generation the caller knows of, kept current (a daemon's announces). Once
+    /// it passes the one this pull fetches, a torrent with no progress for
+    /// [`SUPERSEDED_STALL`] ends the pull ([`PullError::Superseded`]) rather than waiting
+    /// out `stall`. `None`: the pull's own generation is the only one it knows.
+    pub newest: Option<tokio::sync::watch::Receiver<u64>>,
 }
+
+/// How long a torrent of a superseded generation may make no progress before the pull
+/// gives way to one of the newest.
+pub const SUPERSEDED_STALL: Duration = Duration::from_secs(2);
 
 impl PullOptions {
     pub fn new(server: &str, repo: &str, dest: &Path) -> Self {
@@ -89,6 +108,7 @@ impl PullOptions {
             progress: std::io::stdout().is_terminal(),
             http_parallel: 4,
             linger: Duration::from_secs(60),
+            newest: None,
         }
     }
 }
@@ -148,6 +168,8 @@ struct Ctx<'a> {
     bar: Option<indicatif::ProgressBar>,
     /// The BitTorrent session is this pull's own (not a daemon's that keeps seeding).
     own_bt: bool,
+    /// Set when a torrent was given up for a newer generation: `(newest, path)`.
+    superseded: Option<(u64, String)>,
 }
 
 /// One distinct content to obtain (several paths may want the same bytes).
@@ -184,6 +206,7 @@ pub async fn pull(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullEr
         summary: Summary::default(),
         bar: None,
         own_bt: bt.is_none(),
+        superseded: None,
     };
     ctx.summary.generation = manifest.generation;
     ctx.summary.files = manifest.files.len();
@@ -285,6 +308,19 @@ pub async fn pull(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullEr
             seeded = done;
         }
         None => fallback.extend(torrent_jobs),
+    }
+    if let Some((newest, path)) = ctx.superseded.take() {
+        // What finished stays staged for the next pull; this session's torrents end here.
+        if let Some(bt) = bt {
+            for btih in &seeded {
+                bt.remove(*btih).await;
+            }
+        }
+        return Err(PullError::Superseded {
+            generation: ctx.summary.generation,
+            newest,
+            path,
+        });
     }
     fetch_http(&mut ctx, http_jobs, false).await?;
     fetch_http(&mut ctx, fallback, true).await?;
@@ -633,9 +669,26 @@ async fn fetch_torrents(
     }
     // Keep every torrent until all are done: what we finished, others may still need.
     let mut done = Vec::new();
+    let generation = ctx.summary.generation;
+    let newer = || {
+        opts.newest
+            .as_ref()
+            .map(|n| *n.borrow())
+            .filter(|&n| n > generation)
+    };
+    let give_up = |quiet: Duration| quiet >= SUPERSEDED_STALL && newer().is_some();
     for (job, handle, btih) in running {
+        if ctx.superseded.is_some() {
+            bt.remove(btih).await;
+            continue;
+        }
         let got = bt
-            .wait(&handle, opts.stall, Duration::from_secs(24 * 3600))
+            .wait(
+                &handle,
+                opts.stall,
+                Duration::from_secs(24 * 3600),
+                &give_up,
+            )
             .await;
         for (peer, bytes) in &got.per_peer {
             if is_origin(peer, ctx.origin_seed) {
@@ -649,6 +702,11 @@ async fn fetch_torrents(
         }
         if got.finished {
             done.push(btih);
+        } else if got.given_up {
+            let newest = newer().unwrap_or(generation);
+            tracing::info!(path = %job.path, generation, newest, "generation superseded while its torrent made no progress; giving way to the newest");
+            bt.remove(btih).await;
+            ctx.superseded = Some((newest, job.path));
         } else {
             tracing::warn!(path = %job.path, "BitTorrent stalled; fetching from the origin");
             bt.remove(btih).await;

@@ -44,6 +44,9 @@ pub struct Mirror {
     pub dir: PathBuf,
     holdings: Mutex<Holdings>,
     view: RwLock<Arc<HoldingsView>>,
+    /// The newest generation the server has named, as each announce's reply says: a pull
+    /// under way for an older one watches it ([`prsync::pull::PullOptions::newest`]).
+    newest: tokio::sync::watch::Sender<u64>,
 }
 
 impl Mirror {
@@ -55,7 +58,7 @@ impl Mirror {
     }
 }
 
-/// Upload rates over the last announce interval, bytes/s.
+/// Upload rates over the last second, bytes/s.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Rates {
     pub customers_bps: u64,
@@ -243,6 +246,13 @@ impl VolunteerState {
             match self.client.announce(&q).await {
                 Ok(reply) => {
                     interval = Some(reply.interval);
+                    if let Some(m) = self.mirrors.get(repo) {
+                        m.newest.send_if_modified(|n| {
+                            let newer = reply.latest_generation > *n;
+                            *n = (*n).max(reply.latest_generation);
+                            newer
+                        });
+                    }
                     let known = self.mirrors.get(repo).map_or(0, |m| m.view().latest);
                     if reply.latest_generation > known {
                         if let Err(e) = self.refresh(repo, Some(reply.latest_generation)).await {
@@ -316,9 +326,13 @@ impl VolunteerState {
             let mut opts = prsync::pull::PullOptions::new(me.client.base(), &repo, &dir);
             opts.key = Some(me.server_key);
             opts.progress = false;
+            opts.newest = me.mirrors.get(&repo).map(|m| m.newest.subscribe());
             let bt = me.seeder.as_ref().map(|s| &s.bt);
             match prsync::pull::pull(&opts, bt).await {
                 Ok(sum) => tracing::info!(repo = %repo, summary = %sum.line(), "synced"),
+                Err(e @ prsync::pull::PullError::Superseded { .. }) => {
+                    tracing::info!(repo = %repo, reason = %e, "pull gave way to a newer generation; the next announce starts it")
+                }
                 Err(e) => {
                     tracing::warn!(repo = %repo, error = %e, "sync failed; will retry at the next announce")
                 }
@@ -404,6 +418,7 @@ pub async fn run(
                     dir: dir.clone(),
                     holdings: Mutex::new(Holdings::new(name, dir, &cfg.data_dir)),
                     view: RwLock::new(Arc::new(HoldingsView::default())),
+                    newest: tokio::sync::watch::Sender::new(0),
                 },
             )
         })

@@ -142,10 +142,8 @@ impl Links {
         c
     }
 
-    /// Bytes volunteer `i` has sent over its uplink: what its side of the pair transmitted
-    /// is what the bridge side received.
-    /// The counter of what volunteer `i` has sent over its link, in bytes (what the
-    /// bridge's end of its pair received).
+    /// The counter of what volunteer `i` has sent over its link, in bytes: what its side of
+    /// the pair transmitted is what the bridge's end received.
     pub fn sent_bytes_file(&self, i: usize) -> std::path::PathBuf {
         format!("/sys/class/net/{}/statistics/rx_bytes", self.host_if(i)).into()
     }

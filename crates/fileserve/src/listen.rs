@@ -228,13 +228,22 @@ fn tune_listener(listener: &impl std::os::fd::AsRawFd, limits: &Limits) {
 
 fn set_unsent_bytes(socket: &impl std::os::fd::AsRawFd, bytes: u32) -> std::io::Result<()> {
     let v = libc::c_int::try_from(bytes.max(1)).unwrap_or(libc::c_int::MAX);
+    set_tcp_option(socket, libc::TCP_NOTSENT_LOWAT, v)
+}
+
+/// Set a TCP-level option that takes a `c_int`.
+fn set_tcp_option(
+    socket: &impl std::os::fd::AsRawFd,
+    option: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
     // SAFETY: the descriptor is open for the call; the value is a c_int.
     let r = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
             libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            (&v as *const libc::c_int).cast(),
+            option,
+            (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
@@ -253,19 +262,9 @@ fn set_unsent_bytes(socket: &impl std::os::fd::AsRawFd, bytes: u32) -> std::io::
 /// header deadline as any other.
 fn defer_accept(listener: &impl std::os::fd::AsRawFd, wait: Duration) {
     let secs = libc::c_int::try_from(wait.as_secs().max(1)).unwrap_or(libc::c_int::MAX);
-    // SAFETY: the descriptor is the listener's, open for the call; the value is a c_int.
-    let r = unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_DEFER_ACCEPT,
-            (&secs as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
+    if let Err(e) = set_tcp_option(listener, libc::TCP_DEFER_ACCEPT, secs) {
         // Only slower without it, never wrong.
-        tracing::debug!(error = %std::io::Error::last_os_error(), "TCP_DEFER_ACCEPT not set");
+        tracing::debug!(error = %e, "TCP_DEFER_ACCEPT not set");
     }
 }
 

@@ -87,9 +87,15 @@ enum PrsyncCommand {
     /// signed manifest, then installs atomically and removes what the generation dropped.
     /// Resumable: after a kill, run it again.
     ///
-    /// Exit codes: 0 done; 1 error; 3 another pull is running on DEST; 4 a file could not be
-    /// obtained with the right SHA-256; 5 the server is unreachable or its manifest does not
-    /// verify.
+    /// A pull deletes only what a sync put there. DEST becomes mirrorswarm's when a pull fills
+    /// it from empty, or adopts it (recorded in DEST/.mirrorswarm/owner.json). A directory
+    /// whose every file the manifest lists (a copy made with rsync) is adopted as it is; one
+    /// holding other files is refused (exit 6) unless --adopt is given.
+    ///
+    /// Exit codes: 0 done; 1 error (a full disk among them); 3 another pull is running on
+    /// DEST; 4 a file could not be obtained with the right SHA-256; 5 the server is
+    /// unreachable or its manifest does not verify; 6 DEST holds files mirrorswarm did not
+    /// put there, or is a mirror of another repository.
     Pull(PullArgs),
 }
 
@@ -114,9 +120,24 @@ struct PullArgs {
     /// this many seconds (0: leave at once).
     #[arg(long, default_value_t = 60)]
     linger_secs: u64,
-    /// Print the summary as JSON.
+    /// Print the summary (or the dry run's plan) as JSON.
     #[arg(long)]
     json: bool,
+    /// Take over a DEST that holds files the manifest does not list: listed files are
+    /// verified and kept or replaced, the others are left alone.
+    #[arg(long)]
+    adopt: bool,
+    /// Also delete files the manifest does not list, whoever put them there (as
+    /// `rsync --delete`).
+    #[arg(long)]
+    delete_extraneous: bool,
+    /// Print what the pull would install, reuse and delete, and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Where the pull's BitTorrent session listens (other volunteers fetch from it while it
+    /// lingers) [default: 0.0.0.0:0, any port on every address].
+    #[arg(long)]
+    bt_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -228,6 +249,11 @@ struct VolunteerArgs {
     /// Do not sync with PRsync: the admin fills the mirror by other means.
     #[arg(long)]
     no_sync: bool,
+    /// Sync into mirror directories that hold files the newest manifest does not list
+    /// (refused otherwise): listed files are verified and kept or replaced, the others are
+    /// left alone. Needed once; the directory is then marked as mirrorswarm's.
+    #[arg(long)]
+    adopt: bool,
     /// Cap on BitTorrent uploads to other volunteers, bytes/s [default: none].
     #[arg(long)]
     seed_upload_bps: Option<u32>,
@@ -463,6 +489,7 @@ fn volunteer_config(a: VolunteerArgs) -> Result<VolunteerConfig> {
     if a.no_sync {
         cfg.sync = false;
     }
+    cfg.adopt = a.adopt;
     if let Some(v) = a.seed_upload_bps {
         cfg.seed_upload_bps = Some(v);
     }
@@ -655,6 +682,11 @@ fn prsync_pull(a: &PullArgs) -> ExitCode {
     let mut opts = prsync::pull::PullOptions::new(&a.server, &a.repo, &a.dest);
     opts.stall = std::time::Duration::from_secs(a.stall_secs);
     opts.linger = std::time::Duration::from_secs(a.linger_secs);
+    opts.adopt = a.adopt;
+    opts.delete_extraneous = a.delete_extraneous;
+    if let Some(l) = a.bt_listen {
+        opts.bt_listen = l;
+    }
     if let Some(k) = &a.key {
         match manifest::signing::parse_public_key(k) {
             Ok(k) => opts.key = Some(k),
@@ -675,6 +707,24 @@ fn prsync_pull(a: &PullArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if a.dry_run {
+        return match rt.block_on(prsync::pull::dry_run(&opts)) {
+            Ok(plan) => {
+                if a.json {
+                    println!("{}", serde_json::to_string(&plan).unwrap_or_default());
+                } else {
+                    for line in plan.lines() {
+                        println!("{line}");
+                    }
+                }
+                ExitCode::from(prsync::pull::exit::OK)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        };
+    }
     match rt.block_on(prsync::pull::pull(&opts, None)) {
         Ok(s) => {
             if a.json {

@@ -454,6 +454,11 @@ pub struct VolunteerConfig {
     /// to this address (the server's `oracle` policy listens there). Default: none.
     pub oracle_feed: Option<SocketAddr>,
     pub limits: LimitsConfig,
+    /// `--adopt` (a flag, not a key: adopting is done once, then the tree is marked): sync
+    /// into mirror directories that hold files the manifest does not list, leaving those
+    /// files alone.
+    #[serde(skip)]
+    pub adopt: bool,
 }
 
 impl Default for VolunteerConfig {
@@ -476,6 +481,7 @@ impl Default for VolunteerConfig {
             background_sync_conns: 0,
             background_sync_bps: None,
             oracle_feed: None,
+            adopt: false,
             limits: LimitsConfig::default(),
         }
     }

@@ -23,6 +23,8 @@ pub enum FetchError {
     Size { url: String, got: u64, want: u64 },
     #[error("{url} sent bytes whose SHA-256 does not match the signed manifest")]
     Mismatch { url: String },
+    #[error("no source")]
+    NoSource,
 }
 
 /// Where the bytes came from.

@@ -4,7 +4,8 @@
 //!
 //! Code map: [`artifacts`] what the server computes once per file version; [`rollsum`] and
 //! [`blockmatch`] reuse of similar local files; [`bt`] librqbit; [`fetch`] verified HTTP
-//! fetches; [`local`] the tree's lock, staging and atomic install; [`pull`] the engine;
+//! fetches; [`local`] the tree's lock, staging and atomic install; [`tree`] whose a tree is and
+//! what a sync may delete; [`pull`] the engine;
 //! [`seeder`] seeding what a node holds.
 
 pub mod artifacts;
@@ -20,3 +21,4 @@ pub mod readonly;
 pub mod rollsum;
 #[cfg(feature = "bittorrent")]
 pub mod seeder;
+pub mod tree;

@@ -6,8 +6,12 @@
 //! BitTorrent fixes the pieces it got wrong (peers first; the origin seeds too); other large
 //! files → BitTorrent; small files → HTTP through the server's redirect (a peer volunteer, or
 //! the origin). Anything that fails or does not verify falls back to the origin over HTTP.
+//!
+//! A pull deletes only what a sync put there ([`crate::tree`]): it refuses a tree that holds
+//! files the manifest does not list unless told to adopt it, and of the files a generation
+//! drops it deletes those an earlier generation listed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -21,7 +25,8 @@ use manifest::{Entry, Manifest, SignedManifest};
 use crate::blockmatch::{first_guess, BlockSignature};
 use crate::bt::{is_origin, Bt, BtConfig};
 use crate::fetch::{fetch_verified, FetchError};
-use crate::local::{install, LockError, StateDir, TreeLock};
+use crate::local::{install, InstallError, LockError, StateDir, TreeLock};
+use crate::tree::{self, Owner, Standing, TreeError};
 
 /// Exit codes of `mirrorswarm prsync pull` (documented in its --help).
 pub mod exit {
@@ -30,6 +35,8 @@ pub mod exit {
     pub const LOCKED: u8 = 3;
     pub const UNVERIFIED: u8 = 4;
     pub const SERVER: u8 = 5;
+    /// The destination holds files mirrorswarm did not put there (`--adopt` takes it over).
+    pub const NOT_OWN: u8 = 6;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +45,27 @@ pub enum PullError {
     Locked(#[from] LockError),
     #[error("server: {0}")]
     Server(String),
+    #[error("the server has no repository `{repo}`; it publishes: {}", if known.is_empty() { "none".to_string() } else { known.join(", ") })]
+    UnknownRepo { repo: String, known: Vec<String> },
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    #[error(transparent)]
+    InTheWay(InstallError),
     #[error("{path}: no source gave bytes matching the signed manifest ({why})")]
     Unverified { path: String, why: String },
+    /// The disk is full. What was fetched stays staged for the next pull, which resumes it.
+    #[error(
+        "no space left on the device of {}: {what}; the {staged} bytes fetched so far are kept \
+         in {} for the next pull to resume (remove that directory to free them)",
+        dest.display(),
+        staging.display()
+    )]
+    NoSpace {
+        dest: PathBuf,
+        what: String,
+        staging: PathBuf,
+        staged: u64,
+    },
     /// A newer generation came while a torrent of this one made no progress: its files may
     /// be gone from every peer and the origin (a lagging volunteer waited out the whole
     /// stall timeout, then the origin's 404, for a file already replaced). What was fetched
@@ -60,6 +86,9 @@ impl PullError {
             PullError::Locked(LockError::Held(_)) => exit::LOCKED,
             PullError::Server(_) => exit::SERVER,
             PullError::Unverified { .. } => exit::UNVERIFIED,
+            PullError::Tree(TreeError::NotOwn { .. } | TreeError::OtherRepo { .. }) => {
+                exit::NOT_OWN
+            }
             _ => exit::ERROR,
         }
     }
@@ -67,6 +96,34 @@ impl PullError {
 
 fn other(e: impl std::fmt::Display) -> PullError {
     PullError::Other(e.to_string())
+}
+
+fn is_no_space(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+}
+
+/// A failure of this machine's own disk while `what`: a full disk says so, and how much the
+/// staging area holds.
+fn local_io(state: &StateDir, dest: &Path, what: String, e: &std::io::Error) -> PullError {
+    if is_no_space(e) {
+        PullError::NoSpace {
+            dest: dest.to_path_buf(),
+            what,
+            staging: state.staging(),
+            staged: dir_bytes(&state.staging()),
+        }
+    } else {
+        PullError::Other(format!("{what}: {e}"))
+    }
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |rd| {
+        rd.flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +147,10 @@ pub struct PullOptions {
     /// [`SUPERSEDED_STALL`] ends the pull ([`PullError::Superseded`]) rather than waiting
     /// out `stall`. `None`: the pull's own generation is the only one it knows.
     pub newest: Option<tokio::sync::watch::Receiver<u64>>,
+    /// Take over a tree that holds files the manifest does not list ([`crate::tree`]).
+    pub adopt: bool,
+    /// Delete files the manifest does not list, whoever put them there.
+    pub delete_extraneous: bool,
 }
 
 /// How long a torrent of a superseded generation may make no progress before the pull
@@ -109,6 +170,8 @@ impl PullOptions {
             http_parallel: 4,
             linger: Duration::from_secs(60),
             newest: None,
+            adopt: false,
+            delete_extraneous: false,
         }
     }
 }
@@ -121,6 +184,8 @@ pub struct Summary {
     pub unchanged_files: usize,
     pub installed_files: usize,
     pub removed_files: usize,
+    /// Files the manifest does not list that no sync put there: left alone.
+    pub left_alone_files: usize,
     pub repo_bytes: u64,
     pub reused_local_bytes: u64,
     pub from_peers_bytes: u64,
@@ -136,8 +201,13 @@ impl Summary {
         self.repo_bytes as f64 / self.transferred().max(1) as f64
     }
     pub fn line(&self) -> String {
+        let left = if self.left_alone_files > 0 {
+            format!(", {} not listed left alone", self.left_alone_files)
+        } else {
+            String::new()
+        };
         format!(
-            "generation {}: {} files ({} unchanged, {} installed, {} removed); reused locally {} B, from peers {} B, from origin {} B; {:.2} s; speedup {:.1}x",
+            "generation {}: {} files ({} unchanged, {} installed, {} removed{left}); reused locally {} B, from peers {} B, from origin {} B; {:.2} s; speedup {:.1}x",
             self.generation,
             self.files,
             self.unchanged_files,
@@ -157,6 +227,9 @@ struct Info {
     public_key: String,
     #[serde(default)]
     seed_port: Option<u16>,
+    /// Repository → newest generation.
+    #[serde(default)]
+    repos: Option<BTreeMap<String, u64>>,
 }
 
 struct Ctx<'a> {
@@ -178,29 +251,296 @@ struct Job {
     entry: Entry,
 }
 
-/// Run one pull. `bt`: the caller's BitTorrent session (the volunteer daemon's); otherwise a
-/// temporary one is started when some file needs it.
-pub async fn pull(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullError> {
-    let start = Instant::now();
-    let state = StateDir::new(&opts.dest);
-    std::fs::create_dir_all(state.staging())
-        .map_err(|e| other(format!("creating {}: {e}", state.staging().display())))?;
-    let _lock = TreeLock::acquire(&state.lock())?;
+/// What a pull will do to a tree, decided before it changes anything; `--dry-run` prints it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Plan {
+    pub repo: String,
+    pub generation: u64,
+    pub dest: PathBuf,
+    /// `own`, `empty` (to be filled), `copy` (adopted: every file is listed), `adopted`
+    /// (holds files the manifest does not list; `--adopt` given).
+    pub standing: String,
+    /// Files of the generation already in place.
+    pub unchanged: usize,
+    /// Files to put in place, each with where its bytes come from.
+    pub install: Vec<PlannedFile>,
+    /// Files the generation dropped that an earlier one listed (or, with
+    /// `--delete-extraneous`, any file it does not list).
+    pub delete: Vec<String>,
+    /// Files the manifest does not list and no sync put there.
+    pub left_alone: Vec<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlannedFile {
+    pub path: String,
+    pub size: u64,
+    /// `local copy of P` (identical bytes), `fetch, first guess from P` (similar file),
+    /// `fetch`.
+    pub source: String,
+}
+
+impl Plan {
+    /// The dry run's report, one line per file, then a summary.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = vec![format!(
+            "dry run: generation {} of `{}` into {} ({}); nothing was changed",
+            self.generation,
+            self.repo,
+            self.dest.display(),
+            self.standing
+        )];
+        for f in &self.install {
+            out.push(format!("install {} ({} B, {})", f.path, f.size, f.source));
+        }
+        for p in &self.delete {
+            out.push(format!("delete  {p}"));
+        }
+        for p in &self.left_alone {
+            out.push(format!("keep    {p} (not listed; not put there by a sync)"));
+        }
+        let fetch: u64 = self
+            .install
+            .iter()
+            .filter(|f| !f.source.starts_with("local copy"))
+            .map(|f| f.size)
+            .sum();
+        let reuse = self.install.iter().filter(|f| f.source != "fetch").count();
+        out.push(format!(
+            "would install {} files ({} reusing local bytes; at most {fetch} B to fetch), keep {} unchanged, delete {}, leave {} alone",
+            self.install.len(),
+            reuse,
+            self.unchanged,
+            self.delete.len(),
+            self.left_alone.len()
+        ));
+        out
+    }
+}
+
+/// What the server said before anything local is touched.
+struct Prepared {
+    http: reqwest::Client,
+    info: Info,
+    key: VerifyingKey,
+    /// The key was offered by the server and is not pinned in the tree yet.
+    pin: bool,
+    manifest: Manifest,
+    standing: Standing,
+}
+
+async fn prepare(opts: &PullOptions) -> Result<Prepared, PullError> {
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(3600))
         .build()
         .map_err(other)?;
-
     let info: Info = get_json(&http, &format!("{}/api/info", opts.server)).await?;
-    let key = trusted_key(opts, &state, &info)?;
+    if let Some(repos) = &info.repos {
+        if !repos.contains_key(&opts.repo) {
+            return Err(PullError::UnknownRepo {
+                repo: opts.repo.clone(),
+                known: repos.keys().cloned().collect(),
+            });
+        }
+    }
+    let state = StateDir::new(&opts.dest);
+    let (key, pin) = trusted_key(opts, &state, &info)?;
     let manifest = fetch_manifest(&http, opts, &key).await?;
-    let origin_seed = info
+    let (dest, repo) = (opts.dest.clone(), opts.repo.clone());
+    let m = manifest.clone();
+    let standing = tokio::task::spawn_blocking(move || tree::standing(&dest, &repo, &m))
+        .await
+        .map_err(other)??;
+    if let Standing::Foreign(unknown) = &standing {
+        if !opts.adopt {
+            return Err(TreeError::NotOwn {
+                dest: opts.dest.clone(),
+                repo: opts.repo.clone(),
+                unknown: unknown.clone(),
+            }
+            .into());
+        }
+    }
+    Ok(Prepared {
+        http,
+        info,
+        key,
+        pin,
+        manifest,
+        standing,
+    })
+}
+
+fn standing_name(s: &Standing) -> &'static str {
+    match s {
+        Standing::Own(_) => "a mirrorswarm tree",
+        Standing::Empty => "empty: it will be filled",
+        Standing::Copy { .. } => "every file in it is listed: it will be adopted",
+        Standing::Foreign(_) => "holds files not listed: adopted with --adopt",
+    }
+}
+
+/// Print nothing, change nothing: what [`pull`] would do to the tree now.
+pub async fn dry_run(opts: &PullOptions) -> Result<Plan, PullError> {
+    let p = prepare(opts).await?;
+    let state = StateDir::new(&opts.dest);
+    let local = scan_local(opts, &state).await?;
+    let mut plan = make_plan(opts, &state, &p.manifest, &local)?.0;
+    plan.standing = standing_name(&p.standing).to_string();
+    Ok(plan)
+}
+
+/// What the tree holds now (hashing only what changed since the last scan).
+async fn scan_local(opts: &PullOptions, state: &StateDir) -> Result<ScanCache, PullError> {
+    if !opts.dest.exists() {
+        return Ok(ScanCache::new());
+    }
+    let cache: ScanCache = std::fs::read(state.scan_cache())
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let dest = opts.dest.clone();
+    Ok(
+        tokio::task::spawn_blocking(move || scan_tree(&dest, &cache))
+            .await
+            .map_err(other)?
+            .map_err(other)?
+            .files,
+    )
+}
+
+/// The plan, and the contents to obtain by network (one job per distinct content).
+fn make_plan(
+    opts: &PullOptions,
+    state: &StateDir,
+    manifest: &Manifest,
+    local: &ScanCache,
+) -> Result<(Plan, Vec<Job>), PullError> {
+    let by_sha: HashMap<manifest::Sha256, &str> =
+        local.iter().map(|(p, c)| (c.sha256, p.as_str())).collect();
+    let mut plan = Plan {
+        repo: opts.repo.clone(),
+        generation: manifest.generation,
+        dest: opts.dest.clone(),
+        ..Default::default()
+    };
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut planned: BTreeSet<manifest::Sha256> = BTreeSet::new();
+    for (path, e) in &manifest.files {
+        if local
+            .get(path)
+            .is_some_and(|c| c.size == e.size && c.sha256 == e.sha256)
+        {
+            plan.unchanged += 1;
+            continue;
+        }
+        let source = if let Some(src) = by_sha.get(&e.sha256) {
+            format!("local copy of {src}")
+        } else if !planned.contains(&e.sha256) && state.staged(&e.sha256.to_hex()).exists() {
+            "staged by an earlier pull".to_string()
+        } else if let Some(similar) = e.btih.and_then(|_| find_similar(path, local)) {
+            format!("fetch, first guess from {similar}")
+        } else {
+            "fetch".to_string()
+        };
+        plan.install.push(PlannedFile {
+            path: path.clone(),
+            size: e.size,
+            source,
+        });
+        if planned.insert(e.sha256) && !by_sha.contains_key(&e.sha256) {
+            jobs.push(Job {
+                path: path.clone(),
+                entry: *e,
+            });
+        }
+    }
+    // What the generation does not list: a sync's own leftovers go; the rest stays unless
+    // the admin asked for an exact copy.
+    let dropped: BTreeSet<&str> = local
+        .keys()
+        .map(String::as_str)
+        .filter(|p| !manifest.files.contains_key(*p))
+        .collect();
+    let ours = tree::listed_among(state, &dropped)?;
+    for p in dropped {
+        if opts.delete_extraneous || ours.contains(p) {
+            plan.delete.push(p.to_string());
+        } else {
+            plan.left_alone.push(p.to_string());
+        }
+    }
+    Ok((plan, jobs))
+}
+
+/// Run one pull. `bt`: the caller's BitTorrent session (the volunteer daemon's); otherwise a
+/// temporary one is started when some file needs it.
+pub async fn pull(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullError> {
+    let start = Instant::now();
+    let p = prepare(opts).await?;
+    let state = StateDir::new(&opts.dest);
+    std::fs::create_dir_all(state.staging()).map_err(|e| {
+        local_io(
+            &state,
+            &opts.dest,
+            format!("creating {}", state.staging().display()),
+            &e,
+        )
+    })?;
+    let _lock = TreeLock::acquire(&state.lock())?;
+    let key_hex = hex::encode(p.key.as_bytes());
+    match &p.standing {
+        Standing::Own(_) => {}
+        Standing::Empty => tree::claim(
+            &state,
+            &Owner {
+                repo: opts.repo.clone(),
+                server_key: key_hex,
+                adopted: false,
+            },
+        )?,
+        Standing::Copy { files } => {
+            tracing::info!(dest = %opts.dest.display(), files, "adopting a tree whose every file the manifest lists");
+            tree::claim(
+                &state,
+                &Owner {
+                    repo: opts.repo.clone(),
+                    server_key: key_hex,
+                    adopted: true,
+                },
+            )?
+        }
+        Standing::Foreign(unknown) => {
+            tracing::warn!(dest = %opts.dest.display(), unlisted = unknown.count, first = %unknown, delete_extraneous = opts.delete_extraneous, "adopting a tree that holds files the manifest does not list (--adopt)");
+            tree::claim(
+                &state,
+                &Owner {
+                    repo: opts.repo.clone(),
+                    server_key: key_hex,
+                    adopted: true,
+                },
+            )?
+        }
+    }
+    if p.pin {
+        std::fs::write(state.server_key(), &p.info.public_key).map_err(|e| {
+            local_io(
+                &state,
+                &opts.dest,
+                format!("pinning the key in {}", state.server_key().display()),
+                &e,
+            )
+        })?;
+    }
+    let manifest = p.manifest;
+    let origin_seed = p
+        .info
         .seed_port
-        .and_then(|p| server_ip(&opts.server).map(|ip| SocketAddr::new(ip, p)));
+        .and_then(|port| server_ip(&opts.server).map(|ip| SocketAddr::new(ip, port)));
     let mut ctx = Ctx {
         opts,
-        http,
+        http: p.http,
         state,
         origin_seed,
         summary: Summary::default(),
@@ -212,54 +552,50 @@ pub async fn pull(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullEr
     ctx.summary.files = manifest.files.len();
     ctx.summary.repo_bytes = manifest.total_bytes();
 
-    // What the tree holds now.
-    let cache: ScanCache = std::fs::read(ctx.state.scan_cache())
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
-    let dest = opts.dest.clone();
-    let local = tokio::task::spawn_blocking(move || scan_tree(&dest, &cache))
-        .await
-        .map_err(other)?
-        .map_err(other)?
-        .files;
-    let by_sha: HashMap<manifest::Sha256, String> =
-        local.iter().map(|(p, c)| (c.sha256, p.clone())).collect();
-
-    // Plan.
-    let mut wanted: BTreeMap<String, Entry> = BTreeMap::new(); // path → entry, to install
-    let mut jobs: HashMap<manifest::Sha256, Job> = HashMap::new();
-    for (path, e) in &manifest.files {
-        if local
-            .get(path)
-            .is_some_and(|c| c.size == e.size && c.sha256 == e.sha256)
-        {
-            ctx.summary.unchanged_files += 1;
-            continue;
-        }
-        wanted.insert(path.clone(), *e);
-        if jobs.contains_key(&e.sha256) {
-            continue;
-        }
-        let staged = ctx.state.staged(&e.sha256.to_hex());
-        if staged.exists() {
-            // Left by an interrupted run: verified below like everything else.
-        } else if let Some(src) = by_sha.get(&e.sha256) {
-            std::fs::copy(opts.dest.join(src), &staged)
-                .map_err(|err| other(format!("copying {src}: {err}")))?;
-            ctx.summary.reused_local_bytes += e.size;
-            tracing::debug!(path, from = %src, "identical bytes found locally");
-            continue;
-        }
-        jobs.insert(
-            e.sha256,
-            Job {
-                path: path.clone(),
-                entry: *e,
-            },
+    let local = scan_local(opts, &ctx.state).await?;
+    let (plan, planned_jobs) = make_plan(opts, &ctx.state, &manifest, &local)?;
+    ctx.summary.unchanged_files = plan.unchanged;
+    ctx.summary.left_alone_files = plan.left_alone.len();
+    if !plan.left_alone.is_empty() {
+        tracing::info!(
+            count = plan.left_alone.len(),
+            first = %plan.left_alone[0],
+            "files the manifest does not list, not put there by a sync: left alone (--delete-extraneous removes them)"
         );
     }
-    let need: u64 = jobs.values().map(|j| j.entry.size).sum();
+    let mut wanted: BTreeMap<String, Entry> = BTreeMap::new(); // path → entry, to install
+    for f in &plan.install {
+        if let Some(e) = manifest.files.get(&f.path) {
+            wanted.insert(f.path.clone(), *e);
+        }
+    }
+    // Identical bytes elsewhere in the tree: copied into staging.
+    let by_sha: HashMap<manifest::Sha256, &String> =
+        local.iter().map(|(p, c)| (c.sha256, p)).collect();
+    let mut copied: BTreeSet<manifest::Sha256> = BTreeSet::new();
+    for (path, e) in &wanted {
+        let Some(src) = by_sha.get(&e.sha256) else {
+            continue;
+        };
+        let staged = ctx.state.staged(&e.sha256.to_hex());
+        if !copied.insert(e.sha256) || staged.exists() {
+            continue;
+        }
+        std::fs::copy(opts.dest.join(src), &staged).map_err(|err| {
+            local_io(
+                &ctx.state,
+                &opts.dest,
+                format!("copying {src} for {path}"),
+                &err,
+            )
+        })?;
+        ctx.summary.reused_local_bytes += e.size;
+        tracing::debug!(path, from = %src, "identical bytes found locally");
+    }
+    // A content left staged by an interrupted run is still a job: a torrent re-checks what
+    // is there and fetches only the pieces missing.
+    let jobs = planned_jobs;
+    let need: u64 = jobs.iter().map(|j| j.entry.size).sum();
     if opts.progress && need > 0 {
         let bar = indicatif::ProgressBar::new(need);
         bar.set_style(
@@ -273,7 +609,7 @@ pub async fn pull(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullEr
 
     // Fetch: torrents for large files, HTTP for the rest.
     let (torrent_jobs, http_jobs): (Vec<Job>, Vec<Job>) =
-        jobs.into_values().partition(|j| j.entry.btih.is_some());
+        jobs.into_iter().partition(|j| j.entry.btih.is_some());
     let mut own_bt = None;
     let bt = match (bt, torrent_jobs.is_empty()) {
         (Some(b), _) => Some(b),
@@ -351,13 +687,28 @@ pub async fn pull(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullEr
             fetch_http(&mut ctx, vec![Job { path, entry }], true).await?;
         }
     }
+    // From here on the tree changes: the new generation's paths count as put there by a
+    // sync even if this pull is killed halfway.
+    tree::begin_install(&ctx.state, &manifest)?;
+    let delete: BTreeSet<&str> = plan.delete.iter().map(String::as_str).collect();
+    let removable = |p: &str| delete.contains(p);
     let mut new_cache = local.clone();
     for (sha, paths) in &by_content {
         let staged = ctx.state.staged(&sha.to_hex());
         for (i, path) in paths.iter().enumerate() {
             let keep = i + 1 < paths.len();
-            install(&staged, &opts.dest, path, keep)
-                .map_err(|e| other(format!("installing {path}: {e}")))?;
+            match install(&staged, &opts.dest, path, keep, &removable) {
+                Ok(()) => {}
+                Err(e @ InstallError::InTheWay { .. }) => return Err(PullError::InTheWay(e)),
+                Err(InstallError::Io(e)) => {
+                    return Err(local_io(
+                        &ctx.state,
+                        &opts.dest,
+                        format!("installing {path}"),
+                        &e,
+                    ))
+                }
+            }
             if let Ok(meta) = std::fs::metadata(opts.dest.join(path)) {
                 let (size, mtime_ns) = manifest::scan::stat_key(&meta);
                 new_cache.insert(
@@ -372,16 +723,20 @@ pub async fn pull(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullEr
             ctx.summary.installed_files += 1;
         }
     }
-    // Remove what the generation dropped.
-    for path in local.keys() {
-        if !manifest.files.contains_key(path) {
-            if std::fs::remove_file(opts.dest.join(path)).is_ok() {
-                ctx.summary.removed_files += 1;
+    // Remove what the generation dropped, of what a sync put there.
+    for path in &plan.delete {
+        match std::fs::remove_file(opts.dest.join(path)) {
+            Ok(()) => ctx.summary.removed_files += 1,
+            // Already gone (removed as something in the way of a new file).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path, error = %e, "cannot remove a file the generation dropped")
             }
-            new_cache.remove(path);
-            remove_empty_parents(&opts.dest, path);
         }
+        new_cache.remove(path);
+        remove_empty_parents(&opts.dest, path);
     }
+    tree::finish_install(&ctx.state)?;
     if let Ok(b) = serde_json::to_vec(&new_cache) {
         let _ = std::fs::write(ctx.state.scan_cache(), b);
     }
@@ -414,13 +769,15 @@ async fn get_json<T: serde::de::DeserializeOwned>(
         .map_err(|e| PullError::Server(format!("{url}: {e}")))
 }
 
+/// The key manifests must be signed with: the caller's, the one pinned in the tree, or (on
+/// first use) the one the server offers, with `true`: pin it once the tree is ours.
 fn trusted_key(
     opts: &PullOptions,
     state: &StateDir,
     info: &Info,
-) -> Result<VerifyingKey, PullError> {
+) -> Result<(VerifyingKey, bool), PullError> {
     if let Some(k) = opts.key {
-        return Ok(k);
+        return Ok((k, false));
     }
     let offered = manifest::signing::parse_public_key(&info.public_key)
         .map_err(|e| PullError::Server(e.to_string()))?;
@@ -433,12 +790,9 @@ fn trusted_key(
                     state.server_key().display()
                 )));
             }
-            Ok(pinned)
+            Ok((pinned, false))
         }
-        Err(_) => {
-            std::fs::write(state.server_key(), &info.public_key).map_err(other)?;
-            Ok(offered)
-        }
+        Err(_) => Ok((offered, true)),
     }
 }
 
@@ -520,14 +874,15 @@ async fn fetch_http(ctx: &mut Ctx<'_>, jobs: Vec<Job>, origin_only: bool) -> Res
                 for url in tries {
                     match fetch_verified(&http, url, &server, &job.entry, &part, &staged).await {
                         Ok(f) => return (job, Ok(f)),
+                        // This machine's disk, not the source: no other source helps.
+                        Err(FetchError::Io(e)) => return (job, Err(FetchError::Io(e))),
                         Err(e) => {
                             tracing::warn!(path = %job.path, error = %e, "fetch failed");
                             last = Some(e);
                         }
                     }
                 }
-                let why = last.map_or_else(|| "no source".to_string(), |e| e.to_string());
-                (job, Err(why))
+                (job, Err(last.unwrap_or(FetchError::NoSource)))
             });
         }
         let Some(done) = set.join_next().await else {
@@ -545,10 +900,18 @@ async fn fetch_http(ctx: &mut Ctx<'_>, jobs: Vec<Job>, origin_only: bool) -> Res
                     b.inc(job.entry.size);
                 }
             }
-            Err(why) => {
+            Err(FetchError::Io(e)) => {
+                return Err(local_io(
+                    &ctx.state,
+                    &opts.dest,
+                    format!("writing {}", job.path),
+                    &e,
+                ))
+            }
+            Err(e) => {
                 return Err(PullError::Unverified {
                     path: job.path,
-                    why,
+                    why: e.to_string(),
                 })
             }
         }

@@ -32,6 +32,9 @@ pub struct ServerInfo {
     pub public_key: String,
     pub fingerprint: String,
     pub interval_secs: u64,
+    /// Repository → newest generation.
+    #[serde(default)]
+    pub repos: std::collections::BTreeMap<String, u64>,
 }
 
 /// What an announce told us.
@@ -68,6 +71,16 @@ impl ServerClient {
     /// the one the token vouches for.
     pub async fn enroll(&self, token: &str, url: &str) -> Result<Credential> {
         let expected_fp = token_fingerprint(token)?;
+        // A token is a secret of the server that made it: never show it to another one.
+        let info = self.info().await?;
+        if !info.fingerprint.eq_ignore_ascii_case(expected_fp) {
+            bail!(
+                "this token was made by another server (key fingerprint {expected_fp}); the \
+                 server at {} has {}. Not sending it: check --server",
+                self.base,
+                info.fingerprint
+            );
+        }
         let resp = self
             .http
             .post(format!("{}/api/enroll", self.base))

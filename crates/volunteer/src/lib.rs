@@ -327,6 +327,7 @@ impl VolunteerState {
             opts.key = Some(me.server_key);
             opts.progress = false;
             opts.newest = me.mirrors.get(&repo).map(|m| m.newest.subscribe());
+            opts.adopt = me.config.adopt;
             let bt = me.seeder.as_ref().map(|s| &s.bt);
             match prsync::pull::pull(&opts, bt).await {
                 Ok(sum) => tracing::info!(repo = %repo, summary = %sum.line(), "synced"),
@@ -386,6 +387,48 @@ impl VolunteerState {
     }
 }
 
+/// A volunteer that syncs deletes what generations drop, so each mirror directory must be
+/// one a sync may fill ([`prsync::tree`]): refuse at start, naming the files, one that holds
+/// files the newest manifest does not list (unless `--adopt`), or that mirrors another
+/// repository. The manifest fetched is kept, so the first verification need not fetch it.
+async fn check_trees(
+    cfg: &VolunteerConfig,
+    client: &ServerClient,
+    key: &VerifyingKey,
+    mirrors: &BTreeMap<String, Mirror>,
+) -> Result<()> {
+    for (repo, m) in mirrors {
+        let latest = match client.manifest(key, repo, "latest").await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(repo, error = %format!("{e:#}"), "cannot check the mirror directory now (no manifest); each sync checks it before changing anything");
+                continue;
+            }
+        };
+        let (dir, name, l) = (m.dir.clone(), repo.clone(), latest.clone());
+        let standing =
+            tokio::task::spawn_blocking(move || prsync::tree::standing(&dir, &name, &l)).await?;
+        let no_sync = "or start with --no-sync to serve only what verifies, syncing by other means";
+        match standing {
+            Ok(prsync::tree::Standing::Foreign(unknown)) if !cfg.adopt => {
+                let e = prsync::tree::TreeError::NotOwn {
+                    dest: m.dir.clone(),
+                    repo: repo.clone(),
+                    unknown,
+                };
+                bail!("mirror `{repo}`: {e}; {no_sync}");
+            }
+            Ok(prsync::tree::Standing::Foreign(unknown)) => {
+                tracing::warn!(repo, dir = %m.dir.display(), unlisted = unknown.count, first = %unknown, "adopting a mirror directory that holds files the manifest does not list (--adopt): they are left alone");
+            }
+            Ok(_) => {}
+            Err(e) => bail!("mirror `{repo}`: {e}; {no_sync}"),
+        }
+        m.holdings.lock().await.add_manifest(latest);
+    }
+    Ok(())
+}
+
 /// Run the volunteer until `shutdown` completes (the CLI passes Ctrl-C / SIGTERM), then tell
 /// the tracker it stopped.
 pub async fn run(
@@ -397,18 +440,34 @@ pub async fn run(
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let server = cfg.server.clone().unwrap_or_default();
     let client = ServerClient::new(&server)?;
+    // Bound before enrolling: a port in use must not spend the one-time token on a
+    // volunteer that never announces.
+    let listener = fileserve::listen::bind(cfg.listen)
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let credential = obtain_credential(&cfg, &client).await?;
     let server_key = manifest::signing::parse_public_key(&credential.public_key)?;
     match client.info().await {
         Ok(info) if info.public_key != credential.public_key => {
             bail!("the server at {server} presents a different signing key than the one enrolled with; refusing to trust it")
         }
-        Ok(_) => {}
+        Ok(info) => {
+            let unknown: Vec<&String> = cfg
+                .mirrors
+                .keys()
+                .filter(|r| !info.repos.contains_key(*r))
+                .collect();
+            if let Some(r) = unknown.first() {
+                bail!(
+                    "--mirror {r}: the server at {server} has no repository `{r}`; it publishes: {}",
+                    info.repos.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "server unreachable at start; serving what verified before")
         }
     }
-    let mirrors = cfg
+    let mirrors: BTreeMap<String, Mirror> = cfg
         .mirrors
         .iter()
         .map(|(name, dir)| {
@@ -430,8 +489,9 @@ pub async fn run(
     let seq0 = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(1, |d| d.as_micros() as u64);
-    let listener = fileserve::listen::bind(cfg.listen)
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    if cfg.sync {
+        check_trees(&cfg, &client, &server_key, &mirrors).await?;
+    }
     let seeder = if cfg.sync {
         let listen = cfg
             .seed_listen

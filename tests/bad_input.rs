@@ -165,7 +165,22 @@ async fn wrong_reused_and_malformed_tokens_are_refused() {
         let args = volunteer_args(&server, token, free_port(), &root.join(data), &mirror);
         Command::new(BIN).args(&args).output().unwrap()
     };
+    // A token of another server (its fingerprint says so) is never sent to this one.
     let out = run_volunteer(&format!("{}.{}", "0".repeat(32), "0".repeat(32)), "d1");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("made by another server"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A token of this server with a wrong secret is refused by the server.
+    let fp = server
+        .enroll("fp-source")
+        .rsplit_once('.')
+        .unwrap()
+        .1
+        .to_string();
+    let out = run_volunteer(&format!("{}.{fp}", "0".repeat(32)), "d1b");
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("enrollment refused"),
@@ -296,4 +311,45 @@ async fn a_file_altered_on_a_volunteer_is_neither_served_nor_announced() {
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_volunteer_that_cannot_listen_keeps_its_token_unspent() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    sample_repo(&repo);
+    let server = start_server(root, &repo, &[]).await;
+    let mirror = root.join("m");
+    copy_tree(&repo, &mirror);
+    let token = server.enroll("late");
+    // The port is taken: the start fails before the token is exchanged.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let data = root.join("d");
+    let out = Command::new(BIN)
+        .args(volunteer_args(&server, &token, port, &data, &mirror))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot listen"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        server.volunteer("late").await.is_null(),
+        "no volunteer was registered"
+    );
+    drop(taken);
+    // The same token works on a free port.
+    let v = Proc::spawn(
+        &volunteer_args(&server, &token, free_port(), &data, &mirror)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        &root.join("late.log"),
+    );
+    server.wait_held("late", 1).await;
+    drop(v);
 }

@@ -37,7 +37,10 @@ pub fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        // The scheme is case-insensitive (RFC 9110 11.1): `bearer` and `BEARER` are Bearer.
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim_start_matches(' '))
         .is_some_and(|t| {
             t.len() == token.len()
                 && t.bytes()
@@ -59,6 +62,22 @@ pub fn declared_length(resp: &Response) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_the_token_exact() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, v.parse().unwrap());
+            bearer_matches(&h, "s3cret")
+        };
+        for ok in ["Bearer s3cret", "bearer s3cret", "BEARER s3cret", "Bearer  s3cret"] {
+            assert!(with(ok), "{ok}");
+        }
+        for bad in ["Bearer S3cret", "Basic s3cret", "Bearer s3cre", "Bearers3cret", "s3cret"] {
+            assert!(!with(bad), "{bad}");
+        }
+        assert!(!bearer_matches(&HeaderMap::new(), "s3cret"));
+    }
 
     #[test]
     fn methods_and_paths() {

@@ -1,11 +1,91 @@
-//! `mirrorswarm volunteers revoke|drain|resume|release NAME`: an admin changes a volunteer's
-//! standing. Through the running server when there is one (it acts at once); otherwise in the
-//! database, which the server reads when it starts.
+//! The operator's commands against a server: `publish`, `enroll`, `status`, `volunteers`
+//! and `volunteers revoke|drain|resume|release NAME`. Each finds the server the same way
+//! ([`ServerTarget`]): `--server URL` with the admin token from `--token-file` or the
+//! environment, or `--data-dir DIR`, whose running server is found through `server.json`
+//! (checked against the data directory's lock, so a stopped server's file misleads no one)
+//! and whose `admin.token` is read. Also `volunteer-ctl`, the volunteer admin's controls.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
+
+/// Which server an admin command talks to, and with what token. Flattened into every
+/// admin command, so each takes the same flags with the same help.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServerTarget {
+    /// The server's URL. Admin actions need its admin token: --token-file, or the
+    /// MIRRORSWARM_ADMIN_TOKEN environment variable.
+    #[arg(long, global = true, conflicts_with = "data_dir")]
+    pub server: Option<String>,
+    /// The server's data directory: the running server is found through its server.json,
+    /// and the admin token read from its admin.token.
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// With --server: a file holding the admin token (the server's <data-dir>/admin.token).
+    #[arg(long, global = true, requires = "server")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// The environment variable an admin token may come in.
+pub const TOKEN_ENV: &str = "MIRRORSWARM_ADMIN_TOKEN";
+
+impl ServerTarget {
+    /// The running server's URL.
+    pub fn url(&self) -> Result<String> {
+        match (&self.server, &self.data_dir) {
+            (Some(s), _) => {
+                config::validate_http_url(s).map_err(|e| anyhow::anyhow!("--server: {e}"))?;
+                Ok(s.trim_end_matches('/').to_string())
+            }
+            (None, Some(d)) => server::running_server_url(d),
+            (None, None) => bail!("pass --server URL or --data-dir DIR"),
+        }
+    }
+
+    /// The admin token: from the data directory, `--token-file`, or the environment.
+    pub fn token(&self) -> Result<String> {
+        if let Some(d) = &self.data_dir {
+            return server::admin_token(d);
+        }
+        if let Some(f) = &self.token_file {
+            let t = std::fs::read_to_string(f)
+                .with_context(|| format!("reading the admin token from {}", f.display()))?;
+            return Ok(t.trim().to_string());
+        }
+        match std::env::var(TOKEN_ENV) {
+            Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+            _ => bail!(
+                "this needs the server's admin token: pass --token-file FILE (a copy of the server's <data-dir>/admin.token) or set {TOKEN_ENV}, or run it with --data-dir DIR on the server's machine"
+            ),
+        }
+    }
+
+    /// `POST {url}{path}` with the admin token; the reply's body on success.
+    async fn post_admin(&self, path: &str, query: &[(&str, String)]) -> Result<String> {
+        let url = self.url()?;
+        let token = self.token()?;
+        let resp = reqwest::Client::new()
+            .post(format!("{url}{path}"))
+            .query(query)
+            .bearer_auth(token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {url} (is it running?)"))?;
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            bail!(
+                "the server at {url} refused the admin token: {}",
+                body.trim()
+            );
+        }
+        if !status.is_success() {
+            bail!("{status}: {}", body.trim());
+        }
+        Ok(body)
+    }
+}
 
 #[derive(Subcommand, Clone)]
 pub enum VolunteerAction {
@@ -32,31 +112,84 @@ impl VolunteerAction {
     }
 }
 
-pub async fn volunteer_action(data_dir: &Path, action: VolunteerAction) -> Result<()> {
+/// `mirrorswarm publish`.
+pub async fn publish(target: &ServerTarget, repo: Option<&str>) -> Result<()> {
+    let query: Vec<(&str, String)> = repo.map(|r| ("repo", r.to_string())).into_iter().collect();
+    let body = target
+        .post_admin("/admin/publish", &query)
+        .await
+        .context("publish failed")?;
+    let reports: Vec<serde_json::Value> =
+        serde_json::from_str(&body).context("unexpected reply")?;
+    for r in reports {
+        let new = r["new_generation"].as_bool().unwrap_or(false);
+        println!(
+            "{}: generation {}{} ({} files, {} changed, {} hashed)",
+            r["repo"].as_str().unwrap_or("?"),
+            r["generation"],
+            if new { " (new)" } else { " (unchanged)" },
+            r["files"],
+            r["changed_files"],
+            r["hashed_files"],
+        );
+    }
+    Ok(())
+}
+
+/// `mirrorswarm enroll`: through the server with `--server`; with `--data-dir`, in its
+/// database directly (SQLite's WAL lets the running server and this both write).
+pub async fn enroll(target: &ServerTarget, name: &str, ttl_hours: u64) -> Result<String> {
+    if target.server.is_some() {
+        let body = target
+            .post_admin(
+                "/admin/enroll",
+                &[
+                    ("name", name.to_string()),
+                    ("ttl_hours", ttl_hours.to_string()),
+                ],
+            )
+            .await
+            .context("enroll failed")?;
+        return Ok(body.trim().to_string());
+    }
+    let Some(dir) = &target.data_dir else {
+        bail!("pass --server URL or --data-dir DIR")
+    };
+    server::DataDir::existing(dir)?;
+    server::create_enrollment_token(dir, name, ttl_hours * 3600).await
+}
+
+/// `mirrorswarm volunteers <verb> NAME`: through the running server (it acts at once);
+/// with `--data-dir` and no server running, in the database, which the server reads when it
+/// starts.
+pub async fn volunteer_action(target: &ServerTarget, action: VolunteerAction) -> Result<()> {
     let (verb, name) = action.parts();
-    if let Ok(url) = server::running_server_url(data_dir) {
-        let token = server::admin_token(data_dir)?;
-        match reqwest::Client::new()
-            .post(format!("{url}/admin/volunteers/{name}/{verb}"))
-            .bearer_auth(token)
-            .send()
+    let running = match (&target.server, &target.data_dir) {
+        (Some(_), _) => true,
+        (None, Some(d)) => server::running_server_url(d).is_ok(),
+        (None, None) => bail!("pass --server URL or --data-dir DIR"),
+    };
+    if running {
+        match target
+            .post_admin(&format!("/admin/volunteers/{name}/{verb}"), &[])
             .await
         {
-            Ok(resp) => {
-                let status = resp.status();
-                let body = resp.text().await.unwrap_or_default();
-                if !status.is_success() {
-                    bail!("{verb} {name}: {status}: {}", body.trim());
-                }
-                println!("{name}: {verb} done (server at {url})");
+            Ok(_) => {
+                println!("{name}: {verb} done (server at {})", target.url()?);
                 return Ok(());
             }
-            Err(e) => eprintln!(
-                "note: the server at {url} is not reachable ({e}); changing the database only"
-            ),
+            Err(e) if target.server.is_some() => return Err(e.context(format!("{verb} {name}"))),
+            Err(e) => eprintln!("note: {e:#}; changing the database only"),
         }
     }
-    server::change_stored_volunteer(data_dir, verb, name)
+    let Some(dir) = &target.data_dir else {
+        bail!("no server to ask")
+    };
+    change_stored(dir, verb, name).await
+}
+
+async fn change_stored(dir: &Path, verb: &str, name: &str) -> Result<()> {
+    server::change_stored_volunteer(dir, verb, name)
         .await
         .with_context(|| format!("{verb} {name}"))?;
     println!("{name}: {verb} done in the database (takes effect when the server starts)");

@@ -196,9 +196,8 @@ struct ServerArgs {
 
 #[derive(Args)]
 struct PublishArgs {
-    /// The running server's data directory (holds server.json and admin.token).
-    #[arg(long)]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    target: admin::ServerTarget,
     /// Only this repository [default: all].
     #[arg(long)]
     repo: Option<String>,
@@ -206,9 +205,8 @@ struct PublishArgs {
 
 #[derive(Args)]
 struct EnrollArgs {
-    /// The server's data directory.
-    #[arg(long)]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    target: admin::ServerTarget,
     /// The volunteer's name.
     #[arg(long)]
     name: String,
@@ -274,12 +272,8 @@ struct VolunteerArgs {
 
 #[derive(Args)]
 struct StatusArgs {
-    /// The server's URL.
-    #[arg(long, conflicts_with = "data_dir")]
-    server: Option<String>,
-    /// The server's data directory (finds the running server through server.json).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    target: admin::ServerTarget,
 }
 
 #[derive(Args)]
@@ -306,12 +300,8 @@ struct ProxyArgs {
 struct VolunteersArgs {
     #[command(subcommand)]
     action: Option<admin::VolunteerAction>,
-    /// The server's URL (listing only).
-    #[arg(long, conflicts_with = "data_dir")]
-    server: Option<String>,
-    /// The server's data directory (asks the running server, else reads the database).
-    #[arg(long, global = true)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    target: admin::ServerTarget,
 }
 
 fn init_logging(format: &str) {
@@ -369,10 +359,9 @@ async fn dispatch(cmd: Command) -> Result<()> {
     match cmd {
         Command::Server(a) => server::run(server_config(a)?, shutdown_signal()).await,
         Command::Volunteer(a) => volunteer::run(volunteer_config(a)?, shutdown_signal()).await,
-        Command::Publish(a) => publish(a).await,
+        Command::Publish(a) => admin::publish(&a.target, a.repo.as_deref()).await,
         Command::Enroll(a) => {
-            let token =
-                server::create_enrollment_token(&a.data_dir, &a.name, a.ttl_hours * 3600).await?;
+            let token = admin::enroll(&a.target, &a.name, a.ttl_hours).await?;
             eprintln!(
                 "Enrollment token for `{}` (valid {} h, works once). On the volunteer run:",
                 a.name, a.ttl_hours
@@ -383,14 +372,7 @@ async fn dispatch(cmd: Command) -> Result<()> {
         }
         Command::Volunteers(a) => volunteers(a).await,
         Command::Proxy(a) => proxy_cmd(a).await,
-        Command::Status(a) => {
-            let url = match (a.server, a.data_dir) {
-                (Some(s), _) => s.trim_end_matches('/').to_string(),
-                (None, Some(d)) => server::running_server_url(&d)?,
-                (None, None) => bail!("pass --server URL or --data-dir DIR"),
-            };
-            admin::server_status(&url).await
-        }
+        Command::Status(a) => admin::server_status(&a.target.url()?).await,
         Command::VolunteerCtl(a) => admin::volunteer_ctl(a).await,
         Command::Demo(a) => demo::run(a).await,
         Command::Prsync(_) => unreachable!("handled in main"),
@@ -509,50 +491,12 @@ fn volunteer_config(a: VolunteerArgs) -> Result<VolunteerConfig> {
     Ok(cfg)
 }
 
-async fn publish(a: PublishArgs) -> Result<()> {
-    let url = server::running_server_url(&a.data_dir)?;
-    let token = server::admin_token(&a.data_dir)?;
-    let mut req = reqwest::Client::new()
-        .post(format!("{url}/admin/publish"))
-        .bearer_auth(token);
-    if let Some(r) = &a.repo {
-        req = req.query(&[("repo", r)]);
-    }
-    let resp = req
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the server at {url} (is it running?)"))?;
-    let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
-    if !status.is_success() {
-        bail!("publish failed: {status}: {}", body.trim());
-    }
-    let reports: Vec<serde_json::Value> =
-        serde_json::from_str(&body).context("unexpected reply")?;
-    for r in reports {
-        let new = r["new_generation"].as_bool().unwrap_or(false);
-        println!(
-            "{}: generation {}{} ({} files, {} changed, {} hashed)",
-            r["repo"].as_str().unwrap_or("?"),
-            r["generation"],
-            if new { " (new)" } else { " (unchanged)" },
-            r["files"],
-            r["changed_files"],
-            r["hashed_files"],
-        );
-    }
-    Ok(())
-}
-
 async fn volunteers(a: VolunteersArgs) -> Result<()> {
     if let Some(action) = a.action {
-        let Some(dir) = &a.data_dir else {
-            bail!("changing a volunteer needs --data-dir DIR (the server's, for its admin token)")
-        };
-        return admin::volunteer_action(dir, action).await;
+        return admin::volunteer_action(&a.target, action).await;
     }
-    let url = match (&a.server, &a.data_dir) {
-        (Some(s), _) => Some(s.trim_end_matches('/').to_string()),
+    let url = match (&a.target.server, &a.target.data_dir) {
+        (Some(_), _) => Some(a.target.url()?),
         (None, Some(d)) => server::running_server_url(d).ok(),
         (None, None) => bail!("pass --server URL or --data-dir DIR"),
     };
@@ -562,7 +506,7 @@ async fn volunteers(a: VolunteersArgs) -> Result<()> {
                 Some(r.json::<Vec<server::api::VolunteerView>>().await?)
             }
             Ok(r) => bail!("{u}/api/volunteers: {}", r.status()),
-            Err(e) if a.data_dir.is_some() => {
+            Err(e) if a.target.data_dir.is_some() => {
                 eprintln!("note: server not reachable ({e}); showing the database only");
                 None
             }
@@ -573,7 +517,7 @@ async fn volunteers(a: VolunteersArgs) -> Result<()> {
     let rows: Vec<server::api::VolunteerView> = match live {
         Some(v) => v,
         None => {
-            let Some(dir) = &a.data_dir else {
+            let Some(dir) = &a.target.data_dir else {
                 bail!("no server to ask")
             };
             server::stored_volunteers(dir)

@@ -97,7 +97,137 @@ fn config_errors_name_the_key() {
         tmp.path().join("none").to_str().unwrap(),
     ]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is the server running"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("is not a mirrorswarm server's data directory"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Nor does `enroll` make a data directory (and a key) where none was.
+    let out = mirrorswarm(&[
+        "enroll",
+        "--data-dir",
+        tmp.path().join("none").to_str().unwrap(),
+        "--name",
+        "x",
+    ]);
+    assert!(!out.status.success());
+    assert!(!tmp.path().join("none").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_server_per_data_directory_and_every_admin_command_reaches_it_both_ways() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    sample_repo(&repo);
+    let mut server = start_server(root, &repo, &[]).await;
+    let data = server.data_dir.to_str().unwrap().to_string();
+    let pid = server.proc.child.as_ref().unwrap().id();
+
+    // A second server on the same data directory exits at once, naming the first.
+    let out = mirrorswarm(&[
+        "server",
+        "--data-dir",
+        &data,
+        "--listen",
+        "127.0.0.1:0",
+        "--repo",
+        &format!("debian={}", repo.display()),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("pid {pid}")) && err.contains(&server.url),
+        "{err}"
+    );
+
+    // Every admin command, both ways: --data-dir, and --server with the token from a file
+    // or the environment.
+    let token_file = server.data_dir.join("admin.token");
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let by_dir = ["--data-dir", data.as_str()];
+    let tf = token_file.to_str().unwrap();
+    let by_url = ["--server", server.url.as_str(), "--token-file", tf];
+    let with = |args: &[&str], target: &[&str], env: Option<&str>| {
+        let mut c = Command::new(BIN);
+        c.args(args).args(target);
+        c.env_remove("MIRRORSWARM_ADMIN_TOKEN");
+        if let Some(t) = env {
+            c.env("MIRRORSWARM_ADMIN_TOKEN", t.trim());
+        }
+        let o = c.output().unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?} {target:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    for target in [&by_dir[..], &by_url[..]] {
+        assert!(with(&["publish"], target, None).contains("debian: generation 1"));
+        let t = with(
+            &["enroll", "--name", &format!("v{}", target.len())],
+            target,
+            None,
+        );
+        assert!(t.trim().lines().last().unwrap().contains('.'), "{t}");
+        assert!(with(&["status"], target, None).contains("repositories"));
+        assert!(with(&["volunteers"], target, None).contains("NAME"));
+    }
+    let v = start_volunteer(root, &server, "alice", &repo).await;
+    server.wait_held("alice", 1).await;
+    let url_only = ["--server", server.url.as_str()];
+    with(&["volunteers", "drain", "alice"], &url_only, Some(&token));
+    let listed = with(&["volunteers"], &by_dir, None);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("alice") && l.contains("draining")),
+        "{listed}"
+    );
+    with(&["volunteers", "resume", "alice"], &by_dir, None);
+    drop(v);
+    // Without a token, an admin action through the URL says where to get one.
+    let o = Command::new(BIN)
+        .args(["publish", "--server", &server.url])
+        .env_remove("MIRRORSWARM_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--token-file"));
+    let o = Command::new(BIN)
+        .args(["publish", "--server", &server.url])
+        .env("MIRRORSWARM_ADMIN_TOKEN", "wrong")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("refused the admin token"));
+
+    // Killed outright: the lock goes with the process; the data directory's server.json
+    // no longer sends admin commands anywhere, and a new server starts.
+    server.proc.kill();
+    let o = Command::new(BIN)
+        .args(["publish"])
+        .args(by_dir)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no mirrorswarm server is running"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    server.restart();
+    wait_until(Duration::from_secs(30), "the restarted server", || async {
+        Command::new(BIN)
+            .args(["status"])
+            .args(by_dir)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

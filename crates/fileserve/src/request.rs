@@ -70,10 +70,21 @@ mod tests {
             h.insert(header::AUTHORIZATION, v.parse().unwrap());
             bearer_matches(&h, "s3cret")
         };
-        for ok in ["Bearer s3cret", "bearer s3cret", "BEARER s3cret", "Bearer  s3cret"] {
+        for ok in [
+            "Bearer s3cret",
+            "bearer s3cret",
+            "BEARER s3cret",
+            "Bearer  s3cret",
+        ] {
             assert!(with(ok), "{ok}");
         }
-        for bad in ["Bearer S3cret", "Basic s3cret", "Bearer s3cre", "Bearers3cret", "s3cret"] {
+        for bad in [
+            "Bearer S3cret",
+            "Basic s3cret",
+            "Bearer s3cre",
+            "Bearers3cret",
+            "s3cret",
+        ] {
             assert!(!with(bad), "{bad}");
         }
         assert!(!bearer_matches(&HeaderMap::new(), "s3cret"));

@@ -294,6 +294,53 @@ pub async fn publish(
     Json(reports).into_response()
 }
 
+#[derive(Deserialize)]
+pub struct EnrollQuery {
+    pub name: String,
+    #[serde(default = "default_ttl_hours")]
+    pub ttl_hours: u64,
+}
+
+fn default_ttl_hours() -> u64 {
+    168
+}
+
+/// `POST /admin/enroll?name=NAME[&ttl_hours=H]` with the admin token: a one-time enrollment
+/// token for a volunteer called NAME, as the body (`mirrorswarm enroll --server URL`).
+pub async fn admin_enroll(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<EnrollQuery>,
+) -> Response {
+    if let Err(r) = require_admin(&st, &headers) {
+        return *r;
+    }
+    if let Err(e) = config::validate_volunteer_name(&q.name) {
+        return text(StatusCode::BAD_REQUEST, format!("name: {e}"));
+    }
+    let Some(ttl) = q.ttl_hours.checked_mul(3600).filter(|t| *t > 0) else {
+        return text(StatusCode::BAD_REQUEST, "ttl_hours: must be at least 1");
+    };
+    match st
+        .store
+        .create_enrollment(&q.name, &st.key.fingerprint().0, ttl)
+        .await
+    {
+        Ok(token) => {
+            tracing::info!(volunteer = %q.name, ttl_hours = q.ttl_hours, "enrollment token created");
+            (StatusCode::OK, token).into_response()
+        }
+        Err(e @ StoreError::NameTaken(_)) => text(StatusCode::CONFLICT, e.to_string()),
+        Err(e) => {
+            tracing::error!(error = %e, "creating an enrollment token failed");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "creating the token failed; see the server log",
+            )
+        }
+    }
+}
+
 /// Admin endpoints need `Authorization: Bearer <the contents of <data-dir>/admin.token>`.
 pub fn require_admin(st: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
     if fileserve::bearer_matches(headers, &st.admin_token) {

@@ -47,6 +47,19 @@ use crate::store::Store;
 pub struct DataDir(pub PathBuf);
 
 impl DataDir {
+    /// The data directory of a server that has run, for an admin command: a mistyped
+    /// `--data-dir` is named as such, not met with a database error or a new empty one.
+    pub fn existing(path: &Path) -> Result<DataDir> {
+        let d = DataDir(path.to_path_buf());
+        if !d.key().is_file() || !d.db().is_file() {
+            anyhow::bail!(
+                "{} is not a mirrorswarm server's data directory (it has no server.key and mirrorswarm.sqlite); check --data-dir",
+                path.display()
+            );
+        }
+        Ok(d)
+    }
+
     pub fn key(&self) -> PathBuf {
         self.0.join("server.key")
     }
@@ -60,6 +73,68 @@ impl DataDir {
     pub fn server_json(&self) -> PathBuf {
         self.0.join("server.json")
     }
+    /// Held (`flock`) by the one server running on this directory, with its pid inside.
+    pub fn lock(&self) -> PathBuf {
+        self.0.join("server.lock")
+    }
+}
+
+/// One server per data directory: an exclusive `flock` on `server.lock` for the server's
+/// life. The kernel drops it when the process dies, kill -9 included, so no lock is stale.
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
+
+impl DataDirLock {
+    pub fn acquire(data: &DataDir) -> Result<DataDirLock> {
+        use std::io::Write;
+        let path = data.lock();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // A probe by an admin command (`running_server`) holds it shared for an instant.
+        let mut tries = 0;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if tries < 10 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let (pid, url) = holder(data);
+                    anyhow::bail!(
+                        "another mirrorswarm server (pid {}, at {}) runs on the data directory {}; stop it first, or give this one a --data-dir of its own",
+                        pid.map_or("unknown".into(), |p| p.to_string()),
+                        url.unwrap_or_else(|| "an address not yet written".into()),
+                        data.0.display()
+                    )
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("locking {}", path.display()))
+                }
+            }
+        }
+        file.set_len(0)?;
+        writeln!(file, "{}", std::process::id())?;
+        Ok(DataDirLock { _file: file })
+    }
+}
+
+/// The pid in the lock file and the URL in `server.json`, as far as they can be read.
+fn holder(data: &DataDir) -> (Option<u32>, Option<String>) {
+    let pid = std::fs::read_to_string(data.lock())
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    let url = std::fs::read(data.server_json())
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get("url")?.as_str().map(str::to_string));
+    (pid, url)
 }
 
 /// Reserved first path segments that can never be repository names.
@@ -233,6 +308,7 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route("/api/volunteers", get(api::volunteers))
         .route("/manifests/{repo}/{which}", get(api::manifest))
         .route("/admin/publish", post(api::publish))
+        .route("/admin/enroll", post(api::admin_enroll))
         .route(
             "/admin/volunteers/{name}/{action}",
             post(api::admin_volunteer),
@@ -339,6 +415,9 @@ pub async fn run(
 ) -> Result<()> {
     let listen = cfg.listen;
     let data = DataDir(cfg.data_dir.clone());
+    std::fs::create_dir_all(&data.0)
+        .with_context(|| format!("creating data dir {}", data.0.display()))?;
+    let _one_server = DataDirLock::acquire(&data)?;
     let st = build_state(cfg).await?;
     let listener =
         fileserve::listen::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
@@ -378,8 +457,9 @@ pub async fn run(
     Ok(())
 }
 
-/// `mirrorswarm enroll`: create a one-time token in the server's store (the server may be
-/// running; SQLite's WAL lets both write).
+/// Create a one-time token in the server's store (the server may be running; SQLite's WAL
+/// lets both write). Makes the data directory and key if there are none yet (the demo
+/// prepares volunteers before its server starts); `mirrorswarm enroll` checks first.
 pub async fn create_enrollment_token(data_dir: &Path, name: &str, ttl_secs: u64) -> Result<String> {
     config::validate_volunteer_name(name).map_err(|e| anyhow!(e))?;
     let data = DataDir(data_dir.to_path_buf());
@@ -391,9 +471,22 @@ pub async fn create_enrollment_token(data_dir: &Path, name: &str, ttl_secs: u64)
         .await?)
 }
 
-/// Where a running server said it listens, read from its data directory.
+/// Where the server running on `data_dir` listens (from its `server.json`), or an error if
+/// none runs there now: a `server.json` left by a stopped server must not send an admin
+/// command to whatever listens on that port today.
 pub fn running_server_url(data_dir: &Path) -> Result<String> {
-    let p = DataDir(data_dir.to_path_buf()).server_json();
+    let data = DataDir::existing(data_dir)?;
+    if let Ok(f) = std::fs::File::open(data.lock()) {
+        if f.try_lock_shared().is_ok() {
+            let (pid, _) = holder(&data);
+            anyhow::bail!(
+                "no mirrorswarm server is running on the data directory {} (the last one{} has stopped)",
+                data_dir.display(),
+                pid.map_or(String::new(), |p| format!(", pid {p},"))
+            );
+        }
+    }
+    let p = data.server_json();
     let bytes = std::fs::read(&p)
         .with_context(|| format!("reading {} (is the server running?)", p.display()))?;
     let v: serde_json::Value =
@@ -405,7 +498,7 @@ pub fn running_server_url(data_dir: &Path) -> Result<String> {
 }
 
 pub fn admin_token(data_dir: &Path) -> Result<String> {
-    let p = DataDir(data_dir.to_path_buf()).admin_token();
+    let p = DataDir::existing(data_dir)?.admin_token();
     Ok(std::fs::read_to_string(&p)
         .with_context(|| format!("reading {}", p.display()))?
         .trim()
@@ -414,13 +507,13 @@ pub fn admin_token(data_dir: &Path) -> Result<String> {
 
 /// Durable volunteer records, for `mirrorswarm volunteers --data-dir` when no server runs.
 pub async fn stored_volunteers(data_dir: &Path) -> Result<Vec<store::VolunteerRecord>> {
-    let store = Store::open(&DataDir(data_dir.to_path_buf()).db()).await?;
+    let store = Store::open(&DataDir::existing(data_dir)?.db()).await?;
     Ok(store.volunteers().await?)
 }
 
 /// `mirrorswarm volunteers <verb> NAME` with no server running: change the database.
 pub async fn change_stored_volunteer(data_dir: &Path, verb: &str, name: &str) -> Result<()> {
-    let store = Store::open(&DataDir(data_dir.to_path_buf()).db()).await?;
+    let store = Store::open(&DataDir::existing(data_dir)?.db()).await?;
     match verb {
         "revoke" => store.revoke(name).await?,
         "drain" => store.set_draining(name, true).await?,

@@ -262,14 +262,19 @@ async fn a_file_altered_on_a_volunteer_is_neither_served_nor_announced() {
     bad[1000] ^= 0xff;
     std::fs::write(altered.mirror.join("big/a.bin"), &bad).unwrap();
 
-    // At once: the volunteer refuses to serve the changed file (it no longer matches what
-    // verified), and after its rescan it no longer announces generation 1.
+    // At once: the volunteer does not serve the changed file (it no longer matches what
+    // verified) but sends the customer to the origin, and after its rescan it no longer
+    // announces generation 1.
     let r = http()
         .get(format!("{}/debian/big/a.bin", altered.url))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(r.status(), 302);
+    assert!(r.headers()["location"]
+        .to_str()
+        .unwrap()
+        .contains("/.origin/debian/big/a.bin"));
     server.wait_held("altered", 0).await;
     // The origin is always a correct answer (a loaded machine may delay an announce); the
     // altered volunteer never is.

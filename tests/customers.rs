@@ -88,62 +88,10 @@ async fn curl_wget_apt_and_aria2c_get_exact_bytes_from_volunteers() {
 
     // apt-get update + download with an isolated state directory.
     let before = served_total(&vols.iter().collect::<Vec<_>>()).await;
-    let apt = root.join("apt");
-    for d in ["state/lists/partial", "cache/archives/partial", "work"] {
-        std::fs::create_dir_all(apt.join(d)).unwrap();
-    }
-    std::fs::write(apt.join("status"), b"").unwrap();
-    std::fs::write(
-        apt.join("sources.list"),
-        format!("deb [trusted=yes] {}/debian stable main\n", server.url),
-    )
-    .unwrap();
-    let apt_opts = |cmd: &mut Command| {
-        cmd.arg("-o")
-            .arg(format!(
-                "Dir::Etc::SourceList={}",
-                apt.join("sources.list").display()
-            ))
-            .args(["-o", "Dir::Etc::SourceParts=/nonexistent"])
-            .arg("-o")
-            .arg(format!("Dir::State={}", apt.join("state").display()))
-            .arg("-o")
-            .arg(format!(
-                "Dir::State::status={}",
-                apt.join("status").display()
-            ))
-            .arg("-o")
-            .arg(format!("Dir::Cache={}", apt.join("cache").display()))
-            .args([
-                "-o",
-                "Debug::NoLocking=1",
-                "-o",
-                "APT::Sandbox::User=root",
-                "-o",
-                "Acquire::Languages=none",
-            ])
-            .current_dir(apt.join("work"));
-    };
-    let mut update = Command::new("apt-get");
-    apt_opts(&mut update);
-    update.arg("update");
-    let out = run(&mut update);
-    assert!(
-        out.status.success(),
-        "apt-get update: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut dl = Command::new("apt-get");
-    apt_opts(&mut dl);
-    dl.args(["download", "ms-data", "ms-hello"]);
-    let out = run(&mut dl);
-    assert!(
-        out.status.success(),
-        "apt-get download: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let apt = Apt::new(&root.join("apt"), &server.url);
+    apt.run(&["update"]);
+    apt.run(&["download", "ms-data", "ms-hello"]);
+    let apt = &apt.dir;
     assert_eq!(
         std::fs::read(apt.join("work/ms-data_0.3_all.deb")).unwrap(),
         expected

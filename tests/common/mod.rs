@@ -428,3 +428,63 @@ impl Drop for TestDir {
         }
     }
 }
+
+/// apt-get with a state, cache and sources list of its own under `dir`, for one
+/// `deb [trusted=yes] <base>/debian stable main` source.
+pub struct Apt {
+    pub dir: PathBuf,
+}
+
+impl Apt {
+    pub fn new(dir: &Path, base: &str) -> Apt {
+        for d in ["state/lists/partial", "cache/archives/partial", "work"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        std::fs::write(dir.join("status"), b"").unwrap();
+        std::fs::write(
+            dir.join("sources.list"),
+            format!("deb [trusted=yes] {base}/debian stable main\n"),
+        )
+        .unwrap();
+        Apt {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Run `apt-get ARGS` in `<dir>/work`; panics with its output if it fails.
+    pub fn run(&self, args: &[&str]) -> String {
+        let d = &self.dir;
+        let out = Command::new("apt-get")
+            .arg("-o")
+            .arg(format!(
+                "Dir::Etc::SourceList={}",
+                d.join("sources.list").display()
+            ))
+            .args(["-o", "Dir::Etc::SourceParts=/nonexistent"])
+            .arg("-o")
+            .arg(format!("Dir::State={}", d.join("state").display()))
+            .arg("-o")
+            .arg(format!("Dir::State::status={}", d.join("status").display()))
+            .arg("-o")
+            .arg(format!("Dir::Cache={}", d.join("cache").display()))
+            .args([
+                "-o",
+                "Debug::NoLocking=1",
+                "-o",
+                "APT::Sandbox::User=root",
+                "-o",
+                "Acquire::Languages=none",
+            ])
+            .args(args)
+            .current_dir(d.join("work"))
+            .output()
+            .expect("apt-get");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "apt-get {args:?}: {text}");
+        text
+    }
+}

@@ -28,6 +28,10 @@ pub struct ServerInfo {
     pub fingerprint: String,
     pub interval_secs: u64,
     pub repos: std::collections::BTreeMap<String, u64>,
+    /// Where customers reach this server: a volunteer that cannot serve a file sends its
+    /// customer back here (`/.origin/…`).
+    #[serde(default)]
+    pub public_url: String,
 }
 
 pub async fn info(State(st): State<Arc<AppState>>) -> Json<ServerInfo> {
@@ -37,6 +41,7 @@ pub async fn info(State(st): State<Arc<AppState>>) -> Json<ServerInfo> {
         fingerprint: st.key.fingerprint().0,
         interval_secs: st.config.tracker.interval_secs,
         repos: st.latest_generations(),
+        public_url: st.public_url.clone(),
     })
 }
 
@@ -454,6 +459,7 @@ pub async fn stats(State(st): State<Arc<AppState>>) -> Response {
             + st.counters.outcome(crate::metrics::Outcome::OriginNoVolunteer)
             + st.counters.outcome(crate::metrics::Outcome::OriginRequested),
         "quarantines": st.counters.quarantines.load(std::sync::atomic::Ordering::Relaxed),
+        "bounced_requests": st.counters.bounced.load(std::sync::atomic::Ordering::Relaxed),
     }))
     .into_response()
 }

@@ -44,6 +44,8 @@ pub struct Counters {
     pub announces_ok: AtomicU64,
     pub announces_refused: AtomicU64,
     pub quarantines: AtomicU64,
+    /// Customers a volunteer sent back to the origin (`/.origin/…?bounced-by=NAME`).
+    pub bounced: AtomicU64,
 }
 
 impl Counters {
@@ -119,7 +121,7 @@ pub fn render(st: &AppState) -> String {
             c.outcome(o)
         );
     }
-    let simple: [(&str, &str, &str, u64); 9] = [
+    let simple: [(&str, &str, &str, u64); 10] = [
         (
             "mirrorswarm_redirected_bytes_total",
             "counter",
@@ -149,6 +151,12 @@ pub fn render(st: &AppState) -> String {
             "counter",
             "Mirror announces refused (bad signature, replay, revoked, malformed).",
             c.announces_refused.load(Ordering::Relaxed),
+        ),
+        (
+            "mirrorswarm_bounced_requests_total",
+            "counter",
+            "Customers a volunteer sent back to the origin because it could not serve the file (changed on disk, missing, paused or full).",
+            c.bounced.load(Ordering::Relaxed),
         ),
         (
             "mirrorswarm_quarantines_total",

@@ -508,6 +508,19 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
             return r.into_response();
         }
     }
+    if file.origin_only {
+        if let Some(by) = bounced_by(uri) {
+            st.counters
+                .bounced
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                repo = file.repo,
+                path = file.rel,
+                volunteer = by,
+                "a volunteer sent a customer back to the origin"
+            );
+        }
+    }
     st.counters.count(if file.origin_only {
         Outcome::OriginRequested
     } else if entry.size <= st.config.redirect.direct_max_bytes {
@@ -565,6 +578,24 @@ pub fn fast_customer(
         })
     })
 }
+
+/// The volunteer named in a bounced customer's `/.origin/…?bounced-by=NAME`, as it said
+/// (shown in the log only: anyone can write it).
+fn bounced_by(uri: &Uri) -> Option<&str> {
+    uri.query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(BOUNCED_BY_PARAM)?.strip_prefix('='))
+        .map(|v| {
+            if v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()) {
+                v
+            } else {
+                "(unreadable)"
+            }
+        })
+}
+
+/// The query parameter a volunteer adds when it sends a customer back to the origin.
+pub const BOUNCED_BY_PARAM: &str = "bounced-by";
 
 fn moved(location: &str) -> Response {
     let mut r = text(StatusCode::MOVED_PERMANENTLY, format!("see {location}"));

@@ -35,6 +35,9 @@ pub struct ServerInfo {
     /// Repository → newest generation.
     #[serde(default)]
     pub repos: std::collections::BTreeMap<String, u64>,
+    /// Where customers reach the server (empty from an older server).
+    #[serde(default)]
+    pub public_url: String,
 }
 
 /// What an announce told us.

@@ -39,6 +39,16 @@ pub struct HoldingsView {
     pub seedable: Vec<(String, manifest::Sha256, manifest::Btih)>,
     /// Size of the latest generation, bytes (0: unknown).
     pub latest_bytes: u64,
+    /// The manifests of the latest and the held generation: what the server may send a
+    /// customer here for.
+    pub published: Vec<Arc<Manifest>>,
+}
+
+impl HoldingsView {
+    /// Whether `rel` is a file of the latest or the held generation.
+    pub fn publishes(&self, rel: &str) -> bool {
+        self.published.iter().any(|m| m.files.contains_key(rel))
+    }
 }
 
 pub struct Holdings {
@@ -189,6 +199,7 @@ impl Holdings {
             missing,
             seedable,
             latest_bytes: self.manifests.get(&latest).map_or(0, |m| m.total_bytes()),
+            published: relevant.into_iter().cloned().collect(),
         }
     }
 }

@@ -75,10 +75,10 @@ pub struct VolunteerState {
     pub uploaded: AtomicU64,
     /// Bytes of synthetic background sync uploads (experiments).
     pub sync_uploaded: Arc<AtomicU64>,
-    /// Requests refused because every slot was taken (503).
-    pub refused_busy: AtomicU64,
-    /// Requests refused because the file changed on disk since it verified.
-    pub refused_changed: AtomicU64,
+    /// Customers sent back to the origin, by why ([`serve::Bounce`]).
+    pub bounces: serve::Bounces,
+    /// The server's URL as customers reach it (its `public_url`): where bounces go.
+    pub origin_base: String,
     /// Successful GETs served (for the status page and tests).
     pub served: AtomicU64,
     pub rescan_now: Notify,
@@ -132,6 +132,17 @@ async fn obtain_credential(cfg: &VolunteerConfig, client: &ServerClient) -> Resu
 impl VolunteerState {
     fn next_seq(&self) -> u64 {
         self.seq.fetch_add(1, Ordering::AcqRel)
+    }
+
+    /// A customer was sent back to the origin: counted, and the server told at once (at
+    /// most once per [`prompt::MIN_GAP`]) what this volunteer holds and how busy it is, so
+    /// it stops sending customers here for what cannot be served.
+    pub fn bounced(&self, why: serve::Bounce) {
+        self.bounces.count(why);
+        let last = *self.last_announce.lock().unwrap_or_else(|e| e.into_inner());
+        if last.elapsed() >= prompt::MIN_GAP {
+            self.announce_now.notify_one();
+        }
     }
 
     /// Bring one mirror up to date with the server: fetch manifests we lack (verifying each),
@@ -196,7 +207,12 @@ impl VolunteerState {
                 tracing::info!(repo, path = %p, "missing or different from the latest manifest");
             }
         }
+        let held_changed = view.held != before.held;
         m.set_view(view);
+        if held_changed {
+            // The server redirects by the held generation: it must know at once.
+            self.announce_now.notify_one();
+        }
         Ok(())
     }
 
@@ -446,6 +462,7 @@ pub async fn run(
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let credential = obtain_credential(&cfg, &client).await?;
     let server_key = manifest::signing::parse_public_key(&credential.public_key)?;
+    let mut origin_base = client.base().to_string();
     match client.info().await {
         Ok(info) if info.public_key != credential.public_key => {
             bail!("the server at {server} presents a different signing key than the one enrolled with; refusing to trust it")
@@ -461,6 +478,9 @@ pub async fn run(
                     "--mirror {r}: the server at {server} has no repository `{r}`; it publishes: {}",
                     info.repos.keys().cloned().collect::<Vec<_>>().join(", ")
                 );
+            }
+            if !info.public_url.is_empty() {
+                origin_base = info.public_url.trim_end_matches('/').to_string();
             }
         }
         Err(e) => {
@@ -555,8 +575,8 @@ pub async fn run(
         active: Arc::new(AtomicU32::new(0)),
         uploaded: AtomicU64::new(0),
         sync_uploaded,
-        refused_busy: AtomicU64::new(0),
-        refused_changed: AtomicU64::new(0),
+        bounces: Default::default(),
+        origin_base,
         served: AtomicU64::new(0),
         rescan_now: Notify::new(),
         announce_now: Notify::new(),

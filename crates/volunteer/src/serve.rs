@@ -71,11 +71,58 @@ pub async fn health(State(st): State<Arc<VolunteerState>>) -> Response {
     .into_response()
 }
 
+/// Why a published file cannot be served here now. The customer is sent back to the
+/// origin, which always has it: a customer the server sent here must get its file, not a
+/// 404 or a 503 it may not retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bounce {
+    /// Not the bytes that verified (or gone): out of service until it verifies again.
+    Changed,
+    /// Listed by the manifest, not verified here (yet, or any more).
+    Missing,
+    /// Paused by its admin.
+    Paused,
+    /// Every download slot is taken.
+    Busy,
+}
+
+impl Bounce {
+    pub const ALL: [Bounce; 4] = [
+        Bounce::Changed,
+        Bounce::Missing,
+        Bounce::Paused,
+        Bounce::Busy,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Bounce::Changed => "changed",
+            Bounce::Missing => "missing",
+            Bounce::Paused => "paused",
+            Bounce::Busy => "busy",
+        }
+    }
+}
+
+/// Bounces counted by reason, for `/metrics` and the status page.
+#[derive(Default)]
+pub struct Bounces([AtomicU64; 4]);
+
+impl Bounces {
+    pub fn count(&self, b: Bounce) {
+        self.0[b as usize].fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn get(&self, b: Bounce) -> u64 {
+        self.0[b as usize].load(Ordering::Relaxed)
+    }
+}
+
 /// Why a customer's request was not served; every answer says why.
 #[derive(Debug)]
 enum Refusal {
     NotMirrored(String),
-    NotVerified {
+    /// Not a file of any generation this volunteer knows.
+    NotPublished {
         repo: String,
         rel: String,
     },
@@ -83,67 +130,84 @@ enum Refusal {
         rel: String,
         error: fileserve::PathError,
     },
-    /// Not the bytes that verified (or gone): out of service until it verifies again.
-    Changed(String),
-    Paused,
-    Busy,
+    /// A published file this volunteer cannot serve now: back to the origin.
+    Bounced {
+        repo: String,
+        rel: String,
+    },
 }
 
 impl Refusal {
     fn status(&self) -> StatusCode {
         match self {
-            Refusal::NotMirrored(_) | Refusal::NotVerified { .. } | Refusal::Changed(_) => {
-                StatusCode::NOT_FOUND
-            }
+            Refusal::NotMirrored(_) | Refusal::NotPublished { .. } => StatusCode::NOT_FOUND,
             Refusal::BadPath { error, .. } => error.status(),
-            Refusal::Paused | Refusal::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Bounced { .. } => StatusCode::FOUND,
         }
     }
 
     fn message(&self) -> String {
         match self {
             Refusal::NotMirrored(repo) => format!("this volunteer does not mirror `{repo}`"),
-            Refusal::NotVerified { repo, rel } => {
-                format!("`{rel}` is not a verified file of `{repo}` here")
+            Refusal::NotPublished { repo, rel } => {
+                format!("`{rel}` is not a published file of `{repo}`")
             }
             Refusal::BadPath { rel, error } => format!("`{rel}`: {error}"),
-            Refusal::Changed(rel) => format!("`{rel}` changed on disk and is being re-verified"),
-            Refusal::Paused => {
-                "this volunteer is paused by its admin; the mirror server has other sources".into()
-            }
-            Refusal::Busy => "too many customers right now; retry shortly".into(),
+            Refusal::Bounced { .. } => String::new(),
         }
     }
 
-    fn retry_after(&self) -> Option<&'static str> {
-        match self {
-            Refusal::Paused => Some("60"),
-            Refusal::Busy => Some("2"),
-            _ => None,
+    /// Where a bounced customer goes: the server's origin for the same file.
+    fn location(&self, st: &VolunteerState) -> Option<String> {
+        let Refusal::Bounced { repo, rel, .. } = self else {
+            return None;
+        };
+        let mut to = String::with_capacity(st.origin_base.len() + rel.len() + 48);
+        to.push_str(&st.origin_base);
+        to.push_str("/.origin/");
+        fileserve::push_encoded_segment(&mut to, repo);
+        for seg in rel.split('/') {
+            to.push('/');
+            fileserve::push_encoded_segment(&mut to, seg);
         }
+        to.push('?');
+        to.push_str(BOUNCED_BY_PARAM);
+        to.push('=');
+        to.push_str(&st.credential.name);
+        Some(to)
     }
 
-    fn into_response(self) -> Response {
+    fn into_response(self, st: &VolunteerState) -> Response {
         let mut r = text(self.status(), self.message());
-        if let Some(secs) = self.retry_after() {
+        if let Some(to) = self
+            .location(st)
+            .and_then(|l| HeaderValue::from_str(&l).ok())
+        {
+            r.headers_mut().insert(header::LOCATION, to);
             r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         }
         r
     }
 
-    fn write(&self, reply: &mut fileserve::fast::Reply<'_>) {
+    fn write(&self, st: &VolunteerState, reply: &mut fileserve::fast::Reply<'_>) {
         let status = self.status();
         reply.status(status.as_u16(), status.canonical_reason().unwrap_or(""));
-        reply.header("content-type", b"text/plain; charset=utf-8");
-        if let Some(secs) = self.retry_after() {
-            reply.header("retry-after", secs.as_bytes());
+        if let Some(to) = self.location(st) {
+            reply.header("location", to.as_bytes());
+            reply.header("cache-control", b"no-store");
+            reply.body(b"");
+            return;
         }
+        reply.header("content-type", b"text/plain; charset=utf-8");
         let mut body = self.message();
         body.push('\n');
         reply.body(body.as_bytes());
     }
 }
+
+/// The query parameter the server counts bounces by (`redirect::BOUNCED_BY_PARAM` there).
+const BOUNCED_BY_PARAM: &str = "bounced-by";
 
 /// A download that passed every check: the open file, what it verified as, and its slot.
 struct Grant {
@@ -174,12 +238,31 @@ fn grant(st: &VolunteerState, decoded: &str) -> Result<Grant, Refusal> {
     let Some(mirror) = st.mirrors.get(repo) else {
         return Err(Refusal::NotMirrored(repo.to_string()));
     };
-    let Some(verified) = mirror.view().servable.get(rel).copied() else {
-        return Err(Refusal::NotVerified {
+    let bounce = |why: Bounce| {
+        tracing::debug!(
+            repo,
+            path = rel,
+            why = why.name(),
+            "customer sent back to the origin"
+        );
+        st.bounced(why);
+        Refusal::Bounced {
+            repo: repo.to_string(),
+            rel: rel.to_string(),
+        }
+    };
+    let view = mirror.view();
+    let Some(verified) = view.servable.get(rel).copied() else {
+        if view.publishes(rel) {
+            // The server thinks it is here: tell it otherwise, now.
+            return Err(bounce(Bounce::Missing));
+        }
+        return Err(Refusal::NotPublished {
             repo: repo.to_string(),
             rel: rel.to_string(),
         });
     };
+    drop(view);
     let path = fileserve::join_listed(&mirror.dir, rel).map_err(|error| Refusal::BadPath {
         rel: rel.to_string(),
         error,
@@ -194,22 +277,20 @@ fn grant(st: &VolunteerState, decoded: &str) -> Result<Grant, Refusal> {
         tracing::warn!(
             repo,
             path = rel,
-            "file changed on disk since it verified; not serving it"
+            "file changed on disk since it verified; sending its customer to the origin and re-verifying"
         );
         st.rescan_now.notify_one();
-        st.refused_changed.fetch_add(1, Ordering::Relaxed);
-        return Err(Refusal::Changed(rel.to_string()));
+        return Err(bounce(Bounce::Changed));
     };
     if st.paused.load(Ordering::Relaxed) {
-        return Err(Refusal::Paused);
+        return Err(bounce(Bounce::Paused));
     }
     let Some(guard) = try_acquire(
         &st.active,
         st.max_connections.load(Ordering::Relaxed),
         st.oracle_feed.clone(),
     ) else {
-        st.refused_busy.fetch_add(1, Ordering::Relaxed);
-        return Err(Refusal::Busy);
+        return Err(bounce(Bounce::Busy));
     };
     Ok(Grant {
         file,
@@ -232,7 +313,7 @@ pub async fn customer(
     };
     let g = match grant(&st, &decoded) {
         Ok(g) => g,
-        Err(refusal) => return refusal.into_response(),
+        Err(refusal) => return refusal.into_response(&st),
     };
     let opts = g.options();
     let resp = fileserve::serve_open(&method, &headers, g.file, &g.meta, &g.path, &opts);
@@ -267,7 +348,7 @@ pub fn fast_customer(
     let g = match grant(st, &decoded) {
         Ok(g) => g,
         Err(refusal) => {
-            refusal.write(reply);
+            refusal.write(st, reply);
             return Answer::Done;
         }
     };
@@ -328,7 +409,8 @@ pub async fn status_page(State(st): State<Arc<VolunteerState>>) -> Response {
 td,th{{border-bottom:1px solid #ddd;padding:.3em .7em;text-align:left}}</style></head><body>\
 <h1>volunteer {name}</h1><p>server: {server}<br>customers now: {active} of {max}<br>\
 downloads served: {served}<br>bytes to customers: {up}<br>bytes to other volunteers: {sync}<br>\
-refused (busy): {busy}<br>refused (file changed on disk): {changed}</p>\
+sent back to the origin: {busy} busy, {paused} while paused, {changed} changed on disk, \
+{missing} not held</p>\
 <table><tr><th>repository</th><th>directory</th><th>held generation</th><th>newest</th>\
 <th>files missing or different</th><th>state</th></tr>{rows}</table></body></html>",
         name = esc(&st.credential.name),
@@ -337,8 +419,10 @@ refused (busy): {busy}<br>refused (file changed on disk): {changed}</p>\
         max = st.max_connections.load(Ordering::Relaxed),
         served = st.served.load(Ordering::Relaxed),
         up = st.uploaded.load(Ordering::Relaxed),
-        busy = st.refused_busy.load(Ordering::Relaxed),
-        changed = st.refused_changed.load(Ordering::Relaxed),
+        busy = st.bounces.get(Bounce::Busy),
+        paused = st.bounces.get(Bounce::Paused),
+        changed = st.bounces.get(Bounce::Changed),
+        missing = st.bounces.get(Bounce::Missing),
     );
     (
         [
@@ -356,7 +440,7 @@ pub async fn metrics(State(st): State<Arc<VolunteerState>>) -> Response {
     let mut out = String::with_capacity(2048);
     let name = st.credential.name.replace(['\\', '"', '\n'], "_");
     let sync = st.sync_uploaded_total();
-    let simple: [(&str, &str, &str, u64); 8] = [
+    let simple: [(&str, &str, &str, u64); 7] = [
         (
             "mirrorswarm_volunteer_active_connections",
             "gauge",
@@ -388,16 +472,10 @@ pub async fn metrics(State(st): State<Arc<VolunteerState>>) -> Response {
             sync,
         ),
         (
-            "mirrorswarm_volunteer_refused_busy_total",
-            "counter",
-            "Customers refused with 503: every slot taken.",
-            st.refused_busy.load(Ordering::Relaxed),
-        ),
-        (
             "mirrorswarm_volunteer_verification_failures_total",
             "counter",
-            "Requests for a file that changed on disk since it verified (not served).",
-            st.refused_changed.load(Ordering::Relaxed),
+            "Requests for a file that changed on disk since it verified (sent to the origin).",
+            st.bounces.get(Bounce::Changed),
         ),
         (
             "mirrorswarm_volunteer_upload_limit_bytes_per_second",
@@ -410,6 +488,15 @@ pub async fn metrics(State(st): State<Arc<VolunteerState>>) -> Response {
         let _ = writeln!(
             out,
             "# HELP {metric} {help}\n# TYPE {metric} {kind}\n{metric}{{volunteer=\"{name}\"}} {v}"
+        );
+    }
+    let _ = writeln!(out, "# HELP mirrorswarm_volunteer_bounced_total Customers sent back to the origin because a published file could not be served here, by why.\n# TYPE mirrorswarm_volunteer_bounced_total counter");
+    for b in Bounce::ALL {
+        let _ = writeln!(
+            out,
+            "mirrorswarm_volunteer_bounced_total{{volunteer=\"{name}\",reason=\"{}\"}} {}",
+            b.name(),
+            st.bounces.get(b)
         );
     }
     let _ = writeln!(out, "# HELP mirrorswarm_volunteer_held_generation Generation fully held and verified.\n# TYPE mirrorswarm_volunteer_held_generation gauge");

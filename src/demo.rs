@@ -94,10 +94,22 @@ pub(crate) async fn wait_until_within<F: Fn(&serde_json::Value) -> bool>(
 }
 
 pub async fn run(a: DemoArgs) -> Result<()> {
-    let base = match a.dir {
-        Some(d) => d,
-        None => std::env::temp_dir().join(format!("mirrorswarm-demo-{}", std::process::id())),
-    };
+    match a.dir.clone() {
+        Some(d) => run_in(a, d).await,
+        None => {
+            // A folder of its own, removed when the demo ends (Ctrl-C included) or fails.
+            let base =
+                std::env::temp_dir().join(format!("mirrorswarm-demo-{}", std::process::id()));
+            let result = run_in(a, base.clone()).await;
+            if let Err(e) = std::fs::remove_dir_all(&base) {
+                eprintln!("note: could not remove {}: {e}", base.display());
+            }
+            result
+        }
+    }
+}
+
+async fn run_in(a: DemoArgs, base: PathBuf) -> Result<()> {
     let repo = base.join("repo");
     std::fs::create_dir_all(&repo).with_context(|| format!("creating {}", repo.display()))?;
     let layout = server::sample_repo::write_apt_repo(
@@ -191,14 +203,25 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     println!();
     println!("Download through a redirect to a volunteer:");
     println!("  curl -L -O {server_url}/debian/{big}");
-    println!("See where it would send you (and the digest):");
-    println!("  curl -sI {server_url}/debian/{big}");
+    println!("See where it would send you (the digest comes to clients that ask for one):");
+    println!("  curl -sI -H 'Want-Digest: sha-256' {server_url}/debian/{big}");
     println!("Use it from apt (sources.list line):");
     println!("  deb [trusted=yes] {server_url}/debian stable main");
+    // The binary as it was started: after `cargo run`, `mirrorswarm` is not on PATH.
+    let me = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "mirrorswarm".into());
     println!("Volunteers and their load:");
-    println!("  mirrorswarm volunteers --server {server_url}");
+    println!("  {me} volunteers --server {server_url}");
     println!();
-    println!("Press Ctrl-C to stop.");
+    println!(
+        "Press Ctrl-C to stop{}.",
+        if a.dir.is_none() {
+            " (its folder is removed)"
+        } else {
+            ""
+        }
+    );
     println!("demo ready: {server_url}");
 
     let mut first_exit = None;

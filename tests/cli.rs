@@ -320,3 +320,79 @@ async fn demo_serves_a_package_through_a_volunteer() {
         "the demo should redirect to a volunteer, ended at {effective}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_advises_what_works_and_removes_its_folder_on_ctrl_c() {
+    let tmp = TestDir::new();
+    let mut child = Command::new(BIN)
+        .args(["demo", "--port", "0"])
+        .env("TMPDIR", tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut guard = Proc {
+        child: None,
+        log: tmp.path().join("none"),
+    };
+    let stdout = child.stdout.take().unwrap();
+    let pid = child.id();
+    guard.child = Some(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut lines = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("demo did not become ready");
+        let done = line.starts_with("demo ready: ");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let dir = tmp.path().join(format!("mirrorswarm-demo-{pid}"));
+    assert!(dir.is_dir());
+    // Every command it suggests works as printed.
+    let all = lines.join("\n");
+    let head = lines
+        .iter()
+        .find(|l| l.trim_start().starts_with("curl -sI"))
+        .unwrap_or_else(|| panic!("{all}"));
+    let out = Command::new("sh")
+        .args(["-c", head.trim()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(text.contains("digest: sha-256="), "{head}: {text}");
+    let vols = lines
+        .iter()
+        .find(|l| l.contains(" volunteers --server "))
+        .unwrap_or_else(|| panic!("{all}"));
+    let out = Command::new("sh")
+        .args(["-c", vols.trim()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("volunteer1"),
+        "{vols}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Ctrl-C: it stops and takes its folder with it.
+    Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    let mut child = guard.child.take().unwrap();
+    let stopped = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < stopped, "the demo did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}

@@ -97,3 +97,32 @@ fn documented_commands_parse() {
     }
     assert!(checked >= 20, "only {checked} documented commands found");
 }
+
+/// A reader of the repository finds everything the documentation names in it: no path
+/// leads outside (a design brief beside a developer's checkout is not beside a user's).
+#[test]
+fn the_documentation_points_nowhere_outside_the_repository() {
+    let mut files = vec![
+        root().join("README.md"),
+        root().join("ARCHITECTURE.md"),
+        root().join("SECURITY.md"),
+        root().join("BENCHMARKS.md"),
+    ];
+    for e in std::fs::read_dir(root().join("docs")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "md") {
+            files.push(p);
+        }
+    }
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            assert!(
+                !line.contains("](../") && !line.contains("`../") && !line.contains(" ../"),
+                "{}:{}: points outside the repository: {line}",
+                f.display(),
+                i + 1
+            );
+        }
+    }
+}

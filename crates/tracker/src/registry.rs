@@ -446,6 +446,13 @@ impl Registry {
             if seq > v.last_seq {
                 v.last_seq = seq;
                 v.stopped = true;
+                // Nothing runs there any more: its last report's customers and sync are not
+                // load (the dashboard, `volunteers` and /metrics show what it does now).
+                v.load.customer_conns = 0;
+                v.load.sync_conns = 0;
+                v.load.upload_bps = 0;
+                v.load.sync_bps = 0;
+                v.usage = 0.0;
             }
         }
     }
@@ -734,6 +741,29 @@ mod tests {
         // claims the future
         let (ok, _) = r.candidates("deb", 1, 1, t0);
         assert_eq!(ok.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(), ["b"]);
+    }
+
+    #[test]
+    fn a_stopped_volunteer_carries_no_load() {
+        let t0 = Instant::now();
+        let mut r = Registry::new(Duration::from_secs(3));
+        let mut busy = report("a", 1, 1, 3);
+        busy.sync_conns = 5;
+        busy.sync_bps = 1_000_000;
+        busy.upload_bps = 2_000_000;
+        busy.link_bps = 4_000_000;
+        r.report("deb", &busy, false, t0).unwrap();
+        assert!(r.get("a").unwrap().usage() > 0.0);
+        r.stop("a", 2);
+        let v = r.get("a").unwrap();
+        assert!(v.stopped);
+        assert_eq!(
+            (v.load.customer_conns, v.load.sync_conns, v.load.sync_bps, v.load.upload_bps),
+            (0, 0, 0, 0)
+        );
+        assert_eq!(v.usage(), 0.0);
+        // The declared link and capacity stay: they are facts about the machine.
+        assert_eq!((v.load.link_bps, v.load.capacity), (4_000_000, 4));
     }
 
     #[test]

@@ -355,3 +355,37 @@ async fn a_killed_pull_resumes_and_a_second_concurrent_pull_is_refused() {
         "the resumed pull refetched everything: {s}"
     );
 }
+
+/// A pull that reaches the server by another name than the one its torrents carry (the
+/// server's public URL) announces to the server it was given, and shows its admin no
+/// warning from the BitTorrent engine about trackers.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_announces_where_it_was_told_and_warns_of_nothing() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    std::fs::create_dir_all(repo.join("img")).unwrap();
+    std::fs::write(repo.join("img/disk.img"), noise(31, 3 << 20)).unwrap();
+    let server = start_server(root, &repo, &[]).await;
+    let dest = root.join("dest");
+    let out = Command::new(BIN)
+        .args(["prsync", "pull", "--repo", "debian", "--linger-secs", "0"])
+        .args(["--server", &format!("http://localhost:{}", server.port)])
+        .args([
+            "--dest",
+            dest.to_str().unwrap(),
+            "--bt-listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("private trackers"), "{err}");
+    assert!(
+        !err.contains("WARN"),
+        "a clean pull warns of nothing: {err}"
+    );
+    assert_same_tree(&repo, &dest);
+}

@@ -55,6 +55,19 @@ pub fn torrent_info_hash(torrent: &[u8]) -> Result<[u8; 20], String> {
     Ok(sha1::Sha1::digest(bencode::encode(info)).into())
 }
 
+/// The same torrent announcing to `tracker` only (the server this node syncs from, which
+/// may be reached at another URL than the one the server wrote in). The info dictionary,
+/// and so the info-hash, is unchanged. librqbit uses just one tracker of a private torrent
+/// and warns about the rest on every pull; which one it kept was a hash set's choice.
+pub fn with_tracker(torrent: &[u8], tracker: &str) -> Result<Vec<u8>, String> {
+    let v = bencode::decode(torrent).map_err(|e| format!("torrent is not bencode: {e}"))?;
+    let dict = v.as_dict().ok_or("torrent is not a dictionary")?;
+    let mut out = dict.clone();
+    out.remove(b"announce-list".as_slice());
+    out.insert(b"announce".to_vec(), bencode::Value::str(tracker));
+    Ok(bencode::encode(&bencode::Value::Dict(out)))
+}
+
 /// Build artifacts for the file at `path` (whose SHA-256 is `sha256_hex`), streaming.
 pub fn build(path: &Path, sha256_hex: &str, announce: &str) -> std::io::Result<Artifacts> {
     let mut f = File::open(path)?;
@@ -168,5 +181,16 @@ mod tests {
             data.len().div_ceil(pl) * 20
         );
         assert_eq!(info.get("private").unwrap().as_int(), Some(1));
+        // Pointed at another tracker, it is the same torrent.
+        let moved = with_tracker(&a.torrent, "http://elsewhere:1/announce").unwrap();
+        assert_eq!(
+            torrent_info_hash(&moved).unwrap(),
+            torrent_info_hash(&a.torrent).unwrap()
+        );
+        let v = bencode::decode(&moved).unwrap();
+        assert_eq!(
+            v.get("announce").unwrap().as_bytes(),
+            Some(b"http://elsewhere:1/announce".as_slice())
+        );
     }
 }

@@ -135,10 +135,13 @@ impl Bt {
         read_only: bool,
     ) -> Result<Arc<ManagedTorrent>> {
         use librqbit::storage::StorageFactoryExt;
+        // Our tracker in place of the torrent's own, not beside it (see `with_tracker`).
+        let torrent =
+            Bytes::from(crate::artifacts::with_tracker(&torrent, tracker).map_err(|e| anyhow!(e))?);
         let opts = AddTorrentOptions {
             overwrite: true,
             output_folder: Some(folder.to_string_lossy().into_owned()),
-            trackers: Some(vec![tracker.to_string()]),
+            trackers: None,
             force_tracker_interval: Some(Duration::from_secs(2)),
             storage_factory: read_only
                 .then(|| crate::readonly::ReadOnlyFactory::new(folder).boxed()),

@@ -758,7 +758,12 @@ mod tests {
         let v = r.get("a").unwrap();
         assert!(v.stopped);
         assert_eq!(
-            (v.load.customer_conns, v.load.sync_conns, v.load.sync_bps, v.load.upload_bps),
+            (
+                v.load.customer_conns,
+                v.load.sync_conns,
+                v.load.sync_bps,
+                v.load.upload_bps
+            ),
             (0, 0, 0, 0)
         );
         assert_eq!(v.usage(), 0.0);

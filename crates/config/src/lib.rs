@@ -529,10 +529,25 @@ impl VolunteerConfig {
         }
         for (name, dir) in &self.mirrors {
             validate_repo_name(name).map_err(|r| invalid(format!("mirrors.{name}"), r))?;
-            if !dir.is_dir() {
+            // A syncing volunteer fills a new directory itself (in an existing parent, so a
+            // mistyped path is still caught); one that does not sync serves what is there.
+            let can_make = self.sync
+                && !dir.exists()
+                && dir
+                    .parent()
+                    .is_some_and(|p| p.as_os_str().is_empty() || p.is_dir());
+            if !dir.is_dir() && !can_make {
                 return Err(invalid(
                     format!("mirrors.{name}"),
-                    format!("{} is not a directory", dir.display()),
+                    format!(
+                        "{} is not a directory{}",
+                        dir.display(),
+                        if self.sync {
+                            " (nor one to make: its parent must exist)"
+                        } else {
+                            ""
+                        }
+                    ),
                 ));
             }
         }

@@ -454,6 +454,16 @@ pub async fn run(
     cfg.validate()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    if cfg.sync {
+        for (name, dir) in &cfg.mirrors {
+            if !dir.exists() {
+                std::fs::create_dir(dir).with_context(|| {
+                    format!("creating the mirror of `{name}` at {}", dir.display())
+                })?;
+                tracing::info!(repo = %name, dir = %dir.display(), "created an empty mirror directory; syncing fills it");
+            }
+        }
+    }
     let server = cfg.server.clone().unwrap_or_default();
     let client = ServerClient::new(&server)?;
     // Bound before enrolling: a port in use must not spend the one-time token on a

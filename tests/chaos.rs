@@ -18,6 +18,9 @@ use common::*;
 /// How long the chaos lasts.
 const CHAOS: Duration = Duration::from_secs(60);
 
+/// A customer's download: the path, and the SHA-256 of what it got or why it failed.
+type Download = (String, Result<String, String>);
+
 struct Rng(u64);
 
 impl Rng {
@@ -165,7 +168,7 @@ async fn nothing_is_lost_while_volunteers_pulls_and_disks_misbehave() {
     // The customer loop: curl through the server, as many downloads as fit, each checked
     // later against every published generation.
     let stop = Arc::new(AtomicBool::new(false));
-    let downloads: Arc<Mutex<Vec<(String, Result<String, String>)>>> = Default::default();
+    let downloads: Arc<Mutex<Vec<Download>>> = Default::default();
     let customer = {
         let (stop, downloads, url, root) = (
             stop.clone(),
@@ -292,7 +295,7 @@ async fn nothing_is_lost_while_volunteers_pulls_and_disks_misbehave() {
             published.entry(p).or_default().insert(sha);
         }
     }
-    let downloads = downloads.lock().unwrap();
+    let downloads = std::mem::take(&mut *downloads.lock().unwrap());
     let failed: Vec<_> = downloads.iter().filter(|(_, r)| r.is_err()).collect();
     assert!(failed.is_empty(), "downloads failed: {failed:?}");
     for (path, r) in downloads.iter() {

@@ -209,7 +209,7 @@ pub struct VolunteerCtlArgs {
 enum CtlAction {
     /// What the volunteer holds, its limits, and its customers now.
     Status,
-    /// Stop taking customers (they get 503; the server is told at once and sends none).
+    /// Stop taking customers (any still arriving are sent to the origin; the server is told at once and sends none).
     Pause,
     /// Take customers again.
     Resume,

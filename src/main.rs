@@ -238,7 +238,7 @@ struct VolunteerArgs {
     /// A mirrored repository, NAME=DIR (repeatable).
     #[arg(long = "mirror", value_parser = config::parse_name_dir)]
     mirrors: Vec<(String, PathBuf)>,
-    /// Maximum concurrent customers; more get 503 + Retry-After [default: 64].
+    /// Maximum concurrent customers; more are sent to the origin [default: 64].
     #[arg(long)]
     max_connections: Option<u32>,
     /// Seconds between checks of the local copy [default: 5].

@@ -427,7 +427,7 @@ pub struct VolunteerConfig {
     /// max_connections = 8`. A window may wrap midnight; the first that matches applies;
     /// outside every window the usual limits do. Default: none.
     pub upload_windows: Vec<UploadWindow>,
-    /// Maximum concurrent customer downloads; beyond it customers get `503` with `Retry-After`.
+    /// Maximum concurrent customer downloads; beyond it customers are sent to the origin.
     /// Also reported to the server as the declared capacity. Default 64.
     pub max_connections: u32,
     /// Seconds between checks of the local copy for changes (by size and mtime). Default 5.

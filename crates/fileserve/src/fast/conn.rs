@@ -3,18 +3,16 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use tokio::io::Interest;
-use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 
 use super::stop::{Stop, StopWatch};
+use super::wire::{AsyncWire, Wire};
 use super::{Answer, FastPath, FileBody, Method, Reply, Request};
 
 /// Headers a fast request may have; one with more goes to hyper (which allows 100).
-const MAX_HEADERS: usize = 32;
+pub(super) const MAX_HEADERS: usize = 32;
 
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 4096;
@@ -38,11 +36,11 @@ pub(crate) struct ConnLimits {
 }
 
 /// How a connection left the fast path.
-pub(crate) enum Served {
+pub(crate) enum Served<S> {
     /// It is finished: the client closed it, a limit was hit, or the server is stopping.
     Closed,
     /// The rest is hyper's: the connection and what was read of it but not answered.
-    Handover(TcpStream, Vec<u8>),
+    Handover(S, Vec<u8>),
 }
 
 /// What to do after looking at the buffered input.
@@ -122,18 +120,14 @@ impl Idle {
 /// announce, a wget) is then served with no task, no timer and no reactor registration.
 /// Whatever has to wait (a head not yet whole, a client not taking the answer, a file body)
 /// or is not the fast path's goes on in the connection's task, from where this left off.
-pub(crate) fn answer_first(
-    stream: &std::net::TcpStream,
-    peer: SocketAddr,
-    fast: &dyn FastPath,
-) -> First {
+pub(crate) fn answer_first(stream: &impl Wire, peer: SocketAddr, fast: &dyn FastPath) -> First {
     answer_on(stream, peer, fast, Buffers::take(), None)
 }
 
 /// [`answer_first`] for a parked keep-alive connection whose socket became readable: its
 /// next request, answered the same way.
 pub(crate) fn answer_next(
-    stream: &std::net::TcpStream,
+    stream: &impl Wire,
     peer: SocketAddr,
     fast: &dyn FastPath,
     idle: Idle,
@@ -149,7 +143,7 @@ pub(crate) fn answer_next(
 /// Read what the socket has and answer the request it holds. `idle`: for a connection that
 /// has answered before, since when it waits and whether Nagle's delay is off.
 fn answer_on(
-    stream: &std::net::TcpStream,
+    stream: &impl Wire,
     peer: SocketAddr,
     fast: &dyn FastPath,
     mut bufs: Buffers,
@@ -157,25 +151,8 @@ fn answer_on(
 ) -> First {
     let answered = idle.is_some();
     let mut nodelay = idle.is_some_and(|(_, off)| off);
-    let (read, room) = {
-        let input = &mut bufs.input;
-        input.reserve(READ_CHUNK);
-        let spare = input.spare_capacity_mut();
-        let room = spare.len().min(READ_CHUNK);
-        // SAFETY: the descriptor is open for the call and `spare` is valid for writes of
-        // `room` bytes.
-        let n = unsafe { libc::recv(stream.as_raw_fd(), spare.as_mut_ptr().cast(), room, 0) };
-        let read = if n > 0 {
-            // SAFETY: the kernel wrote `n` bytes (at most `room`) into the spare room.
-            unsafe { input.set_len(input.len() + n as usize) };
-            Ok(n as usize)
-        } else if n == 0 {
-            Ok(0)
-        } else {
-            Err(io::Error::last_os_error())
-        };
-        (read, room)
-    };
+    let room = READ_CHUNK;
+    let read = stream.recv_now(&mut bufs.input, room);
     // Waiting for (the rest of) a head: a new connection from now, a parked one since it
     // was parked.
     let waiting = |bufs: Buffers| {
@@ -199,7 +176,7 @@ fn answer_on(
             // A second answer on a connection must not wait behind the first one's
             // unacknowledged bytes (see `serve_connection`).
             if answered && !nodelay {
-                let _ = stream.set_nodelay(true);
+                stream.nodelay();
                 nodelay = true;
             }
             let out = &mut bufs.out;
@@ -208,7 +185,7 @@ fn answer_on(
             // sends both, where a plain send went out alone and the FIN after it. One
             // segment fewer is one trip fewer through both ends' TCP stacks per announce.
             let hold = if close { libc::MSG_MORE } else { 0 };
-            let sent = match send(stream, out, libc::MSG_NOSIGNAL | hold) {
+            let sent = match stream.send_now(out, libc::MSG_NOSIGNAL | hold) {
                 Ok(n) => n,
                 Err(e) if not_yet(&e) => 0,
                 Err(_) => return First::Finished,
@@ -238,7 +215,15 @@ fn answer_on(
             waiting_since: at,
             nodelay,
         }),
-        Step::More | Step::Handover => waiting(bufs),
+        // Straight to hyper: asked again in the task, the fast path would do its work twice.
+        Step::Handover => First::Continue(Start {
+            bufs,
+            pending: Some(step),
+            answered,
+            waiting_since: std::time::Instant::now(),
+            nodelay,
+        }),
+        Step::More => waiting(bufs),
     }
 }
 
@@ -276,14 +261,14 @@ fn not_yet(e: &io::Error) -> bool {
     )
 }
 
-pub(crate) async fn serve_connection(
-    stream: TcpStream,
+pub(crate) async fn serve_connection<S: AsyncWire>(
+    stream: S,
     peer: SocketAddr,
     fast: &dyn FastPath,
     limits: &ConnLimits,
     stop: &std::sync::Arc<Stop>,
     start: Start,
-) -> Served {
+) -> Served<S> {
     let mut stop = StopWatch::new(stop.clone());
     let Start {
         mut bufs,
@@ -349,7 +334,7 @@ pub(crate) async fn serve_connection(
                 // (perf: each segment on loopback is a trip through the whole stack).
                 let more = file.as_ref().is_some_and(|b| b.len > 0);
                 if !nodelay && (answered || more) {
-                    let _ = stream.set_nodelay(true);
+                    stream.nodelay();
                     nodelay = true;
                 }
                 answered = true;
@@ -479,7 +464,7 @@ fn look(input: &[u8], peer: SocketAddr, fast: &dyn FastPath, out: &mut Vec<u8>) 
 /// A request the fast path may take: HTTP/1.1 `GET` or `HEAD` of an origin-form target,
 /// without a body, an `Expect` or an upgrade. Returns its method, target, and whether the
 /// client asked to close the connection after it.
-fn simple<'a>(req: &httparse::Request<'_, 'a>) -> Option<(Method, &'a str, bool)> {
+pub(super) fn simple<'a>(req: &httparse::Request<'_, 'a>) -> Option<(Method, &'a str, bool)> {
     if req.version != Some(1) {
         return None;
     }
@@ -521,7 +506,7 @@ fn simple<'a>(req: &httparse::Request<'_, 'a>) -> Option<(Method, &'a str, bool)
 /// Read more of a request head into `input`, by the header deadline. While nothing of the
 /// next request has arrived, the server stopping ends the wait too.
 async fn read_more(
-    stream: &TcpStream,
+    stream: &impl AsyncWire,
     input: &mut Vec<u8>,
     max: usize,
     (since, header_timeout): (Instant, Duration),
@@ -535,18 +520,14 @@ async fn read_more(
     loop {
         let room = (max - input.len().min(max)).clamp(1, READ_CHUNK);
         input.reserve(room);
-        // Straight into the buffer's spare room: nothing zeroed, nothing copied.
-        match stream.try_read_buf(&mut bytes::BufMut::limit(&mut *input, room)) {
+        match stream.try_read(input, room) {
             Ok(0) => return Err(ReadEnd::Eof),
             Ok(n) => {
                 if n < room {
                     // A short read took all there was. Say so, so that the next read waits
                     // for the socket to be readable instead of trying a `recv` that can only
                     // fail (one wasted system call per request on a keep-alive connection).
-                    // Data arriving meanwhile raises a new readiness event, so none is missed.
-                    let _ = stream.try_io(Interest::READABLE, || {
-                        Err::<(), _>(io::ErrorKind::WouldBlock.into())
-                    });
+                    stream.read_dry();
                 }
                 return Ok(());
             }
@@ -582,14 +563,14 @@ async fn read_more(
 /// Write all of `buf`, flagged MSG_MORE if `more` (a body follows at once); a client that
 /// takes nothing for `stall` is given up on.
 async fn write_all(
-    stream: &TcpStream,
+    stream: &impl AsyncWire,
     mut buf: &[u8],
     more: bool,
     stall: Duration,
 ) -> io::Result<()> {
     let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
     while !buf.is_empty() {
-        match stream.try_io(Interest::WRITABLE, || send(stream, buf, flags)) {
+        match stream.try_send(buf, flags) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => buf = &buf[n..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(stream, stall).await?,
@@ -600,17 +581,7 @@ async fn write_all(
     Ok(())
 }
 
-/// One `send(2)` of `buf`.
-fn send(stream: &impl AsRawFd, buf: &[u8], flags: libc::c_int) -> io::Result<usize> {
-    // SAFETY: the descriptor is open for the call and `buf` is valid for `buf.len()` bytes.
-    let n = unsafe { libc::send(stream.as_raw_fd(), buf.as_ptr().cast(), buf.len(), flags) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
-}
-
-async fn writable(stream: &TcpStream, stall: Duration) -> io::Result<()> {
+async fn writable(stream: &impl AsyncWire, stall: Duration) -> io::Result<()> {
     match tokio::time::timeout(stall, stream.writable()).await {
         Ok(r) => r,
         Err(_) => {
@@ -623,7 +594,7 @@ async fn writable(stream: &TcpStream, stall: Duration) -> io::Result<()> {
 /// Send a file body with `sendfile`, paced if it has a pace. A file cut short is an error:
 /// the length was promised, so the connection is closed rather than the body left short
 /// and the next response taken for its end.
-async fn send_file(stream: &TcpStream, body: FileBody, stall: Duration) -> io::Result<()> {
+async fn send_file(stream: &impl AsyncWire, body: FileBody, stall: Duration) -> io::Result<()> {
     let FileBody {
         file,
         offset,
@@ -645,7 +616,7 @@ async fn send_file(stream: &TcpStream, body: FileBody, stall: Duration) -> io::R
         let chunk_end = pos + chunk as u64;
         while pos < chunk_end {
             let want = (chunk_end - pos) as usize;
-            let sent = stream.try_io(Interest::WRITABLE, || sendfile(stream, &file, pos, want));
+            let sent = stream.try_sendfile(&file, pos, want);
             match sent {
                 Ok(0) => return Err(io::Error::other("file shorter than its length")),
                 Ok(n) => pos += n as u64,
@@ -656,18 +627,6 @@ async fn send_file(stream: &TcpStream, body: FileBody, stall: Duration) -> io::R
         }
     }
     Ok(())
-}
-
-/// One `sendfile(2)` of at most `len` bytes of `file` from `pos` to the socket.
-fn sendfile(stream: &TcpStream, file: &std::fs::File, pos: u64, len: usize) -> io::Result<usize> {
-    let mut off = libc::off_t::try_from(pos).map_err(|_| io::Error::other("offset too large"))?;
-    // SAFETY: both descriptors are open for the duration of the call, and `off` is a valid
-    // pointer to an off_t the kernel may update.
-    let n = unsafe { libc::sendfile(stream.as_raw_fd(), file.as_raw_fd(), &mut off, len) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
 }
 
 #[cfg(test)]

@@ -26,8 +26,11 @@
 mod conn;
 mod date;
 mod parked;
+#[cfg(any(test, feature = "replay"))]
+pub mod replay;
 mod rewind;
 mod stop;
+mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;

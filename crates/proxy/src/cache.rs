@@ -70,9 +70,11 @@ impl Cache {
         let Ok(rd) = std::fs::read_dir(&self.dir) else {
             return;
         };
+        // Only the cache's own files, named by a digest: a --cache-dir that also holds the
+        // user's files (their downloads folder, say) must not lose them to the bound.
         let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = rd
             .flatten()
-            .filter(|e| !e.file_name().to_string_lossy().starts_with("partial-"))
+            .filter(|e| is_digest_name(&e.file_name().to_string_lossy()))
             .filter_map(|e| {
                 let m = e.metadata().ok()?;
                 Some((m.modified().ok()?, m.len(), e.path()))
@@ -90,6 +92,11 @@ impl Cache {
             }
         }
     }
+}
+
+/// A verified file's name: 64 lowercase hex digits.
+fn is_digest_name(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 #[cfg(test)]
@@ -114,6 +121,13 @@ mod tests {
         // 14 bytes > 10: the older file goes, the newer stays.
         assert!(c.get(&a, None).is_none());
         assert!(c.get(&b, None).is_some());
+        // Files the cache did not make are never evicted, however full it is.
+        let mine = dir.path().join("holiday-photos.tar");
+        std::fs::write(&mine, vec![0u8; 100]).unwrap();
+        let p = c.partial_path();
+        std::fs::write(&p, b"zz").unwrap();
+        c.insert(&p, &[3u8; 32]).unwrap();
+        assert!(mine.exists(), "the user's file was evicted");
         // Partial files of an earlier run are cleared on open.
         let stale = c.partial_path();
         std::fs::write(&stale, b"x").unwrap();

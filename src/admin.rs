@@ -229,6 +229,12 @@ pub async fn volunteer_ctl(a: VolunteerCtlArgs) -> Result<()> {
     let Some(dir) = a.data_dir else {
         bail!("pass --data-dir DIR (the volunteer's data directory)")
     };
+    if config::runlock::running(&dir, volunteer::control::RUN_LOCK) == Some(false) {
+        bail!(
+            "no volunteer is running on the data directory {} (the last one has stopped)",
+            dir.display()
+        );
+    }
     let info_path = volunteer::control::runtime_path(&dir);
     let info: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&info_path).with_context(|| {

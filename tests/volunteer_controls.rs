@@ -220,3 +220,48 @@ async fn a_sync_burst_is_reported_at_once_not_at_the_next_interval() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_volunteer_per_data_directory_and_ctl_reaches_only_a_running_one() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    sample_repo(&repo);
+    let server = start_server(root, &repo, &[]).await;
+    let mut v = start_volunteer(root, &server, "v1", &repo).await;
+    server.wait_held("v1", 1).await;
+    // A second volunteer on the same data directory exits at once, naming the first.
+    let pid = v.proc.child.as_ref().unwrap().id();
+    let out = std::process::Command::new(BIN)
+        .args(volunteer_args(
+            &server,
+            "unused",
+            free_port(),
+            &v.data_dir,
+            &v.mirror,
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&format!("pid {pid}")),
+        "{err}"
+    );
+    assert!(ctl(&v.data_dir, &["status"]).contains("debian"));
+    // Killed: volunteer.json stays behind, and volunteer-ctl no longer trusts it.
+    v.proc.kill();
+    let out = std::process::Command::new(BIN)
+        .args([
+            "volunteer-ctl",
+            "status",
+            "--data-dir",
+            v.data_dir.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no volunteer is running"),
+        "{err}"
+    );
+}

@@ -5,6 +5,8 @@
 //! [`ServerConfig::validate`] / [`VolunteerConfig::validate`] check the result and name the key
 //! that is wrong.
 
+pub mod runlock;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

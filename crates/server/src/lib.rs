@@ -73,68 +73,17 @@ impl DataDir {
     pub fn server_json(&self) -> PathBuf {
         self.0.join("server.json")
     }
-    /// Held (`flock`) by the one server running on this directory, with its pid inside.
-    pub fn lock(&self) -> PathBuf {
-        self.0.join("server.lock")
-    }
 }
 
-/// One server per data directory: an exclusive `flock` on `server.lock` for the server's
-/// life. The kernel drops it when the process dies, kill -9 included, so no lock is stale.
-pub struct DataDirLock {
-    _file: std::fs::File,
-}
+/// The name of the server's [`config::runlock`] in its data directory.
+const RUN_LOCK: &str = "server";
 
-impl DataDirLock {
-    pub fn acquire(data: &DataDir) -> Result<DataDirLock> {
-        use std::io::Write;
-        let path = data.lock();
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        // A probe by an admin command (`running_server`) holds it shared for an instant.
-        let mut tries = 0;
-        loop {
-            match file.try_lock() {
-                Ok(()) => break,
-                Err(std::fs::TryLockError::WouldBlock) if tries < 10 => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    let (pid, url) = holder(data);
-                    anyhow::bail!(
-                        "another mirrorswarm server (pid {}, at {}) runs on the data directory {}; stop it first, or give this one a --data-dir of its own",
-                        pid.map_or("unknown".into(), |p| p.to_string()),
-                        url.unwrap_or_else(|| "an address not yet written".into()),
-                        data.0.display()
-                    )
-                }
-                Err(std::fs::TryLockError::Error(e)) => {
-                    return Err(e).with_context(|| format!("locking {}", path.display()))
-                }
-            }
-        }
-        file.set_len(0)?;
-        writeln!(file, "{}", std::process::id())?;
-        Ok(DataDirLock { _file: file })
-    }
-}
-
-/// The pid in the lock file and the URL in `server.json`, as far as they can be read.
-fn holder(data: &DataDir) -> (Option<u32>, Option<String>) {
-    let pid = std::fs::read_to_string(data.lock())
-        .ok()
-        .and_then(|s| s.trim().parse().ok());
-    let url = std::fs::read(data.server_json())
+/// The URL in `server.json`, as far as it can be read.
+fn written_url(data: &DataDir) -> Option<String> {
+    std::fs::read(data.server_json())
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v.get("url")?.as_str().map(str::to_string));
-    (pid, url)
+        .and_then(|v| v.get("url")?.as_str().map(str::to_string))
 }
 
 /// Reserved first path segments that can never be repository names.
@@ -417,7 +366,16 @@ pub async fn run(
     let data = DataDir(cfg.data_dir.clone());
     std::fs::create_dir_all(&data.0)
         .with_context(|| format!("creating data dir {}", data.0.display()))?;
-    let _one_server = DataDirLock::acquire(&data)?;
+    // One server per data directory (see `config::runlock`).
+    let _one_server = config::runlock::RunLock::acquire(&data.0, RUN_LOCK).map_err(|e| match e {
+        config::runlock::RunLockError::Held { pid, .. } => anyhow!(
+            "another mirrorswarm server (pid {}, at {}) runs on the data directory {}; stop it first, or give this one a --data-dir of its own",
+            pid.map_or("unknown".into(), |p| p.to_string()),
+            written_url(&data).unwrap_or_else(|| "an address not yet written".into()),
+            data.0.display()
+        ),
+        e => anyhow!(e),
+    })?;
     let st = build_state(cfg).await?;
     let listener =
         fileserve::listen::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
@@ -476,15 +434,12 @@ pub async fn create_enrollment_token(data_dir: &Path, name: &str, ttl_secs: u64)
 /// command to whatever listens on that port today.
 pub fn running_server_url(data_dir: &Path) -> Result<String> {
     let data = DataDir::existing(data_dir)?;
-    if let Ok(f) = std::fs::File::open(data.lock()) {
-        if f.try_lock_shared().is_ok() {
-            let (pid, _) = holder(&data);
-            anyhow::bail!(
-                "no mirrorswarm server is running on the data directory {} (the last one{} has stopped)",
-                data_dir.display(),
-                pid.map_or(String::new(), |p| format!(", pid {p},"))
-            );
-        }
+    if config::runlock::running(&data.0, RUN_LOCK) == Some(false) {
+        anyhow::bail!(
+            "no mirrorswarm server is running on the data directory {} (the last one{} has stopped)",
+            data_dir.display(),
+            config::runlock::holder(&data.0, RUN_LOCK).map_or(String::new(), |p| format!(", pid {p},"))
+        );
     }
     let p = data.server_json();
     let bytes = std::fs::read(&p)

@@ -26,6 +26,9 @@ pub fn token_path(data_dir: &Path) -> PathBuf {
     data_dir.join("control.token")
 }
 
+/// The volunteer's [`config::runlock`] in its data directory.
+pub const RUN_LOCK: &str = "volunteer";
+
 pub fn runtime_path(data_dir: &Path) -> PathBuf {
     data_dir.join("volunteer.json")
 }

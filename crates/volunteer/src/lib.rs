@@ -454,6 +454,17 @@ pub async fn run(
     cfg.validate()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    // One volunteer per data directory: two would share a credential and its announce
+    // sequence, and `volunteer-ctl` would reach whichever wrote volunteer.json last.
+    let _one_volunteer = config::runlock::RunLock::acquire(&cfg.data_dir, control::RUN_LOCK)
+        .map_err(|e| match e {
+            config::runlock::RunLockError::Held { pid, .. } => anyhow!(
+                "another mirrorswarm volunteer (pid {}) runs on the data directory {}; stop it first, or give this one a --data-dir of its own",
+                pid.map_or("unknown".into(), |p| p.to_string()),
+                cfg.data_dir.display()
+            ),
+            e => anyhow!(e),
+        })?;
     if cfg.sync {
         for (name, dir) in &cfg.mirrors {
             if !dir.exists() {

@@ -22,6 +22,7 @@ pub mod snapshots;
 pub mod spotcheck;
 pub mod state;
 pub mod store;
+pub mod torrents;
 pub mod tracker_http;
 
 use std::collections::HashMap;

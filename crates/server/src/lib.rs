@@ -375,6 +375,11 @@ async fn start_oracle_feed(st: &Arc<AppState>, addr: SocketAddr) -> Result<()> {
             };
             let mut parts = text.split_whitespace();
             if let (Some(id), Some(cc), Some(sc)) = (parts.next(), parts.next(), parts.next()) {
+                // Only enrolled volunteers' ids: anyone can send a datagram, and a map keyed
+                // by whatever they send would grow with every new id.
+                if st.credential(id).is_none() {
+                    continue;
+                }
                 if let (Ok(cc), Ok(sc)) = (cc.parse::<u32>(), sc.parse::<u32>()) {
                     write(&st.oracle_live).insert(id.to_string(), (cc, sc));
                 }
@@ -411,7 +416,9 @@ pub async fn run(
         let mut tick = tokio::time::interval(sweeper.config.tracker.interval());
         loop {
             tick.tick().await;
-            lock(&sweeper.swarms).expire(Instant::now());
+            let now = Instant::now();
+            lock(&sweeper.swarms).expire(now);
+            lock(&sweeper.origin_gate).expire(now);
         }
     });
 

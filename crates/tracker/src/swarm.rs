@@ -124,9 +124,9 @@ pub enum SwarmError {
     RateLimited,
     #[error("unknown torrent: this tracker serves only the torrents its server publishes")]
     UnknownTorrent,
-    #[error("too many torrents created from your address")]
+    #[error("too many torrents created from your address or its network")]
     SourceSwarmsFull,
-    #[error("too many peers from your address in this swarm")]
+    #[error("too many peers from your address or its network in this swarm")]
     SourcePeersFull,
     #[error("peer id in use by an enrolled peer at another address")]
     PeerIdTaken,

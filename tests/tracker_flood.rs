@@ -1,7 +1,8 @@
 //! The tracker under a flood from one host (issue 30, item 4). The server listens on
 //! 127.0.0.1; the flood comes from other loopback addresses (all of 127.0.0.0/8 is this
 //! machine's): 2,100 fake peers into a real swarm from one address, a whole /24 of addresses
-//! doing the same, 20,000 random info-hashes, scrapes of everything and of too much. Then a
+//! doing the same, 20,000 random info-hashes, 1,500 forged mirror announces, scrapes of
+//! everything and of too much. Then a
 //! real BitTorrent client (aria2c) from yet another address and a `mirrorswarm prsync pull`
 //! still get peers and complete over BitTorrent, the flood's announces got failures past the
 //! bounds, and the server's memory grew by what the bounds allow, not by what was sent.
@@ -25,6 +26,8 @@ const FLOOD: &str = "127.0.2.2";
 const HASH_FLOOD: &str = "127.0.5.5";
 /// A whole /24 of flooding hosts: 127.0.4.1 to 127.0.4.40.
 const FLOOD_NET: &str = "127.0.4";
+/// A host sending forged mirror announces.
+const MIRROR_FLOOD: &str = "127.0.7.7";
 /// The real BitTorrent client.
 const CLIENT: &str = "127.0.3.3";
 
@@ -284,19 +287,50 @@ async fn a_flood_from_one_host_does_not_stop_real_clients_on_others() {
             };
             *scrapes.entry(key).or_insert(0usize) += 1;
         }
+        // 5. Signed-looking announces of a volunteer nobody enrolled: each refusal costs a
+        // signature check and a log line, so they count against the rate too.
+        let mut mirror = BTreeMap::new();
+        let mut m = Conn::open(MIRROR_FLOOD, to).await;
+        for seq in 1..=1500u64 {
+            let report = tracker::mirror::MirrorReport {
+                volunteer: "nobody".into(),
+                seq,
+                generation: 1,
+                customer_conns: 0,
+                sync_conns: 0,
+                upload_bps: 0,
+                capacity: 8,
+                url: "http://127.0.7.7:9".into(),
+                sync_bps: 0,
+                link_bps: 0,
+                paused: false,
+            };
+            let q = tracker::mirror::sign_query(
+                b"not a secret the server issued",
+                &tracker::mirror::build_mirror_query(
+                    "debian",
+                    *b"-MS0100-aaaaaaaaaaaa",
+                    9,
+                    &report,
+                ),
+            );
+            let (_, body) = m.get(&format!("/announce?{q}")).await;
+            let v = tracker::bencode::decode(&body).unwrap();
+            let reason = v.get("failure reason").unwrap().as_bytes().unwrap();
+            *mirror
+                .entry(String::from_utf8_lossy(reason).to_string())
+                .or_insert(0usize) += 1;
+        }
         (
-            one_host,
-            forged,
-            one_net,
-            hashes,
+            (one_host, forged, one_net, hashes, mirror),
             (status, everything, too_many, scrapes),
         )
     })
     .await;
-    let (one_host, forged, one_net, hashes, (status, everything, too_many, scrapes)) =
+    let ((one_host, forged, one_net, hashes, mirror), (status, everything, too_many, scrapes)) =
         flood.expect("the flood ended within 180 s");
     let rss_after = rss_kib(pid);
-    eprintln!("one host: {one_host:?}\nforged origin: {forged:?}\none /24: {one_net:?}\nrandom hashes: {hashes:?}\nscrapes: {scrapes:?}");
+    eprintln!("one host: {one_host:?}\nforged origin: {forged:?}\none /24: {one_net:?}\nrandom hashes: {hashes:?}\nforged mirror announces: {mirror:?}\nscrapes: {scrapes:?}");
     eprintln!("server RSS: {rss_before} KiB before the flood, {rss_after} KiB after");
 
     // One address got its bound, then failures: its own, then the rate's.
@@ -310,6 +344,8 @@ async fn a_flood_from_one_host_does_not_stop_real_clients_on_others() {
     // No random info-hash got a swarm.
     assert_eq!(hashes.get("ok"), None, "{hashes:?}");
     assert!(count(&hashes, "unknown torrent") > 0);
+    assert!(count(&mirror, "unknown volunteer") > 0, "{mirror:?}");
+    assert!(count(&mirror, "announce rate exceeded") > 0, "{mirror:?}");
     assert_eq!(status, 400);
     assert!(
         String::from_utf8_lossy(&everything).contains("failure reason") && everything.len() < 200,

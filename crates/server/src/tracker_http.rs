@@ -66,14 +66,28 @@ fn announce_body(st: &AppState, peer: SocketAddr, raw: &str) -> Vec<u8> {
     };
     let interval = st.config.tracker.interval_secs as u32;
     let report = match parse_mirror_report(&req.extra) {
+        Ok(None) => return plain_announce(st, &req, peer, interval),
+        Ok(Some(r)) => Ok(r),
+        Err(e) => Err(e),
+    };
+    // A mirror announce, good or not, counts against its sender's rate as a plain one does
+    // (in `Swarms::announce_into`): each refusal below costs a signature check and a log
+    // line, and a flood of them is one host's to bound. A volunteer's address is exempt from
+    // its first accepted announce on.
+    let admitted = lock(&st.swarms).admit(
+        peer.ip().to_canonical(),
+        Standing::Anonymous,
+        Instant::now(),
+    );
+    if let Err(e) = admitted {
+        return refused(st, &e.to_string());
+    }
+    let report = match report {
         Ok(r) => r,
         Err(e) => {
             tracing::info!(%peer, error = %e, "refused mirror announce");
             return refused(st, &e.to_string());
         }
-    };
-    let Some(report) = report else {
-        return plain_announce(st, &req, peer, interval);
     };
 
     let Some(repo) = st.info_hashes.get(&req.info_hash).cloned() else {

@@ -464,8 +464,8 @@ impl Liveness {
 /// enrolled volunteer's (or the origin's) peer is not someone else's to move or stop, so only
 /// its own address or another trusted source may; an anonymous peer may move (a client whose
 /// address changed keeps its id), as before.
-fn may_take(peer: &Peer, at: Source, trusted: bool) -> bool {
-    trusted || !peer.trusted() || addr_key(peer.ip) == at.addr
+fn may_take(peer: &Peer, at: IpAddr, trusted: bool) -> bool {
+    trusted || !peer.trusted() || addr_key(peer.ip) == addr_key(at)
 }
 
 /// All swarms the tracker knows about.
@@ -679,9 +679,8 @@ impl Swarms {
         out: &mut AnnounceOutcome,
     ) -> Result<(), SwarmError> {
         let live = Liveness::at(now, self.limits.peer_ttl);
-        let src = Source::of(ip);
         if req.event == Event::Stopped {
-            self.stop(req, src, trusted, live, out);
+            self.stop(req, ip, trusted, live, out);
             return Ok(());
         }
 
@@ -707,12 +706,13 @@ impl Swarms {
                     if *unlisted >= limits.max_swarms {
                         return Err(SwarmError::TooManySwarms);
                     }
+                    let src = Source::of(ip);
+                    // No source can be at a bound while the unlisted swarms are fewer.
+                    let (max_addr, max_prefix) =
+                        (limits.max_swarms_per_addr, limits.max_swarms_per_prefix);
                     if !trusted
-                        && created.reached(
-                            src,
-                            limits.max_swarms_per_addr,
-                            limits.max_swarms_per_prefix,
-                        )
+                        && *unlisted >= max_addr.min(max_prefix) as usize
+                        && created.reached(src, max_addr, max_prefix)
                     {
                         return Err(SwarmError::SourceSwarmsFull);
                     }
@@ -730,7 +730,7 @@ impl Swarms {
 
         let known = swarm.get(&req.peer_id).copied();
         let was_seeder = known.map(|p| p.seeder());
-        if let Err(e) = admit_peer(swarm, known, src, trusted, limits, live, refusals) {
+        if let Err(e) = admit_peer(swarm, known, ip, trusted, limits, live, refusals) {
             if swarm.peers.is_empty() {
                 // Only possible with a zero limit; don't leave a husk.
                 if let Some(gone) = swarms.remove(&req.info_hash) {
@@ -773,7 +773,7 @@ impl Swarms {
     fn stop(
         &mut self,
         req: &AnnounceRequest,
-        src: Source,
+        ip: IpAddr,
         trusted: bool,
         live: Liveness,
         out: &mut AnnounceOutcome,
@@ -782,7 +782,7 @@ impl Swarms {
             return;
         };
         match swarm.get(&req.peer_id) {
-            Some(p) if !may_take(p, src, trusted) => {
+            Some(p) if !may_take(p, ip, trusted) => {
                 self.refusals.count(SwarmError::PeerIdTaken);
             }
             _ => swarm.remove(&req.peer_id),
@@ -839,7 +839,7 @@ impl Swarms {
     }
 }
 
-/// Whether the announcer, from `src`, may be held in `swarm`: it is held already at this
+/// Whether the announcer, from `ip`, may be held in `swarm`: it is held already at this
 /// address, or there is room for it. A peer known at another address is taken as a newcomer
 /// there (its old place given up), unless it is trusted and the announcer is not.
 ///
@@ -850,24 +850,30 @@ impl Swarms {
 fn admit_peer(
     swarm: &mut Swarm,
     known: Option<Peer>,
-    src: Source,
+    ip: IpAddr,
     trusted: bool,
     limits: &SwarmLimits,
     live: Liveness,
     refusals: &mut Refusals,
 ) -> Result<(), SwarmError> {
     if let Some(old) = known {
-        if addr_key(old.ip) == src.addr {
+        // The common case, a peer announcing again from where it was, costs one comparison.
+        if old.ip == ip || addr_key(old.ip) == addr_key(ip) {
             return Ok(());
         }
-        if !may_take(&old, src, trusted) {
+        if !may_take(&old, ip, trusted) {
             return Err(SwarmError::PeerIdTaken);
         }
         swarm.remove(&old.id);
     }
     if !trusted {
+        let src = Source::of(ip);
         let (max_addr, max_prefix) = (limits.max_peers_per_addr, limits.max_peers_per_prefix);
-        if swarm.by_source.reached(src, max_addr, max_prefix) {
+        // No source can be at a bound while all anonymous peers together are under both:
+        // most swarms then cost no lookup.
+        if swarm.anonymous >= max_addr.min(max_prefix)
+            && swarm.by_source.reached(src, max_addr, max_prefix)
+        {
             swarm.drop_stale(live);
             if swarm.by_source.reached(src, max_addr, max_prefix) {
                 return Err(SwarmError::SourcePeersFull);

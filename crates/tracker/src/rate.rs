@@ -8,12 +8,11 @@
 //! slowed with it, a chance of one in [`SLOTS`] per flooding address, which an attacker
 //! cannot aim without the keys.
 //!
-//! The hash is two keyed folded multiplies (as foldhash and wyhash mix), not SipHash: it runs
-//! on every announce, where SipHash was 300 of the 400 instructions the table cost. A
-//! collision here only shares a rate, it cannot make the table slower, so the strength asked
-//! of the hash is only that outsiders cannot choose collisions with a given address; to learn
-//! the keys they would have to infer them from which of their own addresses get slowed
-//! together.
+//! The hash is [`crate::source::SourceHash`], not SipHash: it runs on every announce, where
+//! SipHash was 300 of the 400 instructions the table cost. A collision here only shares a
+//! rate, it cannot make the table slower, so the strength asked of the hash is only that
+//! outsiders cannot choose collisions with a given address; to learn the keys they would
+//! have to infer them from which of their own addresses get slowed together.
 
 use std::time::{Duration, Instant};
 
@@ -26,8 +25,8 @@ pub const SLOTS: usize = 1 << 16;
 pub struct RateTable {
     /// Per slot, when its bucket is next empty of debt: microseconds since `epoch`.
     slots: Box<[u64]>,
-    /// The slot hash's keys, random per table.
-    keys: [u64; 3],
+    /// The slot hash, keyed at random per table.
+    hash: crate::source::SourceHash,
     epoch: Instant,
     /// Microseconds one announce costs.
     interval_us: u64,
@@ -42,7 +41,7 @@ impl RateTable {
         let interval_us = 1_000_000 / u64::from(per_sec.max(1));
         RateTable {
             slots: vec![0u64; SLOTS].into_boxed_slice(),
-            keys: rand::random(),
+            hash: Default::default(),
             epoch: Instant::now(),
             interval_us: interval_us.max(1),
             tolerance_us: interval_us.saturating_mul(u64::from(burst.max(1)) - 1),
@@ -63,22 +62,13 @@ impl RateTable {
     }
 
     fn slot_of(&self, addr: u128) -> usize {
-        let [k0, k1, k2] = self.keys;
-        let h = fold(addr as u64 ^ k0, (addr >> 64) as u64 ^ k1);
-        // The second round spreads the first's bits over the low ones the slot is taken from.
-        (fold(h ^ k2, 0x9e37_79b9_7f4a_7c15) as usize) & (SLOTS - 1)
+        (self.hash.hash(addr) as usize) & (SLOTS - 1)
     }
 
     /// Bytes the table holds: fixed at creation.
     pub fn heap_bytes(&self) -> usize {
         self.slots.len() * std::mem::size_of::<u64>()
     }
-}
-
-/// The 128-bit product of `a` and `b`, its halves xored.
-fn fold(a: u64, b: u64) -> u64 {
-    let m = u128::from(a) * u128::from(b);
-    (m as u64) ^ ((m >> 64) as u64)
 }
 
 fn micros(d: Duration) -> u64 {
@@ -114,24 +104,6 @@ mod tests {
         // Another address is not slowed by the first (unless they share a slot: for two
         // addresses, 1 in 65536; the third makes it all but impossible that both do).
         assert!(r.admit(2, t) || r.admit(3, t));
-    }
-
-    /// Addresses that differ little (neighbours in a /24, /64s of one /48) spread over the
-    /// table as random ones would: the hash must not map a network onto a few slots.
-    #[test]
-    fn neighbouring_addresses_spread_over_the_slots() {
-        let r = RateTable::new(1, 1);
-        let v4 = |i: u32| u128::from(std::net::Ipv4Addr::from(0x0a00_0000 + i).to_ipv6_mapped());
-        let v6 = |i: u128| (0x2001_0db8_0001u128 << 80) | (i << 64);
-        for family in [
-            (0..4096u32).map(|i| r.slot_of(v4(i))).collect::<Vec<_>>(),
-            (0..4096u128).map(|i| r.slot_of(v6(i))).collect(),
-        ] {
-            let distinct: std::collections::HashSet<_> = family.iter().collect();
-            // 4096 random draws from 65536 slots leave about 3,970 distinct; a weak hash
-            // leaves far fewer.
-            assert!(distinct.len() > 3900, "{}", distinct.len());
-        }
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! the two families never meet (a mapped key has `ffff` in bits 32..48, which a masked /64 or
 //! /48 never has).
 
+use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 
 /// The address and prefix an announce is counted against.
@@ -47,6 +48,79 @@ pub fn prefix_key(ip: IpAddr) -> u128 {
     }
 }
 
+/// A keyed hash of source keys, for the per-source counts and the rate table: two folded
+/// multiplies (as foldhash and wyhash mix), keys random per instance. SipHash was most of
+/// what the bounds cost an announce. What is asked of it is that outsiders cannot choose
+/// keys that collide (they do not know the keys, and nothing they see tells them a hash);
+/// a collision costs a longer probe in a map of at most a swarm's peers, or a shared rate.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceHash {
+    keys: [u64; 3],
+}
+
+impl Default for SourceHash {
+    fn default() -> Self {
+        SourceHash {
+            keys: rand::random(),
+        }
+    }
+}
+
+impl SourceHash {
+    pub fn hash(&self, key: u128) -> u64 {
+        let [k0, k1, k2] = self.keys;
+        let h = fold(key as u64 ^ k0, (key >> 64) as u64 ^ k1);
+        // The second round spreads the first's bits over all of them.
+        fold(h ^ k2, 0x9e37_79b9_7f4a_7c15)
+    }
+}
+
+/// The 128-bit product of `a` and `b`, its halves xored.
+fn fold(a: u64, b: u64) -> u64 {
+    let m = u128::from(a) * u128::from(b);
+    (m as u64) ^ ((m >> 64) as u64)
+}
+
+impl BuildHasher for SourceHash {
+    type Hasher = SourceHasher;
+
+    fn build_hasher(&self) -> SourceHasher {
+        SourceHasher {
+            hash: *self,
+            state: 0,
+        }
+    }
+}
+
+/// [`SourceHash`] as a [`Hasher`]: made for one `u128`, any other input folded in 8 bytes at
+/// a time.
+#[derive(Debug, Clone)]
+pub struct SourceHasher {
+    hash: SourceHash,
+    state: u64,
+}
+
+impl Hasher for SourceHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            let word = u64::from_le_bytes(b);
+            self.state = self
+                .hash
+                .hash(u128::from(self.state) << 64 | u128::from(word));
+        }
+    }
+
+    fn write_u128(&mut self, v: u128) {
+        self.state = self.hash.hash(v ^ u128::from(self.state));
+    }
+
+    fn finish(&self) -> u64 {
+        self.state
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +149,27 @@ mod tests {
         assert_ne!(addr_key(a), addr_key(ip("2001:db8:1:3::1")));
         assert_eq!(prefix_key(a), prefix_key(ip("2001:db8:1:ffff::1")));
         assert_ne!(prefix_key(a), prefix_key(ip("2001:db8:2::1")));
+    }
+
+    /// Keys that differ little (neighbours in a /24, /64s of one /48) spread as random ones
+    /// would, in the low bits (a table's slot) and the high ones (hashbrown's tag).
+    #[test]
+    fn neighbouring_keys_spread() {
+        let h = SourceHash::default();
+        let v4 = |i: u32| addr_key(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
+        let v6 = |i: u128| (0x2001_0db8_0001u128 << 80) | (i << 64);
+        for keys in [
+            (0..4096u32).map(v4).collect::<Vec<_>>(),
+            (0..4096u128).map(v6).collect(),
+        ] {
+            let low: std::collections::HashSet<_> =
+                keys.iter().map(|&k| h.hash(k) & 0xffff).collect();
+            // 4096 random draws from 65536 values leave about 3,970 distinct.
+            assert!(low.len() > 3900, "{}", low.len());
+            let tags: std::collections::HashSet<_> =
+                keys.iter().map(|&k| h.hash(k) >> 57).collect();
+            assert_eq!(tags.len(), 128);
+        }
     }
 
     #[test]

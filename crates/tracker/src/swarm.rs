@@ -26,7 +26,7 @@ use rand::Rng;
 
 use crate::announce::{AnnounceRequest, Event};
 use crate::rate::RateTable;
-use crate::source::{addr_key, Source};
+use crate::source::{addr_key, Source, SourceHash};
 
 /// Which torrents the tracker keeps swarms for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -196,8 +196,8 @@ impl Peer {
 /// goes when its count does, so the maps never hold more entries than what they count.
 #[derive(Debug, Default)]
 struct SourceCounts {
-    addr: HashMap<u128, u32>,
-    prefix: HashMap<u128, u32>,
+    addr: HashMap<u128, u32, SourceHash>,
+    prefix: HashMap<u128, u32, SourceHash>,
 }
 
 impl SourceCounts {
@@ -207,7 +207,7 @@ impl SourceCounts {
     }
 
     fn sub(&mut self, s: Source) {
-        fn dec(map: &mut HashMap<u128, u32>, k: u128) {
+        fn dec(map: &mut HashMap<u128, u32, SourceHash>, k: u128) {
             if let Entry::Occupied(mut e) = map.entry(k) {
                 if *e.get() <= 1 {
                     e.remove();
@@ -480,8 +480,9 @@ pub struct Swarms {
     /// Live unlisted swarms by the source that created them.
     created: SourceCounts,
     rate: RateTable,
-    /// Address keys an enrolled volunteer announced from, and when it last did.
-    trusted: HashMap<u128, Instant>,
+    /// Address keys an enrolled volunteer announced from, and when it last did (looked up on
+    /// every announce while any is trusted).
+    trusted: HashMap<u128, Instant, SourceHash>,
     refusals: Refusals,
 }
 
@@ -504,7 +505,7 @@ impl Swarms {
             unlisted: 0,
             created: SourceCounts::default(),
             rate: RateTable::new(limits.announce_rate, limits.announce_burst),
-            trusted: HashMap::new(),
+            trusted: HashMap::default(),
             refusals: Refusals::default(),
         }
     }

@@ -192,6 +192,11 @@ struct ServerArgs {
     /// Seconds between spot checks of each volunteer's bytes; 0 turns them off [default: 60].
     #[arg(long)]
     spot_check_secs: Option<u64>,
+    /// Which torrents the tracker keeps swarms for: `published` (the published generations'
+    /// torrents and the repositories' swarms; anything else is refused) or `open` (any
+    /// torrent, unpublished ones bounded) [default: published].
+    #[arg(long, value_parser = ["published", "open"])]
+    tracker_torrents: Option<String>,
 }
 
 #[derive(Args)]
@@ -431,6 +436,13 @@ fn server_config(a: ServerArgs) -> Result<ServerConfig> {
     }
     if let Some(v) = a.spot_check_secs {
         cfg.trust.spot_check_secs = v;
+    }
+    if let Some(v) = a.tracker_torrents {
+        cfg.tracker.torrents = if v == "open" {
+            config::TrackerTorrents::Open
+        } else {
+            config::TrackerTorrents::Published
+        };
     }
     if cfg.repos.is_empty() {
         bail!("no repository to publish: pass --repo NAME=DIR or set [repos] in the config file");

@@ -221,6 +221,44 @@ pub struct TrackerConfig {
     pub timeout_intervals: f64,
     /// How long a plain BitTorrent peer stays listed without announcing. Default 3 × interval.
     pub peer_ttl_secs: Option<u64>,
+    /// Which torrents the tracker keeps swarms for: `published` (default), the torrents of
+    /// every repository's current generation and the one before it, and the repositories'
+    /// volunteer swarms, anything else refused (so unknown info-hashes cost nothing); or
+    /// `open`, any torrent, unknown ones bounded by `max_swarms` and per creating address.
+    pub torrents: TrackerTorrents,
+    /// Peers one swarm holds at most. A full swarm refuses anonymous newcomers; an enrolled
+    /// volunteer's peer or the origin's seed takes an anonymous peer's place. Default 2000.
+    pub max_peers_per_swarm: usize,
+    /// With `torrents = "open"`: swarms of unpublished torrents at most (published ones are
+    /// not counted, so they are never crowded out). Default 100000.
+    pub max_swarms: usize,
+    /// Anonymous peers one address (an IPv4 address, an IPv6 /64) may have in one swarm.
+    /// Enrolled volunteers' addresses and the origin are not bound. Default 16.
+    pub max_peers_per_address: u32,
+    /// Anonymous peers one prefix (IPv4 /24, IPv6 /48) may have in one swarm. Default 64.
+    pub max_peers_per_prefix: u32,
+    /// With `torrents = "open"`: live swarms of unpublished torrents one address may have
+    /// created. Default 256.
+    pub max_swarms_per_address: u32,
+    /// With `torrents = "open"`: the same per prefix. Default 1024.
+    pub max_swarms_per_prefix: u32,
+    /// Announces and scrapes per second one address may send once its burst is spent; over
+    /// it, a `failure reason`. Enrolled volunteers' addresses and the origin are not bound.
+    /// Default 100.
+    pub announce_rate: u32,
+    /// Announces and scrapes one address may send at once (a pull starting hundreds of
+    /// torrents announces each). Default 1000.
+    pub announce_burst: u32,
+}
+
+/// Which torrents the tracker keeps swarms for ([`TrackerConfig::torrents`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrackerTorrents {
+    /// The published torrents and the repositories' swarms only.
+    Published,
+    /// Any torrent, unpublished ones bounded.
+    Open,
 }
 
 impl Default for TrackerConfig {
@@ -229,6 +267,15 @@ impl Default for TrackerConfig {
             interval_secs: 5,
             timeout_intervals: 1.5,
             peer_ttl_secs: None,
+            torrents: TrackerTorrents::Published,
+            max_peers_per_swarm: 2000,
+            max_swarms: 100_000,
+            max_peers_per_address: 16,
+            max_peers_per_prefix: 64,
+            max_swarms_per_address: 256,
+            max_swarms_per_prefix: 1024,
+            announce_rate: 100,
+            announce_burst: 1000,
         }
     }
 }
@@ -243,6 +290,61 @@ impl TrackerConfig {
     }
     pub fn peer_ttl(&self) -> Duration {
         Duration::from_secs(self.peer_ttl_secs.unwrap_or(self.interval_secs * 3).max(1))
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.interval_secs == 0 || self.interval_secs > 3600 {
+            return Err(invalid("tracker.interval_secs", "must be 1..=3600"));
+        }
+        if !(1.0..=100.0).contains(&self.timeout_intervals) {
+            return Err(invalid("tracker.timeout_intervals", "must be 1.0..=100.0"));
+        }
+        // Memory is what these bound: a peer costs about 150 bytes, a swarm a few hundred.
+        if !(1..=1_000_000).contains(&self.max_peers_per_swarm) {
+            return Err(invalid(
+                "tracker.max_peers_per_swarm",
+                "must be 1..=1000000",
+            ));
+        }
+        if !(1..=10_000_000).contains(&self.max_swarms) {
+            return Err(invalid("tracker.max_swarms", "must be 1..=10000000"));
+        }
+        let at_least_one = [
+            ("tracker.max_peers_per_address", self.max_peers_per_address),
+            ("tracker.max_peers_per_prefix", self.max_peers_per_prefix),
+            (
+                "tracker.max_swarms_per_address",
+                self.max_swarms_per_address,
+            ),
+            ("tracker.max_swarms_per_prefix", self.max_swarms_per_prefix),
+        ];
+        for (key, v) in at_least_one {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if self.max_peers_per_address > self.max_peers_per_prefix {
+            return Err(invalid(
+                "tracker.max_peers_per_address",
+                "must not exceed tracker.max_peers_per_prefix (an address is in its prefix)",
+            ));
+        }
+        if self.max_swarms_per_address > self.max_swarms_per_prefix {
+            return Err(invalid(
+                "tracker.max_swarms_per_address",
+                "must not exceed tracker.max_swarms_per_prefix (an address is in its prefix)",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.announce_rate) {
+            return Err(invalid(
+                "tracker.announce_rate",
+                "must be 1..=1000000 per second",
+            ));
+        }
+        if !(1..=10_000_000).contains(&self.announce_burst) {
+            return Err(invalid("tracker.announce_burst", "must be 1..=10000000"));
+        }
+        Ok(())
     }
 }
 
@@ -315,12 +417,7 @@ impl ServerConfig {
         if let Some(url) = &self.public_url {
             validate_http_url(url).map_err(|r| invalid("public_url", r))?;
         }
-        if self.tracker.interval_secs == 0 || self.tracker.interval_secs > 3600 {
-            return Err(invalid("tracker.interval_secs", "must be 1..=3600"));
-        }
-        if !(1.0..=100.0).contains(&self.tracker.timeout_intervals) {
-            return Err(invalid("tracker.timeout_intervals", "must be 1.0..=100.0"));
-        }
+        self.tracker.validate()?;
         if !POLICY_NAMES.contains(&self.redirect.policy.as_str()) {
             return Err(invalid(
                 "redirect.policy",
@@ -662,11 +759,46 @@ mod tests {
     }
 
     #[test]
+    fn tracker_bounds_are_checked_and_named() {
+        let cfg: ServerConfig = toml::from_str("[tracker]\ntorrents = \"open\"\n").unwrap();
+        assert_eq!(cfg.tracker.torrents, TrackerTorrents::Open);
+        cfg.validate().unwrap();
+        let err = toml::from_str::<ServerConfig>("[tracker]\ntorrents = \"all\"\n").unwrap_err();
+        assert!(err.to_string().contains("torrents"), "{err}");
+        for (text, key) in [
+            ("max_peers_per_swarm = 0", "tracker.max_peers_per_swarm"),
+            ("max_swarms = 0", "tracker.max_swarms"),
+            ("max_peers_per_address = 0", "tracker.max_peers_per_address"),
+            ("max_peers_per_prefix = 0", "tracker.max_peers_per_prefix"),
+            (
+                "max_swarms_per_address = 0",
+                "tracker.max_swarms_per_address",
+            ),
+            ("max_swarms_per_prefix = 0", "tracker.max_swarms_per_prefix"),
+            ("announce_rate = 0", "tracker.announce_rate"),
+            ("announce_burst = 0", "tracker.announce_burst"),
+            (
+                "max_peers_per_address = 100",
+                "tracker.max_peers_per_address",
+            ),
+            (
+                "max_swarms_per_address = 2000",
+                "tracker.max_swarms_per_address",
+            ),
+        ] {
+            let cfg: ServerConfig = toml::from_str(&format!("[tracker]\n{text}\n")).unwrap();
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn timeout_is_interval_times_factor() {
         let t = TrackerConfig {
             interval_secs: 2,
             timeout_intervals: 1.5,
             peer_ttl_secs: None,
+            ..Default::default()
         };
         assert_eq!(t.volunteer_timeout(), Duration::from_secs(3));
         assert_eq!(t.peer_ttl(), Duration::from_secs(6));

@@ -16,6 +16,27 @@ fn server_example_parses_and_shows_the_defaults() {
     assert_eq!(c.listen, d.listen);
     assert_eq!(c.tracker.interval_secs, d.tracker.interval_secs);
     assert_eq!(c.tracker.timeout_intervals, d.tracker.timeout_intervals);
+    assert_eq!(c.tracker.torrents, d.tracker.torrents);
+    assert_eq!(c.tracker.max_peers_per_swarm, d.tracker.max_peers_per_swarm);
+    assert_eq!(c.tracker.max_swarms, d.tracker.max_swarms);
+    assert_eq!(
+        c.tracker.max_peers_per_address,
+        d.tracker.max_peers_per_address
+    );
+    assert_eq!(
+        c.tracker.max_peers_per_prefix,
+        d.tracker.max_peers_per_prefix
+    );
+    assert_eq!(
+        c.tracker.max_swarms_per_address,
+        d.tracker.max_swarms_per_address
+    );
+    assert_eq!(
+        c.tracker.max_swarms_per_prefix,
+        d.tracker.max_swarms_per_prefix
+    );
+    assert_eq!(c.tracker.announce_rate, d.tracker.announce_rate);
+    assert_eq!(c.tracker.announce_burst, d.tracker.announce_burst);
     assert_eq!(c.redirect.policy, d.redirect.policy);
     assert_eq!(c.redirect.direct_max_bytes, d.redirect.direct_max_bytes);
     assert_eq!(c.redirect.alternatives, d.redirect.alternatives);

@@ -1096,31 +1096,29 @@ async fn linger_and_leave(ctx: &Ctx<'_>, bt: &Bt, torrents: &[[u8; 20]]) {
     let tracker = format!("{}/announce", ctx.opts.server);
     bt.announce_completed(&tracker, torrents).await;
     let deadline = Instant::now() + ctx.opts.linger;
-    let scrape = format!(
-        "{}/scrape?{}",
-        ctx.opts.server,
-        torrents
-            .iter()
-            .map(|h| format!("info_hash={}", tracker::query::percent_encode(h)))
-            .collect::<Vec<_>>()
-            .join("&")
-    );
+    let scrapes = scrape_urls(&ctx.opts.server, torrents);
     while Instant::now() < deadline {
-        let leechers = match get_bytes(&ctx.http, &scrape)
-            .await
-            .map(|b| tracker::bencode::decode(&b))
-        {
-            Some(Ok(v)) => v
-                .get("files")
-                .and_then(|f| f.as_dict())
-                .map(|f| {
-                    f.values()
-                        .filter_map(|s| s.get("incomplete")?.as_int())
-                        .sum::<i64>()
-                })
-                .unwrap_or(0),
-            _ => 0,
-        };
+        let mut leechers = 0;
+        for scrape in &scrapes {
+            leechers += match get_bytes(&ctx.http, scrape)
+                .await
+                .map(|b| tracker::bencode::decode(&b))
+            {
+                Some(Ok(v)) => v
+                    .get("files")
+                    .and_then(|f| f.as_dict())
+                    .map(|f| {
+                        f.values()
+                            .filter_map(|s| s.get("incomplete")?.as_int())
+                            .sum::<i64>()
+                    })
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            if leechers > 0 {
+                break;
+            }
+        }
         if leechers == 0 {
             break;
         }
@@ -1130,6 +1128,22 @@ async fn linger_and_leave(ctx: &Ctx<'_>, bt: &Bt, torrents: &[[u8; 20]]) {
         bt.remove(*btih).await;
     }
     bt.announce_stopped(&tracker, torrents).await;
+}
+
+/// Scrape URLs for `torrents`, each naming at most [`tracker::announce::MAX_SCRAPE_HASHES`]
+/// (the tracker refuses more in one): a pull of hundreds of large files scrapes in a few.
+fn scrape_urls(server: &str, torrents: &[[u8; 20]]) -> Vec<String> {
+    torrents
+        .chunks(tracker::announce::MAX_SCRAPE_HASHES)
+        .map(|chunk| {
+            let query = chunk
+                .iter()
+                .map(|h| format!("info_hash={}", tracker::query::percent_encode(h)))
+                .collect::<Vec<_>>()
+                .join("&");
+            format!("{server}/scrape?{query}")
+        })
+        .collect()
 }
 
 async fn get_bytes(http: &reqwest::Client, url: &str) -> Option<Bytes> {
@@ -1162,6 +1176,27 @@ fn clean_staging(state: &StateDir) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pull seeding hundreds of torrents scrapes them all, in scrapes the tracker takes
+    /// (it used to send one, refused past 74 hashes, and stopped lingering at once).
+    #[test]
+    fn scrapes_are_split_to_what_the_tracker_takes() {
+        let torrents: Vec<[u8; 20]> = (0..300u16)
+            .map(|i| {
+                let mut h = [0x80u8; 20];
+                h[..2].copy_from_slice(&i.to_be_bytes());
+                h
+            })
+            .collect();
+        let urls = scrape_urls("http://s", &torrents);
+        assert_eq!(urls.len(), 5);
+        let mut asked = Vec::new();
+        for u in &urls {
+            let query = u.strip_prefix("http://s/scrape?").unwrap();
+            asked.extend(tracker::announce::parse_scrape(query).unwrap());
+        }
+        assert_eq!(asked, torrents);
+    }
 
     #[test]
     fn package_stems() {

@@ -196,6 +196,12 @@ impl FileIndex {
         }
     }
 
+    /// The info-hash of every file with a torrent (a file's torrent is named by its content,
+    /// so identical files repeat one).
+    pub fn torrents(&self) -> &[[u8; 20]] {
+        &self.btih
+    }
+
     pub fn len(&self) -> usize {
         self.order.len()
     }

@@ -22,6 +22,7 @@ pub mod snapshots;
 pub mod spotcheck;
 pub mod state;
 pub mod store;
+pub mod torrents;
 pub mod tracker_http;
 
 use std::collections::HashMap;
@@ -37,7 +38,7 @@ use config::ServerConfig;
 use manifest::ServerKey;
 use rand::RngCore;
 use tracker::registry::Registry;
-use tracker::swarm::{SwarmLimits, Swarms};
+use tracker::swarm::{SwarmLimits, Swarms, Torrents};
 
 use crate::publish::{PublishReport, Publisher};
 use crate::state::{lock, write, AppState};
@@ -117,6 +118,7 @@ pub async fn publish_repo(st: &AppState, name: &str) -> Result<PublishReport> {
         drop((replaced, previous));
     }
     publish::release_freed_memory();
+    list_published_torrents(st, name, &snap, &report);
     if let Some(seed) = st.seed.get() {
         if let Err(e) = seed.sync(&snap).await {
             tracing::warn!(repo = name, error = %format!("{e:#}"), "origin seeding incomplete");
@@ -139,6 +141,39 @@ pub async fn publish_repo(st: &AppState, name: &str) -> Result<PublishReport> {
         );
     }
     Ok(report)
+}
+
+/// After a publish of `name`: the tracker lists the torrents of its current generation and
+/// of the one replaced ([`torrents`]), and every repository's own swarm. The set is built
+/// before the swarms' lock is taken; a publish that changed nothing changes nothing here.
+fn list_published_torrents(
+    st: &AppState,
+    name: &str,
+    snap: &publish::RepoSnapshot,
+    report: &PublishReport,
+) {
+    let listed = {
+        let mut published = lock(&st.published);
+        let changed = published.published(
+            name,
+            snap.generation,
+            snap.files.torrents(),
+            &report.replaced_torrents,
+        );
+        if !changed {
+            return;
+        }
+        let mut all = published.all();
+        all.extend(st.info_hashes.keys().copied());
+        all
+    };
+    let n = listed.len();
+    lock(&st.swarms).set_listed(listed);
+    tracing::debug!(
+        repo = name,
+        torrents = n,
+        "tracker lists the published torrents"
+    );
 }
 
 fn random_hex(n: usize) -> String {
@@ -212,10 +247,8 @@ pub async fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>> {
         info_hashes,
         records_at: registry.records_at(),
         registry: Mutex::new(registry),
-        swarms: Mutex::new(Swarms::new(SwarmLimits {
-            peer_ttl: cfg.tracker.peer_ttl(),
-            ..SwarmLimits::default()
-        })),
+        swarms: Mutex::new(Swarms::new(swarm_limits(&cfg.tracker))),
+        published: Default::default(),
         credentials: RwLock::new(HashMap::new()),
         policy,
         admin_token,
@@ -245,6 +278,25 @@ pub async fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>> {
             .with_context(|| format!("publishing `{name}`"))?;
     }
     Ok(st)
+}
+
+/// The tracker's bounds as configured (`[tracker]`).
+fn swarm_limits(t: &config::TrackerConfig) -> SwarmLimits {
+    SwarmLimits {
+        torrents: match t.torrents {
+            config::TrackerTorrents::Published => Torrents::Published,
+            config::TrackerTorrents::Open => Torrents::Open,
+        },
+        max_peers_per_swarm: t.max_peers_per_swarm,
+        max_swarms: t.max_swarms,
+        max_peers_per_addr: t.max_peers_per_address,
+        max_peers_per_prefix: t.max_peers_per_prefix,
+        max_swarms_per_addr: t.max_swarms_per_address,
+        max_swarms_per_prefix: t.max_swarms_per_prefix,
+        announce_rate: t.announce_rate,
+        announce_burst: t.announce_burst,
+        peer_ttl: t.peer_ttl(),
+    }
 }
 
 pub fn router(st: Arc<AppState>) -> Router {
@@ -348,6 +400,11 @@ async fn start_oracle_feed(st: &Arc<AppState>, addr: SocketAddr) -> Result<()> {
             };
             let mut parts = text.split_whitespace();
             if let (Some(id), Some(cc), Some(sc)) = (parts.next(), parts.next(), parts.next()) {
+                // Only enrolled volunteers' ids: anyone can send a datagram, and a map keyed
+                // by whatever they send would grow with every new id.
+                if st.credential(id).is_none() {
+                    continue;
+                }
                 if let (Ok(cc), Ok(sc)) = (cc.parse::<u32>(), sc.parse::<u32>()) {
                     write(&st.oracle_live).insert(id.to_string(), (cc, sc));
                 }
@@ -396,7 +453,9 @@ pub async fn run(
         let mut tick = tokio::time::interval(sweeper.config.tracker.interval());
         loop {
             tick.tick().await;
-            lock(&sweeper.swarms).expire(Instant::now());
+            let now = Instant::now();
+            lock(&sweeper.swarms).expire(now);
+            lock(&sweeper.origin_gate).expire(now);
         }
     });
 

@@ -104,6 +104,76 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// The embedded tracker: what its bounds refused, and what it holds.
+fn tracker_metrics(st: &AppState, out: &mut String) {
+    let (r, swarms, peers, listed, trusted) = {
+        let s = lock(&st.swarms);
+        (
+            s.refusals(),
+            s.swarm_count(),
+            s.peer_count(),
+            s.listed_count(),
+            s.trusted_count(),
+        )
+    };
+    header(
+        out,
+        "mirrorswarm_tracker_refused_total",
+        "counter",
+        "Plain BitTorrent announces (and scrapes, for rate) the tracker refused, by reason.",
+    );
+    for (reason, n) in [
+        ("rate", r.rate),
+        ("unknown_torrent", r.unknown_torrent),
+        ("too_many_torrents", r.too_many_swarms),
+        ("torrents_per_source", r.source_swarms),
+        ("peers_per_source", r.source_peers),
+        ("swarm_full", r.swarm_full),
+        ("peer_id_taken", r.peer_id_taken),
+    ] {
+        let _ = writeln!(
+            out,
+            "mirrorswarm_tracker_refused_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    let rows: [(&str, &str, &str, u64); 5] = [
+        (
+            "mirrorswarm_tracker_evicted_total",
+            "counter",
+            "Anonymous peers that gave their place in a full swarm to a volunteer's or the origin's.",
+            r.evicted,
+        ),
+        (
+            "mirrorswarm_tracker_swarms",
+            "gauge",
+            "Swarms the tracker holds.",
+            swarms as u64,
+        ),
+        (
+            "mirrorswarm_tracker_peers",
+            "gauge",
+            "Peers the tracker holds, in all swarms.",
+            peers as u64,
+        ),
+        (
+            "mirrorswarm_tracker_listed_torrents",
+            "gauge",
+            "Torrents the tracker lists: the published ones and the repositories' swarms.",
+            listed as u64,
+        ),
+        (
+            "mirrorswarm_tracker_trusted_addresses",
+            "gauge",
+            "Addresses enrolled volunteers announced from within the peer TTL.",
+            trusted as u64,
+        ),
+    ];
+    for (name, kind, help, v) in rows {
+        header(out, name, kind, help);
+        let _ = writeln!(out, "{name} {v}");
+    }
+}
+
 pub fn render(st: &AppState) -> String {
     let c = &st.counters;
     let mut out = String::with_capacity(4096);
@@ -187,6 +257,7 @@ pub fn render(st: &AppState) -> String {
         header(&mut out, name, kind, help);
         let _ = writeln!(out, "{name} {v}");
     }
+    tracker_metrics(st, &mut out);
 
     header(
         &mut out,

@@ -56,6 +56,24 @@ impl OriginGate {
             }
         }
     }
+
+    /// Forget downloaders quiet for longer than the TTL: they have lost their place anyway,
+    /// and without this a torrent's entry would stay after its swarm went (with an open
+    /// tracker, one per info-hash anyone ever announced).
+    pub fn expire(&mut self, now: Instant) {
+        let ttl = self.ttl;
+        self.designated
+            .retain(|_, (_, seen)| now.saturating_duration_since(*seen) < ttl);
+    }
+
+    /// Torrents with a designated downloader.
+    pub fn len(&self) -> usize {
+        self.designated.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.designated.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -80,5 +98,21 @@ mod tests {
         assert!(g.may_see_origin(h, b, 10, false, 0, t0 + Duration::from_secs(19)));
         assert!(!g.may_see_origin(h, b, 10, true, 0, t0 + Duration::from_secs(20)));
         assert!(g.may_see_origin(h, a, 10, false, 0, t0 + Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn quiet_designations_are_forgotten() {
+        let t0 = Instant::now();
+        let mut g = OriginGate::new(Duration::from_secs(10));
+        for i in 0..100u8 {
+            assert!(g.may_see_origin([i; 20], [1; 20], 100, false, 0, t0));
+        }
+        g.expire(t0 + Duration::from_secs(5));
+        assert_eq!(g.len(), 100);
+        assert!(g.may_see_origin([0; 20], [1; 20], 100, false, 0, t0 + Duration::from_secs(8)));
+        g.expire(t0 + Duration::from_secs(11));
+        assert_eq!(g.len(), 1, "only the one still asking");
+        g.expire(t0 + Duration::from_secs(30));
+        assert!(g.is_empty());
     }
 }

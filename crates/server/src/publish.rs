@@ -51,6 +51,9 @@ pub struct PublishReport {
     pub hashed_files: usize,
     pub hashed_bytes: u64,
     pub skipped: Vec<(String, String)>,
+    /// When this publish made a new generation: the info-hashes of the torrents of the one it
+    /// replaced (the tracker keeps their swarms for pulls of it still running).
+    pub replaced_torrents: Vec<[u8; 20]>,
 }
 
 pub struct Publisher {
@@ -227,6 +230,7 @@ impl Publisher {
                     hashed_files: 0,
                     hashed_bytes: 0,
                     skipped,
+                    replaced_torrents: Vec::new(),
                 };
                 return Ok((prev.clone(), report));
             }
@@ -264,8 +268,18 @@ impl Publisher {
         let prev_gen = prev.as_ref().map_or(0, |m| m.generation);
         let candidate = Manifest::next(name, prev.as_ref(), contents, prev_gen + 1, now_secs());
 
+        let unchanged = prev.as_ref().is_some_and(|m| m.same_content(&candidate));
+        let replaced_torrents: Vec<[u8; 20]> = match &prev {
+            Some(m) if !unchanged => m
+                .files
+                .values()
+                .filter_map(|e| e.btih)
+                .map(|b| b.0)
+                .collect(),
+            _ => Vec::new(),
+        };
         let (manifest, new_generation) = match prev {
-            Some(m) if m.same_content(&candidate) => (m, false),
+            Some(m) if unchanged => (m, false),
             _ => {
                 let mut candidate = candidate;
                 let built = self.attach_artifacts(&mut candidate, root).await?;
@@ -318,6 +332,7 @@ impl Publisher {
             hashed_files: scanned.hashed,
             hashed_bytes: scanned.hashed_bytes,
             skipped: std::mem::take(&mut scanned.skipped),
+            replaced_torrents,
         };
         let files = FileIndex::build(&manifest, &scanned.files)?;
         let snapshot = RepoSnapshot {

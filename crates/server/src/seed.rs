@@ -13,12 +13,13 @@ use tokio::sync::Mutex;
 
 use crate::publish::{artifact_path, RepoSnapshot};
 
-/// The origin's peer id prefix: its tracker recognises it by this and hides it from
-/// downloaders while other seeders exist, so volunteers fetch from each other first.
+/// The origin's peer id prefix. Its tracker recognises the seed by its whole peer id (and
+/// its address: see `tracker_http`), not by this prefix, which anyone may send.
 pub const ORIGIN_PEER_PREFIX: &[u8; 8] = b"-MSORIG-";
 
 pub struct OriginSeed {
     seeder: Seeder,
+    peer_id: [u8; 20],
     data_dir: PathBuf,
     /// What each repository wants seeded (a file shared by two repositories stays seeded).
     wanted: Mutex<BTreeMap<String, Vec<SeedFile>>>,
@@ -45,9 +46,15 @@ impl OriginSeed {
         let seeder = Seeder::new(bt, &data_dir.join("seed"), tracker_url)?;
         Ok(OriginSeed {
             seeder,
+            peer_id,
             data_dir: data_dir.to_path_buf(),
             wanted: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// The seed's peer id, random per start.
+    pub fn peer_id(&self) -> [u8; 20] {
+        self.peer_id
     }
 
     pub fn port(&self) -> u16 {

@@ -31,6 +31,8 @@ pub struct AppState {
     /// Where the registry's records lie, read without its lock for prefetch hints.
     pub records_at: Arc<tracker::registry::RecordsAt>,
     pub swarms: Mutex<Swarms>,
+    /// The torrents the tracker lists, per repository (refreshed by each publish).
+    pub published: Mutex<crate::torrents::PublishedTorrents>,
     /// Enrolled volunteers by id, mirrored from the store.
     pub credentials: RwLock<HashMap<String, VolunteerRecord>>,
     pub policy: Box<dyn Policy>,
@@ -47,7 +49,8 @@ pub struct AppState {
     pub counters: crate::metrics::Counters,
     /// Spot checks of volunteers' bytes, and customers' reports.
     pub spot: crate::spotcheck::SpotChecks,
-    /// Addresses the origin's seed announced from (so the tracker can hide it).
+    /// Addresses the origin's seed announced from (so the tracker can hide it): at most
+    /// [`crate::tracker_http::MAX_ORIGIN_ADDRS`].
     pub origin_peers: RwLock<std::collections::HashSet<std::net::SocketAddr>>,
 }
 

@@ -2,21 +2,26 @@
 //!
 //! Plain BitTorrent clients get BEP 3/23/48 behaviour. Volunteers add signed `ms_*` parameters
 //! (see `tracker::mirror`); their announces update the mirror registry, and the response also
-//! carries `ms_generation`, the newest published generation of that repository. Every error is
-//! a bencoded `failure reason` with HTTP 200, as BitTorrent clients expect.
+//! carries `ms_generation`, the newest published generation of that repository, and vouch
+//! for the address they came from: the plain announces from it (the volunteer's BitTorrent
+//! session) are trusted by the swarms' bounds ([`tracker::swarm`]). Every error is a bencoded
+//! `failure reason` with HTTP 200, as BitTorrent clients expect, except a scrape naming no
+//! torrent: HTTP 400 (with a bencoded `failure reason`), since it asks for something this
+//! tracker does not offer rather than for something that failed.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use tracker::announce::AnnounceError;
 use tracker::announce::{parse_announce, parse_scrape, Event};
 use tracker::bencode::Value;
 use tracker::mirror::{parse_mirror_report, split_signed_query, verify_query_signature};
 use tracker::response::{announce_response, failure_response, scrape_response};
-use tracker::swarm::AnnounceOutcome;
+use tracker::swarm::{AnnounceOutcome, Standing};
 
 use crate::state::{lock, read, write, AppState};
 
@@ -61,14 +66,28 @@ fn announce_body(st: &AppState, peer: SocketAddr, raw: &str) -> Vec<u8> {
     };
     let interval = st.config.tracker.interval_secs as u32;
     let report = match parse_mirror_report(&req.extra) {
+        Ok(None) => return plain_announce(st, &req, peer, interval),
+        Ok(Some(r)) => Ok(r),
+        Err(e) => Err(e),
+    };
+    // A mirror announce, good or not, counts against its sender's rate as a plain one does
+    // (in `Swarms::announce_into`): each refusal below costs a signature check and a log
+    // line, and a flood of them is one host's to bound. A volunteer's address is exempt from
+    // its first accepted announce on.
+    let admitted = lock(&st.swarms).admit(
+        peer.ip().to_canonical(),
+        Standing::Anonymous,
+        Instant::now(),
+    );
+    if let Err(e) = admitted {
+        return refused(st, &e.to_string());
+    }
+    let report = match report {
         Ok(r) => r,
         Err(e) => {
             tracing::info!(%peer, error = %e, "refused mirror announce");
             return refused(st, &e.to_string());
         }
-    };
-    let Some(report) = report else {
-        return plain_announce(st, &req, peer, interval);
     };
 
     let Some(repo) = st.info_hashes.get(&req.info_hash).cloned() else {
@@ -103,6 +122,11 @@ fn announce_body(st: &AppState, peer: SocketAddr, raw: &str) -> Vec<u8> {
             return refused(st, &e.to_string());
         }
     }
+    // Authenticated, in sequence, not revoked: the volunteer's BitTorrent peers announce from
+    // this address too, and are not to be crowded out by anonymous ones.
+    if req.event != Event::Stopped && !lock(&st.swarms).trust(peer.ip(), now) {
+        tracing::warn!(%peer, volunteer = %cred.name, "too many trusted addresses; this one's peers stay anonymous");
+    }
     st.counters
         .announces_ok
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -121,15 +145,60 @@ fn announce_body(st: &AppState, peer: SocketAddr, raw: &str) -> Vec<u8> {
     )
 }
 
-pub async fn scrape(State(st): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
+/// `GET /scrape?info_hash=…` (BEP 48), one to [`tracker::announce::MAX_SCRAPE_HASHES`]
+/// torrents, counted against the address's announce rate. Without `info_hash`: HTTP 400 with
+/// a bencoded failure reason (a scrape of every swarm is not offered: its answer grows with
+/// the tracker). Other errors are failure reasons with HTTP 200.
+pub async fn scrape(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+) -> Response {
     let raw = query.unwrap_or_default();
-    match parse_scrape(&raw) {
-        Ok(hashes) => {
-            let stats = lock(&st.swarms).scrape(&hashes, Instant::now());
-            bencoded(scrape_response(&stats))
+    let hashes = match parse_scrape(&raw) {
+        Ok(h) => h,
+        Err(e @ AnnounceError::Missing(_)) => {
+            let body = failure_response(&format!(
+                "{e}: name the torrents to scrape (a scrape of every torrent is not offered)"
+            ));
+            return (
+                StatusCode::BAD_REQUEST,
+                [(header::CONTENT_TYPE, "text/plain")],
+                body,
+            )
+                .into_response();
         }
-        Err(e) => bencoded(failure_response(&e.to_string())),
+        Err(e) => return bencoded(failure_response(&e.to_string())),
+    };
+    let now = Instant::now();
+    let mut swarms = lock(&st.swarms);
+    if let Err(e) = swarms.admit(peer.ip().to_canonical(), Standing::Anonymous, now) {
+        return bencoded(failure_response(&e.to_string()));
     }
+    let stats = swarms.scrape(&hashes, now);
+    drop(swarms);
+    bencoded(scrape_response(&stats))
+}
+
+/// Addresses the origin's seed is remembered at, at most: it announces from one or two (IPv4
+/// and IPv6), and only the seed itself is recorded; the bound keeps the set from growing if
+/// that ever changes.
+pub const MAX_ORIGIN_ADDRS: usize = 8;
+
+/// Whether an announce is the origin's own seed: its whole peer id (not the prefix, which
+/// anyone may send), from an address of this host (the id is no secret: the seed tells it to
+/// every peer in the BitTorrent handshake). The address is checked only for the right id.
+fn is_origin_seed(st: &AppState, peer_id: &[u8; 20], ip: IpAddr) -> bool {
+    if !peer_id.starts_with(crate::seed::ORIGIN_PEER_PREFIX) {
+        return false;
+    }
+    st.seed.get().is_some_and(|s| s.peer_id() == *peer_id) && is_own_address(ip)
+}
+
+/// Whether `ip` is one of this host's addresses: only those can be bound (unless the
+/// `net.ipv4.ip_nonlocal_bind` sysctl says otherwise, which servers do not set).
+fn is_own_address(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip.to_canonical(), 0)).is_ok()
 }
 
 /// A plain BitTorrent announce (volunteers' and the origin's librqbit sessions, or any client).
@@ -140,14 +209,27 @@ fn plain_announce(
     peer: SocketAddr,
     interval: u32,
 ) -> Vec<u8> {
-    let is_origin = req.peer_id.starts_with(crate::seed::ORIGIN_PEER_PREFIX);
+    let is_origin = is_origin_seed(st, &req.peer_id, peer.ip());
     if is_origin {
-        write(&st.origin_peers).insert(SocketAddr::new(peer.ip().to_canonical(), req.port));
+        let addr = SocketAddr::new(peer.ip().to_canonical(), req.port);
+        let mut origins = write(&st.origin_peers);
+        if !origins.contains(&addr) {
+            if origins.len() >= MAX_ORIGIN_ADDRS {
+                origins.clear();
+            }
+            origins.insert(addr);
+        }
     }
+    let standing = if is_origin {
+        Standing::Trusted
+    } else {
+        Standing::Anonymous
+    };
     let now = Instant::now();
     OUTCOME.with(|o| {
         let o = &mut *o.borrow_mut();
-        if let Err(e) = lock(&st.swarms).announce_into(req, peer, now, o) {
+        if let Err(e) = lock(&st.swarms).announce_into(req, peer, standing, now, o) {
+            tracing::trace!(%peer, error = %e, "announce refused");
             return failure_response(&e.to_string());
         }
         if is_origin {

@@ -12,7 +12,10 @@ pub const DEFAULT_NUMWANT: u32 = 50;
 /// Largest `numwant` honoured; bigger requests are clamped, not rejected.
 pub const MAX_NUMWANT: u32 = 200;
 /// Most `info_hash` parameters accepted in one scrape (BEP 48 guidance:
-/// keeps the request under common URL length limits).
+/// keeps the request under common URL length limits). It also bounds what one scrape costs
+/// the tracker (a lookup and 50-odd bytes of answer per hash, under the swarms' lock), so
+/// that a scrape is worth about one announce against the per-address rate. Clients with more
+/// torrents split their scrapes (`prsync::pull` does).
 pub const MAX_SCRAPE_HASHES: usize = 74;
 
 /// The announce `event` parameter.
@@ -169,9 +172,11 @@ const SCRAPE_QUERY_LIMITS: QueryLimits = QueryLimits {
     max_params: MAX_SCRAPE_HASHES + 8,
 };
 
-/// Parses a scrape query: zero to [`MAX_SCRAPE_HASHES`] `info_hash`
-/// parameters, in request order with duplicates dropped. Empty means
-/// "all swarms". Other parameters are ignored.
+/// Parses a scrape query: one to [`MAX_SCRAPE_HASHES`] `info_hash`
+/// parameters, in request order with duplicates dropped. Other parameters are ignored.
+///
+/// None is [`AnnounceError::Missing`]: BEP 48 lets a tracker answer it with every swarm, an
+/// answer that grows with the tracker (7 MB with 100,000 swarms), so this one does not.
 pub fn parse_scrape(raw_query: &str) -> Result<Vec<[u8; 20]>, AnnounceError> {
     let mut hashes: Vec<[u8; 20]> = Vec::new();
     let mut seen = 0usize;
@@ -188,6 +193,9 @@ pub fn parse_scrape(raw_query: &str) -> Result<Vec<[u8; 20]>, AnnounceError> {
         if !hashes.contains(&hash) {
             hashes.push(hash);
         }
+    }
+    if hashes.is_empty() {
+        return Err(AnnounceError::Missing("info_hash"));
     }
     Ok(hashes)
 }
@@ -408,8 +416,12 @@ mod tests {
 
     #[test]
     fn scrape_hashes() {
-        assert_eq!(parse_scrape(""), Ok(vec![]));
-        assert_eq!(parse_scrape("foo=bar"), Ok(vec![]));
+        // No hash is not "every swarm".
+        assert_eq!(parse_scrape(""), Err(AnnounceError::Missing("info_hash")));
+        assert_eq!(
+            parse_scrape("foo=bar"),
+            Err(AnnounceError::Missing("info_hash"))
+        );
         let h1 = percent_encode(&HASH);
         let h2 = percent_encode(&[7u8; 20]);
         assert_eq!(

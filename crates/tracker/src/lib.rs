@@ -8,7 +8,9 @@
 //! - [`bencode`]: strict bencode encoder/decoder.
 //! - [`query`]: bounded percent-decoding of raw URL query strings.
 //! - [`announce`]: BEP 3 announce and BEP 48 scrape request parsing.
-//! - [`swarm`]: in-memory peer store with expiry and hard size limits.
+//! - [`swarm`]: in-memory peer store with expiry, hard size limits and bounds per source.
+//! - [`source`]: the address and prefix an announce is counted against.
+//! - [`rate`]: announces per second per address, in a table of fixed size.
 //! - [`response`]: bencoded announce, scrape and failure responses.
 //! - [`mirror`]: the signed mirrorswarm extension volunteers put on announces.
 //! - [`registry`]: which volunteer may serve what, its reported load, and what it was sent.
@@ -21,7 +23,9 @@ pub mod link_model;
 pub mod mirror;
 pub mod prefetch;
 pub mod query;
+pub mod rate;
 pub mod recent;
 pub mod registry;
 pub mod response;
+pub mod source;
 pub mod swarm;

@@ -104,6 +104,20 @@ impl Root {
         &self.path
     }
 
+    /// Whether `dir` names the directory held open (a tree renamed or replaced since is not
+    /// the one held).
+    pub fn is_at(&self, dir: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: all-zero is a valid `stat`, which `fstat` fills on success.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a descriptor we own and a `stat` to fill.
+        if unsafe { libc::fstat(self.dir.as_raw_fd(), &mut st) } != 0 {
+            return false;
+        }
+        std::fs::metadata(dir)
+            .is_ok_and(|m| m.dev() == st.st_dev as u64 && m.ino() == st.st_ino as u64)
+    }
+
     /// Open `rel` for reading: only a regular file, reached without leaving the root.
     /// Size and mtime in the metadata are the descriptor's: what is sent is what was
     /// checked.
@@ -391,7 +405,10 @@ mod tests {
     fn the_root_held_open_is_the_one_served_even_if_renamed() {
         let (d, dir) = tree();
         let root = Root::open(&dir).unwrap();
+        assert!(root.is_at(&dir));
         std::fs::rename(&dir, d.path().join("moved")).unwrap();
+        assert!(!root.is_at(&dir));
+        assert!(root.is_at(&d.path().join("moved")));
         for r in both(&root, "pool/main/a.deb") {
             assert!(r.is_ok(), "{r:?}");
         }

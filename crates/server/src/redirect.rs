@@ -494,10 +494,11 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
             .into_response();
     }
 
-    if file.wants_volunteer(&st) {
-        let (mut chosen, mut encoded) = (Chosen::default(), String::new());
-        let asked = || asks_for_digest(|name| headers.get(name).map(|v| v.as_bytes()));
-        let with_metalink = metalink_headers(&st, asked);
+    let (mut chosen, mut encoded) = (Chosen::default(), String::new());
+    let asked = || asks_for_digest(|name| headers.get(name).map(|v| v.as_bytes()));
+    let with_metalink = metalink_headers(&st, asked);
+    let wants_volunteer = file.wants_volunteer(&st);
+    if wants_volunteer {
         if let Some(r) = file.redirect(
             &st,
             Instant::now(),
@@ -508,6 +509,35 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
             return r.into_response();
         }
     }
+    // The origin sends only what it published: a regular file, reached without leaving the
+    // root, of the published size, checked on the handle it sends from.
+    let (f, meta) = match file.snap.beneath.open_sized(file.rel, entry.size) {
+        Ok(opened) => opened,
+        Err(why) => {
+            // As for a file being republished: a volunteer that verified the published
+            // bytes, if one may serve them (not asked of `/.origin/`, nor again if one was
+            // just asked), or come back later.
+            let redirect = (!file.origin_only && !wants_volunteer)
+                .then(|| {
+                    file.redirect(
+                        &st,
+                        Instant::now(),
+                        &mut chosen,
+                        &mut encoded,
+                        with_metalink,
+                    )
+                })
+                .flatten();
+            note_unservable(&file.snap.name, file.rel, &why, redirect.is_some());
+            return match redirect {
+                Some(r) => r.into_response(),
+                None => {
+                    st.counters.count(Outcome::OriginUnavailable);
+                    republishing(file.rel)
+                }
+            };
+        }
+    };
     st.counters.count(if file.origin_only {
         Outcome::OriginRequested
     } else if entry.size <= st.config.redirect.direct_max_bytes {
@@ -515,7 +545,9 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
     } else {
         Outcome::OriginNoVolunteer
     });
-    let resp = serve_origin(&file.snap, file.rel, entry, method, headers, extra).await;
+    let resp = serve_origin(
+        &file.snap, file.rel, entry, f, &meta, method, headers, extra,
+    );
     if method == Method::GET
         && (resp.status() == StatusCode::OK || resp.status() == StatusCode::PARTIAL_CONTENT)
     {
@@ -526,6 +558,48 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
         return fileserve::with_stall_guard(resp, (), st.config.limits.client_stall());
     }
     resp
+}
+
+/// Seconds a customer is asked to wait for a file the origin cannot send as published: about
+/// what an operator's `mirrorswarm publish` takes after changing the tree.
+const REPUBLISH_RETRY_SECS: &str = "10";
+
+/// `503` with `Retry-After`: the file on disk is not what was published (being replaced, or
+/// swapped for something the origin will not send), and no volunteer holds the published
+/// bytes. The reason is in the server's log, not in the answer.
+fn republishing(rel: &str) -> Response {
+    let mut r = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("`{rel}` is being republished; retry shortly\n"),
+    );
+    let h = r.headers_mut();
+    h.insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(REPUBLISH_RETRY_SECS),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// Log why the origin did not send a published file. At warning level at most once a second
+/// (a file swapped under load must not flood the log; the count is in `/metrics`), the rest
+/// at debug.
+fn note_unservable(repo: &str, rel: &str, why: &fileserve::OpenError, redirected: bool) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_WARNED: AtomicU64 = AtomicU64::new(u64::MAX);
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let answer = if redirected {
+        "redirected to a volunteer holding the published bytes"
+    } else {
+        "503, retry later"
+    };
+    if LAST_WARNED.swap(second, Ordering::Relaxed) != second {
+        tracing::warn!(repo, path = rel, reason = %why, answer, "file on disk is not as published; the origin does not send it (run `mirrorswarm publish` if it changed on purpose)");
+    } else {
+        tracing::debug!(repo, path = rel, reason = %why, answer, "file on disk is not as published");
+    }
 }
 
 /// The fast path's share of [`customer`]: a `GET` or `HEAD` of a file a volunteer can serve
@@ -711,24 +785,25 @@ impl<'a> Redirect<'a> {
     }
 }
 
-async fn serve_origin(
+/// The origin's answer for a published file it opened (`f`, `meta`).
+#[allow(clippy::too_many_arguments)]
+fn serve_origin(
     snap: &RepoSnapshot,
     rel: &str,
     entry: &Entry,
+    f: std::fs::File,
+    meta: &std::fs::Metadata,
     method: &Method,
     headers: &HeaderMap,
     mut extra: HeaderMap,
 ) -> Response {
-    let file = match fileserve::join_listed(&snap.root, rel) {
-        Ok(f) => f,
-        Err(e) => return text(e.status(), format!("`{rel}`: {e}")),
-    };
-    // If the operator changed the file after publishing, its bytes no longer match the
-    // published digest: serve it (the origin always answers) but do not vouch for it.
-    let unchanged = match (std::fs::metadata(&file), snap.files.stat(rel)) {
-        (Ok(meta), Some(published)) => manifest::scan::stat_key(&meta) == published,
-        _ => false,
-    };
+    // Of the published size, but rewritten in place since (another mtime): its bytes may no
+    // longer match the published digest, so serve it (the origin always answers) but do not
+    // vouch for it.
+    let unchanged = snap
+        .files
+        .stat(rel)
+        .is_some_and(|published| manifest::scan::stat_key(meta) == published);
     let etag = if unchanged {
         Some(entry.sha256.to_hex())
     } else {
@@ -742,7 +817,7 @@ async fn serve_origin(
         content_type: None,
         extra_headers: extra,
     };
-    fileserve::serve_file(method, headers, &file, &opts).await
+    fileserve::serve_open(method, headers, f, meta, std::path::Path::new(rel), &opts)
 }
 
 fn directory(snap: &RepoSnapshot, rel: &str, method: &Method, uri: &Uri) -> Response {

@@ -94,17 +94,27 @@ pub const SMALL_POOL: usize = 8;
 /// Volunteers a Metalink document lists at most (before the origin).
 pub const METALINK_SOURCES: usize = 8;
 
-/// Base URLs of up to `want` volunteers that may serve `entry`, best first (the policy's
-/// order); the first is counted as redirected to.
+/// What a redirect asks of the volunteers: how many to name, and how many body bytes the
+/// customer will draw from the first (see [`body_bytes`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Ask {
+    pub sources: usize,
+    pub bytes: u64,
+}
+
+/// Base URLs of up to `ask.sources` volunteers that may serve `entry`, best first (the
+/// policy's order, for a download of `ask.bytes`); the first is counted as redirected to,
+/// for those bytes.
 pub fn choose(
     st: &AppState,
     snap: &RepoSnapshot,
     rel: &str,
     entry: &Entry,
-    want: usize,
+    ask: Ask,
     now: Instant,
     chosen: &mut Chosen,
 ) {
+    let want = ask.sources;
     chosen.clear();
     let mut rng = crate::fast_rng::FastRng::for_thread();
     let mut reg = lock(&st.registry);
@@ -156,7 +166,7 @@ pub fn choose(
         });
     }
     st.policy
-        .order_into(&cands, entry.size, &mut rng, &mut order);
+        .order_into(&cands, ask.bytes, &mut rng, &mut order);
     drop(cands);
     let best_first = &order.best_first;
     if tracing::enabled!(tracing::Level::DEBUG) {
@@ -177,7 +187,7 @@ pub fn choose(
         chosen.push(&reg.at(at).url);
     }
     if let Some(&first) = best_first.first().and_then(|&i| sample.get(i)) {
-        reg.note_redirect_at(first, entry.size, now);
+        reg.note_redirect_at(first, ask.bytes, now);
     }
     drop(reg);
     CHOOSE_SCRATCH.with(|b| *b.borrow_mut() = ChooseScratch { sample, order });
@@ -267,6 +277,40 @@ struct ChooseScratch {
 thread_local! {
     static CHOOSE_SCRATCH: std::cell::RefCell<ChooseScratch> =
         std::cell::RefCell::new(ChooseScratch::default());
+}
+
+/// The body bytes the answer to a request for `entry` will carry, wherever it is sent from:
+/// none for `HEAD`; for a `Range` of one satisfiable range, that range's (unless an
+/// `If-Range` names other validators than the file's strong ETag, its SHA-256, which every
+/// mirror gives it: then the whole file may come); else the whole file. What a redirect is
+/// counted as, in the offload and in the load the volunteer is expected to carry. The
+/// origin counts what it sends from its answer's own `content-length`.
+fn body_bytes<'a>(
+    head: bool,
+    header: impl Fn(&'static str) -> Option<&'a [u8]>,
+    entry: &Entry,
+) -> u64 {
+    if head {
+        return 0;
+    }
+    let Some(range) = header("range").and_then(|v| std::str::from_utf8(v).ok()) else {
+        return entry.size;
+    };
+    if let Some(tag) = header("if-range") {
+        let hex = entry.sha256.to_hex();
+        let ours = tag.len() == hex.len() + 2
+            && tag.starts_with(b"\"")
+            && tag.ends_with(b"\"")
+            && &tag[1..tag.len() - 1] == hex.as_bytes();
+        if !ours {
+            return entry.size;
+        }
+    }
+    match fileserve::parse_range(range, entry.size) {
+        fileserve::RangeOutcome::Full => entry.size,
+        fileserve::RangeOutcome::Partial(start, end) => end - start + 1,
+        fileserve::RangeOutcome::Unsatisfiable => 0,
+    }
 }
 
 /// The header that tells a verifying client (`mirrorswarm proxy`) how many bytes to expect
@@ -404,25 +448,29 @@ impl<S: std::ops::Deref<Target = RepoSnapshot>> FileRequest<'_, S> {
         !self.origin_only && !self.metalink && self.entry.size > st.config.redirect.direct_max_bytes
     }
 
-    /// A redirect to a volunteer chosen for it, counted; `None` if no volunteer may serve it.
-    /// What it names is kept in `chosen` and `encoded`.
+    /// A redirect to a volunteer chosen for it, counted as `bytes` offloaded (what the
+    /// customer will draw there, [`body_bytes`]); `None` if no volunteer may serve it. What
+    /// it names is kept in `chosen` and `encoded`.
     fn redirect<'s>(
         &self,
         st: &'s AppState,
-        now: Instant,
+        (now, bytes): (Instant, u64),
         chosen: &'s mut Chosen,
         encoded: &'s mut String,
         with_metalink: bool,
     ) -> Option<Redirect<'s>> {
-        let want = volunteers_named(st, with_metalink);
-        choose(st, &self.snap, self.rel, &self.entry, want, now, chosen);
+        let ask = Ask {
+            sources: volunteers_named(st, with_metalink),
+            bytes,
+        };
+        choose(st, &self.snap, self.rel, &self.entry, ask, now, chosen);
         if chosen.is_empty() {
             return None;
         }
         encoded.clear();
         push_encoded_repo_path(encoded, self.repo, self.rel);
         st.counters.count(Outcome::Volunteer);
-        st.counters.redirected_bytes.add(self.entry.size);
+        st.counters.redirected_bytes.add(bytes);
         Some(Redirect::new(
             st,
             encoded,
@@ -458,12 +506,16 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
     if file.metalink && !file.origin_only {
         let encoded = encoded_repo_path(file.repo, file.rel);
         let mut chosen = Chosen::default();
+        let ask = Ask {
+            sources: METALINK_SOURCES,
+            bytes: entry.size,
+        };
         choose(
             &st,
             &file.snap,
             file.rel,
             entry,
-            METALINK_SOURCES,
+            ask,
             Instant::now(),
             &mut chosen,
         );
@@ -498,10 +550,15 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
     let asked = || asks_for_digest(|name| headers.get(name).map(|v| v.as_bytes()));
     let with_metalink = metalink_headers(&st, asked);
     let wants_volunteer = file.wants_volunteer(&st);
+    let bytes = body_bytes(
+        method == Method::HEAD,
+        |name| headers.get(name).map(|v| v.as_bytes()),
+        entry,
+    );
     if wants_volunteer {
         if let Some(r) = file.redirect(
             &st,
-            Instant::now(),
+            (Instant::now(), bytes),
             &mut chosen,
             &mut encoded,
             with_metalink,
@@ -521,7 +578,7 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
                 .then(|| {
                     file.redirect(
                         &st,
-                        Instant::now(),
+                        (Instant::now(), bytes),
                         &mut chosen,
                         &mut encoded,
                         with_metalink,
@@ -629,7 +686,9 @@ pub fn fast_customer(
                 encoded,
                 value,
             } = &mut *s.borrow_mut();
-            match file.redirect(st, req.received, chosen, encoded, with_metalink) {
+            let head = req.method == fast::Method::Head;
+            let bytes = body_bytes(head, |name| req.header(name), &file.entry);
+            match file.redirect(st, (req.received, bytes), chosen, encoded, with_metalink) {
                 Some(r) => {
                     r.write(reply, value);
                     fast::Answer::Done
@@ -882,6 +941,51 @@ fn repo_list(st: &AppState, method: &Method) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redirect_counts_the_body_bytes_the_customer_will_draw() {
+        let entry = Entry {
+            size: 1000,
+            sha256: manifest::Sha256([7; 32]),
+            changed_in: 1,
+            btih: None,
+        };
+        let tag = format!("\"{}\"", entry.sha256.to_hex());
+        let count = |head: bool, h: &[(&'static str, &str)]| {
+            let h: Vec<(&str, Vec<u8>)> =
+                h.iter().map(|(n, v)| (*n, v.as_bytes().to_vec())).collect();
+            body_bytes(
+                head,
+                |name| {
+                    h.iter()
+                        .find(|(n, _)| *n == name)
+                        .map(|(_, v)| v.as_slice())
+                },
+                &entry,
+            )
+        };
+        assert_eq!(count(false, &[]), 1000);
+        assert_eq!(count(true, &[]), 0);
+        assert_eq!(count(true, &[("range", "bytes=0-99")]), 0);
+        assert_eq!(count(false, &[("range", "bytes=0-99")]), 100);
+        assert_eq!(count(false, &[("range", "bytes=-10")]), 10);
+        assert_eq!(count(false, &[("range", "bytes=990-")]), 10);
+        assert_eq!(count(false, &[("range", "bytes=5000-")]), 0, "416: no body");
+        assert_eq!(
+            count(false, &[("range", "bytes=0-1,5-6")]),
+            1000,
+            "not one range: all"
+        );
+        assert_eq!(
+            count(false, &[("range", "bytes=0-99"), ("if-range", &tag)]),
+            100
+        );
+        let date = "Tue, 14 Nov 2023 22:13:20 GMT";
+        assert_eq!(
+            count(false, &[("range", "bytes=0-99"), ("if-range", date)]),
+            1000
+        );
+    }
 
     #[test]
     fn a_path_copied_whole_encodes_as_segment_by_segment() {

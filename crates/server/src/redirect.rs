@@ -568,7 +568,7 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
     }
     // The origin sends only what it published: a regular file, reached without leaving the
     // root, of the published size, checked on the handle it sends from.
-    let (f, meta) = match file.snap.beneath.open_sized(file.rel, entry.size) {
+    let opened = match file.snap.beneath.open_sized(file.rel, entry.size) {
         Ok(opened) => opened,
         Err(why) => {
             // As for a file being republished: a volunteer that verified the published
@@ -602,9 +602,7 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
     } else {
         Outcome::OriginNoVolunteer
     });
-    let resp = serve_origin(
-        &file.snap, file.rel, entry, f, &meta, method, headers, extra,
-    );
+    let resp = serve_origin(&file.snap, file.rel, entry, opened, method, headers, extra);
     if method == Method::GET
         && (resp.status() == StatusCode::OK || resp.status() == StatusCode::PARTIAL_CONTENT)
     {
@@ -844,14 +842,12 @@ impl<'a> Redirect<'a> {
     }
 }
 
-/// The origin's answer for a published file it opened (`f`, `meta`).
-#[allow(clippy::too_many_arguments)]
+/// The origin's answer for a published file it opened.
 fn serve_origin(
     snap: &RepoSnapshot,
     rel: &str,
     entry: &Entry,
-    f: std::fs::File,
-    meta: &std::fs::Metadata,
+    (f, meta): (std::fs::File, std::fs::Metadata),
     method: &Method,
     headers: &HeaderMap,
     mut extra: HeaderMap,
@@ -862,7 +858,7 @@ fn serve_origin(
     let unchanged = snap
         .files
         .stat(rel)
-        .is_some_and(|published| manifest::scan::stat_key(meta) == published);
+        .is_some_and(|published| manifest::scan::stat_key(&meta) == published);
     let etag = if unchanged {
         Some(entry.sha256.to_hex())
     } else {
@@ -876,7 +872,7 @@ fn serve_origin(
         content_type: None,
         extra_headers: extra,
     };
-    fileserve::serve_open(method, headers, f, meta, std::path::Path::new(rel), &opts)
+    fileserve::serve_open(method, headers, f, &meta, std::path::Path::new(rel), &opts)
 }
 
 fn directory(snap: &RepoSnapshot, rel: &str, method: &Method, uri: &Uri) -> Response {

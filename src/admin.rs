@@ -359,6 +359,9 @@ pub async fn server_status(url: &str) -> Result<()> {
         "customers     {} redirected to volunteers, {} served by the origin",
         stats["redirects_to_volunteers"], stats["origin_requests"]
     );
+    if let Some(n) = stats["origin_unavailable"].as_u64().filter(|&n| n > 0) {
+        println!("not sent      {n} requests for files on disk not as published (503; see the server's log)");
+    }
     println!(
         "offload       {} of file bytes went to volunteers ({} B vs {} B from the origin)",
         if to_vols + origin > 0 {

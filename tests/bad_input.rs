@@ -318,6 +318,142 @@ async fn a_file_altered_on_a_volunteer_is_neither_served_nor_announced() {
     .await;
 }
 
+/// `curl` (no redirects followed unless `follow`): status, response head, body.
+fn curl(url: &str, follow: bool, extra: &[&str]) -> (u16, String, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (head, body) = (dir.path().join("head"), dir.path().join("body"));
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "--max-time", "20", "-D"])
+        .arg(&head)
+        .arg("-o")
+        .arg(&body)
+        .args(["-w", "%{http_code}"]);
+    if follow {
+        cmd.arg("-L");
+    }
+    let out = cmd.args(extra).arg(url).output().unwrap();
+    let code = String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0);
+    (
+        code,
+        std::fs::read_to_string(&head).unwrap_or_default(),
+        std::fs::read(&body).unwrap_or_default(),
+    )
+}
+
+/// A file outside every tree with the length and mtime of `like`: only where it is tells it
+/// apart from the published file (a size or mtime check alone would pass it).
+fn lookalike(like: &std::path::Path, at: &std::path::Path) -> Vec<u8> {
+    let len = std::fs::metadata(like).unwrap().len() as usize;
+    let bytes = vec![b'X'; len];
+    std::fs::write(at, &bytes).unwrap();
+    let mtime = std::fs::metadata(like).unwrap().modified().unwrap();
+    let f = std::fs::File::options().write(true).open(at).unwrap();
+    f.set_modified(mtime).unwrap();
+    bytes
+}
+
+/// Replace `path` by a symbolic link to `target`.
+fn swap_for_link(path: &std::path::Path, target: &std::path::Path) {
+    std::fs::remove_file(path).unwrap();
+    std::os::unix::fs::symlink(target, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_published_file_swapped_for_a_link_out_of_the_tree_is_never_served() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    sample_repo(&repo);
+    let pristine = root.join("pristine");
+    copy_tree(&repo, &pristine);
+    let release = std::fs::read(repo.join("dists/stable/Release")).unwrap();
+    let server = start_server(root, &repo, &[]).await;
+    let passwd = std::fs::read("/etc/passwd").unwrap();
+
+    // After the publish: the issue's reproduction, and a look-alike of a large file.
+    swap_for_link(
+        &repo.join("dists/stable/Release"),
+        std::path::Path::new("/etc/passwd"),
+    );
+    let fake_b = lookalike(&repo.join("big/b.bin"), &root.join("fake-b.bin"));
+    swap_for_link(&repo.join("big/b.bin"), &root.join("fake-b.bin"));
+
+    // No volunteer holds the published bytes: 503 with Retry-After, at either prefix, for
+    // GET and HEAD; never the bytes from outside.
+    for path in ["dists/stable/Release", "big/b.bin"] {
+        for prefix in ["debian", ".origin/debian"] {
+            let url = format!("{}/{prefix}/{path}", server.url);
+            for extra in [&[][..], &["-I"][..]] {
+                let (code, head, body) = curl(&url, true, extra);
+                assert_eq!(code, 503, "{url} {extra:?}: {head}");
+                assert!(
+                    head.to_ascii_lowercase().contains("retry-after: "),
+                    "{url}: {head}"
+                );
+                assert!(
+                    body != passwd && body != fake_b,
+                    "{url} sent the swapped bytes"
+                );
+            }
+        }
+    }
+    let log = server.proc.log_text();
+    assert!(
+        log.contains("file on disk is not as published")
+            && log.contains("dists/stable/Release")
+            && log.contains("a symbolic link on the way leads out of the root"),
+        "the server must log why: {log}"
+    );
+
+    // A volunteer that verified the published bytes: the origin sends customers there.
+    let v = start_volunteer(root, &server, "v", &pristine).await;
+    server.wait_held("v", 1).await;
+    let url = format!("{}/debian/dists/stable/Release", server.url);
+    let (code, head, _) = curl(&url, false, &[]);
+    assert_eq!(code, 302, "{head}");
+    assert!(
+        head.contains(&format!("{}/debian/dists/stable/Release", v.url)),
+        "{head}"
+    );
+    let (code, _, body) = curl(&url, true, &[]);
+    assert_eq!((code, body == release), (200, true));
+    // `/.origin/` never redirects: still 503.
+    let (code, _, body) = curl(
+        &format!("{}/.origin/debian/dists/stable/Release", server.url),
+        true,
+        &[],
+    );
+    assert_eq!(code, 503);
+    assert_ne!(body, passwd);
+
+    // The volunteer's own copy swapped for a look-alike out of its tree: not served; its
+    // customer is sent to the origin, which has the published bytes.
+    let a = std::fs::read(repo.join("big/a.bin")).unwrap();
+    let fake_a = lookalike(&v.mirror.join("big/a.bin"), &root.join("fake-a.bin"));
+    swap_for_link(&v.mirror.join("big/a.bin"), &root.join("fake-a.bin"));
+    let (code, head, body) = curl(&format!("{}/debian/big/a.bin", v.url), false, &[]);
+    assert_eq!(code, 302, "{head}");
+    assert!(
+        head.contains(&format!("{}/.origin/debian/big/a.bin", server.url)),
+        "{head}"
+    );
+    assert_ne!(body, fake_a);
+    let (code, _, body) = curl(&format!("{}/debian/big/a.bin", v.url), true, &[]);
+    assert_eq!((code, body == a), (200, true));
+    let (code, _, body) = curl(
+        &format!("{}/debian/big/a.bin", v.url),
+        true,
+        &["-r", "0-99"],
+    );
+    assert_eq!((code, &body[..]), (206, &a[..100]));
+    assert!(
+        v.proc
+            .log_text()
+            .contains("a symbolic link on the way leads out of the root"),
+        "the volunteer must log why"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_volunteer_that_cannot_listen_keeps_its_token_unspent() {
     let tmp = TestDir::new();

@@ -132,6 +132,142 @@ async fn metrics_count_what_happens() {
     );
 }
 
+/// `curl` of `url` following redirects, with `extra` arguments; whether it was redirected.
+fn curl_counting(url: &str, extra: &[&str]) -> bool {
+    let out = run(Command::new("curl")
+        .args([
+            "-fsSL",
+            "--max-time",
+            "20",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{num_redirects}",
+        ])
+        .args(extra)
+        .arg(url));
+    assert!(out.status.success(), "{url} {extra:?}");
+    String::from_utf8_lossy(&out.stdout).trim() != "0"
+}
+
+/// The offload line of `mirrorswarm status`: bytes to volunteers, bytes from the origin.
+fn status_bytes(server: &Server) -> (u64, u64) {
+    let out = run(Command::new(BIN)
+        .args(["status", "--data-dir"])
+        .arg(&server.data_dir));
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("offload"))
+        .unwrap_or_else(|| panic!("{text}"));
+    // "… (X B vs Y B from the origin)"
+    let nums: Vec<u64> = line
+        .split(['(', ' '])
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (nums[nums.len() - 2], nums[nums.len() - 1])
+}
+
+/// What every view of the offload says at one moment.
+struct Offload {
+    metrics_redirected: f64,
+    metrics_origin: f64,
+    stats_redirected: u64,
+    stats_origin: u64,
+    to_v1: u64,
+    status: (u64, u64),
+    v1_uploaded: f64,
+    v1_page: u64,
+}
+
+async fn offload(server: &Server, v: &Volunteer) -> Offload {
+    let s = scrape(&server.url).await;
+    let vm = scrape(&v.url).await;
+    let stats: serde_json::Value = http()
+        .get(format!("{}/api/stats", server.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let page = http()
+        .get(format!("{}/status", v.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let v1_page = page
+        .split("bytes to customers: ")
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{page}"));
+    Offload {
+        metrics_redirected: sample(&s, "mirrorswarm_redirected_bytes_total").unwrap(),
+        metrics_origin: sample(&s, "mirrorswarm_origin_http_bytes_total").unwrap(),
+        stats_redirected: stats["redirected_bytes"].as_u64().unwrap(),
+        stats_origin: stats["origin_http_bytes"].as_u64().unwrap(),
+        to_v1: server.volunteer("v1").await["redirected_bytes"]
+            .as_u64()
+            .unwrap(),
+        status: status_bytes(server),
+        v1_uploaded: sample(
+            &vm,
+            "mirrorswarm_volunteer_uploaded_bytes_total{volunteer=\"v1\"}",
+        )
+        .unwrap(),
+        v1_page,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_head_counts_no_bytes_and_a_range_its_own() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    sample_repo(&repo);
+    // No spot checks: their fetches from the volunteer would move its counters.
+    let server = start_server(root, &repo, &["--spot-check-secs", "0"]).await;
+    let v = start_volunteer(root, &server, "v1", &repo).await;
+    server.wait_held("v1", 1).await;
+    let big = format!("{}/debian/big/a.bin", server.url);
+    let origin = format!("{}/.origin/debian/big/a.bin", server.url);
+
+    let before = offload(&server, &v).await;
+    // Through the redirect (or the origin, if the policy sent it there), then at the origin.
+    let mut via_v1 = 0;
+    let mut at_origin = 0;
+    for (url, extra, bytes) in [
+        (&big, &["-I"][..], 0u64),
+        (&big, &["-r", "0-99"][..], 100),
+        (&origin, &["-I"][..], 0),
+        (&origin, &["-r", "0-99"][..], 100),
+    ] {
+        if curl_counting(url, extra) {
+            via_v1 += bytes;
+        } else {
+            at_origin += bytes;
+        }
+    }
+    assert!(at_origin >= 100, "the /.origin/ range is the origin's");
+    let after = offload(&server, &v).await;
+
+    let (b, a) = (&before, &after);
+    assert_eq!(a.metrics_redirected - b.metrics_redirected, via_v1 as f64);
+    assert_eq!(a.metrics_origin - b.metrics_origin, at_origin as f64);
+    assert_eq!(a.stats_redirected - b.stats_redirected, via_v1);
+    assert_eq!(a.stats_origin - b.stats_origin, at_origin);
+    assert_eq!(a.to_v1 - b.to_v1, via_v1);
+    assert_eq!(a.status.0 - b.status.0, via_v1);
+    assert_eq!(a.status.1 - b.status.1, at_origin);
+    assert_eq!(a.v1_uploaded - b.v1_uploaded, via_v1 as f64);
+    assert_eq!(a.v1_page - b.v1_page, via_v1);
+}
+
 /// Headless Chromium as the probe of this machine kind starts it.
 fn chromium(profile: &std::path::Path) -> Command {
     let bin = ["chromium", "chromium-browser"]

@@ -485,7 +485,14 @@ impl Tasks {
                 req.extensions_mut().insert(ConnectInfo(peer));
                 app.clone().oneshot(req)
             });
+            // `half_close`: a client may send its request and shut down its write side
+            // (`shutdown(SHUT_WR)`) while it waits for the answer. Without it hyper takes the
+            // EOF it reads during a request being handled as the client gone and drops the
+            // connection unanswered (a race with the handler, lost most of the time). The
+            // answer is written, then the connection closes, as it does on an EOF between
+            // requests.
             let conn = hyper::server::conn::http1::Builder::new()
+                .half_close(true)
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
                 .max_buf_size(max_buf)

@@ -1,13 +1,12 @@
-//! Turning hostile request paths into files under a served root.
+//! Turning hostile request paths into plain relative ones.
 //!
 //! Two layers, both strict: [`decode_url_path`] rejects anything ambiguous in
 //! the URL itself (rather than normalising it, so that one file has exactly
-//! one URL and caches/digests cannot be confused), and [`safe_join`] checks
-//! the components again and resolves symlinks so that nothing on disk can
-//! lead a request outside the root.
-
-use std::io;
-use std::path::{Component, Path, PathBuf};
+//! one URL and caches/digests cannot be confused), and the file is then opened
+//! by [`crate::Root`], which checks the segments again and lets the kernel
+//! refuse any resolution that leaves the served directory, whatever is on disk
+//! at that moment. (A path checked first and opened by name later would follow
+//! whatever the name meant by then.)
 
 use http::StatusCode;
 
@@ -35,41 +34,12 @@ pub enum PathError {
     /// `//` somewhere in the path.
     #[error("path contains an empty segment")]
     EmptySegment,
-    /// A relative path given to [`safe_join`] starts with `/`.
-    #[error("path must be relative")]
-    Absolute,
-    /// Nothing exists at the path (or a non-directory is used as one).
-    #[error("not found")]
-    NotFound,
-    /// The path resolves (through symlinks) to somewhere outside the root.
-    #[error("path leads outside the served root")]
-    OutsideRoot,
-    /// The served root itself cannot be resolved: a configuration problem.
-    #[error("cannot resolve served root: {0}")]
-    Root(#[source] io::Error),
-    /// Any other I/O failure while resolving the path (e.g. permissions).
-    #[error("cannot resolve path: {0}")]
-    Io(#[source] io::Error),
 }
 
 impl PathError {
-    /// The HTTP status a handler should answer with.
-    ///
-    /// Outside-root is reported as 404, like a missing file, so that probing
-    /// cannot tell which paths exist outside the root.
+    /// The HTTP status a handler should answer with: every one is the request's fault.
     pub fn status(&self) -> StatusCode {
-        match self {
-            PathError::InvalidEscape
-            | PathError::InvalidUtf8
-            | PathError::ControlChar
-            | PathError::Backslash
-            | PathError::EncodedSlash
-            | PathError::DotSegment
-            | PathError::EmptySegment
-            | PathError::Absolute => StatusCode::BAD_REQUEST,
-            PathError::NotFound | PathError::OutsideRoot => StatusCode::NOT_FOUND,
-            PathError::Root(_) | PathError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        StatusCode::BAD_REQUEST
     }
 }
 
@@ -218,65 +188,6 @@ fn hex_val(b: u8) -> Option<u8> {
     }
 }
 
-/// Join a decoded relative path onto `root`, refusing anything that escapes
-/// it, including through symlinks.
-///
-/// `rel` is like `pool/main/h/hello_1.0_all.deb`; empty means the root, and
-/// one trailing `/` is tolerated so a decoded directory URL can be passed
-/// with only its leading `/` stripped.
-///
-/// Returns the canonical (symlink-free) path, so that the file opened later
-/// is the one that was checked. Note that its file name is the symlink
-/// target's, not the requested one.
-/// Join a path that a scan of `root` listed (a published manifest's key, or a volunteer's
-/// verified file) without resolving it again. The scan followed a symbolic link only to a
-/// regular file inside the root and never descended into a linked directory, and a request
-/// is answered only for a listed key, so a customer's path cannot leave the root; resolving
-/// every component per request (`realpath`) cost more than the rest of serving a small file.
-/// The segments are still checked, so a bad key fails closed.
-pub fn join_listed(root: &Path, rel: &str) -> Result<PathBuf, PathError> {
-    if rel.starts_with('/') {
-        return Err(PathError::Absolute);
-    }
-    let mut joined = root.to_path_buf();
-    for seg in rel.split('/') {
-        check_segment(seg)?;
-        joined.push(seg);
-    }
-    Ok(joined)
-}
-
-pub fn safe_join(root: &Path, rel: &str) -> Result<PathBuf, PathError> {
-    if rel.starts_with('/') {
-        return Err(PathError::Absolute);
-    }
-    let rel = rel.strip_suffix('/').unwrap_or(rel);
-    let mut joined = root.to_path_buf();
-    if !rel.is_empty() {
-        for seg in rel.split('/') {
-            check_segment(seg)?;
-            // Belt and braces: let std agree that this is one plain name
-            // (catches platform prefixes and anything check_segment missed).
-            let mut comps = Path::new(seg).components();
-            match (comps.next(), comps.next()) {
-                (Some(Component::Normal(_)), None) => {}
-                _ => return Err(PathError::DotSegment),
-            }
-            joined.push(seg);
-        }
-    }
-
-    let root_canon = std::fs::canonicalize(root).map_err(PathError::Root)?;
-    let canon = std::fs::canonicalize(&joined).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => PathError::NotFound,
-        _ => PathError::Io(e),
-    })?;
-    if !canon.starts_with(&root_canon) {
-        return Err(PathError::OutsideRoot);
-    }
-    Ok(canon)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,27 +221,6 @@ mod tests {
             "the one-pass check took {fast} of {}",
             all.len()
         );
-    }
-
-    #[test]
-    fn join_listed_fails_closed_on_bad_keys() {
-        let root = Path::new("/srv/repo");
-        assert_eq!(
-            join_listed(root, "pool/a b.deb").unwrap(),
-            Path::new("/srv/repo/pool/a b.deb")
-        );
-        for bad in [
-            "/etc/passwd",
-            "../x",
-            "a/../../x",
-            "a//b",
-            "a/./b",
-            "a\\b",
-            "a\0b",
-            "",
-        ] {
-            assert!(join_listed(root, bad).is_err(), "{bad:?}");
-        }
     }
 
     fn decode_err(raw: &str) -> PathError {
@@ -432,120 +322,5 @@ mod tests {
     fn status_codes() {
         assert_eq!(PathError::DotSegment.status(), StatusCode::BAD_REQUEST);
         assert_eq!(PathError::InvalidEscape.status(), StatusCode::BAD_REQUEST);
-        assert_eq!(PathError::NotFound.status(), StatusCode::NOT_FOUND);
-        assert_eq!(PathError::OutsideRoot.status(), StatusCode::NOT_FOUND);
-        let io = io::Error::from(io::ErrorKind::PermissionDenied);
-        assert_eq!(
-            PathError::Io(io).status(),
-            StatusCode::INTERNAL_SERVER_ERROR
-        );
-    }
-
-    fn tree() -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("root/pool/main")).unwrap();
-        std::fs::write(dir.path().join("root/pool/main/a.deb"), b"deb").unwrap();
-        std::fs::write(dir.path().join("secret"), b"secret").unwrap();
-        dir
-    }
-
-    #[test]
-    fn safe_join_finds_files_and_root() {
-        let dir = tree();
-        let root = dir.path().join("root");
-        let canon_root = std::fs::canonicalize(&root).unwrap();
-        assert_eq!(
-            safe_join(&root, "pool/main/a.deb").unwrap(),
-            canon_root.join("pool/main/a.deb")
-        );
-        assert_eq!(safe_join(&root, "").unwrap(), canon_root);
-        assert_eq!(safe_join(&root, "pool/").unwrap(), canon_root.join("pool"));
-    }
-
-    #[test]
-    fn safe_join_rejects_bad_components() {
-        let dir = tree();
-        let root = dir.path().join("root");
-        let cases = [
-            ("../secret", PathError::DotSegment),
-            ("pool/../../secret", PathError::DotSegment),
-            ("./pool", PathError::DotSegment),
-            ("/etc/passwd", PathError::Absolute),
-            ("pool//main", PathError::EmptySegment),
-            ("pool/a\0b", PathError::ControlChar),
-            ("pool\\main", PathError::Backslash),
-            ("pool/main/a.deb//", PathError::EmptySegment),
-        ];
-        for (rel, want) in cases {
-            let err = safe_join(&root, rel).unwrap_err();
-            assert_eq!(
-                std::mem::discriminant(&err),
-                std::mem::discriminant(&want),
-                "{rel:?} gave {err:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn safe_join_missing_is_not_found() {
-        let dir = tree();
-        let root = dir.path().join("root");
-        assert!(matches!(
-            safe_join(&root, "pool/nope.deb"),
-            Err(PathError::NotFound)
-        ));
-        // A file used as a directory.
-        assert!(matches!(
-            safe_join(&root, "pool/main/a.deb/x"),
-            Err(PathError::NotFound)
-        ));
-        assert!(matches!(
-            safe_join(&dir.path().join("no-root"), "x"),
-            Err(PathError::Root(_))
-        ));
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn safe_join_refuses_symlinks_out_of_root() {
-        let dir = tree();
-        let root = dir.path().join("root");
-        std::os::unix::fs::symlink(dir.path().join("secret"), root.join("leak")).unwrap();
-        std::os::unix::fs::symlink(dir.path(), root.join("pool/up")).unwrap();
-        assert!(matches!(
-            safe_join(&root, "leak"),
-            Err(PathError::OutsideRoot)
-        ));
-        assert!(matches!(
-            safe_join(&root, "pool/up/secret"),
-            Err(PathError::OutsideRoot)
-        ));
-        // A sibling directory whose name merely starts with the root's name
-        // is still outside (component-wise comparison, not string prefix).
-        std::fs::create_dir(dir.path().join("root2")).unwrap();
-        std::fs::write(dir.path().join("root2/x"), b"x").unwrap();
-        std::os::unix::fs::symlink(dir.path().join("root2/x"), root.join("sib")).unwrap();
-        assert!(matches!(
-            safe_join(&root, "sib"),
-            Err(PathError::OutsideRoot)
-        ));
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn safe_join_allows_symlinks_inside_root() {
-        let dir = tree();
-        let root = dir.path().join("root");
-        std::os::unix::fs::symlink("pool/main/a.deb", root.join("latest.deb")).unwrap();
-        let got = safe_join(&root, "latest.deb").unwrap();
-        assert_eq!(
-            got,
-            std::fs::canonicalize(&root)
-                .unwrap()
-                .join("pool/main/a.deb")
-        );
-        // The root itself may be reached through a symlink.
-        std::os::unix::fs::symlink(&root, dir.path().join("root-link")).unwrap();
-        assert!(safe_join(&dir.path().join("root-link"), "pool/main/a.deb").is_ok());
     }
 }

@@ -11,7 +11,7 @@ use axum::routing::post;
 use axum::Router;
 use mirrorswarm_fileserve::fast::{Answer, FastPath, Reply, Request};
 use mirrorswarm_fileserve::listen::{serve, Limits};
-use mirrorswarm_fileserve::{fast_whole_file, is_plain_file_request, open_regular, ServeOptions};
+use mirrorswarm_fileserve::{fast_whole_file, is_plain_file_request, Root, ServeOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -24,7 +24,7 @@ impl Drop for Counted {
 }
 
 struct TestFast {
-    root: std::path::PathBuf,
+    root: Root,
     active: Arc<AtomicUsize>,
 }
 
@@ -45,8 +45,8 @@ impl FastPath for TestFast {
                 Answer::Done
             }
             p if p.starts_with("/file/") && is_plain_file_request(req) => {
-                let path = self.root.join(&p["/file/".len()..]);
-                let Ok((f, meta)) = open_regular(&path) else {
+                let rel = &p["/file/".len()..];
+                let Ok((f, meta)) = self.root.open_file(rel) else {
                     return Answer::Pass;
                 };
                 self.active.fetch_add(1, Ordering::SeqCst);
@@ -54,7 +54,7 @@ impl FastPath for TestFast {
                     reply,
                     f,
                     &meta,
-                    &path,
+                    std::path::Path::new(rel),
                     &ServeOptions::default(),
                     Box::new(Counted(self.active.clone())),
                     None,
@@ -85,7 +85,7 @@ async fn start(limits: Limits) -> Running {
     std::fs::write(dir.path().join("big.bin"), &big).unwrap();
     let active = Arc::new(AtomicUsize::new(0));
     let fast: Arc<dyn FastPath> = Arc::new(TestFast {
-        root: dir.path().to_path_buf(),
+        root: Root::open(dir.path()).unwrap(),
         active: active.clone(),
     });
     let app = Router::new()

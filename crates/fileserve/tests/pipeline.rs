@@ -1,7 +1,6 @@
 //! The pieces used together the way the server and volunteers will: an axum
-//! fallback handler that decodes, joins, serves and guards.
+//! fallback handler that decodes, opens beneath the root, serves and guards.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -11,12 +10,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
 use http_body_util::BodyExt;
-use mirrorswarm_fileserve::{decode_url_path, safe_join, serve_file, with_guard, ServeOptions};
+use mirrorswarm_fileserve::{decode_url_path, serve_file, with_guard, Root, ServeOptions};
 use tower::ServiceExt;
 
 #[derive(Clone)]
 struct AppState {
-    root: PathBuf,
+    root: Arc<Root>,
     active: Arc<AtomicUsize>,
 }
 
@@ -39,11 +38,14 @@ async fn handler(
         Err(e) => return (e.status(), e.to_string()).into_response(),
     };
     let rel = decoded.strip_prefix('/').unwrap_or(&decoded);
-    let file = match safe_join(&state.root, rel) {
-        Ok(f) => f,
-        Err(e) => return (e.status(), e.to_string()).into_response(),
-    };
-    let resp = serve_file(&method, &headers, &file, &ServeOptions::default()).await;
+    let resp = serve_file(
+        &method,
+        &headers,
+        &state.root,
+        rel,
+        &ServeOptions::default(),
+    )
+    .await;
     state.active.fetch_add(1, Ordering::SeqCst);
     with_guard(resp, Active(state.active.clone()))
 }
@@ -58,7 +60,7 @@ fn app() -> (tempfile::TempDir, Router, Arc<AtomicUsize>) {
     std::os::unix::fs::symlink(dir.path().join("secret"), root.join("leak")).unwrap();
     let active = Arc::new(AtomicUsize::new(0));
     let state = AppState {
-        root,
+        root: Arc::new(Root::open(&root).unwrap()),
         active: active.clone(),
     };
     let router = Router::new().fallback(handler).with_state(state);

@@ -10,7 +10,7 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt;
-use mirrorswarm_fileserve::{serve_file, ServeOptions};
+use mirrorswarm_fileserve::{Root, ServeOptions};
 
 const MTIME_SECS: u64 = 1_700_000_000;
 const MTIME_HTTP: &str = "Tue, 14 Nov 2023 22:13:20 GMT";
@@ -58,6 +58,26 @@ fn strong(tag: &str) -> ServeOptions {
         etag: Some(tag.to_owned()),
         ..ServeOptions::default()
     }
+}
+
+/// `serve_file` for a fixture's file named by its path, as these tests name them: the
+/// fixture's directory (the temporary one, `.tmp…`) held open, the rest relative to it.
+async fn serve_file(
+    method: &Method,
+    headers: &HeaderMap,
+    path: &Path,
+    opts: &ServeOptions,
+) -> Response {
+    let top = path
+        .ancestors()
+        .find(|a| {
+            a.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".tmp"))
+        })
+        .expect("a fixture's path");
+    let rel = path.strip_prefix(top).unwrap().to_str().unwrap();
+    let root = Root::open(top).unwrap();
+    mirrorswarm_fileserve::serve_file(method, headers, &root, rel, opts).await
 }
 
 async fn get(path: &Path, pairs: &[(HeaderName, &str)], opts: &ServeOptions) -> Response {

@@ -4,10 +4,11 @@
 //! generation in which those bytes last changed). The server signs it with ed25519; volunteers
 //! and customers' proxies trust a byte only if it hashes to what a signed manifest says.
 //!
-//! Modules: [`model`] the value types, [`signing`] keys and the signed envelope, [`scan`]
+//! Modules: [`model`] the value types, [`beneath`] opening a listed path strictly inside its tree, [`signing`] keys and the signed envelope, [`scan`]
 //! hashing a directory tree incrementally, [`walk`] walking it on every core, [`relpath`] the safe relative paths
 //! every manifest key must be.
 
+pub mod beneath;
 pub mod model;
 pub mod relpath;
 pub mod scan;

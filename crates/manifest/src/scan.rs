@@ -1,8 +1,9 @@
 //! Walking a repository directory and hashing what changed.
 //!
 //! The scan is incremental: a file whose size and mtime match the cache is not re-read. Symbolic
-//! links are followed only when they resolve to a regular file inside the root (apt trees use
-//! them, e.g. `dists/stable -> bookworm`); anything else is skipped and reported.
+//! links are followed only when they are relative and resolve to a regular file without
+//! leaving the root (the rule of every later open, [`crate::beneath`]); links to directories
+//! are not descended into; anything else is skipped and reported.
 
 use std::collections::BTreeMap;
 use std::fs::File;

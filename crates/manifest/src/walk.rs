@@ -2,7 +2,8 @@
 //! path relative to the root and its metadata.
 //!
 //! What it decides for every caller alike: which entries are files of the tree (a symbolic
-//! link only if it resolves to a regular file inside the root; our own `.mirrorswarm*`
+//! link only if [`crate::beneath`] would open it: relative, resolved without leaving the
+//! root, to a regular file; our own `.mirrorswarm*`
 //! staging and lock files never), and which are skipped and why. Each file's metadata is
 //! taken relative to its open directory: walking a million files by full path cost as much
 //! in the kernel's path lookups as everything else together.
@@ -15,6 +16,7 @@ use std::fs::Metadata;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
+use crate::beneath::{OpenError, Root};
 use crate::{relpath::validate_rel_path, ManifestError};
 
 /// Threads reading directories at once: past a few, a local disk gains nothing.
@@ -44,11 +46,12 @@ pub fn walk<V: Visit>(
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a directory"),
         ));
     }
+    let beneath = Root::open(&canon_root).map_err(|e| ManifestError::io(root, e))?;
     let walkers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, MAX_WALKERS);
     let w = Walkers {
-        root: &canon_root,
+        beneath: &beneath,
         queue: Mutex::new(Queue {
             dirs: vec![(canon_root.clone(), String::new())],
             busy: 0,
@@ -85,7 +88,8 @@ struct Queue {
 }
 
 struct Walkers<'a> {
-    root: &'a Path,
+    /// The root held open: links are checked by opening them beneath it.
+    beneath: &'a Root,
     queue: Mutex<Queue>,
     ready: Condvar,
 }
@@ -186,18 +190,25 @@ impl Walkers<'_> {
                 continue;
             }
             let more = if ft.is_symlink() {
-                match item.path().canonicalize() {
-                    Ok(t) if t.starts_with(self.root) && t.is_file() => {
-                        let meta = std::fs::metadata(&t).map_err(|e| ManifestError::io(&t, e))?;
-                        v.file(rel, &t, &meta)?
+                // Listed only if it opens as every later open of it will (`beneath`): a
+                // relative link whose resolution stays in the root, to a regular file.
+                let opened = self.beneath.open_file(rel);
+                match opened.map(|(_, meta)| (item.path().canonicalize(), meta)) {
+                    Ok((Ok(t), meta)) => v.file(rel, &t, &meta)?,
+                    Ok((Err(e), _)) | Err(OpenError::Io(e)) => {
+                        v.skipped(rel.clone(), format!("symlink: {e}"));
+                        continue;
                     }
-                    Ok(_) => {
-                        let why = "symlink to a directory or outside the root";
-                        v.skipped(rel.clone(), why.into());
+                    Err(OpenError::NotFound) => {
+                        v.skipped(rel.clone(), "dangling symlink".into());
                         continue;
                     }
                     Err(e) => {
-                        v.skipped(rel.clone(), format!("dangling symlink: {e}"));
+                        let why = format!(
+                            "symlink not followed (only relative links to a file that stay \
+                             inside the root are): {e}"
+                        );
+                        v.skipped(rel.clone(), why);
                         continue;
                     }
                 }
@@ -234,6 +245,52 @@ mod tests {
             Ok(true)
         }
         fn skipped(&mut self, _: String, _: String) {}
+    }
+
+    struct Names(Vec<String>, Vec<String>);
+
+    impl Visit for Names {
+        fn file(&mut self, rel: &str, _: &Path, _: &Metadata) -> Result<bool, ManifestError> {
+            self.0.push(rel.to_string());
+            Ok(true)
+        }
+        fn skipped(&mut self, what: String, _: String) {
+            self.1.push(what);
+        }
+    }
+
+    #[test]
+    fn a_link_is_listed_exactly_when_it_opens_beneath_the_root() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("pool/main")).unwrap();
+        std::fs::write(root.join("pool/main/a.deb"), b"deb").unwrap();
+        std::fs::write(dir.path().join("secret"), b"s").unwrap();
+        symlink("pool/main/a.deb", root.join("rel")).unwrap();
+        symlink("../main/a.deb", root.join("pool/main/up")).unwrap();
+        symlink(root.join("pool/main/a.deb"), root.join("abs")).unwrap();
+        symlink("../root/pool/main/a.deb", root.join("outandin")).unwrap();
+        symlink("../secret", root.join("out")).unwrap();
+        symlink("pool", root.join("dir")).unwrap();
+        symlink("nowhere", root.join("dangling")).unwrap();
+        let (mut listed, mut skipped) = (Vec::new(), Vec::new());
+        for n in walk(&root, || Names(Vec::new(), Vec::new())).unwrap() {
+            listed.extend(n.0);
+            skipped.extend(n.1);
+        }
+        listed.sort();
+        skipped.sort();
+        assert_eq!(listed, ["pool/main/a.deb", "pool/main/up", "rel"]);
+        assert_eq!(skipped, ["abs", "dangling", "dir", "out", "outandin"]);
+        // Every listed path opens beneath the root; no skipped one does.
+        let beneath = Root::open(&root).unwrap();
+        for rel in &listed {
+            assert!(beneath.open_file(rel).is_ok(), "{rel}");
+        }
+        for rel in &skipped {
+            assert!(beneath.open_file(rel).is_err(), "{rel}");
+        }
     }
 
     #[test]

@@ -7,6 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub struct Cache {
     dir: PathBuf,
+    /// `dir` held open: a cached file is opened beneath it, so a name in the cache swapped
+    /// for a link (to anything outside) is never followed.
+    root: fileserve::Root,
     max_bytes: u64,
     seq: AtomicU64,
 }
@@ -22,6 +25,7 @@ impl Cache {
             }
         }
         Ok(Cache {
+            root: fileserve::Root::open(dir)?,
             dir: dir.to_path_buf(),
             max_bytes,
             seq: AtomicU64::new(0),
@@ -33,17 +37,29 @@ impl Cache {
         self.dir.join(hex::encode(sha256))
     }
 
-    /// The verified file with this digest and size, if the cache holds it. Marks it used.
-    pub fn get(&self, sha256: &[u8; 32], size: Option<u64>) -> Option<PathBuf> {
-        let p = self.path_of(sha256);
-        let m = std::fs::metadata(&p).ok()?;
-        if size.is_some_and(|s| s != m.len()) {
-            return None;
-        }
-        if let Ok(f) = std::fs::File::options().write(true).open(&p) {
-            let _ = f.set_modified(std::time::SystemTime::now());
-        }
-        Some(p)
+    /// The verified file with this digest and size, opened, if the cache holds it (a regular
+    /// file under that name, of that size). Marks it used.
+    pub fn get(
+        &self,
+        sha256: &[u8; 32],
+        size: Option<u64>,
+    ) -> Option<(std::fs::File, std::fs::Metadata)> {
+        let name = hex::encode(sha256);
+        let opened = match size {
+            Some(size) => self.root.open_sized(&name, size),
+            None => self.root.open_file(&name),
+        };
+        let (f, meta) = match opened {
+            Ok(o) => o,
+            Err(fileserve::OpenError::NotFound) => return None,
+            Err(e) => {
+                tracing::warn!(file = %name, error = %e, "cached file is not as verified; fetching it again");
+                return None;
+            }
+        };
+        // On the handle: the owner may set times whatever the open mode.
+        let _ = f.set_modified(std::time::SystemTime::now());
+        Some((f, meta))
     }
 
     /// A fresh path for a download in progress.
@@ -134,5 +150,23 @@ mod tests {
         drop(c);
         let _c = Cache::open(dir.path(), 10).unwrap();
         assert!(!stale.exists());
+    }
+
+    #[test]
+    fn a_cached_name_swapped_for_a_link_out_is_a_miss() {
+        let outer = tempfile::tempdir().unwrap();
+        let dir = outer.path().join("cache");
+        let c = Cache::open(&dir, 1 << 20).unwrap();
+        let a = [1u8; 32];
+        let p = c.partial_path();
+        std::fs::write(&p, b"verified").unwrap();
+        let named = c.insert(&p, &a).unwrap();
+        assert!(c.get(&a, Some(8)).is_some());
+        // Same size, other bytes, outside the cache: never opened through the name.
+        std::fs::write(outer.path().join("other"), b"NOTTHESE").unwrap();
+        std::fs::remove_file(&named).unwrap();
+        std::os::unix::fs::symlink(outer.path().join("other"), &named).unwrap();
+        assert!(c.get(&a, Some(8)).is_none());
+        assert!(c.get(&a, None).is_none());
     }
 }

@@ -285,13 +285,13 @@ async fn deliver_verified(
     expect: &Expected,
     sources: &[String],
 ) -> Response {
-    let file = match p.cache.get(&expect.sha256, expect.size) {
+    let opened = match p.cache.get(&expect.sha256, expect.size) {
         Some(f) => {
             p.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-            Some(f)
+            f
         }
         None => {
-            let mut got = None;
+            let mut got = false;
             let mut tried = Vec::new();
             for src in sources {
                 match fetch::verified(
@@ -304,9 +304,9 @@ async fn deliver_verified(
                 )
                 .await
                 {
-                    Ok(f) => {
+                    Ok(_) => {
                         p.stats.verified.fetch_add(1, Ordering::Relaxed);
-                        got = Some(f);
+                        got = true;
                         break;
                     }
                     Err(e) => {
@@ -319,17 +319,18 @@ async fn deliver_verified(
                     }
                 }
             }
-            if got.is_none() {
+            if !got {
                 return text(
                     StatusCode::BAD_GATEWAY,
                     format!("no source sent the published bytes:\n{}", tried.join("\n")),
                 );
             }
-            got
+            // Opened by its name in the cache, as a hit is: what is sent is what is there.
+            match p.cache.get(&expect.sha256, expect.size) {
+                Some(f) => f,
+                None => return text(StatusCode::BAD_GATEWAY, "the verified file is gone"),
+            }
         }
-    };
-    let Some(file) = file else {
-        return text(StatusCode::BAD_GATEWAY, "no source");
     };
     let mut extra = HeaderMap::new();
     let b64 = base64::engine::general_purpose::STANDARD.encode(expect.sha256);
@@ -341,7 +342,8 @@ async fn deliver_verified(
         content_type: Some(fileserve::content_type_for(std::path::Path::new(path))),
         extra_headers: extra,
     };
-    fileserve::serve_file(method, headers, &file, &opts).await
+    let (f, meta) = opened;
+    fileserve::serve_open(method, headers, f, &meta, std::path::Path::new(path), &opts)
 }
 
 /// Tell the server, in the background, that `url` sent wrong bytes or failed.

@@ -114,17 +114,19 @@ impl Bt {
         folder: &Path,
         tracker: &str,
     ) -> Result<Arc<ManagedTorrent>> {
-        self.add_with(torrent, folder, tracker, false).await
+        self.add_with(torrent, folder, tracker, None).await
     }
 
-    /// Seed a complete file without ever writing to it.
+    /// Seed a complete file, already open, without ever writing to it (`folder` only keeps
+    /// librqbit's bookkeeping: the bytes come from `file`).
     pub async fn add_seed(
         &self,
         torrent: Bytes,
+        file: std::fs::File,
         folder: &Path,
         tracker: &str,
     ) -> Result<Arc<ManagedTorrent>> {
-        self.add_with(torrent, folder, tracker, true).await
+        self.add_with(torrent, folder, tracker, Some(file)).await
     }
 
     async fn add_with(
@@ -132,7 +134,7 @@ impl Bt {
         torrent: Bytes,
         folder: &Path,
         tracker: &str,
-        read_only: bool,
+        read_only: Option<std::fs::File>,
     ) -> Result<Arc<ManagedTorrent>> {
         use librqbit::storage::StorageFactoryExt;
         // Our tracker in place of the torrent's own, not beside it (see `with_tracker`).
@@ -143,8 +145,7 @@ impl Bt {
             output_folder: Some(folder.to_string_lossy().into_owned()),
             trackers: None,
             force_tracker_interval: Some(Duration::from_secs(2)),
-            storage_factory: read_only
-                .then(|| crate::readonly::ReadOnlyFactory::new(folder).boxed()),
+            storage_factory: read_only.map(|f| crate::readonly::ReadOnlyFactory::new(f).boxed()),
             ..Default::default()
         };
         let resp = self

@@ -1,11 +1,13 @@
-//! A librqbit storage that only reads. Seeding must never modify what it seeds: librqbit's
-//! own file storage opens files read-write and truncates them to length, which bumps their
-//! mtime (making a volunteer re-hash and stop serving them) and would let a wrong torrent
-//! write into a mirror.
+//! A librqbit storage that only reads, from a file already open. Seeding must never modify
+//! what it seeds: librqbit's own file storage opens files read-write and truncates them to
+//! length, which bumps their mtime (making a volunteer re-hash and stop serving them) and
+//! would let a wrong torrent write into a mirror. Nor may it open anything by name: the
+//! seeder opened the file beneath its tree's root and checked it ([`crate::seeder`]), and a
+//! name could meanwhile lead anywhere.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -14,13 +16,14 @@ use librqbit::{ManagedTorrentShared, TorrentMetadata};
 
 #[derive(Clone)]
 pub struct ReadOnlyFactory {
-    folder: PathBuf,
+    file: Arc<File>,
 }
 
 impl ReadOnlyFactory {
-    pub fn new(folder: &Path) -> Self {
+    /// Storage for a single-file torrent whose file is `file`.
+    pub fn new(file: File) -> Self {
         ReadOnlyFactory {
-            folder: folder.to_path_buf(),
+            file: Arc::new(file),
         }
     }
 }
@@ -34,8 +37,7 @@ impl StorageFactory for ReadOnlyFactory {
         _metadata: &TorrentMetadata,
     ) -> anyhow::Result<ReadOnlyStorage> {
         Ok(ReadOnlyStorage {
-            folder: self.folder.clone(),
-            files: Vec::new(),
+            file: self.file.clone(),
         })
     }
 
@@ -45,8 +47,16 @@ impl StorageFactory for ReadOnlyFactory {
 }
 
 pub struct ReadOnlyStorage {
-    folder: PathBuf,
-    files: Vec<Arc<File>>,
+    file: Arc<File>,
+}
+
+impl ReadOnlyStorage {
+    fn file(&self, file_id: usize) -> anyhow::Result<&File> {
+        match file_id {
+            0 => Ok(&self.file),
+            _ => bail!("a seeded torrent has one file"),
+        }
+    }
 }
 
 impl TorrentStorage for ReadOnlyStorage {
@@ -55,20 +65,20 @@ impl TorrentStorage for ReadOnlyStorage {
         _shared: &ManagedTorrentShared,
         metadata: &TorrentMetadata,
     ) -> anyhow::Result<()> {
-        let mut files = Vec::new();
-        for fi in metadata.file_infos.iter() {
-            let p = self.folder.join(&fi.relative_filename);
-            files.push(Arc::new(
-                File::open(&p).with_context(|| format!("opening {} to seed", p.display()))?,
-            ));
+        // Torrents here are single-file and named by SHA-256 (`artifacts`).
+        if metadata.file_infos.len() != 1 {
+            bail!(
+                "a seeded torrent has one file, this one {}",
+                metadata.file_infos.len()
+            );
         }
-        self.files = files;
         Ok(())
     }
 
     fn pread_exact(&self, file_id: usize, offset: u64, buf: &mut [u8]) -> anyhow::Result<()> {
-        let f = self.files.get(file_id).context("no such file")?;
-        f.read_exact_at(buf, offset)?;
+        self.file(file_id)?
+            .read_exact_at(buf, offset)
+            .context("reading a seeded file")?;
         Ok(())
     }
 
@@ -85,8 +95,7 @@ impl TorrentStorage for ReadOnlyStorage {
     }
 
     fn ensure_file_length(&self, file_id: usize, length: u64) -> anyhow::Result<()> {
-        let f = self.files.get(file_id).context("no such file")?;
-        let len = f.metadata()?.len();
+        let len = self.file(file_id)?.metadata()?.len();
         if len != length {
             bail!("seeded file has {len} bytes, the torrent says {length}");
         }
@@ -95,8 +104,7 @@ impl TorrentStorage for ReadOnlyStorage {
 
     fn take(&self) -> anyhow::Result<Box<dyn TorrentStorage>> {
         Ok(Box::new(ReadOnlyStorage {
-            folder: self.folder.clone(),
-            files: self.files.clone(),
+            file: self.file.clone(),
         }))
     }
 }

@@ -1,22 +1,47 @@
 //! Seeding what a node holds (the origin its repository, a volunteer its verified mirror).
 //!
-//! librqbit expects a torrent's file at `<folder>/<name>`; torrents are named by SHA-256, so
-//! the seed folder holds one symbolic link per seeded file, pointing at the real file.
+//! Each seeded file is opened once, beneath its tree's root held open
+//! (`manifest::beneath`), checked against what was published or verified (size and mtime),
+//! and that handle is what librqbit reads ([`crate::readonly`]): never a path, which a swapped
+//! link could lead out of the tree (a symbolic link per file in the seed folder used to be
+//! opened by librqbit whenever it started the torrent).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use manifest::beneath::Root;
 
 use bytes::Bytes;
 use tokio::sync::Mutex;
 
 use crate::bt::Bt;
 
-/// A file to seed: its content hash, the torrent's info-hash, where it is.
+/// A file to seed: its content hash, the torrent's info-hash, where it is (`rel` beneath
+/// `root`), and the size and mtime it had when its hash was computed.
 #[derive(Debug, Clone)]
 pub struct SeedFile {
     pub sha256_hex: String,
     pub btih: [u8; 20],
-    pub path: PathBuf,
+    pub root: Arc<Root>,
+    pub rel: String,
+    pub size: u64,
+    pub mtime_ns: i128,
+}
+
+impl SeedFile {
+    /// Open it for seeding: a regular file beneath its root, unchanged since it was hashed.
+    pub fn open(&self) -> anyhow::Result<std::fs::File> {
+        let (f, meta) = self
+            .root
+            .open_sized(&self.rel, self.size)
+            .with_context(|| format!("opening {} to seed", self.rel))?;
+        if manifest::scan::stat_key(&meta) != (self.size, self.mtime_ns) {
+            anyhow::bail!("{} changed on disk since it was hashed", self.rel);
+        }
+        Ok(f)
+    }
 }
 
 pub struct Seeder {
@@ -29,6 +54,12 @@ pub struct Seeder {
 impl Seeder {
     pub fn new(bt: Bt, folder: &Path, tracker_url: String) -> std::io::Result<Seeder> {
         std::fs::create_dir_all(folder)?;
+        // Links an older version left there, one per seeded file: nothing follows them now.
+        for e in std::fs::read_dir(folder)?.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_symlink()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         Ok(Seeder {
             bt,
             folder: folder.to_path_buf(),
@@ -50,12 +81,9 @@ impl Seeder {
 
     /// Start seeding `file` with `torrent`. librqbit checks every piece first.
     pub async fn add(&self, file: &SeedFile, torrent: Bytes) -> anyhow::Result<()> {
-        let link = self.folder.join(&file.sha256_hex);
-        let target = file.path.canonicalize()?;
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&target, &link)?;
+        let opened = file.open()?;
         self.bt
-            .add_seed(torrent, &self.folder, &self.tracker_url)
+            .add_seed(torrent, opened, &self.folder, &self.tracker_url)
             .await?;
         self.seeding
             .lock()
@@ -75,12 +103,58 @@ impl Seeder {
             .collect();
         for (sha, btih) in drop {
             self.bt.remove(btih).await;
-            let _ = std::fs::remove_file(self.folder.join(&sha));
             seeding.remove(&sha);
         }
     }
 
     pub async fn count(&self) -> usize {
         self.seeding.lock().await.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_opens_only_the_file_as_hashed_beneath_its_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("big")).unwrap();
+        std::fs::write(tree.join("big/a.bin"), b"published").unwrap();
+        let meta = std::fs::metadata(tree.join("big/a.bin")).unwrap();
+        let (size, mtime_ns) = manifest::scan::stat_key(&meta);
+        let file = SeedFile {
+            sha256_hex: "00".repeat(32),
+            btih: [0; 20],
+            root: Arc::new(Root::open(&tree).unwrap()),
+            rel: "big/a.bin".into(),
+            size,
+            mtime_ns,
+        };
+        assert!(file.open().is_ok());
+        // Swapped for a link out of the tree to a look-alike (same size and mtime).
+        let outside = dir.path().join("outside.bin");
+        std::fs::write(&outside, b"NOTTHESE!").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&outside)
+            .unwrap()
+            .set_modified(meta.modified().unwrap())
+            .unwrap();
+        std::fs::remove_file(tree.join("big/a.bin")).unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("big/a.bin")).unwrap();
+        assert!(file.open().is_err());
+        // Back in place but rewritten since it was hashed (same size, other mtime).
+        std::fs::remove_file(tree.join("big/a.bin")).unwrap();
+        std::fs::write(tree.join("big/a.bin"), b"PUBLISHED").unwrap();
+        let later = meta.modified().unwrap() + std::time::Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(tree.join("big/a.bin"))
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert!(file.open().is_err());
     }
 }

@@ -458,6 +458,8 @@ pub async fn stats(State(st): State<Arc<AppState>>) -> Response {
         "origin_requests": st.counters.outcome(crate::metrics::Outcome::OriginSmall)
             + st.counters.outcome(crate::metrics::Outcome::OriginNoVolunteer)
             + st.counters.outcome(crate::metrics::Outcome::OriginRequested),
+        // Answered 503: the file on disk was not as published and no volunteer held it.
+        "origin_unavailable": st.counters.outcome(crate::metrics::Outcome::OriginUnavailable),
         "quarantines": st.counters.quarantines.load(std::sync::atomic::Ordering::Relaxed),
         "bounced_requests": st.counters.bounced.load(std::sync::atomic::Ordering::Relaxed),
     }))

@@ -26,19 +26,23 @@ pub enum Outcome {
     OriginNoVolunteer,
     /// Served by the origin because the customer asked for `/.origin/`.
     OriginRequested,
+    /// Not sent: the file on disk is not as published, and no volunteer holds the published
+    /// bytes (`503` with `Retry-After`).
+    OriginUnavailable,
 }
 
-const OUTCOMES: [(Outcome, &str); 5] = [
+const OUTCOMES: [(Outcome, &str); 6] = [
     (Outcome::Volunteer, "volunteer"),
     (Outcome::Metalink, "metalink"),
     (Outcome::OriginSmall, "origin_small"),
     (Outcome::OriginNoVolunteer, "origin_no_volunteer"),
     (Outcome::OriginRequested, "origin_requested"),
+    (Outcome::OriginUnavailable, "origin_unavailable"),
 ];
 
 #[derive(Default)]
 pub struct Counters {
-    outcomes: [Striped; 5],
+    outcomes: [Striped; OUTCOMES.len()],
     /// Bytes of the files customers were redirected to volunteers for.
     pub redirected_bytes: Striped,
     pub announces_ok: AtomicU64,

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
+use manifest::beneath::Root;
 use manifest::scan::{scan_tree, ScanCache};
 use manifest::{Manifest, ServerKey, SignedManifest};
 
@@ -25,6 +26,9 @@ use crate::store::{now_secs, GenerationRecord, Store};
 pub struct RepoSnapshot {
     pub name: String,
     pub root: PathBuf,
+    /// `root` held open when it was scanned: every file of this generation is opened
+    /// beneath it (`manifest::beneath`), never by a joined path.
+    pub beneath: Arc<Root>,
     pub generation: u64,
     pub published_at: u64,
     /// Every file with its entry, and its size and mtime when hashed (to notice files edited
@@ -206,7 +210,12 @@ impl Publisher {
         previous: Option<Arc<RepoSnapshot>>,
     ) -> Result<(Arc<RepoSnapshot>, PublishReport)> {
         let cache_path = repo_dir(&self.data_dir, name).join("scan-cache.json");
-        if let Some(prev) = previous.as_ref().filter(|p| p.root == root) {
+        // (Not if the directory at `root` is another one now: the snapshot serves from the one
+        // it holds open.)
+        if let Some(prev) = previous
+            .as_ref()
+            .filter(|p| p.root == root && p.beneath.is_at(root))
+        {
             // The common republish: nothing changed. Checked by a walk that compares each
             // file's size and mtime with the index being served: nothing read, nothing to
             // sign, write or index.
@@ -235,6 +244,8 @@ impl Publisher {
                 return Ok((prev.clone(), report));
             }
         }
+        let beneath =
+            Arc::new(Root::open(root).with_context(|| format!("opening {}", root.display()))?);
         // What was hashed before: the index being served knows it; at start, the cache on disk.
         let (dir, prev, repo, cache_file) = (
             root.to_path_buf(),
@@ -338,6 +349,7 @@ impl Publisher {
         let snapshot = RepoSnapshot {
             name: name.to_string(),
             root: root.to_path_buf(),
+            beneath,
             generation: manifest.generation,
             published_at: manifest.published_at,
             files,

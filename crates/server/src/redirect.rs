@@ -94,17 +94,27 @@ pub const SMALL_POOL: usize = 8;
 /// Volunteers a Metalink document lists at most (before the origin).
 pub const METALINK_SOURCES: usize = 8;
 
-/// Base URLs of up to `want` volunteers that may serve `entry`, best first (the policy's
-/// order); the first is counted as redirected to.
+/// What a redirect asks of the volunteers: how many to name, and how many body bytes the
+/// customer will draw from the first (see [`body_bytes`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Ask {
+    pub sources: usize,
+    pub bytes: u64,
+}
+
+/// Base URLs of up to `ask.sources` volunteers that may serve `entry`, best first (the
+/// policy's order, for a download of `ask.bytes`); the first is counted as redirected to,
+/// for those bytes.
 pub fn choose(
     st: &AppState,
     snap: &RepoSnapshot,
     rel: &str,
     entry: &Entry,
-    want: usize,
+    ask: Ask,
     now: Instant,
     chosen: &mut Chosen,
 ) {
+    let want = ask.sources;
     chosen.clear();
     let mut rng = crate::fast_rng::FastRng::for_thread();
     let mut reg = lock(&st.registry);
@@ -156,7 +166,7 @@ pub fn choose(
         });
     }
     st.policy
-        .order_into(&cands, entry.size, &mut rng, &mut order);
+        .order_into(&cands, ask.bytes, &mut rng, &mut order);
     drop(cands);
     let best_first = &order.best_first;
     if tracing::enabled!(tracing::Level::DEBUG) {
@@ -177,7 +187,7 @@ pub fn choose(
         chosen.push(&reg.at(at).url);
     }
     if let Some(&first) = best_first.first().and_then(|&i| sample.get(i)) {
-        reg.note_redirect_at(first, entry.size, now);
+        reg.note_redirect_at(first, ask.bytes, now);
     }
     drop(reg);
     CHOOSE_SCRATCH.with(|b| *b.borrow_mut() = ChooseScratch { sample, order });
@@ -267,6 +277,40 @@ struct ChooseScratch {
 thread_local! {
     static CHOOSE_SCRATCH: std::cell::RefCell<ChooseScratch> =
         std::cell::RefCell::new(ChooseScratch::default());
+}
+
+/// The body bytes the answer to a request for `entry` will carry, wherever it is sent from:
+/// none for `HEAD`; for a `Range` of one satisfiable range, that range's (unless an
+/// `If-Range` names other validators than the file's strong ETag, its SHA-256, which every
+/// mirror gives it: then the whole file may come); else the whole file. What a redirect is
+/// counted as, in the offload and in the load the volunteer is expected to carry. The
+/// origin counts what it sends from its answer's own `content-length`.
+fn body_bytes<'a>(
+    head: bool,
+    header: impl Fn(&'static str) -> Option<&'a [u8]>,
+    entry: &Entry,
+) -> u64 {
+    if head {
+        return 0;
+    }
+    let Some(range) = header("range").and_then(|v| std::str::from_utf8(v).ok()) else {
+        return entry.size;
+    };
+    if let Some(tag) = header("if-range") {
+        let hex = entry.sha256.to_hex();
+        let ours = tag.len() == hex.len() + 2
+            && tag.starts_with(b"\"")
+            && tag.ends_with(b"\"")
+            && &tag[1..tag.len() - 1] == hex.as_bytes();
+        if !ours {
+            return entry.size;
+        }
+    }
+    match fileserve::parse_range(range, entry.size) {
+        fileserve::RangeOutcome::Full => entry.size,
+        fileserve::RangeOutcome::Partial(start, end) => end - start + 1,
+        fileserve::RangeOutcome::Unsatisfiable => 0,
+    }
 }
 
 /// The header that tells a verifying client (`mirrorswarm proxy`) how many bytes to expect
@@ -404,25 +448,29 @@ impl<S: std::ops::Deref<Target = RepoSnapshot>> FileRequest<'_, S> {
         !self.origin_only && !self.metalink && self.entry.size > st.config.redirect.direct_max_bytes
     }
 
-    /// A redirect to a volunteer chosen for it, counted; `None` if no volunteer may serve it.
-    /// What it names is kept in `chosen` and `encoded`.
+    /// A redirect to a volunteer chosen for it, counted as `bytes` offloaded (what the
+    /// customer will draw there, [`body_bytes`]); `None` if no volunteer may serve it. What
+    /// it names is kept in `chosen` and `encoded`.
     fn redirect<'s>(
         &self,
         st: &'s AppState,
-        now: Instant,
+        (now, bytes): (Instant, u64),
         chosen: &'s mut Chosen,
         encoded: &'s mut String,
         with_metalink: bool,
     ) -> Option<Redirect<'s>> {
-        let want = volunteers_named(st, with_metalink);
-        choose(st, &self.snap, self.rel, &self.entry, want, now, chosen);
+        let ask = Ask {
+            sources: volunteers_named(st, with_metalink),
+            bytes,
+        };
+        choose(st, &self.snap, self.rel, &self.entry, ask, now, chosen);
         if chosen.is_empty() {
             return None;
         }
         encoded.clear();
         push_encoded_repo_path(encoded, self.repo, self.rel);
         st.counters.count(Outcome::Volunteer);
-        st.counters.redirected_bytes.add(self.entry.size);
+        st.counters.redirected_bytes.add(bytes);
         Some(Redirect::new(
             st,
             encoded,
@@ -458,12 +506,16 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
     if file.metalink && !file.origin_only {
         let encoded = encoded_repo_path(file.repo, file.rel);
         let mut chosen = Chosen::default();
+        let ask = Ask {
+            sources: METALINK_SOURCES,
+            bytes: entry.size,
+        };
         choose(
             &st,
             &file.snap,
             file.rel,
             entry,
-            METALINK_SOURCES,
+            ask,
             Instant::now(),
             &mut chosen,
         );
@@ -494,13 +546,19 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
             .into_response();
     }
 
-    if file.wants_volunteer(&st) {
-        let (mut chosen, mut encoded) = (Chosen::default(), String::new());
-        let asked = || asks_for_digest(|name| headers.get(name).map(|v| v.as_bytes()));
-        let with_metalink = metalink_headers(&st, asked);
+    let (mut chosen, mut encoded) = (Chosen::default(), String::new());
+    let asked = || asks_for_digest(|name| headers.get(name).map(|v| v.as_bytes()));
+    let with_metalink = metalink_headers(&st, asked);
+    let wants_volunteer = file.wants_volunteer(&st);
+    let bytes = body_bytes(
+        method == Method::HEAD,
+        |name| headers.get(name).map(|v| v.as_bytes()),
+        entry,
+    );
+    if wants_volunteer {
         if let Some(r) = file.redirect(
             &st,
-            Instant::now(),
+            (Instant::now(), bytes),
             &mut chosen,
             &mut encoded,
             with_metalink,
@@ -521,6 +579,35 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
             );
         }
     }
+    // The origin sends only what it published: a regular file, reached without leaving the
+    // root, of the published size, checked on the handle it sends from.
+    let opened = match file.snap.beneath.open_sized(file.rel, entry.size) {
+        Ok(opened) => opened,
+        Err(why) => {
+            // As for a file being republished: a volunteer that verified the published
+            // bytes, if one may serve them (not asked of `/.origin/`, nor again if one was
+            // just asked), or come back later.
+            let redirect = (!file.origin_only && !wants_volunteer)
+                .then(|| {
+                    file.redirect(
+                        &st,
+                        (Instant::now(), bytes),
+                        &mut chosen,
+                        &mut encoded,
+                        with_metalink,
+                    )
+                })
+                .flatten();
+            note_unservable(&file.snap.name, file.rel, &why, redirect.is_some());
+            return match redirect {
+                Some(r) => r.into_response(),
+                None => {
+                    st.counters.count(Outcome::OriginUnavailable);
+                    republishing(file.rel)
+                }
+            };
+        }
+    };
     st.counters.count(if file.origin_only {
         Outcome::OriginRequested
     } else if entry.size <= st.config.redirect.direct_max_bytes {
@@ -528,7 +615,7 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
     } else {
         Outcome::OriginNoVolunteer
     });
-    let resp = serve_origin(&file.snap, file.rel, entry, method, headers, extra).await;
+    let resp = serve_origin(&file.snap, file.rel, entry, opened, method, headers, extra);
     if method == Method::GET
         && (resp.status() == StatusCode::OK || resp.status() == StatusCode::PARTIAL_CONTENT)
     {
@@ -539,6 +626,48 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
         return fileserve::with_stall_guard(resp, (), st.config.limits.client_stall());
     }
     resp
+}
+
+/// Seconds a customer is asked to wait for a file the origin cannot send as published: about
+/// what an operator's `mirrorswarm publish` takes after changing the tree.
+const REPUBLISH_RETRY_SECS: &str = "10";
+
+/// `503` with `Retry-After`: the file on disk is not what was published (being replaced, or
+/// swapped for something the origin will not send), and no volunteer holds the published
+/// bytes. The reason is in the server's log, not in the answer.
+fn republishing(rel: &str) -> Response {
+    let mut r = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("`{rel}` is being republished; retry shortly\n"),
+    );
+    let h = r.headers_mut();
+    h.insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(REPUBLISH_RETRY_SECS),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// Log why the origin did not send a published file. At warning level at most once a second
+/// (a file swapped under load must not flood the log; the count is in `/metrics`), the rest
+/// at debug.
+fn note_unservable(repo: &str, rel: &str, why: &fileserve::OpenError, redirected: bool) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_WARNED: AtomicU64 = AtomicU64::new(u64::MAX);
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let answer = if redirected {
+        "redirected to a volunteer holding the published bytes"
+    } else {
+        "503, retry later"
+    };
+    if LAST_WARNED.swap(second, Ordering::Relaxed) != second {
+        tracing::warn!(repo, path = rel, reason = %why, answer, "file on disk is not as published; the origin does not send it (run `mirrorswarm publish` if it changed on purpose)");
+    } else {
+        tracing::debug!(repo, path = rel, reason = %why, answer, "file on disk is not as published");
+    }
 }
 
 /// The fast path's share of [`customer`]: a `GET` or `HEAD` of a file a volunteer can serve
@@ -568,7 +697,9 @@ pub fn fast_customer(
                 encoded,
                 value,
             } = &mut *s.borrow_mut();
-            match file.redirect(st, req.received, chosen, encoded, with_metalink) {
+            let head = req.method == fast::Method::Head;
+            let bytes = body_bytes(head, |name| req.header(name), &file.entry);
+            match file.redirect(st, (req.received, bytes), chosen, encoded, with_metalink) {
                 Some(r) => {
                     r.write(reply, value);
                     fast::Answer::Done
@@ -742,24 +873,23 @@ impl<'a> Redirect<'a> {
     }
 }
 
-async fn serve_origin(
+/// The origin's answer for a published file it opened.
+fn serve_origin(
     snap: &RepoSnapshot,
     rel: &str,
     entry: &Entry,
+    (f, meta): (std::fs::File, std::fs::Metadata),
     method: &Method,
     headers: &HeaderMap,
     mut extra: HeaderMap,
 ) -> Response {
-    let file = match fileserve::join_listed(&snap.root, rel) {
-        Ok(f) => f,
-        Err(e) => return text(e.status(), format!("`{rel}`: {e}")),
-    };
-    // If the operator changed the file after publishing, its bytes no longer match the
-    // published digest: serve it (the origin always answers) but do not vouch for it.
-    let unchanged = match (std::fs::metadata(&file), snap.files.stat(rel)) {
-        (Ok(meta), Some(published)) => manifest::scan::stat_key(&meta) == published,
-        _ => false,
-    };
+    // Of the published size, but rewritten in place since (another mtime): its bytes may no
+    // longer match the published digest, so serve it (the origin always answers) but do not
+    // vouch for it.
+    let unchanged = snap
+        .files
+        .stat(rel)
+        .is_some_and(|published| manifest::scan::stat_key(&meta) == published);
     let etag = if unchanged {
         Some(entry.sha256.to_hex())
     } else {
@@ -773,7 +903,7 @@ async fn serve_origin(
         content_type: None,
         extra_headers: extra,
     };
-    fileserve::serve_file(method, headers, &file, &opts).await
+    fileserve::serve_open(method, headers, f, &meta, std::path::Path::new(rel), &opts)
 }
 
 fn directory(snap: &RepoSnapshot, rel: &str, method: &Method, uri: &Uri) -> Response {
@@ -838,6 +968,51 @@ fn repo_list(st: &AppState, method: &Method) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redirect_counts_the_body_bytes_the_customer_will_draw() {
+        let entry = Entry {
+            size: 1000,
+            sha256: manifest::Sha256([7; 32]),
+            changed_in: 1,
+            btih: None,
+        };
+        let tag = format!("\"{}\"", entry.sha256.to_hex());
+        let count = |head: bool, h: &[(&'static str, &str)]| {
+            let h: Vec<(&str, Vec<u8>)> =
+                h.iter().map(|(n, v)| (*n, v.as_bytes().to_vec())).collect();
+            body_bytes(
+                head,
+                |name| {
+                    h.iter()
+                        .find(|(n, _)| *n == name)
+                        .map(|(_, v)| v.as_slice())
+                },
+                &entry,
+            )
+        };
+        assert_eq!(count(false, &[]), 1000);
+        assert_eq!(count(true, &[]), 0);
+        assert_eq!(count(true, &[("range", "bytes=0-99")]), 0);
+        assert_eq!(count(false, &[("range", "bytes=0-99")]), 100);
+        assert_eq!(count(false, &[("range", "bytes=-10")]), 10);
+        assert_eq!(count(false, &[("range", "bytes=990-")]), 10);
+        assert_eq!(count(false, &[("range", "bytes=5000-")]), 0, "416: no body");
+        assert_eq!(
+            count(false, &[("range", "bytes=0-1,5-6")]),
+            1000,
+            "not one range: all"
+        );
+        assert_eq!(
+            count(false, &[("range", "bytes=0-99"), ("if-range", &tag)]),
+            100
+        );
+        let date = "Tue, 14 Nov 2023 22:13:20 GMT";
+        assert_eq!(
+            count(false, &[("range", "bytes=0-99"), ("if-range", date)]),
+            1000
+        );
+    }
 
     #[test]
     fn a_path_copied_whole_encodes_as_segment_by_segment() {

@@ -1,5 +1,6 @@
 //! The origin as the first BitTorrent seed of every large file it publishes. A file is seeded
-//! only while it still has the published size and mtime.
+//! only while it still has the published size and mtime, read from a handle opened beneath
+//! the snapshot's root (`prsync::seeder`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -70,19 +71,23 @@ impl OriginSeed {
         let mut files = Vec::new();
         for (path, e) in snap.files.iter() {
             let Some(btih) = e.btih else { continue };
-            let file = snap.root.join(path);
-            let unchanged = match (std::fs::metadata(&file), snap.files.stat(path)) {
-                (Ok(m), Some(published)) => manifest::scan::stat_key(&m) == published,
-                _ => false,
+            let Some((size, mtime_ns)) = snap.files.stat(path) else {
+                continue;
             };
-            if unchanged {
-                files.push(SeedFile {
-                    sha256_hex: e.sha256.to_hex(),
-                    btih: btih.0,
-                    path: file,
-                });
-            } else {
-                tracing::warn!(path, "changed on disk since publishing; not seeding it");
+            let file = SeedFile {
+                sha256_hex: e.sha256.to_hex(),
+                btih: btih.0,
+                root: snap.beneath.clone(),
+                rel: path.to_string(),
+                size,
+                mtime_ns,
+            };
+            // Only what is still as published: opened beneath the root, as the seed will be.
+            match file.open() {
+                Ok(_) => files.push(file),
+                Err(e) => {
+                    tracing::warn!(path, error = %format!("{e:#}"), "not as published on disk; not seeding it")
+                }
             }
         }
         let mut wanted = self.wanted.lock().await;
@@ -90,7 +95,7 @@ impl OriginSeed {
         for f in self.seeder.missing(&files).await {
             let torrent = std::fs::read(artifact_path(&self.data_dir, &f.sha256_hex, "torrent"))?;
             if let Err(e) = self.seeder.add(&f, Bytes::from(torrent)).await {
-                tracing::warn!(path = %f.path.display(), error = %format!("{e:#}"), "cannot seed");
+                tracing::warn!(path = %f.rel, error = %format!("{e:#}"), "cannot seed");
             }
         }
         let all: Vec<SeedFile> = wanted.values().flatten().cloned().collect();

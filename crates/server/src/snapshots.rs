@@ -106,6 +106,7 @@ mod tests {
         Arc::new(RepoSnapshot {
             name: name.into(),
             root: Default::default(),
+            beneath: Arc::new(manifest::beneath::Root::open(&std::env::temp_dir()).unwrap()),
             generation: 1,
             published_at: 0,
             files,

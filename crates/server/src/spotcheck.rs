@@ -510,11 +510,13 @@ mod tests {
     /// A real file server on loopback, serving `dir`, like a volunteer does.
     async fn serve_dir(dir: std::path::PathBuf) -> String {
         use axum::http::{HeaderMap, Method, Uri};
+        let root = std::sync::Arc::new(fileserve::Root::open(&dir).unwrap());
         let app = axum::Router::new().fallback(move |m: Method, u: Uri, h: HeaderMap| {
-            let dir = dir.clone();
+            let root = root.clone();
             async move {
-                let file = dir.join(u.path().trim_start_matches('/'));
-                fileserve::serve_file(&m, &h, &file, &fileserve::ServeOptions::default()).await
+                let rel = u.path().trim_start_matches('/');
+                let opts = fileserve::ServeOptions::default();
+                fileserve::serve_file(&m, &h, &root, rel, &opts).await
             }
         });
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

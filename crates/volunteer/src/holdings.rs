@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use manifest::beneath::Root;
 use manifest::scan::{scan_tree, CachedFile, ScanCache};
 use manifest::Manifest;
 
@@ -39,6 +40,10 @@ pub struct HoldingsView {
     pub seedable: Vec<(String, manifest::Sha256, manifest::Btih)>,
     /// Size of the latest generation, bytes (0: unknown).
     pub latest_bytes: u64,
+    /// The mirror's directory, held open when it was last scanned: verified files are
+    /// opened beneath it (`manifest::beneath`), never by a joined path. `None` until the
+    /// directory exists.
+    pub root: Option<Arc<Root>>,
     /// The manifests of the latest and the held generation: what the server may send a
     /// customer here for.
     pub published: Vec<Arc<Manifest>>,
@@ -58,6 +63,8 @@ pub struct Holdings {
     scan: ScanCache,
     /// Verified manifests by generation (immutable once verified).
     manifests: BTreeMap<u64, Arc<Manifest>>,
+    /// `dir` held open at the last scan.
+    root: Option<Arc<Root>>,
 }
 
 fn holds_all(m: &Manifest, scan: &ScanCache) -> bool {
@@ -80,6 +87,7 @@ impl Holdings {
             cache_path,
             scan,
             manifests: BTreeMap::new(),
+            root: None,
         }
     }
 
@@ -111,6 +119,11 @@ impl Holdings {
     /// Re-read the directory (hashing only what changed) and persist the cache.
     pub async fn rescan(&mut self) -> Result<()> {
         let dir = self.dir.clone();
+        // Held open before the scan: what verifies is what is then opened. A directory
+        // replaced since the last scan is taken up now.
+        if !self.root.as_ref().is_some_and(|r| r.is_at(&dir)) {
+            self.root = Root::open(&dir).ok().map(Arc::new);
+        }
         let cache = std::mem::take(&mut self.scan);
         let out = tokio::task::spawn_blocking(move || scan_tree(&dir, &cache))
             .await
@@ -200,6 +213,7 @@ impl Holdings {
             seedable,
             latest_bytes: self.manifests.get(&latest).map_or(0, |m| m.total_bytes()),
             published: relevant.into_iter().cloned().collect(),
+            root: self.root.clone(),
         }
     }
 }

@@ -370,11 +370,19 @@ impl VolunteerState {
         let Some(seeder) = &self.seeder else { return };
         let mut files = Vec::new();
         for m in self.mirrors.values() {
-            for (path, sha, btih) in &m.view().seedable {
+            let view = m.view();
+            let Some(root) = &view.root else { continue };
+            for (path, sha, btih) in &view.seedable {
+                let Some(v) = view.servable.get(path) else {
+                    continue;
+                };
                 files.push(prsync::seeder::SeedFile {
                     sha256_hex: sha.to_hex(),
                     btih: btih.0,
-                    path: m.dir.join(path),
+                    root: root.clone(),
+                    rel: path.clone(),
+                    size: v.size,
+                    mtime_ns: v.mtime_ns,
                 });
             }
         }
@@ -382,7 +390,7 @@ impl VolunteerState {
             match self.client.artifact(&f.sha256_hex, "torrent").await {
                 Ok(t) if prsync::artifacts::torrent_info_hash(&t).is_ok_and(|h| h == f.btih) => {
                     if let Err(e) = seeder.add(&f, t).await {
-                        tracing::warn!(path = %f.path.display(), error = %format!("{e:#}"), "cannot seed");
+                        tracing::warn!(path = %f.rel, error = %format!("{e:#}"), "cannot seed");
                     }
                 }
                 Ok(_) => {

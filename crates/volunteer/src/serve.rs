@@ -126,10 +126,6 @@ enum Refusal {
         repo: String,
         rel: String,
     },
-    BadPath {
-        rel: String,
-        error: fileserve::PathError,
-    },
     /// A published file this volunteer cannot serve now: back to the origin.
     Bounced {
         repo: String,
@@ -141,7 +137,6 @@ impl Refusal {
     fn status(&self) -> StatusCode {
         match self {
             Refusal::NotMirrored(_) | Refusal::NotPublished { .. } => StatusCode::NOT_FOUND,
-            Refusal::BadPath { error, .. } => error.status(),
             Refusal::Bounced { .. } => StatusCode::FOUND,
         }
     }
@@ -152,7 +147,6 @@ impl Refusal {
             Refusal::NotPublished { repo, rel } => {
                 format!("`{rel}` is not a published file of `{repo}`")
             }
-            Refusal::BadPath { rel, error } => format!("`{rel}`: {error}"),
             Refusal::Bounced { .. } => String::new(),
         }
     }
@@ -209,11 +203,20 @@ impl Refusal {
 /// The query parameter the server counts bounces by (`redirect::BOUNCED_BY_PARAM` there).
 const BOUNCED_BY_PARAM: &str = "bounced-by";
 
+/// Why a verified file is not sent: what is on disk under its name now is not what verified.
+#[derive(Debug, thiserror::Error)]
+enum NotAsVerified {
+    #[error(transparent)]
+    Open(fileserve::OpenError),
+    #[error("modified since it verified")]
+    Modified,
+}
+
 /// A download that passed every check: the open file, what it verified as, and its slot.
 struct Grant {
     file: std::fs::File,
     meta: std::fs::Metadata,
-    path: std::path::PathBuf,
+    content_type: &'static str,
     etag: String,
     guard: ActiveGuard,
 }
@@ -222,11 +225,15 @@ impl Grant {
     fn options(&self) -> ServeOptions {
         ServeOptions {
             etag: Some(self.etag.clone()),
-            content_type: Some(fileserve::content_type_for(&self.path)),
+            content_type: Some(self.content_type),
             extra_headers: HeaderMap::new(),
         }
     }
 }
+
+/// The name `serve_open` and `fast_whole_file` take for a file's type: none, since a
+/// [`Grant`]'s options give it.
+const TYPE_GIVEN: &str = "";
 
 /// Check a customer's request for `decoded` (a strictly decoded path) and take a download
 /// slot for it: only verified files whose bytes are still those that verified, and only if
@@ -262,25 +269,36 @@ fn grant(st: &VolunteerState, decoded: &str) -> Result<Grant, Refusal> {
             rel: rel.to_string(),
         });
     };
+    // The file must still be what verified, checked on the handle that is sent from: opened
+    // beneath the mirror's directory (a link swapped in that leads out of it is refused),
+    // a regular file of the size and mtime that verified. Anything else (an admin copying in
+    // a new version, or tampering) takes it out of service until it verifies again, and its
+    // customer goes to the origin.
+    let opened = match &view.root {
+        Some(root) => root
+            .open_sized(rel, verified.size)
+            .map_err(NotAsVerified::Open)
+            .and_then(|(f, meta)| {
+                let unchanged = manifest::scan::stat_key(&meta).1 == verified.mtime_ns;
+                unchanged
+                    .then_some((f, meta))
+                    .ok_or(NotAsVerified::Modified)
+            }),
+        None => Err(NotAsVerified::Open(fileserve::OpenError::NotFound)),
+    };
     drop(view);
-    let path = fileserve::join_listed(&mirror.dir, rel).map_err(|error| Refusal::BadPath {
-        rel: rel.to_string(),
-        error,
-    })?;
-    // The file must still be what verified, checked on the handle that is sent from: a
-    // change on disk since the last scan (an admin copying in a new version, or tampering)
-    // takes it out of service until it re-verifies.
-    let opened = fileserve::open_regular(&path)
-        .ok()
-        .filter(|(_, meta)| manifest::scan::stat_key(meta) == (verified.size, verified.mtime_ns));
-    let Some((file, meta)) = opened else {
-        tracing::warn!(
-            repo,
-            path = rel,
-            "file changed on disk since it verified; sending its customer to the origin and re-verifying"
-        );
-        st.rescan_now.notify_one();
-        return Err(bounce(Bounce::Changed));
+    let (file, meta) = match opened {
+        Ok(o) => o,
+        Err(why) => {
+            tracing::warn!(
+                repo,
+                path = rel,
+                reason = %why,
+                "file on disk is not what verified; sending its customer to the origin and re-verifying"
+            );
+            st.rescan_now.notify_one();
+            return Err(bounce(Bounce::Changed));
+        }
     };
     if st.paused.load(Ordering::Relaxed) {
         return Err(bounce(Bounce::Paused));
@@ -295,7 +313,7 @@ fn grant(st: &VolunteerState, decoded: &str) -> Result<Grant, Refusal> {
     Ok(Grant {
         file,
         meta,
-        path,
+        content_type: fileserve::content_type_for(std::path::Path::new(rel)),
         etag: verified.sha256.to_hex(),
         guard,
     })
@@ -316,7 +334,14 @@ pub async fn customer(
         Err(refusal) => return refusal.into_response(&st),
     };
     let opts = g.options();
-    let resp = fileserve::serve_open(&method, &headers, g.file, &g.meta, &g.path, &opts);
+    let resp = fileserve::serve_open(
+        &method,
+        &headers,
+        g.file,
+        &g.meta,
+        std::path::Path::new(TYPE_GIVEN),
+        &opts,
+    );
     if method == Method::GET && resp.status().is_success() {
         let len = fileserve::declared_length(&resp);
         st.uploaded.fetch_add(len, Ordering::Relaxed);
@@ -365,7 +390,7 @@ pub fn fast_customer(
         reply,
         g.file,
         &g.meta,
-        &g.path,
+        std::path::Path::new(TYPE_GIVEN),
         &opts,
         Box::new(g.guard),
         pace,

@@ -11,7 +11,6 @@ mod mime;
 mod range;
 
 use std::fs::Metadata;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use axum::body::Body;
@@ -24,6 +23,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 use crate::fast;
 use conditional::{http_date, if_range_allows, not_modified, ETag, Validators};
+pub use manifest::beneath::{OpenError, Root};
 pub use mime::content_type_for;
 pub use range::{parse_range, RangeOutcome};
 
@@ -48,12 +48,13 @@ pub struct ServeOptions {
     pub extra_headers: HeaderMap,
 }
 
-/// Answer `method` on `file` (already resolved safely, e.g. by
-/// [`crate::safe_join`]). Never fails: errors become 404/405/500 responses.
+/// Answer `method` on `rel` beneath `root` (see [`Root::open_file`]: a regular file reached
+/// without leaving the root). Never fails: errors become 404/405/500 responses.
 pub async fn serve_file(
     method: &Method,
     headers: &HeaderMap,
-    file: &Path,
+    root: &Root,
+    rel: &str,
     opts: &ServeOptions,
 ) -> Response {
     if method != Method::GET && method != Method::HEAD {
@@ -63,40 +64,36 @@ pub async fn serve_file(
         add_extra_headers(resp.headers_mut(), &opts.extra_headers);
         return resp;
     }
-    match open_regular(file) {
-        Ok((f, meta)) => serve_open(method, headers, f, &meta, file, opts),
-        Err(mut resp) => {
+    // File system calls are made inline, as nginx makes them: open and fstat of files in the
+    // page cache take microseconds, and a hop to tokio's blocking pool for each one cost
+    // more than the call (a 16 KiB file took five). The price is that a cold disk stalls
+    // this worker thread for the read, as it stalls an nginx worker.
+    match root.open_file(rel) {
+        Ok((f, meta)) => serve_open(method, headers, f, &meta, Path::new(rel), opts),
+        Err(e) => {
+            let mut resp = open_error_response(&e);
             add_extra_headers(resp.headers_mut(), &opts.extra_headers);
-            *resp
+            resp
         }
     }
 }
 
-/// Open `file` for sending: regular files only.
-///
-/// File system calls are made inline, as nginx makes them: stat, open and reads of files in
-/// the page cache take microseconds, and a hop to tokio's blocking pool for each one cost
-/// more than the call (a 16 KiB file took five). The price is that a cold disk stalls this
-/// worker thread for the read, as it stalls an nginx worker.
-///
-/// Opened without blocking, so a FIFO cannot hang the open (O_NONBLOCK changes nothing for
-/// reads of regular files); its type is checked on the handle, and size and mtime come from
-/// the handle too: what is sent is what was opened.
-pub fn open_regular(file: &Path) -> Result<(std::fs::File, Metadata), Box<Response>> {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(file)
-        .map_err(|e| Box::new(io_error_response(&e)))?;
-    match f.metadata() {
-        Ok(meta) if meta.is_file() => Ok((f, meta)),
-        Ok(meta) if meta.is_dir() => Err(Box::new(not_found("is a directory\n"))),
-        Ok(_) => Err(Box::new(not_found("not a regular file\n"))),
-        Err(e) => Err(Box::new(io_error_response(&e))),
+/// The answer to a path [`Root::open_file`] refused, revealing nothing of the disk: what
+/// is not a regular file inside the root is reported as missing, so that probing cannot
+/// tell which paths exist outside it.
+pub fn open_error_response(e: &OpenError) -> Response {
+    match e {
+        OpenError::NotRegular("directory") => not_found("is a directory\n"),
+        OpenError::NotRegular(_) => not_found("not a regular file\n"),
+        OpenError::BadPath(_)
+        | OpenError::NotFound
+        | OpenError::OutsideRoot
+        | OpenError::SizeChanged { .. } => not_found("no such file\n"),
+        OpenError::Io(e) => io_error_response(e),
     }
 }
 
-/// [`serve_file`] for a file [`open_regular`] opened (`path` names it, for its type).
+/// [`serve_file`] for a file [`Root::open_file`] opened (`path` names it, for its type).
 pub fn serve_open(
     method: &Method,
     headers: &HeaderMap,
@@ -207,7 +204,7 @@ pub fn is_plain_file_request(req: &fast::Request<'_>) -> bool {
     })
 }
 
-/// The fast path's `200 OK` for a whole file opened by [`open_regular`] (for a request
+/// The fast path's `200 OK` for a whole file opened by [`Root::open_file`] (for a request
 /// [`is_plain_file_request`] accepted): the same headers [`serve_open`] sends, the body by
 /// `sendfile`, `guard` kept until it is sent.
 pub fn fast_whole_file(
@@ -350,5 +347,78 @@ fn io_error_response(e: &std::io::Error) -> Response {
             text_response(StatusCode::FORBIDDEN, "permission denied\n")
         }
         _ => text_response(StatusCode::INTERNAL_SERVER_ERROR, "error reading file\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::os::unix::fs::symlink;
+
+    async fn get(root: &Root, rel: &str) -> (StatusCode, Vec<u8>) {
+        let opts = ServeOptions::default();
+        let resp = serve_file(&Method::GET, &HeaderMap::new(), root, rel, &opts).await;
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, body.to_vec())
+    }
+
+    /// Each way a published file can be swapped after the root was opened: never the bytes
+    /// from outside, never a hang, always a clear refusal.
+    #[tokio::test]
+    async fn a_file_swapped_after_publishing_is_never_served_from_outside() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().join("root");
+        std::fs::create_dir_all(top.join("dists/stable")).unwrap();
+        std::fs::create_dir_all(dir.path().join("outside/stable")).unwrap();
+        std::fs::write(dir.path().join("outside/stable/Release"), b"SECRET").unwrap();
+        std::fs::write(dir.path().join("secret"), b"SECRET").unwrap();
+        for f in ["Release", "InRelease", "Packages", "Sources", "Contents"] {
+            std::fs::write(top.join("dists/stable").join(f), b"published").unwrap();
+        }
+        let root = Root::open(&top).unwrap();
+        assert_eq!(
+            get(&root, "dists/stable/Release").await,
+            (StatusCode::OK, b"published".to_vec())
+        );
+        let stable = top.join("dists/stable");
+        // A file swapped for a link out (absolute, and relative through `..`).
+        std::fs::remove_file(stable.join("Release")).unwrap();
+        symlink(dir.path().join("secret"), stable.join("Release")).unwrap();
+        std::fs::remove_file(stable.join("InRelease")).unwrap();
+        symlink("../../../secret", stable.join("InRelease")).unwrap();
+        // A file swapped for a FIFO (opening it must not hang) and for a directory.
+        std::fs::remove_file(stable.join("Packages")).unwrap();
+        let fifo = std::ffi::CString::new(stable.join("Packages").to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        std::fs::remove_file(stable.join("Sources")).unwrap();
+        std::fs::create_dir(stable.join("Sources")).unwrap();
+        for rel in [
+            "dists/stable/Release",
+            "dists/stable/InRelease",
+            "dists/stable/Packages",
+            "dists/stable/Sources",
+        ] {
+            let (status, body) = get(&root, rel).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{rel}");
+            assert_ne!(body, b"SECRET", "{rel}");
+        }
+        // A file rewritten with other bytes: the size published no longer matches.
+        std::fs::write(stable.join("Contents"), b"longer than published").unwrap();
+        assert!(matches!(
+            root.open_sized("dists/stable/Contents", 9),
+            Err(OpenError::SizeChanged {
+                expected: 9,
+                found: 21
+            })
+        ));
+        // A directory on the way swapped for a link out.
+        std::fs::rename(top.join("dists"), dir.path().join("old-dists")).unwrap();
+        symlink(dir.path().join("outside"), top.join("dists")).unwrap();
+        let (status, body) = get(&root, "dists/stable/Release").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_ne!(body, b"SECRET");
     }
 }

@@ -5,7 +5,7 @@ use mirrorswarm_config::{load_file, ServerConfig, VolunteerConfig};
 
 fn example(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples")
+        .join("../examples")
         .join(name)
 }
 

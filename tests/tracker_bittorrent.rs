@@ -96,7 +96,7 @@ async fn two_aria2c_peers_move_a_torrent_through_the_tracker() {
         );
         async move {
             let body = c.get(url).send().await.unwrap().bytes().await.unwrap();
-            let v = tracker::bencode::decode(&body).unwrap();
+            let v = bencode::decode(&body).unwrap();
             v.get("files").and_then(|f| f.as_dict()).is_some_and(|f| {
                 f.values()
                     .any(|s| s.get("complete").and_then(|c| c.as_int()) == Some(1))

@@ -99,7 +99,7 @@ fn announce_target(hash: &[u8; 20], peer_id: &[u8; 20], port: u16) -> String {
 
 /// Answers tallied: "ok" for a peer list, else the failure reason.
 fn tally(into: &mut BTreeMap<String, usize>, body: &[u8]) {
-    let v = tracker::bencode::decode(body).unwrap();
+    let v = bencode::decode(body).unwrap();
     let key = match v.get("failure reason").and_then(|r| r.as_bytes()) {
         Some(r) => String::from_utf8_lossy(r).to_string(),
         None => {
@@ -144,7 +144,7 @@ async fn scrape_complete(server: &Server, btih: &[u8; 20]) -> i64 {
         return 0;
     };
     let body = r.bytes().await.unwrap_or_default();
-    tracker::bencode::decode(&body)
+    bencode::decode(&body)
         .ok()
         .and_then(|v| {
             v.get("files")?
@@ -278,7 +278,7 @@ async fn a_flood_from_one_host_does_not_stop_real_clients_on_others() {
                     tracker::query::percent_encode(&btih)
                 ))
                 .await;
-            let v = tracker::bencode::decode(&body).unwrap();
+            let v = bencode::decode(&body).unwrap();
             let key = if v.get("files").is_some() {
                 "ok".to_string()
             } else {
@@ -315,7 +315,7 @@ async fn a_flood_from_one_host_does_not_stop_real_clients_on_others() {
                 ),
             );
             let (_, body) = m.get(&format!("/announce?{q}")).await;
-            let v = tracker::bencode::decode(&body).unwrap();
+            let v = bencode::decode(&body).unwrap();
             let reason = v.get("failure reason").unwrap().as_bytes().unwrap();
             *mirror
                 .entry(String::from_utf8_lossy(reason).to_string())

@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(v) = tracker::bencode::decode(data) {
-        assert_eq!(tracker::bencode::encode(&v), data);
+    if let Ok(v) = bencode::decode(data) {
+        assert_eq!(bencode::encode(&v), data);
     }
 });

@@ -7,8 +7,8 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
+use bencode::Value;
 use sha1::Digest as _;
-use tracker::bencode::{self, Value};
 
 /// Piece length for a file: about four thousand pieces, between 16 KiB (BitTorrent's request
 /// size) and 4 MiB, powers of two. Small pieces matter: a local edit costs the customer the

@@ -1102,7 +1102,7 @@ async fn linger_and_leave(ctx: &Ctx<'_>, bt: &Bt, torrents: &[[u8; 20]]) {
         for scrape in &scrapes {
             leechers += match get_bytes(&ctx.http, scrape)
                 .await
-                .map(|b| tracker::bencode::decode(&b))
+                .map(|b| bencode::decode(&b))
             {
                 Some(Ok(v)) => v
                     .get("files")

@@ -304,8 +304,8 @@ fn piece_check(pieces: &[u8], piece_len: u64, size: u64, rng: &mut impl Rng) -> 
 
 /// `(piece length, concatenated SHA-1s)` of a published torrent.
 fn torrent_pieces(torrent: &[u8]) -> Option<(u64, Vec<u8>)> {
-    use tracker::bencode::Value;
-    let Value::Dict(top) = tracker::bencode::decode(torrent).ok()? else {
+    use bencode::Value;
+    let Value::Dict(top) = bencode::decode(torrent).ok()? else {
         return None;
     };
     let Some(Value::Dict(info)) = top.get(b"info".as_slice()) else {

@@ -5,7 +5,7 @@
 //! peer's socket address. All parsing is strict and bounded because the
 //! tracker endpoints face the open internet.
 //!
-//! - [`bencode`]: strict bencode encoder/decoder.
+//! - bencode is the crate of its own (`bencode/`) that the tracker, prsync and the volunteer share.
 //! - [`query`]: bounded percent-decoding of raw URL query strings.
 //! - [`announce`]: BEP 3 announce and BEP 48 scrape request parsing.
 //! - [`swarm`]: in-memory peer store with expiry, hard size limits and bounds per source.
@@ -17,7 +17,6 @@
 //! - [`link_model`]: a volunteer's downloads as they probably stand between two reports.
 
 pub mod announce;
-pub mod bencode;
 pub mod fast_rng;
 pub mod link_model;
 pub mod mirror;

@@ -3,8 +3,8 @@
 
 use std::net::SocketAddr;
 
-use crate::bencode::{encode, Value};
 use crate::swarm::{AnnounceOutcome, SwarmStats};
+use bencode::{encode, Value};
 
 /// Builds an announce response.
 ///
@@ -160,7 +160,7 @@ pub fn scrape_response(files: &[([u8; 20], SwarmStats)]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bencode::decode;
+    use bencode::decode;
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
     fn outcome() -> AnnounceOutcome {

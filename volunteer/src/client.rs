@@ -6,7 +6,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use ed25519_dalek::VerifyingKey;
 use manifest::{KeyFingerprint, Manifest, SignedManifest};
 use serde::Deserialize;
-use tracker::bencode;
 
 use crate::credential::{token_fingerprint, Credential};
 

@@ -17,6 +17,7 @@ pub mod guard;
 pub mod index;
 pub mod listen;
 pub mod path;
+pub mod protocol;
 pub mod request;
 pub mod serve;
 

@@ -24,13 +24,11 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode,
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use base64::Engine as _;
+use fileserve::protocol::{DIGEST, REPR_DIGEST, SIZE_HEADER, WANT_REPR_DIGEST};
 use fileserve::text_response as text;
 
 pub use cache::Cache;
 pub use fetch::{Expected, FetchError};
-
-/// The server's header with the published size of a redirected file.
-pub const SIZE_HEADER: &str = "x-mirrorswarm-size";
 
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
@@ -192,7 +190,7 @@ async fn handle(
     let mut req = p
         .client
         .request(method.clone(), &url)
-        .header("want-repr-digest", "sha-256=10");
+        .header(WANT_REPR_DIGEST, "sha-256=10");
     for h in FORWARDED {
         if let Some(v) = headers.get(&h) {
             req = req.header(h, v);
@@ -220,11 +218,11 @@ async fn handle(
 /// The digest (and size) the server published for a redirected file.
 fn expected_from(h: &reqwest::header::HeaderMap) -> Option<Expected> {
     let sha256 = h
-        .get("repr-digest")
+        .get(REPR_DIGEST)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().strip_prefix("sha-256=:")?.strip_suffix(':'))
         .or_else(|| {
-            h.get("digest")
+            h.get(DIGEST)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().strip_prefix("sha-256="))
         })
@@ -335,7 +333,7 @@ async fn deliver_verified(
     let mut extra = HeaderMap::new();
     let b64 = base64::engine::general_purpose::STANDARD.encode(expect.sha256);
     if let Ok(v) = HeaderValue::from_str(&format!("sha-256=:{b64}:")) {
-        extra.insert("repr-digest", v);
+        extra.insert(REPR_DIGEST, v);
     }
     let opts = fileserve::ServeOptions {
         etag: Some(hex::encode(expect.sha256)),

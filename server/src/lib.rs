@@ -35,6 +35,7 @@ use anyhow::{anyhow, Context, Result};
 use axum::routing::{get, post};
 use axum::Router;
 use config::ServerConfig;
+use fileserve::protocol::OwnRoutes;
 use manifest::ServerKey;
 use rand::RngCore;
 use tracker::registry::Registry;
@@ -299,38 +300,35 @@ fn swarm_limits(t: &config::TrackerConfig) -> SwarmLimits {
     }
 }
 
+/// The server's own routes; every other path is a customer's.
+const OWN_ROUTES: OwnRoutes = OwnRoutes {
+    exact: &["/announce", "/scrape", "/health", "/metrics", "/dashboard"],
+    prefixes: &["/api/", "/manifests/", "/admin/", "/artifacts/"],
+};
+
 pub fn router(st: Arc<AppState>) -> Router {
+    let own = |pattern| OWN_ROUTES.checked(pattern);
     Router::new()
-        .route("/announce", get(tracker_http::announce))
-        .route("/scrape", get(tracker_http::scrape))
-        .route("/health", get(api::health))
-        .route("/api/info", get(api::info))
-        .route("/api/enroll", post(api::enroll))
-        .route("/api/volunteers", get(api::volunteers))
-        .route("/manifests/{repo}/{which}", get(api::manifest))
-        .route("/admin/publish", post(api::publish))
-        .route("/admin/enroll", post(api::admin_enroll))
+        .route(own("/announce"), get(tracker_http::announce))
+        .route(own("/scrape"), get(tracker_http::scrape))
+        .route(own("/health"), get(api::health))
+        .route(own("/api/info"), get(api::info))
+        .route(own("/api/enroll"), post(api::enroll))
+        .route(own("/api/volunteers"), get(api::volunteers))
+        .route(own("/manifests/{repo}/{which}"), get(api::manifest))
+        .route(own("/admin/publish"), post(api::publish))
+        .route(own("/admin/enroll"), post(api::admin_enroll))
         .route(
-            "/admin/volunteers/{name}/{action}",
+            own("/admin/volunteers/{name}/{action}"),
             post(api::admin_volunteer),
         )
-        .route("/artifacts/{file}", get(api::artifact))
-        .route("/api/stats", get(api::stats))
-        .route("/api/report", post(api::report))
-        .route("/metrics", get(metrics::metrics))
-        .route("/dashboard", get(api::dashboard))
+        .route(own("/artifacts/{file}"), get(api::artifact))
+        .route(own("/api/stats"), get(api::stats))
+        .route(own("/api/report"), post(api::report))
+        .route(own("/metrics"), get(metrics::metrics))
+        .route(own("/dashboard"), get(api::dashboard))
         .fallback(redirect::customer)
         .with_state(st)
-}
-
-/// Whether `path` is one of [`router`]'s own routes rather than a customer's path.
-fn is_routed(path: &str) -> bool {
-    matches!(
-        path,
-        "/announce" | "/scrape" | "/health" | "/metrics" | "/dashboard"
-    ) || ["/api/", "/manifests/", "/admin/", "/artifacts/"]
-        .iter()
-        .any(|p| path.starts_with(p))
 }
 
 /// The requests answered without the router (`fileserve::fast`): announces and customers'
@@ -347,7 +345,7 @@ impl fileserve::fast::FastPath for FastRoutes {
         if path == "/announce" {
             return tracker_http::fast_announce(&self.0, req, reply);
         }
-        if is_routed(path) {
+        if OWN_ROUTES.contains(path) {
             return fileserve::fast::Answer::Pass;
         }
         redirect::fast_customer(&self.0, req, reply)

@@ -13,6 +13,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use fileserve::protocol::{DIGEST, REPR_DIGEST, SIZE_HEADER, WANT_DIGEST, WANT_REPR_DIGEST};
 use fileserve::text_response as text;
 use fileserve::{encode_path_segment, fast, IndexEntry, ServeOptions};
 use manifest::Entry;
@@ -313,18 +314,14 @@ fn body_bytes<'a>(
     }
 }
 
-/// The header that tells a verifying client (`mirrorswarm proxy`) how many bytes to expect
-/// after a redirect, so that a lying volunteer cannot make it download without end.
-pub const SIZE_HEADER: &str = "x-mirrorswarm-size";
-
 fn digest_headers(entry: &Entry, headers: &mut HeaderMap) {
     headers.insert(SIZE_HEADER, HeaderValue::from(entry.size));
     let b64 = entry.sha256.to_base64();
     if let Ok(v) = HeaderValue::from_str(&format!("sha-256={b64}")) {
-        headers.insert("digest", v);
+        headers.insert(DIGEST, v);
     }
     if let Ok(v) = HeaderValue::from_str(&format!("sha-256=:{b64}:")) {
-        headers.insert("repr-digest", v);
+        headers.insert(REPR_DIGEST, v);
     }
 }
 
@@ -332,11 +329,10 @@ fn digest_headers(entry: &Entry, headers: &mut HeaderMap) {
 /// 9530's `Want-Repr-Digest`, whatever their values): the Metalink/HTTP clients do, and only
 /// they read what [`Redirect`] adds for them (see [`MetalinkHeaders`]).
 fn asks_for_digest<'a>(mut header: impl FnMut(&'static str) -> Option<&'a [u8]>) -> bool {
-    WANT_DIGEST.iter().any(|name| header(name).is_some())
+    [WANT_DIGEST, WANT_REPR_DIGEST]
+        .iter()
+        .any(|name| header(name).is_some())
 }
-
-/// The request headers by which a client asks for a digest.
-const WANT_DIGEST: [&str; 2] = ["want-digest", "want-repr-digest"];
 
 /// Whether a redirect answering a request carries the Metalink/HTTP headers.
 fn metalink_headers(st: &AppState, asked: impl FnOnce() -> bool) -> bool {
@@ -833,12 +829,12 @@ impl<'a> Redirect<'a> {
         v.clear();
         v.push_str("sha-256=");
         v.push_str(b64);
-        emit("digest", v.as_bytes());
+        emit(DIGEST, v.as_bytes());
         v.clear();
         v.push_str("sha-256=:");
         v.push_str(b64);
         v.push(':');
-        emit("repr-digest", v.as_bytes());
+        emit(REPR_DIGEST, v.as_bytes());
     }
 
     /// The answer into `reply`, each value built in `scratch`. It has no body: RFC 9110
@@ -894,8 +890,8 @@ fn serve_origin(
         Some(entry.sha256.to_hex())
     } else {
         tracing::warn!(repo = %snap.name, path = rel, "file changed on disk since it was published; run `mirrorswarm publish`");
-        extra.remove("digest");
-        extra.remove("repr-digest");
+        extra.remove(DIGEST);
+        extra.remove(REPR_DIGEST);
         None
     };
     let opts = ServeOptions {

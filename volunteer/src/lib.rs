@@ -25,6 +25,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use config::VolunteerConfig;
 use ed25519_dalek::VerifyingKey;
+use fileserve::protocol::OwnRoutes;
 use tokio::sync::{Mutex, Notify};
 use tracker::mirror::{build_mirror_query, sign_query, MirrorReport};
 
@@ -743,15 +744,15 @@ pub async fn run(
         }
     });
 
+    let own = |pattern| OWN_ROUTES.checked(pattern);
     let app = Router::new()
-        // Every route here must be in `FastRoutes::answer`'s list.
-        .route("/health", get(serve::health))
-        .route("/metrics", get(serve::metrics))
-        .route("/status", get(serve::status_page))
-        .route("/admin/status", get(control::status))
-        .route("/admin/pause", post(control::pause))
-        .route("/admin/resume", post(control::resume))
-        .route("/admin/limits", post(control::limits))
+        .route(own("/health"), get(serve::health))
+        .route(own("/metrics"), get(serve::metrics))
+        .route(own("/status"), get(serve::status_page))
+        .route(own("/admin/status"), get(control::status))
+        .route(own("/admin/pause"), post(control::pause))
+        .route(own("/admin/resume"), post(control::resume))
+        .route(own("/admin/limits"), post(control::limits))
         .fallback(serve::customer)
         .with_state(st.clone());
     tracing::info!(
@@ -781,8 +782,14 @@ pub async fn run(
     Ok(())
 }
 
+/// The volunteer's own pages and admin endpoints; every other path is a customer's.
+const OWN_ROUTES: OwnRoutes = OwnRoutes {
+    exact: &["/health", "/metrics", "/status"],
+    prefixes: &["/admin/"],
+};
+
 /// Customers' downloads answered without the router (`fileserve::fast`); the volunteer's own
-/// pages and admin endpoints go to it.
+/// pages and admin endpoints ([`OWN_ROUTES`]) go to it.
 struct FastRoutes(Arc<VolunteerState>);
 
 impl fileserve::fast::FastPath for FastRoutes {
@@ -792,7 +799,7 @@ impl fileserve::fast::FastPath for FastRoutes {
         reply: &mut fileserve::fast::Reply<'_>,
     ) -> fileserve::fast::Answer {
         let path = req.path();
-        if matches!(path, "/health" | "/metrics" | "/status") || path.starts_with("/admin/") {
+        if OWN_ROUTES.contains(path) {
             return fileserve::fast::Answer::Pass;
         }
         serve::fast_customer(&self.0, req, reply)

@@ -11,13 +11,28 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rand::RngCore;
 use sha2::Digest;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+};
 use sqlx::Row;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    #[error(
+        "database schema: {0} (is this database from a newer mirrorswarm, or edited by hand?)"
+    )]
+    Schema(#[from] sqlx::migrate::MigrateError),
+    /// A row that no code of ours writes: a damaged file or a hand edit. Refused rather than
+    /// read as a default, so that, say, a volunteer's secret never becomes an empty HMAC key.
+    #[error("the {table} row {key} is corrupt: {what}; repair or delete that row (sqlite3 <data-dir>/db)")]
+    CorruptRow {
+        table: &'static str,
+        key: String,
+        what: String,
+    },
     #[error("enrollment token is unknown, already used, or expired")]
     BadToken,
     #[error("malformed enrollment token: expected <secret>.<server key fingerprint>")]
@@ -74,49 +89,129 @@ fn token_hash(secret: &str) -> String {
     hex::encode(sha2::Sha256::digest(secret.as_bytes()))
 }
 
-const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS volunteers (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        secret_hex TEXT NOT NULL,
-        url TEXT NOT NULL,
-        enrolled_at INTEGER NOT NULL,
-        revoked INTEGER NOT NULL DEFAULT 0,
-        draining INTEGER NOT NULL DEFAULT 0)",
-    "CREATE TABLE IF NOT EXISTS enrollment_tokens (
-        token_hash TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        created_at INTEGER NOT NULL,
-        expires_at INTEGER NOT NULL,
-        used_at INTEGER)",
-    "CREATE TABLE IF NOT EXISTS generations (
-        repo TEXT NOT NULL,
-        generation INTEGER NOT NULL,
-        published_at INTEGER NOT NULL,
-        files INTEGER NOT NULL,
-        bytes INTEGER NOT NULL,
-        changed_files INTEGER NOT NULL,
-        PRIMARY KEY (repo, generation))",
-];
+/// The SQLite schema's versions, oldest first (files under `migrations/sqlite/`, built into
+/// the binary). sqlx applies each once, in a transaction, and records it with its checksum in
+/// `_sqlx_migrations`. A second backend is a second list of the same versions.
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "initial",
+    include_str!("../migrations/sqlite/0001_initial.sql"),
+)];
 
-/// Columns added after the first release, for databases created before them. Adding a column
-/// that exists fails with "duplicate column", which is the expected case on every later start.
-const MIGRATIONS: &[&str] = &["ALTER TABLE volunteers ADD COLUMN quarantine TEXT"];
+/// Migrations built into the binary, as sqlx's migrator reads them.
+#[derive(Debug)]
+struct Embedded(&'static [(i64, &'static str, &'static str)]);
+
+impl MigrationSource<'static> for Embedded {
+    fn resolve(
+        self,
+    ) -> futures_util::future::BoxFuture<'static, Result<Vec<Migration>, sqlx::error::BoxDynError>>
+    {
+        Box::pin(async move {
+            Ok(self
+                .0
+                .iter()
+                .map(|&(version, name, sql)| {
+                    Migration::new(
+                        version,
+                        name.into(),
+                        MigrationType::Simple,
+                        sql.into(),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+/// Columns added to a table before versioned migrations began, with their definitions: a
+/// database made before them lacks them, and gets them before its first migration.
+const LEGACY_COLUMNS: &[(&str, &str, &str)] = &[("volunteers", "quarantine", "TEXT")];
+
+/// Bring a database made before versioned migrations (its tables but no `_sqlx_migrations`)
+/// to the shape of version 1, by the names of the columns it has.
+async fn adopt_legacy(pool: &SqlitePool) -> Result<(), StoreError> {
+    let versioned: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+    )
+    .fetch_optional(pool)
+    .await?;
+    if versioned.is_some() {
+        return Ok(());
+    }
+    for &(table, column, definition) in LEGACY_COLUMNS {
+        let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info(?)")
+            .bind(table)
+            .fetch_all(pool)
+            .await?;
+        // No such table: a new database, which version 1 makes whole.
+        if !columns.is_empty() && !columns.iter().any(|c| c == column) {
+            sqlx::query(&format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+            ))
+            .execute(pool)
+            .await?;
+        }
+    }
+    Ok(())
+}
 
 const VOLUNTEER_COLUMNS: &str =
     "id, name, secret_hex, url, enrolled_at, revoked, draining, quarantine";
 
-fn volunteer_from_row(r: &sqlx::sqlite::SqliteRow) -> VolunteerRecord {
-    VolunteerRecord {
-        id: r.get(0),
-        name: r.get(1),
-        secret: hex::decode(r.get::<String, _>(2)).unwrap_or_default(),
-        url: r.get(3),
-        enrolled_at: r.get::<i64, _>(4) as u64,
-        revoked: r.get::<i64, _>(5) != 0,
-        draining: r.get::<i64, _>(6) != 0,
-        quarantine: r.get(7),
+/// A volunteer's secret is 32 random bytes; anything much shorter was not written by us.
+const MIN_SECRET_BYTES: usize = 16;
+
+fn volunteer_from_row(r: &SqliteRow) -> Result<VolunteerRecord, StoreError> {
+    let id: String = r.try_get("id")?;
+    let corrupt = |what: String| StoreError::CorruptRow {
+        table: "volunteers",
+        key: format!("id={id}"),
+        what,
+    };
+    let secret = hex::decode(r.try_get::<String, _>("secret_hex")?)
+        .map_err(|e| corrupt(format!("secret_hex is not hex ({e})")))?;
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(corrupt(format!(
+            "secret_hex holds {} bytes, fewer than {MIN_SECRET_BYTES}",
+            secret.len()
+        )));
     }
+    let enrolled_at = u64::try_from(r.try_get::<i64, _>("enrolled_at")?)
+        .map_err(|_| corrupt("enrolled_at is negative".into()))?;
+    Ok(VolunteerRecord {
+        name: r.try_get("name")?,
+        secret,
+        url: r.try_get("url")?,
+        enrolled_at,
+        revoked: r.try_get::<i64, _>("revoked")? != 0,
+        draining: r.try_get::<i64, _>("draining")? != 0,
+        quarantine: r.try_get("quarantine")?,
+        id,
+    })
+}
+
+/// A published generation's record. Its counts are written from `u64`s; a negative one is a
+/// damaged row.
+fn generation_from_row(r: &SqliteRow) -> Result<GenerationRecord, StoreError> {
+    let repo: String = r.try_get("repo")?;
+    let generation: i64 = r.try_get("generation")?;
+    let count = |column: &str| -> Result<u64, StoreError> {
+        u64::try_from(r.try_get::<i64, _>(column)?).map_err(|_| StoreError::CorruptRow {
+            table: "generations",
+            key: format!("repo={repo} generation={generation}"),
+            what: format!("{column} is negative"),
+        })
+    };
+    Ok(GenerationRecord {
+        generation: count("generation")?,
+        published_at: count("published_at")?,
+        files: count("files")?,
+        bytes: count("bytes")?,
+        changed_files: count("changed_files")?,
+        repo: repo.clone(),
+    })
 }
 
 impl Store {
@@ -131,16 +226,11 @@ impl Store {
             .max_connections(4)
             .connect_with(opts)
             .await?;
-        for stmt in SCHEMA {
-            sqlx::query(stmt).execute(&pool).await?;
-        }
-        for stmt in MIGRATIONS {
-            match sqlx::query(stmt).execute(&pool).await {
-                Ok(_) => {}
-                Err(sqlx::Error::Database(e)) if e.message().contains("duplicate column") => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        adopt_legacy(&pool).await?;
+        Migrator::new(Embedded(SQLITE_MIGRATIONS))
+            .await?
+            .run(&pool)
+            .await?;
         Ok(Store { pool })
     }
 
@@ -191,7 +281,7 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         let name: String = match row {
-            Some(r) => r.get(0),
+            Some(r) => r.try_get("name")?,
             None => return Err(StoreError::BadToken),
         };
         // A re-enrolled name replaces a revoked record of the same name.
@@ -240,7 +330,7 @@ impl Store {
         ))
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(volunteer_from_row).collect())
+        rows.iter().map(volunteer_from_row).collect()
     }
 
     /// Revoke the volunteer called `name`: its credential stops working at once and for good
@@ -288,9 +378,10 @@ impl Store {
         .bind(name)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref()
-            .map(volunteer_from_row)
-            .ok_or_else(|| StoreError::NoSuchVolunteer(name.to_string()))
+        match row {
+            Some(r) => volunteer_from_row(&r),
+            None => Err(StoreError::NoSuchVolunteer(name.to_string())),
+        }
     }
 
     /// Lift the quarantine of the volunteer called `name` by hand.
@@ -323,14 +414,7 @@ impl Store {
         .bind(repo)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|r| GenerationRecord {
-            repo: r.get(0),
-            generation: r.get::<i64, _>(1) as u64,
-            published_at: r.get::<i64, _>(2) as u64,
-            files: r.get::<i64, _>(3) as u64,
-            bytes: r.get::<i64, _>(4) as u64,
-            changed_files: r.get::<i64, _>(5) as u64,
-        }))
+        row.as_ref().map(generation_from_row).transpose()
     }
 }
 
@@ -386,7 +470,7 @@ mod tests {
             .await
             .unwrap();
         drop(store);
-        // Reopening runs the migrations again: they must be idempotent.
+        // Reopening finds every migration applied and runs none.
         let store = Store::open(&db).await.unwrap();
         let v = &store.volunteers().await.unwrap()[0];
         assert!(v.draining);
@@ -462,5 +546,90 @@ mod tests {
         }
         assert_eq!(names.len(), 6);
         assert_eq!(store.volunteers().await.unwrap().len(), 6);
+    }
+
+    /// A database made before versioned migrations: the first tables, without `quarantine`.
+    async fn legacy_database(path: &Path) {
+        let opts = SqliteConnectOptions::from_str("sqlite:")
+            .unwrap()
+            .filename(path)
+            .create_if_missing(true);
+        let pool = SqlitePool::connect_with(opts).await.unwrap();
+        for stmt in [
+            "CREATE TABLE volunteers (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, secret_hex TEXT NOT NULL, url TEXT NOT NULL, enrolled_at INTEGER NOT NULL, revoked INTEGER NOT NULL DEFAULT 0, draining INTEGER NOT NULL DEFAULT 0)",
+            "CREATE TABLE enrollment_tokens (token_hash TEXT PRIMARY KEY, name TEXT NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, used_at INTEGER)",
+            "CREATE TABLE generations (repo TEXT NOT NULL, generation INTEGER NOT NULL, published_at INTEGER NOT NULL, files INTEGER NOT NULL, bytes INTEGER NOT NULL, changed_files INTEGER NOT NULL, PRIMARY KEY (repo, generation))",
+            "INSERT INTO volunteers (id, name, secret_hex, url, enrolled_at, draining) VALUES ('v1', 'old', '0101010101010101010101010101010101010101010101010101010101010101', 'http://x', 7, 1)",
+            "INSERT INTO generations VALUES ('r', 4, 9, 1, 2, 1)",
+        ] {
+            sqlx::query(stmt).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_database_from_before_versioned_migrations_is_adopted_with_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        legacy_database(&db).await;
+        for _ in 0..2 {
+            let store = Store::open(&db).await.unwrap();
+            let v = &store.volunteers().await.unwrap()[0];
+            assert_eq!(
+                (v.name.as_str(), v.enrolled_at, v.draining),
+                ("old", 7, true)
+            );
+            assert_eq!(v.secret, vec![1u8; 32]);
+            store.set_quarantine("v1", Some("why")).await.unwrap();
+            assert_eq!(
+                store
+                    .latest_generation("r")
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .generation,
+                4
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_secret_is_an_error_naming_its_row_not_an_empty_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).await.unwrap();
+        let token = store.create_enrollment("gamma", "fp", 60).await.unwrap();
+        let rec = store.redeem(&token, "http://x").await.unwrap();
+        for bad in ["not hex", ""] {
+            sqlx::query("UPDATE volunteers SET secret_hex = ? WHERE id = ?")
+                .bind(bad)
+                .bind(&rec.id)
+                .execute(&store.pool)
+                .await
+                .unwrap();
+            let err = store.volunteers().await.unwrap_err();
+            assert!(
+                matches!(&err, StoreError::CorruptRow { table: "volunteers", key, .. } if key == &format!("id={}", rec.id)),
+                "{err}"
+            );
+            assert!(err.to_string().contains("secret_hex"), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_database_from_a_newer_build_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        let store = Store::open(&db).await.unwrap();
+        // What a later build's migration 999 would leave behind.
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (999, 'later', 1, x'00', 0)",
+        )
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        drop(store);
+        let err = Store::open(&db).await.err().expect("refused");
+        assert!(matches!(err, StoreError::Schema(_)), "{err}");
+        assert!(err.to_string().contains("newer mirrorswarm"), "{err}");
     }
 }

@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use crate::state::{lock, write, AppState};
+use crate::locks::{lock, write};
+use crate::state::AppState;
 use crate::store::StoreError;
 use fileserve::text_response as text;
 
@@ -144,7 +145,7 @@ fn one() -> f64 {
 }
 
 pub async fn volunteers(State(st): State<Arc<AppState>>) -> Json<Vec<VolunteerView>> {
-    let creds: Vec<_> = crate::state::read(&st.credentials)
+    let creds: Vec<_> = crate::locks::read(&st.credentials)
         .values()
         .cloned()
         .collect();
@@ -453,13 +454,13 @@ pub async fn stats(State(st): State<Arc<AppState>>) -> Response {
         "spot_checks_failed": st.spot.failed.load(std::sync::atomic::Ordering::Relaxed),
         "spot_checks_inconclusive": st.spot.inconclusive.load(std::sync::atomic::Ordering::Relaxed),
         "customer_reports": st.spot.reports.load(std::sync::atomic::Ordering::Relaxed),
-        "redirects_to_volunteers": st.counters.outcome(crate::metrics::Outcome::Volunteer),
+        "redirects_to_volunteers": st.counters.outcome(crate::counters::Outcome::Volunteer),
         "redirected_bytes": st.counters.redirected_bytes.sum(),
-        "origin_requests": st.counters.outcome(crate::metrics::Outcome::OriginSmall)
-            + st.counters.outcome(crate::metrics::Outcome::OriginNoVolunteer)
-            + st.counters.outcome(crate::metrics::Outcome::OriginRequested),
+        "origin_requests": st.counters.outcome(crate::counters::Outcome::OriginSmall)
+            + st.counters.outcome(crate::counters::Outcome::OriginNoVolunteer)
+            + st.counters.outcome(crate::counters::Outcome::OriginRequested),
         // Answered 503: the file on disk was not as published and no volunteer held it.
-        "origin_unavailable": st.counters.outcome(crate::metrics::Outcome::OriginUnavailable),
+        "origin_unavailable": st.counters.outcome(crate::counters::Outcome::OriginUnavailable),
         "quarantines": st.counters.quarantines.load(std::sync::atomic::Ordering::Relaxed),
         "bounced_requests": st.counters.bounced.load(std::sync::atomic::Ordering::Relaxed),
     }))

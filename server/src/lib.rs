@@ -8,8 +8,10 @@
 //! documents; [`sample_repo`] a generated apt repository for the demo and tests.
 
 pub mod api;
+pub mod counters;
 pub use tracker::fast_rng;
 pub mod file_index;
+pub mod locks;
 pub mod metalink;
 pub mod metrics;
 pub mod origin_gate;
@@ -19,11 +21,13 @@ pub mod redirect;
 pub mod sample_repo;
 pub mod seed;
 pub mod snapshots;
+pub mod spot_ledger;
 pub mod spotcheck;
 pub mod state;
 pub mod store;
 pub mod torrents;
 pub mod tracker_http;
+pub mod urls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -41,8 +45,9 @@ use rand::RngCore;
 use tracker::registry::Registry;
 use tracker::swarm::{SwarmLimits, Swarms, Torrents};
 
+use crate::locks::{lock, write};
 use crate::publish::{PublishReport, Publisher};
-use crate::state::{lock, write, AppState};
+use crate::state::AppState;
 use crate::store::Store;
 
 /// Paths of the server's data directory.
@@ -267,7 +272,7 @@ pub async fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>> {
     st.reload_credentials().await?;
     {
         // Quarantines outlive restarts.
-        let creds = state::read(&st.credentials);
+        let creds = locks::read(&st.credentials);
         let mut reg = lock(&st.registry);
         for c in creds.values().filter(|c| c.quarantine.is_some()) {
             reg.set_quarantined(&c.id, true);

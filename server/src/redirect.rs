@@ -20,68 +20,15 @@ use manifest::Entry;
 
 use config::MetalinkHeaders;
 
+use crate::counters::Outcome;
+use crate::locks::lock;
 use crate::metalink;
-use crate::metrics::Outcome;
 use crate::policy::Candidate;
 use crate::publish::RepoSnapshot;
-use crate::state::{lock, AppState};
-
-/// URL prefix that always serves from the origin, never redirects. Repository names cannot
-/// start with `.`, so it cannot clash with one.
-pub const ORIGIN_PREFIX: &str = ".origin";
-
-/// `repo/rel` percent-encoded segment by segment, once per request: every URL the answer
-/// names ends with it.
-pub fn encoded_repo_path(repo: &str, rel: &str) -> String {
-    let mut out = String::with_capacity(repo.len() + rel.len() + 8);
-    push_encoded_repo_path(&mut out, repo, rel);
-    out
-}
-
-/// [`encoded_repo_path`] appended to `out`.
-fn push_encoded_repo_path(out: &mut String, repo: &str, rel: &str) {
-    // Most paths need no escape anywhere: copied whole, not segment by segment.
-    if fileserve::needs_no_escape(repo) && fileserve::needs_no_escape(rel) && !repo.contains('/') {
-        out.push_str(repo);
-        out.push('/');
-        out.push_str(rel);
-        return;
-    }
-    fileserve::push_encoded_segment(out, repo);
-    for seg in rel.split('/') {
-        out.push('/');
-        fileserve::push_encoded_segment(out, seg);
-    }
-}
-
-/// Append `base` (without a trailing slash), `/`, and an encoded path.
-fn push_url(out: &mut String, base: &str, encoded: &str) {
-    out.push_str(base.trim_end_matches('/'));
-    out.push('/');
-    out.push_str(encoded);
-}
-
-/// Where a volunteer serves `repo/rel`.
-pub fn volunteer_url(base: &str, repo: &str, rel: &str) -> String {
-    let mut out = String::new();
-    push_url(&mut out, base, &encoded_repo_path(repo, rel));
-    out
-}
-
-pub fn origin_url(public: &str, encoded: &str) -> String {
-    let mut out = String::with_capacity(public.len() + encoded.len() + 10);
-    push_origin_url(&mut out, public, encoded);
-    out
-}
-
-/// Append where the origin itself serves an encoded path.
-fn push_origin_url(out: &mut String, public: &str, encoded: &str) {
-    out.push_str(public);
-    out.push('/');
-    out.push_str(ORIGIN_PREFIX);
-    out.push('/');
-    out.push_str(encoded);
-}
+use crate::state::AppState;
+use crate::urls::{
+    encoded_repo_path, origin_url, push_encoded_repo_path, push_origin_url, push_url, ORIGIN_PREFIX,
+};
 
 /// How many eligible volunteers the policy sees per request in a large pool: a random sample
 /// (the best of a few random choices balances nearly as well as the best of all, and keeps a
@@ -138,7 +85,7 @@ pub fn choose(
     sample.truncate(MAX_SAMPLE);
     // The oracle's models are corrected by exact live counts before it chooses.
     if st.policy.wants_exact_load() {
-        let live = crate::state::read(&st.oracle_live);
+        let live = crate::locks::read(&st.oracle_live);
         for &i in &sample {
             if let Some(&(customers, _)) = live.get(&reg.at(i).id) {
                 reg.set_live_customers(i, customers, now);

@@ -16,8 +16,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
+use crate::locks::{read, write};
 use crate::publish::RepoSnapshot;
-use crate::state::{read, write};
 
 type Map = HashMap<String, Arc<RepoSnapshot>>;
 

@@ -6,15 +6,16 @@
 //! so a false report costs the reporter nothing and the volunteer nothing.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use rand::Rng;
 use sha1::Digest as _;
 
-use crate::state::{lock, write, AppState};
+use crate::locks::{lock, write};
+use crate::state::AppState;
 
 /// Checks of fewer bytes than this say nothing about a volunteer's speed.
 const MIN_SPEED_SAMPLE: u64 = 128 * 1024;
@@ -61,58 +62,6 @@ pub enum Verdict {
     Mismatch(String),
     /// No answer that says anything about its bytes (unreachable, busy, timed out, missing).
     Inconclusive(String),
-}
-
-/// Per-volunteer bookkeeping.
-#[derive(Debug, Default)]
-struct Track {
-    last: Option<Instant>,
-    /// Passed checks in a row while quarantined.
-    passes: u32,
-    /// A file to check first: the one it failed, or one a customer's proxy reported.
-    suspect: Option<(String, String)>,
-    /// Proxy reports received.
-    reports: u64,
-    /// Throughput seen by passed checks, bytes/s (exponentially weighted).
-    observed_bps: Option<f64>,
-    /// How many checks contributed to `observed_bps`.
-    speed_samples: u32,
-}
-
-/// The checker's state, shared with the handlers (`/api/report`, `/api/stats`).
-#[derive(Default)]
-pub struct SpotChecks {
-    tracks: Mutex<HashMap<String, Track>>,
-    wake: tokio::sync::Notify,
-    pub passed: AtomicU64,
-    pub failed: AtomicU64,
-    pub inconclusive: AtomicU64,
-    pub reports: AtomicU64,
-}
-
-impl SpotChecks {
-    /// A customer's proxy says `repo/rel` from volunteer `id` did not match: check that file
-    /// next, and this volunteer more often until it passes.
-    pub fn report(&self, id: &str, repo: &str, rel: &str) {
-        {
-            let mut t = lock(&self.tracks);
-            let tr = t.entry(id.to_string()).or_default();
-            tr.suspect = Some((repo.to_string(), rel.to_string()));
-            tr.reports += 1;
-        }
-        self.reports.fetch_add(1, Ordering::Relaxed);
-        self.wake.notify_one();
-    }
-
-    /// Proxy reports received about `id` so far.
-    pub fn reports_about(&self, id: &str) -> u64 {
-        lock(&self.tracks).get(id).map_or(0, |t| t.reports)
-    }
-
-    /// Throughput the checks observed from `id`, bytes/s.
-    pub fn observed_bps(&self, id: &str) -> Option<f64> {
-        lock(&self.tracks).get(id).and_then(|t| t.observed_bps)
-    }
 }
 
 /// One volunteer due for a check.
@@ -252,7 +201,7 @@ fn pick_target(st: &AppState, d: &Due) -> Option<Target> {
     };
     let snap = st.repo(&repo)?;
     let entry = snap.files.get(&rel)?;
-    let url = crate::redirect::volunteer_url(&d.url, &repo, &rel);
+    let url = crate::urls::volunteer_url(&d.url, &repo, &rel);
     let whole = Expect::Whole {
         size: entry.size,
         sha256: entry.sha256.0,

@@ -4,6 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
+use crate::locks::{read, write};
+
 use manifest::ServerKey;
 use tracker::registry::Registry;
 use tracker::swarm::Swarms;
@@ -46,9 +48,9 @@ pub struct AppState {
     /// Who may download from the origin's seed.
     pub origin_gate: Mutex<crate::origin_gate::OriginGate>,
     /// Counters for `/metrics` and the dashboard.
-    pub counters: crate::metrics::Counters,
+    pub counters: crate::counters::Counters,
     /// Spot checks of volunteers' bytes, and customers' reports.
-    pub spot: crate::spotcheck::SpotChecks,
+    pub spot: crate::spot_ledger::SpotChecks,
     /// Addresses the origin's seed announced from (so the tracker can hide it): at most
     /// [`crate::tracker_http::MAX_ORIGIN_ADDRS`].
     pub origin_peers: RwLock<std::collections::HashSet<std::net::SocketAddr>>,
@@ -77,16 +79,4 @@ impl AppState {
         *write(&self.credentials) = map;
         Ok(())
     }
-}
-
-/// Lock helpers that survive a poisoned lock: the data behind these locks stays consistent
-/// because every writer replaces whole values.
-pub fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|e| e.into_inner())
-}
-pub fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|e| e.into_inner())
-}
-pub fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    l.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -23,7 +23,8 @@ use tracker::mirror::{parse_mirror_report, split_signed_query, verify_query_sign
 use tracker::response::{announce_response, failure_response, scrape_response};
 use tracker::swarm::{AnnounceOutcome, Standing};
 
-use crate::state::{lock, read, write, AppState};
+use crate::locks::{lock, read, write};
+use crate::state::AppState;
 
 fn bencoded(body: Vec<u8>) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], body).into_response()

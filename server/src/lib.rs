@@ -9,13 +9,11 @@
 
 pub mod api;
 pub mod counters;
-pub use tracker::fast_rng;
 pub mod file_index;
 pub mod locks;
 pub mod metalink;
 pub mod metrics;
 pub mod origin_gate;
-pub mod policy;
 pub mod publish;
 pub mod redirect;
 pub mod sample_repo;
@@ -38,11 +36,11 @@ use std::time::Instant;
 use anyhow::{anyhow, Context, Result};
 use axum::routing::{get, post};
 use axum::Router;
+use balance::registry::Registry;
 use config::ServerConfig;
 use fileserve::protocol::OwnRoutes;
 use manifest::ServerKey;
 use rand::RngCore;
-use tracker::registry::Registry;
 use tracker::swarm::{SwarmLimits, Swarms, Torrents};
 
 use crate::locks::{lock, write};
@@ -222,7 +220,7 @@ pub async fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>> {
         .with_context(|| format!("opening {}", data.db().display()))?;
     let admin_token = load_or_create_admin_token(&data.admin_token())?;
     let slow_start = std::time::Duration::from_secs(cfg.redirect.slow_start_secs);
-    let policy = policy::by_name(&cfg.redirect.policy, slow_start)
+    let policy = balance::policy::by_name(&cfg.redirect.policy, slow_start)
         .ok_or_else(|| anyhow!("unknown policy `{}`", cfg.redirect.policy))?;
     let info_hashes: HashMap<[u8; 20], String> = cfg
         .repos

@@ -23,12 +23,12 @@ use config::MetalinkHeaders;
 use crate::counters::Outcome;
 use crate::locks::lock;
 use crate::metalink;
-use crate::policy::Candidate;
 use crate::publish::RepoSnapshot;
 use crate::state::AppState;
 use crate::urls::{
     encoded_repo_path, origin_url, push_encoded_repo_path, push_origin_url, push_url, ORIGIN_PREFIX,
 };
+use balance::policy::Candidate;
 
 /// How many eligible volunteers the policy sees per request in a large pool: a random sample
 /// (the best of a few random choices balances nearly as well as the best of all, and keeps a
@@ -64,7 +64,7 @@ pub fn choose(
 ) {
     let want = ask.sources;
     chosen.clear();
-    let mut rng = crate::fast_rng::FastRng::for_thread();
+    let mut rng = fast_rng::FastRng::for_thread();
     let mut reg = lock(&st.registry);
     let k = sample_size(want);
     // The sample's and the order's buffers are the thread's, reused: this runs for every
@@ -161,7 +161,7 @@ fn sample_size(want: usize) -> usize {
 /// cache misses and the records' then overlap instead of following one another. Nothing
 /// may draw from the thread's generator between this and `choose`, or the hint is wasted.
 fn prefetch_choice(st: &AppState, want: usize) {
-    let mut peek = crate::fast_rng::FastRng::peek();
+    let mut peek = fast_rng::FastRng::peek();
     st.records_at
         .prefetch_sample((sample_size(want), SMALL_POOL), &mut |n| {
             peek.gen_range(0..n)
@@ -219,7 +219,7 @@ const MAX_SAMPLE: usize = 16;
 #[derive(Default)]
 struct ChooseScratch {
     sample: Vec<usize>,
-    order: crate::policy::Order,
+    order: balance::policy::Order,
 }
 
 thread_local! {

@@ -6,13 +6,13 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::locks::{read, write};
 
+use balance::registry::Registry;
 use manifest::ServerKey;
-use tracker::registry::Registry;
 use tracker::swarm::Swarms;
 
-use crate::policy::Policy;
 use crate::publish::{Publisher, RepoSnapshot};
 use crate::store::{Store, VolunteerRecord};
+use balance::policy::Policy;
 
 pub struct AppState {
     pub config: config::ServerConfig,
@@ -31,7 +31,7 @@ pub struct AppState {
     pub info_hashes: HashMap<[u8; 20], String>,
     pub registry: Mutex<Registry>,
     /// Where the registry's records lie, read without its lock for prefetch hints.
-    pub records_at: Arc<tracker::registry::RecordsAt>,
+    pub records_at: Arc<balance::registry::RecordsAt>,
     pub swarms: Mutex<Swarms>,
     /// The torrents the tracker lists, per repository (refreshed by each publish).
     pub published: Mutex<crate::torrents::PublishedTorrents>,

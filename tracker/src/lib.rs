@@ -1,4 +1,6 @@
-//! BitTorrent HTTP tracker building blocks for mirrorswarm.
+//! The BitTorrent HTTP tracker for mirrorswarm: announces, scrapes and swarms, and the
+//! signed extension by which volunteers report to the server (the balancing that reads
+//! those reports is the `balance` crate).
 //!
 //! Everything here is pure, synchronous and HTTP-free: the server crate owns
 //! sockets and routing, and hands this crate the raw query string and the
@@ -13,18 +15,11 @@
 //! - [`rate`]: announces per second per address, in a table of fixed size.
 //! - [`response`]: bencoded announce, scrape and failure responses.
 //! - [`mirror`]: the signed mirrorswarm extension volunteers put on announces.
-//! - [`registry`]: which volunteer may serve what, its reported load, and what it was sent.
-//! - [`link_model`]: a volunteer's downloads as they probably stand between two reports.
 
 pub mod announce;
-pub mod fast_rng;
-pub mod link_model;
 pub mod mirror;
-pub mod prefetch;
 pub mod query;
 pub mod rate;
-pub mod recent;
-pub mod registry;
 pub mod response;
 pub mod source;
 pub mod swarm;

@@ -351,7 +351,7 @@ impl Swarm {
         if self.anonymous == 0 || n == 0 {
             return false;
         }
-        let start = crate::fast_rng::FastRng::hold().gen_range(0..n);
+        let start = fast_rng::FastRng::hold().gen_range(0..n);
         let found = (0..n)
             .map(|k| (start + k) % n)
             .find(|&i| !self.peers[i].trusted());
@@ -915,7 +915,7 @@ fn select_peers(
     let only_leechers = req.left == 0 && leechers_exist;
     // With no peer past the TTL (the usual case), no peer's clock need be read.
     let all_alive = swarm.all_alive(live);
-    let mut rng = crate::fast_rng::FastRng::hold();
+    let mut rng = fast_rng::FastRng::hold();
     let start = rng.gen_range(0..n);
     let (tail, head) = swarm.peers.split_at(start);
     chosen.extend(

@@ -4,9 +4,9 @@
 //! behind and draining ones) and orders them: the first gets the redirect, the next few are
 //! offered as alternatives. An empty order sends the customer to the origin.
 
+use crate::link_model::LinkView;
+use crate::registry::Load;
 use rand::{Rng, RngCore};
-use tracker::link_model::LinkView;
-use tracker::registry::Load;
 
 /// What a policy may know of one eligible volunteer.
 #[derive(Debug, Clone)]
@@ -246,7 +246,7 @@ impl Policy for FeedbackConnections {
 
 /// The default: send the customer where it adds the least waiting, its own and that of the
 /// customers already there. Each volunteer's
-/// [`LinkModel`](tracker::link_model::LinkModel) knows its declared uplink, the sync
+/// [`LinkModel`](crate::link_model::LinkModel) knows its declared uplink, the sync
 /// traffic it reported and the downloads it probably serves now (its last report plus
 /// the redirects since, drained at the rates the link gives them), so between two reports
 /// the server neither herds onto whoever looked idle (it counts its own redirects) nor
@@ -403,9 +403,9 @@ impl Policy for Feedback {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::link_model::{LinkModel, Reported};
     use rand::SeedableRng;
     use std::time::{Duration, Instant};
-    use tracker::link_model::{LinkModel, Reported};
 
     /// A volunteer as a test describes it: its report, and its model built from that report.
     struct Vol {

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::link_model::{LinkModel, Reported};
-use crate::mirror::MirrorReport;
 use crate::prefetch;
 use crate::recent::{RecentCounts, Slicing};
+use tracker::mirror::MirrorReport;
 
 /// The workload a volunteer reported in its last announce.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -235,7 +235,7 @@ pub struct RecordsAt {
 
 impl RecordsAt {
     /// Hint the records that [`Registry::sample`] would probe first if `pick` gave it the
-    /// same numbers (a copy of its generator: [`crate::fast_rng::FastRng::peek`]). Mirrors
+    /// same numbers (a copy of its generator: [`fast_rng::FastRng::peek`]). Mirrors
     /// `sample`'s first draws; where they differ, only the hint is wasted.
     pub fn prefetch_sample(
         &self,

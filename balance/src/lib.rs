@@ -1,0 +1,17 @@
+//! Balancing: which volunteer a customer is sent to.
+//!
+//! Everything here is synchronous and knows nothing of HTTP: the server resolves a request's
+//! path, asks this crate for an order of volunteers, and writes the answer.
+//!
+//! - [`registry`]: which volunteer may serve what (held generation, exclusions with their
+//!   reasons), its reported load, and what it was sent since.
+//! - [`link_model`]: a volunteer's downloads as they probably stand between two reports.
+//! - [`recent`]: redirects within the last connection window, counted in slices.
+//! - [`prefetch`]: loading the records a redirect is about to read.
+//! - [`policy`]: the balancing policies, chosen by name.
+
+pub mod link_model;
+pub mod policy;
+pub mod prefetch;
+pub mod recent;
+pub mod registry;

@@ -3,6 +3,7 @@
 //! Everything here is synchronous and knows nothing of HTTP: the server resolves a request's
 //! path, asks this crate for an order of volunteers, and writes the answer.
 //!
+//! - [`balancer`]: the face: a choice for a path, and the registry for everything else.
 //! - [`registry`]: which volunteer may serve what (held generation, exclusions with their
 //!   reasons), its reported load, and what it was sent since.
 //! - [`link_model`]: a volunteer's downloads as they probably stand between two reports.
@@ -10,8 +11,11 @@
 //! - [`prefetch`]: loading the records a redirect is about to read.
 //! - [`policy`]: the balancing policies, chosen by name.
 
+pub mod balancer;
 pub mod link_model;
 pub mod policy;
 pub mod prefetch;
 pub mod recent;
 pub mod registry;
+
+pub use balancer::{Ask, Balancer, Chosen, PathFacts};

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use crate::locks::{lock, write};
+use crate::locks::write;
 use crate::state::AppState;
 use crate::store::StoreError;
 use fileserve::text_response as text;
@@ -149,7 +149,7 @@ pub async fn volunteers(State(st): State<Arc<AppState>>) -> Json<Vec<VolunteerVi
         .values()
         .cloned()
         .collect();
-    let reg = lock(&st.registry);
+    let reg = st.balancer.registry();
     let now = Instant::now();
     let mut out: Vec<VolunteerView> = creds
         .into_iter()
@@ -395,7 +395,7 @@ pub async fn admin_volunteer(
         }
     };
     {
-        let mut reg = lock(&st.registry);
+        let mut reg = st.balancer.registry();
         if rec.revoked {
             reg.remove(&rec.id);
         }
@@ -493,7 +493,7 @@ pub async fn report(
     }
     // Which volunteer serves that URL, and which file of which repository it is.
     let found = {
-        let reg = lock(&st.registry);
+        let reg = st.balancer.registry();
         let hit = reg.all().find_map(|v| {
             let base = v.url.trim_end_matches('/');
             let rest = r.url.strip_prefix(base)?.strip_prefix('/')?;

@@ -37,13 +37,14 @@ use anyhow::{anyhow, Context, Result};
 use axum::routing::{get, post};
 use axum::Router;
 use balance::registry::Registry;
+use balance::Balancer;
 use config::ServerConfig;
 use fileserve::protocol::OwnRoutes;
 use manifest::ServerKey;
 use rand::RngCore;
 use tracker::swarm::{SwarmLimits, Swarms, Torrents};
 
-use crate::locks::{lock, write};
+use crate::locks::lock;
 use crate::publish::{PublishReport, Publisher};
 use crate::state::AppState;
 use crate::store::Store;
@@ -249,19 +250,16 @@ pub async fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>> {
         repos: Default::default(),
         repo_dirs: cfg.repos.clone(),
         info_hashes,
-        records_at: registry.records_at(),
-        registry: Mutex::new(registry),
+        balancer: Balancer::new(registry, policy),
         swarms: Mutex::new(Swarms::new(swarm_limits(&cfg.tracker))),
         published: Default::default(),
         credentials: RwLock::new(HashMap::new()),
-        policy,
         admin_token,
         origin_http_bytes: Default::default(),
         seed: tokio::sync::OnceCell::new(),
         origin_peers: RwLock::new(Default::default()),
         spot: Default::default(),
         counters: Default::default(),
-        oracle_live: RwLock::new(HashMap::new()),
         origin_gate: Mutex::new(origin_gate::OriginGate::new(
             std::time::Duration::from_secs(10),
         )),
@@ -271,7 +269,7 @@ pub async fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>> {
     {
         // Quarantines outlive restarts.
         let creds = locks::read(&st.credentials);
-        let mut reg = lock(&st.registry);
+        let mut reg = st.balancer.registry();
         for c in creds.values().filter(|c| c.quarantine.is_some()) {
             reg.set_quarantined(&c.id, true);
         }
@@ -406,8 +404,10 @@ async fn start_oracle_feed(st: &Arc<AppState>, addr: SocketAddr) -> Result<()> {
                 if st.credential(id).is_none() {
                     continue;
                 }
-                if let (Ok(cc), Ok(sc)) = (cc.parse::<u32>(), sc.parse::<u32>()) {
-                    write(&st.oracle_live).insert(id.to_string(), (cc, sc));
+                // The sync count is checked for form but not used: the oracle corrects the
+                // customers only.
+                if let (Ok(cc), Ok(_)) = (cc.parse::<u32>(), sc.parse::<u32>()) {
+                    st.balancer.set_live_customers(id, cc);
                 }
             }
         }
@@ -446,7 +446,7 @@ pub async fn run(
     }
     let info = serde_json::json!({ "listen": local.to_string(), "url": format!("http://{local}"), "public_url": st.public_url, "pid": std::process::id() });
     publish::write_atomic(&data.server_json(), info.to_string().as_bytes())?;
-    tracing::info!(listen = %local, public_url = %st.public_url, repos = ?st.latest_generations(), policy = st.policy.name(), "server ready");
+    tracing::info!(listen = %local, public_url = %st.public_url, repos = ?st.latest_generations(), policy = st.balancer.policy().name(), "server ready");
 
     tokio::spawn(spotcheck::run(st.clone()));
     let sweeper = st.clone();

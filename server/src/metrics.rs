@@ -99,7 +99,7 @@ fn tracker_metrics(st: &AppState, out: &mut String) {
 pub fn render(st: &AppState) -> String {
     let c = &st.counters;
     let mut out = String::with_capacity(4096);
-    let policy = label(st.policy.name());
+    let policy = label(st.balancer.policy().name());
     header(
         &mut out,
         "mirrorswarm_requests_total",
@@ -200,7 +200,7 @@ pub fn render(st: &AppState) -> String {
         .values()
         .map(|c| (c.id.clone(), c.name.clone()))
         .collect();
-    let reg = lock(&st.registry);
+    let reg = st.balancer.registry();
     let now = Instant::now();
     let gauges: [(&str, &str, &str); 8] = [
         (

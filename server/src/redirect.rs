@@ -7,8 +7,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use rand::Rng;
-
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -21,124 +19,25 @@ use manifest::Entry;
 use config::MetalinkHeaders;
 
 use crate::counters::Outcome;
-use crate::locks::lock;
 use crate::metalink;
 use crate::publish::RepoSnapshot;
 use crate::state::AppState;
 use crate::urls::{
     encoded_repo_path, origin_url, push_encoded_repo_path, push_origin_url, push_url, ORIGIN_PREFIX,
 };
-use balance::policy::Candidate;
-
-/// How many eligible volunteers the policy sees per request in a large pool: a random sample
-/// (the best of a few random choices balances nearly as well as the best of all, and keeps a
-/// redirect's cost independent of the number of volunteers). A Metalink lists up to
-/// [`METALINK_SOURCES`], so it samples that many.
-pub const BEST_OF: usize = 4;
-
-/// A pool this small is seen whole.
-pub const SMALL_POOL: usize = 8;
+use balance::{Ask, Chosen, PathFacts};
 
 /// Volunteers a Metalink document lists at most (before the origin).
 pub const METALINK_SOURCES: usize = 8;
 
-/// What a redirect asks of the volunteers: how many to name, and how many body bytes the
-/// customer will draw from the first (see [`body_bytes`]).
-#[derive(Debug, Clone, Copy)]
-pub struct Ask {
-    pub sources: usize,
-    pub bytes: u64,
-}
-
-/// Base URLs of up to `ask.sources` volunteers that may serve `entry`, best first (the
-/// policy's order, for a download of `ask.bytes`); the first is counted as redirected to,
-/// for those bytes.
-pub fn choose(
-    st: &AppState,
-    snap: &RepoSnapshot,
-    rel: &str,
-    entry: &Entry,
-    ask: Ask,
-    now: Instant,
-    chosen: &mut Chosen,
-) {
-    let want = ask.sources;
-    chosen.clear();
-    let mut rng = fast_rng::FastRng::for_thread();
-    let mut reg = lock(&st.registry);
-    let k = sample_size(want);
-    // The sample's and the order's buffers are the thread's, reused: this runs for every
-    // redirect.
-    let ChooseScratch {
-        mut sample,
-        mut order,
-    } = CHOOSE_SCRATCH.with(|b| std::mem::take(&mut *b.borrow_mut()));
-    reg.sample(
-        &snap.name,
-        entry.changed_in,
-        snap.generation(),
-        now,
-        (k, SMALL_POOL),
-        &mut |n| rng.gen_range(0..n),
-        &mut sample,
-    );
-    sample.truncate(MAX_SAMPLE);
-    // The oracle's models are corrected by exact live counts before it chooses.
-    if st.policy.wants_exact_load() {
-        let live = crate::locks::read(&st.oracle_live);
-        for &i in &sample {
-            if let Some(&(customers, _)) = live.get(&reg.at(i).id) {
-                reg.set_live_customers(i, customers, now);
-            }
-        }
+/// What the balancer needs to know of `entry`, the file `rel` of `snap`.
+fn path_facts<'a>(snap: &'a RepoSnapshot, rel: &'a str, entry: &Entry) -> PathFacts<'a> {
+    PathFacts {
+        repo: &snap.name,
+        rel,
+        changed_in: entry.changed_in,
+        current: snap.generation(),
     }
-    let mut open = [(0u32, 0usize); MAX_SAMPLE];
-    for (o, &i) in open.iter_mut().zip(&sample) {
-        *o = reg.open_redirects(i, now);
-    }
-    // On the stack: the sample is at most `MAX_SAMPLE` (a vector was a malloc and a free per
-    // redirect). Pushed into place, not collected: a collected `ArrayVec` (2 KiB) was built
-    // and then copied whole into this frame (a twelfth of the choice's perf samples).
-    let mut cands = arrayvec::ArrayVec::<Candidate, MAX_SAMPLE>::new();
-    for (&i, &(unreported, recent)) in sample.iter().zip(&open) {
-        let v = reg.at(i);
-        cands.push(Candidate {
-            load: v.load,
-            model: v.model.view(now),
-            issued_since_report: unreported,
-            issued_total: v.issued_total,
-            issued_recent: recent,
-            age: now.saturating_duration_since(v.joined),
-            observed_speed: v.observed_speed(),
-            usage: v.usage(),
-        });
-    }
-    st.policy
-        .order_into(&cands, ask.bytes, &mut rng, &mut order);
-    drop(cands);
-    let best_first = &order.best_first;
-    if tracing::enabled!(tracing::Level::DEBUG) {
-        let (_, excluded) = reg.candidates(&snap.name, entry.changed_in, snap.generation(), now);
-        let why: Vec<String> = excluded
-            .iter()
-            .map(|(v, e)| format!("{}: {e}", v.id))
-            .collect();
-        tracing::debug!(
-            repo = %snap.name, path = rel, changed_in = entry.changed_in,
-            policy = st.policy.name(),
-            chosen = best_first.first().map(|&i| reg.at(sample[i]).id.as_str()).unwrap_or("origin"),
-            sampled = sample.len(), excluded = ?why,
-            "redirect decision"
-        );
-    }
-    for &at in best_first.iter().take(want).filter_map(|&i| sample.get(i)) {
-        chosen.push(&reg.at(at).url);
-    }
-    if let Some(&first) = best_first.first().and_then(|&i| sample.get(i)) {
-        reg.note_redirect_at(first, ask.bytes, now);
-    }
-    drop(reg);
-    CHOOSE_SCRATCH.with(|b| *b.borrow_mut() = ChooseScratch { sample, order });
 }
 
 /// How many volunteers a redirect names: the alternatives with the Metalink/HTTP headers,
@@ -148,53 +47,6 @@ fn volunteers_named(st: &AppState, with_metalink: bool) -> usize {
         st.config.redirect.alternatives.max(1)
     } else {
         1
-    }
-}
-
-/// Candidates [`choose`] samples for `want` volunteers.
-fn sample_size(want: usize) -> usize {
-    want.clamp(BEST_OF, MAX_SAMPLE)
-}
-
-/// Hint the CPU to load the records [`choose`] will sample for `want` volunteers (the
-/// thread's generator is peeked, not drawn from), before the path's lookup: the lookup's
-/// cache misses and the records' then overlap instead of following one another. Nothing
-/// may draw from the thread's generator between this and `choose`, or the hint is wasted.
-fn prefetch_choice(st: &AppState, want: usize) {
-    let mut peek = fast_rng::FastRng::peek();
-    st.records_at
-        .prefetch_sample((sample_size(want), SMALL_POOL), &mut |n| {
-            peek.gen_range(0..n)
-        });
-}
-
-/// The base URLs of the volunteers chosen for one request, best first, copied out of the
-/// registry into one reused buffer. (Cloning each one's `Arc<str>` wrote a reference count
-/// that every serving core shares.)
-#[derive(Debug, Default)]
-pub struct Chosen {
-    text: String,
-    ends: Vec<usize>,
-}
-
-impl Chosen {
-    fn clear(&mut self) {
-        self.text.clear();
-        self.ends.clear();
-    }
-
-    fn push(&mut self, url: &str) {
-        self.text.push_str(url);
-        self.ends.push(self.text.len());
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
-        let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        starts.zip(&self.ends).map(|(a, &b)| &self.text[a..b])
     }
 }
 
@@ -210,21 +62,6 @@ struct Scratch {
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
-}
-
-/// Candidates a policy sees at most (a small pool whole, or a Metalink's many sources).
-const MAX_SAMPLE: usize = 16;
-
-/// What [`choose`] reuses from one redirect to the next on a thread.
-#[derive(Default)]
-struct ChooseScratch {
-    sample: Vec<usize>,
-    order: balance::policy::Order,
-}
-
-thread_local! {
-    static CHOOSE_SCRATCH: std::cell::RefCell<ChooseScratch> =
-        std::cell::RefCell::new(ChooseScratch::default());
 }
 
 /// The body bytes the answer to a request for `entry` will carry, wherever it is sent from:
@@ -406,7 +243,12 @@ impl<S: std::ops::Deref<Target = RepoSnapshot>> FileRequest<'_, S> {
             sources: volunteers_named(st, with_metalink),
             bytes,
         };
-        choose(st, &self.snap, self.rel, &self.entry, ask, now, chosen);
+        st.balancer.choose(
+            path_facts(&self.snap, self.rel, &self.entry),
+            ask,
+            now,
+            chosen,
+        );
         if chosen.is_empty() {
             return None;
         }
@@ -453,11 +295,8 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
             sources: METALINK_SOURCES,
             bytes: entry.size,
         };
-        choose(
-            &st,
-            &file.snap,
-            file.rel,
-            entry,
+        st.balancer.choose(
+            path_facts(&file.snap, file.rel, entry),
             ask,
             Instant::now(),
             &mut chosen,
@@ -625,7 +464,7 @@ pub fn fast_customer(
     };
     let accept = || wants_metalink(req.all("accept"));
     let with_metalink = metalink_headers(st, || asks_for_digest(|name| req.header(name)));
-    prefetch_choice(st, volunteers_named(st, with_metalink));
+    st.balancer.prefetch(volunteers_named(st, with_metalink));
     st.repos.with_current(|repos| {
         let snapshot = |repo: &str| repos.get(repo).map(|s| &**s);
         let Resolved::File(file) = resolve(snapshot, &decoded, accept) else {

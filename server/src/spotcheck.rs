@@ -111,7 +111,7 @@ pub async fn run(st: Arc<AppState>) {
 fn due_now(st: &AppState, now: Instant) -> Vec<Due> {
     let base = Duration::from_secs(st.config.trust.spot_check_secs);
     let fast = base / st.config.trust.suspect_speedup.max(1);
-    let reg = lock(&st.registry);
+    let reg = st.balancer.registry();
     let mut tracks = lock(&st.spot.tracks);
     let mut due = Vec::new();
     for v in reg.all() {
@@ -351,7 +351,7 @@ fn update_observed_speeds(st: &AppState) {
     let mut sorted: Vec<f64> = speeds.iter().map(|s| s.1).collect();
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
-    let mut reg = lock(&st.registry);
+    let mut reg = st.balancer.registry();
     for (id, bps) in speeds {
         let factor = (bps / (SLOW_FRACTION * median)).clamp(MIN_SPEED_FACTOR, 1.0);
         if factor < 1.0 && reg.observed_speed(&id) >= 1.0 {
@@ -364,7 +364,7 @@ fn update_observed_speeds(st: &AppState) {
 /// Act on a verdict: quarantine on a mismatch, count passes towards release.
 async fn apply(st: &AppState, id: &str, t: &Target, verdict: Verdict) {
     let name = st.credential(id).map_or_else(|| id.to_string(), |c| c.name);
-    let quarantined = lock(&st.registry).is_quarantined(id);
+    let quarantined = st.balancer.registry().is_quarantined(id);
     match verdict {
         Verdict::Pass { bytes, secs } => {
             st.spot.passed.fetch_add(1, Ordering::Relaxed);
@@ -394,7 +394,7 @@ async fn apply(st: &AppState, id: &str, t: &Target, verdict: Verdict) {
                     tracing::error!(volunteer = %name, error = %e, "cannot record the end of a quarantine");
                     return;
                 }
-                lock(&st.registry).set_quarantined(id, false);
+                st.balancer.registry().set_quarantined(id, false);
                 if let Some(c) = write(&st.credentials).get_mut(id) {
                     c.quarantine = None;
                 }
@@ -420,7 +420,7 @@ async fn apply(st: &AppState, id: &str, t: &Target, verdict: Verdict) {
             if !quarantined {
                 st.counters.quarantines.fetch_add(1, Ordering::Relaxed);
             }
-            lock(&st.registry).set_quarantined(id, true);
+            st.balancer.registry().set_quarantined(id, true);
             if let Some(c) = write(&st.credentials).get_mut(id) {
                 c.quarantine = Some(reason.clone());
             }

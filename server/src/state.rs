@@ -6,13 +6,12 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::locks::{read, write};
 
-use balance::registry::Registry;
+use balance::Balancer;
 use manifest::ServerKey;
 use tracker::swarm::Swarms;
 
 use crate::publish::{Publisher, RepoSnapshot};
 use crate::store::{Store, VolunteerRecord};
-use balance::policy::Policy;
 
 pub struct AppState {
     pub config: config::ServerConfig,
@@ -29,22 +28,18 @@ pub struct AppState {
     pub repo_dirs: BTreeMap<String, PathBuf>,
     /// Mirror info-hash → repository name.
     pub info_hashes: HashMap<[u8; 20], String>,
-    pub registry: Mutex<Registry>,
-    /// Where the registry's records lie, read without its lock for prefetch hints.
-    pub records_at: Arc<balance::registry::RecordsAt>,
+    /// The volunteers, their load and the policy: who gets a customer.
+    pub balancer: Balancer,
     pub swarms: Mutex<Swarms>,
     /// The torrents the tracker lists, per repository (refreshed by each publish).
     pub published: Mutex<crate::torrents::PublishedTorrents>,
     /// Enrolled volunteers by id, mirrored from the store.
     pub credentials: RwLock<HashMap<String, VolunteerRecord>>,
-    pub policy: Box<dyn Policy>,
     pub admin_token: String,
     /// Bytes of file content the origin sent over HTTP (GET 200/206 bodies).
     pub origin_http_bytes: std::sync::atomic::AtomicU64,
     /// The origin's BitTorrent seed, once started.
     pub seed: tokio::sync::OnceCell<Arc<crate::seed::OriginSeed>>,
-    /// Live connection counts streamed by volunteers, for the `oracle` experiment.
-    pub oracle_live: RwLock<HashMap<String, (u32, u32)>>,
     /// Who may download from the origin's seed.
     pub origin_gate: Mutex<crate::origin_gate::OriginGate>,
     /// Counters for `/metrics` and the dashboard.

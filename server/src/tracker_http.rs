@@ -114,7 +114,7 @@ fn announce_body(st: &AppState, peer: SocketAddr, raw: &str) -> Vec<u8> {
     let latest = st.repo(&repo).map_or(0, |s| s.generation());
     let now = Instant::now();
     {
-        let mut reg = lock(&st.registry);
+        let mut reg = st.balancer.registry();
         if req.event == Event::Stopped {
             reg.stop(&report.volunteer, report.seq);
             tracing::info!(volunteer = %cred.name, repo = %repo, "volunteer stopped");

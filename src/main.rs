@@ -5,7 +5,9 @@ mod admin;
 mod bench_balance;
 mod bench_speed;
 mod demo;
+mod progress_bar;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -642,6 +644,9 @@ fn prsync_pull(a: &PullArgs) -> ExitCode {
     opts.delete_extraneous = a.delete_extraneous;
     if let Some(l) = a.bt_listen {
         opts.bt_listen = l;
+    }
+    if std::io::stdout().is_terminal() {
+        opts.progress = Some(std::sync::Arc::new(progress_bar::Bar::default()));
     }
     if let Some(k) = &a.key {
         match manifest::signing::parse_public_key(k) {

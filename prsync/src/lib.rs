@@ -5,7 +5,7 @@
 //! Code map: [`artifacts`] what the server computes once per file version; [`rollsum`] and
 //! [`blockmatch`] reuse of similar local files; [`bt`] librqbit; [`fetch`] verified HTTP
 //! fetches; [`local`] the tree's lock, staging and atomic install; [`tree`] whose a tree is and
-//! what a sync may delete; [`pull`] the engine;
+//! what a sync may delete; [`pull`] the engine, in stages; [`progress`] how it reports;
 //! [`seeder`] seeding what a node holds.
 
 pub mod artifacts;
@@ -14,6 +14,7 @@ pub mod blockmatch;
 pub mod bt;
 pub mod fetch;
 pub mod local;
+pub mod progress;
 #[cfg(feature = "bittorrent")]
 pub mod pull;
 #[cfg(feature = "bittorrent")]

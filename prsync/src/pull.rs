@@ -12,7 +12,6 @@
 //! drops it deletes those an earlier generation listed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -76,8 +75,29 @@ pub enum PullError {
         newest: u64,
         path: String,
     },
-    #[error("{0}")]
-    Other(String),
+    /// This machine's disk failed while doing `what` (a full disk is [`PullError::NoSpace`]).
+    #[error("{what}: {source}")]
+    LocalIo {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The destination could not be scanned.
+    #[error("scanning {}: {source}", dest.display())]
+    Scan {
+        dest: PathBuf,
+        #[source]
+        source: manifest::ManifestError,
+    },
+    /// The key pinned in the tree does not parse: the tree's state is damaged.
+    #[error("the key pinned in {} is unreadable ({why}); remove the file to pin the server's key again", path.display())]
+    PinnedKey { path: PathBuf, why: String },
+    /// The HTTP client could not be built.
+    #[error("starting the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    /// A task of this pull panicked or was cancelled.
+    #[error("a task of this pull failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 impl PullError {
@@ -94,8 +114,11 @@ impl PullError {
     }
 }
 
-fn other(e: impl std::fmt::Display) -> PullError {
-    PullError::Other(e.to_string())
+/// Run blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, PullError> {
+    Ok(tokio::task::spawn_blocking(f).await?)
 }
 
 fn is_no_space(e: &std::io::Error) -> bool {
@@ -113,7 +136,10 @@ fn local_io(state: &StateDir, dest: &Path, what: String, e: &std::io::Error) -> 
             staged: dir_bytes(&state.staging()),
         }
     } else {
-        PullError::Other(format!("{what}: {e}"))
+        PullError::LocalIo {
+            what,
+            source: std::io::Error::new(e.kind(), e.to_string()),
+        }
     }
 }
 
@@ -137,7 +163,8 @@ pub struct PullOptions {
     pub stall: Duration,
     /// Where a temporary BitTorrent session listens, when none is passed in.
     pub bt_listen: SocketAddr,
-    pub progress: bool,
+    /// Told what the pull fetches as it goes (`None`: nothing reports).
+    pub progress: Option<std::sync::Arc<dyn crate::progress::Progress>>,
     /// Parallel HTTP fetches.
     pub http_parallel: usize,
     /// After installing, how long to keep seeding while others still download.
@@ -166,7 +193,7 @@ impl PullOptions {
             key: None,
             stall: Duration::from_secs(20),
             bt_listen: SocketAddr::from(([0, 0, 0, 0], 0)),
-            progress: std::io::stdout().is_terminal(),
+            progress: None,
             http_parallel: 4,
             linger: Duration::from_secs(60),
             newest: None,
@@ -238,7 +265,7 @@ struct Ctx<'a> {
     state: StateDir,
     origin_seed: Option<SocketAddr>,
     summary: Summary,
-    bar: Option<indicatif::ProgressBar>,
+    progress: Option<std::sync::Arc<dyn crate::progress::Progress>>,
     /// The BitTorrent session is this pull's own (not a daemon's that keeps seeding).
     own_bt: bool,
     /// Set when a torrent was given up for a newer generation: `(newest, path)`.
@@ -334,7 +361,7 @@ async fn prepare(opts: &PullOptions) -> Result<Prepared, PullError> {
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(3600))
         .build()
-        .map_err(other)?;
+        .map_err(PullError::Client)?;
     let info: Info = get_json(&http, &format!("{}/api/info", opts.server)).await?;
     if let Some(repos) = &info.repos {
         if !repos.contains_key(&opts.repo) {
@@ -349,9 +376,7 @@ async fn prepare(opts: &PullOptions) -> Result<Prepared, PullError> {
     let manifest = fetch_manifest(&http, opts, &key).await?;
     let (dest, repo) = (opts.dest.clone(), opts.repo.clone());
     let m = manifest.clone();
-    let standing = tokio::task::spawn_blocking(move || tree::standing(&dest, &repo, &m))
-        .await
-        .map_err(other)??;
+    let standing = blocking(move || tree::standing(&dest, &repo, &m)).await??;
     if let Standing::Foreign(unknown) = &standing {
         if !opts.adopt {
             return Err(TreeError::NotOwn {
@@ -396,18 +421,19 @@ async fn scan_local(opts: &PullOptions, state: &StateDir) -> Result<ScanCache, P
     if !opts.dest.exists() {
         return Ok(ScanCache::new());
     }
-    let cache: ScanCache = std::fs::read(state.scan_cache())
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
-    let dest = opts.dest.clone();
-    Ok(
-        tokio::task::spawn_blocking(move || scan_tree(&dest, &cache))
-            .await
-            .map_err(other)?
-            .map_err(other)?
-            .files,
-    )
+    let (dest, cache_file) = (opts.dest.clone(), state.scan_cache());
+    let scanned = blocking(move || {
+        let cache: ScanCache = std::fs::read(cache_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        scan_tree(&dest, &cache)
+    })
+    .await?;
+    scanned.map(|s| s.files).map_err(|source| PullError::Scan {
+        dest: opts.dest.clone(),
+        source,
+    })
 }
 
 /// The plan, and the contents to obtain by network (one job per distinct content).
@@ -476,64 +502,26 @@ fn make_plan(
 
 /// Run one pull. `bt`: the caller's BitTorrent session (the volunteer daemon's); otherwise a
 /// temporary one is started when some file needs it.
+///
+/// The stages, each a function below: take the tree ([`take_tree`]), plan ([`make_plan`]),
+/// reuse what the tree already holds ([`reuse_local`]), fetch large files by BitTorrent
+/// ([`fetch_large`]) and small ones (and what BitTorrent could not) over HTTP
+/// ([`fetch_http`]), verify what is staged ([`verify_staged`]), then install and delete
+/// ([`install_and_delete`]).
 pub async fn pull(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullError> {
+    let res = pull_stages(opts, bt).await;
+    if let Some(p) = &opts.progress {
+        p.finish();
+    }
+    res
+}
+
+async fn pull_stages(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullError> {
     let start = Instant::now();
     let p = prepare(opts).await?;
     let state = StateDir::new(&opts.dest);
-    std::fs::create_dir_all(state.staging()).map_err(|e| {
-        local_io(
-            &state,
-            &opts.dest,
-            format!("creating {}", state.staging().display()),
-            &e,
-        )
-    })?;
-    let _lock = TreeLock::acquire(&state.lock())?;
-    let key_hex = hex::encode(p.key.as_bytes());
-    match &p.standing {
-        Standing::Own(_) => {}
-        Standing::Empty => tree::claim(
-            &state,
-            &Owner {
-                repo: opts.repo.clone(),
-                server_key: key_hex,
-                adopted: false,
-            },
-        )?,
-        Standing::Copy { files } => {
-            tracing::info!(dest = %opts.dest.display(), files, "adopting a tree whose every file the manifest lists");
-            tree::claim(
-                &state,
-                &Owner {
-                    repo: opts.repo.clone(),
-                    server_key: key_hex,
-                    adopted: true,
-                },
-            )?
-        }
-        Standing::Foreign(unknown) => {
-            tracing::warn!(dest = %opts.dest.display(), unlisted = unknown.count, first = %unknown, delete_extraneous = opts.delete_extraneous, "adopting a tree that holds files the manifest does not list (--adopt)");
-            tree::claim(
-                &state,
-                &Owner {
-                    repo: opts.repo.clone(),
-                    server_key: key_hex,
-                    adopted: true,
-                },
-            )?
-        }
-    }
-    if p.pin {
-        std::fs::write(state.server_key(), &p.info.public_key).map_err(|e| {
-            local_io(
-                &state,
-                &opts.dest,
-                format!("pinning the key in {}", state.server_key().display()),
-                &e,
-            )
-        })?;
-    }
-    let manifest = p.manifest;
+    let _lock = take_tree(opts, &state, &p).await?;
+    let manifest = std::sync::Arc::new(p.manifest);
     let origin_seed = p
         .info
         .seed_port
@@ -544,7 +532,7 @@ pub async fn pull(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullEr
         state,
         origin_seed,
         summary: Summary::default(),
-        bar: None,
+        progress: None,
         own_bt: bt.is_none(),
         superseded: None,
     };
@@ -553,7 +541,7 @@ pub async fn pull(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullEr
     ctx.summary.repo_bytes = manifest.total_bytes();
 
     let local = scan_local(opts, &ctx.state).await?;
-    let (plan, planned_jobs) = make_plan(opts, &ctx.state, &manifest, &local)?;
+    let (plan, jobs) = make_plan(opts, &ctx.state, &manifest, &local)?;
     ctx.summary.unchanged_files = plan.unchanged;
     ctx.summary.left_alone_files = plan.left_alone.len();
     if !plan.left_alone.is_empty() {
@@ -563,94 +551,212 @@ pub async fn pull(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullEr
             "files the manifest does not list, not put there by a sync: left alone (--delete-extraneous removes them)"
         );
     }
-    let mut wanted: BTreeMap<String, Entry> = BTreeMap::new(); // path → entry, to install
-    for f in &plan.install {
-        if let Some(e) = manifest.files.get(&f.path) {
-            wanted.insert(f.path.clone(), *e);
-        }
-    }
-    // Identical bytes elsewhere in the tree: copied into staging.
-    let by_sha: HashMap<manifest::Sha256, &String> =
-        local.iter().map(|(p, c)| (c.sha256, p)).collect();
-    let mut copied: BTreeSet<manifest::Sha256> = BTreeSet::new();
-    for (path, e) in &wanted {
-        let Some(src) = by_sha.get(&e.sha256) else {
-            continue;
-        };
-        let staged = ctx.state.staged(&e.sha256.to_hex());
-        if !copied.insert(e.sha256) || staged.exists() {
-            continue;
-        }
-        std::fs::copy(opts.dest.join(src), &staged).map_err(|err| {
-            local_io(
-                &ctx.state,
-                &opts.dest,
-                format!("copying {src} for {path}"),
-                &err,
-            )
-        })?;
-        ctx.summary.reused_local_bytes += e.size;
-        tracing::debug!(path, from = %src, "identical bytes found locally");
-    }
+    let wanted = wanted_entries(&plan, &manifest);
+    let local = std::sync::Arc::new(local);
+    ctx.summary.reused_local_bytes = reuse_local(
+        StateDir::new(&opts.dest),
+        opts.dest.clone(),
+        wanted.clone(),
+        local.clone(),
+    )
+    .await?;
+
     // A content left staged by an interrupted run is still a job: a torrent re-checks what
     // is there and fetches only the pieces missing.
-    let jobs = planned_jobs;
     let need: u64 = jobs.iter().map(|j| j.entry.size).sum();
-    if opts.progress && need > 0 {
-        let bar = indicatif::ProgressBar::new(need);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {bytes}/{total_bytes} {bytes_per_sec} {wide_msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        ctx.bar = Some(bar);
+    if need > 0 {
+        ctx.progress = opts.progress.clone();
+        if let Some(p) = &ctx.progress {
+            p.start(need);
+        }
     }
-
-    // Fetch: torrents for large files, HTTP for the rest.
     let (torrent_jobs, http_jobs): (Vec<Job>, Vec<Job>) =
         jobs.into_iter().partition(|j| j.entry.btih.is_some());
-    let mut own_bt = None;
-    let bt = match (bt, torrent_jobs.is_empty()) {
-        (Some(b), _) => Some(b),
-        (None, true) => None,
-        (None, false) => {
-            let dir = ctx.state.0.join("bt");
-            match Bt::start(BtConfig {
-                listen: opts.bt_listen,
-                upload_bps: None,
-                peer_id: None,
-                dir,
-            })
-            .await
-            {
-                Ok(b) => {
-                    own_bt = Some(b);
-                    own_bt.as_ref()
-                }
-                Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "no BitTorrent; fetching over HTTP");
-                    None
-                }
-            }
+    let large = fetch_large(&mut ctx, bt, torrent_jobs, &local).await?;
+    fetch_http(&mut ctx, http_jobs, false).await?;
+    fetch_http(&mut ctx, large.fallback, true).await?;
+
+    let by_content = by_content(&wanted);
+    verify_staged(&mut ctx, &by_content, &wanted).await?;
+    // From here on the tree changes: the new generation's paths count as put there by a
+    // sync even if this pull is killed halfway.
+    let installed = install_and_delete(
+        StateDir::new(&opts.dest),
+        opts.dest.clone(),
+        manifest,
+        by_content,
+        plan.delete,
+        local,
+    )
+    .await?;
+    ctx.summary.installed_files = installed.installed;
+    ctx.summary.removed_files = installed.removed;
+    if let Some(bt) = &large.own_bt {
+        linger_and_leave(&ctx, bt, &large.seeded).await;
+    }
+    drop(large.own_bt);
+    let state = StateDir::new(&opts.dest);
+    blocking(move || clean_staging(&state)).await?;
+    ctx.summary.wall_secs = start.elapsed().as_secs_f64();
+    Ok(ctx.summary)
+}
+
+/// Make the tree ready and this pull's: the staging directory, the tree's lock (held until
+/// the returned guard drops), the tree claimed as its repository's (filled, or adopted as
+/// the plan allowed), the server's key pinned on first use.
+async fn take_tree(
+    opts: &PullOptions,
+    state: &StateDir,
+    p: &Prepared,
+) -> Result<TreeLock, PullError> {
+    let staging = state.staging();
+    let made = blocking(move || std::fs::create_dir_all(&staging)).await?;
+    made.map_err(|e| {
+        local_io(
+            state,
+            &opts.dest,
+            format!("creating {}", state.staging().display()),
+            &e,
+        )
+    })?;
+    let lock = TreeLock::acquire(&state.lock())?;
+    let adopted = match &p.standing {
+        Standing::Own(_) => None,
+        Standing::Empty => Some(false),
+        Standing::Copy { files } => {
+            tracing::info!(dest = %opts.dest.display(), files, "adopting a tree whose every file the manifest lists");
+            Some(true)
+        }
+        Standing::Foreign(unknown) => {
+            tracing::warn!(dest = %opts.dest.display(), unlisted = unknown.count, first = %unknown, delete_extraneous = opts.delete_extraneous, "adopting a tree that holds files the manifest does not list (--adopt)");
+            Some(true)
         }
     };
-    let mut fallback: Vec<Job> = Vec::new();
-    let mut seeded: Vec<[u8; 20]> = Vec::new();
-    match bt {
-        Some(bt) => {
-            let (fb, done) = fetch_torrents(&mut ctx, bt, torrent_jobs, &local).await;
-            fallback.extend(fb);
-            seeded = done;
+    let dir = state.0.clone();
+    let owner = adopted.map(|adopted| Owner {
+        repo: opts.repo.clone(),
+        server_key: hex::encode(p.key.as_bytes()),
+        adopted,
+    });
+    let pin = p.pin.then(|| p.info.public_key.clone());
+    let (dest, pin_file) = (opts.dest.clone(), state.server_key());
+    blocking(move || -> Result<(), PullError> {
+        let state = StateDir(dir);
+        if let Some(owner) = owner {
+            tree::claim(&state, &owner)?;
         }
-        None => fallback.extend(torrent_jobs),
+        if let Some(key) = pin {
+            std::fs::write(&pin_file, key).map_err(|e| {
+                local_io(
+                    &state,
+                    &dest,
+                    format!("pinning the key in {}", pin_file.display()),
+                    &e,
+                )
+            })?;
+        }
+        Ok(())
+    })
+    .await??;
+    Ok(lock)
+}
+
+/// The entries a plan installs, by path.
+fn wanted_entries(plan: &Plan, manifest: &Manifest) -> BTreeMap<String, Entry> {
+    plan.install
+        .iter()
+        .filter_map(|f| Some((f.path.clone(), *manifest.files.get(&f.path)?)))
+        .collect()
+}
+
+/// The wanted paths grouped by content: each content is fetched, verified and staged once,
+/// then installed at every path that wants it.
+fn by_content(wanted: &BTreeMap<String, Entry>) -> HashMap<manifest::Sha256, Vec<String>> {
+    let mut out: HashMap<manifest::Sha256, Vec<String>> = HashMap::new();
+    for (path, e) in wanted {
+        out.entry(e.sha256).or_default().push(path.clone());
     }
+    out
+}
+
+/// Stage the wanted contents the tree already holds at another path (a moved or copied
+/// file), once each: they need no fetch. Returns the bytes so reused.
+async fn reuse_local(
+    state: StateDir,
+    dest: PathBuf,
+    wanted: BTreeMap<String, Entry>,
+    local: std::sync::Arc<ScanCache>,
+) -> Result<u64, PullError> {
+    blocking(move || {
+        let by_sha: HashMap<manifest::Sha256, &String> =
+            local.iter().map(|(p, c)| (c.sha256, p)).collect();
+        let mut copied: BTreeSet<manifest::Sha256> = BTreeSet::new();
+        let mut reused = 0;
+        for (path, e) in &wanted {
+            let Some(src) = by_sha.get(&e.sha256) else {
+                continue;
+            };
+            let staged = state.staged(&e.sha256.to_hex());
+            if !copied.insert(e.sha256) || staged.exists() {
+                continue;
+            }
+            std::fs::copy(dest.join(src), &staged).map_err(|err| {
+                local_io(&state, &dest, format!("copying {src} for {path}"), &err)
+            })?;
+            reused += e.size;
+            tracing::debug!(path, from = %src, "identical bytes found locally");
+        }
+        Ok(reused)
+    })
+    .await?
+}
+
+/// What [`fetch_large`] leaves to the next stages.
+struct Large {
+    /// Files BitTorrent could not bring: the origin over HTTP.
+    fallback: Vec<Job>,
+    /// Torrents completed here, to seed while others finish.
+    seeded: Vec<[u8; 20]>,
+    /// The session this pull started itself (none when the caller passed one).
+    own_bt: Option<Bt>,
+}
+
+/// Fetch the large files (those with a torrent) over BitTorrent: the caller's session, or
+/// one of this pull's own; without one, everything goes to HTTP.
+async fn fetch_large(
+    ctx: &mut Ctx<'_>,
+    bt: Option<&Bt>,
+    jobs: Vec<Job>,
+    local: &ScanCache,
+) -> Result<Large, PullError> {
+    let mut own_bt = None;
+    if bt.is_none() && !jobs.is_empty() {
+        match Bt::start(BtConfig {
+            listen: ctx.opts.bt_listen,
+            upload_bps: None,
+            peer_id: None,
+            dir: ctx.state.0.join("bt"),
+        })
+        .await
+        {
+            Ok(b) => own_bt = Some(b),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "no BitTorrent; fetching over HTTP")
+            }
+        }
+    }
+    let Some(session) = bt.or(own_bt.as_ref()) else {
+        return Ok(Large {
+            fallback: jobs,
+            seeded: Vec::new(),
+            own_bt,
+        });
+    };
+    let (fallback, seeded) = fetch_torrents(ctx, session, jobs, local).await;
     if let Some((newest, path)) = ctx.superseded.take() {
         // What finished stays staged for the next pull; this session's torrents end here.
-        if let Some(bt) = bt {
-            for btih in &seeded {
-                bt.remove(*btih).await;
-            }
+        for btih in &seeded {
+            session.remove(*btih).await;
         }
         return Err(PullError::Superseded {
             generation: ctx.summary.generation,
@@ -658,98 +764,127 @@ pub async fn pull(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullEr
             path,
         });
     }
-    fetch_http(&mut ctx, http_jobs, false).await?;
-    fetch_http(&mut ctx, fallback, true).await?;
+    Ok(Large {
+        fallback,
+        seeded,
+        own_bt,
+    })
+}
 
-    // Verify every staged file, then install.
-    let mut by_content: HashMap<manifest::Sha256, Vec<String>> = HashMap::new();
-    for (path, e) in &wanted {
-        by_content.entry(e.sha256).or_default().push(path.clone());
-    }
-    for (sha, paths) in &by_content {
+/// The contents whose staged bytes do not hash to what the manifest says (or are missing).
+async fn unverified(
+    state: &StateDir,
+    by_content: &HashMap<manifest::Sha256, Vec<String>>,
+) -> Result<Vec<manifest::Sha256>, PullError> {
+    let staged: Vec<_> = by_content
+        .keys()
+        .map(|sha| (*sha, state.staged(&sha.to_hex())))
+        .collect();
+    blocking(move || {
+        staged
+            .into_iter()
+            .filter(|(sha, path)| !hash_file(path).is_ok_and(|h| h == *sha))
+            .map(|(sha, _)| sha)
+            .collect()
+    })
+    .await
+}
+
+/// Check every staged content against the manifest; one that does not match is dropped and
+/// fetched again from the origin (which [`fetch_http`] verifies as it goes).
+async fn verify_staged(
+    ctx: &mut Ctx<'_>,
+    by_content: &HashMap<manifest::Sha256, Vec<String>>,
+    wanted: &BTreeMap<String, Entry>,
+) -> Result<(), PullError> {
+    for sha in unverified(&ctx.state, by_content).await? {
         let staged = ctx.state.staged(&sha.to_hex());
-        let ok = {
-            let s = staged.clone();
-            tokio::task::spawn_blocking(move || hash_file(&s))
-                .await
-                .map_err(other)?
-                .map(|h| h == *sha)
-                .unwrap_or(false)
+        let _ = std::fs::remove_file(&staged);
+        let Some(path) = by_content.get(&sha).and_then(|p| p.first()).cloned() else {
+            continue;
         };
-        if !ok {
-            let _ = std::fs::remove_file(&staged);
-            let path = paths[0].clone();
-            let entry = wanted[&path];
-            tracing::warn!(
-                path,
-                "staged bytes did not verify; fetching from the origin"
-            );
-            fetch_http(&mut ctx, vec![Job { path, entry }], true).await?;
-        }
+        let Some(&entry) = wanted.get(&path) else {
+            continue;
+        };
+        tracing::warn!(
+            path,
+            "staged bytes did not verify; fetching from the origin"
+        );
+        fetch_http(ctx, vec![Job { path, entry }], true).await?;
     }
-    // From here on the tree changes: the new generation's paths count as put there by a
-    // sync even if this pull is killed halfway.
-    tree::begin_install(&ctx.state, &manifest)?;
-    let delete: BTreeSet<&str> = plan.delete.iter().map(String::as_str).collect();
-    let removable = |p: &str| delete.contains(p);
-    let mut new_cache = local.clone();
-    for (sha, paths) in &by_content {
-        let staged = ctx.state.staged(&sha.to_hex());
-        for (i, path) in paths.iter().enumerate() {
-            let keep = i + 1 < paths.len();
-            match install(&staged, &opts.dest, path, keep, &removable) {
-                Ok(()) => {}
-                Err(e @ InstallError::InTheWay { .. }) => return Err(PullError::InTheWay(e)),
-                Err(InstallError::Io(e)) => {
-                    return Err(local_io(
-                        &ctx.state,
-                        &opts.dest,
-                        format!("installing {path}"),
-                        &e,
-                    ))
+    Ok(())
+}
+
+/// What [`install_and_delete`] did.
+#[derive(Debug, PartialEq, Eq)]
+struct Installed {
+    installed: usize,
+    removed: usize,
+}
+
+/// Install every verified content at each path that wants it, remove what the generation
+/// dropped of what a sync put there (`delete`), and record the tree's new scan cache.
+async fn install_and_delete(
+    state: StateDir,
+    dest: PathBuf,
+    manifest: std::sync::Arc<Manifest>,
+    by_content: HashMap<manifest::Sha256, Vec<String>>,
+    delete: Vec<String>,
+    local: std::sync::Arc<ScanCache>,
+) -> Result<Installed, PullError> {
+    blocking(move || {
+        tree::begin_install(&state, &manifest)?;
+        let dropped: BTreeSet<&str> = delete.iter().map(String::as_str).collect();
+        let removable = |p: &str| dropped.contains(p);
+        let mut new_cache = (*local).clone();
+        let mut done = Installed {
+            installed: 0,
+            removed: 0,
+        };
+        for (sha, paths) in &by_content {
+            let staged = state.staged(&sha.to_hex());
+            for (i, path) in paths.iter().enumerate() {
+                let keep = i + 1 < paths.len();
+                match install(&staged, &dest, path, keep, &removable) {
+                    Ok(()) => {}
+                    Err(e @ InstallError::InTheWay { .. }) => return Err(PullError::InTheWay(e)),
+                    Err(InstallError::Io(e)) => {
+                        return Err(local_io(&state, &dest, format!("installing {path}"), &e))
+                    }
+                }
+                if let Ok(meta) = std::fs::metadata(dest.join(path)) {
+                    let (size, mtime_ns) = manifest::scan::stat_key(&meta);
+                    new_cache.insert(
+                        path.clone(),
+                        CachedFile {
+                            size,
+                            mtime_ns,
+                            sha256: *sha,
+                        },
+                    );
+                }
+                done.installed += 1;
+            }
+        }
+        for path in &delete {
+            match std::fs::remove_file(dest.join(path)) {
+                Ok(()) => done.removed += 1,
+                // Already gone (removed as something in the way of a new file).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path, error = %e, "cannot remove a file the generation dropped")
                 }
             }
-            if let Ok(meta) = std::fs::metadata(opts.dest.join(path)) {
-                let (size, mtime_ns) = manifest::scan::stat_key(&meta);
-                new_cache.insert(
-                    path.clone(),
-                    CachedFile {
-                        size,
-                        mtime_ns,
-                        sha256: *sha,
-                    },
-                );
-            }
-            ctx.summary.installed_files += 1;
+            new_cache.remove(path);
+            remove_empty_parents(&dest, path);
         }
-    }
-    // Remove what the generation dropped, of what a sync put there.
-    for path in &plan.delete {
-        match std::fs::remove_file(opts.dest.join(path)) {
-            Ok(()) => ctx.summary.removed_files += 1,
-            // Already gone (removed as something in the way of a new file).
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(path, error = %e, "cannot remove a file the generation dropped")
-            }
+        tree::finish_install(&state)?;
+        if let Ok(b) = serde_json::to_vec(&new_cache) {
+            let _ = std::fs::write(state.scan_cache(), b);
         }
-        new_cache.remove(path);
-        remove_empty_parents(&opts.dest, path);
-    }
-    tree::finish_install(&ctx.state)?;
-    if let Ok(b) = serde_json::to_vec(&new_cache) {
-        let _ = std::fs::write(ctx.state.scan_cache(), b);
-    }
-    if let Some(bt) = &own_bt {
-        linger_and_leave(&ctx, bt, &seeded).await;
-    }
-    drop(own_bt);
-    clean_staging(&ctx.state);
-    if let Some(bar) = &ctx.bar {
-        bar.finish_and_clear();
-    }
-    ctx.summary.wall_secs = start.elapsed().as_secs_f64();
-    Ok(ctx.summary)
+        Ok(done)
+    })
+    .await?
 }
 
 async fn get_json<T: serde::de::DeserializeOwned>(
@@ -783,7 +918,12 @@ fn trusted_key(
         .map_err(|e| PullError::Server(e.to_string()))?;
     match std::fs::read_to_string(state.server_key()) {
         Ok(pinned) => {
-            let pinned = manifest::signing::parse_public_key(pinned.trim()).map_err(other)?;
+            let pinned = manifest::signing::parse_public_key(pinned.trim()).map_err(|e| {
+                PullError::PinnedKey {
+                    path: state.server_key(),
+                    why: e.to_string(),
+                }
+            })?;
             if pinned != offered {
                 return Err(PullError::Server(format!(
                     "the server's signing key changed since this tree was first synced (pinned in {}); refusing",
@@ -888,7 +1028,7 @@ async fn fetch_http(ctx: &mut Ctx<'_>, jobs: Vec<Job>, origin_only: bool) -> Res
         let Some(done) = set.join_next().await else {
             break;
         };
-        let (job, res) = done.map_err(other)?;
+        let (job, res) = done?;
         match res {
             Ok(f) => {
                 if f.from_peer {
@@ -896,8 +1036,8 @@ async fn fetch_http(ctx: &mut Ctx<'_>, jobs: Vec<Job>, origin_only: bool) -> Res
                 } else {
                     ctx.summary.from_origin_bytes += f.bytes;
                 }
-                if let Some(b) = &ctx.bar {
-                    b.inc(job.entry.size);
+                if let Some(p) = &ctx.progress {
+                    p.advance(job.entry.size);
                 }
             }
             Err(FetchError::Io(e)) => {
@@ -1060,8 +1200,8 @@ async fn fetch_torrents(
                 ctx.summary.from_peers_bytes += bytes;
             }
         }
-        if let Some(b) = &ctx.bar {
-            b.inc(job.entry.size);
+        if let Some(p) = &ctx.progress {
+            p.advance(job.entry.size);
         }
         if got.finished {
             done.push(btih);
@@ -1227,5 +1367,182 @@ mod tests {
             Some("pool/h/hello_1.0_all.deb")
         );
         assert_eq!(find_similar("pool/x/hello_1.1_all.deb", &local), None);
+    }
+
+    /// A tree at `dest` with `files` (path → bytes), its state directory made, and what a
+    /// scan of it would cache.
+    fn tree_with(dest: &Path, files: &[(&str, &[u8])]) -> (StateDir, ScanCache) {
+        let state = StateDir::new(dest);
+        std::fs::create_dir_all(state.staging()).unwrap();
+        let mut cache = ScanCache::new();
+        for (rel, bytes) in files {
+            let p = dest.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, bytes).unwrap();
+            let (size, mtime_ns) = manifest::scan::stat_key(&std::fs::metadata(&p).unwrap());
+            cache.insert(
+                rel.to_string(),
+                CachedFile {
+                    size,
+                    mtime_ns,
+                    sha256: hash_file(&p).unwrap(),
+                },
+            );
+        }
+        (state, cache)
+    }
+
+    fn entry(bytes: &[u8]) -> Entry {
+        use sha2::Digest as _;
+        Entry {
+            size: bytes.len() as u64,
+            sha256: manifest::Sha256(sha2::Sha256::digest(bytes).into()),
+            changed_in: 1,
+            btih: None,
+        }
+    }
+
+    fn manifest_of(files: &[(&str, &[u8])]) -> Manifest {
+        Manifest {
+            repo: "r".into(),
+            generation: 2,
+            published_at: 0,
+            files: files
+                .iter()
+                .map(|(p, b)| (p.to_string(), entry(b)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_plan_keeps_reuses_fetches_and_deletes_only_what_a_sync_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, local) = tree_with(
+            dir.path(),
+            &[
+                ("same", b"same"),
+                ("old/moved", b"moved"),
+                ("ours", b"x"),
+                ("notes.txt", b"n"),
+            ],
+        );
+        // An earlier generation listed `ours` and `old/moved`; `notes.txt` is the admin's.
+        std::fs::write(state.listed(), "ours\nold/moved\n").unwrap();
+        let m = manifest_of(&[
+            ("same", b"same"),
+            ("new/moved", b"moved"),
+            ("fresh", b"fresh"),
+        ]);
+        let opts = PullOptions::new("http://s", "r", dir.path());
+        let (plan, jobs) = make_plan(&opts, &state, &m, &local).unwrap();
+        assert_eq!(plan.unchanged, 1);
+        let install: Vec<_> = plan
+            .install
+            .iter()
+            .map(|f| (f.path.as_str(), f.source.as_str()))
+            .collect();
+        assert_eq!(
+            install,
+            [("fresh", "fetch"), ("new/moved", "local copy of old/moved")]
+        );
+        assert_eq!(
+            jobs.iter().map(|j| j.path.as_str()).collect::<Vec<_>>(),
+            ["fresh"]
+        );
+        assert_eq!(plan.delete, ["old/moved", "ours"]);
+        assert_eq!(plan.left_alone, ["notes.txt"]);
+    }
+
+    #[tokio::test]
+    async fn reuse_stages_each_content_the_tree_holds_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, local) = tree_with(dir.path(), &[("a", b"hello")]);
+        let wanted: BTreeMap<String, Entry> = [
+            ("b".to_string(), entry(b"hello")),
+            ("c".to_string(), entry(b"hello")),
+            ("d".to_string(), entry(b"elsewhere")),
+        ]
+        .into();
+        let reused = reuse_local(
+            StateDir::new(dir.path()),
+            dir.path().to_path_buf(),
+            wanted,
+            std::sync::Arc::new(local),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reused, 5);
+        let staged = state.staged(&entry(b"hello").sha256.to_hex());
+        assert_eq!(std::fs::read(staged).unwrap(), b"hello");
+        assert!(!state.staged(&entry(b"elsewhere").sha256.to_hex()).exists());
+    }
+
+    #[tokio::test]
+    async fn staged_bytes_that_do_not_hash_to_the_manifest_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _) = tree_with(dir.path(), &[]);
+        let (good, bad, missing) = (entry(b"good"), entry(b"bad"), entry(b"missing"));
+        std::fs::write(state.staged(&good.sha256.to_hex()), b"good").unwrap();
+        std::fs::write(state.staged(&bad.sha256.to_hex()), b"not bad").unwrap();
+        let by_content: HashMap<_, _> = [
+            (good.sha256, vec!["g".to_string()]),
+            (bad.sha256, vec!["b".to_string()]),
+            (missing.sha256, vec!["m".to_string()]),
+        ]
+        .into();
+        let mut found = unverified(&state, &by_content).await.unwrap();
+        found.sort();
+        let mut expect = vec![bad.sha256, missing.sha256];
+        expect.sort();
+        assert_eq!(found, expect);
+    }
+
+    #[tokio::test]
+    async fn install_puts_a_content_at_every_path_and_deletes_only_the_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, local) = tree_with(dir.path(), &[("gone/old", b"old"), ("keep", b"k")]);
+        let e = entry(b"new bytes");
+        std::fs::write(state.staged(&e.sha256.to_hex()), b"new bytes").unwrap();
+        let m = manifest_of(&[
+            ("x/one", b"new bytes"),
+            ("two", b"new bytes"),
+            ("keep", b"k"),
+        ]);
+        let by_content: HashMap<_, _> =
+            [(e.sha256, vec!["x/one".to_string(), "two".to_string()])].into();
+        let done = install_and_delete(
+            StateDir::new(dir.path()),
+            dir.path().to_path_buf(),
+            std::sync::Arc::new(m),
+            by_content,
+            vec!["gone/old".to_string()],
+            std::sync::Arc::new(local),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            done,
+            Installed {
+                installed: 2,
+                removed: 1
+            }
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("x/one")).unwrap(),
+            b"new bytes"
+        );
+        assert_eq!(std::fs::read(dir.path().join("two")).unwrap(), b"new bytes");
+        assert!(
+            !dir.path().join("gone").exists(),
+            "an emptied directory goes with its file"
+        );
+        assert_eq!(std::fs::read(dir.path().join("keep")).unwrap(), b"k");
+        // The new generation's paths are what a sync put there now.
+        let listed = std::fs::read_to_string(state.listed()).unwrap();
+        assert_eq!(listed.lines().collect::<Vec<_>>(), ["keep", "two", "x/one"]);
+        // The scan cache knows the installed files, and not the removed one.
+        let cache: ScanCache =
+            serde_json::from_slice(&std::fs::read(state.scan_cache()).unwrap()).unwrap();
+        assert!(cache.contains_key("two") && !cache.contains_key("gone/old"));
     }
 }

@@ -342,7 +342,6 @@ impl VolunteerState {
                 .unwrap_or_default();
             let mut opts = prsync::pull::PullOptions::new(me.client.base(), &repo, &dir);
             opts.key = Some(me.server_key);
-            opts.progress = false;
             opts.newest = me.mirrors.get(&repo).map(|m| m.newest.subscribe());
             opts.adopt = me.config.adopt;
             let bt = me.seeder.as_ref().map(|s| &s.bt);

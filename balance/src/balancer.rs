@@ -27,6 +27,11 @@ pub const SMALL_POOL: usize = 8;
 /// Candidates a policy sees at most (a small pool whole, or a Metalink's many sources).
 pub const MAX_SAMPLE: usize = 16;
 
+/// The log target of the redirect decisions: operators turn them on with
+/// `RUST_LOG=mirrorswarm_server::redirect=debug` (README, docs/operator.md), the module that
+/// made them before the balancer was a crate of its own.
+const DECISION_LOG: &str = "mirrorswarm_server::redirect";
+
 /// The facts of the requested file a choice depends on.
 #[derive(Debug, Clone, Copy)]
 pub struct PathFacts<'a> {
@@ -206,13 +211,14 @@ impl Balancer {
             .order_into(&cands, ask.bytes, &mut rng, &mut order);
         drop(cands);
         let best_first = &order.best_first;
-        if tracing::enabled!(tracing::Level::DEBUG) {
+        if tracing::enabled!(target: DECISION_LOG, tracing::Level::DEBUG) {
             let (_, excluded) = reg.candidates(path.repo, path.changed_in, path.current, now);
             let why: Vec<String> = excluded
                 .iter()
                 .map(|(v, e)| format!("{}: {e}", v.id))
                 .collect();
             tracing::debug!(
+                target: DECISION_LOG,
                 repo = %path.repo, path = path.rel, changed_in = path.changed_in,
                 policy = self.policy.name(),
                 chosen = best_first.first().map(|&i| reg.at(sample[i]).id.as_str()).unwrap_or("origin"),
@@ -241,19 +247,11 @@ mod tests {
     use crate::policy::by_name;
 
     fn report(id: &str, generation: u64, customers: u32) -> MirrorReport {
-        MirrorReport {
-            volunteer: id.into(),
-            seq: 1,
-            generation,
-            customer_conns: customers,
-            sync_conns: 0,
-            upload_bps: 0,
-            capacity: 4,
-            url: format!("http://{id}.test"),
-            sync_bps: 0,
-            link_bps: 0,
-            paused: false,
-        }
+        crate::registry::tests::report(id, 1, generation, customers)
+    }
+
+    fn ask(sources: usize) -> Ask {
+        Ask { sources, bytes: 1 }
     }
 
     fn balancer(policy: &str, reports: &[MirrorReport], now: Instant) -> Balancer {
@@ -301,22 +299,14 @@ mod tests {
         let reports: Vec<_> = (0..6).map(|i| report(&format!("v{i}"), 3, 0)).collect();
         let b = balancer("feedback-connections", &reports, now);
         let mut chosen = Chosen::default();
-        let one = Ask {
-            sources: 1,
-            bytes: 1,
-        };
         for _ in 0..12 {
-            b.choose(facts(1), one, now, &mut chosen);
+            b.choose(facts(1), ask(1), now, &mut chosen);
             assert_eq!(chosen.iter().count(), 1);
         }
         // Counted redirects steer the next ones elsewhere: no volunteer took them all.
         let most = b.registry().all().map(|v| v.issued_total).max().unwrap();
         assert!(most < 12, "one volunteer took {most} of 12");
-        let three = Ask {
-            sources: 3,
-            bytes: 1,
-        };
-        b.choose(facts(1), three, now, &mut chosen);
+        b.choose(facts(1), ask(3), now, &mut chosen);
         assert_eq!(chosen.iter().count(), 3);
     }
 
@@ -332,11 +322,7 @@ mod tests {
         let mut chosen = Chosen::default();
         // Fewer than the good one's capacity (4): at capacity it would get none either.
         for _ in 0..3 {
-            let ask = Ask {
-                sources: 1,
-                bytes: 1,
-            };
-            b.choose(facts(1), ask, now, &mut chosen);
+            b.choose(facts(1), ask(1), now, &mut chosen);
             assert_eq!(chosen.iter().collect::<Vec<_>>(), ["http://good.test"]);
         }
     }

@@ -701,10 +701,11 @@ fn typical_remaining(v: &VolunteerLive) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn report(id: &str, seq: u64, generation: u64, conns: u32) -> MirrorReport {
+    /// A report from volunteer `id` (capacity 4, at `http://<id>.test`, no link declared).
+    pub(crate) fn report(id: &str, seq: u64, generation: u64, conns: u32) -> MirrorReport {
         MirrorReport {
             volunteer: id.into(),
             seq,

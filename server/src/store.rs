@@ -422,6 +422,12 @@ impl Store {
 mod tests {
     use super::*;
 
+    /// The newest generation recorded for `repo`.
+    async fn latest(store: &Store, repo: &str) -> u64 {
+        let rec = store.latest_generation(repo).await.unwrap();
+        rec.expect("a generation recorded").generation
+    }
+
     #[tokio::test]
     async fn tokens_work_once_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -516,15 +522,7 @@ mod tests {
             };
             store.record_generation(&rec).await.unwrap();
         }
-        assert_eq!(
-            store
-                .latest_generation("r")
-                .await
-                .unwrap()
-                .unwrap()
-                .generation,
-            3
-        );
+        assert_eq!(latest(&store, "r").await, 3);
     }
 
     #[tokio::test]
@@ -581,15 +579,7 @@ mod tests {
             );
             assert_eq!(v.secret, vec![1u8; 32]);
             store.set_quarantine("v1", Some("why")).await.unwrap();
-            assert_eq!(
-                store
-                    .latest_generation("r")
-                    .await
-                    .unwrap()
-                    .unwrap()
-                    .generation,
-                4
-            );
+            assert_eq!(latest(&store, "r").await, 4);
         }
     }
 

@@ -4,7 +4,7 @@
 # against nginx with sendfile, publish hashing against sha256sum, server memory per manifest
 # entry and an unchanged republish of a 1,000,000-file tree.
 #
-# Usage: bash benches/speed.sh [mirrorswarm bench speed options]
+# Usage: bash benches/speed.sh [mirrorswarm-lab bench speed options]
 #   e.g. bash benches/speed.sh --parts redirect --files 200000
 # Needs: nginx, opentracker, wrk (installed with apt-get when missing); run as root (opentracker
 # starts as root and drops to its own user). Writes speed-results.md/.csv to the work directory
@@ -20,8 +20,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq "${missing[@]}"
 fi
 cargo build --release --quiet
-# The bench starts the binary it runs as (current_exe): run a copy, so a rebuild meanwhile
-# cannot swap it underneath.
-BIN=$(mktemp -d)/mirrorswarm
-cp target/release/mirrorswarm "$BIN"
-exec "$BIN" bench speed "$@"
+# The lab runs the product binary beside it: run copies of both, so a rebuild meanwhile
+# cannot swap them underneath.
+DIR=$(mktemp -d)
+cp target/release/mirrorswarm target/release/mirrorswarm-lab "$DIR"/
+exec "$DIR"/mirrorswarm-lab bench speed "$@"

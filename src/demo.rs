@@ -2,11 +2,12 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use config::{ServerConfig, VolunteerConfig};
+
+use crate::wait::wait_until;
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -61,36 +62,6 @@ fn walkdir_like(root: &Path) -> Result<Vec<PathBuf>> {
     }
     out.sort();
     Ok(out)
-}
-
-/// Poll a JSON endpoint until `pred` holds (30 s at most).
-pub(crate) async fn wait_until<F: Fn(&serde_json::Value) -> bool>(
-    url: &str,
-    pred: F,
-    what: &str,
-) -> Result<()> {
-    wait_until_within(url, pred, what, Duration::from_secs(30)).await
-}
-
-/// [`wait_until`] with a chosen bound.
-pub(crate) async fn wait_until_within<F: Fn(&serde_json::Value) -> bool>(
-    url: &str,
-    pred: F,
-    what: &str,
-    within: Duration,
-) -> Result<()> {
-    let polls = within.as_millis().div_ceil(100).max(1);
-    for _ in 0..polls {
-        if let Ok(r) = reqwest::get(url).await {
-            if let Ok(v) = r.json::<serde_json::Value>().await {
-                if pred(&v) {
-                    return Ok(());
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("timed out waiting for {what} ({} s)", within.as_secs())
 }
 
 pub async fn run(a: DemoArgs) -> Result<()> {

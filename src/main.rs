@@ -2,10 +2,10 @@
 //! the role crates.
 
 mod admin;
-mod bench_balance;
-mod bench_speed;
 mod demo;
 mod progress_bar;
+mod shutdown;
+mod wait;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use config::{ServerConfig, VolunteerConfig};
+use shutdown::shutdown_signal;
 
 #[derive(Parser)]
 #[command(
@@ -65,18 +66,6 @@ enum Command {
     /// Sync a tree from the swarm (for cron jobs and first fills).
     #[command(subcommand)]
     Prsync(PrsyncCommand),
-    /// Benchmarks with real processes on loopback.
-    #[command(subcommand)]
-    Bench(BenchCommand),
-}
-
-#[derive(Subcommand)]
-enum BenchCommand {
-    /// The paper's balancing experiment: policies side by side under background sync traffic.
-    Balance(bench_balance::BalanceArgs),
-    /// Redirector, tracker, volunteer serving and publishing against nginx, opentracker and
-    /// sha256sum, side by side (needs wrk, nginx, opentracker; benches/speed.sh installs them).
-    Speed(bench_speed::SpeedArgs),
 }
 
 #[derive(Subcommand)]
@@ -383,8 +372,6 @@ async fn dispatch(cmd: Command) -> Result<()> {
         Command::VolunteerCtl(a) => admin::volunteer_ctl(a).await,
         Command::Demo(a) => demo::run(a).await,
         Command::Prsync(_) => unreachable!("handled in main"),
-        Command::Bench(BenchCommand::Balance(a)) => bench_balance::run(a).await,
-        Command::Bench(BenchCommand::Speed(a)) => bench_speed::run(a).await,
     }
 }
 
@@ -614,25 +601,6 @@ async fn proxy_cmd(a: ProxyArgs) -> Result<()> {
     cfg.cache_bytes = a.cache_bytes;
     cfg.stall = std::time::Duration::from_secs(a.stall_secs.max(1));
     proxy::run(cfg, shutdown_signal()).await
-}
-
-/// Resolves on Ctrl-C or SIGTERM (systemd's stop).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
 /// `prsync pull` has its own exit codes, so it runs outside `dispatch`.

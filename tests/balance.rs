@@ -1,6 +1,6 @@
 //! The balancing study's regression test: with half the volunteers carrying background sync
 //! traffic, `feedback` must keep customers off the busy half and beat request counting on the
-//! worst response time. A short run of the real harness (`mirrorswarm bench balance`).
+//! worst response time. A short run of the real harness (`mirrorswarm-lab bench balance`).
 
 mod common;
 
@@ -42,10 +42,10 @@ fn parse(csv: &str, policy: &str) -> Row {
     }
 }
 
-/// Run `mirrorswarm bench balance` with `args`; its CSV.
+/// Run `mirrorswarm-lab bench balance` with `args`; its CSV.
 fn study(args: &[&str]) -> String {
     let tmp = TestDir::new();
-    let out = Command::new(BIN)
+    let out = Command::new(LAB)
         .args(["bench", "balance"])
         .args(args)
         .arg("--out")

@@ -1,4 +1,4 @@
-//! The speed bench's harness works end to end: a small run of `mirrorswarm bench speed`
+//! The speed bench's harness works end to end: a small run of `mirrorswarm-lab bench speed`
 //! starts our server, a volunteer, nginx and opentracker, drives each with wrk, checks that
 //! every answer was right, and reports every comparison. Figures from a debug build on a
 //! shared CI machine mean nothing, so none is asserted; BENCHMARKS.md has the real run.
@@ -13,7 +13,7 @@ use common::*;
 fn the_speed_bench_measures_every_part_against_its_reference() {
     let tmp = TestDir::new();
     let work = tmp.path().join("work");
-    let out = Command::new(BIN)
+    let out = Command::new(LAB)
         .args([
             "bench",
             "speed",

@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mirrorswarm");
+/// The lab binary (benchmarks and the balancing study), which runs [`BIN`] beside it.
+pub const LAB: &str = env!("CARGO_BIN_EXE_mirrorswarm-lab");
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -238,7 +238,7 @@ pub async fn run(a: BalanceArgs) -> Result<()> {
     // started, and then `links` removes the namespaces.
     tokio::select! {
         r = study(&a, links.as_ref()) => r,
-        _ = crate::shutdown_signal() => {
+        _ = crate::shutdown::shutdown_signal() => {
             anyhow::bail!("interrupted; what was measured so far is in {}", a.out.join("results.csv").display())
         }
     }

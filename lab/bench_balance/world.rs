@@ -321,7 +321,7 @@ pub async fn run_one(
     sc: &Scenario,
     links: Option<&Links>,
 ) -> Result<RunResult> {
-    let exe = std::env::current_exe()?;
+    let exe = crate::product_binary()?;
     let dir = work.join(sc.label.replace([' ', '/'], "_"));
     let _ = std::fs::remove_dir_all(&dir);
     let repo = dir.join("repo");
@@ -385,7 +385,7 @@ pub async fn run_one(
     ]);
     logged(&mut cmd, &dir.join("server.log"), a.trace)?;
     let _server = Proc(cmd.spawn().context("starting the server")?);
-    crate::demo::wait_until(
+    crate::wait::wait_until(
         &format!("{url}/health"),
         |v| v["status"] == "ok",
         "the server",
@@ -475,7 +475,7 @@ pub async fn run_one(
     let first = n - usize::from(sc.join);
     // Generous: with 30 s announces a volunteer may need two before it counts as healthy,
     // and a loaded machine starts eight processes slowly.
-    crate::demo::wait_until_within(
+    crate::wait::wait_until_within(
         &format!("{url}/api/volunteers"),
         |v| {
             v.as_array().is_some_and(|x| {

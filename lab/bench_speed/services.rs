@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::procs::{free_port, require, wait_http, Proc};
 
@@ -61,7 +61,7 @@ pub async fn start_server(
     cores: Cores,
     start_limit: Duration,
 ) -> Result<OurServer> {
-    let exe = std::env::current_exe().context("finding the mirrorswarm binary")?;
+    let exe = crate::product_binary()?;
     start_server_from(&exe, work, tag, repos, cores, start_limit).await
 }
 

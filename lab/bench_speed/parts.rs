@@ -221,7 +221,7 @@ fn tiny_repo(work: &Path) -> Result<PathBuf> {
 }
 
 fn publish_secs(data_dir: &Path) -> Result<f64> {
-    let exe = std::env::current_exe()?;
+    let exe = crate::product_binary()?;
     let t = Instant::now();
     let out = Command::new(exe)
         .arg("publish")
@@ -455,7 +455,7 @@ fn ab_row(
 /// is faster.
 pub async fn redirect_ab(a: &SpeedArgs) -> Result<Vec<Row>> {
     let other = other_build(a)?;
-    let this = std::env::current_exe()?;
+    let this = crate::product_binary()?;
     let (pool, script) = redirect_mix(a)?;
     let mut rows = Vec::new();
     // Each build keeps its data directory across the two core settings; the volunteers
@@ -614,7 +614,7 @@ pub async fn announce(a: &SpeedArgs) -> Result<Vec<Row>> {
 /// means this build is faster.
 pub async fn announce_ab(a: &SpeedArgs) -> Result<Vec<Row>> {
     let other = other_build(a)?;
-    let this = std::env::current_exe()?;
+    let this = crate::product_binary()?;
     let (hashes, _, script) = announce_mix(a)?;
     let tiny = tiny_repo(&a.work)?;
     let mut rows = Vec::new();
@@ -670,7 +670,7 @@ async fn start_volunteer(
     probe: &str,
 ) -> Result<(super::procs::Proc, String)> {
     let port = super::procs::free_port()?;
-    let exe = std::env::current_exe()?;
+    let exe = crate::product_binary()?;
     let mut cmd = match cores {
         Cores::One => {
             let mut c = Command::new("taskset");

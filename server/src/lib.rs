@@ -241,7 +241,7 @@ pub async fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>> {
             store.clone(),
             publish::ArtifactSettings {
                 min_bytes: cfg.prsync.torrent_min_bytes,
-                announce_url: format!("{}/announce", cfg.public_url()),
+                announce_url: urls::announce_url(&cfg.public_url()),
             },
         ),
         key,
@@ -361,7 +361,7 @@ async fn start_seed(st: &Arc<AppState>, local: SocketAddr) {
         .prsync
         .seed_listen
         .unwrap_or(SocketAddr::new(local.ip(), 0));
-    let tracker = format!("{}/announce", st.public_url);
+    let tracker = urls::announce_url(&st.public_url);
     match seed::OriginSeed::start(
         &st.config.data_dir,
         listen,

@@ -58,3 +58,9 @@ pub(crate) fn push_origin_url(out: &mut String, public: &str, encoded: &str) {
     out.push('/');
     out.push_str(encoded);
 }
+
+/// The tracker's announce URL at the server `public` (what torrents and the origin's seed
+/// announce to).
+pub fn announce_url(public: &str) -> String {
+    format!("{}/announce", public.trim_end_matches('/'))
+}

@@ -16,13 +16,12 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+/// mirrorswarm's benchmarks and experiments, with real processes on loopback.
+///
+/// They run the `mirrorswarm` binary beside this one (or the one MIRRORSWARM_BIN names) as
+/// server, volunteers and publisher.
 #[derive(Parser)]
-#[command(
-    name = "mirrorswarm-lab",
-    version,
-    about = "mirrorswarm's benchmarks and experiments, with real processes on loopback.",
-    long_about = "mirrorswarm's benchmarks and experiments, with real processes on loopback.\n\nThey run the `mirrorswarm` binary beside this one (or the one MIRRORSWARM_BIN names) as server, volunteers and publisher."
-)]
+#[command(name = "mirrorswarm-lab", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -274,11 +274,8 @@ mod tests {
     #[test]
     fn only_volunteers_holding_the_bytes_are_named_and_the_first_is_counted() {
         let now = Instant::now();
-        let b = balancer(
-            "feedback-connections",
-            &[report("old", 1, 0), report("new", 3, 0)],
-            now,
-        );
+        let reports = [report("old", 1, 0), report("new", 3, 0)];
+        let b = balancer("feedback-connections", &reports, now);
         let mut chosen = Chosen::default();
         let ask = Ask {
             sources: 4,
@@ -313,11 +310,8 @@ mod tests {
     #[test]
     fn a_quarantined_volunteer_is_never_chosen() {
         let now = Instant::now();
-        let b = balancer(
-            "feedback",
-            &[report("bad", 3, 0), report("good", 3, 0)],
-            now,
-        );
+        let reports = [report("bad", 3, 0), report("good", 3, 0)];
+        let b = balancer("feedback", &reports, now);
         b.registry().set_quarantined("bad", true);
         let mut chosen = Chosen::default();
         // Fewer than the good one's capacity (4): at capacity it would get none either.

@@ -28,6 +28,27 @@ pub struct OwnRoutes {
     pub prefixes: &'static [&'static str],
 }
 
+/// The server's own routes; every other path is a customer's.
+pub const SERVER_ROUTES: OwnRoutes = OwnRoutes {
+    exact: &["/announce", "/scrape", "/health", "/metrics", "/dashboard"],
+    prefixes: &["/api/", "/manifests/", "/admin/", "/artifacts/"],
+};
+
+/// A volunteer's own pages and admin endpoints; every other path is a customer's.
+pub const VOLUNTEER_ROUTES: OwnRoutes = OwnRoutes {
+    exact: &["/health", "/metrics", "/status"],
+    prefixes: &["/admin/"],
+};
+
+/// Whether a repository called `name` would be shadowed by a route of the server's or of a
+/// volunteer's own (its paths `/<name>/…` answered by the route, not as the repository's).
+pub fn reserved_repo_name(name: &str) -> bool {
+    [SERVER_ROUTES, VOLUNTEER_ROUTES].iter().any(|r| {
+        r.exact.iter().any(|e| e[1..] == *name)
+            || r.prefixes.iter().any(|p| p[1..p.len() - 1] == *name)
+    })
+}
+
 impl OwnRoutes {
     /// Whether `path` is one of these routes rather than a customer's path.
     pub fn contains(&self, path: &str) -> bool {
@@ -65,6 +86,27 @@ mod tests {
         assert!(!ROUTES.contains("/api"));
         assert!(!ROUTES.contains("/debian/pool/a.deb"));
         assert_eq!(ROUTES.checked("/api/{name}"), "/api/{name}");
+    }
+
+    #[test]
+    fn repository_names_that_a_route_would_shadow_are_reserved() {
+        for name in [
+            "announce",
+            "scrape",
+            "health",
+            "api",
+            "admin",
+            "manifests",
+            "artifacts",
+            "metrics",
+            "dashboard",
+            "status",
+        ] {
+            assert!(reserved_repo_name(name), "{name}");
+        }
+        for name in ["debian", "apis", "stat", "", "ap"] {
+            assert!(!reserved_repo_name(name), "{name}");
+        }
     }
 
     #[test]

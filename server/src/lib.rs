@@ -3,8 +3,8 @@
 //! serves them itself, since the origin always answers.
 //!
 //! Code map: [`store`] durable state (SQLite); [`publish`] scanning and signing generations
-//! into read-only snapshots; [`redirect`] the customer path; [`policy`] balancing policies by
-//! name; [`spotcheck`] checking volunteers' bytes and quarantine; [`tracker_http`] announce/scrape; [`api`] JSON endpoints; [`metalink`] RFC 5854
+//! into read-only snapshots; [`redirect`] the customer path (the balancing is the `balance`
+//! crate's); [`spotcheck`] checking volunteers' bytes and quarantine; [`tracker_http`] announce/scrape; [`api`] JSON endpoints; [`metalink`] RFC 5854
 //! documents; [`sample_repo`] a generated apt repository for the demo and tests.
 
 pub mod api;
@@ -91,21 +91,6 @@ fn written_url(data: &DataDir) -> Option<String> {
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|v| v.get("url")?.as_str().map(str::to_string))
 }
-
-/// Reserved first path segments that can never be repository names.
-pub const RESERVED_NAMES: &[&str] = &[
-    "announce",
-    "scrape",
-    "health",
-    "api",
-    "admin",
-    "manifests",
-    "artifacts",
-    "metrics",
-    "dashboard",
-    // Volunteers' own pages.
-    "status",
-];
 
 /// Publish one repository now and swap the new snapshot in.
 pub async fn publish_repo(st: &AppState, name: &str) -> Result<PublishReport> {
@@ -208,7 +193,7 @@ fn load_or_create_admin_token(path: &Path) -> Result<String> {
 pub async fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>> {
     cfg.validate()?;
     for name in cfg.repos.keys() {
-        if RESERVED_NAMES.contains(&name.as_str()) {
+        if fileserve::protocol::reserved_repo_name(name) {
             anyhow::bail!("invalid value for `repos.{name}`: `{name}` is reserved for the server's own endpoints");
         }
     }
@@ -301,11 +286,8 @@ fn swarm_limits(t: &config::TrackerConfig) -> SwarmLimits {
     }
 }
 
-/// The server's own routes; every other path is a customer's.
-const OWN_ROUTES: OwnRoutes = OwnRoutes {
-    exact: &["/announce", "/scrape", "/health", "/metrics", "/dashboard"],
-    prefixes: &["/api/", "/manifests/", "/admin/", "/artifacts/"],
-};
+/// The server's own routes ([`fileserve::protocol::SERVER_ROUTES`]).
+const OWN_ROUTES: OwnRoutes = fileserve::protocol::SERVER_ROUTES;
 
 pub fn router(st: Arc<AppState>) -> Router {
     let own = |pattern| OWN_ROUTES.checked(pattern);

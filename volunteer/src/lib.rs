@@ -781,11 +781,8 @@ pub async fn run(
     Ok(())
 }
 
-/// The volunteer's own pages and admin endpoints; every other path is a customer's.
-const OWN_ROUTES: OwnRoutes = OwnRoutes {
-    exact: &["/health", "/metrics", "/status"],
-    prefixes: &["/admin/"],
-};
+/// The volunteer's own pages and admin endpoints ([`fileserve::protocol::VOLUNTEER_ROUTES`]).
+const OWN_ROUTES: OwnRoutes = fileserve::protocol::VOLUNTEER_ROUTES;
 
 /// Customers' downloads answered without the router (`fileserve::fast`); the volunteer's own
 /// pages and admin endpoints ([`OWN_ROUTES`]) go to it.

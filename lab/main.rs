@@ -1,10 +1,16 @@
 //! `mirrorswarm-lab`: the benchmarks and the balancing study, outside the product binary
-//! (which so links no plotting library). They run the product binary, `mirrorswarm`, found
-//! beside this one (cargo builds both into one directory), as server, volunteers and
-//! publisher, and compare it with nginx, opentracker, sha256sum or another build.
+//! (which so links no plotting library, opens no experiment port and has no experiment
+//! key). They run the product binary, `mirrorswarm`, found beside this one (cargo builds
+//! both into one directory), and compare it with nginx, opentracker, sha256sum or another
+//! build. The balancing study runs the server and volunteers as this binary's own roles
+//! (`roles`): the product's code with the experiment policies, the oracle's feed and
+//! synthetic sync beside it.
 
 mod bench_balance;
 mod bench_speed;
+#[path = "../src/role_args.rs"]
+mod role_args;
+mod roles;
 #[path = "../src/shutdown.rs"]
 mod shutdown;
 #[path = "../src/wait.rs"]
@@ -32,6 +38,12 @@ enum Command {
     /// Benchmarks with real processes on loopback.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The product's server, with the lab's policies too (`--policy oracle` with
+    /// `--oracle-listen`, `--policy least-loaded`).
+    Server(roles::LabServerArgs),
+    /// The product's volunteer, with synthetic sync (`--background-sync-conns`,
+    /// `--background-sync-bps`) and the oracle's feed (`--oracle-feed`) beside it.
+    Volunteer(roles::LabVolunteerArgs),
 }
 
 #[derive(Subcommand)]
@@ -78,6 +90,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Bench(BenchCommand::Balance(a)) => bench_balance::run(a).await,
             Command::Bench(BenchCommand::Speed(a)) => bench_speed::run(a).await,
+            Command::Server(a) => roles::server(a).await,
+            Command::Volunteer(a) => roles::volunteer(a).await,
         }
     };
     match rt.block_on(run) {

@@ -4,6 +4,7 @@
 mod admin;
 mod demo;
 mod progress_bar;
+mod role_args;
 mod shutdown;
 mod wait;
 
@@ -13,7 +14,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use config::{ServerConfig, VolunteerConfig};
+use role_args::{server_config, volunteer_config, ServerArgs, VolunteerArgs};
 use shutdown::shutdown_signal;
 
 #[derive(Parser)]
@@ -132,65 +133,6 @@ struct PullArgs {
 }
 
 #[derive(Args)]
-struct ServerArgs {
-    /// TOML config file; flags override its keys.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:8080].
-    #[arg(long)]
-    listen: Option<std::net::SocketAddr>,
-    /// Data directory: database, signing key, manifests [default: ./mirrorswarm-data].
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// A repository to publish, NAME=DIR (repeatable).
-    #[arg(long = "repo", value_parser = config::parse_name_dir)]
-    repos: Vec<(String, PathBuf)>,
-    /// URL customers and volunteers reach this server at [default: http://<listen>].
-    #[arg(long)]
-    public_url: Option<String>,
-    /// Balancing policy: feedback, least-connections, request-counting; for experiments
-    /// feedback-connections, least-loaded and oracle [default: feedback].
-    #[arg(long)]
-    policy: Option<String>,
-    /// Seconds between volunteer announces [default: 5].
-    #[arg(long)]
-    announce_interval: Option<u64>,
-    /// A volunteer silent for this many intervals gets no redirects [default: 1.5].
-    #[arg(long)]
-    timeout_intervals: Option<f64>,
-    /// Files up to this size are served directly instead of redirected [default: 32768].
-    #[arg(long)]
-    direct_max_bytes: Option<u64>,
-    /// Which redirects carry the alternatives and the file's digests (`Link`, `Digest`,
-    /// `Repr-Digest`, `X-Mirrorswarm-Size`): `when-asked`, to clients that send
-    /// `Want-Digest` or `Want-Repr-Digest` (aria2, `mirrorswarm proxy`), or `always`
-    /// [default: when-asked].
-    #[arg(long, value_parser = ["when-asked", "always"])]
-    metalink_headers: Option<String>,
-    /// Seconds over which a (re)joining volunteer's share grows to its full capacity under
-    /// the feedback policy; 0 turns slow start off [default: 10].
-    #[arg(long)]
-    slow_start_secs: Option<u64>,
-    /// Files of at least this size get torrents and block signatures [default: 1048576].
-    #[arg(long)]
-    torrent_min_bytes: Option<u64>,
-    /// Cap on the origin seed's BitTorrent upload, bytes/s [default: none].
-    #[arg(long)]
-    seed_upload_bps: Option<u32>,
-    /// Experiments: UDP address where the `oracle` policy receives live loads.
-    #[arg(long)]
-    oracle_listen: Option<std::net::SocketAddr>,
-    /// Seconds between spot checks of each volunteer's bytes; 0 turns them off [default: 60].
-    #[arg(long)]
-    spot_check_secs: Option<u64>,
-    /// Which torrents the tracker keeps swarms for: `published` (the published generations'
-    /// torrents and the repositories' swarms; anything else is refused) or `open` (any
-    /// torrent, unpublished ones bounded) [default: published].
-    #[arg(long, value_parser = ["published", "open"])]
-    tracker_torrents: Option<String>,
-}
-
-#[derive(Args)]
 struct PublishArgs {
     #[command(flatten)]
     target: admin::ServerTarget,
@@ -209,61 +151,6 @@ struct EnrollArgs {
     /// Hours until the token expires [default: 168].
     #[arg(long, default_value_t = 168)]
     ttl_hours: u64,
-}
-
-#[derive(Args)]
-struct VolunteerArgs {
-    /// TOML config file; flags override its keys.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// The central server's URL.
-    #[arg(long)]
-    server: Option<String>,
-    /// Enrollment token (needed only for the first start).
-    #[arg(long)]
-    token: Option<String>,
-    /// Address to serve customers on [default: 127.0.0.1:8081].
-    #[arg(long)]
-    listen: Option<std::net::SocketAddr>,
-    /// URL customers are redirected to [default: http://<listen>].
-    #[arg(long)]
-    public_url: Option<String>,
-    /// Data directory: credential and verification cache [default: ./mirrorswarm-volunteer].
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// A mirrored repository, NAME=DIR (repeatable).
-    #[arg(long = "mirror", value_parser = config::parse_name_dir)]
-    mirrors: Vec<(String, PathBuf)>,
-    /// Maximum concurrent customers; more are sent to the origin [default: 64].
-    #[arg(long)]
-    max_connections: Option<u32>,
-    /// Seconds between checks of the local copy [default: 5].
-    #[arg(long)]
-    rescan_secs: Option<u64>,
-    /// Do not sync with PRsync: the admin fills the mirror by other means.
-    #[arg(long)]
-    no_sync: bool,
-    /// Sync into mirror directories that hold files the newest manifest does not list
-    /// (refused otherwise): listed files are verified and kept or replaced, the others are
-    /// left alone. Needed once; the directory is then marked as mirrorswarm's.
-    #[arg(long)]
-    adopt: bool,
-    /// Cap on BitTorrent uploads to other volunteers, bytes/s [default: none].
-    #[arg(long)]
-    seed_upload_bps: Option<u32>,
-    /// Cap on customer downloads, bytes/s: the uplink the balancer should see [default: none].
-    #[arg(long)]
-    upload_bps: Option<u64>,
-    /// Experiments: synthetic background sync uploads sharing --upload-bps [default: 0].
-    #[arg(long)]
-    background_sync_conns: Option<u32>,
-    /// Experiments: the synthetic sync uploads together want at most this many bytes/s
-    /// [default: whatever the link gives them].
-    #[arg(long)]
-    background_sync_bps: Option<u64>,
-    /// Experiments: stream live connection counts to the server's oracle (UDP address).
-    #[arg(long)]
-    oracle_feed: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -373,123 +260,6 @@ async fn dispatch(cmd: Command) -> Result<()> {
         Command::Demo(a) => demo::run(a).await,
         Command::Prsync(_) => unreachable!("handled in main"),
     }
-}
-
-fn server_config(a: ServerArgs) -> Result<ServerConfig> {
-    let mut cfg: ServerConfig = match &a.config {
-        Some(p) => config::load_file(p)?,
-        None => ServerConfig::default(),
-    };
-    if let Some(v) = a.listen {
-        cfg.listen = v;
-    }
-    if let Some(v) = a.data_dir {
-        cfg.data_dir = v;
-    }
-    for (name, dir) in a.repos {
-        cfg.repos.insert(name, dir);
-    }
-    if let Some(v) = a.public_url {
-        cfg.public_url = Some(v);
-    }
-    if let Some(v) = a.policy {
-        cfg.redirect.policy = v;
-    }
-    if let Some(v) = a.announce_interval {
-        cfg.tracker.interval_secs = v;
-    }
-    if let Some(v) = a.timeout_intervals {
-        cfg.tracker.timeout_intervals = v;
-    }
-    if let Some(v) = a.direct_max_bytes {
-        cfg.redirect.direct_max_bytes = v;
-    }
-    if let Some(v) = a.metalink_headers {
-        cfg.redirect.metalink_headers = if v == "always" {
-            config::MetalinkHeaders::Always
-        } else {
-            config::MetalinkHeaders::WhenAsked
-        };
-    }
-    if let Some(v) = a.slow_start_secs {
-        cfg.redirect.slow_start_secs = v;
-    }
-    if let Some(v) = a.torrent_min_bytes {
-        cfg.prsync.torrent_min_bytes = v;
-    }
-    if let Some(v) = a.seed_upload_bps {
-        cfg.prsync.seed_upload_bps = Some(v);
-    }
-    if let Some(v) = a.oracle_listen {
-        cfg.redirect.oracle_listen = Some(v);
-    }
-    if let Some(v) = a.spot_check_secs {
-        cfg.trust.spot_check_secs = v;
-    }
-    if let Some(v) = a.tracker_torrents {
-        cfg.tracker.torrents = if v == "open" {
-            config::TrackerTorrents::Open
-        } else {
-            config::TrackerTorrents::Published
-        };
-    }
-    if cfg.repos.is_empty() {
-        bail!("no repository to publish: pass --repo NAME=DIR or set [repos] in the config file");
-    }
-    cfg.validate()?;
-    Ok(cfg)
-}
-
-fn volunteer_config(a: VolunteerArgs) -> Result<VolunteerConfig> {
-    let mut cfg: VolunteerConfig = match &a.config {
-        Some(p) => config::load_file(p)?,
-        None => VolunteerConfig::default(),
-    };
-    if let Some(v) = a.server {
-        cfg.server = Some(v);
-    }
-    if let Some(v) = a.token {
-        cfg.token = Some(v);
-    }
-    if let Some(v) = a.listen {
-        cfg.listen = v;
-    }
-    if let Some(v) = a.public_url {
-        cfg.public_url = Some(v);
-    }
-    if let Some(v) = a.data_dir {
-        cfg.data_dir = v;
-    }
-    for (name, dir) in a.mirrors {
-        cfg.mirrors.insert(name, dir);
-    }
-    if let Some(v) = a.max_connections {
-        cfg.max_connections = v;
-    }
-    if let Some(v) = a.rescan_secs {
-        cfg.rescan_secs = v;
-    }
-    if a.no_sync {
-        cfg.sync = false;
-    }
-    cfg.adopt = a.adopt;
-    if let Some(v) = a.seed_upload_bps {
-        cfg.seed_upload_bps = Some(v);
-    }
-    if let Some(v) = a.upload_bps {
-        cfg.upload_bps = Some(v);
-    }
-    if let Some(v) = a.background_sync_conns {
-        cfg.background_sync_conns = v;
-    }
-    if let Some(v) = a.background_sync_bps {
-        cfg.background_sync_bps = Some(v);
-    }
-    if let Some(v) = a.oracle_feed {
-        cfg.oracle_feed = Some(v);
-    }
-    cfg.validate()?;
-    Ok(cfg)
 }
 
 async fn volunteers(a: VolunteersArgs) -> Result<()> {

@@ -182,8 +182,8 @@ async fn upload_windows_and_quotas_from_the_toml_are_respected() {
 }
 
 /// Prompt reports: with 30 s announces, a volunteer whose sync upload starts tells the server
-/// within a few seconds, not at its next announce. (The synthetic sync starts with the
-/// volunteer; its first announce, at once, has seen none of it.)
+/// within a few seconds, not at its next announce. (The lab's synthetic sync starts with the
+/// volunteer, which the lab runs; its first announce, at once, has seen none of it.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sync_burst_is_reported_at_once_not_at_the_next_interval() {
     let tmp = TestDir::new();
@@ -206,7 +206,8 @@ async fn a_sync_burst_is_reported_at_once_not_at_the_next_interval() {
         ]
         .map(String::from),
     );
-    let _s = Proc::spawn(
+    let _s = Proc::spawn_of(
+        LAB,
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
         &root.join("s.log"),
     );

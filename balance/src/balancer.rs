@@ -8,8 +8,7 @@
 //! and the metrics' reads) goes through [`Balancer::registry`].
 
 use std::cell::RefCell;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use rand::Rng;
@@ -104,9 +103,6 @@ pub struct Balancer {
     /// Where the registry's records lie, read without its lock for prefetch hints.
     records_at: Arc<RecordsAt>,
     policy: Box<dyn Policy>,
-    /// Exact live customer counts by volunteer id, for a policy that wants them (the `oracle`
-    /// experiment's feed).
-    live: RwLock<HashMap<String, u32>>,
 }
 
 impl Balancer {
@@ -115,7 +111,6 @@ impl Balancer {
             records_at: registry.records_at(),
             registry: Mutex::new(registry),
             policy,
-            live: RwLock::new(HashMap::new()),
         }
     }
 
@@ -128,14 +123,6 @@ impl Balancer {
 
     pub fn policy(&self) -> &dyn Policy {
         &*self.policy
-    }
-
-    /// The exact number of customers the volunteer `id` serves now (the `oracle`'s feed).
-    pub fn set_live_customers(&self, id: &str, customers: u32) {
-        self.live
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.to_string(), customers);
     }
 
     /// Hint the CPU to load the records [`Self::choose`] will sample for `want` volunteers
@@ -176,12 +163,12 @@ impl Balancer {
             &mut sample,
         );
         sample.truncate(MAX_SAMPLE);
-        // The oracle's models are corrected by exact live counts before it chooses.
-        if self.policy.wants_exact_load() {
-            let live = self.live.read().unwrap_or_else(|e| e.into_inner());
+        // A policy that knows exact live counts (the lab's oracle) has the models corrected
+        // by them before it orders.
+        if self.policy.knows_live_customers() {
             for &i in &sample {
-                if let Some(&customers) = live.get(&reg.at(i).id) {
-                    reg.set_live_customers(i, customers, now);
+                if let Some(customers) = self.policy.live_customers(&reg.at(i).id) {
+                    reg.correct_customers(i, customers, now);
                 }
             }
         }

@@ -216,7 +216,8 @@ impl LinkModel {
         }
     }
 
-    /// Live counts from the oracle's feed: as [`Self::reconcile`], for the count alone.
+    /// A customer count known from elsewhere than a report: as [`Self::reconcile`], for the
+    /// count alone.
     pub fn set_customers(&mut self, customers: u32, typical_bytes: u64, now: Instant) {
         let r = Reported {
             customers,

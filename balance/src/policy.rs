@@ -14,7 +14,8 @@ pub struct Candidate<'a> {
     /// Last reported workload.
     pub load: Load,
     /// Its downloads as they probably stand now (the report, the redirects since, drained at
-    /// its declared link's rate; for the `oracle`, corrected by exact live counts).
+    /// its declared link's rate; corrected by exact counts if the policy has them, see
+    /// [`Policy::knows_live_customers`]).
     pub model: LinkView<'a>,
     /// Redirects the server issued since that report (within the connection window).
     pub issued_since_report: u32,
@@ -49,9 +50,17 @@ pub trait Policy: Send + Sync {
         self.order_into(cands, bytes, rng, &mut out);
         out.best_first
     }
-    /// Whether candidates need the exact live load (the oracle's experiment feed).
-    fn wants_exact_load(&self) -> bool {
+    /// Whether this policy knows how many customers volunteers serve right now from
+    /// elsewhere than their reports (the lab's `oracle`, which measures the product's
+    /// policies against exact knowledge). Asked once per choice, so that the product's
+    /// policies, which know only reports, cost nothing per candidate.
+    fn knows_live_customers(&self) -> bool {
         false
+    }
+    /// The customers volunteer `id` serves right now, if known: its model is corrected to
+    /// that before the candidates are ordered. Asked only if [`Self::knows_live_customers`].
+    fn live_customers(&self, _id: &str) -> Option<u32> {
+        None
     }
 }
 
@@ -60,12 +69,10 @@ pub trait Policy: Send + Sync {
 pub fn by_name(name: &str, slow_start: std::time::Duration) -> Option<Box<dyn Policy>> {
     let ramp = SlowStart(slow_start);
     match name {
-        "feedback" => Some(Box::new(Feedback { ramp, live: false })),
+        "feedback" => Some(Box::new(Feedback { ramp })),
         "feedback-connections" => Some(Box::new(FeedbackConnections { ramp })),
         "least-connections" => Some(Box::new(LeastConnections)),
         "request-counting" => Some(Box::new(RequestCounting)),
-        "least-loaded" => Some(Box::new(LeastLoaded)),
-        "oracle" => Some(Box::new(Feedback { ramp, live: true })),
         _ => None,
     }
 }
@@ -106,21 +113,6 @@ impl Order {
         self.scored.sort_by(|a, b| a.0.total_cmp(&b.0));
         self.best_first.clear();
         self.best_first.extend(self.scored.iter().map(|&(_, i)| i));
-    }
-}
-
-/// Always the volunteer whose last report looks idlest: what best-of-two guards against. On
-/// stale reports every customer between two announces goes to the same volunteer (herding).
-pub struct LeastLoaded;
-
-impl Policy for LeastLoaded {
-    fn name(&self) -> &'static str {
-        "least-loaded"
-    }
-    fn order_into(&self, cands: &[Candidate], _: u64, _: &mut dyn RngCore, out: &mut Order) {
-        out.sort_by(cands, all, |c| {
-            f64::from(c.load.customer_conns + c.load.sync_conns) / c.capacity()
-        });
     }
 }
 
@@ -258,12 +250,17 @@ impl Policy for FeedbackConnections {
 /// volunteer whose modelled customers fill its declared capacity gets none. Where any
 /// candidate's uplink is undeclared, the costs would not compare: it counts connections
 /// instead, as [`FeedbackConnections`].
-///
-/// As `oracle` (`live`), the models are corrected by exact live counts before every choice:
-/// the bound the reported feedback is measured against.
 pub struct Feedback {
     ramp: SlowStart,
-    live: bool,
+}
+
+impl Feedback {
+    /// `slow_start`: how long a (re)joining volunteer's share takes to grow to its capacity.
+    pub fn new(slow_start: std::time::Duration) -> Feedback {
+        Feedback {
+            ramp: SlowStart(slow_start),
+        }
+    }
 }
 
 /// How strongly `feedback` evens out what volunteers give. A volunteer donates its uplink,
@@ -364,14 +361,7 @@ struct Weighed {
 
 impl Policy for Feedback {
     fn name(&self) -> &'static str {
-        if self.live {
-            "oracle"
-        } else {
-            "feedback"
-        }
-    }
-    fn wants_exact_load(&self) -> bool {
-        self.live
+        "feedback"
     }
     fn order_into(&self, cands: &[Candidate], bytes: u64, rng: &mut dyn RngCore, out: &mut Order) {
         if !cands.iter().all(|c| c.model.known()) {
@@ -497,8 +487,7 @@ mod tests {
             assert_eq!(by_name(n, Default::default()).unwrap().name(), *n);
         }
         assert!(by_name("nope", Default::default()).is_none());
-        assert!(policy("oracle").wants_exact_load());
-        assert!(!policy("feedback").wants_exact_load());
+        assert!(!policy("feedback").knows_live_customers());
     }
 
     #[test]
@@ -696,12 +685,11 @@ mod tests {
     }
 
     #[test]
-    fn least_loaded_herds_where_feedback_spreads() {
+    fn between_two_reports_feedback_spreads() {
         let t = Instant::now();
-        // Between two reports, every request sees the same stale numbers.
+        // Between two reports, every request sees the same stale numbers: the lab's
+        // `least-loaded` sends all 40 to one volunteer (its own test).
         let make = || -> Vec<Vol> { (0..4).map(|i| vol(i, 0, 0, 1_000_000, 64, t)).collect() };
-        let herd = place(&LeastLoaded, &mut make(), 40, 100_000, t);
-        assert_eq!(herd, [40, 0, 0, 0]);
         for name in ["feedback", "feedback-connections"] {
             let spread = place(&*policy(name), &mut make(), 40, 100_000, t);
             assert!(spread.iter().all(|&n| n >= 5), "{name}: {spread:?}");

@@ -642,9 +642,10 @@ impl Registry {
         (recent.min(v.issued_since_report), recent as usize)
     }
 
-    /// Experiments only (the `oracle`): the exact number of customers the volunteer at
-    /// position `i` serves right now, streamed by it, corrects its model at once.
-    pub fn set_live_customers(&mut self, i: usize, customers: u32, now: Instant) {
+    /// The number of customers the volunteer at position `i` serves right now, known from
+    /// elsewhere than its reports (a policy's, see `Policy::live_customers`), corrects its
+    /// model at once.
+    pub fn correct_customers(&mut self, i: usize, customers: u32, now: Instant) {
         if let Some(v) = self.volunteers.get_mut(i) {
             let typical = typical_remaining(v);
             v.model.set_customers(customers, typical, now);

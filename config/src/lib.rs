@@ -54,8 +54,6 @@ pub const POLICY_NAMES: &[&str] = &[
     "feedback-connections",
     "least-connections",
     "request-counting",
-    "oracle",
-    "least-loaded",
 ];
 
 /// Central server configuration (`mirrorswarm server`).
@@ -352,9 +350,8 @@ impl TrackerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedirectConfig {
-    /// Balancing policy: `feedback` (default), `least-connections`, `request-counting`; for
-    /// experiments `feedback-connections` (the paper's feedback, counting connections),
-    /// `least-loaded` (argmin of reported load) and `oracle` (needs `oracle_listen`).
+    /// Balancing policy: `feedback` (default), `least-connections`, `request-counting`, or
+    /// `feedback-connections` (the paper's feedback, counting connections).
     pub policy: String,
     /// Files of at most this many bytes are served by the server itself: a redirect costs the
     /// customer a round trip more than such a file takes to send. Default 32768.
@@ -372,9 +369,6 @@ pub struct RedirectConfig {
     /// A volunteer that joins or rejoins gets a share growing from a tenth to all of its
     /// capacity over this many seconds, so it is not flooded. Default 10.
     pub slow_start_secs: u64,
-    /// Experiments only: where the `oracle` policy receives volunteers' live connection counts
-    /// (UDP). Default: none.
-    pub oracle_listen: Option<SocketAddr>,
 }
 
 /// Which redirects carry the Metalink/HTTP headers ([`RedirectConfig::metalink_headers`]).
@@ -398,7 +392,6 @@ impl Default for RedirectConfig {
             metalink_headers: MetalinkHeaders::WhenAsked,
             connection_window_secs: 10,
             slow_start_secs: 10,
-            oracle_listen: None,
         }
     }
 }
@@ -542,16 +535,6 @@ pub struct VolunteerConfig {
     /// Cap on customer downloads from this volunteer, bytes/s: its uplink as the balancer
     /// should see it. Default: none.
     pub upload_bps: Option<u64>,
-    /// Experiments only: this many synthetic background sync uploads share `upload_bps` with
-    /// customers and are reported as sync connections. Default 0.
-    pub background_sync_conns: u32,
-    /// Experiments only: together the synthetic sync uploads want at most this many bytes/s,
-    /// as real sync uploads are held back by the receiving volunteers' downlinks. Default:
-    /// whatever the link gives them.
-    pub background_sync_bps: Option<u64>,
-    /// Experiments only: send every change of the connection count, at once, as a UDP datagram
-    /// to this address (the server's `oracle` policy listens there). Default: none.
-    pub oracle_feed: Option<SocketAddr>,
     pub limits: LimitsConfig,
     /// `--adopt` (a flag, not a key: adopting is done once, then the tree is marked): sync
     /// into mirror directories that hold files the manifest does not list, leaving those
@@ -577,9 +560,6 @@ impl Default for VolunteerConfig {
             seed_listen: None,
             seed_upload_bps: None,
             upload_bps: None,
-            background_sync_conns: 0,
-            background_sync_bps: None,
-            oracle_feed: None,
             adopt: false,
             limits: LimitsConfig::default(),
         }

@@ -70,7 +70,6 @@ fn volunteer_example_parses_and_shows_the_defaults() {
     assert_eq!(c.max_connections, d.max_connections);
     assert_eq!(c.rescan_secs, d.rescan_secs);
     assert_eq!(c.sync, d.sync);
-    assert_eq!(c.background_sync_conns, d.background_sync_conns);
     assert_eq!(c.limits.header_timeout_secs, d.limits.header_timeout_secs);
     assert_eq!(c.limits.client_stall_secs, d.limits.client_stall_secs);
     assert_eq!(c.limits.max_connections, d.limits.max_connections);

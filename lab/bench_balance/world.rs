@@ -321,7 +321,10 @@ pub async fn run_one(
     sc: &Scenario,
     links: Option<&Links>,
 ) -> Result<RunResult> {
+    // The product binary enrolls and publishes; the server and the volunteers are this
+    // binary's roles (the product's code with the oracle, least-loaded and synthetic sync).
     let exe = crate::product_binary()?;
+    let lab = std::env::current_exe().context("finding this binary")?;
     let dir = work.join(sc.label.replace([' ', '/'], "_"));
     let _ = std::fs::remove_dir_all(&dir);
     let repo = dir.join("repo");
@@ -345,7 +348,7 @@ pub async fn run_one(
     let port = free_port(host)?;
     let oracle_port = free_port(host)?;
     let url = format!("http://{host}:{port}");
-    let mut cmd = Command::new(&exe);
+    let mut cmd = Command::new(&lab);
     cmd.args([
         "server",
         "--listen",
@@ -412,11 +415,11 @@ pub async fn run_one(
         let (listen, mut c) = match links {
             Some(l) => (
                 std::net::SocketAddr::new(l.volunteer(i).into(), NETNS_PORT),
-                l.command(i, &exe),
+                l.command(i, &lab),
             ),
             None => (
                 std::net::SocketAddr::new(host, free_port(host)?),
-                Command::new(&exe),
+                Command::new(&lab),
             ),
         };
         urls.push(format!("http://{listen}"));

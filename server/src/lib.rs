@@ -189,8 +189,12 @@ fn load_or_create_admin_token(path: &Path) -> Result<String> {
     }
 }
 
-/// Build the server's state: open the store, load the key, publish every repository.
-pub async fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>> {
+/// Build the server's state: open the store, load the key, publish every repository; balance
+/// with `policy` if given, else the one the config names (see [`run_with_policy`]).
+pub async fn build_state(
+    cfg: ServerConfig,
+    policy: Option<Box<dyn balance::policy::Policy>>,
+) -> Result<Arc<AppState>> {
     cfg.validate()?;
     for name in cfg.repos.keys() {
         if fileserve::protocol::reserved_repo_name(name) {
@@ -206,8 +210,11 @@ pub async fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>> {
         .with_context(|| format!("opening {}", data.db().display()))?;
     let admin_token = load_or_create_admin_token(&data.admin_token())?;
     let slow_start = std::time::Duration::from_secs(cfg.redirect.slow_start_secs);
-    let policy = balance::policy::by_name(&cfg.redirect.policy, slow_start)
-        .ok_or_else(|| anyhow!("unknown policy `{}`", cfg.redirect.policy))?;
+    let policy = match policy {
+        Some(p) => p,
+        None => balance::policy::by_name(&cfg.redirect.policy, slow_start)
+            .ok_or_else(|| anyhow!("unknown policy `{}`", cfg.redirect.policy))?,
+    };
     let info_hashes: HashMap<[u8; 20], String> = cfg
         .repos
         .keys()
@@ -365,41 +372,20 @@ async fn start_seed(st: &Arc<AppState>, local: SocketAddr) {
     }
 }
 
-/// Experiments only: receive volunteers' live connection counts for the `oracle` policy.
-/// Datagrams are `<volunteer id> <customer conns> <sync conns>`.
-async fn start_oracle_feed(st: &Arc<AppState>, addr: SocketAddr) -> Result<()> {
-    let sock = tokio::net::UdpSocket::bind(addr)
-        .await
-        .with_context(|| format!("oracle feed on {addr}"))?;
-    tracing::info!(%addr, "oracle feed listening (experiments only)");
-    let st = st.clone();
-    tokio::spawn(async move {
-        let mut buf = [0u8; 256];
-        while let Ok((n, _)) = sock.recv_from(&mut buf).await {
-            let Ok(text) = std::str::from_utf8(&buf[..n]) else {
-                continue;
-            };
-            let mut parts = text.split_whitespace();
-            if let (Some(id), Some(cc), Some(sc)) = (parts.next(), parts.next(), parts.next()) {
-                // Only enrolled volunteers' ids: anyone can send a datagram, and a map keyed
-                // by whatever they send would grow with every new id.
-                if st.credential(id).is_none() {
-                    continue;
-                }
-                // The sync count is checked for form but not used: the oracle corrects the
-                // customers only.
-                if let (Ok(cc), Ok(_)) = (cc.parse::<u32>(), sc.parse::<u32>()) {
-                    st.balancer.set_live_customers(id, cc);
-                }
-            }
-        }
-    });
-    Ok(())
-}
-
 /// Run the server until `shutdown` completes (the CLI passes Ctrl-C / SIGTERM).
 pub async fn run(
     cfg: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    run_with_policy(cfg, None, shutdown).await
+}
+
+/// [`run`], balancing with `policy` if given instead of the one the config names: how the
+/// lab runs the server with its experiment policies (an oracle, least-loaded), which the
+/// product does not ship.
+pub async fn run_with_policy(
+    cfg: ServerConfig,
+    policy: Option<Box<dyn balance::policy::Policy>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let listen = cfg.listen;
@@ -416,15 +402,12 @@ pub async fn run(
         ),
         e => anyhow!(e),
     })?;
-    let st = build_state(cfg).await?;
+    let st = build_state(cfg, policy).await?;
     let listener =
         fileserve::listen::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
     if st.config.prsync.seed {
         start_seed(&st, local).await;
-    }
-    if let Some(addr) = st.config.redirect.oracle_listen {
-        start_oracle_feed(&st, addr).await?;
     }
     let info = serde_json::json!({ "listen": local.to_string(), "url": format!("http://{local}"), "public_url": st.public_url, "pid": std::process::id() });
     publish::write_atomic(&data.server_json(), info.to_string().as_bytes())?;

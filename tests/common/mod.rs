@@ -81,8 +81,13 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(args: &[&str], log: &Path) -> Proc {
+        Proc::spawn_of(BIN, args, log)
+    }
+
+    /// [`Self::spawn`] for another binary (the lab's roles: [`LAB`]).
+    pub fn spawn_of(bin: &str, args: &[&str], log: &Path) -> Proc {
         let err = std::fs::File::create(log).unwrap();
-        let child = Command::new(BIN)
+        let child = Command::new(bin)
             .args(args)
             .env(
                 "RUST_LOG",
@@ -92,7 +97,7 @@ impl Proc {
             .stdout(Stdio::null())
             .stderr(err)
             .spawn()
-            .expect("spawn mirrorswarm");
+            .unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
         Proc {
             child: Some(child),
             log: log.to_path_buf(),

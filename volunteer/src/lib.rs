@@ -6,11 +6,11 @@
 //! HTTP API; [`holdings`] verification of the local copy; [`serve`] the customer path.
 
 pub mod client;
+pub mod companion;
 pub mod control;
 pub mod credential;
 pub mod holdings;
 pub mod limit;
-pub mod oracle_feed;
 pub mod prompt;
 pub mod serve;
 
@@ -74,8 +74,6 @@ pub struct VolunteerState {
     pub mirrors: BTreeMap<String, Mirror>,
     pub active: Arc<AtomicU32>,
     pub uploaded: AtomicU64,
-    /// Bytes of synthetic background sync uploads (experiments).
-    pub sync_uploaded: Arc<AtomicU64>,
     /// Customers sent back to the origin, by why ([`serve::Bounce`]).
     pub bounces: serve::Bounces,
     /// The server's URL as customers reach it (its `public_url`): where bounces go.
@@ -87,7 +85,6 @@ pub struct VolunteerState {
     pub announce_now: Notify,
     /// Bearer token of the admin's controls (`control`).
     pub control_token: String,
-    /// The upload link shared by customers and (synthetic) sync traffic, when capped.
     /// The uplink customers share (the admin can change it live).
     pub uplink: limit::Uplink,
     /// Customers at once (the admin can change it live); starts at `config.max_connections`.
@@ -96,8 +93,8 @@ pub struct VolunteerState {
     pub paused: std::sync::atomic::AtomicBool,
     /// Generations already reported as over quota, so the log says it once.
     quota_warned: std::sync::Mutex<std::collections::HashSet<(String, u64)>>,
-    /// Experiments only: live connection counts for the server's oracle.
-    pub oracle_feed: Option<Arc<oracle_feed::OracleFeed>>,
+    /// What runs beside it (the lab's synthetic sync and oracle feed; the product: none).
+    pub companion: Option<Arc<dyn companion::Companion>>,
     /// BitTorrent: fetches for PRsync and seeds what we hold to other volunteers.
     pub seeder: Option<prsync::seeder::Seeder>,
     /// Repositories with a PRsync pull under way.
@@ -285,19 +282,20 @@ impl VolunteerState {
         interval
     }
 
-    /// Bytes uploaded for syncing so far: what the seeder sent to other volunteers, plus the
-    /// synthetic sync of experiments. (Uploads by a pull lingering as a seeder are not
-    /// counted; they are short.)
+    /// Bytes uploaded for syncing so far: what the seeder sent to other volunteers, plus a
+    /// companion's. (Uploads by a pull lingering as a seeder are not counted; they are
+    /// short.)
     fn sync_uploaded_total(&self) -> u64 {
-        self.sync_uploaded.load(Ordering::Relaxed)
+        self.companion.as_ref().map_or(0, |c| c.sync_uploaded())
             + self.seeder.as_ref().map_or(0, |s| s.bt.uploaded_bytes())
     }
 
-    /// Connections used for syncing: BitTorrent peers plus pulls under way.
+    /// Connections used for syncing: BitTorrent peers plus pulls under way, plus a
+    /// companion's.
     fn sync_connections(&self) -> u32 {
         let peers = self.seeder.as_ref().map_or(0, |s| s.bt.live_peers());
         let pulls = self.syncing.lock().map_or(0, |s| s.len() as u32);
-        peers + pulls + self.config.background_sync_conns
+        peers + pulls + self.companion.as_ref().map_or(0, |c| c.sync_connections())
     }
 
     /// Start a pull for `repo` if it lags the newest generation and none is running.
@@ -459,6 +457,16 @@ pub async fn run(
     cfg: VolunteerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    run_with_companion(cfg, None, shutdown).await
+}
+
+/// [`run`] with a [`companion::Companion`] beside it: how the lab runs a volunteer with
+/// synthetic sync traffic and its oracle's feed, which the product does not ship.
+pub async fn run_with_companion(
+    cfg: VolunteerConfig,
+    companion: Option<Arc<dyn companion::Companion>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     cfg.validate()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
@@ -569,26 +577,10 @@ pub async fn run(
     } else {
         None
     };
-    // The uplink: customers and background sync share it.
+    // The uplink: customers and a companion's traffic share it.
     let uplink = limit::Uplink::new(cfg.upload_bps);
-    let sync_uploaded = Arc::new(AtomicU64::new(0));
-    if let Some(b) = uplink.current() {
-        limit::spawn_background_uploads(
-            b.clone(),
-            cfg.background_sync_conns,
-            cfg.background_sync_bps,
-            sync_uploaded.clone(),
-        );
-    }
-    let oracle_feed = match cfg.oracle_feed {
-        Some(addr) => Some(Arc::new(
-            oracle_feed::OracleFeed::new(addr, &credential.volunteer_id, cfg.background_sync_conns)
-                .context("oracle feed")?,
-        )),
-        None => None,
-    };
-    if let Some(f) = &oracle_feed {
-        f.send(0);
+    if let Some(c) = &companion {
+        c.start(&credential.volunteer_id, uplink.current());
     }
     let cfg_max_connections = cfg.max_connections;
     let control_token = control::load_or_create_token(&cfg.data_dir)
@@ -603,7 +595,6 @@ pub async fn run(
         mirrors,
         active: Arc::new(AtomicU32::new(0)),
         uploaded: AtomicU64::new(0),
-        sync_uploaded,
         bounces: Default::default(),
         origin_base,
         served: AtomicU64::new(0),
@@ -614,7 +605,7 @@ pub async fn run(
         max_connections: AtomicU32::new(cfg_max_connections),
         paused: std::sync::atomic::AtomicBool::new(false),
         quota_warned: Default::default(),
-        oracle_feed,
+        companion,
         seeder,
         syncing: std::sync::Mutex::new(Default::default()),
         recent_sync_bps: AtomicU64::new(0),

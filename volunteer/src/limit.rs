@@ -1,6 +1,6 @@
-//! The volunteer's upload link, shared by customer downloads and sync traffic: a token bucket
-//! that hands out bytes in the order they were asked for, so concurrent uploads share it
-//! roughly equally, as TCP flows share a real uplink.
+//! The volunteer's upload link, shared by customer downloads (and a companion's traffic, see
+//! [`crate::companion`]): a token bucket that hands out bytes in the order they were asked
+//! for, so concurrent uploads share it roughly equally, as TCP flows share a real uplink.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,34 +110,6 @@ pub fn throttle(body: Body, bucket: Arc<TokenBucket>) -> Body {
     Body::from_stream(stream)
 }
 
-/// Background sync traffic for experiments: `n` uploads that take what the link gives them,
-/// as real sync uploads to other volunteers would, together wanting at most `demand_bps`
-/// (none: as much as they can get). Every byte sent is added to `sent`.
-pub fn spawn_background_uploads(
-    bucket: Arc<TokenBucket>,
-    n: u32,
-    demand_bps: Option<u64>,
-    sent: Arc<std::sync::atomic::AtomicU64>,
-) {
-    // The size of a customer download's chunks, so that every upload gets an equal turn.
-    const CHUNK: usize = 64 * 1024;
-    for _ in 0..n {
-        let b = bucket.clone();
-        // Each upload's own ceiling: the receiver's downlink, as it were.
-        let own = demand_bps.map(|d| TokenBucket::new((d / u64::from(n)).max(1), CHUNK as u64));
-        let sent = sent.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Some(own) = &own {
-                    own.take(CHUNK).await;
-                }
-                b.take(CHUNK).await;
-                sent.fetch_add(CHUNK as u64, std::sync::atomic::Ordering::Relaxed);
-            }
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,25 +148,5 @@ mod tests {
         // Both finish near the end (2 s in all), neither long before the other.
         let gap = (d[1].1 - d[0].1).as_secs_f64();
         assert!(gap <= 0.11, "{gap}");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn capped_sync_leaves_the_rest_to_customers() {
-        let link = Arc::new(TokenBucket::new(1_000_000, 1));
-        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        spawn_background_uploads(link.clone(), 2, Some(400_000), sent.clone());
-        let t = Instant::now();
-        let mut customer = 0u64;
-        while t.elapsed() < Duration::from_secs(20) {
-            link.take(64 * 1024).await;
-            customer += 64 * 1024;
-        }
-        let sync = sent.load(std::sync::atomic::Ordering::Relaxed);
-        // 20 s of a 1 MB/s link: sync gets its 0.4 MB/s, the customer the other 0.6 MB/s.
-        assert!((7_600_000..8_400_000).contains(&sync), "sync {sync}");
-        assert!(
-            (11_400_000..12_600_000).contains(&customer),
-            "customer {customer}"
-        );
     }
 }

@@ -10,19 +10,21 @@ use axum::Json;
 use fileserve::text_response as text;
 use fileserve::ServeOptions;
 
+use crate::companion::Companion;
 use crate::VolunteerState;
 
 /// Counts one active customer download for as long as it lives.
 pub struct ActiveGuard {
     active: Arc<AtomicU32>,
-    feed: Option<Arc<crate::oracle_feed::OracleFeed>>,
+    /// Told of every change of the count (see [`crate::companion`]).
+    watcher: Option<Arc<dyn Companion>>,
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         let now = self.active.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
-        if let Some(f) = &self.feed {
-            f.send(now);
+        if let Some(w) = &self.watcher {
+            w.customers(now);
         }
     }
 }
@@ -31,19 +33,19 @@ impl Drop for ActiveGuard {
 fn try_acquire(
     active: &Arc<AtomicU32>,
     max: u32,
-    feed: Option<Arc<crate::oracle_feed::OracleFeed>>,
+    watcher: Option<Arc<dyn Companion>>,
 ) -> Option<ActiveGuard> {
     let before = active
         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
             (n < max).then_some(n + 1)
         })
         .ok()?;
-    if let Some(f) = &feed {
-        f.send(before + 1);
+    if let Some(w) = &watcher {
+        w.customers(before + 1);
     }
     Some(ActiveGuard {
         active: active.clone(),
-        feed,
+        watcher,
     })
 }
 
@@ -306,7 +308,7 @@ fn grant(st: &VolunteerState, decoded: &str) -> Result<Grant, Refusal> {
     let Some(guard) = try_acquire(
         &st.active,
         st.max_connections.load(Ordering::Relaxed),
-        st.oracle_feed.clone(),
+        st.companion.clone(),
     ) else {
         return Err(bounce(Bounce::Busy));
     };

@@ -1,0 +1,215 @@
+//! The server's and the volunteer's flags, and the configuration they make with the config
+//! file: shared by the product binary and the lab (which runs both roles with its experiment
+//! policies and companions beside them).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use config::{ServerConfig, VolunteerConfig};
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// TOML config file; flags override its keys.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Data directory: database, signing key, manifests [default: ./mirrorswarm-data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// A repository to publish, NAME=DIR (repeatable).
+    #[arg(long = "repo", value_parser = config::parse_name_dir)]
+    pub repos: Vec<(String, PathBuf)>,
+    /// URL customers and volunteers reach this server at [default: http://<listen>].
+    #[arg(long)]
+    pub public_url: Option<String>,
+    /// Balancing policy: feedback, least-connections, request-counting or
+    /// feedback-connections [default: feedback].
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// Seconds between volunteer announces [default: 5].
+    #[arg(long)]
+    pub announce_interval: Option<u64>,
+    /// A volunteer silent for this many intervals gets no redirects [default: 1.5].
+    #[arg(long)]
+    pub timeout_intervals: Option<f64>,
+    /// Files up to this size are served directly instead of redirected [default: 32768].
+    #[arg(long)]
+    pub direct_max_bytes: Option<u64>,
+    /// Which redirects carry the alternatives and the file's digests (`Link`, `Digest`,
+    /// `Repr-Digest`, `X-Mirrorswarm-Size`): `when-asked`, to clients that send
+    /// `Want-Digest` or `Want-Repr-Digest` (aria2, `mirrorswarm proxy`), or `always`
+    /// [default: when-asked].
+    #[arg(long, value_parser = ["when-asked", "always"])]
+    pub metalink_headers: Option<String>,
+    /// Seconds over which a (re)joining volunteer's share grows to its full capacity under
+    /// the feedback policy; 0 turns slow start off [default: 10].
+    #[arg(long)]
+    pub slow_start_secs: Option<u64>,
+    /// Files of at least this size get torrents and block signatures [default: 1048576].
+    #[arg(long)]
+    pub torrent_min_bytes: Option<u64>,
+    /// Cap on the origin seed's BitTorrent upload, bytes/s [default: none].
+    #[arg(long)]
+    pub seed_upload_bps: Option<u32>,
+    /// Seconds between spot checks of each volunteer's bytes; 0 turns them off [default: 60].
+    #[arg(long)]
+    pub spot_check_secs: Option<u64>,
+    /// Which torrents the tracker keeps swarms for: `published` (the published generations'
+    /// torrents and the repositories' swarms; anything else is refused) or `open` (any
+    /// torrent, unpublished ones bounded) [default: published].
+    #[arg(long, value_parser = ["published", "open"])]
+    pub tracker_torrents: Option<String>,
+}
+
+#[derive(Args)]
+pub struct VolunteerArgs {
+    /// TOML config file; flags override its keys.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The central server's URL.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Enrollment token (needed only for the first start).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Address to serve customers on [default: 127.0.0.1:8081].
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// URL customers are redirected to [default: http://<listen>].
+    #[arg(long)]
+    pub public_url: Option<String>,
+    /// Data directory: credential and verification cache [default: ./mirrorswarm-volunteer].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// A mirrored repository, NAME=DIR (repeatable).
+    #[arg(long = "mirror", value_parser = config::parse_name_dir)]
+    pub mirrors: Vec<(String, PathBuf)>,
+    /// Maximum concurrent customers; more are sent to the origin [default: 64].
+    #[arg(long)]
+    pub max_connections: Option<u32>,
+    /// Seconds between checks of the local copy [default: 5].
+    #[arg(long)]
+    pub rescan_secs: Option<u64>,
+    /// Do not sync with PRsync: the admin fills the mirror by other means.
+    #[arg(long)]
+    pub no_sync: bool,
+    /// Sync into mirror directories that hold files the newest manifest does not list
+    /// (refused otherwise): listed files are verified and kept or replaced, the others are
+    /// left alone. Needed once; the directory is then marked as mirrorswarm's.
+    #[arg(long)]
+    pub adopt: bool,
+    /// Cap on BitTorrent uploads to other volunteers, bytes/s [default: none].
+    #[arg(long)]
+    pub seed_upload_bps: Option<u32>,
+    /// Cap on customer downloads, bytes/s: the uplink the balancer should see [default: none].
+    #[arg(long)]
+    pub upload_bps: Option<u64>,
+}
+
+pub fn server_config(a: ServerArgs) -> Result<ServerConfig> {
+    let mut cfg: ServerConfig = match &a.config {
+        Some(p) => config::load_file(p)?,
+        None => ServerConfig::default(),
+    };
+    if let Some(v) = a.listen {
+        cfg.listen = v;
+    }
+    if let Some(v) = a.data_dir {
+        cfg.data_dir = v;
+    }
+    for (name, dir) in a.repos {
+        cfg.repos.insert(name, dir);
+    }
+    if let Some(v) = a.public_url {
+        cfg.public_url = Some(v);
+    }
+    if let Some(v) = a.policy {
+        cfg.redirect.policy = v;
+    }
+    if let Some(v) = a.announce_interval {
+        cfg.tracker.interval_secs = v;
+    }
+    if let Some(v) = a.timeout_intervals {
+        cfg.tracker.timeout_intervals = v;
+    }
+    if let Some(v) = a.direct_max_bytes {
+        cfg.redirect.direct_max_bytes = v;
+    }
+    if let Some(v) = a.metalink_headers {
+        cfg.redirect.metalink_headers = if v == "always" {
+            config::MetalinkHeaders::Always
+        } else {
+            config::MetalinkHeaders::WhenAsked
+        };
+    }
+    if let Some(v) = a.slow_start_secs {
+        cfg.redirect.slow_start_secs = v;
+    }
+    if let Some(v) = a.torrent_min_bytes {
+        cfg.prsync.torrent_min_bytes = v;
+    }
+    if let Some(v) = a.seed_upload_bps {
+        cfg.prsync.seed_upload_bps = Some(v);
+    }
+    if let Some(v) = a.spot_check_secs {
+        cfg.trust.spot_check_secs = v;
+    }
+    if let Some(v) = a.tracker_torrents {
+        cfg.tracker.torrents = if v == "open" {
+            config::TrackerTorrents::Open
+        } else {
+            config::TrackerTorrents::Published
+        };
+    }
+    if cfg.repos.is_empty() {
+        bail!("no repository to publish: pass --repo NAME=DIR or set [repos] in the config file");
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+pub fn volunteer_config(a: VolunteerArgs) -> Result<VolunteerConfig> {
+    let mut cfg: VolunteerConfig = match &a.config {
+        Some(p) => config::load_file(p)?,
+        None => VolunteerConfig::default(),
+    };
+    if let Some(v) = a.server {
+        cfg.server = Some(v);
+    }
+    if let Some(v) = a.token {
+        cfg.token = Some(v);
+    }
+    if let Some(v) = a.listen {
+        cfg.listen = v;
+    }
+    if let Some(v) = a.public_url {
+        cfg.public_url = Some(v);
+    }
+    if let Some(v) = a.data_dir {
+        cfg.data_dir = v;
+    }
+    for (name, dir) in a.mirrors {
+        cfg.mirrors.insert(name, dir);
+    }
+    if let Some(v) = a.max_connections {
+        cfg.max_connections = v;
+    }
+    if let Some(v) = a.rescan_secs {
+        cfg.rescan_secs = v;
+    }
+    if a.no_sync {
+        cfg.sync = false;
+    }
+    cfg.adopt = a.adopt;
+    if let Some(v) = a.seed_upload_bps {
+        cfg.seed_upload_bps = Some(v);
+    }
+    if let Some(v) = a.upload_bps {
+        cfg.upload_bps = Some(v);
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}

@@ -445,6 +445,11 @@ pub async fn artifact(State(st): State<Arc<AppState>>, Path(file): Path<String>)
     }
 }
 
+/// `GET /metrics`: Prometheus text exposition ([`crate::metrics`]).
+pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    crate::metrics::response(&st.metrics_sources())
+}
+
 /// `GET /api/stats`: what the origin has uploaded, by HTTP and as a BitTorrent seed.
 pub async fn stats(State(st): State<Arc<AppState>>) -> Response {
     Json(serde_json::json!({

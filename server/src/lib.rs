@@ -315,7 +315,7 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route(own("/artifacts/{file}"), get(api::artifact))
         .route(own("/api/stats"), get(api::stats))
         .route(own("/api/report"), post(api::report))
-        .route(own("/metrics"), get(metrics::metrics))
+        .route(own("/metrics"), get(api::metrics))
         .route(own("/dashboard"), get(api::dashboard))
         .fallback(redirect::customer)
         .with_state(st)

@@ -2,18 +2,36 @@
 //! counters; per-volunteer and per-repository gauges are read from the registry at scrape
 //! time, so scraping costs the request path nothing.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Mutex, RwLock};
 use std::time::Instant;
 
-use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use balance::Balancer;
+use tracker::swarm::Swarms;
 
-use crate::counters::OUTCOMES;
+use crate::counters::{Counters, OUTCOMES};
 use crate::locks::{lock, read};
-use crate::state::AppState;
+use crate::spot_ledger::SpotChecks;
+use crate::store::VolunteerRecord;
+
+/// What `/metrics` reports on: the parts of the server's state it reads.
+pub struct Sources<'a> {
+    pub counters: &'a Counters,
+    pub balancer: &'a Balancer,
+    pub swarms: &'a Mutex<Swarms>,
+    pub spot: &'a SpotChecks,
+    /// Enrolled volunteers by id (their names label the per-volunteer gauges).
+    pub credentials: &'a RwLock<HashMap<String, VolunteerRecord>>,
+    /// The newest published generation of each repository.
+    pub generations: BTreeMap<String, u64>,
+    /// File bytes the origin served over HTTP, and uploaded as a BitTorrent seed.
+    pub origin_http_bytes: u64,
+    pub origin_seed_bytes: u64,
+}
 
 /// A label value, escaped as the exposition format requires.
 fn label(v: &str) -> String {
@@ -27,9 +45,9 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// The embedded tracker: what its bounds refused, and what it holds.
-fn tracker_metrics(st: &AppState, out: &mut String) {
+fn tracker_metrics(st: &Sources, out: &mut String) {
     let (r, swarms, peers, listed, trusted) = {
-        let s = lock(&st.swarms);
+        let s = lock(st.swarms);
         (
             s.refusals(),
             s.swarm_count(),
@@ -96,8 +114,8 @@ fn tracker_metrics(st: &AppState, out: &mut String) {
     }
 }
 
-pub fn render(st: &AppState) -> String {
-    let c = &st.counters;
+pub fn render(st: &Sources) -> String {
+    let c = st.counters;
     let mut out = String::with_capacity(4096);
     let policy = label(st.balancer.policy().name());
     header(
@@ -124,13 +142,13 @@ pub fn render(st: &AppState) -> String {
             "mirrorswarm_origin_http_bytes_total",
             "counter",
             "File bytes the origin served over HTTP.",
-            st.origin_http_bytes.load(Ordering::Relaxed),
+            st.origin_http_bytes,
         ),
         (
             "mirrorswarm_origin_seed_bytes_total",
             "counter",
             "Bytes the origin uploaded as a BitTorrent seed (sync traffic from the origin).",
-            st.seed.get().map_or(0, |s| s.uploaded_bytes()),
+            st.origin_seed_bytes,
         ),
         (
             "mirrorswarm_announces_accepted_total",
@@ -187,16 +205,16 @@ pub fn render(st: &AppState) -> String {
         "gauge",
         "Newest published generation.",
     );
-    for (repo, g) in st.latest_generations() {
+    for (repo, g) in &st.generations {
         let _ = writeln!(
             out,
             "mirrorswarm_repo_generation{{repo=\"{}\"}} {g}",
-            label(&repo)
+            label(repo)
         );
     }
 
     // Per volunteer, from the registry (names from the credentials).
-    let names: std::collections::HashMap<String, String> = read(&st.credentials)
+    let names: HashMap<String, String> = read(st.credentials)
         .values()
         .map(|c| (c.id.clone(), c.name.clone()))
         .collect();
@@ -284,13 +302,82 @@ pub fn render(st: &AppState) -> String {
     out
 }
 
-pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+/// `/metrics`' answer: [`render`] in Prometheus' text format.
+pub fn response(st: &Sources) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        render(&st),
+        render(st),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use balance::registry::Registry;
+    use std::time::Duration;
+
+    /// The exposition from the parts alone: no server, no store.
+    #[test]
+    fn render_reads_only_the_parts_it_is_given() {
+        let mut reg = Registry::new(Duration::from_secs(60));
+        let report = tracker::mirror::MirrorReport {
+            volunteer: "v-1".into(),
+            seq: 1,
+            generation: 3,
+            customer_conns: 2,
+            sync_conns: 1,
+            upload_bps: 0,
+            capacity: 8,
+            url: "http://v1.test".into(),
+            sync_bps: 0,
+            link_bps: 0,
+            paused: false,
+        };
+        reg.report("debian", &report, false, Instant::now())
+            .unwrap();
+        let balancer = Balancer::new(
+            reg,
+            balance::policy::by_name("feedback", Duration::ZERO).unwrap(),
+        );
+        let counters = Counters::default();
+        counters.quarantines.fetch_add(2, Ordering::Relaxed);
+        let swarms = Mutex::new(Swarms::new(Default::default()));
+        let spot = SpotChecks::default();
+        let record = VolunteerRecord {
+            id: "v-1".into(),
+            name: "alice \"the\" mirror".into(),
+            secret: vec![],
+            url: "http://v1.test".into(),
+            enrolled_at: 0,
+            revoked: false,
+            draining: false,
+            quarantine: None,
+        };
+        let credentials = RwLock::new(HashMap::from([("v-1".to_string(), record)]));
+        let text = render(&Sources {
+            counters: &counters,
+            balancer: &balancer,
+            swarms: &swarms,
+            spot: &spot,
+            credentials: &credentials,
+            generations: BTreeMap::from([("debian".to_string(), 4)]),
+            origin_http_bytes: 1234,
+            origin_seed_bytes: 56,
+        });
+        for line in [
+            "mirrorswarm_origin_http_bytes_total 1234",
+            "mirrorswarm_origin_seed_bytes_total 56",
+            "mirrorswarm_quarantines_total 2",
+            "mirrorswarm_repo_generation{repo=\"debian\"} 4",
+            "mirrorswarm_volunteer_customer_connections{volunteer=\"alice \\\"the\\\" mirror\"} 2",
+            "mirrorswarm_volunteer_generation{volunteer=\"alice \\\"the\\\" mirror\",repo=\"debian\"} 3",
+            "mirrorswarm_requests_total{policy=\"feedback\",outcome=\"volunteer\"} 0",
+        ] {
+            assert!(text.contains(line), "no `{line}` in:\n{text}");
+        }
+    }
 }

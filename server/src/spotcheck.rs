@@ -6,16 +6,45 @@
 //! so a false report costs the reporter nothing and the volunteer nothing.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use balance::Balancer;
 use futures_util::StreamExt;
 use rand::Rng;
 use sha1::Digest as _;
 
-use crate::locks::{lock, write};
-use crate::state::AppState;
+use crate::locks::{lock, read, write};
+use crate::snapshots::Snapshots;
+use crate::spot_ledger::SpotChecks;
+use crate::store::{Store, VolunteerRecord};
+
+/// What spot checks read and change: the parts of the server's state they need.
+#[derive(Clone, Copy)]
+pub struct Parts<'a> {
+    pub trust: &'a config::TrustConfig,
+    /// Files up to this size the server serves itself: checks prefer the others.
+    pub direct_max_bytes: u64,
+    /// Where the published torrents (their pieces' SHA-1s) are.
+    pub data_dir: &'a Path,
+    /// Who is up, and where a verdict lands (quarantine, observed speed).
+    pub balancer: &'a Balancer,
+    pub repos: &'a Snapshots,
+    pub spot: &'a SpotChecks,
+    /// Where a quarantine is recorded, to outlast a restart.
+    pub store: &'a Store,
+    /// Enrolled volunteers by id: names for the log, and the quarantine as the admin sees it.
+    pub credentials: &'a RwLock<HashMap<String, VolunteerRecord>>,
+    /// Counted when a volunteer is newly quarantined.
+    pub quarantines: &'a AtomicU64,
+}
+
+/// The server's state as spot checks see it.
+pub trait Source: Send + Sync + 'static {
+    fn spot_parts(&self) -> Parts<'_>;
+}
 
 /// Checks of fewer bytes than this say nothing about a volunteer's speed.
 const MIN_SPEED_SAMPLE: u64 = 128 * 1024;
@@ -73,8 +102,8 @@ struct Due {
 }
 
 /// Run spot checks until the process ends. Does nothing when `trust.spot_check_secs` is 0.
-pub async fn run(st: Arc<AppState>) {
-    let cfg = st.config.trust.clone();
+pub async fn run<S: Source>(st: Arc<S>) {
+    let cfg = st.spot_parts().trust.clone();
     if cfg.spot_check_secs == 0 {
         tracing::info!("spot checks off (trust.spot_check_secs = 0)");
         return;
@@ -93,14 +122,14 @@ pub async fn run(st: Arc<AppState>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = st.spot.wake.notified() => {}
+            _ = st.spot_parts().spot.wake.notified() => {}
         }
-        let due = due_now(&st, Instant::now());
+        let due = due_now(st.spot_parts(), Instant::now());
         let mut checks = tokio::task::JoinSet::new();
         // A bounded number at once: checks must not become a load of their own.
         for d in due.into_iter().take(16) {
             let (st, client) = (st.clone(), client.clone());
-            checks.spawn(async move { check_volunteer(&st, &client, d).await });
+            checks.spawn(async move { check_volunteer(st.spot_parts(), &client, d).await });
         }
         while checks.join_next().await.is_some() {}
     }
@@ -108,9 +137,9 @@ pub async fn run(st: Arc<AppState>) {
 
 /// Volunteers whose next check is due. The first check of a volunteer comes at a random
 /// point of its first period, so a restarted server does not check everyone at once.
-fn due_now(st: &AppState, now: Instant) -> Vec<Due> {
-    let base = Duration::from_secs(st.config.trust.spot_check_secs);
-    let fast = base / st.config.trust.suspect_speedup.max(1);
+fn due_now(st: Parts<'_>, now: Instant) -> Vec<Due> {
+    let base = Duration::from_secs(st.trust.spot_check_secs);
+    let fast = base / st.trust.suspect_speedup.max(1);
     let reg = st.balancer.registry();
     let mut tracks = lock(&st.spot.tracks);
     let mut due = Vec::new();
@@ -142,7 +171,7 @@ fn due_now(st: &AppState, now: Instant) -> Vec<Due> {
     due
 }
 
-async fn check_volunteer(st: &AppState, client: &reqwest::Client, d: Due) {
+async fn check_volunteer(st: Parts<'_>, client: &reqwest::Client, d: Due) {
     let Some(target) = pick_target(st, &d) else {
         return;
     };
@@ -152,7 +181,7 @@ async fn check_volunteer(st: &AppState, client: &reqwest::Client, d: Due) {
 
 /// The suspect file if there is one and the volunteer should hold it, else a random file it
 /// holds (its bytes changed no later than the generation it announced).
-fn pick_target(st: &AppState, d: &Due) -> Option<Target> {
+fn pick_target(st: Parts<'_>, d: &Due) -> Option<Target> {
     let held: HashMap<&str, u64> = d
         .generations
         .iter()
@@ -161,7 +190,7 @@ fn pick_target(st: &AppState, d: &Due) -> Option<Target> {
     let mut rng = rand::thread_rng();
     let (repo, rel) = match &d.suspect {
         Some((repo, rel))
-            if st.repo(repo).is_some_and(|s| {
+            if st.repos.get(repo).is_some_and(|s| {
                 s.files
                     .get(rel)
                     .is_some_and(|e| held.get(repo.as_str()).is_some_and(|&g| e.changed_in <= g))
@@ -175,14 +204,14 @@ fn pick_target(st: &AppState, d: &Due) -> Option<Target> {
                 return None;
             }
             let (repo, g) = repos[rng.gen_range(0..repos.len())];
-            let snap = st.repo(repo)?;
+            let snap = st.repos.get(repo)?;
             let n = snap.files.len();
             if n == 0 {
                 return None;
             }
             // A few tries for a file it holds that customers are redirected for (larger than
             // what the server serves itself); failing that, any file it holds.
-            let direct = st.config.redirect.direct_max_bytes;
+            let direct = st.direct_max_bytes;
             let mut found = None;
             for _ in 0..16 {
                 let (rel, e) = snap.files.nth(rng.gen_range(0..n))?;
@@ -199,7 +228,7 @@ fn pick_target(st: &AppState, d: &Due) -> Option<Target> {
             (repo.to_string(), found?)
         }
     };
-    let snap = st.repo(&repo)?;
+    let snap = st.repos.get(&repo)?;
     let entry = snap.files.get(&rel)?;
     let url = crate::urls::volunteer_url(&d.url, &repo, &rel);
     let whole = Expect::Whole {
@@ -208,10 +237,10 @@ fn pick_target(st: &AppState, d: &Due) -> Option<Target> {
     };
     // Large files are checked one piece at a time, by the published torrent's SHA-1s; a large
     // file without a torrent (below `torrent_min_bytes`) is checked whole.
-    let torrent = (entry.size > st.config.trust.whole_file_max_bytes)
+    let torrent = (entry.size > st.trust.whole_file_max_bytes)
         .then(|| {
             std::fs::read(crate::publish::artifact_path(
-                &st.config.data_dir,
+                st.data_dir,
                 &entry.sha256.to_hex(),
                 "torrent",
             ))
@@ -339,7 +368,7 @@ pub async fn fetch_and_verify(client: &reqwest::Client, t: &Target) -> Verdict {
 /// Compare each volunteer's observed speed with the median of all observed (each after at
 /// least `MIN_SPEED_SAMPLES` checks): one that serves the server's checks at under a quarter
 /// of the median has its share cut in proportion, whatever load it reports. This is what catches a volunteer that claims to be idle but is slow.
-fn update_observed_speeds(st: &AppState) {
+fn update_observed_speeds(st: Parts<'_>) {
     let speeds: Vec<(String, f64)> = lock(&st.spot.tracks)
         .iter()
         .filter(|(_, t)| t.speed_samples >= MIN_SPEED_SAMPLES)
@@ -362,8 +391,10 @@ fn update_observed_speeds(st: &AppState) {
 }
 
 /// Act on a verdict: quarantine on a mismatch, count passes towards release.
-async fn apply(st: &AppState, id: &str, t: &Target, verdict: Verdict) {
-    let name = st.credential(id).map_or_else(|| id.to_string(), |c| c.name);
+async fn apply(st: Parts<'_>, id: &str, t: &Target, verdict: Verdict) {
+    let name = read(st.credentials)
+        .get(id)
+        .map_or_else(|| id.to_string(), |c| c.name.clone());
     let quarantined = st.balancer.registry().is_quarantined(id);
     match verdict {
         Verdict::Pass { bytes, secs } => {
@@ -382,7 +413,7 @@ async fn apply(st: &AppState, id: &str, t: &Target, verdict: Verdict) {
                 }
                 if quarantined {
                     tr.passes += 1;
-                    tr.passes >= st.config.trust.release_after_passes && tr.suspect.is_none()
+                    tr.passes >= st.trust.release_after_passes && tr.suspect.is_none()
                 } else {
                     false
                 }
@@ -395,7 +426,7 @@ async fn apply(st: &AppState, id: &str, t: &Target, verdict: Verdict) {
                     return;
                 }
                 st.balancer.registry().set_quarantined(id, false);
-                if let Some(c) = write(&st.credentials).get_mut(id) {
+                if let Some(c) = write(st.credentials).get_mut(id) {
                     c.quarantine = None;
                 }
                 if let Some(tr) = lock(&st.spot.tracks).get_mut(id) {
@@ -418,10 +449,10 @@ async fn apply(st: &AppState, id: &str, t: &Target, verdict: Verdict) {
                 tracing::error!(volunteer = %name, error = %e, "cannot record a quarantine");
             }
             if !quarantined {
-                st.counters.quarantines.fetch_add(1, Ordering::Relaxed);
+                st.quarantines.fetch_add(1, Ordering::Relaxed);
             }
             st.balancer.registry().set_quarantined(id, true);
-            if let Some(c) = write(&st.credentials).get_mut(id) {
+            if let Some(c) = write(st.credentials).get_mut(id) {
                 c.quarantine = Some(reason.clone());
             }
             tracing::warn!(volunteer = %name, %reason, "spot check failed: volunteer quarantined, no redirects until it passes again");

@@ -51,6 +51,22 @@ pub struct AppState {
     pub origin_peers: RwLock<std::collections::HashSet<std::net::SocketAddr>>,
 }
 
+impl crate::spotcheck::Source for AppState {
+    fn spot_parts(&self) -> crate::spotcheck::Parts<'_> {
+        crate::spotcheck::Parts {
+            trust: &self.config.trust,
+            direct_max_bytes: self.config.redirect.direct_max_bytes,
+            data_dir: &self.config.data_dir,
+            balancer: &self.balancer,
+            repos: &self.repos,
+            spot: &self.spot,
+            store: &self.store,
+            credentials: &self.credentials,
+            quarantines: &self.counters.quarantines,
+        }
+    }
+}
+
 impl AppState {
     pub fn repo(&self, name: &str) -> Option<Arc<RepoSnapshot>> {
         self.repos.get(name)
@@ -62,6 +78,22 @@ impl AppState {
             .into_iter()
             .map(|s| (s.name.clone(), s.generation()))
             .collect()
+    }
+
+    /// What `/metrics` reads.
+    pub fn metrics_sources(&self) -> crate::metrics::Sources<'_> {
+        crate::metrics::Sources {
+            counters: &self.counters,
+            balancer: &self.balancer,
+            swarms: &self.swarms,
+            spot: &self.spot,
+            credentials: &self.credentials,
+            generations: self.latest_generations(),
+            origin_http_bytes: self
+                .origin_http_bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            origin_seed_bytes: self.seed.get().map_or(0, |s| s.uploaded_bytes()),
+        }
     }
 
     pub fn credential(&self, id: &str) -> Option<VolunteerRecord> {

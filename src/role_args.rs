@@ -25,6 +25,11 @@ pub struct ServerArgs {
     /// URL customers and volunteers reach this server at [default: http://<listen>].
     #[arg(long)]
     pub public_url: Option<String>,
+    /// Database: sqlite://PATH or postgres://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE; servers
+    /// sharing one PostgreSQL database are replicas of one mirror [default: SQLite in the data
+    /// directory]. MIRRORSWARM_DATABASE also sets it (keeps a password off the command line).
+    #[arg(long, env = "MIRRORSWARM_DATABASE")]
+    pub database: Option<String>,
     /// Balancing policy: feedback, least-connections, request-counting or
     /// feedback-connections [default: feedback].
     #[arg(long)]
@@ -125,6 +130,9 @@ pub fn server_config(a: ServerArgs) -> Result<ServerConfig> {
     }
     if let Some(v) = a.public_url {
         cfg.public_url = Some(v);
+    }
+    if let Some(v) = a.database {
+        cfg.database = Some(v);
     }
     if let Some(v) = a.policy {
         cfg.redirect.policy = v;

@@ -64,6 +64,11 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Where the server keeps its database, signing key and manifests. Default `./mirrorswarm-data`.
     pub data_dir: PathBuf,
+    /// Where the durable state lives (volunteers, credentials, tokens, generation history):
+    /// `sqlite://PATH` or `postgres://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE`. Servers that
+    /// share one PostgreSQL database are replicas of one mirror. Default: SQLite in the data
+    /// directory (`<data_dir>/db`).
+    pub database: Option<String>,
     /// The URL customers and volunteers use to reach this server. Default `http://<listen>`.
     pub public_url: Option<String>,
     /// Repositories to publish: name → directory.
@@ -196,6 +201,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("mirrorswarm-data"),
+            database: None,
             public_url: None,
             repos: BTreeMap::new(),
             tracker: TrackerConfig::default(),
@@ -409,6 +415,15 @@ impl ServerConfig {
         }
         if let Some(url) = &self.public_url {
             validate_http_url(url).map_err(|r| invalid("public_url", r))?;
+        }
+        if let Some(url) = &self.database {
+            let known = ["sqlite://", "postgres://", "postgresql://"];
+            if !known.iter().any(|k| url.starts_with(k)) {
+                return Err(invalid(
+                    "database",
+                    "expected sqlite://PATH or postgres://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE",
+                ));
+            }
         }
         self.tracker.validate()?;
         if !POLICY_NAMES.contains(&self.redirect.policy.as_str()) {

@@ -205,9 +205,14 @@ pub async fn build_state(
     std::fs::create_dir_all(&data.0)
         .with_context(|| format!("creating data dir {}", data.0.display()))?;
     let key = Arc::new(ServerKey::load_or_create(&data.key())?);
-    let store = Store::open(&data.db())
-        .await
-        .with_context(|| format!("opening {}", data.db().display()))?;
+    let store = match &cfg.database {
+        Some(url) => Store::connect(url).await?,
+        None => Store::open(&data.db())
+            .await
+            .with_context(|| format!("opening {}", data.db().display()))?,
+    };
+    tracing::info!(database = %cfg.database.as_deref().map_or_else(|| data.db().display().to_string(), store::redacted), "store open");
+    store.claim_mirror(&key.fingerprint().0).await?;
     let admin_token = load_or_create_admin_token(&data.admin_token())?;
     let slow_start = std::time::Duration::from_secs(cfg.redirect.slow_start_secs);
     let policy = match policy {

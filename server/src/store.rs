@@ -1,26 +1,41 @@
-//! The server's durable state in an embedded SQLite database: volunteers and their
-//! credentials, enrollment tokens, and the history of published generations.
+//! The server's durable state: volunteers and their credentials, enrollment tokens, and the
+//! history of published generations, in an embedded SQLite file (the default, in the data
+//! directory) or in PostgreSQL, which several servers share as replicas of one mirror.
 //!
 //! Everything else (live load, which generation a volunteer holds) is soft state rebuilt from
-//! announces after a restart. The database runs in WAL mode so `mirrorswarm enroll` can write
-//! while the server runs.
+//! announces after a restart. SQLite runs in WAL mode so `mirrorswarm enroll` can write while
+//! the server runs.
+//!
+//! One set of queries serves both engines, through sqlx's runtime-generic driver: `$N`
+//! placeholders (SQLite reads them too), 64-bit integers for every number and flag, and
+//! `ON CONFLICT` rather than SQLite's `OR REPLACE`. What differs is each engine's own
+//! migrations (`migrations/sqlite/`, `migrations/postgres/`, the same versions) and how a
+//! connection is opened.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::RngCore;
 use sha2::Digest;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::AnyPool;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-};
-use sqlx::Row;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{ConnectOptions, Connection, Executor, Row};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("unsupported database URL `{0}`: expected sqlite://PATH or postgres://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE")]
+    BadUrl(String),
+    #[error("cannot open the database {url}: {source}")]
+    Connect {
+        /// The URL without its password.
+        url: String,
+        source: sqlx::Error,
+    },
     #[error(
         "database schema: {0} (is this database from a newer mirrorswarm, or edited by hand?)"
     )]
@@ -33,6 +48,8 @@ pub enum StoreError {
         key: String,
         what: String,
     },
+    #[error("this database belongs to the mirror whose signing key is {theirs}, and this server's key is {ours}: servers sharing a database are replicas of one mirror and must share its key (copy server.key from a replica into this server's data directory), or give this server a database of its own")]
+    OtherMirror { ours: String, theirs: String },
     #[error("enrollment token is unknown, already used, or expired")]
     BadToken,
     #[error("malformed enrollment token: expected <secret>.<server key fingerprint>")]
@@ -68,9 +85,17 @@ pub struct GenerationRecord {
     pub changed_files: u64,
 }
 
+/// The database engines a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
 }
 
 pub fn now_secs() -> u64 {
@@ -91,12 +116,40 @@ fn token_hash(secret: &str) -> String {
 
 /// The SQLite schema's versions, oldest first (files under `migrations/sqlite/`, built into
 /// the binary). sqlx applies each once, in a transaction, and records it with its checksum in
-/// `_sqlx_migrations`. A second backend is a second list of the same versions.
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../migrations/sqlite/0001_initial.sql"),
-)];
+/// `_sqlx_migrations`.
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../migrations/sqlite/0001_initial.sql"),
+    ),
+    (
+        2,
+        "mirror",
+        include_str!("../migrations/sqlite/0002_mirror.sql"),
+    ),
+];
+
+/// PostgreSQL's: the same versions, in its types. Replicas starting at once are safe: sqlx
+/// holds an advisory lock while it migrates.
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        "mirror",
+        include_str!("../migrations/postgres/0002_mirror.sql"),
+    ),
+];
+
+/// How long a SQLite writer waits for another (an `enroll` beside the server).
+const SQLITE_BUSY: Duration = Duration::from_secs(10);
+
+/// Connections in the pool: the request path never uses the store, so a few suffice.
+const POOL_SIZE: u32 = 4;
 
 /// Migrations built into the binary, as sqlx's migrator reads them.
 #[derive(Debug)]
@@ -131,7 +184,8 @@ const LEGACY_COLUMNS: &[(&str, &str, &str)] = &[("volunteers", "quarantine", "TE
 
 /// Bring a database made before versioned migrations (its tables but no `_sqlx_migrations`)
 /// to the shape of version 1, by the names of the columns it has.
-async fn adopt_legacy(pool: &SqlitePool) -> Result<(), StoreError> {
+/// (SQLite only: PostgreSQL came after.)
+async fn adopt_legacy(pool: &AnyPool) -> Result<(), StoreError> {
     let versioned: Option<i64> = sqlx::query_scalar(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
     )
@@ -141,7 +195,7 @@ async fn adopt_legacy(pool: &SqlitePool) -> Result<(), StoreError> {
         return Ok(());
     }
     for &(table, column, definition) in LEGACY_COLUMNS {
-        let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info(?)")
+        let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info($1)")
             .bind(table)
             .fetch_all(pool)
             .await?;
@@ -163,7 +217,7 @@ const VOLUNTEER_COLUMNS: &str =
 /// A volunteer's secret is 32 random bytes; anything much shorter was not written by us.
 const MIN_SECRET_BYTES: usize = 16;
 
-fn volunteer_from_row(r: &SqliteRow) -> Result<VolunteerRecord, StoreError> {
+fn volunteer_from_row(r: &AnyRow) -> Result<VolunteerRecord, StoreError> {
     let id: String = r.try_get("id")?;
     let corrupt = |what: String| StoreError::CorruptRow {
         table: "volunteers",
@@ -194,7 +248,7 @@ fn volunteer_from_row(r: &SqliteRow) -> Result<VolunteerRecord, StoreError> {
 
 /// A published generation's record. Its counts are written from `u64`s; a negative one is a
 /// damaged row.
-fn generation_from_row(r: &SqliteRow) -> Result<GenerationRecord, StoreError> {
+fn generation_from_row(r: &AnyRow) -> Result<GenerationRecord, StoreError> {
     let repo: String = r.try_get("repo")?;
     let generation: i64 = r.try_get("generation")?;
     let count = |column: &str| -> Result<u64, StoreError> {
@@ -214,24 +268,141 @@ fn generation_from_row(r: &SqliteRow) -> Result<GenerationRecord, StoreError> {
     })
 }
 
+/// `url` without a password, for messages and logs.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Which engine a database URL names, and for SQLite the file.
+fn parse_url(url: &str) -> Result<(Backend, Option<PathBuf>), StoreError> {
+    let bad = || StoreError::BadUrl(redacted(url));
+    let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
+    match scheme {
+        "sqlite" => {
+            let path = rest.split('?').next().unwrap_or_default();
+            if path.is_empty() {
+                return Err(bad());
+            }
+            Ok((Backend::Sqlite, Some(PathBuf::from(path))))
+        }
+        "postgres" | "postgresql" => {
+            url::Url::parse(url).map_err(|_| bad())?;
+            Ok((Backend::Postgres, None))
+        }
+        _ => Err(bad()),
+    }
+}
+
 impl Store {
-    /// Open (creating if needed) the database at `path`.
+    /// Open (creating if needed) the SQLite database at `path`.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
-        let opts = SqliteConnectOptions::from_str("sqlite:")?
+        sqlx::any::install_default_drivers();
+        let sqlite = SqliteConnectOptions::from_str("sqlite:")?
             .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            .create_if_missing(true);
+        let opts = AnyConnectOptions::from_url(&sqlite.to_url_lossy())?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(POOL_SIZE)
+            // Per connection: how long a writer waits for another.
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(
+                        format!("PRAGMA busy_timeout = {}", SQLITE_BUSY.as_millis()).as_str(),
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
             .connect_with(opts)
+            .await
+            .map_err(|source| StoreError::Connect {
+                url: path.display().to_string(),
+                source,
+            })?;
+        // Persistent in the file: readers never block the writer, nor it them.
+        sqlx::query("PRAGMA journal_mode = WAL")
+            .execute(&pool)
             .await?;
         adopt_legacy(&pool).await?;
         Migrator::new(Embedded(SQLITE_MIGRATIONS))
             .await?
             .run(&pool)
             .await?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            backend: Backend::Sqlite,
+        })
+    }
+
+    /// Open the database `url` names: `sqlite://PATH` (created if needed) or
+    /// `postgres://…` (the database must exist; its tables are made or migrated).
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        match parse_url(url)? {
+            (Backend::Sqlite, Some(path)) => Store::open(&path).await,
+            _ => Store::connect_postgres(url).await,
+        }
+    }
+
+    async fn connect_postgres(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let connect_error = |source| StoreError::Connect {
+            url: redacted(url),
+            source,
+        };
+        let opts = AnyConnectOptions::from_str(url).map_err(connect_error)?;
+        // Fail at once with the reason (refused, no such database, bad password) rather than
+        // after the pool's timeout with "pool timed out".
+        sqlx::AnyConnection::connect_with(&opts)
+            .await
+            .map_err(connect_error)?
+            .close()
+            .await
+            .map_err(connect_error)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(opts)
+            .await
+            .map_err(connect_error)?;
+        Migrator::new(Embedded(POSTGRES_MIGRATIONS))
+            .await?
+            .run(&pool)
+            .await?;
+        Ok(Store {
+            pool,
+            backend: Backend::Postgres,
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Claim the database for the mirror whose key has `fingerprint`: the first server to
+    /// open it writes it; any later one must have the same key.
+    pub async fn claim_mirror(&self, fingerprint: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO mirror (id, key_fingerprint) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(fingerprint)
+        .execute(&self.pool)
+        .await?;
+        let theirs: String = sqlx::query_scalar("SELECT key_fingerprint FROM mirror WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        if theirs != fingerprint {
+            return Err(StoreError::OtherMirror {
+                ours: fingerprint.to_string(),
+                theirs,
+            });
+        }
+        Ok(())
     }
 
     /// Create a one-time enrollment token for a volunteer called `name`. The returned token is
@@ -242,7 +413,7 @@ impl Store {
         fingerprint: &str,
         ttl_secs: u64,
     ) -> Result<String, StoreError> {
-        let taken = sqlx::query("SELECT 1 FROM volunteers WHERE name = ? AND revoked = 0")
+        let taken = sqlx::query("SELECT 1 FROM volunteers WHERE name = $1 AND revoked = 0")
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
@@ -251,7 +422,7 @@ impl Store {
         }
         let secret = random_hex(16);
         let now = now_secs();
-        sqlx::query("INSERT INTO enrollment_tokens (token_hash, name, created_at, expires_at) VALUES (?, ?, ?, ?)")
+        sqlx::query("INSERT INTO enrollment_tokens (token_hash, name, created_at, expires_at) VALUES ($1, $2, $3, $4)")
             .bind(token_hash(&secret))
             .bind(name)
             .bind(now as i64)
@@ -272,8 +443,10 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         // Write first, so the transaction takes SQLite's write lock up front: a read that
         // later upgrades fails at once with "database is locked" under concurrent enrollments.
+        // (On PostgreSQL the row lock does it: a second redeem of the token waits, then finds
+        // it used, so a token works once whichever replica takes it.)
         let row = sqlx::query(
-            "UPDATE enrollment_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL AND expires_at > ? RETURNING name",
+            "UPDATE enrollment_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL AND expires_at > $3 RETURNING name",
         )
         .bind(now)
         .bind(token_hash(secret_part))
@@ -285,7 +458,7 @@ impl Store {
             None => return Err(StoreError::BadToken),
         };
         // A re-enrolled name replaces a revoked record of the same name.
-        sqlx::query("DELETE FROM volunteers WHERE name = ? AND revoked = 1")
+        sqlx::query("DELETE FROM volunteers WHERE name = $1 AND revoked = 1")
             .bind(&name)
             .execute(&mut *tx)
             .await?;
@@ -304,7 +477,7 @@ impl Store {
             quarantine: None,
         };
         let res = sqlx::query(
-            "INSERT INTO volunteers (id, name, secret_hex, url, enrolled_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO volunteers (id, name, secret_hex, url, enrolled_at) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(&rec.id)
         .bind(&rec.name)
@@ -359,7 +532,7 @@ impl Store {
 
     /// Quarantine the volunteer with `id` for `reason`, or (None) lift its quarantine.
     pub async fn set_quarantine(&self, id: &str, reason: Option<&str>) -> Result<(), StoreError> {
-        sqlx::query("UPDATE volunteers SET quarantine = ? WHERE id = ?")
+        sqlx::query("UPDATE volunteers SET quarantine = $1 WHERE id = $2")
             .bind(reason)
             .bind(id)
             .execute(&self.pool)
@@ -373,7 +546,7 @@ impl Store {
         set: &'static str,
     ) -> Result<VolunteerRecord, StoreError> {
         let row = sqlx::query(&format!(
-            "UPDATE volunteers SET {set} WHERE name = ? AND revoked = 0 RETURNING {VOLUNTEER_COLUMNS}"
+            "UPDATE volunteers SET {set} WHERE name = $1 AND revoked = 0 RETURNING {VOLUNTEER_COLUMNS}"
         ))
         .bind(name)
         .fetch_optional(&self.pool)
@@ -391,7 +564,7 @@ impl Store {
 
     pub async fn record_generation(&self, g: &GenerationRecord) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT OR REPLACE INTO generations (repo, generation, published_at, files, bytes, changed_files) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO generations (repo, generation, published_at, files, bytes, changed_files) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (repo, generation) DO UPDATE SET published_at = excluded.published_at, files = excluded.files, bytes = excluded.bytes, changed_files = excluded.changed_files",
         )
         .bind(&g.repo)
         .bind(g.generation as i64)
@@ -409,7 +582,7 @@ impl Store {
         repo: &str,
     ) -> Result<Option<GenerationRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT repo, generation, published_at, files, bytes, changed_files FROM generations WHERE repo = ? ORDER BY generation DESC LIMIT 1",
+            "SELECT repo, generation, published_at, files, bytes, changed_files FROM generations WHERE repo = $1 ORDER BY generation DESC LIMIT 1",
         )
         .bind(repo)
         .fetch_optional(&self.pool)
@@ -422,17 +595,76 @@ impl Store {
 mod tests {
     use super::*;
 
+    /// A database for one test, on either engine; reopened as the server would after a
+    /// restart. PostgreSQL's is a throwaway cluster of the test's own, stopped on drop.
+    enum Db {
+        Sqlite(tempfile::TempDir),
+        /// The cluster is held for its drop, which stops and removes it.
+        Postgres(#[allow(dead_code)] pgtest::Cluster, String),
+    }
+
+    impl Db {
+        fn sqlite() -> Db {
+            Db::Sqlite(tempfile::tempdir().unwrap())
+        }
+
+        fn postgres() -> Db {
+            let cluster = pgtest::Cluster::start();
+            let url = cluster.create_database("store");
+            Db::Postgres(cluster, url)
+        }
+
+        async fn open(&self) -> Store {
+            match self {
+                Db::Sqlite(dir) => Store::open(&dir.path().join("db")).await.unwrap(),
+                Db::Postgres(_, url) => Store::connect(url).await.unwrap(),
+            }
+        }
+
+        async fn try_open(&self) -> Result<Store, StoreError> {
+            match self {
+                Db::Sqlite(dir) => Store::open(&dir.path().join("db")).await,
+                Db::Postgres(_, url) => Store::connect(url).await,
+            }
+        }
+    }
+
+    /// `$case(Db)` as two tests, `…::sqlite` and `…::postgres`.
+    macro_rules! on_both_engines {
+        ($($case:ident),* $(,)?) => {$(
+            mod $case {
+                #[tokio::test(flavor = "multi_thread")]
+                async fn sqlite() {
+                    super::$case(super::Db::sqlite()).await
+                }
+                #[tokio::test(flavor = "multi_thread")]
+                async fn postgres() {
+                    super::$case(super::Db::postgres()).await
+                }
+            }
+        )*};
+    }
+
+    on_both_engines!(
+        tokens_work_once_and_survive_reopen,
+        standing_changes_persist,
+        expired_tokens_are_refused,
+        generations_are_kept,
+        concurrent_enrollments_all_succeed,
+        a_token_redeemed_at_once_through_two_stores_works_once,
+        a_corrupt_secret_is_an_error_naming_its_row_not_an_empty_key,
+        a_database_from_a_newer_build_is_refused,
+        a_database_is_one_mirrors_and_a_server_with_another_key_is_refused,
+    );
+
     /// The newest generation recorded for `repo`.
     async fn latest(store: &Store, repo: &str) -> u64 {
         let rec = store.latest_generation(repo).await.unwrap();
         rec.expect("a generation recorded").generation
     }
 
-    #[tokio::test]
-    async fn tokens_work_once_and_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("db.sqlite");
-        let store = Store::open(&db).await.unwrap();
+    async fn tokens_work_once_and_survive_reopen(db: Db) {
+        let store = db.open().await;
         let token = store.create_enrollment("alpha", "fp", 3600).await.unwrap();
         assert!(token.ends_with(".fp"));
         let rec = store.redeem(&token, "http://127.0.0.1:1").await.unwrap();
@@ -452,8 +684,8 @@ mod tests {
                 .await,
             Err(StoreError::BadToken)
         ));
-        drop(store);
-        let store = Store::open(&db).await.unwrap();
+        store.pool.close().await;
+        let store = db.open().await;
         let vs = store.volunteers().await.unwrap();
         assert_eq!(vs.len(), 1);
         assert_eq!(vs[0].secret, rec.secret);
@@ -463,11 +695,8 @@ mod tests {
         ));
     }
 
-    #[tokio::test]
-    async fn standing_changes_persist() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("db.sqlite");
-        let store = Store::open(&db).await.unwrap();
+    async fn standing_changes_persist(db: Db) {
+        let store = db.open().await;
         let token = store.create_enrollment("beta", "fp", 3600).await.unwrap();
         let rec = store.redeem(&token, "http://127.0.0.1:1").await.unwrap();
         assert!(store.set_draining("beta", true).await.unwrap().draining);
@@ -475,9 +704,9 @@ mod tests {
             .set_quarantine(&rec.id, Some("bad bytes"))
             .await
             .unwrap();
-        drop(store);
+        store.pool.close().await;
         // Reopening finds every migration applied and runs none.
-        let store = Store::open(&db).await.unwrap();
+        let store = db.open().await;
         let v = &store.volunteers().await.unwrap()[0];
         assert!(v.draining);
         assert_eq!(v.quarantine.as_deref(), Some("bad bytes"));
@@ -493,12 +722,13 @@ mod tests {
             store.set_draining("nobody", true).await,
             Err(StoreError::NoSuchVolunteer(_))
         ));
+        // Its name can be enrolled again.
+        let token = store.create_enrollment("beta", "fp", 3600).await.unwrap();
+        assert!(!store.redeem(&token, "http://y").await.unwrap().revoked);
     }
 
-    #[tokio::test]
-    async fn expired_tokens_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db")).await.unwrap();
+    async fn expired_tokens_are_refused(db: Db) {
+        let store = db.open().await;
         let token = store.create_enrollment("b", "fp", 0).await.unwrap();
         assert!(matches!(
             store.redeem(&token, "http://x").await,
@@ -506,10 +736,8 @@ mod tests {
         ));
     }
 
-    #[tokio::test]
-    async fn generations_are_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db")).await.unwrap();
+    async fn generations_are_kept(db: Db) {
+        let store = db.open().await;
         assert_eq!(store.latest_generation("r").await.unwrap(), None);
         for g in 1..=3 {
             let rec = GenerationRecord {
@@ -523,12 +751,21 @@ mod tests {
             store.record_generation(&rec).await.unwrap();
         }
         assert_eq!(latest(&store, "r").await, 3);
+        // Recorded again (a publish retried): replaced, not doubled.
+        let again = GenerationRecord {
+            repo: "r".into(),
+            generation: 3,
+            published_at: 30,
+            files: 5,
+            bytes: 6,
+            changed_files: 2,
+        };
+        store.record_generation(&again).await.unwrap();
+        assert_eq!(store.latest_generation("r").await.unwrap(), Some(again));
     }
 
-    #[tokio::test]
-    async fn concurrent_enrollments_all_succeed() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db")).await.unwrap();
+    async fn concurrent_enrollments_all_succeed(db: Db) {
+        let store = db.open().await;
         let mut set = tokio::task::JoinSet::new();
         for i in 0..6 {
             let token = store
@@ -546,13 +783,83 @@ mod tests {
         assert_eq!(store.volunteers().await.unwrap().len(), 6);
     }
 
-    /// A database made before versioned migrations: the first tables, without `quarantine`.
+    /// Two servers on one database (replicas, or `enroll` beside a server) take the same
+    /// token at the same moment: one gets the volunteer, the other is refused.
+    async fn a_token_redeemed_at_once_through_two_stores_works_once(db: Db) {
+        let (a, b) = (db.open().await, db.open().await);
+        for i in 0..8 {
+            let token = a
+                .create_enrollment(&format!("w{i}"), "fp", 60)
+                .await
+                .unwrap();
+            let (ra, rb) = tokio::join!(a.redeem(&token, "http://a"), b.redeem(&token, "http://b"));
+            let won = [&ra, &rb].iter().filter(|r| r.is_ok()).count();
+            assert_eq!(won, 1, "{ra:?} {rb:?}");
+            for r in [ra, rb] {
+                assert!(matches!(r, Ok(_) | Err(StoreError::BadToken)), "{r:?}");
+            }
+        }
+        assert_eq!(b.volunteers().await.unwrap().len(), 8);
+    }
+
+    async fn a_corrupt_secret_is_an_error_naming_its_row_not_an_empty_key(db: Db) {
+        let store = db.open().await;
+        let token = store.create_enrollment("gamma", "fp", 60).await.unwrap();
+        let rec = store.redeem(&token, "http://x").await.unwrap();
+        for bad in ["not hex", ""] {
+            sqlx::query("UPDATE volunteers SET secret_hex = $1 WHERE id = $2")
+                .bind(bad)
+                .bind(&rec.id)
+                .execute(&store.pool)
+                .await
+                .unwrap();
+            let err = store.volunteers().await.unwrap_err();
+            assert!(
+                matches!(&err, StoreError::CorruptRow { table: "volunteers", key, .. } if key == &format!("id={}", rec.id)),
+                "{err}"
+            );
+            assert!(err.to_string().contains("secret_hex"), "{err}");
+        }
+    }
+
+    async fn a_database_from_a_newer_build_is_refused(db: Db) {
+        let store = db.open().await;
+        // What a later build's migration 999 would leave behind.
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (999, 'later', $1, $2, 0)",
+        )
+        .bind(true)
+        .bind(vec![0u8])
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        store.pool.close().await;
+        let err = db.try_open().await.err().expect("refused");
+        assert!(matches!(err, StoreError::Schema(_)), "{err}");
+        assert!(err.to_string().contains("newer mirrorswarm"), "{err}");
+    }
+
+    async fn a_database_is_one_mirrors_and_a_server_with_another_key_is_refused(db: Db) {
+        let (a, b) = (db.open().await, db.open().await);
+        a.claim_mirror("key-a").await.unwrap();
+        // The same key again (a restart, a replica with the key copied): accepted.
+        b.claim_mirror("key-a").await.unwrap();
+        let err = b.claim_mirror("key-b").await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::OtherMirror { ours, theirs } if ours == "key-b" && theirs == "key-a"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("server.key"), "{err}");
+    }
+
+    /// A database made before versioned migrations (SQLite only: PostgreSQL came after):
+    /// the first tables, without `quarantine`.
     async fn legacy_database(path: &Path) {
         let opts = SqliteConnectOptions::from_str("sqlite:")
             .unwrap()
             .filename(path)
             .create_if_missing(true);
-        let pool = SqlitePool::connect_with(opts).await.unwrap();
+        let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
         for stmt in [
             "CREATE TABLE volunteers (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, secret_hex TEXT NOT NULL, url TEXT NOT NULL, enrolled_at INTEGER NOT NULL, revoked INTEGER NOT NULL DEFAULT 0, draining INTEGER NOT NULL DEFAULT 0)",
             "CREATE TABLE enrollment_tokens (token_hash TEXT PRIMARY KEY, name TEXT NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, used_at INTEGER)",
@@ -584,42 +891,48 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_corrupt_secret_is_an_error_naming_its_row_not_an_empty_key() {
+    async fn urls_name_their_engine_and_bad_ones_are_refused_without_their_password() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db")).await.unwrap();
-        let token = store.create_enrollment("gamma", "fp", 60).await.unwrap();
-        let rec = store.redeem(&token, "http://x").await.unwrap();
-        for bad in ["not hex", ""] {
-            sqlx::query("UPDATE volunteers SET secret_hex = ? WHERE id = ?")
-                .bind(bad)
-                .bind(&rec.id)
-                .execute(&store.pool)
-                .await
-                .unwrap();
-            let err = store.volunteers().await.unwrap_err();
-            assert!(
-                matches!(&err, StoreError::CorruptRow { table: "volunteers", key, .. } if key == &format!("id={}", rec.id)),
-                "{err}"
-            );
-            assert!(err.to_string().contains("secret_hex"), "{err}");
+        let path = dir.path().join("by-url.db");
+        let store = Store::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        assert_eq!(store.backend(), Backend::Sqlite);
+        assert!(path.is_file());
+        for bad in [
+            "mysql://u:secret@h/db",
+            "sqlite://",
+            "just-a-path",
+            "postgres//x",
+        ] {
+            let err = Store::connect(bad).await.err().expect("refused");
+            assert!(matches!(err, StoreError::BadUrl(_)), "{bad}: {err}");
+            assert!(!err.to_string().contains("secret"), "{err}");
         }
+        // Nothing listens there: refused at once, the reason given, the password hidden.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("postgres://u:hunter2@127.0.0.1:{port}/db");
+        let err = Store::connect(&url).await.err().expect("refused");
+        assert!(matches!(err, StoreError::Connect { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            !text.contains("hunter2") && text.contains("127.0.0.1"),
+            "{text}"
+        );
     }
 
-    #[tokio::test]
-    async fn a_database_from_a_newer_build_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("db");
-        let store = Store::open(&db).await.unwrap();
-        // What a later build's migration 999 would leave behind.
-        sqlx::query(
-            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (999, 'later', 1, x'00', 0)",
-        )
-        .execute(&store.pool)
-        .await
-        .unwrap();
-        drop(store);
-        let err = Store::open(&db).await.err().expect("refused");
-        assert!(matches!(err, StoreError::Schema(_)), "{err}");
-        assert!(err.to_string().contains("newer mirrorswarm"), "{err}");
+    #[test]
+    fn a_wrong_database_name_is_refused_with_the_reason() {
+        let cluster = pgtest::Cluster::start();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let err = rt
+            .block_on(Store::connect(&cluster.url("no_such_db")))
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("no_such_db"), "{err}");
     }
 }

@@ -136,10 +136,15 @@ pub async fn publish(target: &ServerTarget, repo: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// `mirrorswarm enroll`: through the server with `--server`; with `--data-dir`, in its
-/// database directly (SQLite's WAL lets the running server and this both write).
+/// `mirrorswarm enroll`: through the server with `--server`, or with `--data-dir` while a
+/// server runs there (its database may be PostgreSQL); with `--data-dir` and none running,
+/// in its SQLite database directly.
 pub async fn enroll(target: &ServerTarget, name: &str, ttl_hours: u64) -> Result<String> {
-    if target.server.is_some() {
+    let running = target
+        .data_dir
+        .as_deref()
+        .is_some_and(|d| server::running_server_url(d).is_ok());
+    if target.server.is_some() || running {
         let body = target
             .post_admin(
                 "/admin/enroll",
@@ -155,7 +160,7 @@ pub async fn enroll(target: &ServerTarget, name: &str, ttl_hours: u64) -> Result
     let Some(dir) = &target.data_dir else {
         bail!("pass --server URL or --data-dir DIR")
     };
-    server::DataDir::existing(dir)?;
+    server::DataDir::existing_sqlite(dir)?;
     server::create_enrollment_token(dir, name, ttl_hours * 3600).await
 }
 

@@ -58,27 +58,17 @@ impl Cluster {
                 &data,
             ],
         );
-        let opts = format!(
-            "-c port={} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+        // In the cluster's own configuration, so that a restart keeps them.
+        let settings = format!(
+            "\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n",
             c.port,
             c.dir.path().display()
         );
-        c.stopped = false;
-        c.run(
-            "pg_ctl",
-            &[
-                "start",
-                "-w",
-                "-t",
-                "60",
-                "-D",
-                &data,
-                "-l",
-                &c.log_path().display().to_string(),
-                "-o",
-                &opts,
-            ],
-        );
+        let conf = c.dir.path().join("data").join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("initdb's postgresql.conf");
+        text.push_str(&settings);
+        std::fs::write(&conf, text).expect("writing postgresql.conf");
+        c.restart();
         c
     }
 
@@ -135,7 +125,7 @@ impl Cluster {
         }
     }
 
-    /// Start it again after [`Self::stop`], on the same port.
+    /// Start the server: at first, and again after [`Self::stop`] (same port, same data).
     pub fn restart(&mut self) {
         if self.stopped {
             let data = self.data_dir();
@@ -161,26 +151,30 @@ impl Cluster {
         self.dir.path().join("server.log")
     }
 
-    /// Run one of PostgreSQL's programs as the cluster's owner; panics with its output if it
-    /// fails.
-    fn run(&self, program: &str, args: &[&str]) {
+    /// One of PostgreSQL's programs, to run as the cluster's owner in its directory.
+    fn command(&self, program: &str, args: &[&str]) -> Command {
         let path = self.bin.join(program);
-        let out = if as_root() {
-            Command::new("setpriv")
-                .arg(format!("--reuid={}", UNPRIVILEGED.0))
+        let mut c = if as_root() {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={}", UNPRIVILEGED.0))
                 .arg(format!("--regid={}", UNPRIVILEGED.1))
                 .args(["--clear-groups", "--"])
-                .arg(&path)
-                .args(args)
-                .current_dir(self.dir.path())
-                .output()
+                .arg(path);
+            c
         } else {
-            Command::new(&path)
-                .args(args)
-                .current_dir(self.dir.path())
-                .output()
-        }
-        .unwrap_or_else(|e| panic!("running {}: {e}", path.display()));
+            Command::new(path)
+        };
+        c.args(args).current_dir(self.dir.path());
+        c
+    }
+
+    /// Run one of PostgreSQL's programs as the cluster's owner; panics with its output and
+    /// the server's log if it fails.
+    fn run(&self, program: &str, args: &[&str]) {
+        let out = self
+            .command(program, args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {program}: {e}"));
         if !out.status.success() {
             panic!(
                 "{program} failed: {}\n{}\n{}",
@@ -196,20 +190,10 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if !self.stopped {
             let data = self.data_dir();
-            let path = self.bin.join("pg_ctl");
-            let args = ["stop", "-w", "-m", "immediate", "-D", &data];
             // Not `run`: a panic while unwinding would abort, and the directory must go.
-            let _ = if as_root() {
-                Command::new("setpriv")
-                    .arg(format!("--reuid={}", UNPRIVILEGED.0))
-                    .arg(format!("--regid={}", UNPRIVILEGED.1))
-                    .args(["--clear-groups", "--"])
-                    .arg(&path)
-                    .args(args)
-                    .output()
-            } else {
-                Command::new(&path).args(args).output()
-            };
+            let _ = self
+                .command("pg_ctl", &["stop", "-w", "-m", "immediate", "-D", &data])
+                .output();
             self.stopped = true;
         }
     }

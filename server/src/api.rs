@@ -90,13 +90,7 @@ pub async fn enroll(
             text(StatusCode::FORBIDDEN, e.to_string())
         }
         Err(e @ StoreError::NameTaken(_)) => text(StatusCode::CONFLICT, e.to_string()),
-        Err(e) => {
-            tracing::error!(error = %e, "enrollment failed");
-            text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "enrollment failed; see the server log",
-            )
-        }
+        Err(e) => store_failed(&st, "enrollment", &e),
     }
 }
 
@@ -289,6 +283,9 @@ pub async fn publish(
                 "skipped": r.skipped.len(),
             })),
             Err(e) => {
+                if let Some(s) = e.chain().find_map(|c| c.downcast_ref::<StoreError>()) {
+                    return store_failed(&st, &format!("publishing `{name}`"), s);
+                }
                 tracing::error!(repo = %name, error = %format!("{e:#}"), "publish failed");
                 return text(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -337,14 +334,29 @@ pub async fn admin_enroll(
             (StatusCode::OK, token).into_response()
         }
         Err(e @ StoreError::NameTaken(_)) => text(StatusCode::CONFLICT, e.to_string()),
-        Err(e) => {
-            tracing::error!(error = %e, "creating an enrollment token failed");
-            text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "creating the token failed; see the server log",
-            )
-        }
+        Err(e) => store_failed(&st, "creating the token", &e),
     }
+}
+
+/// The answer to a store failure while doing `what`: a 503 naming the database when it is
+/// out of reach (nothing changed; retry when it is back; redirects and announces go on from
+/// memory meanwhile), else a 500.
+fn store_failed(st: &AppState, what: &str, e: &StoreError) -> Response {
+    if e.is_unavailable() {
+        tracing::warn!(error = %e, database = st.store.name(), "{what} refused: the database is unavailable");
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{what} failed: the database {} is unavailable ({e}); nothing was changed, retry when it is back (customers and announces are served meanwhile)",
+                st.store.name()
+            ),
+        );
+    }
+    tracing::error!(error = %e, "{what} failed");
+    text(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("{what} failed; see the server log"),
+    )
 }
 
 /// Admin endpoints need `Authorization: Bearer <the contents of <data-dir>/admin.token>`.
@@ -386,22 +398,9 @@ pub async fn admin_volunteer(
         Err(e @ StoreError::NoSuchVolunteer(_)) => {
             return text(StatusCode::NOT_FOUND, e.to_string())
         }
-        Err(e) => {
-            tracing::error!(error = %e, "volunteer {action} failed");
-            return text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("{action} failed: {e}"),
-            );
-        }
+        Err(e) => return store_failed(&st, &action, &e),
     };
-    {
-        let mut reg = st.balancer.registry();
-        if rec.revoked {
-            reg.remove(&rec.id);
-        }
-        reg.set_draining(&rec.id, rec.draining);
-        reg.set_quarantined(&rec.id, rec.quarantine.is_some());
-    }
+    st.apply_standing(&rec);
     tracing::info!(volunteer = %rec.name, id = %rec.id, action = %action, "volunteer standing changed by the admin");
     write(&st.credentials).insert(rec.id.clone(), rec.clone());
     Json(serde_json::json!({

@@ -2,7 +2,8 @@
 //! enrolls volunteers, and redirects customers to the volunteer best able to serve them — or
 //! serves them itself, since the origin always answers.
 //!
-//! Code map: [`store`] durable state (SQLite); [`publish`] scanning and signing generations
+//! Code map: [`store`] durable state (SQLite, or PostgreSQL shared by replicas); [`follow`]
+//! what another server sharing the database changed; [`publish`] scanning and signing generations
 //! into read-only snapshots; [`redirect`] the customer path (the balancing is the `balance`
 //! crate's); [`spotcheck`] checking volunteers' bytes and quarantine; [`tracker_http`] announce/scrape; [`api`] JSON endpoints; [`metalink`] RFC 5854
 //! documents; [`sample_repo`] a generated apt repository for the demo and tests.
@@ -10,6 +11,7 @@
 pub mod api;
 pub mod counters;
 pub mod file_index;
+pub mod follow;
 pub mod locks;
 pub mod metalink;
 pub mod metrics;
@@ -57,13 +59,26 @@ impl DataDir {
     /// `--data-dir` is named as such, not met with a database error or a new empty one.
     pub fn existing(path: &Path) -> Result<DataDir> {
         let d = DataDir(path.to_path_buf());
-        if !d.key().is_file() || !d.db().is_file() {
+        if !d.key().is_file() {
             anyhow::bail!(
-                "{} is not a mirrorswarm server's data directory (it has no server.key and mirrorswarm.sqlite); check --data-dir",
+                "{} is not a mirrorswarm server's data directory (it has no server.key); check --data-dir",
                 path.display()
             );
         }
         Ok(d)
+    }
+
+    /// The SQLite database in an existing data directory, for the admin commands that work
+    /// on it with no server running; an error if this server keeps its state elsewhere.
+    pub fn existing_sqlite(path: &Path) -> Result<PathBuf> {
+        let db = DataDir::existing(path)?.db();
+        if !db.is_file() {
+            anyhow::bail!(
+                "{} holds no SQLite database: this server keeps its state in the database its --database names; start it and use --server, or --data-dir while it runs",
+                path.display()
+            );
+        }
+        Ok(db)
     }
 
     pub fn key(&self) -> PathBuf {
@@ -419,6 +434,7 @@ pub async fn run_with_policy(
     tracing::info!(listen = %local, public_url = %st.public_url, repos = ?st.latest_generations(), policy = st.balancer.policy().name(), "server ready");
 
     tokio::spawn(spotcheck::run(st.clone()));
+    tokio::spawn(follow::volunteers(st.clone()));
     let sweeper = st.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(sweeper.config.tracker.interval());
@@ -492,13 +508,13 @@ pub fn admin_token(data_dir: &Path) -> Result<String> {
 
 /// Durable volunteer records, for `mirrorswarm volunteers --data-dir` when no server runs.
 pub async fn stored_volunteers(data_dir: &Path) -> Result<Vec<store::VolunteerRecord>> {
-    let store = Store::open(&DataDir::existing(data_dir)?.db()).await?;
+    let store = Store::open(&DataDir::existing_sqlite(data_dir)?).await?;
     Ok(store.volunteers().await?)
 }
 
 /// `mirrorswarm volunteers <verb> NAME` with no server running: change the database.
 pub async fn change_stored_volunteer(data_dir: &Path, verb: &str, name: &str) -> Result<()> {
-    let store = Store::open(&DataDir::existing(data_dir)?.db()).await?;
+    let store = Store::open(&DataDir::existing_sqlite(data_dir)?).await?;
     match verb {
         "revoke" => store.revoke(name).await?,
         "drain" => store.set_draining(name, true).await?,

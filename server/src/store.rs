@@ -19,9 +19,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rand::RngCore;
 use sha2::Digest;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
-use sqlx::AnyPool;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::AnyPool;
 use sqlx::{ConnectOptions, Connection, Executor, Row};
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +60,29 @@ pub enum StoreError {
     NoSuchVolunteer(String),
 }
 
+impl StoreError {
+    /// The database is out of reach (down, restarting, the network): the same request may
+    /// succeed later, and nothing was changed.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Db(e) | StoreError::Connect { source: e, .. } => {
+                matches!(
+                    e,
+                    sqlx::Error::Io(_)
+                        | sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::WorkerCrashed
+                ) || e
+                    .as_database_error()
+                    .and_then(|d| d.code())
+                    // PostgreSQL shutting down or starting up: admin_shutdown, cannot_connect_now.
+                    .is_some_and(|c| c == "57P01" || c == "57P03")
+            }
+            _ => false,
+        }
+    }
+}
+
 /// An enrolled volunteer as the database knows it.
 #[derive(Debug, Clone)]
 pub struct VolunteerRecord {
@@ -96,6 +119,35 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The file or the URL (without its password), for messages.
+    name: String,
+    /// PostgreSQL's URL, for the connection that listens for other servers' changes.
+    listen_url: Option<String>,
+}
+
+/// The channel on which PostgreSQL tells every server sharing the database that a revision
+/// moved (the payload names it).
+pub const CHANGES_CHANNEL: &str = "mirrorswarm_changes";
+
+/// Bump the revision `name` (see `migrations/*/0003_revisions.sql`) in the transaction
+/// `tx`; on PostgreSQL every listening server is told when it commits.
+async fn bump_revision(
+    tx: &mut sqlx::AnyConnection,
+    backend: Backend,
+    name: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE revisions SET revision = revision + 1 WHERE name = $1")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANGES_CHANNEL)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
 }
 
 pub fn now_secs() -> u64 {
@@ -128,6 +180,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "mirror",
         include_str!("../migrations/sqlite/0002_mirror.sql"),
     ),
+    (
+        3,
+        "revisions",
+        include_str!("../migrations/sqlite/0003_revisions.sql"),
+    ),
 ];
 
 /// PostgreSQL's: the same versions, in its types. Replicas starting at once are safe: sqlx
@@ -142,6 +199,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "mirror",
         include_str!("../migrations/postgres/0002_mirror.sql"),
+    ),
+    (
+        3,
+        "revisions",
+        include_str!("../migrations/postgres/0003_revisions.sql"),
     ),
 ];
 
@@ -337,6 +399,8 @@ impl Store {
         Ok(Store {
             pool,
             backend: Backend::Sqlite,
+            name: path.display().to_string(),
+            listen_url: None,
         })
     }
 
@@ -377,11 +441,43 @@ impl Store {
         Ok(Store {
             pool,
             backend: Backend::Postgres,
+            name: redacted(url),
+            listen_url: Some(url.to_string()),
         })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The database's file or URL (without a password), for messages.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The revision `name` now: it moves whenever any server sharing the database changes
+    /// that kind of fact.
+    pub async fn revision(&self, name: &str) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT revision FROM revisions WHERE name = $1")
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// On PostgreSQL, a connection that hears every revision move at once (its payload the
+    /// revision's name); None on SQLite, which only a poll of [`Self::revision`] follows.
+    pub async fn listen(&self) -> Option<Result<sqlx::postgres::PgListener, StoreError>> {
+        let url = self.listen_url.as_deref()?;
+        Some(
+            async {
+                let mut l = sqlx::postgres::PgListener::connect(url).await?;
+                l.listen(CHANGES_CHANNEL).await?;
+                Ok(l)
+            }
+            .await,
+        )
     }
 
     /// Claim the database for the mirror whose key has `fingerprint`: the first server to
@@ -493,6 +589,7 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         }
+        bump_revision(&mut tx, self.backend, "volunteers").await?;
         tx.commit().await?;
         Ok(rec)
     }
@@ -532,11 +629,14 @@ impl Store {
 
     /// Quarantine the volunteer with `id` for `reason`, or (None) lift its quarantine.
     pub async fn set_quarantine(&self, id: &str, reason: Option<&str>) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE volunteers SET quarantine = $1 WHERE id = $2")
             .bind(reason)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        bump_revision(&mut tx, self.backend, "volunteers").await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -545,16 +645,20 @@ impl Store {
         name: &str,
         set: &'static str,
     ) -> Result<VolunteerRecord, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query(&format!(
             "UPDATE volunteers SET {set} WHERE name = $1 AND revoked = 0 RETURNING {VOLUNTEER_COLUMNS}"
         ))
         .bind(name)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        match row {
-            Some(r) => volunteer_from_row(&r),
-            None => Err(StoreError::NoSuchVolunteer(name.to_string())),
-        }
+        let rec = match row {
+            Some(r) => volunteer_from_row(&r)?,
+            None => return Err(StoreError::NoSuchVolunteer(name.to_string())),
+        };
+        bump_revision(&mut tx, self.backend, "volunteers").await?;
+        tx.commit().await?;
+        Ok(rec)
     }
 
     /// Lift the quarantine of the volunteer called `name` by hand.
@@ -655,6 +759,7 @@ mod tests {
         a_corrupt_secret_is_an_error_naming_its_row_not_an_empty_key,
         a_database_from_a_newer_build_is_refused,
         a_database_is_one_mirrors_and_a_server_with_another_key_is_refused,
+        every_change_of_a_volunteers_standing_moves_the_revision_and_is_heard,
     );
 
     /// The newest generation recorded for `repo`.
@@ -850,6 +955,53 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("server.key"), "{err}");
+    }
+
+    async fn every_change_of_a_volunteers_standing_moves_the_revision_and_is_heard(db: Db) {
+        let (a, b) = (db.open().await, db.open().await);
+        let mut heard = match b.listen().await {
+            Some(l) => Some(l.unwrap()),
+            None => {
+                assert_eq!(b.backend(), Backend::Sqlite);
+                None
+            }
+        };
+        let mut last = b.revision("volunteers").await.unwrap();
+        let token = a.create_enrollment("delta", "fp", 60).await.unwrap();
+        // A token alone changes no standing.
+        assert_eq!(b.revision("volunteers").await.unwrap(), last);
+        let rec = a.redeem(&token, "http://d").await.unwrap();
+        let changes: [&str; 6] = [
+            "redeem",
+            "drain",
+            "resume",
+            "quarantine",
+            "release",
+            "revoke",
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            match i {
+                0 => {}
+                1 => drop(a.set_draining("delta", true).await.unwrap()),
+                2 => drop(a.set_draining("delta", false).await.unwrap()),
+                3 => a.set_quarantine(&rec.id, Some("bad")).await.unwrap(),
+                4 => drop(a.release("delta").await.unwrap()),
+                _ => drop(a.revoke("delta").await.unwrap()),
+            }
+            let now = b.revision("volunteers").await.unwrap();
+            assert!(now > last, "{change}: revision {last} → {now}");
+            last = now;
+            if let Some(l) = heard.as_mut() {
+                let n = tokio::time::timeout(Duration::from_secs(5), l.recv())
+                    .await
+                    .unwrap_or_else(|_| panic!("{change}: no notification"))
+                    .unwrap();
+                assert_eq!(n.payload(), "volunteers");
+            }
+        }
+        // A change refused (no such volunteer) moves nothing.
+        assert!(a.revoke("delta").await.is_err());
+        assert_eq!(b.revision("volunteers").await.unwrap(), last);
     }
 
     /// A database made before versioned migrations (SQLite only: PostgreSQL came after):

@@ -1,0 +1,165 @@
+//! Servers sharing one PostgreSQL database are replicas of one mirror: what an admin or a
+//! volunteer's enrollment changes on one is honoured by the others, and a server with
+//! another signing key is refused. Real servers, a real PostgreSQL cluster of the test's own.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const PACKAGE: &str = "debian/pool/main/m/ms-hello/ms-hello_1.0_all.deb";
+
+/// Where `server` sends a customer for [`PACKAGE`]: the volunteer's URL, or the origin.
+async fn sent_to(server: &Server) -> String {
+    let r = http()
+        .get(format!("{}/{PACKAGE}", server.url))
+        .send()
+        .await
+        .unwrap();
+    match r.headers().get("location") {
+        Some(l) => l.to_str().unwrap().to_string(),
+        None => format!("served {}", r.status()),
+    }
+}
+
+async fn admin(server: &Server, path: &str) -> reqwest::Response {
+    let token = std::fs::read_to_string(server.data_dir.join("admin.token")).unwrap();
+    http()
+        .post(format!("{}{path}", server.url))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `POST /admin/enroll` for a volunteer called `name`.
+async fn enroll_on(server: &Server, name: &str) -> (reqwest::StatusCode, String) {
+    let r = admin(server, &format!("/admin/enroll?name={name}&ttl_hours=1")).await;
+    (r.status(), r.text().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_share_volunteers_tokens_and_standing_ride_out_the_database_and_refuse_a_stranger()
+{
+    let mut cluster = pgtest::Cluster::start();
+    let url = cluster.create_database("mirror");
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    sample_repo(&repo);
+    let db = ["--database", url.as_str(), "--direct-max-bytes", "0"];
+    for r in ["a", "b"] {
+        std::fs::create_dir_all(root.join(r)).unwrap();
+    }
+    let a = start_server(&root.join("a"), &repo, &db).await;
+    // A replica signs with the mirror's key: copied, as an operator would.
+    let b_data = root.join("b").join("server-data");
+    std::fs::create_dir_all(&b_data).unwrap();
+    std::fs::copy(a.data_dir.join("server.key"), b_data.join("server.key")).unwrap();
+    let b = start_server(&root.join("b"), &repo, &db).await;
+
+    // A server with a key of its own is refused at start, saying why.
+    let stranger = std::process::Command::new(BIN)
+        .args(["server", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--data-dir")
+        .arg(root.join("c"))
+        .arg("--repo")
+        .arg(format!("debian={}", repo.display()))
+        .args(["--database", &url])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&stranger.stderr);
+    assert!(!stranger.status.success(), "{err}");
+    assert!(err.contains("must share its key"), "{err}");
+
+    // A volunteer enrolled through A (its token in the shared database) announces to A;
+    // B learns of it from the database.
+    let v = start_volunteer(root, &a, "v1", &repo).await;
+    a.wait_held("v1", 1).await;
+    wait_until(Duration::from_secs(5), "B to know v1", || async {
+        !b.volunteer("v1").await.is_null()
+    })
+    .await;
+    assert!(sent_to(&a).await.starts_with(&v.url));
+
+    // A token made on A works on B, once, and then on neither.
+    let token = a.enroll("v2");
+    let enroll = |server: &Server| {
+        let (u, t) = (format!("{}/api/enroll", server.url), token.clone());
+        async move {
+            http()
+                .post(u)
+                .json(&serde_json::json!({"token": t, "url": "http://127.0.0.1:9"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert!(enroll(&b).await.is_success());
+    assert_eq!(enroll(&a).await, reqwest::StatusCode::FORBIDDEN);
+    assert_eq!(enroll(&b).await, reqwest::StatusCode::FORBIDDEN);
+
+    // PostgreSQL stops: customers are still sent to the volunteer, whose announces A still
+    // takes (three intervals pass); what needs the database is refused with a 503 naming
+    // it. Back, it all works again without restarting a server.
+    cluster.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(sent_to(&a).await.starts_with(&v.url));
+    assert_eq!(a.held("v1").await, Some(1));
+    let (status, body) = enroll_on(&a, "v3").await;
+    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body.contains("unavailable") && body.contains(&format!("127.0.0.1:{}", cluster.port())),
+        "{body}"
+    );
+    cluster.restart();
+    wait_until(
+        Duration::from_secs(15),
+        "enrollment to work again",
+        || async { enroll_on(&a, "v3").await.0.is_success() },
+    )
+    .await;
+
+    // Drained on B: A stops sending it customers; resumed on B: A sends them again.
+    let started = Instant::now();
+    assert!(admin(&b, "/admin/volunteers/v1/drain")
+        .await
+        .status()
+        .is_success());
+    wait_until(Duration::from_secs(2), "A to honour B's drain", || async {
+        !sent_to(&a).await.starts_with(&v.url)
+    })
+    .await;
+    eprintln!("drain on B honoured by A after {:?}", started.elapsed());
+    assert!(admin(&b, "/admin/volunteers/v1/resume")
+        .await
+        .status()
+        .is_success());
+    wait_until(Duration::from_secs(5), "A to honour B's resume", || async {
+        sent_to(&a).await.starts_with(&v.url)
+    })
+    .await;
+
+    // Revoked on B: A stops choosing it within 2 s, and refuses its announces.
+    let started = Instant::now();
+    assert!(admin(&b, "/admin/volunteers/v1/revoke")
+        .await
+        .status()
+        .is_success());
+    wait_until(
+        Duration::from_secs(2),
+        "A to honour B's revocation",
+        || async { !sent_to(&a).await.starts_with(&v.url) },
+    )
+    .await;
+    eprintln!(
+        "revocation on B honoured by A after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(a.volunteer("v1").await["state"], "revoked");
+    drop(v);
+    drop((a, b));
+    drop(cluster);
+}

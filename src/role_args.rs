@@ -74,9 +74,10 @@ pub struct VolunteerArgs {
     /// TOML config file; flags override its keys.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// The central server's URL.
+    /// The central server's URL; repeated, the first is where it enrolls and syncs from and
+    /// every one (replicas of one mirror) gets its announces.
     #[arg(long)]
-    pub server: Option<String>,
+    pub server: Vec<String>,
     /// Enrollment token (needed only for the first start).
     #[arg(long)]
     pub token: Option<String>,
@@ -184,9 +185,11 @@ pub fn volunteer_config(a: VolunteerArgs) -> Result<VolunteerConfig> {
         Some(p) => config::load_file(p)?,
         None => VolunteerConfig::default(),
     };
-    if let Some(v) = a.server {
+    let mut servers = a.server.into_iter();
+    if let Some(v) = servers.next() {
         cfg.server = Some(v);
     }
+    cfg.replicas.extend(servers);
     if let Some(v) = a.token {
         cfg.token = Some(v);
     }

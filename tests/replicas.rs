@@ -73,15 +73,24 @@ async fn replicas_share_volunteers_tokens_and_standing_ride_out_the_database_and
     assert!(!stranger.status.success(), "{err}");
     assert!(err.contains("must share its key"), "{err}");
 
-    // A volunteer enrolled through A (its token in the shared database) announces to A;
-    // B learns of it from the database.
-    let v = start_volunteer(root, &a, "v1", &repo).await;
+    // A volunteer enrolled through A (its token in the shared database) announces to A and
+    // to B (`--server A --server B`); B knows its credential from the database, takes its
+    // announces, and sends customers to it as A does.
+    let mirror = root.join("v1").join("debian");
+    copy_tree(&repo, &mirror);
+    let token = a.enroll("v1");
+    let port = free_port();
+    let mut args = volunteer_args(&a, &token, port, &root.join("v1/data"), &mirror);
+    args.extend(["--server".to_string(), b.url.clone()]);
+    let _v = Proc::spawn(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &root.join("v1.log"),
+    );
+    let v_url = format!("http://127.0.0.1:{port}");
     a.wait_held("v1", 1).await;
-    wait_until(Duration::from_secs(5), "B to know v1", || async {
-        !b.volunteer("v1").await.is_null()
-    })
-    .await;
-    assert!(sent_to(&a).await.starts_with(&v.url));
+    b.wait_held("v1", 1).await;
+    assert!(sent_to(&a).await.starts_with(&v_url));
+    assert!(sent_to(&b).await.starts_with(&v_url));
 
     // A token made on A works on B, once, and then on neither.
     let token = a.enroll("v2");
@@ -106,7 +115,7 @@ async fn replicas_share_volunteers_tokens_and_standing_ride_out_the_database_and
     // it. Back, it all works again without restarting a server.
     cluster.stop();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(sent_to(&a).await.starts_with(&v.url));
+    assert!(sent_to(&a).await.starts_with(&v_url));
     assert_eq!(a.held("v1").await, Some(1));
     let (status, body) = enroll_on(&a, "v3").await;
     assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
@@ -129,7 +138,7 @@ async fn replicas_share_volunteers_tokens_and_standing_ride_out_the_database_and
         .status()
         .is_success());
     wait_until(Duration::from_secs(2), "A to honour B's drain", || async {
-        !sent_to(&a).await.starts_with(&v.url)
+        !sent_to(&a).await.starts_with(&v_url)
     })
     .await;
     eprintln!("drain on B honoured by A after {:?}", started.elapsed());
@@ -138,11 +147,12 @@ async fn replicas_share_volunteers_tokens_and_standing_ride_out_the_database_and
         .status()
         .is_success());
     wait_until(Duration::from_secs(5), "A to honour B's resume", || async {
-        sent_to(&a).await.starts_with(&v.url)
+        sent_to(&a).await.starts_with(&v_url)
     })
     .await;
 
-    // Revoked on B: A stops choosing it within 2 s, and refuses its announces.
+    // Revoked on B: A stops choosing it within 2 s (B at once), and both refuse its
+    // announces from then on.
     let started = Instant::now();
     assert!(admin(&b, "/admin/volunteers/v1/revoke")
         .await
@@ -151,15 +161,16 @@ async fn replicas_share_volunteers_tokens_and_standing_ride_out_the_database_and
     wait_until(
         Duration::from_secs(2),
         "A to honour B's revocation",
-        || async { !sent_to(&a).await.starts_with(&v.url) },
+        || async { !sent_to(&a).await.starts_with(&v_url) },
     )
     .await;
     eprintln!(
         "revocation on B honoured by A after {:?}",
         started.elapsed()
     );
+    assert!(!sent_to(&b).await.starts_with(&v_url));
     assert_eq!(a.volunteer("v1").await["state"], "revoked");
-    drop(v);
+    assert_eq!(b.volunteer("v1").await["state"], "revoked");
     drop((a, b));
     drop(cluster);
 }

@@ -514,6 +514,10 @@ impl UploadWindow {
 pub struct VolunteerConfig {
     /// The central server's URL, e.g. `http://mirror.example.org:8080`.
     pub server: Option<String>,
+    /// The other servers of the same mirror (replicas sharing its database): this volunteer
+    /// announces its load to each of them too, so that every one balances by it. Default:
+    /// none.
+    pub replicas: Vec<String>,
     /// One-time enrollment token from `mirrorswarm enroll`; only needed until the volunteer
     /// has exchanged it for a credential kept in `data_dir`.
     pub token: Option<String>,
@@ -562,6 +566,7 @@ impl Default for VolunteerConfig {
     fn default() -> Self {
         VolunteerConfig {
             server: None,
+            replicas: Vec::new(),
             token: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             public_url: None,
@@ -611,6 +616,9 @@ impl VolunteerConfig {
         match &self.server {
             None => return Err(invalid("server", "the server URL is required")),
             Some(u) => validate_http_url(u).map_err(|r| invalid("server", r))?,
+        }
+        for u in &self.replicas {
+            validate_http_url(u).map_err(|r| invalid("replicas", r))?;
         }
         if let Some(url) = &self.public_url {
             validate_http_url(url).map_err(|r| invalid("public_url", r))?;
@@ -741,6 +749,30 @@ mod tests {
             err.contains("redirect.policy") && err.contains("fastest"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_database_of_an_unknown_engine_names_the_key() {
+        let cfg: ServerConfig = toml::from_str("database = \"mysql://db/m\"\n").unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("database") && err.contains("postgres://"),
+            "{err}"
+        );
+        let cfg: ServerConfig = toml::from_str("database = \"postgres://u@h/m\"\n").unwrap();
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn a_replica_that_is_not_an_http_url_names_the_key() {
+        let mut cfg: VolunteerConfig = toml::from_str(
+            "server = \"http://a.test\"\nreplicas = [\"http://b.test\", \"ftp://c.test\"]\n[mirrors]\nd = \"/\"\n",
+        )
+        .unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("replicas"), "{err}");
+        cfg.replicas.pop();
+        cfg.validate().unwrap();
     }
 
     #[test]

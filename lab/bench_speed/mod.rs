@@ -26,7 +26,8 @@ use clap::Args;
 
 #[derive(Args, Clone)]
 pub struct SpeedArgs {
-    /// Which parts to run.
+    /// Which parts to run: redirect, announce, serve, publish; redirect-db (a server on
+    /// PostgreSQL against one on SQLite); redirect-ab, announce-ab (with --ab-binary).
     #[arg(
         long,
         value_delimiter = ',',
@@ -181,12 +182,13 @@ pub async fn run(a: SpeedArgs) -> Result<()> {
             "publish",
             "redirect-ab",
             "announce-ab",
+            "redirect-db",
         ]
         .contains(&p.as_str())
         {
             bail!(
-                "unknown part `{p}`: choose from redirect, announce, serve, publish \
-                 (and redirect-ab, announce-ab, with --ab-binary)"
+                "unknown part `{p}`: choose from redirect, announce, serve, publish, \
+                 redirect-db (and redirect-ab, announce-ab, with --ab-binary)"
             );
         }
         if p.ends_with("-ab") && a.ab_binary.is_none() {
@@ -210,6 +212,7 @@ pub async fn run(a: SpeedArgs) -> Result<()> {
             "serve" => parts::serve(&a).await,
             "redirect-ab" => parts::redirect_ab(&a).await,
             "announce-ab" => parts::announce_ab(&a).await,
+            "redirect-db" => parts::redirect_db(&a).await,
             _ => parts::publish(&a).await,
         }
         .with_context(|| format!("part `{p}`"))?;

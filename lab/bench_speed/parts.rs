@@ -9,7 +9,9 @@ use anyhow::{bail, Context, Result};
 use rand::{RngCore, SeedableRng};
 
 use super::procs::{cpu_seconds, memory, require};
-use super::services::{start_nginx, start_opentracker, start_server, start_server_from, Cores};
+use super::services::{
+    start_nginx, start_opentracker, start_server, start_server_from, start_server_on, Cores,
+};
 use super::wrk::{self, Load};
 use super::{population, trees, Goal, Row, SpeedArgs};
 
@@ -295,7 +297,7 @@ pub async fn redirect(a: &SpeedArgs) -> Result<Vec<Row>> {
     );
     let (_, after_publish_hwm) = memory(srv.proc.pid())?;
     let t = Instant::now();
-    let members = population::enroll(&srv.url, &srv.data_dir, a.volunteers).await?;
+    let members = population::enroll(&srv.url, &srv.data_dir, None, a.volunteers).await?;
     population::announce_all(&srv.url, "bench", 1, &members).await?;
     population::check_registered(&srv.url, a.volunteers).await?;
     eprintln!(
@@ -481,7 +483,7 @@ pub async fn redirect_ab(a: &SpeedArgs) -> Result<Vec<Row>> {
             .await?;
             let m = match members[k].take() {
                 Some(m) => m,
-                None => population::enroll(&srv.url, &srv.data_dir, a.volunteers).await?,
+                None => population::enroll(&srv.url, &srv.data_dir, None, a.volunteers).await?,
             };
             population::announce_all(&srv.url, "bench", 1, &m).await?;
             population::check_registered(&srv.url, a.volunteers).await?;
@@ -508,6 +510,79 @@ pub async fn redirect_ab(a: &SpeedArgs) -> Result<Vec<Row>> {
         drop(servers);
         rows.push(ab_row("redirect-ab", "requests/s", a, cores, &c));
     }
+    Ok(rows)
+}
+
+/// Redirects of a server keeping its state in PostgreSQL against the same build on SQLite,
+/// in the redirect part's state, on one core and on all, the two taking turns: the redirect
+/// path must not touch the database, so the ratio should be 1. The PostgreSQL cluster is a
+/// throwaway one of the lab's (removed at the end). SQLite is the reference.
+pub async fn redirect_db(a: &SpeedArgs) -> Result<Vec<Row>> {
+    let exe = crate::product_binary()?;
+    let (pool, script) = redirect_mix(a)?;
+    let cluster = tokio::task::spawn_blocking(pgtest::Cluster::start).await?;
+    let url = cluster.create_database("bench");
+    eprintln!("   PostgreSQL up on port {}", cluster.port());
+    let mut rows = Vec::new();
+    let mut members: [Option<Vec<population::Member>>; 2] = [None, None];
+    for tag in ["db-postgres", "db-sqlite"] {
+        fresh_dir(&a.work.join(format!("server-data-{tag}")))?;
+    }
+    for cores in [Cores::One, Cores::All] {
+        let mut servers = Vec::new();
+        for (k, (tag, database)) in [("db-postgres", Some(url.as_str())), ("db-sqlite", None)]
+            .into_iter()
+            .enumerate()
+        {
+            let srv = start_server_on(
+                &exe,
+                &a.work,
+                tag,
+                &[("bench", &pool)],
+                cores,
+                Duration::from_secs(1800),
+                database,
+            )
+            .await?;
+            let m = match members[k].take() {
+                Some(m) => m,
+                None => population::enroll(&srv.url, &srv.data_dir, database, a.volunteers).await?,
+            };
+            population::announce_all(&srv.url, "bench", 1, &m).await?;
+            population::check_registered(&srv.url, a.volunteers).await?;
+            members[k] = Some(m);
+            servers.push(srv);
+        }
+        eprintln!("   both servers up ({})", cores.label());
+        let c = side_by_side(
+            a,
+            ours(
+                &servers[0].url,
+                servers[0].proc.pid(),
+                "redirects on PostgreSQL",
+            ),
+            ours(
+                &servers[1].url,
+                servers[1].proc.pid(),
+                "redirects on SQLite",
+            ),
+            &script,
+            a.connections,
+            cores,
+        )?;
+        drop(servers);
+        rows.push(Row {
+            part: "redirect-db",
+            case: format!("{}, {} connections", cores.label(), a.connections),
+            unit: "requests/s",
+            ours: c.ours.per_sec(),
+            reference_name: "SQLite",
+            reference: Some(c.theirs.per_sec()),
+            goal: Goal::RatioAtLeast(0.95),
+            detail: c.detail("SQLite"),
+        });
+    }
+    drop(cluster);
     Ok(rows)
 }
 

@@ -19,12 +19,19 @@ pub struct Member {
 }
 
 /// Enroll `n` volunteers named `bench-0000…` through the server's `/api/enroll`.
-pub async fn enroll(server_url: &str, data_dir: &Path, n: usize) -> Result<Vec<Member>> {
+pub async fn enroll(
+    server_url: &str,
+    data_dir: &Path,
+    database: Option<&str>,
+    n: usize,
+) -> Result<Vec<Member>> {
     let key = ServerKey::load_or_create(&data_dir.join("server.key"))?;
     let fingerprint = key.fingerprint().0;
-    let store = Store::open(&data_dir.join("mirrorswarm.sqlite"))
-        .await
-        .context("opening the server's database")?;
+    let store = match database {
+        Some(url) => Store::connect(url).await,
+        None => Store::open(&data_dir.join("mirrorswarm.sqlite")).await,
+    }
+    .context("opening the server's database")?;
     let client = ServerClient::new(server_url)?;
     let mut out = Vec::with_capacity(n);
     for i in 0..n {

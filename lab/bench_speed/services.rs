@@ -74,13 +74,31 @@ pub async fn start_server_from(
     cores: Cores,
     start_limit: Duration,
 ) -> Result<OurServer> {
+    start_server_on(exe, work, tag, repos, cores, start_limit, None).await
+}
+
+/// [`start_server_from`] keeping its state in the database `database` names (None: SQLite
+/// in its data directory).
+pub async fn start_server_on(
+    exe: &Path,
+    work: &Path,
+    tag: &str,
+    repos: &[(&str, &Path)],
+    cores: Cores,
+    start_limit: Duration,
+    database: Option<&str>,
+) -> Result<OurServer> {
     let port = free_port()?;
     let data_dir = work.join(format!("server-data-{tag}"));
     std::fs::create_dir_all(&data_dir)?;
     let mut toml = format!(
-        "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\n[repos]\n",
+        "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n",
         data_dir.display()
     );
+    if let Some(url) = database {
+        toml.push_str(&format!("database = \"{url}\"\n"));
+    }
+    toml.push_str("\n[repos]\n");
     for (name, dir) in repos {
         toml.push_str(&format!("{name} = \"{}\"\n", dir.display()));
     }

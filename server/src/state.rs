@@ -100,10 +100,20 @@ impl AppState {
         read(&self.credentials).get(id).cloned()
     }
 
+    /// Reload the enrolled volunteers from the store. A record this server added while the
+    /// store was being read (an enrollment just redeemed here) is kept: the read may predate
+    /// it, and dropping it would refuse that volunteer's first announces. The only records a
+    /// store ever deletes are revoked ones (replaced by a new enrollment of the name), so one
+    /// kept that way refuses its announces all the same.
     pub async fn reload_credentials(&self) -> Result<(), crate::store::StoreError> {
         let all = self.store.volunteers().await?;
-        let map = all.into_iter().map(|v| (v.id.clone(), v)).collect();
-        *write(&self.credentials) = map;
+        let mut map: HashMap<String, VolunteerRecord> =
+            all.into_iter().map(|v| (v.id.clone(), v)).collect();
+        let mut current = write(&self.credentials);
+        for (id, rec) in current.drain() {
+            map.entry(id).or_insert(rec);
+        }
+        *current = map;
         Ok(())
     }
 

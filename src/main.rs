@@ -64,6 +64,9 @@ enum Command {
     Proxy(ProxyArgs),
     /// Start a server and three volunteers on loopback with a sample apt repository.
     Demo(demo::DemoArgs),
+    /// Move a stopped server's store from SQLite (its data directory) into an empty
+    /// PostgreSQL database, to run it there (and replicas beside it) with --database.
+    MigrateStore(MigrateStoreArgs),
     /// Sync a tree from the swarm (for cron jobs and first fills).
     #[command(subcommand)]
     Prsync(PrsyncCommand),
@@ -139,6 +142,17 @@ struct PublishArgs {
     /// Only this repository [default: all].
     #[arg(long)]
     repo: Option<String>,
+}
+
+#[derive(Args)]
+struct MigrateStoreArgs {
+    /// The stopped server's data directory (its SQLite database and key).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The empty database to move into: postgres://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE
+    /// (MIRRORSWARM_DATABASE also sets it).
+    #[arg(long, env = "MIRRORSWARM_DATABASE")]
+    to: String,
 }
 
 #[derive(Args)]
@@ -258,6 +272,10 @@ async fn dispatch(cmd: Command) -> Result<()> {
         Command::Status(a) => admin::server_status(&a.target.url()?).await,
         Command::VolunteerCtl(a) => admin::volunteer_ctl(a).await,
         Command::Demo(a) => demo::run(a).await,
+        Command::MigrateStore(a) => {
+            println!("{}", server::migrate_store(&a.data_dir, &a.to).await?);
+            Ok(())
+        }
         Command::Prsync(_) => unreachable!("handled in main"),
     }
 }

@@ -174,3 +174,95 @@ async fn replicas_share_volunteers_tokens_and_standing_ride_out_the_database_and
     drop((a, b));
     drop(cluster);
 }
+
+/// `migrate-store`: a mirror that began on SQLite moves to PostgreSQL with its volunteers
+/// and restarts there; never while its server runs, never into a database that holds any.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sqlite_mirror_moves_to_postgresql_with_its_volunteers() {
+    let cluster = pgtest::Cluster::start();
+    let url = cluster.create_database("moved");
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    sample_repo(&repo);
+    let mut server = start_server(root, &repo, &[]).await;
+    let redeem = |server: &Server, token: String| {
+        let u = format!("{}/api/enroll", server.url);
+        async move {
+            http()
+                .post(u)
+                .json(&serde_json::json!({"token": token, "url": "http://127.0.0.1:9"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    // One volunteer enrolled, and one token not yet used.
+    assert!(redeem(&server, server.enroll("m1")).await.is_success());
+    let waiting = server.enroll("m2");
+    let migrate = |data_dir: &std::path::Path| {
+        std::process::Command::new(BIN)
+            .arg("migrate-store")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--to", &url])
+            .output()
+            .unwrap()
+    };
+    let out = migrate(&server.data_dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("stop it first"),
+        "{err}"
+    );
+    server.proc.terminate();
+    let out = migrate(&server.data_dir);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("moved 1 volunteers, 2 enrollment tokens"),
+        "{said}"
+    );
+    // Again: the target holds it all now, and is left alone.
+    let out = migrate(&server.data_dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("already holds"),
+        "{err}"
+    );
+    // The server restarts on PostgreSQL, and the volunteer's token works there.
+    server.args.extend(["--database".to_string(), url.clone()]);
+    server.restart();
+    wait_until(
+        Duration::from_secs(30),
+        "the server on PostgreSQL",
+        || async {
+            http()
+                .get(format!("{}/health", server.url))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        },
+    )
+    .await;
+    // The token made before the move works after it, once.
+    assert!(redeem(&server, waiting.clone()).await.is_success());
+    assert_eq!(
+        redeem(&server, waiting).await,
+        reqwest::StatusCode::FORBIDDEN
+    );
+    let names: Vec<String> = server
+        .volunteers()
+        .await
+        .iter()
+        .map(|v| v["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(names, ["m1", "m2"]);
+    drop(server);
+    drop(cluster);
+}

@@ -506,6 +506,32 @@ pub fn admin_token(data_dir: &Path) -> Result<String> {
         .to_string())
 }
 
+/// `mirrorswarm migrate-store`: copy everything durable from the SQLite database in
+/// `data_dir` into the empty database `to` (PostgreSQL, to run replicas), with no server
+/// running on it. The SQLite file is left as it was. Returns what moved, for the admin.
+pub async fn migrate_store(data_dir: &Path, to: &str) -> Result<String> {
+    let db = DataDir::existing_sqlite(data_dir)?;
+    if config::runlock::running(data_dir, RUN_LOCK) == Some(true) {
+        anyhow::bail!(
+            "a mirrorswarm server runs on {}: stop it first, so that nothing changes while its store moves",
+            data_dir.display()
+        );
+    }
+    let from = Store::open(&db).await?;
+    let dump = from.dump().await?;
+    let target = Store::connect(to).await?;
+    target.load(&dump).await?;
+    Ok(format!(
+        "moved {} volunteers, {} enrollment tokens and {} generation records from {} to {}; start the server with --database {} (the SQLite file is left as it was)",
+        dump.volunteers.len(),
+        dump.tokens.len(),
+        dump.generations.len(),
+        db.display(),
+        target.name(),
+        target.name()
+    ))
+}
+
 /// Durable volunteer records, for `mirrorswarm volunteers --data-dir` when no server runs.
 pub async fn stored_volunteers(data_dir: &Path) -> Result<Vec<store::VolunteerRecord>> {
     let store = Store::open(&DataDir::existing_sqlite(data_dir)?).await?;

@@ -50,6 +50,8 @@ pub enum StoreError {
     },
     #[error("this database belongs to the mirror whose signing key is {theirs}, and this server's key is {ours}: servers sharing a database are replicas of one mirror and must share its key (copy server.key from a replica into this server's data directory), or give this server a database of its own")]
     OtherMirror { ours: String, theirs: String },
+    #[error("the database {0} already holds volunteers, tokens or generations: a store is moved only into an empty one")]
+    NotEmpty(String),
     #[error("enrollment token is unknown, already used, or expired")]
     BadToken,
     #[error("malformed enrollment token: expected <secret>.<server key fingerprint>")]
@@ -95,6 +97,27 @@ pub struct VolunteerRecord {
     pub draining: bool,
     /// Why the server stopped trusting its bytes (a failed spot check), until it passes again.
     pub quarantine: Option<String>,
+}
+
+/// An enrollment token as stored: only the secret's hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub token_hash: String,
+    pub name: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub used_at: Option<i64>,
+}
+
+/// Everything durable in a store, to move a mirror to another database
+/// (`mirrorswarm migrate-store`).
+#[derive(Debug, Clone, Default)]
+pub struct Dump {
+    /// The fingerprint of the key the mirror signs with, if a server has opened it.
+    pub mirror: Option<String>,
+    pub volunteers: Vec<VolunteerRecord>,
+    pub tokens: Vec<TokenRecord>,
+    pub generations: Vec<GenerationRecord>,
 }
 
 /// One published generation.
@@ -478,6 +501,119 @@ impl Store {
             }
             .await,
         )
+    }
+
+    /// Everything durable this store holds.
+    pub async fn dump(&self) -> Result<Dump, StoreError> {
+        let mirror = sqlx::query_scalar("SELECT key_fingerprint FROM mirror WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        let volunteers = self.volunteers().await?;
+        let tokens = sqlx::query(
+            "SELECT token_hash, name, created_at, expires_at, used_at FROM enrollment_tokens ORDER BY token_hash",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(TokenRecord {
+                token_hash: r.try_get("token_hash")?,
+                name: r.try_get("name")?,
+                created_at: r.try_get("created_at")?,
+                expires_at: r.try_get("expires_at")?,
+                used_at: r.try_get("used_at")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let generations = sqlx::query(
+            "SELECT repo, generation, published_at, files, bytes, changed_files FROM generations ORDER BY repo, generation",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(generation_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        Ok(Dump {
+            mirror,
+            volunteers,
+            tokens,
+            generations,
+        })
+    }
+
+    /// Write `dump` into this store, which must be empty, in one transaction: all of it or
+    /// nothing.
+    pub async fn load(&self, dump: &Dump) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let held: i64 = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM volunteers) + (SELECT COUNT(*) FROM enrollment_tokens) + (SELECT COUNT(*) FROM generations)",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if held > 0 {
+            return Err(StoreError::NotEmpty(self.name.clone()));
+        }
+        if let Some(fp) = &dump.mirror {
+            sqlx::query(
+                "INSERT INTO mirror (id, key_fingerprint) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(fp)
+            .execute(&mut *tx)
+            .await?;
+            let theirs: String =
+                sqlx::query_scalar("SELECT key_fingerprint FROM mirror WHERE id = 1")
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if &theirs != fp {
+                return Err(StoreError::OtherMirror {
+                    ours: fp.clone(),
+                    theirs,
+                });
+            }
+        }
+        for v in &dump.volunteers {
+            sqlx::query(
+                "INSERT INTO volunteers (id, name, secret_hex, url, enrolled_at, revoked, draining, quarantine) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&v.id)
+            .bind(&v.name)
+            .bind(hex::encode(&v.secret))
+            .bind(&v.url)
+            .bind(v.enrolled_at as i64)
+            .bind(i64::from(v.revoked))
+            .bind(i64::from(v.draining))
+            .bind(v.quarantine.as_deref())
+            .execute(&mut *tx)
+            .await?;
+        }
+        for t in &dump.tokens {
+            sqlx::query(
+                "INSERT INTO enrollment_tokens (token_hash, name, created_at, expires_at, used_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&t.token_hash)
+            .bind(&t.name)
+            .bind(t.created_at)
+            .bind(t.expires_at)
+            .bind(t.used_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for g in &dump.generations {
+            sqlx::query(
+                "INSERT INTO generations (repo, generation, published_at, files, bytes, changed_files) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&g.repo)
+            .bind(g.generation as i64)
+            .bind(g.published_at as i64)
+            .bind(g.files as i64)
+            .bind(g.bytes as i64)
+            .bind(g.changed_files as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
+        bump_revision(&mut tx, self.backend, "volunteers").await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Claim the database for the mirror whose key has `fingerprint`: the first server to
@@ -1002,6 +1138,49 @@ mod tests {
         // A change refused (no such volunteer) moves nothing.
         assert!(a.revoke("delta").await.is_err());
         assert_eq!(b.revision("volunteers").await.unwrap(), last);
+    }
+
+    /// `migrate-store`: everything a SQLite store holds moves into an empty PostgreSQL one,
+    /// and not into one that holds anything.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_sqlite_store_moves_whole_into_an_empty_postgresql_one_and_only_an_empty_one() {
+        let from = Db::sqlite();
+        let src = from.open().await;
+        src.claim_mirror("key-m").await.unwrap();
+        let t = src.create_enrollment("eps", "fp", 3600).await.unwrap();
+        let rec = src.redeem(&t, "http://e").await.unwrap();
+        src.set_quarantine(&rec.id, Some("bad")).await.unwrap();
+        src.create_enrollment("zeta", "fp", 3600).await.unwrap();
+        let g = GenerationRecord {
+            repo: "r".into(),
+            generation: 7,
+            published_at: 9,
+            files: 3,
+            bytes: 4,
+            changed_files: 1,
+        };
+        src.record_generation(&g).await.unwrap();
+        let dump = src.dump().await.unwrap();
+        let to = Db::postgres();
+        let dst = to.open().await;
+        dst.load(&dump).await.unwrap();
+        let moved = dst.dump().await.unwrap();
+        assert_eq!(moved.mirror.as_deref(), Some("key-m"));
+        assert_eq!(moved.tokens, dump.tokens);
+        assert_eq!(moved.generations, vec![g]);
+        let v = &moved.volunteers[0];
+        assert_eq!((v.id.as_str(), &v.secret), (rec.id.as_str(), &rec.secret));
+        assert_eq!(v.quarantine.as_deref(), Some("bad"));
+        // The moved token still works once; the used one does not.
+        assert!(matches!(
+            dst.redeem(&t, "http://e").await,
+            Err(StoreError::BadToken)
+        ));
+        dst.claim_mirror("key-m").await.unwrap();
+        // Into a store that holds anything: refused, nothing written.
+        let err = dst.load(&dump).await.unwrap_err();
+        assert!(matches!(err, StoreError::NotEmpty(_)), "{err}");
+        assert_eq!(dst.volunteers().await.unwrap().len(), 1);
     }
 
     /// A database made before versioned migrations (SQLite only: PostgreSQL came after):

@@ -84,14 +84,7 @@ async fn stale_volunteer_is_excluded_per_file_until_its_admin_catches_up() {
     // Restart the server: generation, credentials and history survive; live state returns
     // with the next announces while the origin serves.
     server.restart();
-    wait_until(Duration::from_secs(30), "server back", || async {
-        http()
-            .get(format!("{}/health", server.url))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
+    server.wait_healthy().await;
     let health: serde_json::Value = http()
         .get(format!("{}/health", server.url))
         .send()

@@ -94,21 +94,9 @@ async fn replicas_share_volunteers_tokens_and_standing_ride_out_the_database_and
 
     // A token made on A works on B, once, and then on neither.
     let token = a.enroll("v2");
-    let enroll = |server: &Server| {
-        let (u, t) = (format!("{}/api/enroll", server.url), token.clone());
-        async move {
-            http()
-                .post(u)
-                .json(&serde_json::json!({"token": t, "url": "http://127.0.0.1:9"}))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    };
-    assert!(enroll(&b).await.is_success());
-    assert_eq!(enroll(&a).await, reqwest::StatusCode::FORBIDDEN);
-    assert_eq!(enroll(&b).await, reqwest::StatusCode::FORBIDDEN);
+    assert!(b.redeem(&token).await.is_success());
+    assert_eq!(a.redeem(&token).await, reqwest::StatusCode::FORBIDDEN);
+    assert_eq!(b.redeem(&token).await, reqwest::StatusCode::FORBIDDEN);
 
     // PostgreSQL stops: customers are still sent to the volunteer, whose announces A still
     // takes (three intervals pass); what needs the database is refused with a 503 naming
@@ -186,20 +174,8 @@ async fn a_sqlite_mirror_moves_to_postgresql_with_its_volunteers() {
     let repo = root.join("repo");
     sample_repo(&repo);
     let mut server = start_server(root, &repo, &[]).await;
-    let redeem = |server: &Server, token: String| {
-        let u = format!("{}/api/enroll", server.url);
-        async move {
-            http()
-                .post(u)
-                .json(&serde_json::json!({"token": token, "url": "http://127.0.0.1:9"}))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    };
     // One volunteer enrolled, and one token not yet used.
-    assert!(redeem(&server, server.enroll("m1")).await.is_success());
+    assert!(server.redeem(&server.enroll("m1")).await.is_success());
     let waiting = server.enroll("m2");
     let migrate = |data_dir: &std::path::Path| {
         std::process::Command::new(BIN)
@@ -238,22 +214,11 @@ async fn a_sqlite_mirror_moves_to_postgresql_with_its_volunteers() {
     // The server restarts on PostgreSQL, and the volunteer's token works there.
     server.args.extend(["--database".to_string(), url.clone()]);
     server.restart();
-    wait_until(
-        Duration::from_secs(30),
-        "the server on PostgreSQL",
-        || async {
-            http()
-                .get(format!("{}/health", server.url))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        },
-    )
-    .await;
+    server.wait_healthy().await;
     // The token made before the move works after it, once.
-    assert!(redeem(&server, waiting.clone()).await.is_success());
+    assert!(server.redeem(&waiting).await.is_success());
     assert_eq!(
-        redeem(&server, waiting).await,
+        server.redeem(&waiting).await,
         reqwest::StatusCode::FORBIDDEN
     );
     let names: Vec<String> = server

@@ -9,9 +9,7 @@ use anyhow::{bail, Context, Result};
 use rand::{RngCore, SeedableRng};
 
 use super::procs::{cpu_seconds, memory, require};
-use super::services::{
-    start_nginx, start_opentracker, start_server, start_server_from, start_server_on, Cores,
-};
+use super::services::{start_nginx, start_opentracker, start_server, start_server_from, Cores};
 use super::wrk::{self, Load};
 use super::{population, trees, Goal, Row, SpeedArgs};
 
@@ -451,6 +449,40 @@ fn ab_row(
     }
 }
 
+/// Two servers in the redirect part's state, each `(tag, binary, database)`, on `cores`:
+/// started, their volunteers enrolled at the first start (kept in `members` for the next,
+/// as each keeps its data directory) and announced.
+async fn start_redirect_pair(
+    a: &SpeedArgs,
+    pool: &Path,
+    cores: Cores,
+    sides: [(&str, &Path, Option<&str>); 2],
+    members: &mut [Option<Vec<population::Member>>; 2],
+) -> Result<Vec<super::services::OurServer>> {
+    let mut servers = Vec::new();
+    for (k, (tag, exe, database)) in sides.into_iter().enumerate() {
+        let srv = start_server_from(
+            exe,
+            &a.work,
+            tag,
+            &[("bench", pool)],
+            cores,
+            Duration::from_secs(1800),
+            database,
+        )
+        .await?;
+        let m = match members[k].take() {
+            Some(m) => m,
+            None => population::enroll(&srv.url, &srv.data_dir, database, a.volunteers).await?,
+        };
+        population::announce_all(&srv.url, "bench", 1, &m).await?;
+        population::check_registered(&srv.url, a.volunteers).await?;
+        members[k] = Some(m);
+        servers.push(srv);
+    }
+    Ok(servers)
+}
+
 /// This build's redirects against another build's (`--ab-binary`), in the redirect part's
 /// state (the same tree, volunteers and request mix), on one core and on all, the two
 /// servers taking turns. The other build is the reference: a ratio above 1 means this one
@@ -467,29 +499,8 @@ pub async fn redirect_ab(a: &SpeedArgs) -> Result<Vec<Row>> {
         fresh_dir(&a.work.join(format!("server-data-{tag}")))?;
     }
     for cores in [Cores::One, Cores::All] {
-        let mut servers = Vec::new();
-        for (k, (tag, exe)) in [("ab-this", this.as_path()), ("ab-other", other)]
-            .into_iter()
-            .enumerate()
-        {
-            let srv = start_server_from(
-                exe,
-                &a.work,
-                tag,
-                &[("bench", &pool)],
-                cores,
-                Duration::from_secs(1800),
-            )
-            .await?;
-            let m = match members[k].take() {
-                Some(m) => m,
-                None => population::enroll(&srv.url, &srv.data_dir, None, a.volunteers).await?,
-            };
-            population::announce_all(&srv.url, "bench", 1, &m).await?;
-            population::check_registered(&srv.url, a.volunteers).await?;
-            members[k] = Some(m);
-            servers.push(srv);
-        }
+        let sides = [("ab-this", this.as_path(), None), ("ab-other", other, None)];
+        let servers = start_redirect_pair(a, &pool, cores, sides, &mut members).await?;
         eprintln!("   both builds up ({})", cores.label());
         let c = side_by_side(
             a,
@@ -529,30 +540,11 @@ pub async fn redirect_db(a: &SpeedArgs) -> Result<Vec<Row>> {
         fresh_dir(&a.work.join(format!("server-data-{tag}")))?;
     }
     for cores in [Cores::One, Cores::All] {
-        let mut servers = Vec::new();
-        for (k, (tag, database)) in [("db-postgres", Some(url.as_str())), ("db-sqlite", None)]
-            .into_iter()
-            .enumerate()
-        {
-            let srv = start_server_on(
-                &exe,
-                &a.work,
-                tag,
-                &[("bench", &pool)],
-                cores,
-                Duration::from_secs(1800),
-                database,
-            )
-            .await?;
-            let m = match members[k].take() {
-                Some(m) => m,
-                None => population::enroll(&srv.url, &srv.data_dir, database, a.volunteers).await?,
-            };
-            population::announce_all(&srv.url, "bench", 1, &m).await?;
-            population::check_registered(&srv.url, a.volunteers).await?;
-            members[k] = Some(m);
-            servers.push(srv);
-        }
+        let sides = [
+            ("db-postgres", exe.as_path(), Some(url.as_str())),
+            ("db-sqlite", exe.as_path(), None),
+        ];
+        let servers = start_redirect_pair(a, &pool, cores, sides, &mut members).await?;
         eprintln!("   both servers up ({})", cores.label());
         let c = side_by_side(
             a,
@@ -704,6 +696,7 @@ pub async fn announce_ab(a: &SpeedArgs) -> Result<Vec<Row>> {
                 &[("bench", &tiny)],
                 cores,
                 Duration::from_secs(60),
+                None,
             )
             .await?;
             check_announce(&srv.url, &hashes[0]).await?;

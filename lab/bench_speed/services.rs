@@ -62,24 +62,12 @@ pub async fn start_server(
     start_limit: Duration,
 ) -> Result<OurServer> {
     let exe = crate::product_binary()?;
-    start_server_from(&exe, work, tag, repos, cores, start_limit).await
+    start_server_from(&exe, work, tag, repos, cores, start_limit, None).await
 }
 
-/// [`start_server`] from the binary `exe`.
+/// [`start_server`] from the binary `exe`, keeping its state in the database `database`
+/// names (None: SQLite in its data directory).
 pub async fn start_server_from(
-    exe: &Path,
-    work: &Path,
-    tag: &str,
-    repos: &[(&str, &Path)],
-    cores: Cores,
-    start_limit: Duration,
-) -> Result<OurServer> {
-    start_server_on(exe, work, tag, repos, cores, start_limit, None).await
-}
-
-/// [`start_server_from`] keeping its state in the database `database` names (None: SQLite
-/// in its data directory).
-pub async fn start_server_on(
     exe: &Path,
     work: &Path,
     tag: &str,

@@ -129,25 +129,12 @@ impl AppState {
     }
 
     /// Reload every volunteer's record and standing from the store (after another server
-    /// sharing it, or an admin command beside this one, changed them). A volunteer whose
-    /// record is gone (its name enrolled anew) is forgotten.
+    /// sharing it, or an admin command beside this one, changed them).
     pub async fn reload_volunteers(&self) -> Result<(), crate::store::StoreError> {
         self.reload_credentials().await?;
         let creds: Vec<VolunteerRecord> = read(&self.credentials).values().cloned().collect();
         for rec in &creds {
             self.apply_standing(rec);
-        }
-        let gone: Vec<String> = {
-            let known = read(&self.credentials);
-            let reg = self.balancer.registry();
-            reg.all()
-                .filter(|v| !known.contains_key(&v.id))
-                .map(|v| v.id.clone())
-                .collect()
-        };
-        let mut reg = self.balancer.registry();
-        for id in gone {
-            reg.remove(&id);
         }
         Ok(())
     }

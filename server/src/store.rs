@@ -189,6 +189,49 @@ fn token_hash(secret: &str) -> String {
     hex::encode(sha2::Sha256::digest(secret.as_bytes()))
 }
 
+/// Record the generation `g` (again: replaced, not doubled).
+async fn write_generation(
+    conn: &mut sqlx::AnyConnection,
+    g: &GenerationRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO generations (repo, generation, published_at, files, bytes, changed_files) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (repo, generation) DO UPDATE SET published_at = excluded.published_at, files = excluded.files, bytes = excluded.bytes, changed_files = excluded.changed_files",
+    )
+    .bind(&g.repo)
+    .bind(g.generation as i64)
+    .bind(g.published_at as i64)
+    .bind(g.files as i64)
+    .bind(g.bytes as i64)
+    .bind(g.changed_files as i64)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Claim the database for the mirror whose key has `fingerprint`: the first to claim it
+/// writes it; any later claim must name the same key.
+async fn claim_mirror_on(
+    conn: &mut sqlx::AnyConnection,
+    fingerprint: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO mirror (id, key_fingerprint) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(fingerprint)
+    .execute(&mut *conn)
+    .await?;
+    let theirs: String = sqlx::query_scalar("SELECT key_fingerprint FROM mirror WHERE id = 1")
+        .fetch_one(&mut *conn)
+        .await?;
+    if theirs != fingerprint {
+        return Err(StoreError::OtherMirror {
+            ours: fingerprint.to_string(),
+            theirs,
+        });
+    }
+    Ok(())
+}
+
 /// The SQLite schema's versions, oldest first (files under `migrations/sqlite/`, built into
 /// the binary). sqlx applies each once, in a transaction, and records it with its checksum in
 /// `_sqlx_migrations`.
@@ -554,22 +597,7 @@ impl Store {
             return Err(StoreError::NotEmpty(self.name.clone()));
         }
         if let Some(fp) = &dump.mirror {
-            sqlx::query(
-                "INSERT INTO mirror (id, key_fingerprint) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(fp)
-            .execute(&mut *tx)
-            .await?;
-            let theirs: String =
-                sqlx::query_scalar("SELECT key_fingerprint FROM mirror WHERE id = 1")
-                    .fetch_one(&mut *tx)
-                    .await?;
-            if &theirs != fp {
-                return Err(StoreError::OtherMirror {
-                    ours: fp.clone(),
-                    theirs,
-                });
-            }
+            claim_mirror_on(&mut tx, fp).await?;
         }
         for v in &dump.volunteers {
             sqlx::query(
@@ -599,17 +627,7 @@ impl Store {
             .await?;
         }
         for g in &dump.generations {
-            sqlx::query(
-                "INSERT INTO generations (repo, generation, published_at, files, bytes, changed_files) VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(&g.repo)
-            .bind(g.generation as i64)
-            .bind(g.published_at as i64)
-            .bind(g.files as i64)
-            .bind(g.bytes as i64)
-            .bind(g.changed_files as i64)
-            .execute(&mut *tx)
-            .await?;
+            write_generation(&mut tx, g).await?;
         }
         bump_revision(&mut tx, self.backend, "volunteers").await?;
         tx.commit().await?;
@@ -619,22 +637,7 @@ impl Store {
     /// Claim the database for the mirror whose key has `fingerprint`: the first server to
     /// open it writes it; any later one must have the same key.
     pub async fn claim_mirror(&self, fingerprint: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO mirror (id, key_fingerprint) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(fingerprint)
-        .execute(&self.pool)
-        .await?;
-        let theirs: String = sqlx::query_scalar("SELECT key_fingerprint FROM mirror WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await?;
-        if theirs != fingerprint {
-            return Err(StoreError::OtherMirror {
-                ours: fingerprint.to_string(),
-                theirs,
-            });
-        }
-        Ok(())
+        claim_mirror_on(&mut *self.pool.acquire().await?, fingerprint).await
     }
 
     /// Create a one-time enrollment token for a volunteer called `name`. The returned token is
@@ -803,18 +806,7 @@ impl Store {
     }
 
     pub async fn record_generation(&self, g: &GenerationRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO generations (repo, generation, published_at, files, bytes, changed_files) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (repo, generation) DO UPDATE SET published_at = excluded.published_at, files = excluded.files, bytes = excluded.bytes, changed_files = excluded.changed_files",
-        )
-        .bind(&g.repo)
-        .bind(g.generation as i64)
-        .bind(g.published_at as i64)
-        .bind(g.files as i64)
-        .bind(g.bytes as i64)
-        .bind(g.changed_files as i64)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        write_generation(&mut *self.pool.acquire().await?, g).await
     }
 
     pub async fn latest_generation(

@@ -218,17 +218,33 @@ pub async fn start_server(root: &Path, repo_dir: &Path, extra: &[&str]) -> Serve
         proc,
         args,
     };
-    let c = http();
-    wait_until(Duration::from_secs(30), "server health", || {
-        let c = c.clone();
-        let u = format!("{url}/health");
-        async move { c.get(u).send().await.is_ok_and(|r| r.status().is_success()) }
-    })
-    .await;
+    s.wait_healthy().await;
     s
 }
 
 impl Server {
+    /// Wait (at most 30 s) until `/health` answers 200.
+    pub async fn wait_healthy(&self) {
+        let c = http();
+        let u = format!("{}/health", self.url);
+        wait_until(Duration::from_secs(30), "server health", || {
+            let (c, u) = (c.clone(), u.clone());
+            async move { c.get(u).send().await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await;
+    }
+
+    /// `POST /api/enroll` with `token`, as a volunteer at an unreachable URL would.
+    pub async fn redeem(&self, token: &str) -> reqwest::StatusCode {
+        http()
+            .post(format!("{}/api/enroll", self.url))
+            .json(&serde_json::json!({"token": token, "url": "http://127.0.0.1:9"}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
     pub fn restart(&mut self) {
         self.proc.terminate();
         let argv: Vec<&str> = self.args.iter().map(String::as_str).collect();

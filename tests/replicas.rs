@@ -231,3 +231,152 @@ async fn a_sqlite_mirror_moves_to_postgresql_with_its_volunteers() {
     drop(server);
     drop(cluster);
 }
+
+/// The generation `server` serves of `debian`, as `/api/info` says.
+async fn generation(server: &Server) -> Option<u64> {
+    let r = http()
+        .get(format!("{}/api/info", server.url))
+        .send()
+        .await
+        .ok()?;
+    r.json::<serde_json::Value>().await.ok()?["repos"]["debian"].as_u64()
+}
+
+/// What `server` answers for `debian/<path>`: the status, and the body if 200.
+async fn fetch(server: &Server, path: &str) -> (reqwest::StatusCode, Vec<u8>) {
+    let r = http()
+        .get(format!("{}/debian/{path}", server.url))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    (status, r.bytes().await.unwrap_or_default().to_vec())
+}
+
+/// A server of the mirror on `db`, with `tree` its own copy of the repository, signing with
+/// `key` (copied from the first, as an operator would).
+async fn start_replica(
+    root: &std::path::Path,
+    tree: &std::path::Path,
+    key: Option<&std::path::Path>,
+    db: &[&str],
+) -> Server {
+    if let Some(key) = key {
+        let data = root.join("server-data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::copy(key, data.join("server.key")).unwrap();
+    }
+    start_server(root, tree, db).await
+}
+
+/// Publishing on one replica is serving on all: the others load the generation from the
+/// database within a second, each indexing its own copy of the tree against the signed
+/// manifest; a file a replica's copy lacks is never sent by its origin (other bytes), until
+/// the copy holds it; a replica restarted catches up from the database before it answers,
+/// and does not publish its own older tree over the newer generation.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_generation_published_on_one_replica_is_served_by_all() {
+    let cluster = pgtest::Cluster::start();
+    let url = cluster.create_database("mirror");
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let trees = ["a", "b", "c"].map(|r| root.join(r).join("tree"));
+    sample_repo(&trees[0]);
+    copy_tree(&trees[0], &trees[1]);
+    copy_tree(&trees[0], &trees[2]);
+    let db = ["--database", url.as_str(), "--direct-max-bytes", "0"];
+    let a = start_replica(&root.join("a"), &trees[0], None, &db).await;
+    let key = a.data_dir.join("server.key");
+    let b = start_replica(&root.join("b"), &trees[1], Some(&key), &db).await;
+    let mut c = start_replica(&root.join("c"), &trees[2], Some(&key), &db).await;
+    for s in [&a, &b, &c] {
+        assert_eq!(generation(s).await, Some(1));
+    }
+
+    // A release written to every replica's tree, and one more file only to A's; published
+    // on A.
+    let new = b"the new release\n".repeat(100);
+    let only_a = b"written to A only\n".repeat(10);
+    for t in &trees {
+        std::fs::write(t.join("new.txt"), &new).unwrap();
+    }
+    std::fs::write(trees[0].join("only-a.txt"), &only_a).unwrap();
+    a.publish();
+    let published = Instant::now();
+    for s in [&b, &c] {
+        wait_until(
+            Duration::from_secs(5),
+            "a replica to load generation 2",
+            || async { generation(s).await == Some(2) },
+        )
+        .await;
+    }
+    eprintln!(
+        "generation 2 served by B and C {:?} after publish returned",
+        published.elapsed()
+    );
+    // Every replica is an origin for what its tree holds as published, and for nothing else.
+    for s in [&a, &b, &c] {
+        assert_eq!(
+            fetch(s, "new.txt").await,
+            (reqwest::StatusCode::OK, new.clone())
+        );
+        let manifest = http()
+            .get(format!("{}/manifests/debian/2", s.url))
+            .send()
+            .await
+            .unwrap();
+        assert!(manifest.status().is_success());
+    }
+    assert_eq!(
+        fetch(&a, "only-a.txt").await,
+        (reqwest::StatusCode::OK, only_a.clone())
+    );
+    assert_eq!(
+        fetch(&b, "only-a.txt").await.0,
+        reqwest::StatusCode::SERVICE_UNAVAILABLE
+    );
+    // Written to B's tree too (as the operator's sync would): B finds it and sends it.
+    std::fs::write(trees[1].join("only-a.txt"), &only_a).unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "B to find the file in its tree",
+        || async { fetch(&b, "only-a.txt").await == (reqwest::StatusCode::OK, only_a.clone()) },
+    )
+    .await;
+
+    // C dies; A publishes generation 3 (new.txt changed, in A's tree alone). C restarted
+    // serves generation 3 from its first answer, with its older new.txt not sent, and has
+    // not published its tree as generation 4.
+    c.proc.kill();
+    let newer = b"the newer release\n".repeat(100);
+    std::fs::write(trees[0].join("new.txt"), &newer).unwrap();
+    a.publish();
+    c.restart();
+    c.wait_healthy().await;
+    assert_eq!(generation(&c).await, Some(3));
+    assert_eq!(
+        fetch(&c, "new.txt").await.0,
+        reqwest::StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        fetch(&c, "only-a.txt").await.0,
+        reqwest::StatusCode::SERVICE_UNAVAILABLE
+    );
+    for s in [&a, &b] {
+        wait_until(
+            Duration::from_secs(5),
+            "generation 3 everywhere",
+            || async { generation(s).await == Some(3) },
+        )
+        .await;
+    }
+    assert_eq!(
+        fetch(&a, "new.txt").await,
+        (reqwest::StatusCode::OK, newer.clone())
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(generation(&a).await, Some(3), "C published its older tree");
+    drop((a, b, c));
+    drop(cluster);
+}

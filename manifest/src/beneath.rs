@@ -57,6 +57,10 @@ pub enum OpenError {
     /// A regular file, but not of the size expected.
     #[error("{found} bytes where {expected} were published")]
     SizeChanged { expected: u64, found: u64 },
+    /// The tree was found not to hold the published bytes (a replica still catching up with
+    /// a generation another server published); not opened.
+    #[error("this server's copy is not the published one yet")]
+    NotHeld,
     /// Anything else (permissions, I/O): the tree may be fine.
     #[error("{0}")]
     Io(#[source] io::Error),

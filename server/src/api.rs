@@ -223,8 +223,19 @@ pub async fn manifest(
                 format!("generation {g} of `{repo}` is not published"),
             );
         }
-        match tokio::fs::read(crate::publish::manifest_path(&st.config.data_dir, &repo, g)).await {
+        let on_disk =
+            tokio::fs::read(crate::publish::manifest_path(&st.config.data_dir, &repo, g)).await;
+        // A generation published by another server sharing the database before this one
+        // joined: the database has it.
+        let shared = || async {
+            match st.store.shared() {
+                true => st.store.signed_manifest(&repo, g).await.ok().flatten(),
+                false => None,
+            }
+        };
+        match on_disk {
             Ok(b) => b,
+            Err(_) if let Some(b) = shared().await => b,
             Err(_) => {
                 return text(
                     StatusCode::NOT_FOUND,
@@ -283,7 +294,24 @@ pub async fn publish(
                 "skipped": r.skipped.len(),
             })),
             Err(e) => {
-                if let Some(s) = e.chain().find_map(|c| c.downcast_ref::<StoreError>()) {
+                // Another server sharing the database publishes it now, or did meanwhile.
+                let busy = e
+                    .chain()
+                    .find_map(|c| c.downcast_ref::<crate::lease::LeaseError>());
+                if let Some(crate::lease::LeaseError::Busy(b)) = busy {
+                    return text(StatusCode::CONFLICT, b.to_string());
+                }
+                let store = e.chain().find_map(|c| {
+                    c.downcast_ref::<StoreError>()
+                        .or_else(|| match c.downcast_ref() {
+                            Some(crate::lease::LeaseError::Store(s)) => Some(s),
+                            _ => None,
+                        })
+                });
+                if let Some(s @ StoreError::GenerationTaken { .. }) = store {
+                    return text(StatusCode::CONFLICT, format!("{s}; publish again"));
+                }
+                if let Some(s) = store {
                     return store_failed(&st, &format!("publishing `{name}`"), s);
                 }
                 tracing::error!(repo = %name, error = %format!("{e:#}"), "publish failed");

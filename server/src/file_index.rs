@@ -22,7 +22,7 @@ mod rec {
     pub const SIZE: usize = 0;
     pub const CHANGED_IN: usize = 8;
     /// The file's mtime when it was hashed (ns since the epoch), to notice edits on disk;
-    /// `i64::MIN`: not known.
+    /// `UNKNOWN` or `NOT_HELD` (see those).
     pub const MTIME_NS: usize = 16;
     pub const SHA256: usize = 24;
     /// Position in `FileIndex::btih`, or `NO_BTIH`.
@@ -35,6 +35,11 @@ mod rec {
 /// Records start at multiples of this; the table and the order name them in its units.
 const ALIGN: usize = 8;
 const NO_BTIH: u32 = u32::MAX;
+/// An mtime not known: the file may be as published (the origin serves it, unvouched).
+const UNKNOWN: i64 = i64::MIN;
+/// This server's tree does not hold the published bytes (a replica that loaded a generation
+/// another published, before its own copy caught up): the origin does not send the file.
+const NOT_HELD: i64 = i64::MIN + 1;
 /// A free table entry (no record is at `u32::MAX` units: at most `u32::MAX - 1`).
 const EMPTY: u64 = u64::MAX;
 const UNIT_LIMIT: usize = u32::MAX as usize;
@@ -68,6 +73,20 @@ fn record_len(path_len: usize) -> usize {
 impl FileIndex {
     /// Index `manifest`'s files; `stat` gives each one's mtime when it was hashed.
     pub fn build(manifest: &Manifest, stat: &ScanCache) -> Result<FileIndex, IndexError> {
+        Self::build_with(manifest, stat, UNKNOWN)
+    }
+
+    /// As [`Self::build`], for a generation another server published: `held` is what this
+    /// server's tree was found to hold of it, and every other file is marked not held here.
+    pub fn build_held(manifest: &Manifest, held: &ScanCache) -> Result<FileIndex, IndexError> {
+        Self::build_with(manifest, held, NOT_HELD)
+    }
+
+    fn build_with(
+        manifest: &Manifest,
+        stat: &ScanCache,
+        missing: i64,
+    ) -> Result<FileIndex, IndexError> {
         let n = manifest.files.len();
         if n >= u32::MAX as usize {
             return Err(IndexError::TooManyFiles);
@@ -92,8 +111,8 @@ impl FileIndex {
             };
             let mtime_ns = stat
                 .get(path)
-                .filter(|c| c.size == e.size)
-                .map_or(i64::MIN, |c| c.mtime_ns as i64);
+                .filter(|c| c.size == e.size && c.mtime_ns as i64 > NOT_HELD)
+                .map_or(missing, |c| c.mtime_ns as i64);
             records.extend_from_slice(&e.size.to_le_bytes());
             records.extend_from_slice(&e.changed_in.to_le_bytes());
             records.extend_from_slice(&mtime_ns.to_le_bytes());
@@ -222,7 +241,22 @@ impl FileIndex {
     pub fn stat(&self, path: &str) -> Option<(u64, i128)> {
         let u = self.position(path)?;
         let mtime = self.mtime_ns_at(u);
-        (mtime != i64::MIN).then(|| (self.u64_at(u, rec::SIZE), i128::from(mtime)))
+        (mtime > NOT_HELD).then(|| (self.u64_at(u, rec::SIZE), i128::from(mtime)))
+    }
+
+    /// Whether this server's tree holds the published bytes of `path` as far as it knows
+    /// (false only for a file a replica found otherwise when it loaded the generation).
+    pub fn held_here(&self, path: &str) -> bool {
+        self.position(path)
+            .is_none_or(|u| self.mtime_ns_at(u) != NOT_HELD)
+    }
+
+    /// How many files this server's tree does not hold (see [`Self::held_here`]).
+    pub fn not_held(&self) -> usize {
+        self.order
+            .iter()
+            .filter(|&&u| self.mtime_ns_at(u) == NOT_HELD)
+            .count()
     }
 
     /// The `i`-th file in path order.
@@ -277,7 +311,7 @@ impl Known for FileIndex {
     fn known(&self, rel: &str) -> Option<CachedFile> {
         let u = self.position(rel)?;
         let mtime = self.mtime_ns_at(u);
-        (mtime != i64::MIN).then(|| CachedFile {
+        (mtime > NOT_HELD).then(|| CachedFile {
             size: self.u64_at(u, rec::SIZE),
             mtime_ns: i128::from(mtime),
             sha256: Sha256(self.field(u, rec::SHA256)),

@@ -12,13 +12,22 @@ use crate::state::AppState;
 
 /// How often the revisions are polled.
 const POLL: Duration = Duration::from_secs(1);
+/// How often a tree that lacked files of a loaded generation is looked at again.
+const RECHECK: Duration = Duration::from_secs(10);
 
-/// Reload the volunteers (credentials, revocations, drains, quarantines) whenever their
-/// revision moves. Runs until the process ends.
-pub async fn volunteers(st: Arc<AppState>) {
-    let mut seen = st.store.revision("volunteers").await.ok();
+/// The kinds of fact followed, by their revisions' names.
+const VOLUNTEERS: &str = "volunteers";
+const GENERATIONS: &str = "generations";
+
+/// Follow the database until the process ends: reload the volunteers (credentials,
+/// revocations, drains, quarantines) when their revision moves, and load every generation
+/// another server publishes when that of generations does.
+pub async fn run(st: Arc<AppState>) {
+    let mut seen_volunteers = st.store.revision(VOLUNTEERS).await.ok();
+    let mut seen_generations = st.store.revision(GENERATIONS).await.ok();
     let mut listener = None;
     let mut unreachable = false;
+    let mut rechecked = tokio::time::Instant::now();
     loop {
         if listener.is_none() {
             // Reconnected on each failure: PostgreSQL may have restarted.
@@ -40,11 +49,17 @@ pub async fn volunteers(st: Arc<AppState>) {
             }
             None => tokio::time::sleep(POLL).await,
         }
-        let now = match st.store.revision("volunteers").await {
+        let now = async {
+            Ok::<_, crate::store::StoreError>((
+                st.store.revision(VOLUNTEERS).await?,
+                st.store.revision(GENERATIONS).await?,
+            ))
+        };
+        let (volunteers, generations) = match now.await {
             Ok(r) => r,
             Err(e) => {
                 if !unreachable {
-                    tracing::warn!(error = %e, "the database is unreachable: volunteers' standing stays as last loaded until it returns");
+                    tracing::warn!(error = %e, "the database is unreachable: volunteers' standing and the generations served stay as last loaded until it returns");
                     unreachable = true;
                 }
                 continue;
@@ -54,15 +69,45 @@ pub async fn volunteers(st: Arc<AppState>) {
             tracing::info!("the database is back");
             unreachable = false;
         }
-        if seen == Some(now) {
-            continue;
-        }
-        match st.reload_volunteers().await {
-            Ok(()) => {
-                tracing::debug!(revision = now, "volunteers reloaded from the database");
-                seen = Some(now);
+        if seen_volunteers != Some(volunteers) {
+            match st.reload_volunteers().await {
+                Ok(()) => {
+                    tracing::debug!(
+                        revision = volunteers,
+                        "volunteers reloaded from the database"
+                    );
+                    seen_volunteers = Some(volunteers);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot reload the volunteers"),
             }
-            Err(e) => tracing::warn!(error = %e, "cannot reload the volunteers"),
+        }
+        let lacking = st.repos.all().iter().any(|s| s.not_held > 0);
+        if seen_generations != Some(generations) || (lacking && rechecked.elapsed() >= RECHECK) {
+            rechecked = tokio::time::Instant::now();
+            let mut all = true;
+            for name in st.repo_dirs.keys() {
+                // On the runtime the server started on, as a publish runs (its seed's).
+                let job = {
+                    let (st, name) = (st.clone(), name.clone());
+                    st.background
+                        .clone()
+                        .spawn(async move { crate::load_published(&st, &name).await })
+                };
+                match job.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(repo = %name, error = %format!("{e:#}"), "cannot load the generation another server published; serving the one loaded");
+                        all = false;
+                    }
+                    Err(e) => {
+                        tracing::warn!(repo = %name, error = %e, "load task failed");
+                        all = false;
+                    }
+                }
+            }
+            if all {
+                seen_generations = Some(generations);
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod api;
 pub mod counters;
 pub mod file_index;
 pub mod follow;
+pub mod lease;
 pub mod locks;
 pub mod metalink;
 pub mod metrics;
@@ -107,28 +108,33 @@ fn written_url(data: &DataDir) -> Option<String> {
         .and_then(|v| v.get("url")?.as_str().map(str::to_string))
 }
 
-/// Publish one repository now and swap the new snapshot in.
+/// Publish one repository now and swap the new snapshot in. On a store shared with other
+/// servers, under the repository's publish lease, and on top of the newest generation any of
+/// them recorded (loaded first if this server has not yet).
 pub async fn publish_repo(st: &AppState, name: &str) -> Result<PublishReport> {
     let dir = st
         .repo_dirs
         .get(name)
         .ok_or_else(|| anyhow!("no repository named `{name}`"))?;
     let _guard = st.publish_lock.lock().await;
-    let previous = st.repo(name);
-    let (snap, report) = st.publisher.publish(name, dir, previous.clone()).await?;
-    if !previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, &snap)) {
-        let replaced = st.repos.install(name, snap.clone());
-        // Requests still holding the old snapshot free it when they finish, and each serving
-        // thread's copy at its next request; most memory of the publish itself is free now.
-        drop((replaced, previous));
-    }
-    publish::release_freed_memory();
-    list_published_torrents(st, name, &snap, &report);
-    if let Some(seed) = st.seed.get() {
-        if let Err(e) = seed.sync(&snap).await {
-            tracing::warn!(repo = name, error = %format!("{e:#}"), "origin seeding incomplete");
+    let lease = match st.store.shared() {
+        true => Some(lease::PublishLease::take(&st.store, name, &st.public_url).await?),
+        false => None,
+    };
+    let published = async {
+        if lease.is_some() {
+            adopt_newest(st, name, dir).await?;
         }
+        let previous = st.repo(name);
+        let (snap, report) = st.publisher.publish(name, dir, previous.clone()).await?;
+        install(st, name, &snap, previous, &report.replaced_torrents).await;
+        anyhow::Ok(report)
     }
+    .await;
+    if let Some(lease) = lease {
+        lease.release().await;
+    }
+    let report = published?;
     if report.new_generation {
         tracing::info!(
             repo = name,
@@ -148,6 +154,76 @@ pub async fn publish_repo(st: &AppState, name: &str) -> Result<PublishReport> {
     Ok(report)
 }
 
+/// Load the newest generation of `name` another server sharing the store published, if it
+/// is newer than this server's. The request path goes on with the current generation until
+/// the new one is loaded whole.
+pub async fn load_published(st: &AppState, name: &str) -> Result<Option<publish::AdoptReport>> {
+    let dir = st
+        .repo_dirs
+        .get(name)
+        .ok_or_else(|| anyhow!("no repository named `{name}`"))?;
+    let _guard = st.publish_lock.lock().await;
+    adopt_newest(st, name, dir).await
+}
+
+/// [`load_published`] with the publish lock held.
+async fn adopt_newest(
+    st: &AppState,
+    name: &str,
+    dir: &Path,
+) -> Result<Option<publish::AdoptReport>> {
+    let Some((generation, by)) = st.store.latest_published(name).await? else {
+        return Ok(None);
+    };
+    let previous = st.repo(name);
+    // Loaded already, unless its tree lacked files then (looked for again).
+    if previous.as_ref().is_some_and(|p| {
+        p.generation > generation || (p.generation == generation && p.not_held == 0)
+    }) {
+        return Ok(None);
+    }
+    let signed = st
+        .store
+        .signed_manifest(name, generation)
+        .await?
+        .ok_or_else(|| anyhow!("generation {generation} of `{name}` vanished from the database"))?;
+    let (snap, report) = st
+        .publisher
+        .adopt(name, dir, previous.clone(), generation, signed)
+        .await?;
+    install(st, name, &snap, previous, &report.replaced_torrents).await;
+    if report.not_held > 0 {
+        tracing::warn!(repo = name, generation, published_by = %by, not_held = report.not_held, tree = %dir.display(), "loaded a generation this server's tree does not fully hold: its origin sends none of those files (customers go to volunteers or wait) until the tree holds them and the generation is loaded again; fill the tree from the publishing server (see the operator's guide, \"Running several servers\")");
+    } else {
+        tracing::info!(repo = name, generation, published_by = %by, files = report.files, hashed = report.hashed_files, "loaded the generation another server published");
+    }
+    Ok(Some(report))
+}
+
+/// Swap `snap` in as the current generation of `name` (unless it is `previous` itself), and
+/// have the tracker and the origin's seed follow.
+async fn install(
+    st: &AppState,
+    name: &str,
+    snap: &Arc<publish::RepoSnapshot>,
+    previous: Option<Arc<publish::RepoSnapshot>>,
+    replaced_torrents: &[[u8; 20]],
+) {
+    if !previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, snap)) {
+        let replaced = st.repos.install(name, snap.clone());
+        // Requests still holding the old snapshot free it when they finish, and each serving
+        // thread's copy at its next request; most memory of the publish itself is free now.
+        drop((replaced, previous));
+    }
+    publish::release_freed_memory();
+    list_published_torrents(st, name, snap, replaced_torrents);
+    if let Some(seed) = st.seed.get() {
+        if let Err(e) = seed.sync(snap).await {
+            tracing::warn!(repo = name, error = %format!("{e:#}"), "origin seeding incomplete");
+        }
+    }
+}
+
 /// After a publish of `name`: the tracker lists the torrents of its current generation and
 /// of the one replaced ([`torrents`]), and every repository's own swarm. The set is built
 /// before the swarms' lock is taken; a publish that changed nothing changes nothing here.
@@ -155,7 +231,7 @@ fn list_published_torrents(
     st: &AppState,
     name: &str,
     snap: &publish::RepoSnapshot,
-    report: &PublishReport,
+    replaced_torrents: &[[u8; 20]],
 ) {
     let listed = {
         let mut published = lock(&st.published);
@@ -163,7 +239,7 @@ fn list_published_torrents(
             name,
             snap.generation,
             snap.files.torrents(),
-            &report.replaced_torrents,
+            replaced_torrents,
         );
         if !changed {
             return;
@@ -255,6 +331,7 @@ pub async fn build_state(
                 min_bytes: cfg.prsync.torrent_min_bytes,
                 announce_url: urls::announce_url(&cfg.public_url()),
             },
+            cfg.public_url(),
         ),
         key,
         store,
@@ -287,9 +364,20 @@ pub async fn build_state(
         }
     }
     for name in st.repo_dirs.keys() {
-        publish_repo(&st, name)
-            .await
-            .with_context(|| format!("publishing `{name}`"))?;
+        // A replica catches up with what the others published before it answers anyone, and
+        // publishes its own tree only if it published the newest generation itself (a tree
+        // changed while it was down, as a server alone does): never another's tree rolled
+        // back to its own older copy.
+        let newest = st.store.latest_published(name).await?;
+        if newest.as_ref().is_some_and(|(_, by)| *by != st.public_url) {
+            load_published(&st, name)
+                .await
+                .with_context(|| format!("loading `{name}` from the database"))?;
+        } else {
+            publish_repo(&st, name)
+                .await
+                .with_context(|| format!("publishing `{name}`"))?;
+        }
     }
     Ok(st)
 }
@@ -434,7 +522,7 @@ pub async fn run_with_policy(
     tracing::info!(listen = %local, public_url = %st.public_url, repos = ?st.latest_generations(), policy = st.balancer.policy().name(), "server ready");
 
     tokio::spawn(spotcheck::run(st.clone()));
-    tokio::spawn(follow::volunteers(st.clone()));
+    tokio::spawn(follow::run(st.clone()));
     let sweeper = st.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(sweeper.config.tracker.interval());

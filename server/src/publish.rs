@@ -36,6 +36,9 @@ pub struct RepoSnapshot {
     pub files: FileIndex,
     /// The signed envelope of this generation, served to volunteers from disk.
     pub signed_path: PathBuf,
+    /// Files this server's tree was found not to hold when it loaded a generation another
+    /// server published (see `FileIndex::held_here`); 0 for one it published.
+    pub not_held: usize,
 }
 
 impl RepoSnapshot {
@@ -65,6 +68,23 @@ pub struct Publisher {
     key: Arc<ServerKey>,
     store: Store,
     artifacts: ArtifactSettings,
+    /// This server's public URL, recorded with each generation it publishes into a shared
+    /// store.
+    published_by: String,
+}
+
+/// What loading a generation another server published did.
+#[derive(Debug, Clone)]
+pub struct AdoptReport {
+    pub repo: String,
+    pub generation: u64,
+    pub files: usize,
+    /// Files this server's tree does not hold as published: its origin does not send them
+    /// until a later load finds them (customers go to volunteers, or wait).
+    pub not_held: usize,
+    pub hashed_files: usize,
+    /// The torrents of the generation it replaced (as [`PublishReport::replaced_torrents`]).
+    pub replaced_torrents: Vec<[u8; 20]>,
 }
 
 /// Which files get sync artifacts, and the tracker their torrents name.
@@ -124,12 +144,14 @@ impl Publisher {
         key: Arc<ServerKey>,
         store: Store,
         artifacts: ArtifactSettings,
+        published_by: String,
     ) -> Self {
         Publisher {
             data_dir,
             key,
             store,
             artifacts,
+            published_by,
         }
     }
 
@@ -322,17 +344,23 @@ impl Publisher {
             .values()
             .filter(|e| e.changed_in == manifest.generation)
             .count();
-        if new_generation {
-            self.store
-                .record_generation(&GenerationRecord {
-                    repo: name.to_string(),
-                    generation: manifest.generation,
-                    published_at: manifest.published_at,
-                    files: manifest.files.len() as u64,
-                    bytes: manifest.total_bytes(),
-                    changed_files: changed_files as u64,
-                })
-                .await?;
+        let record = GenerationRecord {
+            repo: name.to_string(),
+            generation: manifest.generation,
+            published_at: manifest.published_at,
+            files: manifest.files.len() as u64,
+            bytes: manifest.total_bytes(),
+            changed_files: changed_files as u64,
+        };
+        if self.store.shared() {
+            // For the other servers sharing the store; a generation kept from before it was
+            // shared (a mirror moved from SQLite) is recorded the first time too.
+            let recorded = self.store.latest_published(name).await?;
+            if new_generation || recorded.is_none_or(|(g, _)| g < manifest.generation) {
+                self.share(&manifest, &record).await?;
+            }
+        } else if new_generation {
+            self.store.record_generation(&record).await?;
         }
         let report = PublishReport {
             repo: name.to_string(),
@@ -354,6 +382,131 @@ impl Publisher {
             published_at: manifest.published_at,
             files,
             signed_path: manifest_path(&self.data_dir, name, manifest.generation),
+            not_held: 0,
+        };
+        Ok((Arc::new(snapshot), report))
+    }
+}
+
+impl Publisher {
+    /// Record `manifest` (published here, signed on disk) in the shared store with its large
+    /// files' artifacts, for the other servers to load.
+    async fn share(&self, manifest: &Manifest, record: &GenerationRecord) -> Result<()> {
+        let path = manifest_path(&self.data_dir, &manifest.repo, manifest.generation);
+        let signed = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let mut artifacts = Vec::new();
+        for e in manifest.files.values().filter(|e| e.btih.is_some()) {
+            let sha256 = e.sha256.to_hex();
+            let read = |ext| {
+                let p = artifact_path(&self.data_dir, &sha256, ext);
+                std::fs::read(&p).with_context(|| format!("reading {}", p.display()))
+            };
+            artifacts.push(crate::store::Artifact {
+                torrent: read("torrent")?,
+                signature: read("sig")?,
+                sha256,
+            });
+        }
+        self.store
+            .record_published(record, &signed, &self.published_by, &artifacts)
+            .await?;
+        Ok(())
+    }
+
+    /// Load generation `signed` of `name`, which another server sharing the store published:
+    /// verify it with the mirror's key, keep it and its artifacts in this data directory (to
+    /// serve `/manifests/…` and `/artifacts/…`), and index it against this server's own tree
+    /// at `root`, marking each file the tree does not hold as published, so that the origin
+    /// never sends other bytes for it.
+    pub async fn adopt(
+        &self,
+        name: &str,
+        root: &Path,
+        previous: Option<Arc<RepoSnapshot>>,
+        generation: u64,
+        signed: Vec<u8>,
+    ) -> Result<(Arc<RepoSnapshot>, AdoptReport)> {
+        let manifest =
+            SignedManifest::verify_expected(&signed, &self.key.public(), name, Some(generation))
+                .with_context(|| {
+                    format!("verifying generation {generation} of `{name}` from the database")
+                })?;
+        let path = manifest_path(&self.data_dir, name, generation);
+        if std::fs::read(&path).ok().as_deref() != Some(&signed[..]) {
+            write_atomic(&path, &signed).with_context(|| format!("writing {}", path.display()))?;
+        }
+        for e in manifest.files.values() {
+            let Some(btih) = e.btih else { continue };
+            let sha = e.sha256.to_hex();
+            let torrent_path = artifact_path(&self.data_dir, &sha, "torrent");
+            let sig_path = artifact_path(&self.data_dir, &sha, "sig");
+            if torrent_path.exists() && sig_path.exists() {
+                continue;
+            }
+            let Some(a) = self.store.artifact(&sha).await? else {
+                tracing::warn!(repo = name, sha256 = %sha, "the database holds no sync artifacts for this file; volunteers will fetch it whole");
+                continue;
+            };
+            // The torrent must be the one the signed manifest names.
+            if prsync::artifacts::torrent_info_hash(&a.torrent).ok() != Some(btih.0) {
+                bail!("the database's torrent for {sha} is not the one generation {generation} of `{name}` names");
+            }
+            write_atomic(&sig_path, &a.signature)
+                .with_context(|| format!("writing {}", sig_path.display()))?;
+            write_atomic(&torrent_path, &a.torrent)
+                .with_context(|| format!("writing {}", torrent_path.display()))?;
+        }
+        let beneath =
+            Arc::new(Root::open(root).with_context(|| format!("opening {}", root.display()))?);
+        let cache_path = repo_dir(&self.data_dir, name).join("scan-cache.json");
+        let (dir, prev, repo, cache_file) = (
+            root.to_path_buf(),
+            previous.clone(),
+            name.to_string(),
+            cache_path.clone(),
+        );
+        let scanned = tokio::task::spawn_blocking(move || match prev {
+            Some(prev) => scan_tree(&dir, &prev.files),
+            None => scan_tree(&dir, &read_scan_cache(&repo, &cache_file)),
+        })
+        .await
+        .context("scan task failed")?
+        .with_context(|| format!("scanning {}", root.display()))?;
+        write_atomic(&cache_path, &serde_json::to_vec(&scanned.files)?)
+            .with_context(|| format!("writing {}", cache_path.display()))?;
+        let held: manifest::scan::ScanCache = scanned
+            .files
+            .into_iter()
+            .filter(|(p, c)| {
+                manifest
+                    .files
+                    .get(p)
+                    .is_some_and(|e| e.size == c.size && e.sha256 == c.sha256)
+            })
+            .collect();
+        let files = FileIndex::build_held(&manifest, &held)?;
+        let replaced_torrents = match &previous {
+            Some(p) if p.generation != generation => p.files.torrents().to_vec(),
+            _ => Vec::new(),
+        };
+        let not_held = files.not_held();
+        let report = AdoptReport {
+            repo: name.to_string(),
+            generation,
+            files: manifest.files.len(),
+            not_held,
+            hashed_files: scanned.hashed,
+            replaced_torrents,
+        };
+        let snapshot = RepoSnapshot {
+            name: name.to_string(),
+            root: root.to_path_buf(),
+            beneath,
+            generation,
+            published_at: manifest.published_at,
+            files,
+            signed_path: path,
+            not_held,
         };
         Ok((Arc::new(snapshot), report))
     }
@@ -389,7 +542,13 @@ mod tests {
             min_bytes: 1 << 20,
             announce_url: "http://t/announce".into(),
         };
-        let p = Publisher::new(data.clone(), key.clone(), store.clone(), arts.clone());
+        let p = Publisher::new(
+            data.clone(),
+            key.clone(),
+            store.clone(),
+            arts.clone(),
+            "http://a".into(),
+        );
 
         let (s1, r1) = p.publish("r", &repo, None).await.unwrap();
         assert_eq!(
@@ -433,7 +592,7 @@ mod tests {
         assert_eq!(s2.files.get("sub/b").unwrap().changed_in, 2);
 
         // A new publisher (server restart) continues from the files on disk.
-        let p2 = Publisher::new(data.clone(), key.clone(), store, arts);
+        let p2 = Publisher::new(data.clone(), key.clone(), store, arts, "http://a".into());
         let (latest, _) = p2.load_latest("r").unwrap().unwrap();
         assert_eq!(latest.generation, 2);
         let (_, r3) = p2.publish("r", &repo, None).await.unwrap();

@@ -363,7 +363,11 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
     }
     // The origin sends only what it published: a regular file, reached without leaving the
     // root, of the published size, checked on the handle it sends from.
-    let opened = match file.snap.beneath.open_sized(file.rel, entry.size) {
+    let opened = match if file.snap.files.held_here(file.rel) {
+        file.snap.beneath.open_sized(file.rel, entry.size)
+    } else {
+        Err(manifest::beneath::OpenError::NotHeld)
+    } {
         Ok(opened) => opened,
         Err(why) => {
             // As for a file being republished: a volunteer that verified the published
@@ -446,6 +450,10 @@ fn note_unservable(repo: &str, rel: &str, why: &fileserve::OpenError, redirected
         "503, retry later"
     };
     if LAST_WARNED.swap(second, Ordering::Relaxed) != second {
+        if matches!(why, fileserve::OpenError::NotHeld) {
+            tracing::warn!(repo, path = rel, answer, "this server's tree does not hold the file as another server published it; the origin does not send it until the tree does (it is looked at again every 10 s)");
+            return;
+        }
         tracing::warn!(repo, path = rel, reason = %why, answer, "file on disk is not as published; the origin does not send it (run `mirrorswarm publish` if it changed on purpose)");
     } else {
         tracing::debug!(repo, path = rel, reason = %why, answer, "file on disk is not as published");

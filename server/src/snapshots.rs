@@ -111,6 +111,7 @@ mod tests {
             published_at: 0,
             files,
             signed_path: Default::default(),
+            not_held: 0,
         })
     }
 

@@ -40,6 +40,8 @@ pub enum StoreError {
         "database schema: {0} (is this database from a newer mirrorswarm, or edited by hand?)"
     )]
     Schema(#[from] sqlx::migrate::MigrateError),
+    #[error("the database's schema is version {theirs}, newer than this mirrorswarm's (version {ours}): a newer mirrorswarm has used it; run that version (or newer) here too")]
+    NewerSchema { theirs: i64, ours: i64 },
     /// A row that no code of ours writes: a damaged file or a hand edit. Refused rather than
     /// read as a default, so that, say, a volunteer's secret never becomes an empty HMAC key.
     #[error("the {table} row {key} is corrupt: {what}; repair or delete that row (sqlite3 <data-dir>/db)")]
@@ -60,6 +62,8 @@ pub enum StoreError {
     NameTaken(String),
     #[error("no volunteer named `{0}` is enrolled")]
     NoSuchVolunteer(String),
+    #[error("generation {generation} of `{repo}` was published meanwhile by another server sharing the database")]
+    GenerationTaken { repo: String, generation: u64 },
 }
 
 impl StoreError {
@@ -251,6 +255,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "revisions",
         include_str!("../migrations/sqlite/0003_revisions.sql"),
     ),
+    (
+        4,
+        "published",
+        include_str!("../migrations/sqlite/0004_published.sql"),
+    ),
 ];
 
 /// PostgreSQL's: the same versions, in its types. Replicas starting at once are safe: sqlx
@@ -271,7 +280,37 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "revisions",
         include_str!("../migrations/postgres/0003_revisions.sql"),
     ),
+    (
+        4,
+        "published",
+        include_str!("../migrations/postgres/0004_published.sql"),
+    ),
 ];
+
+/// Bring the schema to this build's newest version; a database a newer build migrated
+/// further is refused, naming both versions, before anything is touched.
+async fn migrate(
+    pool: &AnyPool,
+    migrations: &'static [(i64, &'static str, &'static str)],
+    backend: Backend,
+) -> Result<(), StoreError> {
+    let ours = migrations.iter().map(|m| m.0).max().unwrap_or(0);
+    let exists = match backend {
+        Backend::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        Backend::Postgres => "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = '_sqlx_migrations'",
+    };
+    let versioned: i64 = sqlx::query_scalar(exists).fetch_one(pool).await?;
+    if versioned > 0 {
+        let theirs: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+            .fetch_one(pool)
+            .await?;
+        if let Some(theirs) = theirs.filter(|&t| t > ours) {
+            return Err(StoreError::NewerSchema { theirs, ours });
+        }
+    }
+    Migrator::new(Embedded(migrations)).await?.run(pool).await?;
+    Ok(())
+}
 
 /// How long a SQLite writer waits for another (an `enroll` beside the server).
 const SQLITE_BUSY: Duration = Duration::from_secs(10);
@@ -458,10 +497,7 @@ impl Store {
             .execute(&pool)
             .await?;
         adopt_legacy(&pool).await?;
-        Migrator::new(Embedded(SQLITE_MIGRATIONS))
-            .await?
-            .run(&pool)
-            .await?;
+        migrate(&pool, SQLITE_MIGRATIONS, Backend::Sqlite).await?;
         Ok(Store {
             pool,
             backend: Backend::Sqlite,
@@ -500,10 +536,7 @@ impl Store {
             .connect_with(opts)
             .await
             .map_err(connect_error)?;
-        Migrator::new(Embedded(POSTGRES_MIGRATIONS))
-            .await?
-            .run(&pool)
-            .await?;
+        migrate(&pool, POSTGRES_MIGRATIONS, Backend::Postgres).await?;
         Ok(Store {
             pool,
             backend: Backend::Postgres,
@@ -589,7 +622,7 @@ impl Store {
     pub async fn load(&self, dump: &Dump) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let held: i64 = sqlx::query_scalar(
-            "SELECT (SELECT COUNT(*) FROM volunteers) + (SELECT COUNT(*) FROM enrollment_tokens) + (SELECT COUNT(*) FROM generations)",
+            "SELECT (SELECT COUNT(*) FROM volunteers) + (SELECT COUNT(*) FROM enrollment_tokens) + (SELECT COUNT(*) FROM generations) + (SELECT COUNT(*) FROM manifests)",
         )
         .fetch_one(&mut *tx)
         .await?;
@@ -821,6 +854,170 @@ impl Store {
         .await?;
         row.as_ref().map(generation_from_row).transpose()
     }
+
+    /// Whether other servers may share this store (PostgreSQL): a generation is then
+    /// published into it with its manifest and artifacts, for them to load.
+    pub fn shared(&self) -> bool {
+        self.backend == Backend::Postgres
+    }
+
+    /// Take or renew the lease to publish `repo` for `holder` until `ttl` from now. `None`:
+    /// it is `holder`'s; `Some(other)`: another holds it and it has not lapsed.
+    pub async fn lease_publish(
+        &self,
+        repo: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let now = now_secs() as i64;
+        let taken = sqlx::query(
+            "INSERT INTO publish_leases (repo, holder, expires_at) VALUES ($1, $2, $3) ON CONFLICT (repo) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at WHERE publish_leases.holder = excluded.holder OR publish_leases.expires_at < $4",
+        )
+        .bind(repo)
+        .bind(holder)
+        .bind(now + ttl.as_secs() as i64)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if taken > 0 {
+            return Ok(None);
+        }
+        let other: Option<String> =
+            sqlx::query_scalar("SELECT holder FROM publish_leases WHERE repo = $1")
+                .bind(repo)
+                .fetch_optional(&self.pool)
+                .await?;
+        // Gone between the two statements: lapsed and released; the caller may try again.
+        Ok(Some(other.unwrap_or_else(|| "another server".into())))
+    }
+
+    /// Give the lease on `repo` back, if `holder` still has it.
+    pub async fn release_publish(&self, repo: &str, holder: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM publish_leases WHERE repo = $1 AND holder = $2")
+            .bind(repo)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Record a generation with its signed manifest and the artifacts of its large files, in
+    /// one transaction, and tell every server sharing the store. A generation already recorded
+    /// with other bytes is refused ([`StoreError::GenerationTaken`]); with the same bytes it is
+    /// left as it is.
+    pub async fn record_published(
+        &self,
+        g: &GenerationRecord,
+        signed: &[u8],
+        published_by: &str,
+        artifacts: &[Artifact],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO manifests (repo, generation, signed, published_by) VALUES ($1, $2, $3, $4) ON CONFLICT (repo, generation) DO NOTHING",
+        )
+        .bind(&g.repo)
+        .bind(g.generation as i64)
+        .bind(signed)
+        .bind(published_by)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            let theirs: Vec<u8> = sqlx::query_scalar(
+                "SELECT signed FROM manifests WHERE repo = $1 AND generation = $2",
+            )
+            .bind(&g.repo)
+            .bind(g.generation as i64)
+            .fetch_one(&mut *tx)
+            .await?;
+            if theirs != signed {
+                return Err(StoreError::GenerationTaken {
+                    repo: g.repo.clone(),
+                    generation: g.generation,
+                });
+            }
+            return Ok(());
+        }
+        for a in artifacts {
+            sqlx::query(
+                "INSERT INTO artifacts (sha256, torrent, signature) VALUES ($1, $2, $3) ON CONFLICT (sha256) DO NOTHING",
+            )
+            .bind(&a.sha256)
+            .bind(&a.torrent[..])
+            .bind(&a.signature[..])
+            .execute(&mut *tx)
+            .await?;
+        }
+        write_generation(&mut tx, g).await?;
+        bump_revision(&mut tx, self.backend, "generations").await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The newest generation of `repo` recorded with its manifest, and who published it.
+    pub async fn latest_published(&self, repo: &str) -> Result<Option<(u64, String)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT generation, published_by FROM manifests WHERE repo = $1 ORDER BY generation DESC LIMIT 1",
+        )
+        .bind(repo)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            let g: i64 = r.try_get("generation")?;
+            let corrupt = || StoreError::CorruptRow {
+                table: "manifests",
+                key: format!("repo={repo}"),
+                what: "generation is negative".into(),
+            };
+            Ok((
+                u64::try_from(g).map_err(|_| corrupt())?,
+                r.try_get("published_by")?,
+            ))
+        })
+        .transpose()
+    }
+
+    /// The signed manifest of generation `generation` of `repo`, if recorded.
+    pub async fn signed_manifest(
+        &self,
+        repo: &str,
+        generation: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT signed FROM manifests WHERE repo = $1 AND generation = $2")
+                .bind(repo)
+                .bind(generation as i64)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// The sync artifacts of the file whose SHA-256 is `sha256` (hex), if recorded.
+    pub async fn artifact(&self, sha256: &str) -> Result<Option<Artifact>, StoreError> {
+        let row = sqlx::query("SELECT torrent, signature FROM artifacts WHERE sha256 = $1")
+            .bind(sha256)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(Artifact {
+                sha256: sha256.to_string(),
+                torrent: r.try_get("torrent")?,
+                signature: r.try_get("signature")?,
+            })
+        })
+        .transpose()
+    }
+}
+
+/// A large file's sync artifacts as a shared store keeps them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    /// The file's SHA-256, hex.
+    pub sha256: String,
+    pub torrent: Vec<u8>,
+    pub signature: Vec<u8>,
 }
 
 #[cfg(test)]
@@ -888,6 +1085,9 @@ mod tests {
         a_database_from_a_newer_build_is_refused,
         a_database_is_one_mirrors_and_a_server_with_another_key_is_refused,
         every_change_of_a_volunteers_standing_moves_the_revision_and_is_heard,
+        a_published_generation_is_recorded_once_with_its_manifest_and_artifacts,
+        one_server_at_a_time_holds_the_publish_lease,
+        a_database_of_an_older_schema_is_migrated_with_its_rows,
     );
 
     /// The newest generation recorded for `repo`.
@@ -1068,8 +1268,131 @@ mod tests {
         .unwrap();
         store.pool.close().await;
         let err = db.try_open().await.err().expect("refused");
-        assert!(matches!(err, StoreError::Schema(_)), "{err}");
-        assert!(err.to_string().contains("newer mirrorswarm"), "{err}");
+        assert!(
+            matches!(err, StoreError::NewerSchema { theirs: 999, ours } if ours == SQLITE_MIGRATIONS.len() as i64),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("version 999, newer than this mirrorswarm's (version 4)"),
+            "{err}"
+        );
+    }
+
+    async fn a_published_generation_is_recorded_once_with_its_manifest_and_artifacts(db: Db) {
+        let (a, b) = (db.open().await, db.open().await);
+        let record = |generation| GenerationRecord {
+            repo: "r".into(),
+            generation,
+            published_at: 5,
+            files: 2,
+            bytes: 9,
+            changed_files: 1,
+        };
+        let art = Artifact {
+            sha256: "ab".repeat(32),
+            torrent: vec![1, 2, 0, 3],
+            signature: vec![0xff; 300],
+        };
+        assert_eq!(b.latest_published("r").await.unwrap(), None);
+        let before = b.revision("generations").await.unwrap();
+        a.record_published(
+            &record(1),
+            b"signed one",
+            "http://a",
+            std::slice::from_ref(&art),
+        )
+        .await
+        .unwrap();
+        assert!(b.revision("generations").await.unwrap() > before);
+        assert_eq!(
+            b.latest_published("r").await.unwrap(),
+            Some((1, "http://a".to_string()))
+        );
+        assert_eq!(latest(&b, "r").await, 1);
+        assert_eq!(
+            b.signed_manifest("r", 1).await.unwrap().as_deref(),
+            Some(&b"signed one"[..])
+        );
+        assert_eq!(b.signed_manifest("r", 2).await.unwrap(), None);
+        assert_eq!(b.artifact(&art.sha256).await.unwrap(), Some(art.clone()));
+        assert_eq!(b.artifact(&"cd".repeat(32)).await.unwrap(), None);
+        // The same generation again with the same bytes (a republish recording it): fine;
+        // with other bytes (two servers racing to publish): refused, the first kept.
+        a.record_published(&record(1), b"signed one", "http://a", &[])
+            .await
+            .unwrap();
+        let err = b
+            .record_published(&record(1), b"signed other", "http://b", &[])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::GenerationTaken { generation: 1, .. }),
+            "{err}"
+        );
+        assert_eq!(
+            a.signed_manifest("r", 1).await.unwrap().as_deref(),
+            Some(&b"signed one"[..])
+        );
+        b.record_published(
+            &record(2),
+            b"signed two",
+            "http://b",
+            std::slice::from_ref(&art),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            a.latest_published("r").await.unwrap(),
+            Some((2, "http://b".to_string()))
+        );
+    }
+
+    async fn a_database_of_an_older_schema_is_migrated_with_its_rows(db: Db) {
+        // A database as version 3 left it: version 4 undone by hand.
+        let store = db.open().await;
+        let token = store.create_enrollment("alpha", "fp", 3600).await.unwrap();
+        for undo in [
+            "DROP TABLE manifests",
+            "DROP TABLE artifacts",
+            "DROP TABLE publish_leases",
+            "DELETE FROM revisions WHERE name = 'generations'",
+            "DELETE FROM _sqlx_migrations WHERE version = 4",
+        ] {
+            sqlx::query(undo).execute(&store.pool).await.unwrap();
+        }
+        store.pool.close().await;
+        let store = db.open().await;
+        assert_eq!(store.revision("generations").await.unwrap(), 0);
+        assert_eq!(store.latest_published("r").await.unwrap(), None);
+        assert!(store.redeem(&token, "http://v").await.is_ok());
+    }
+
+    async fn one_server_at_a_time_holds_the_publish_lease(db: Db) {
+        let (a, b) = (db.open().await, db.open().await);
+        let ttl = Duration::from_secs(60);
+        assert_eq!(a.lease_publish("r", "http://a", ttl).await.unwrap(), None);
+        // Renewed by its holder, refused to another, whatever the repository's neighbours do.
+        assert_eq!(a.lease_publish("r", "http://a", ttl).await.unwrap(), None);
+        assert_eq!(
+            b.lease_publish("r", "http://b", ttl).await.unwrap(),
+            Some("http://a".to_string())
+        );
+        assert_eq!(b.lease_publish("s", "http://b", ttl).await.unwrap(), None);
+        // Given back: the other takes it; only the holder gives it back.
+        a.release_publish("s", "http://a").await.unwrap();
+        a.release_publish("r", "http://a").await.unwrap();
+        assert_eq!(b.lease_publish("r", "http://b", ttl).await.unwrap(), None);
+        // A holder that died: its lease lapses by itself.
+        b.release_publish("r", "http://b").await.unwrap();
+        assert_eq!(
+            b.lease_publish("r", "http://b", Duration::ZERO)
+                .await
+                .unwrap(),
+            None
+        );
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(a.lease_publish("r", "http://a", ttl).await.unwrap(), None);
     }
 
     async fn a_database_is_one_mirrors_and_a_server_with_another_key_is_refused(db: Db) {

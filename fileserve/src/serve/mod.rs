@@ -88,7 +88,8 @@ pub fn open_error_response(e: &OpenError) -> Response {
         OpenError::BadPath(_)
         | OpenError::NotFound
         | OpenError::OutsideRoot
-        | OpenError::SizeChanged { .. } => not_found("no such file\n"),
+        | OpenError::SizeChanged { .. }
+        | OpenError::NotHeld => not_found("no such file\n"),
         OpenError::Io(e) => io_error_response(e),
     }
 }

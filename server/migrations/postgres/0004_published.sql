@@ -1,0 +1,30 @@
+-- What replicas sharing the database need to serve a generation another one published: its
+-- signed manifest, and the sync artifacts of each large file (torrent and block signature,
+-- keyed by the file's SHA-256, as under <data-dir>/artifacts/). Written by the publishing
+-- server in the transaction that records the generation; a server alone on its database
+-- keeps them in its data directory only and writes none here.
+CREATE TABLE manifests (
+    repo TEXT NOT NULL,
+    generation BIGINT NOT NULL,
+    signed BYTEA NOT NULL,
+    -- The public URL of the server that published it, for the log and the operator.
+    published_by TEXT NOT NULL,
+    PRIMARY KEY (repo, generation)
+);
+
+CREATE TABLE artifacts (
+    sha256 TEXT PRIMARY KEY,
+    torrent BYTEA NOT NULL,
+    signature BYTEA NOT NULL
+);
+
+-- One publisher of a repository at a time across replicas: a lease its holder renews while it
+-- publishes and that lapses by itself if the holder dies.
+CREATE TABLE publish_leases (
+    repo TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+
+-- 'generations': a generation recorded with its manifest.
+INSERT INTO revisions (name, revision) VALUES ('generations', 0);

@@ -336,14 +336,38 @@ async fn a_generation_published_on_one_replica_is_served_by_all() {
         fetch(&b, "only-a.txt").await.0,
         reqwest::StatusCode::SERVICE_UNAVAILABLE
     );
-    // Written to B's tree too (as the operator's sync would): B finds it and sends it.
-    std::fs::write(trees[1].join("only-a.txt"), &only_a).unwrap();
+    // B's tree filled from A by PRsync, every file checked against the signed manifest (as
+    // the operator's guide says): B finds the file there and sends it.
+    let pull = run(std::process::Command::new(BIN)
+        .args([
+            "prsync",
+            "pull",
+            "--server",
+            &a.url,
+            "--repo",
+            "debian",
+            "--linger-secs",
+            "0",
+        ])
+        .args(["--bt-listen", "127.0.0.1:0", "--dest"])
+        .arg(&trees[1]));
+    assert!(
+        pull.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pull.stderr)
+    );
+    assert_eq!(std::fs::read(trees[1].join("only-a.txt")).unwrap(), only_a);
+    let filled = Instant::now();
     wait_until(
         Duration::from_secs(30),
         "B to find the file in its tree",
         || async { fetch(&b, "only-a.txt").await == (reqwest::StatusCode::OK, only_a.clone()) },
     )
     .await;
+    eprintln!(
+        "B sends the file {:?} after its tree was filled",
+        filled.elapsed()
+    );
 
     // C dies; A publishes generation 3 (new.txt changed, in A's tree alone). C restarted
     // serves generation 3 from its first answer, with its older new.txt not sent, and has

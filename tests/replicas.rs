@@ -261,6 +261,7 @@ async fn start_replica(
     key: Option<&std::path::Path>,
     db: &[&str],
 ) -> Server {
+    std::fs::create_dir_all(root).unwrap();
     if let Some(key) = key {
         let data = root.join("server-data");
         std::fs::create_dir_all(&data).unwrap();
@@ -402,5 +403,52 @@ async fn a_generation_published_on_one_replica_is_served_by_all() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(generation(&a).await, Some(3), "C published its older tree");
     drop((a, b, c));
+    drop(cluster);
+}
+
+/// A volunteer told of one server learns the mirror's others from it (at enrollment and in
+/// each reply to its announces) and announces to each: to one started after it, without a
+/// restart, and on to the rest when one is killed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_volunteer_learns_every_server_of_the_mirror_and_announces_to_each() {
+    let cluster = pgtest::Cluster::start();
+    let url = cluster.create_database("mirror");
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let tree = root.join("tree");
+    sample_repo(&tree);
+    let db = ["--database", url.as_str(), "--direct-max-bytes", "0"];
+    let mut a = start_replica(&root.join("a"), &tree, None, &db).await;
+    let key = a.data_dir.join("server.key");
+    let b = start_replica(&root.join("b"), &tree, Some(&key), &db).await;
+
+    // Enrolled on B, told of B alone.
+    let mirror = root.join("v1").join("debian");
+    copy_tree(&tree, &mirror);
+    let token = b.enroll("v1");
+    let port = free_port();
+    let args = volunteer_args(&b, &token, port, &root.join("v1/data"), &mirror);
+    let v = Proc::spawn(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &root.join("v1.log"),
+    );
+    b.wait_held("v1", 1).await;
+    a.wait_held("v1", 1).await;
+
+    // A third server joins the mirror: the volunteer announces to it too.
+    let c = start_replica(&root.join("c"), &tree, Some(&key), &db).await;
+    let joined = Instant::now();
+    c.wait_held("v1", 1).await;
+    eprintln!(
+        "a server started {:?} ago gets the volunteer's announces",
+        joined.elapsed()
+    );
+
+    // A killed: B and C go on hearing from it (several intervals pass).
+    a.proc.kill();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(b.held("v1").await, Some(1), "{}", dump_logs(&[&v]));
+    assert_eq!(c.held("v1").await, Some(1), "{}", dump_logs(&[&v]));
+    drop((a, b, c, v));
     drop(cluster);
 }

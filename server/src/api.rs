@@ -58,6 +58,10 @@ pub struct EnrollResponse {
     pub name: String,
     pub secret: String,
     pub public_key: String,
+    /// The mirror's servers when it has several (see `AppState::servers`): the volunteer
+    /// announces to each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<String>,
 }
 
 pub async fn enroll(
@@ -81,6 +85,7 @@ pub async fn enroll(
                 name: rec.name.clone(),
                 secret: hex::encode(&rec.secret),
                 public_key: st.key.public_hex(),
+                servers: crate::locks::read(&st.servers).to_vec(),
             };
             write(&st.credentials).insert(rec.id.clone(), rec);
             Json(resp).into_response()

@@ -12,6 +12,10 @@ use crate::state::AppState;
 
 /// How often the revisions are polled.
 const POLL: Duration = Duration::from_secs(1);
+/// How often a server says it is alive, and reads which others are.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// A server not heard from for this long is not told to volunteers.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a tree that lacked files of a loaded generation is looked at again.
 const RECHECK: Duration = Duration::from_secs(10);
 
@@ -28,7 +32,12 @@ pub async fn run(st: Arc<AppState>) {
     let mut listener = None;
     let mut unreachable = false;
     let mut rechecked = tokio::time::Instant::now();
+    let mut heartbeat: Option<tokio::time::Instant> = None;
     loop {
+        if st.store.shared() && heartbeat.is_none_or(|h| h.elapsed() >= HEARTBEAT) {
+            heartbeat = Some(tokio::time::Instant::now());
+            refresh_servers(&st).await;
+        }
         if listener.is_none() {
             // Reconnected on each failure: PostgreSQL may have restarted.
             listener = match st.store.listen().await {
@@ -109,5 +118,32 @@ pub async fn run(st: Arc<AppState>) {
                 seen_generations = Some(generations);
             }
         }
+    }
+}
+
+/// Say this server is alive, and keep the list of the mirror's live servers that volunteers
+/// are told (empty while this one is alone). A database out of reach keeps the last list.
+async fn refresh_servers(st: &AppState) {
+    if let Err(e) = st.store.heartbeat(&st.public_url).await {
+        tracing::debug!(error = %e, "cannot record this server as alive");
+        return;
+    }
+    match st.store.live_servers(SERVER_TIMEOUT).await {
+        Ok(mut live) => {
+            if !live.contains(&st.public_url) {
+                live.push(st.public_url.clone());
+            }
+            let live: Arc<[String]> = if live.len() > 1 {
+                live.into()
+            } else {
+                Arc::from([])
+            };
+            let mut servers = crate::locks::write(&st.servers);
+            if *servers != live {
+                tracing::info!(servers = ?live, "the mirror's live servers changed");
+                *servers = live;
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot read the live servers"),
     }
 }

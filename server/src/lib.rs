@@ -347,6 +347,7 @@ pub async fn build_state(
         origin_http_bytes: Default::default(),
         seed: tokio::sync::OnceCell::new(),
         origin_peers: RwLock::new(Default::default()),
+        servers: RwLock::new(Arc::from([])),
         spot: Default::default(),
         counters: Default::default(),
         origin_gate: Mutex::new(origin_gate::OriginGate::new(

@@ -49,6 +49,10 @@ pub struct AppState {
     /// Addresses the origin's seed announced from (so the tracker can hide it): at most
     /// [`crate::tracker_http::MAX_ORIGIN_ADDRS`].
     pub origin_peers: RwLock<std::collections::HashSet<std::net::SocketAddr>>,
+    /// The public URLs of the mirror's live servers, when it has more than this one (empty
+    /// when alone): told to volunteers at enrollment and in every reply to their announces,
+    /// so that each announces to all of them. Kept by [`crate::follow`].
+    pub servers: RwLock<Arc<[String]>>,
 }
 
 impl crate::spotcheck::Source for AppState {

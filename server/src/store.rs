@@ -956,6 +956,29 @@ impl Store {
         Ok(())
     }
 
+    /// Say that the server at `public_url` is alive now.
+    pub async fn heartbeat(&self, public_url: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO servers (public_url, seen_at) VALUES ($1, $2) ON CONFLICT (public_url) DO UPDATE SET seen_at = excluded.seen_at",
+        )
+        .bind(public_url)
+        .bind(now_secs() as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The public URLs of the servers that said they were alive within `within`, in order.
+    pub async fn live_servers(&self, within: Duration) -> Result<Vec<String>, StoreError> {
+        let since = now_secs().saturating_sub(within.as_secs()) as i64;
+        Ok(sqlx::query_scalar(
+            "SELECT public_url FROM servers WHERE seen_at >= $1 ORDER BY public_url",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// The newest generation of `repo` recorded with its manifest, and who published it.
     pub async fn latest_published(&self, repo: &str) -> Result<Option<(u64, String)>, StoreError> {
         let row = sqlx::query(
@@ -1087,6 +1110,7 @@ mod tests {
         every_change_of_a_volunteers_standing_moves_the_revision_and_is_heard,
         a_published_generation_is_recorded_once_with_its_manifest_and_artifacts,
         one_server_at_a_time_holds_the_publish_lease,
+        servers_that_stop_saying_they_are_alive_drop_out_of_the_list,
         a_database_of_an_older_schema_is_migrated_with_its_rows,
     );
 
@@ -1356,6 +1380,7 @@ mod tests {
             "DROP TABLE manifests",
             "DROP TABLE artifacts",
             "DROP TABLE publish_leases",
+            "DROP TABLE servers",
             "DELETE FROM revisions WHERE name = 'generations'",
             "DELETE FROM _sqlx_migrations WHERE version = 4",
         ] {
@@ -1366,6 +1391,22 @@ mod tests {
         assert_eq!(store.revision("generations").await.unwrap(), 0);
         assert_eq!(store.latest_published("r").await.unwrap(), None);
         assert!(store.redeem(&token, "http://v").await.is_ok());
+    }
+
+    async fn servers_that_stop_saying_they_are_alive_drop_out_of_the_list(db: Db) {
+        let (a, b) = (db.open().await, db.open().await);
+        let within = Duration::from_secs(1);
+        assert!(a.live_servers(within).await.unwrap().is_empty());
+        a.heartbeat("http://b:1").await.unwrap();
+        b.heartbeat("http://a:1").await.unwrap();
+        b.heartbeat("http://a:1").await.unwrap();
+        assert_eq!(
+            b.live_servers(within).await.unwrap(),
+            ["http://a:1", "http://b:1"]
+        );
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        a.heartbeat("http://a:1").await.unwrap();
+        assert_eq!(b.live_servers(within).await.unwrap(), ["http://a:1"]);
     }
 
     async fn one_server_at_a_time_holds_the_publish_lease(db: Db) {

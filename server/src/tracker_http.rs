@@ -137,12 +137,30 @@ fn announce_body(st: &AppState, peer: SocketAddr, raw: &str) -> Vec<u8> {
         complete: 0,
         incomplete: 0,
     };
+    let servers = crate::locks::read(&st.servers).clone();
+    if servers.is_empty() {
+        return announce_response(
+            interval,
+            1,
+            &empty,
+            true,
+            &[("ms_generation", Value::Int(latest as i64))],
+        );
+    }
+    // Every server of the mirror, for the volunteer to announce to each.
+    let servers = servers
+        .iter()
+        .map(|u| Value::Bytes(u.as_bytes().to_vec()))
+        .collect();
     announce_response(
         interval,
         1,
         &empty,
         true,
-        &[("ms_generation", Value::Int(latest as i64))],
+        &[
+            ("ms_generation", Value::Int(latest as i64)),
+            ("ms_servers", Value::List(servers)),
+        ],
     )
 }
 

@@ -24,6 +24,9 @@ struct EnrollResponse {
     name: String,
     secret: String,
     public_key: String,
+    /// The mirror's servers, when it has several (absent from a server of before).
+    #[serde(default)]
+    servers: Vec<String>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -40,10 +43,12 @@ pub struct ServerInfo {
 }
 
 /// What an announce told us.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct AnnounceReply {
     pub interval: Duration,
     pub latest_generation: u64,
+    /// The mirror's servers (`ms_servers`), when it has several: announce to each.
+    pub servers: Option<Vec<String>>,
 }
 
 impl ServerClient {
@@ -104,6 +109,7 @@ impl ServerClient {
             name: r.name,
             secret: r.secret,
             public_key: r.public_key,
+            servers: r.servers,
         })
     }
 
@@ -189,9 +195,16 @@ impl ServerClient {
             .and_then(|g| g.as_int())
             .unwrap_or(0)
             .max(0) as u64;
+        let servers = v.get("ms_servers").and_then(|l| l.as_list()).map(|l| {
+            l.iter()
+                .filter_map(|u| u.as_bytes())
+                .map(|u| String::from_utf8_lossy(u).into_owned())
+                .collect()
+        });
         Ok(AnnounceReply {
             interval: Duration::from_secs(interval),
             latest_generation: latest,
+            servers,
         })
     }
 }

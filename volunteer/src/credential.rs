@@ -15,6 +15,10 @@ pub struct Credential {
     pub secret: String,
     /// The server's ed25519 public key, hex: manifests must verify against it.
     pub public_key: String,
+    /// The mirror's servers as enrollment named them (empty: the server was alone); the
+    /// announces' replies keep the list current after that.
+    #[serde(default)]
+    pub servers: Vec<String>,
 }
 
 impl Credential {
@@ -83,6 +87,7 @@ mod tests {
         let c = Credential {
             server: "http://s".into(),
             volunteer_id: "id".into(),
+            servers: Vec::new(),
             name: "n".into(),
             secret: "00ff".into(),
             public_key: "ab".into(),

@@ -13,6 +13,7 @@ pub mod holdings;
 pub mod limit;
 pub mod prompt;
 pub mod serve;
+pub mod servers;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -71,9 +72,8 @@ pub struct VolunteerState {
     pub credential: Credential,
     pub server_key: VerifyingKey,
     pub client: ServerClient,
-    /// The mirror's other servers (`replicas`): each gets every announce too. The flag says
-    /// the last one failed, so a replica that is down is logged once, not every interval.
-    replicas: Vec<(ServerClient, std::sync::atomic::AtomicBool)>,
+    /// Every server of the mirror, each of which gets every announce ([`servers`]).
+    pub servers: servers::Servers,
     pub mirrors: BTreeMap<String, Mirror>,
     pub active: Arc<AtomicU32>,
     pub uploaded: AtomicU64,
@@ -260,10 +260,7 @@ impl VolunteerState {
                     continue;
                 }
             };
-            let others = self.announce_to_replicas(&q);
-            let primary = self.client.announce(&q).await;
-            others.await;
-            match primary {
+            match self.servers.announce(&q).await {
                 Ok(reply) => {
                     interval = Some(reply.interval);
                     if let Some(m) = self.mirrors.get(repo) {
@@ -409,35 +406,9 @@ impl VolunteerState {
     async fn announce_stopped(&self) {
         for repo in self.mirrors.keys() {
             if let Ok(q) = self.signed_query(repo, Rates::default(), Some("stopped")) {
-                let others = self.announce_to_replicas(&q);
-                let _ = self.client.announce(&q).await;
-                others.await;
+                let _ = self.servers.announce(&q).await;
             }
         }
-    }
-
-    /// Send the signed announce `q` to every replica at once (the same query: each server
-    /// keeps its own sequence check); what they answer is the primary's to say too, so only
-    /// their failures matter, logged when a replica stops or starts answering.
-    fn announce_to_replicas(&self, q: &str) -> impl std::future::Future<Output = ()> + '_ {
-        let sends = self.replicas.iter().map(move |(c, failing)| {
-            let q = q.to_string();
-            async move {
-                match c.announce(&q).await {
-                    Ok(_) => {
-                        if failing.swap(false, Ordering::Relaxed) {
-                            tracing::info!(replica = c.base(), "replica answers announces again");
-                        }
-                    }
-                    Err(e) => {
-                        if !failing.swap(true, Ordering::Relaxed) {
-                            tracing::warn!(replica = c.base(), error = %format!("{e:#}"), "announce to a replica failed (logged once until it answers again)");
-                        }
-                    }
-                }
-            }
-        });
-        futures_util::FutureExt::map(futures_util::future::join_all(sends), |_| ())
     }
 }
 
@@ -525,16 +496,15 @@ pub async fn run_with_companion(
     }
     let server = cfg.server.clone().unwrap_or_default();
     let client = ServerClient::new(&server)?;
-    let replicas = cfg
-        .replicas
-        .iter()
-        .map(|u| Ok((ServerClient::new(u)?, Default::default())))
-        .collect::<Result<Vec<_>>>()?;
     // Bound before enrolling: a port in use must not spend the one-time token on a
     // volunteer that never announces.
     let listener = fileserve::listen::bind(cfg.listen)
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let credential = obtain_credential(&cfg, &client).await?;
+    let configured: Vec<String> = std::iter::once(server.clone())
+        .chain(cfg.replicas.iter().cloned())
+        .collect();
+    let servers = servers::Servers::new(configured, &credential.servers)?;
     let server_key = manifest::signing::parse_public_key(&credential.public_key)?;
     let mut origin_base = client.base().to_string();
     match client.info().await {
@@ -629,7 +599,7 @@ pub async fn run_with_companion(
         credential,
         server_key,
         client,
-        replicas,
+        servers,
         mirrors,
         active: Arc::new(AtomicU32::new(0)),
         uploaded: AtomicU64::new(0),

@@ -26,5 +26,12 @@ CREATE TABLE publish_leases (
     expires_at INTEGER NOT NULL
 );
 
+-- The servers of the mirror, each as it last said it was alive (every few seconds): what
+-- volunteers are told to announce to, so that adding a server needs no volunteer restarted.
+CREATE TABLE servers (
+    public_url TEXT PRIMARY KEY,
+    seen_at INTEGER NOT NULL
+);
+
 -- 'generations': a generation recorded with its manifest.
 INSERT INTO revisions (name, revision) VALUES ('generations', 0);

@@ -452,3 +452,207 @@ async fn a_volunteer_learns_every_server_of_the_mirror_and_announces_to_each() {
     drop((a, b, c, v));
     drop(cluster);
 }
+
+/// HAProxy in front of the mirror's servers, as the operator's guide shows it: health checks
+/// on `/health`, a connection refused or dropped retried on another server.
+struct Haproxy {
+    url: String,
+    _proc: Proc,
+}
+
+impl Haproxy {
+    async fn start(dir: &std::path::Path, servers: &[&Server]) -> Haproxy {
+        let port = free_port();
+        let backends: String = servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("    server s{i} 127.0.0.1:{} check\n", s.port))
+            .collect();
+        let cfg = format!(
+            "global\n    maxconn 512\n\
+             defaults\n    mode http\n    timeout connect 1s\n    timeout client 30s\n    timeout server 30s\n\
+             \x20   retries 3\n    option redispatch 1\n    retry-on conn-failure empty-response response-timeout\n\
+             frontend mirror\n    bind 127.0.0.1:{port}\n    default_backend servers\n\
+             backend servers\n    balance roundrobin\n    option httpchk GET /health\n    http-check expect status 200\n\
+             \x20   default-server inter 500ms fall 2 rise 2\n{backends}"
+        );
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, cfg).unwrap();
+        let proc = Proc::spawn_of(
+            "haproxy",
+            &["-db", "-f", path.to_str().unwrap()],
+            &dir.join("haproxy.log"),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        let health = format!("{url}/health");
+        wait_until(Duration::from_secs(15), "HAProxy to answer", || async {
+            http()
+                .get(&health)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        Haproxy { url, _proc: proc }
+    }
+}
+
+/// Three servers behind HAProxy, three volunteers announcing to all: apt, curl and wget get
+/// the exact bytes through it; one server killed with SIGKILL in the middle of a stream of
+/// customers fails none of them; restarted, it serves the generation published meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn behind_haproxy_losing_a_server_costs_no_download() {
+    let cluster = pgtest::Cluster::start();
+    let url = cluster.create_database("mirror");
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let tree = root.join("tree");
+    let layout = sample_repo(&tree);
+    let db = ["--database", url.as_str()];
+    let a = start_replica(&root.join("a"), &tree, None, &db).await;
+    let key = a.data_dir.join("server.key");
+    let mut b = start_replica(&root.join("b"), &tree, Some(&key), &db).await;
+    let c = start_replica(&root.join("c"), &tree, Some(&key), &db).await;
+    let mut volunteers = Vec::new();
+    for name in ["v1", "v2", "v3"] {
+        let mirror = root.join(name).join("debian");
+        copy_tree(&tree, &mirror);
+        let token = a.enroll(name);
+        let args = volunteer_args(
+            &a,
+            &token,
+            free_port(),
+            &root.join(name).join("data"),
+            &mirror,
+        );
+        volunteers.push(Proc::spawn(
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            &root.join(format!("{name}.log")),
+        ));
+    }
+    for s in [&a, &b, &c] {
+        for name in ["v1", "v2", "v3"] {
+            s.wait_held(name, 1).await;
+        }
+    }
+    let lb = Haproxy::start(root, &[&a, &b, &c]).await;
+
+    // Real customers through HAProxy.
+    let deb = &layout.deb_paths[0];
+    let expected = std::fs::read(tree.join(deb)).unwrap();
+    let out = run(std::process::Command::new("curl")
+        .args(["-fsSL", "--max-time", "20"])
+        .arg(format!("{}/debian/{deb}", lb.url)));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, expected);
+    let got = root.join("wget.deb");
+    let out = run(std::process::Command::new("wget")
+        .args(["-q", "--timeout=20", "--tries=1", "-O"])
+        .arg(&got)
+        .arg(format!("{}/debian/{deb}", lb.url)));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&got).unwrap(), expected);
+    let apt = Apt::new(&root.join("apt"), &lb.url);
+    apt.run(&["update"]);
+    apt.run(&["download", "ms-data"]);
+    let data_deb = layout
+        .deb_paths
+        .iter()
+        .find(|p| p.contains("ms-data"))
+        .unwrap();
+    assert_eq!(
+        std::fs::read(
+            apt.dir
+                .join("work")
+                .join(data_deb.rsplit('/').next().unwrap())
+        )
+        .unwrap(),
+        std::fs::read(tree.join(data_deb)).unwrap()
+    );
+
+    // Four customers downloading one after another, for 3 s after B is killed.
+    const AT_MOST: usize = 5_000;
+    let customer = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::limited(5))
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (customer, done, stop) = (customer.clone(), done.clone(), stop.clone());
+            let (expected, target) = (expected.clone(), format!("{}/debian/{deb}", lb.url));
+            tokio::spawn(async move {
+                let mut failures = Vec::new();
+                for _ in 0..AT_MOST {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    match customer.get(&target).send().await {
+                        Ok(r) if r.status().is_success() => match r.bytes().await {
+                            Ok(b) if b[..] == expected[..] => {}
+                            Ok(b) => failures.push(format!("{} wrong bytes", b.len())),
+                            Err(e) => failures.push(format!("body: {e}")),
+                        },
+                        Ok(r) => failures.push(format!("status {}", r.status())),
+                        Err(e) => failures.push(format!("{e}")),
+                    }
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                failures
+            })
+        })
+        .collect();
+    wait_until(Duration::from_secs(60), "customers under way", || async {
+        done.load(std::sync::atomic::Ordering::Relaxed) >= 100
+    })
+    .await;
+    b.proc.kill();
+    let at_kill = done.load(std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for w in workers {
+        failures.extend(w.await.unwrap());
+    }
+    let total = done.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("{total} downloads, {} after B was killed", total - at_kill);
+    assert!(
+        total - at_kill >= 100,
+        "too few downloads after the kill to tell"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {total} downloads failed: {failures:?}",
+        failures.len()
+    );
+
+    // A new generation published while B is down; B restarted serves it from its first
+    // answer, and customers through HAProxy get its bytes whichever server answers.
+    let new = b"published while a server was down\n".repeat(50);
+    std::fs::write(tree.join("new.txt"), &new).unwrap();
+    a.publish();
+    b.restart();
+    b.wait_healthy().await;
+    assert_eq!(generation(&b).await, Some(2));
+    for _ in 0..12 {
+        let r = customer
+            .get(format!("{}/debian/new.txt", lb.url))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+        assert_eq!(r.bytes().await.unwrap()[..], new[..]);
+    }
+    drop((lb, a, b, c, volunteers));
+    drop(cluster);
+}

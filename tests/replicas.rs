@@ -500,9 +500,10 @@ impl Haproxy {
 /// Three servers behind HAProxy, three volunteers announcing to all: apt, curl and wget get
 /// the exact bytes through it; one server killed with SIGKILL in the middle of a stream of
 /// customers fails none of them; restarted, it serves the generation published meanwhile.
+/// PostgreSQL stopped for 30 s stops no customer and no announce, only what needs it.
 #[tokio::test(flavor = "multi_thread")]
-async fn behind_haproxy_losing_a_server_costs_no_download() {
-    let cluster = pgtest::Cluster::start();
+async fn behind_haproxy_losing_a_server_or_the_database_costs_no_download() {
+    let mut cluster = pgtest::Cluster::start();
     let url = cluster.create_database("mirror");
     let tmp = TestDir::new();
     let root = tmp.path();
@@ -653,6 +654,72 @@ async fn behind_haproxy_losing_a_server_costs_no_download() {
         assert!(r.status().is_success(), "{}", r.status());
         assert_eq!(r.bytes().await.unwrap()[..], new[..]);
     }
+
+    // PostgreSQL stopped for 30 s: customers are still served and announces still taken
+    // everywhere; enrolling and publishing fail saying the database is unavailable. Back,
+    // both work again without restarting any server.
+    cluster.stop();
+    let stopped = Instant::now();
+    let enroll = cli(&["enroll", "--name", "v4", "--data-dir"], &c.data_dir);
+    assert!(!enroll.status.success());
+    let err = String::from_utf8_lossy(&enroll.stderr);
+    assert!(
+        err.contains("database") && err.contains("unavailable"),
+        "{err}"
+    );
+    std::fs::write(tree.join("newer.txt"), b"published after the outage\n").unwrap();
+    let publish = cli(&["publish", "--data-dir"], &a.data_dir);
+    assert!(!publish.status.success());
+    let err = String::from_utf8_lossy(&publish.stderr);
+    assert!(
+        err.contains("database") && err.contains("unavailable"),
+        "{err}"
+    );
+    while stopped.elapsed() < Duration::from_secs(30) {
+        let r = customer
+            .get(format!("{}/debian/{deb}", lb.url))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+        assert_eq!(r.bytes().await.unwrap()[..], expected[..]);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for s in [&a, &b, &c] {
+        for name in ["v1", "v2", "v3"] {
+            assert_eq!(s.held(name).await, Some(1), "{name} on {}", s.url);
+        }
+    }
+    cluster.restart();
+    wait_until(
+        Duration::from_secs(30),
+        "enrollment to work again",
+        || async {
+            cli(&["enroll", "--name", "v4", "--data-dir"], &c.data_dir)
+                .status
+                .success()
+        },
+    )
+    .await;
+    let publish = cli(&["publish", "--data-dir"], &a.data_dir);
+    assert!(
+        publish.status.success(),
+        "{}",
+        String::from_utf8_lossy(&publish.stderr)
+    );
+    for s in [&a, &b, &c] {
+        wait_until(
+            Duration::from_secs(5),
+            "generation 3 everywhere",
+            || async { generation(s).await == Some(3) },
+        )
+        .await;
+    }
     drop((lb, a, b, c, volunteers));
     drop(cluster);
+}
+
+/// `mirrorswarm ARGS DIR`: an admin command run as the operator would.
+fn cli(args: &[&str], dir: &std::path::Path) -> std::process::Output {
+    run(std::process::Command::new(BIN).args(args).arg(dir))
 }

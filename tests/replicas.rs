@@ -402,6 +402,29 @@ async fn a_generation_published_on_one_replica_is_served_by_all() {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(generation(&a).await, Some(3), "C published its older tree");
+
+    // The mirror's statistics are its servers' counters summed (each writes its own every
+    // few seconds), on whichever server is asked.
+    let stats = |s: &Server| {
+        let u = format!("{}/api/stats", s.url);
+        async move {
+            let r = http().get(u).send().await.unwrap();
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    wait_until(
+        Duration::from_secs(15),
+        "the mirror's statistics",
+        || async {
+            let mut own = 0;
+            for s in [&a, &b, &c] {
+                own += stats(s).await["origin_requests"].as_u64().unwrap();
+            }
+            own > 0 && stats(&b).await["mirror"]["origin_requests"].as_u64() == Some(own)
+        },
+    )
+    .await;
+    assert_eq!(stats(&c).await["servers"].as_array().unwrap().len(), 3);
     drop((a, b, c));
     drop(cluster);
 }

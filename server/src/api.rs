@@ -484,24 +484,35 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
 
 /// `GET /api/stats`: what the origin has uploaded, by HTTP and as a BitTorrent seed.
 pub async fn stats(State(st): State<Arc<AppState>>) -> Response {
-    Json(serde_json::json!({
-        "origin_http_bytes": st.origin_http_bytes.load(std::sync::atomic::Ordering::Relaxed),
-        "seed_uploaded_bytes": st.seed.get().map_or(0, |s| s.uploaded_bytes()),
-        "spot_checks_passed": st.spot.passed.load(std::sync::atomic::Ordering::Relaxed),
-        "spot_checks_failed": st.spot.failed.load(std::sync::atomic::Ordering::Relaxed),
-        "spot_checks_inconclusive": st.spot.inconclusive.load(std::sync::atomic::Ordering::Relaxed),
-        "customer_reports": st.spot.reports.load(std::sync::atomic::Ordering::Relaxed),
-        "redirects_to_volunteers": st.counters.outcome(crate::counters::Outcome::Volunteer),
-        "redirected_bytes": st.counters.redirected_bytes.sum(),
-        "origin_requests": st.counters.outcome(crate::counters::Outcome::OriginSmall)
-            + st.counters.outcome(crate::counters::Outcome::OriginNoVolunteer)
-            + st.counters.outcome(crate::counters::Outcome::OriginRequested),
-        // Answered 503: the file on disk was not as published and no volunteer held it.
-        "origin_unavailable": st.counters.outcome(crate::counters::Outcome::OriginUnavailable),
-        "quarantines": st.counters.quarantines.load(std::sync::atomic::Ordering::Relaxed),
-        "bounced_requests": st.counters.bounced.load(std::sync::atomic::Ordering::Relaxed),
-    }))
-    .into_response()
+    let mut own = crate::stats::own(&st);
+    if st.store.shared() {
+        // The mirror's: every live server's counters as it last wrote them, summed.
+        match st.store.live_servers(crate::follow::SERVER_TIMEOUT).await {
+            Ok(servers) => {
+                let mirror = crate::stats::sum(servers.iter().map(|(_, s)| s.as_str()));
+                own.insert("mirror".into(), mirror.into());
+                own.insert(
+                    "servers".into(),
+                    servers
+                        .into_iter()
+                        .map(|(u, _)| u)
+                        .collect::<Vec<_>>()
+                        .into(),
+                );
+            }
+            Err(e) => {
+                own.insert(
+                    "mirror".into(),
+                    format!(
+                        "unknown: the database {} is unavailable ({e})",
+                        st.store.name()
+                    )
+                    .into(),
+                );
+            }
+        }
+    }
+    Json(own).into_response()
 }
 
 #[derive(Deserialize, Debug)]

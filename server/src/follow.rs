@@ -15,7 +15,7 @@ const POLL: Duration = Duration::from_secs(1);
 /// How often a server says it is alive, and reads which others are.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// A server not heard from for this long is not told to volunteers.
-const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
+pub const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a tree that lacked files of a loaded generation is looked at again.
 const RECHECK: Duration = Duration::from_secs(10);
 
@@ -124,12 +124,14 @@ pub async fn run(st: Arc<AppState>) {
 /// Say this server is alive, and keep the list of the mirror's live servers that volunteers
 /// are told (empty while this one is alone). A database out of reach keeps the last list.
 async fn refresh_servers(st: &AppState) {
-    if let Err(e) = st.store.heartbeat(&st.public_url).await {
+    let stats = serde_json::Value::Object(crate::stats::own(st)).to_string();
+    if let Err(e) = st.store.heartbeat(&st.public_url, &stats).await {
         tracing::debug!(error = %e, "cannot record this server as alive");
         return;
     }
     match st.store.live_servers(SERVER_TIMEOUT).await {
-        Ok(mut live) => {
+        Ok(live) => {
+            let mut live: Vec<String> = live.into_iter().map(|(u, _)| u).collect();
             if !live.contains(&st.public_url) {
                 live.push(st.public_url.clone());
             }

@@ -25,6 +25,7 @@ pub mod snapshots;
 pub mod spot_ledger;
 pub mod spotcheck;
 pub mod state;
+pub mod stats;
 pub mod store;
 pub mod torrents;
 pub mod tracker_http;

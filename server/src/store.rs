@@ -956,27 +956,35 @@ impl Store {
         Ok(())
     }
 
-    /// Say that the server at `public_url` is alive now.
-    pub async fn heartbeat(&self, public_url: &str) -> Result<(), StoreError> {
+    /// Say that the server at `public_url` is alive now, with its counters (`stats`, JSON).
+    pub async fn heartbeat(&self, public_url: &str, stats: &str) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO servers (public_url, seen_at) VALUES ($1, $2) ON CONFLICT (public_url) DO UPDATE SET seen_at = excluded.seen_at",
+            "INSERT INTO servers (public_url, seen_at, stats) VALUES ($1, $2, $3) ON CONFLICT (public_url) DO UPDATE SET seen_at = excluded.seen_at, stats = excluded.stats",
         )
         .bind(public_url)
         .bind(now_secs() as i64)
+        .bind(stats)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// The public URLs of the servers that said they were alive within `within`, in order.
-    pub async fn live_servers(&self, within: Duration) -> Result<Vec<String>, StoreError> {
+    /// The servers that said they were alive within `within`, by public URL, each with the
+    /// counters it said then.
+    pub async fn live_servers(
+        &self,
+        within: Duration,
+    ) -> Result<Vec<(String, String)>, StoreError> {
         let since = now_secs().saturating_sub(within.as_secs()) as i64;
-        Ok(sqlx::query_scalar(
-            "SELECT public_url FROM servers WHERE seen_at >= $1 ORDER BY public_url",
+        let rows = sqlx::query(
+            "SELECT public_url, stats FROM servers WHERE seen_at >= $1 ORDER BY public_url",
         )
         .bind(since)
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("public_url")?, r.try_get("stats")?)))
+            .collect()
     }
 
     /// The newest generation of `repo` recorded with its manifest, and who published it.
@@ -1396,17 +1404,20 @@ mod tests {
     async fn servers_that_stop_saying_they_are_alive_drop_out_of_the_list(db: Db) {
         let (a, b) = (db.open().await, db.open().await);
         let within = Duration::from_secs(1);
+        let urls = |l: Vec<(String, String)>| l.into_iter().map(|(u, _)| u).collect::<Vec<_>>();
         assert!(a.live_servers(within).await.unwrap().is_empty());
-        a.heartbeat("http://b:1").await.unwrap();
-        b.heartbeat("http://a:1").await.unwrap();
-        b.heartbeat("http://a:1").await.unwrap();
+        a.heartbeat("http://b:1", "{}").await.unwrap();
+        b.heartbeat("http://a:1", r#"{"n":1}"#).await.unwrap();
+        b.heartbeat("http://a:1", r#"{"n":2}"#).await.unwrap();
+        let live = b.live_servers(within).await.unwrap();
         assert_eq!(
-            b.live_servers(within).await.unwrap(),
-            ["http://a:1", "http://b:1"]
+            live[0],
+            ("http://a:1".to_string(), r#"{"n":2}"#.to_string())
         );
+        assert_eq!(urls(live), ["http://a:1", "http://b:1"]);
         tokio::time::sleep(Duration::from_millis(2100)).await;
-        a.heartbeat("http://a:1").await.unwrap();
-        assert_eq!(b.live_servers(within).await.unwrap(), ["http://a:1"]);
+        a.heartbeat("http://a:1", "{}").await.unwrap();
+        assert_eq!(urls(b.live_servers(within).await.unwrap()), ["http://a:1"]);
     }
 
     async fn one_server_at_a_time_holds_the_publish_lease(db: Db) {

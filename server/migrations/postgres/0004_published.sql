@@ -27,10 +27,13 @@ CREATE TABLE publish_leases (
 );
 
 -- The servers of the mirror, each as it last said it was alive (every few seconds): what
--- volunteers are told to announce to, so that adding a server needs no volunteer restarted.
+-- volunteers are told to announce to, so that adding a server needs no volunteer restarted,
+-- and whose counters make the mirror's statistics.
 CREATE TABLE servers (
     public_url TEXT PRIMARY KEY,
-    seen_at BIGINT NOT NULL
+    seen_at BIGINT NOT NULL,
+    -- Its counters then (JSON, as its /api/stats), summed into the mirror's.
+    stats TEXT NOT NULL DEFAULT '{}'
 );
 
 -- 'generations': a generation recorded with its manifest.

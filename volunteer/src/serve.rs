@@ -153,13 +153,16 @@ impl Refusal {
         }
     }
 
-    /// Where a bounced customer goes: the server's origin for the same file.
+    /// Where a bounced customer goes: the server's origin for the same file (of a server
+    /// of the mirror that answered the last announce, when the servers named themselves).
     fn location(&self, st: &VolunteerState) -> Option<String> {
         let Refusal::Bounced { repo, rel, .. } = self else {
             return None;
         };
-        let mut to = String::with_capacity(st.origin_base.len() + rel.len() + 48);
-        to.push_str(&st.origin_base);
+        let named = st.servers.answering_named();
+        let base = named.as_deref().unwrap_or(&st.origin_base);
+        let mut to = String::with_capacity(base.len() + rel.len() + 48);
+        to.push_str(base);
         to.push_str("/.origin/");
         fileserve::push_encoded_segment(&mut to, repo);
         for seg in rel.split('/') {

@@ -75,6 +75,21 @@ impl Servers {
             .collect()
     }
 
+    /// A server the mirror named (by its public URL) whose last announce succeeded, if the
+    /// servers named themselves: where a customer this volunteer cannot serve is sent, so
+    /// that one server down does not fail those customers.
+    pub fn answering_named(&self) -> Option<String> {
+        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if !current.1 {
+            return None;
+        }
+        current
+            .0
+            .iter()
+            .find(|t| !t.failing.load(Ordering::Relaxed))
+            .map(|t| t.client.base().to_string())
+    }
+
     fn current(&self) -> Arc<Vec<Target>> {
         self.current
             .lock()
@@ -202,9 +217,14 @@ mod tests {
         // Named at enrollment: announced to from the start.
         let s = Servers::new(configured, &urls(&["http://a:1", "http://c:1"])).unwrap();
         assert_eq!(s.urls(), ["http://a:1", "http://c:1"]);
-        // A server alone names none: the configured ones.
+        // Customers it cannot serve go to a server named that answers.
+        assert_eq!(s.answering_named().as_deref(), Some("http://a:1"));
+        s.current()[0].failing.store(true, Ordering::Relaxed);
+        assert_eq!(s.answering_named().as_deref(), Some("http://c:1"));
+        // A server alone names none: the configured ones, and bounces to its public URL.
         s.learn(&[]);
         assert_eq!(s.urls(), ["http://lb:8080", "http://extra:1"]);
+        assert_eq!(s.answering_named(), None);
     }
 
     #[test]

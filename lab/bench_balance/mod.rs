@@ -86,6 +86,12 @@ pub struct BalanceArgs {
     /// At most this many requests per run.
     #[arg(long, default_value_t = 5000)]
     max_requests: usize,
+    /// Servers of the mirror (replicas on one PostgreSQL database, a throwaway cluster of
+    /// the bench's own): every volunteer announces to each, and the customers are spread
+    /// over them in turn, each server counting only the redirects it sent since a
+    /// volunteer's report. 1: one server on SQLite, as the paper's.
+    #[arg(long, default_value_t = 1)]
+    servers: usize,
     /// Where to write results.csv, results.md and the plots.
     #[arg(long, default_value = "bench-balance")]
     out: PathBuf,
@@ -215,6 +221,14 @@ fn plan(a: &BalanceArgs) -> Vec<Scenario> {
 
 pub async fn run(a: BalanceArgs) -> Result<()> {
     anyhow::ensure!(a.volunteers >= 2, "--volunteers must be at least 2");
+    anyhow::ensure!(
+        (1..=8).contains(&a.servers),
+        "--servers must be from 1 to 8"
+    );
+    anyhow::ensure!(
+        a.servers == 1 || (a.links == "bucket" && !a.policies.iter().any(|p| p == "oracle")),
+        "--servers above 1 runs on --links bucket and without the oracle (its feed reaches one server)"
+    );
     anyhow::ensure!(
         a.customer_capacity() > 0.0,
         "--sync-bps leaves no capacity for customers"

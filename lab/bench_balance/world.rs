@@ -345,55 +345,86 @@ pub async fn run_one(
         rand::thread_rng().fill(&mut data[..]);
         std::fs::write(sync_repo.join("sync-0.bin"), data)?;
     }
-    let port = free_port(host)?;
     let oracle_port = free_port(host)?;
-    let url = format!("http://{host}:{port}");
-    let mut cmd = Command::new(&lab);
-    cmd.args([
-        "server",
-        "--listen",
-        &format!("{host}:{port}"),
-        "--data-dir",
-    ])
-    .arg(dir.join("data"))
-    .arg("--repo")
-    .arg(format!("bench={}", repo.display()));
-    if links.is_some() {
-        cmd.arg("--repo")
-            .arg(format!("sync={}", sync_repo.display()));
+    // More than one server: replicas sharing a PostgreSQL database of the bench's own (held
+    // until the run ends), the first one's key copied to the others.
+    let cluster = match a.servers {
+        1 => None,
+        _ => Some(tokio::task::spawn_blocking(pgtest::Cluster::start).await?),
+    };
+    let database = cluster.as_ref().map(|c| c.create_database("balance"));
+    let mut servers = Vec::new();
+    let mut server_urls = Vec::new();
+    for k in 0..a.servers {
+        let port = free_port(host)?;
+        let data = dir.join(if k == 0 {
+            "data".into()
+        } else {
+            format!("data-{k}")
+        });
+        if k > 0 {
+            std::fs::create_dir_all(&data)?;
+            std::fs::copy(dir.join("data/server.key"), data.join("server.key"))?;
+        }
+        let mut cmd = Command::new(&lab);
+        cmd.args([
+            "server",
+            "--listen",
+            &format!("{host}:{port}"),
+            "--data-dir",
+        ])
+        .arg(&data)
+        .arg("--repo")
+        .arg(format!("bench={}", repo.display()));
+        if let Some(db) = &database {
+            cmd.args(["--database", db]);
+        }
+        if links.is_some() {
+            cmd.arg("--repo")
+                .arg(format!("sync={}", sync_repo.display()));
+        }
+        cmd.args([
+            "--policy",
+            &sc.policy,
+            "--announce-interval",
+            &sc.interval.to_string(),
+            "--direct-max-bytes",
+            "0",
+            "--slow-start-secs",
+            &sc.slow_start_secs.to_string(),
+            // The study is about what volunteers report; spot checks would add a signal of
+            // their own (the speed they observe) to `feedback` only.
+            "--spot-check-secs",
+            "0",
+        ])
+        .args([
+            // Torrents for the sync repository's large file only: customers' files go by
+            // HTTP.
+            "--torrent-min-bytes",
+            &match links {
+                Some(_) => a.sync_file_bytes.to_string(),
+                None => "1099511627776".to_string(),
+            },
+        ]);
+        if k == 0 {
+            cmd.args(["--oracle-listen", &format!("{host}:{oracle_port}")]);
+        }
+        let log = match k {
+            0 => dir.join("server.log"),
+            _ => dir.join(format!("server-{k}.log")),
+        };
+        logged(&mut cmd, &log, a.trace)?;
+        servers.push(Proc(cmd.spawn().context("starting the server")?));
+        let url = format!("http://{host}:{port}");
+        crate::wait::wait_until(
+            &format!("{url}/health"),
+            |v| v["status"] == "ok",
+            "the server",
+        )
+        .await?;
+        server_urls.push(url);
     }
-    cmd.args([
-        "--policy",
-        &sc.policy,
-        "--announce-interval",
-        &sc.interval.to_string(),
-        "--direct-max-bytes",
-        "0",
-        "--slow-start-secs",
-        &sc.slow_start_secs.to_string(),
-        // The study is about what volunteers report; spot checks would add a signal of their
-        // own (the speed they observe) to `feedback` only.
-        "--spot-check-secs",
-        "0",
-    ])
-    .args([
-        // Torrents for the sync repository's large file only: customers' files go by HTTP.
-        "--torrent-min-bytes",
-        &match links {
-            Some(_) => a.sync_file_bytes.to_string(),
-            None => "1099511627776".to_string(),
-        },
-        "--oracle-listen",
-        &format!("{host}:{oracle_port}"),
-    ]);
-    logged(&mut cmd, &dir.join("server.log"), a.trace)?;
-    let _server = Proc(cmd.spawn().context("starting the server")?);
-    crate::wait::wait_until(
-        &format!("{url}/health"),
-        |v| v["status"] == "ok",
-        "the server",
-    )
-    .await?;
+    let url = server_urls[0].clone();
 
     let n = a.volunteers;
     let mut commands = Vec::new();
@@ -445,6 +476,9 @@ pub async fn run_one(
             "64",
         ])
         .args(["--oracle-feed", &format!("{host}:{oracle_port}")]);
+        for other in &server_urls[1..] {
+            c.args(["--server", other]);
+        }
         match (links, is_busy(i)) {
             (Some(_), true) => {
                 let mine = dir.join(format!("{name}-sync"));
@@ -478,21 +512,23 @@ pub async fn run_one(
     let first = n - usize::from(sc.join);
     // Generous: with 30 s announces a volunteer may need two before it counts as healthy,
     // and a loaded machine starts eight processes slowly.
-    crate::wait::wait_until_within(
-        &format!("{url}/api/volunteers"),
-        |v| {
-            v.as_array().is_some_and(|x| {
-                x.iter()
-                    .filter(|e| e["state"] == "healthy" && e["generations"]["bench"] == 1)
-                    .count()
-                    == first
-            })
-        },
-        "the volunteers",
-        Duration::from_secs(90),
-    )
-    .await
-    .with_context(|| format!("their logs: {}", dir.display()))?;
+    for url in &server_urls {
+        crate::wait::wait_until_within(
+            &format!("{url}/api/volunteers"),
+            |v| {
+                v.as_array().is_some_and(|x| {
+                    x.iter()
+                        .filter(|e| e["state"] == "healthy" && e["generations"]["bench"] == 1)
+                        .count()
+                        == first
+                })
+            },
+            "the volunteers",
+            Duration::from_secs(90),
+        )
+        .await
+        .with_context(|| format!("their logs: {}", dir.display()))?;
+    }
     // Real sync runs from here on, so that it is under way when the customers come.
     let _republisher = links.map(|_| {
         let busy = (0..n).filter(|&i| is_busy(i)).count();
@@ -552,7 +588,9 @@ pub async fn run_one(
             }
         }
         let (client, samples, urls) = (client.clone(), samples.clone(), urls.clone());
-        let target = format!("{url}/bench/f{}.bin", rng.gen_range(0..FILES));
+        // Customers spread over the servers in turn, as a load balancer would.
+        let server = &server_urls[sent % server_urls.len()];
+        let target = format!("{server}/bench/f{}.bin", rng.gen_range(0..FILES));
         tasks.spawn(async move {
             let offset = start.elapsed().as_secs_f64();
             let t0 = Instant::now();
@@ -592,6 +630,7 @@ pub async fn run_one(
     })
     .await;
     drop(vols);
+    drop((servers, cluster));
 
     let samples = std::mem::take(&mut *samples.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     if a.trace {

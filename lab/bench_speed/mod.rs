@@ -14,6 +14,7 @@
 mod parts;
 mod population;
 mod procs;
+mod scale;
 mod services;
 mod trees;
 mod wrk;
@@ -27,7 +28,9 @@ use clap::Args;
 #[derive(Args, Clone)]
 pub struct SpeedArgs {
     /// Which parts to run: redirect, announce, serve, publish; redirect-db (a server on
-    /// PostgreSQL against one on SQLite); redirect-ab, announce-ab (with --ab-binary).
+    /// PostgreSQL against one on SQLite); scale (several servers on PostgreSQL at the
+    /// paper's organisation's size: see `--scale-*`); redirect-ab, announce-ab (with
+    /// --ab-binary).
     #[arg(
         long,
         value_delimiter = ',',
@@ -67,6 +70,19 @@ pub struct SpeedArgs {
     /// two builds side by side show what a change did.
     #[arg(long, value_name = "PATH")]
     ab_binary: Option<PathBuf>,
+    /// For `--parts scale`: files in the tree the servers publish (the paper's organisation
+    /// mirrored about 2.2 million).
+    #[arg(long, default_value_t = 2_200_000)]
+    scale_files: usize,
+    /// For `--parts scale`: synthetic volunteers, each announcing to every server.
+    #[arg(long, default_value_t = 10_000)]
+    scale_volunteers: usize,
+    /// For `--parts scale`: the volunteers' announce interval, seconds.
+    #[arg(long, default_value_t = 5)]
+    scale_interval: u64,
+    /// For `--parts scale`: servers sharing the database.
+    #[arg(long, default_value_t = 3)]
+    scale_servers: usize,
 }
 
 /// What a row's figure is held to.
@@ -183,17 +199,25 @@ pub async fn run(a: SpeedArgs) -> Result<()> {
             "redirect-ab",
             "announce-ab",
             "redirect-db",
+            "scale",
         ]
         .contains(&p.as_str())
         {
             bail!(
                 "unknown part `{p}`: choose from redirect, announce, serve, publish, \
-                 redirect-db (and redirect-ab, announce-ab, with --ab-binary)"
+                 redirect-db, scale (and redirect-ab, announce-ab, with --ab-binary)"
             );
         }
         if p.ends_with("-ab") && a.ab_binary.is_none() {
             bail!("--parts {p} measures against another build: give it with --ab-binary");
         }
+    }
+    if a.scale_files == 0
+        || a.scale_volunteers == 0
+        || a.scale_interval == 0
+        || a.scale_servers == 0
+    {
+        bail!("--scale-files, --scale-volunteers, --scale-interval and --scale-servers must be at least 1");
     }
     if a.secs == 0 || a.connections == 0 || a.files == 0 || a.rounds == 0 {
         bail!("--secs, --connections, --files and --rounds must be at least 1");
@@ -213,6 +237,7 @@ pub async fn run(a: SpeedArgs) -> Result<()> {
             "redirect-ab" => parts::redirect_ab(&a).await,
             "announce-ab" => parts::announce_ab(&a).await,
             "redirect-db" => parts::redirect_db(&a).await,
+            "scale" => scale::scale(&a).await,
             _ => parts::publish(&a).await,
         }
         .with_context(|| format!("part `{p}`"))?;

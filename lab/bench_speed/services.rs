@@ -76,6 +76,46 @@ pub async fn start_server_from(
     start_limit: Duration,
     database: Option<&str>,
 ) -> Result<OurServer> {
+    launch(Launch {
+        exe,
+        work,
+        tag,
+        repos,
+        cores,
+        start_limit,
+        database,
+        interval_secs: 3600,
+    })
+    .await
+}
+
+/// How [`launch`] starts a server.
+pub struct Launch<'a> {
+    pub exe: &'a Path,
+    pub work: &'a Path,
+    /// Names its data directory (`server-data-<tag>`), config and log.
+    pub tag: &'a str,
+    pub repos: &'a [(&'a str, &'a Path)],
+    pub cores: Cores,
+    /// How long it may take to answer `/health` (its first publish).
+    pub start_limit: Duration,
+    pub database: Option<&'a str>,
+    /// The announce interval it asks of volunteers (`tracker.interval_secs`).
+    pub interval_secs: u64,
+}
+
+/// Start a server as [`Launch`] says, with the bench's settings otherwise.
+pub async fn launch(l: Launch<'_>) -> Result<OurServer> {
+    let Launch {
+        exe,
+        work,
+        tag,
+        repos,
+        cores,
+        start_limit,
+        database,
+        interval_secs,
+    } = l;
     let port = free_port()?;
     let data_dir = work.join(format!("server-data-{tag}"));
     std::fs::create_dir_all(&data_dir)?;
@@ -90,7 +130,7 @@ pub async fn start_server_from(
     for (name, dir) in repos {
         toml.push_str(&format!("{name} = \"{}\"\n", dir.display()));
     }
-    toml.push_str("\n[tracker]\ninterval_secs = 3600\n");
+    toml.push_str(&format!("\n[tracker]\ninterval_secs = {interval_secs}\n"));
     if knows_tracker_bounds(exe) {
         toml.push_str(BENCH_TRACKER_BOUNDS);
     }

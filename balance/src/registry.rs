@@ -278,6 +278,10 @@ pub struct Registry {
     timeout: Duration,
     /// Kept up to date with `volunteers` (see [`RecordsAt`]).
     records_at: Arc<RecordsAt>,
+    /// Servers the customers are spread over (replicas behind a load balancer or DNS round
+    /// robin), this one among them: each redirect counted here stands for this many
+    /// mirror-wide until the volunteer's next report says how many it really serves.
+    servers: u32,
 }
 
 impl Registry {
@@ -291,7 +295,13 @@ impl Registry {
             observed_speed: HashMap::new(),
             timeout,
             records_at: Arc::default(),
+            servers: 1,
         }
+    }
+
+    /// Customers are spread evenly over `n` servers, this one among them (see `servers`).
+    pub fn set_servers(&mut self, n: u32) {
+        self.servers = n.max(1);
     }
 
     /// Where the volunteer records lie, for the request path's prefetch hints.
@@ -666,15 +676,20 @@ impl Registry {
 
     /// [`Self::note_redirect`] for a position [`Self::sample`] returned.
     pub fn note_redirect_at(&mut self, i: usize, bytes: u64, now: Instant) {
-        let slicing = self.slicing;
+        let (slicing, servers) = (self.slicing, self.servers);
         let Some(v) = self.volunteers.get_mut(i) else {
             return;
         };
-        v.issued_since_report = v.issued_since_report.saturating_add(1);
+        v.issued_since_report = v.issued_since_report.saturating_add(servers);
         v.issued_total += 1;
         v.issued_bytes += bytes;
         v.model.add(bytes, now);
         v.recent.add(&slicing, now);
+        // The other servers' customers, as they probably were sent too (see `servers`).
+        for _ in 1..servers {
+            v.model.add(bytes, now);
+            v.recent.add(&slicing, now);
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<&VolunteerLive> {
@@ -792,6 +807,16 @@ pub(crate) mod tests {
         let i = r.index["a"];
         // Still counted as open within the window, but none since the report.
         assert_eq!(r.open_redirects(i, t0), (0, 4));
+
+        // One of three servers the customers are spread over: each redirect here stands
+        // for three, until the next report says how many it serves.
+        r.set_servers(3);
+        r.note_redirect("a", 1, t0);
+        assert_eq!(r.get("a").unwrap().issued_since_report, 3);
+        assert_eq!(r.open_redirects(i, t0), (3, 7));
+        assert_eq!(r.get("a").unwrap().issued_total, 5);
+        r.report("deb", &report("a", 7, 1, 1), false, t0).unwrap();
+        assert_eq!(r.get("a").unwrap().issued_since_report, 0);
     }
 
     #[test]

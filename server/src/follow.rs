@@ -135,6 +135,9 @@ async fn refresh_servers(st: &AppState) {
             if !live.contains(&st.public_url) {
                 live.push(st.public_url.clone());
             }
+            // Customers are spread over them all (a load balancer, DNS round robin): each
+            // redirect here stands for that many until a volunteer's next report.
+            st.balancer.registry().set_servers(live.len() as u32);
             let live: Arc<[String]> = if live.len() > 1 {
                 live.into()
             } else {

@@ -183,11 +183,22 @@ async fn adopt_newest(
     }) {
         return Ok(None);
     }
-    let signed = st
-        .store
-        .signed_manifest(name, generation)
-        .await?
-        .ok_or_else(|| anyhow!("generation {generation} of `{name}` vanished from the database"))?;
+    // Kept here already when its tree lacked files at the last load (then verified again).
+    let kept = std::fs::read(publish::manifest_path(
+        &st.config.data_dir,
+        name,
+        generation,
+    ));
+    let signed = match kept {
+        Ok(b) => b,
+        Err(_) => st
+            .store
+            .signed_manifest(name, generation)
+            .await?
+            .ok_or_else(|| {
+                anyhow!("generation {generation} of `{name}` vanished from the database")
+            })?,
+    };
     let (snap, report) = st
         .publisher
         .adopt(name, dir, previous.clone(), generation, signed)

@@ -63,3 +63,37 @@ fn the_speed_bench_measures_every_part_against_its_reference() {
     let md = std::fs::read_to_string(work.join("speed-results.md")).expect("table written");
     assert!(md.contains("| redirect | 1 core"), "{md}");
 }
+
+/// The scale part end to end, small: two servers on a PostgreSQL cluster of the bench's own,
+/// a few synthetic volunteers announcing to both, a changed publish reaching both.
+#[test]
+fn the_scale_part_runs_servers_sharing_postgresql_end_to_end() {
+    let tmp = TestDir::new();
+    let work = tmp.path().join("work");
+    let out = Command::new(LAB)
+        .args(["bench", "speed", "--parts", "scale"])
+        .args(["--scale-files", "2000", "--scale-volunteers", "30"])
+        .args(["--scale-interval", "1", "--scale-servers", "2"])
+        .args(["--secs", "1", "--connections", "4", "--work"])
+        .arg(&work)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run the bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed:\n{stderr}");
+    let csv = std::fs::read_to_string(work.join("speed-results.csv")).expect("CSV written");
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .filter(|r: &Vec<&str>| r[0] == "scale")
+        .collect();
+    // Two starts, the enrollment, each server's announces, the redirects, the publish, its
+    // reach and the unchanged republish.
+    assert_eq!(rows.len(), 9, "{csv}");
+    for r in &rows {
+        assert!(r[3].parse::<f64>().unwrap() > 0.0, "{r:?}");
+    }
+    let md = std::fs::read_to_string(work.join("speed-results.md")).expect("table written");
+    assert!(md.contains("failures 0"), "{md}");
+}

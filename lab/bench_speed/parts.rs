@@ -295,7 +295,7 @@ pub async fn redirect(a: &SpeedArgs) -> Result<Vec<Row>> {
     );
     let (_, after_publish_hwm) = memory(srv.proc.pid())?;
     let t = Instant::now();
-    let members = population::enroll(&srv.url, &srv.data_dir, None, a.volunteers).await?;
+    let members = population::enroll(&srv.url, &srv.data_dir, a.volunteers).await?;
     population::announce_all(&srv.url, "bench", 1, &members).await?;
     population::check_registered(&srv.url, a.volunteers).await?;
     eprintln!(
@@ -473,7 +473,7 @@ async fn start_redirect_pair(
         .await?;
         let m = match members[k].take() {
             Some(m) => m,
-            None => population::enroll(&srv.url, &srv.data_dir, database, a.volunteers).await?,
+            None => population::enroll(&srv.url, &srv.data_dir, a.volunteers).await?,
         };
         population::announce_all(&srv.url, "bench", 1, &m).await?;
         population::check_registered(&srv.url, a.volunteers).await?;

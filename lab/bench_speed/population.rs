@@ -6,8 +6,6 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use futures_util::{stream, StreamExt, TryStreamExt};
-use manifest::ServerKey;
-use server::store::Store;
 use tracker::mirror::{build_mirror_query, sign_query, MirrorReport};
 use volunteer::client::ServerClient;
 
@@ -18,25 +16,27 @@ pub struct Member {
     pub url: String,
 }
 
-/// Enroll `n` volunteers named `bench-0000…` through the server's `/api/enroll`.
-pub async fn enroll(
-    server_url: &str,
-    data_dir: &Path,
-    database: Option<&str>,
-    n: usize,
-) -> Result<Vec<Member>> {
-    let key = ServerKey::load_or_create(&data_dir.join("server.key"))?;
-    let fingerprint = key.fingerprint().0;
-    let store = match database {
-        Some(url) => Store::connect(url).await,
-        None => Store::open(&data_dir.join("mirrorswarm.sqlite")).await,
-    }
-    .context("opening the server's database")?;
+/// Enroll `n` volunteers named `bench-0000…`: each token made by the server's
+/// `/admin/enroll` (so the bench never opens the database itself, which a build of another
+/// schema version would refuse afterwards), then spent on its `/api/enroll`.
+pub async fn enroll(server_url: &str, data_dir: &Path, n: usize) -> Result<Vec<Member>> {
+    let admin = std::fs::read_to_string(data_dir.join("admin.token"))
+        .with_context(|| format!("reading the admin token in {}", data_dir.display()))?;
+    let http = reqwest::Client::new();
     let client = ServerClient::new(server_url)?;
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let name = format!("bench-{i:04}");
-        let token = store.create_enrollment(&name, &fingerprint, 3600).await?;
+        let r = http
+            .post(format!("{server_url}/admin/enroll?name={name}&ttl_hours=1"))
+            .bearer_auth(admin.trim())
+            .send()
+            .await?;
+        let status = r.status();
+        let token = r.text().await?.trim().to_string();
+        if !status.is_success() {
+            bail!("a token for {name}: {status} {token}");
+        }
         // Distinct hosts, so nothing could merge them; the bench never connects to them.
         let url = format!(
             "http://10.{}.{}.{}:8080",

@@ -103,7 +103,7 @@ pub async fn scale(a: &SpeedArgs) -> Result<Vec<Row>> {
     }
 
     let t = Instant::now();
-    let members = population::enroll(&up[0].url, &up[0].data_dir, Some(&database), v).await?;
+    let members = population::enroll(&up[0].url, &up[0].data_dir, v).await?;
     let secs = t.elapsed().as_secs_f64();
     eprintln!("   {v} volunteers enrolled in {secs:.1} s");
     rows.push(row(

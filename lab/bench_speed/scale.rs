@@ -309,7 +309,8 @@ impl AnnounceLoad {
         let base = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_millis() as u64;
-        let tasks = (0..TASKS)
+        // No more tasks than volunteers: a task with none would loop without waiting.
+        let tasks = (0..TASKS.min(members.len()))
             .map(|t| {
                 let (clients, taken, failures, members) = (
                     clients.clone(),

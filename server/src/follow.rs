@@ -33,6 +33,8 @@ pub async fn run(st: Arc<AppState>) {
     let mut unreachable = false;
     let mut rechecked = tokio::time::Instant::now();
     let mut heartbeat: Option<tokio::time::Instant> = None;
+    // Why each repository's last load failed, if it did.
+    let mut failing: std::collections::HashMap<String, String> = Default::default();
     loop {
         if st.store.shared() && heartbeat.is_none_or(|h| h.elapsed() >= HEARTBEAT) {
             heartbeat = Some(tokio::time::Instant::now());
@@ -103,9 +105,17 @@ pub async fn run(st: Arc<AppState>) {
                         .spawn(async move { crate::load_published(&st, &name).await })
                 };
                 match job.await {
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(_)) => {
+                        failing.remove(name);
+                    }
                     Ok(Err(e)) => {
-                        tracing::warn!(repo = %name, error = %format!("{e:#}"), "cannot load the generation another server published; serving the one loaded");
+                        // Said once, and again only when the reason changes: retried every
+                        // second until it works.
+                        let why = format!("{e:#}");
+                        if failing.get(name) != Some(&why) {
+                            tracing::warn!(repo = %name, error = %why, "cannot load the generation another server published; serving the one loaded, and trying again each second");
+                            failing.insert(name.clone(), why);
+                        }
                         all = false;
                     }
                     Err(e) => {

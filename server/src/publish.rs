@@ -472,8 +472,12 @@ impl Publisher {
         .await
         .context("scan task failed")?
         .with_context(|| format!("scanning {}", root.display()))?;
-        write_atomic(&cache_path, &serde_json::to_vec(&scanned.files)?)
-            .with_context(|| format!("writing {}", cache_path.display()))?;
+        // For the next start (a running server's index is its cache): only when something
+        // was read, since at millions of files it is hundreds of megabytes of JSON.
+        if scanned.hashed > 0 || previous.is_none() {
+            write_atomic(&cache_path, &serde_json::to_vec(&scanned.files)?)
+                .with_context(|| format!("writing {}", cache_path.display()))?;
+        }
         let held: manifest::scan::ScanCache = scanned
             .files
             .into_iter()

@@ -16,6 +16,37 @@ pub struct Member {
     pub url: String,
 }
 
+impl Member {
+    /// Its signed announce (the `i`-th member's peer id, sequence number `seq`): it holds
+    /// `generation` of `repo`, is idle, and has a 100 Mbit/s uplink.
+    pub fn signed_announce(&self, repo: &str, i: usize, generation: u64, seq: u64) -> String {
+        let report = MirrorReport {
+            volunteer: self.id.clone(),
+            seq,
+            generation,
+            customer_conns: 0,
+            sync_conns: 0,
+            upload_bps: 0,
+            // Room for every customer the bench sends within the connection window, so the
+            // run measures redirecting, not admission control.
+            capacity: 1_000_000,
+            url: self.url.clone(),
+            sync_bps: 0,
+            // A declared 100 Mbit/s uplink: `feedback` then weighs each candidate by its
+            // link model, as it does for volunteers that declare theirs.
+            link_bps: 12_500_000,
+            paused: false,
+        };
+        let mut peer_id = [b'-'; 20];
+        peer_id[..8].copy_from_slice(b"-MSBNCH-");
+        peer_id[8..16].copy_from_slice(format!("{:08}", i % 100_000_000).as_bytes());
+        sign_query(
+            &self.secret,
+            &build_mirror_query(repo, peer_id, 8080, &report),
+        )
+    }
+}
+
 /// Enroll `n` volunteers named `bench-0000…`: each token made by the server's
 /// `/admin/enroll` (so the bench never opens the database itself, which a build of another
 /// schema version would refuse afterwards), then spent on its `/api/enroll`.
@@ -74,29 +105,8 @@ pub async fn announce_all(
         .map(|(i, m)| {
             let client = &client;
             async move {
-                let report = MirrorReport {
-                    volunteer: m.id.clone(),
-                    seq,
-                    generation,
-                    customer_conns: 0,
-                    sync_conns: 0,
-                    upload_bps: 0,
-                    // Room for every customer the bench sends within the connection
-                    // window, so the run measures redirecting, not admission control.
-                    capacity: 1_000_000,
-                    url: m.url.clone(),
-                    sync_bps: 0,
-                    // A declared 100 Mbit/s uplink: `feedback` then weighs each candidate by
-                    // its link model, as it does for volunteers that declare theirs.
-                    link_bps: 12_500_000,
-                    paused: false,
-                };
-                let mut peer_id = [b'-'; 20];
-                peer_id[..8].copy_from_slice(b"-MSBNCH-");
-                peer_id[8..16].copy_from_slice(format!("{i:08}").as_bytes());
-                let q = build_mirror_query(repo, peer_id, 8080, &report);
                 client
-                    .announce(&sign_query(&m.secret, &q))
+                    .announce(&m.signed_announce(repo, i, generation, seq))
                     .await
                     .with_context(|| format!("announce of {}", m.id))
             }

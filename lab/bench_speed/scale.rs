@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures_util::future::join_all;
-use tracker::mirror::{build_mirror_query, sign_query, MirrorReport};
 use volunteer::client::ServerClient;
 
 use super::population::{self, Member};
@@ -323,7 +322,7 @@ impl AnnounceLoad {
                         for i in (t..members.len()).step_by(TASKS) {
                             let slot = interval.mul_f64(round as f64 + i as f64 / n as f64);
                             tokio::time::sleep_until(start + slot).await;
-                            let q = query(&members[i], i, base + round);
+                            let q = members[i].signed_announce(REPO, i, 1, base + round);
                             let sends = clients.iter().map(|c| c.announce(&q));
                             for (k, r) in join_all(sends).await.into_iter().enumerate() {
                                 let counter = if r.is_ok() { &taken[k] } else { &failures[k] };
@@ -348,25 +347,4 @@ impl Drop for AnnounceLoad {
             t.abort();
         }
     }
-}
-
-/// Volunteer `i`'s signed announce: it holds the first generation, and is idle.
-fn query(m: &Member, i: usize, seq: u64) -> String {
-    let report = MirrorReport {
-        volunteer: m.id.clone(),
-        seq,
-        generation: 1,
-        customer_conns: 0,
-        sync_conns: 0,
-        upload_bps: 0,
-        capacity: 1_000_000,
-        url: m.url.clone(),
-        sync_bps: 0,
-        link_bps: 12_500_000,
-        paused: false,
-    };
-    let mut peer_id = [b'-'; 20];
-    peer_id[..8].copy_from_slice(b"-MSSCAL-");
-    peer_id[8..16].copy_from_slice(format!("{:08}", i % 100_000_000).as_bytes());
-    sign_query(&m.secret, &build_mirror_query(REPO, peer_id, 8080, &report))
 }

@@ -300,19 +300,13 @@ pub async fn publish(
             })),
             Err(e) => {
                 // Another server sharing the database publishes it now, or did meanwhile.
-                let busy = e
+                if let Some(b) = e
                     .chain()
-                    .find_map(|c| c.downcast_ref::<crate::lease::LeaseError>());
-                if let Some(crate::lease::LeaseError::Busy(b)) = busy {
+                    .find_map(|c| c.downcast_ref::<crate::lease::PublishBusy>())
+                {
                     return text(StatusCode::CONFLICT, b.to_string());
                 }
-                let store = e.chain().find_map(|c| {
-                    c.downcast_ref::<StoreError>()
-                        .or_else(|| match c.downcast_ref() {
-                            Some(crate::lease::LeaseError::Store(s)) => Some(s),
-                            _ => None,
-                        })
-                });
+                let store = e.chain().find_map(|c| c.downcast_ref::<StoreError>());
                 if let Some(s @ StoreError::GenerationTaken { .. }) = store {
                     return text(StatusCode::CONFLICT, format!("{s}; publish again"));
                 }

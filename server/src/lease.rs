@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use crate::store::{Store, StoreError};
+use crate::store::Store;
+#[cfg(doc)]
+use crate::store::StoreError;
 
 /// How long a lease lasts unless renewed: a holder that died blocks publishing this long.
 const TTL: Duration = Duration::from_secs(60);
@@ -19,14 +21,6 @@ pub struct PublishBusy {
     pub holder: String,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum LeaseError {
-    #[error(transparent)]
-    Busy(#[from] PublishBusy),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
 /// A held lease; renewed in the background until [`Self::release`] or drop.
 pub struct PublishLease {
     store: Store,
@@ -36,8 +30,9 @@ pub struct PublishLease {
 }
 
 impl PublishLease {
-    /// Take the lease on `repo` for `holder` (this server's public URL), or say who has it.
-    pub async fn take(store: &Store, repo: &str, holder: &str) -> Result<PublishLease, LeaseError> {
+    /// Take the lease on `repo` for `holder` (this server's public URL); the error is a
+    /// [`PublishBusy`] naming who has it, or the store's [`StoreError`].
+    pub async fn take(store: &Store, repo: &str, holder: &str) -> anyhow::Result<PublishLease> {
         if let Some(other) = store.lease_publish(repo, holder, TTL).await? {
             return Err(PublishBusy {
                 repo: repo.to_string(),

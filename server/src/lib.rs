@@ -118,9 +118,10 @@ pub async fn publish_repo(st: &AppState, name: &str) -> Result<PublishReport> {
         .get(name)
         .ok_or_else(|| anyhow!("no repository named `{name}`"))?;
     let _guard = st.publish_lock.lock().await;
-    let lease = match st.store.shared() {
-        true => Some(lease::PublishLease::take(&st.store, name, &st.public_url).await?),
-        false => None,
+    let lease = if st.store.shared() {
+        Some(lease::PublishLease::take(&st.store, name, &st.public_url).await?)
+    } else {
+        None
     };
     let published = async {
         if lease.is_some() {

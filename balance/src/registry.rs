@@ -559,6 +559,27 @@ impl Registry {
         Ok(())
     }
 
+    /// Volunteers a syncing peer may ask for files of `repo` in bulk, each with the
+    /// generation it fully holds: fresh, neither stopped, draining, paused nor quarantined,
+    /// and mirroring `repo` at any generation up to `latest`, 0 included (one still filling
+    /// has verified some files already; the puller checks every byte).
+    pub fn sync_sources(
+        &self,
+        repo: &str,
+        latest: u64,
+        now: Instant,
+    ) -> Vec<(&VolunteerLive, u64)> {
+        let repo = self.interned(repo);
+        self.volunteers
+            .iter()
+            .filter_map(|v| match self.check_interned(v, repo, 0, latest, now) {
+                Ok(()) => Some((v, repo.and_then(|r| v.generations.get_interned(r))?)),
+                Err(Exclusion::Behind { held: 0, .. }) => Some((v, 0)),
+                Err(_) => None,
+            })
+            .collect()
+    }
+
     /// Split all volunteers into eligible ones and excluded ones with reasons.
     pub fn candidates(
         &self,

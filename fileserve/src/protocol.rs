@@ -37,7 +37,7 @@ pub const SERVER_ROUTES: OwnRoutes = OwnRoutes {
 /// A volunteer's own pages and admin endpoints; every other path is a customer's.
 pub const VOLUNTEER_ROUTES: OwnRoutes = OwnRoutes {
     exact: &["/health", "/metrics", "/status"],
-    prefixes: &["/admin/"],
+    prefixes: &["/admin/", "/api/"],
 };
 
 /// Whether a repository called `name` would be shadowed by a route of the server's or of a

@@ -4,11 +4,15 @@
 //!
 //! Code map: [`artifacts`] what the server computes once per file version; [`rollsum`] and
 //! [`blockmatch`] reuse of similar local files; [`bt`] librqbit; [`fetch`] verified HTTP
-//! fetches; [`local`] the tree's lock, staging and atomic install; [`tree`] whose a tree is and
+//! fetches; [`batch`] many small files in one request, [`batched`] the pull's stage that fetches
+//! them; [`local`] the tree's lock, staging and atomic install; [`tree`] whose a tree is and
 //! what a sync may delete; [`pull`] the engine, in stages; [`progress`] how it reports;
 //! [`seeder`] seeding what a node holds.
 
 pub mod artifacts;
+pub mod batch;
+#[cfg(feature = "bittorrent")]
+pub mod batched;
 pub mod blockmatch;
 #[cfg(feature = "bittorrent")]
 pub mod bt;

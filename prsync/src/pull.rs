@@ -270,6 +270,14 @@ struct Ctx<'a> {
     own_bt: bool,
     /// Set when a torrent was given up for a newer generation: `(newest, path)`.
     superseded: Option<(u64, String)>,
+    /// Contents hashed as they arrived and staged only because they matched: not hashed
+    /// again before installing.
+    verified: std::collections::HashSet<manifest::Sha256>,
+    /// Contents a first fill placed straight in the tree, at the path given (verified as
+    /// they arrived; installing copies them to any other path that wants them).
+    placed: HashMap<manifest::Sha256, String>,
+    /// This pull fills an empty tree: small files are placed as they arrive.
+    first_fill: bool,
 }
 
 /// One distinct content to obtain (several paths may want the same bytes).
@@ -519,6 +527,7 @@ pub async fn pull(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullEr
 async fn pull_stages(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullError> {
     let start = Instant::now();
     let p = prepare(opts).await?;
+    stage_done("manifest", start);
     let state = StateDir::new(&opts.dest);
     let _lock = take_tree(opts, &state, &p).await?;
     let manifest = std::sync::Arc::new(p.manifest);
@@ -535,6 +544,9 @@ async fn pull_stages(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, Pul
         progress: None,
         own_bt: bt.is_none(),
         superseded: None,
+        verified: Default::default(),
+        placed: HashMap::new(),
+        first_fill: matches!(p.standing, Standing::Empty),
     };
     ctx.summary.generation = manifest.generation;
     ctx.summary.files = manifest.files.len();
@@ -542,6 +554,7 @@ async fn pull_stages(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, Pul
 
     let local = scan_local(opts, &ctx.state).await?;
     let (plan, jobs) = make_plan(opts, &ctx.state, &manifest, &local)?;
+    stage_done("scan and plan", start);
     ctx.summary.unchanged_files = plan.unchanged;
     ctx.summary.left_alone_files = plan.left_alone.len();
     if !plan.left_alone.is_empty() {
@@ -573,11 +586,16 @@ async fn pull_stages(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, Pul
     let (torrent_jobs, http_jobs): (Vec<Job>, Vec<Job>) =
         jobs.into_iter().partition(|j| j.entry.btih.is_some());
     let large = fetch_large(&mut ctx, bt, torrent_jobs, &local).await?;
-    fetch_http(&mut ctx, http_jobs, false).await?;
+    stage_done("large files", start);
+    let left = fetch_batched(&mut ctx, &manifest, http_jobs).await?;
+    fetch_http(&mut ctx, left, false).await?;
     fetch_http(&mut ctx, large.fallback, true).await?;
+    stage_done("small files", start);
 
     let by_content = by_content(&wanted);
     verify_staged(&mut ctx, &by_content, &wanted).await?;
+    sync_staging(&ctx).await?;
+    stage_done("verify and sync", start);
     // From here on the tree changes: the new generation's paths count as put there by a
     // sync even if this pull is killed halfway.
     let installed = install_and_delete(
@@ -585,12 +603,14 @@ async fn pull_stages(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, Pul
         opts.dest.clone(),
         manifest,
         by_content,
+        std::mem::take(&mut ctx.placed),
         plan.delete,
         local,
     )
     .await?;
     ctx.summary.installed_files = installed.installed;
     ctx.summary.removed_files = installed.removed;
+    stage_done("install", start);
     if let Some(bt) = &large.own_bt {
         linger_and_leave(&ctx, bt, &large.seeded).await;
     }
@@ -599,6 +619,15 @@ async fn pull_stages(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, Pul
     blocking(move || clean_staging(&state)).await?;
     ctx.summary.wall_secs = start.elapsed().as_secs_f64();
     Ok(ctx.summary)
+}
+
+/// Log a stage's end, with the pull's time so far (`RUST_LOG=mirrorswarm_prsync=debug`).
+fn stage_done(stage: &str, start: Instant) {
+    tracing::debug!(
+        stage,
+        secs = format!("{:.2}", start.elapsed().as_secs_f64()),
+        "pull stage done"
+    );
 }
 
 /// Make the tree ready and this pull's: the staging directory, the tree's lock (held until
@@ -790,14 +819,20 @@ async fn unverified(
     .await
 }
 
-/// Check every staged content against the manifest; one that does not match is dropped and
-/// fetched again from the origin (which [`fetch_http`] verifies as it goes).
+/// Check every staged content not checked as it arrived (BitTorrent's, and what an earlier
+/// pull staged) against the manifest; one that does not match is dropped and fetched again
+/// from the origin (which [`fetch_http`] verifies as it goes).
 async fn verify_staged(
     ctx: &mut Ctx<'_>,
     by_content: &HashMap<manifest::Sha256, Vec<String>>,
     wanted: &BTreeMap<String, Entry>,
 ) -> Result<(), PullError> {
-    for sha in unverified(&ctx.state, by_content).await? {
+    let unchecked: HashMap<manifest::Sha256, Vec<String>> = by_content
+        .iter()
+        .filter(|(sha, _)| !ctx.verified.contains(sha) && !ctx.placed.contains_key(sha))
+        .map(|(sha, paths)| (*sha, paths.clone()))
+        .collect();
+    for sha in unverified(&ctx.state, &unchecked).await? {
         let staged = ctx.state.staged(&sha.to_hex());
         let _ = std::fs::remove_file(&staged);
         let Some(path) = by_content.get(&sha).and_then(|p| p.first()).cloned() else {
@@ -822,13 +857,15 @@ struct Installed {
     removed: usize,
 }
 
-/// Install every verified content at each path that wants it, remove what the generation
+/// Install every verified content at each path that wants it (from the staging area, or
+/// from where a first fill placed it: [`Ctx::placed`]), remove what the generation
 /// dropped of what a sync put there (`delete`), and record the tree's new scan cache.
 async fn install_and_delete(
     state: StateDir,
     dest: PathBuf,
     manifest: std::sync::Arc<Manifest>,
     by_content: HashMap<manifest::Sha256, Vec<String>>,
+    placed: HashMap<manifest::Sha256, String>,
     delete: Vec<String>,
     local: std::sync::Arc<ScanCache>,
 ) -> Result<Installed, PullError> {
@@ -842,10 +879,20 @@ async fn install_and_delete(
             removed: 0,
         };
         for (sha, paths) in &by_content {
-            let staged = state.staged(&sha.to_hex());
+            // A content a first fill placed is copied from where it was placed.
+            let at = placed.get(sha);
+            let source = match at {
+                Some(p) => dest.join(p),
+                None => state.staged(&sha.to_hex()),
+            };
             for (i, path) in paths.iter().enumerate() {
-                let keep = i + 1 < paths.len();
-                match install(&staged, &dest, path, keep, &removable) {
+                let keep = at.is_some() || i + 1 < paths.len();
+                let installed = if at == Some(path) {
+                    Ok(())
+                } else {
+                    install(&source, &dest, path, keep, &removable)
+                };
+                match installed {
                     Ok(()) => {}
                     Err(e @ InstallError::InTheWay { .. }) => return Err(PullError::InTheWay(e)),
                     Err(InstallError::Io(e)) => {
@@ -971,7 +1018,8 @@ fn server_ip(server: &str) -> Option<std::net::IpAddr> {
     with_port.to_socket_addrs().ok()?.next().map(|a| a.ip())
 }
 
-fn encode_rel(rel: &str) -> String {
+/// A manifest path as a URL path, each segment percent-encoded.
+pub(crate) fn encode_rel(rel: &str) -> String {
     rel.split('/')
         .map(|seg| {
             seg.bytes()
@@ -986,6 +1034,89 @@ fn encode_rel(rel: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("/")
+}
+
+/// Fetch small files in batches ([`crate::batched`]): volunteers first, then the origin.
+/// Returns what no batch brought (and files too large for a batch), for [`fetch_http`]. A
+/// content an interrupted pull already staged is not fetched again ([`verify_staged`]
+/// checks it).
+async fn fetch_batched(
+    ctx: &mut Ctx<'_>,
+    manifest: &std::sync::Arc<Manifest>,
+    jobs: Vec<Job>,
+) -> Result<Vec<Job>, PullError> {
+    let (batchable, mut left): (Vec<Job>, Vec<Job>) = jobs
+        .into_iter()
+        .partition(|j| j.entry.size <= crate::batch::MAX_FILE_BYTES);
+    let state = StateDir(ctx.state.0.clone());
+    let (staged, batchable): (Vec<Job>, Vec<Job>) = blocking(move || {
+        batchable.into_iter().partition(|j| {
+            std::fs::metadata(state.staged(&j.entry.sha256.to_hex()))
+                .is_ok_and(|m| m.is_file() && m.len() == j.entry.size)
+        })
+    })
+    .await?;
+    if let Some(p) = &ctx.progress {
+        p.advance(staged.iter().map(|j| j.entry.size).sum());
+    }
+    if ctx.first_fill && !batchable.is_empty() {
+        // Files placed in the tree from now on count as put there by a sync, even if this
+        // pull is killed halfway.
+        let (state, m) = (StateDir(ctx.state.0.clone()), manifest.clone());
+        blocking(move || tree::begin_install(&state, &m)).await??;
+    }
+    let b = crate::batched::Batched {
+        place_in: ctx.first_fill.then(|| ctx.opts.dest.clone()),
+        http: &ctx.http,
+        server: &ctx.opts.server,
+        repo: &ctx.opts.repo,
+        state: &ctx.state,
+        parallel: ctx.opts.http_parallel,
+        progress: ctx.progress.clone(),
+    };
+    let jobs = batchable.into_iter().map(|j| (j.path, j.entry)).collect();
+    let out = crate::batched::fetch(&b, jobs).await.map_err(|e| {
+        local_io(
+            &ctx.state,
+            &ctx.opts.dest,
+            format!("staging {}", e.path),
+            &e.error,
+        )
+    })?;
+    ctx.summary.from_peers_bytes += out.from_peers;
+    ctx.summary.from_origin_bytes += out.from_origin;
+    ctx.verified.extend(out.verified);
+    ctx.placed.extend(out.placed);
+    left.extend(
+        out.left
+            .into_iter()
+            .map(|(path, entry)| Job { path, entry }),
+    );
+    Ok(left)
+}
+
+/// Make what is staged durable with one `syncfs` rather than an `fsync` per file: a
+/// batch's files are written without one, and installing them renames them into the tree.
+async fn sync_staging(ctx: &Ctx<'_>) -> Result<(), PullError> {
+    let staging = ctx.state.staging();
+    let res = blocking(move || -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let dir = std::fs::File::open(&staging)?;
+        // SAFETY: syncfs takes a file descriptor this function owns for the call's length.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    })
+    .await?;
+    res.map_err(|e| {
+        local_io(
+            &ctx.state,
+            &ctx.opts.dest,
+            format!("syncing {}", ctx.state.staging().display()),
+            &e,
+        )
+    })
 }
 
 /// Fetch over HTTP: through the server's redirect (peers first), or straight from the origin.
@@ -1031,6 +1162,7 @@ async fn fetch_http(ctx: &mut Ctx<'_>, jobs: Vec<Job>, origin_only: bool) -> Res
         let (job, res) = done?;
         match res {
             Ok(f) => {
+                ctx.verified.insert(job.entry.sha256);
                 if f.from_peer {
                     ctx.summary.from_peers_bytes += f.bytes;
                 } else {
@@ -1515,6 +1647,7 @@ mod tests {
             dir.path().to_path_buf(),
             std::sync::Arc::new(m),
             by_content,
+            HashMap::new(),
             vec!["gone/old".to_string()],
             std::sync::Arc::new(local),
         )

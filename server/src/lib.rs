@@ -9,6 +9,7 @@
 //! documents; [`sample_repo`] a generated apt repository for the demo and tests.
 
 pub mod api;
+pub mod batch;
 pub mod counters;
 pub mod file_index;
 pub mod follow;
@@ -437,6 +438,8 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route(own("/artifacts/{file}"), get(api::artifact))
         .route(own("/api/stats"), get(api::stats))
         .route(own("/api/report"), post(api::report))
+        .route(own("/api/batch/{repo}"), post(batch::origin_batch))
+        .route(own("/api/sources/{repo}"), get(batch::sources))
         .route(own("/metrics"), get(api::metrics))
         .route(own("/dashboard"), get(api::dashboard))
         .fallback(redirect::customer)

@@ -5,6 +5,7 @@
 //! Code map: [`credential`] enrollment and the durable credential; [`client`] the server's
 //! HTTP API; [`holdings`] verification of the local copy; [`serve`] the customer path.
 
+pub mod batch;
 pub mod client;
 pub mod companion;
 pub mod control;
@@ -98,6 +99,9 @@ pub struct VolunteerState {
     quota_warned: std::sync::Mutex<std::collections::HashSet<(String, u64)>>,
     /// What runs beside it (the lab's synthetic sync and oracle feed; the product: none).
     pub companion: Option<Arc<dyn companion::Companion>>,
+    /// Batch answers to syncing peers under way ([`batch`]), and the file bytes they sent.
+    pub batches: batch::BatchCount,
+    pub batch_uploaded: AtomicU64,
     /// BitTorrent: fetches for PRsync and seeds what we hold to other volunteers.
     pub seeder: Option<prsync::seeder::Seeder>,
     /// Repositories with a PRsync pull under way.
@@ -285,20 +289,24 @@ impl VolunteerState {
         interval
     }
 
-    /// Bytes uploaded for syncing so far: what the seeder sent to other volunteers, plus a
-    /// companion's. (Uploads by a pull lingering as a seeder are not counted; they are
+    /// Bytes uploaded for syncing so far: what the seeder and the batch answers sent to
+    /// other volunteers, plus a companion's. (Uploads by a pull lingering as a seeder are not counted; they are
     /// short.)
     fn sync_uploaded_total(&self) -> u64 {
         self.companion.as_ref().map_or(0, |c| c.sync_uploaded())
+            + self.batch_uploaded.load(Ordering::Relaxed)
             + self.seeder.as_ref().map_or(0, |s| s.bt.uploaded_bytes())
     }
 
-    /// Connections used for syncing: BitTorrent peers plus pulls under way, plus a
-    /// companion's.
+    /// Connections used for syncing: BitTorrent peers, batch answers and pulls under way,
+    /// plus a companion's.
     fn sync_connections(&self) -> u32 {
         let peers = self.seeder.as_ref().map_or(0, |s| s.bt.live_peers());
         let pulls = self.syncing.lock().map_or(0, |s| s.len() as u32);
-        peers + pulls + self.companion.as_ref().map_or(0, |c| c.sync_connections())
+        peers
+            + pulls
+            + self.batches.get()
+            + self.companion.as_ref().map_or(0, |c| c.sync_connections())
     }
 
     /// Start a pull for `repo` if it lags the newest generation and none is running.
@@ -615,6 +623,8 @@ pub async fn run_with_companion(
         quota_warned: Default::default(),
         companion,
         seeder,
+        batches: batch::BatchCount::new(),
+        batch_uploaded: AtomicU64::new(0),
         syncing: std::sync::Mutex::new(Default::default()),
         recent_sync_bps: AtomicU64::new(0),
         recent_customers_bps: AtomicU64::new(0),
@@ -751,6 +761,7 @@ pub async fn run_with_companion(
         .route(own("/admin/pause"), post(control::pause))
         .route(own("/admin/resume"), post(control::resume))
         .route(own("/admin/limits"), post(control::limits))
+        .route(own("/api/batch/{repo}"), post(batch::answer))
         .fallback(serve::customer)
         .with_state(st.clone());
     tracing::info!(

@@ -1,0 +1,507 @@
+//! The pull's stage for small files: fetched in batches ([`crate::batch`]), many files a
+//! request, several batches in flight, from volunteers first and from the origin for the
+//! rest.
+//!
+//! The server names the volunteers to ask (`GET /api/sources/<repo>`): those holding the
+//! newest generation, then those still filling (they answer from what their own pull has
+//! staged). The batches are taken in a random order, so volunteers filling at the same time
+//! each fetch different files from the origin first and then find the rest at each other.
+//! Each batch asks up to [`PEERS_PER_BATCH`] volunteers, each for what the ones before
+//! lacked, then the origin. Every file is checked against the signed manifest as it arrives
+//! and staged (named by its SHA-256) only if it matches. A volunteer that sends a wrong byte
+//! is dropped for the rest of the pull and reported to the server (`/api/report`, which
+//! checks it); one whose answer breaks off is dropped for the pull too. What no batch
+//! brought is left to the per-file HTTP stage.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use manifest::{Entry, Sha256};
+
+use crate::batch::{read_answer, AnswerError, Got, Wanted};
+use crate::local::StateDir;
+use crate::progress::Progress;
+
+/// Most files in one batch.
+pub const BATCH_FILES: usize = 512;
+/// Most bytes in one batch (a batch's files are held in memory until written).
+pub const BATCH_BYTES: u64 = 4 << 20;
+/// Volunteers one batch asks before the origin.
+pub const PEERS_PER_BATCH: usize = 3;
+
+/// What the stage needs of the pull.
+pub struct Batched<'a> {
+    pub http: &'a reqwest::Client,
+    pub server: &'a str,
+    pub repo: &'a str,
+    pub state: &'a StateDir,
+    pub parallel: usize,
+    pub progress: Option<Arc<dyn Progress>>,
+    /// A first fill's tree: files are placed there as they arrive (written once, in their
+    /// own directories, as rsync does) rather than staged and renamed in at the end. The
+    /// caller has recorded the generation's paths as the sync's before ([`crate::tree`]).
+    pub place_in: Option<std::path::PathBuf>,
+}
+
+/// What the stage did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub from_peers: u64,
+    pub from_origin: u64,
+    /// Contents checked against the manifest as they arrived and staged: no need to hash
+    /// them again before installing.
+    pub verified: HashSet<Sha256>,
+    /// Contents placed in the tree ([`Batched::place_in`]), at the path given.
+    pub placed: Vec<(Sha256, String)>,
+    /// Files no batch brought, for the per-file stage.
+    pub left: Vec<(String, Entry)>,
+    /// Volunteers dropped for this pull.
+    pub dropped: Vec<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct Sources {
+    sources: Vec<Source>,
+}
+
+#[derive(serde::Deserialize)]
+struct Source {
+    url: String,
+}
+
+/// A failure of this machine's own disk: no other source helps.
+#[derive(Debug)]
+pub struct LocalIo {
+    pub path: String,
+    pub error: std::io::Error,
+}
+
+/// Fetch `jobs` in batches.
+pub async fn fetch(b: &Batched<'_>, jobs: Vec<(String, Entry)>) -> Result<Outcome, LocalIo> {
+    let mut out = Outcome::default();
+    if jobs.is_empty() {
+        return Ok(out);
+    }
+    let peers = peers(b).await;
+    let shared = Arc::new(Shared {
+        dead: Mutex::new(HashSet::new()),
+        writer: Mutex::new(()),
+        dirs: Mutex::new(HashSet::new()),
+        peers,
+    });
+    let mut chunks = chunk(jobs);
+    shuffle(&mut chunks);
+    let mut pending = chunks.into_iter().enumerate();
+    let mut set = tokio::task::JoinSet::new();
+    loop {
+        while set.len() < b.parallel.max(1) {
+            let Some((i, chunk)) = pending.next() else {
+                break;
+            };
+            let task = Task {
+                http: b.http.clone(),
+                server: b.server.to_string(),
+                repo: b.repo.to_string(),
+                staging: StateDir(b.state.0.clone()),
+                place_in: b.place_in.clone(),
+                shared: shared.clone(),
+                progress: b.progress.clone(),
+            };
+            set.spawn(async move { task.run(i, chunk).await });
+        }
+        let Some(done) = set.join_next().await else {
+            break;
+        };
+        let done = match done {
+            Ok(d) => d?,
+            Err(e) => {
+                return Err(LocalIo {
+                    path: String::new(),
+                    error: std::io::Error::other(format!("a batch task failed: {e}")),
+                })
+            }
+        };
+        out.from_peers += done.from_peers;
+        out.from_origin += done.from_origin;
+        out.verified.extend(done.verified);
+        out.placed.extend(done.placed);
+        out.left.extend(done.left);
+    }
+    out.dropped = shared
+        .dead
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .cloned()
+        .collect();
+    Ok(out)
+}
+
+/// The volunteers the server names (none when it names none or cannot be asked: the origin
+/// then answers every batch).
+async fn peers(b: &Batched<'_>) -> Vec<String> {
+    let url = format!("{}/api/sources/{}", b.server, b.repo);
+    let got = async {
+        let r = b.http.get(&url).send().await.ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.json::<Sources>().await.ok()
+    }
+    .await;
+    match got {
+        Some(s) => s
+            .sources
+            .into_iter()
+            .map(|s| s.url.trim_end_matches('/').to_string())
+            .collect(),
+        None => {
+            tracing::debug!(url, "no sources named; batches go to the origin");
+            Vec::new()
+        }
+    }
+}
+
+/// Jobs in path order, cut into batches of at most [`BATCH_FILES`] files and
+/// [`BATCH_BYTES`] bytes.
+fn chunk(mut jobs: Vec<(String, Entry)>) -> Vec<Vec<(String, Entry)>> {
+    jobs.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = Vec::new();
+    let mut cur: Vec<(String, Entry)> = Vec::new();
+    let mut bytes = 0u64;
+    for job in jobs {
+        if !cur.is_empty() && (cur.len() >= BATCH_FILES || bytes + job.1.size > BATCH_BYTES) {
+            out.push(std::mem::take(&mut cur));
+            bytes = 0;
+        }
+        bytes += job.1.size;
+        cur.push(job);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Fisher–Yates with a seed from the process's hasher keys (random per process).
+fn shuffle<T>(v: &mut [T]) {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_usize(v.len());
+    let mut x = h.finish() | 1;
+    for i in (1..v.len()).rev() {
+        // xorshift64*
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        v.swap(i, (r % (i as u64 + 1)) as usize);
+    }
+}
+
+struct Shared {
+    peers: Vec<String>,
+    /// Volunteers dropped for this pull.
+    dead: Mutex<HashSet<String>>,
+    /// Held while writing to the staging area.
+    writer: Mutex<()>,
+    /// Directories of the tree known to be directories (a first fill's).
+    dirs: Mutex<HashSet<String>>,
+}
+
+impl Shared {
+    fn alive(&self, peer: &str) -> bool {
+        !self
+            .dead
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(peer)
+    }
+    fn drop_peer(&self, peer: &str) {
+        self.dead
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer.to_string());
+    }
+}
+
+struct Task {
+    http: reqwest::Client,
+    server: String,
+    repo: String,
+    staging: StateDir,
+    place_in: Option<std::path::PathBuf>,
+    shared: Arc<Shared>,
+    progress: Option<Arc<dyn Progress>>,
+}
+
+#[derive(Default)]
+struct Done {
+    from_peers: u64,
+    from_origin: u64,
+    verified: Vec<Sha256>,
+    placed: Vec<(Sha256, String)>,
+    left: Vec<(String, Entry)>,
+}
+
+/// Files an answer brought and that verified: their index in the batch, and their bytes.
+type Arrived = Vec<(usize, Vec<u8>)>;
+
+impl Task {
+    /// One batch: up to [`PEERS_PER_BATCH`] live volunteers (starting at a different one for
+    /// each batch, so the load spreads), then the origin, each asked for what is still
+    /// missing.
+    async fn run(self, i: usize, mut todo: Vec<(String, Entry)>) -> Result<Done, LocalIo> {
+        let mut done = Done::default();
+        let n = self.shared.peers.len();
+        let peers: Vec<String> = (0..n)
+            .map(|k| self.shared.peers[(i + k) % n].clone())
+            .filter(|p| self.shared.alive(p))
+            .take(PEERS_PER_BATCH)
+            .collect();
+        for peer in peers {
+            if todo.is_empty() {
+                break;
+            }
+            if !self.shared.alive(&peer) {
+                continue;
+            }
+            let (arrived, failed) = self.ask(&peer, &todo).await;
+            if let Some(why) = failed {
+                self.give_up_on(&peer, &todo, &why).await;
+            }
+            let got = indexes(&arrived);
+            done.from_peers += self.stage(&todo, arrived, &mut done.placed).await?;
+            done.verified.extend(got.iter().map(|&k| todo[k].1.sha256));
+            todo = remaining(todo, &got);
+        }
+        if !todo.is_empty() {
+            let (arrived, failed) = self.ask(&self.server, &todo).await;
+            if let Some(why) = failed {
+                tracing::warn!(error = %why, files = todo.len() - arrived.len(), "a batch from the origin failed; its files go one by one");
+            }
+            let got = indexes(&arrived);
+            done.from_origin += self.stage(&todo, arrived, &mut done.placed).await?;
+            done.verified.extend(got.iter().map(|&k| todo[k].1.sha256));
+            todo = remaining(todo, &got);
+        }
+        done.left = todo;
+        Ok(done)
+    }
+
+    /// Ask `base` for `todo`: the files it sent that verified, and why its answer failed,
+    /// if it did.
+    async fn ask(&self, base: &str, todo: &[(String, Entry)]) -> (Arrived, Option<Failure>) {
+        let items: Vec<Wanted> = todo
+            .iter()
+            .map(|(p, e)| Wanted {
+                path: p.clone(),
+                sha256: e.sha256,
+                size: e.size,
+            })
+            .collect();
+        let body = crate::batch::Request {
+            items: items
+                .iter()
+                .map(|w| crate::batch::Item {
+                    path: w.path.clone(),
+                    sha256: w.sha256.to_hex(),
+                    size: w.size,
+                })
+                .collect(),
+        };
+        let url = format!("{base}/api/batch/{}", self.repo);
+        let resp = match self.http.post(&url).json(&body).send().await {
+            Ok(r) if r.status().is_success() => r,
+            Ok(r) => {
+                return (
+                    Vec::new(),
+                    Some(Failure::Refused(format!("HTTP {}", r.status()))),
+                )
+            }
+            Err(e) => return (Vec::new(), Some(Failure::Refused(e.to_string()))),
+        };
+        let mut arrived = Vec::new();
+        let res = read_answer(resp, &items, &mut |g| {
+            if let Got::File(k, bytes) = g {
+                arrived.push((k, bytes));
+            }
+        })
+        .await;
+        (arrived, res.err().map(Failure::Answer))
+    }
+
+    /// Write what arrived: placed in the tree on a first fill (what cannot be placed, for
+    /// something in the way, is staged instead: installing decides about it), else to the
+    /// staging area. Returns the bytes; `placed` is told what went into the tree.
+    ///
+    /// Staged files are written in place, not through a `.part` renamed: a directory
+    /// operation fewer a file. A peer that asks for one half written gets `N` for its size,
+    /// or bytes it hashes before sending; a pull killed halfway finds it of another size, or
+    /// hashes it before installing.
+    async fn stage(
+        &self,
+        todo: &[(String, Entry)],
+        arrived: Arrived,
+        placed: &mut Vec<(Sha256, String)>,
+    ) -> Result<u64, LocalIo> {
+        if arrived.is_empty() {
+            return Ok(0);
+        }
+        let writes: Vec<(String, Sha256, Vec<u8>)> = arrived
+            .into_iter()
+            .map(|(k, bytes)| (todo[k].0.clone(), todo[k].1.sha256, bytes))
+            .collect();
+        let staging = StateDir(self.staging.0.clone());
+        let place_in = self.place_in.clone();
+        let progress = self.progress.clone();
+        let shared = self.shared.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let mut bytes = 0;
+            let mut now_placed = Vec::new();
+            let mut to_stage = Vec::new();
+            for (path, sha, data) in writes {
+                let put = match &place_in {
+                    Some(tree) => {
+                        place(tree, &path, &data, &shared.dirs).map_err(|error| LocalIo {
+                            path: path.clone(),
+                            error,
+                        })?
+                    }
+                    None => false,
+                };
+                bytes += data.len() as u64;
+                if put {
+                    now_placed.push((sha, path));
+                    if let Some(p) = &progress {
+                        p.advance(data.len() as u64);
+                    }
+                } else {
+                    to_stage.push((path, sha, data));
+                }
+            }
+            if !to_stage.is_empty() {
+                // One writer at a time: creating files in one directory from several
+                // threads spins on its lock and costs more than it saves.
+                let _one = shared.writer.lock().unwrap_or_else(|e| e.into_inner());
+                for (path, sha, data) in to_stage {
+                    std::fs::write(staging.staged(&sha.to_hex()), &data)
+                        .map_err(|error| LocalIo { path, error })?;
+                    if let Some(p) = &progress {
+                        p.advance(data.len() as u64);
+                    }
+                }
+            }
+            Ok((bytes, now_placed))
+        })
+        .await;
+        let (bytes, now_placed) = res.unwrap_or_else(|e| {
+            Err(LocalIo {
+                path: String::new(),
+                error: std::io::Error::other(format!("staging a batch: {e}")),
+            })
+        })?;
+        placed.extend(now_placed);
+        Ok(bytes)
+    }
+
+    /// Drop `peer` for the rest of this pull; if it sent a wrong file, tell the server,
+    /// which checks it (and quarantines it if its bytes are wrong).
+    async fn give_up_on(&self, peer: &str, todo: &[(String, Entry)], why: &Failure) {
+        self.shared.drop_peer(peer);
+        match why {
+            Failure::Answer(AnswerError::Lied { index, path, why }) => {
+                tracing::warn!(peer, path, error = %why, "a volunteer sent a wrong file in a batch; dropped for this pull and reported");
+                let url = format!("{peer}/{}/{}", self.repo, crate::pull::encode_rel(path));
+                let report = serde_json::json!({
+                    "url": url,
+                    "reason": format!("batch item {index}: {why}"),
+                });
+                let _ = self
+                    .http
+                    .post(format!("{}/api/report", self.server))
+                    .json(&report)
+                    .send()
+                    .await;
+            }
+            other => {
+                tracing::warn!(peer, files = todo.len(), error = %other, "a volunteer's batch failed; dropped for this pull, its files asked elsewhere")
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// No answer, or not a batch answer.
+    #[error("{0}")]
+    Refused(String),
+    /// The answer failed part way.
+    #[error(transparent)]
+    Answer(AnswerError),
+}
+
+/// Put `data` at `rel` in a first fill's `tree`, making its directories: `false` when
+/// something is in the way (a file or link where a directory belongs, anything at the file's
+/// place), which is never followed or replaced here.
+fn place(
+    tree: &std::path::Path,
+    rel: &str,
+    data: &[u8],
+    dirs: &Mutex<HashSet<String>>,
+) -> std::io::Result<bool> {
+    use std::io::Write;
+    if let Some((parent, _)) = rel.rsplit_once('/') {
+        let known = dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(parent);
+        if !known {
+            let mut sofar = String::new();
+            for comp in parent.split('/') {
+                if !sofar.is_empty() {
+                    sofar.push('/');
+                }
+                sofar.push_str(comp);
+                let p = tree.join(&sofar);
+                match std::fs::create_dir(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        if !std::fs::symlink_metadata(&p)?.is_dir() {
+                            return Ok(false);
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            dirs.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(parent.to_string());
+        }
+    }
+    let mut f = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tree.join(rel))
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    f.write_all(data)?;
+    Ok(true)
+}
+
+fn indexes(arrived: &Arrived) -> Vec<usize> {
+    arrived.iter().map(|(k, _)| *k).collect()
+}
+
+/// `todo` without the files at `got`.
+fn remaining(todo: Vec<(String, Entry)>, got: &[usize]) -> Vec<(String, Entry)> {
+    let got: HashSet<usize> = got.iter().copied().collect();
+    todo.into_iter()
+        .enumerate()
+        .filter(|(k, _)| !got.contains(k))
+        .map(|(_, j)| j)
+        .collect()
+}

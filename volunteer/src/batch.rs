@@ -1,0 +1,116 @@
+//! `POST /api/batch/<repo>`: a syncing peer's batch of small files ([`prsync::batch`]),
+//! answered from what this volunteer verified, and from what its own pull has staged or (a
+//! first fill) placed in the tree, hashed before it is sent: a volunteer still filling
+//! already helps the others, and never sends a wrong byte. It is a sync connection: the balancer sees it in `sync_conns` and its bytes
+//! in the sync rate, not as a customer.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use fileserve::text_response as text;
+use prsync::batch::{Check, Wanted};
+
+use crate::VolunteerState;
+
+/// Batch answers being sent: counted among sync connections while they last.
+pub struct BatchCount(std::sync::atomic::AtomicU32);
+
+impl BatchCount {
+    pub fn new() -> Self {
+        BatchCount(std::sync::atomic::AtomicU32::new(0))
+    }
+    pub fn get(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Default for BatchCount {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Holds one place in [`BatchCount`] until dropped.
+struct Place(Arc<VolunteerState>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.batches.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub async fn answer(
+    State(st): State<Arc<VolunteerState>>,
+    Path(repo): Path<String>,
+    body: Bytes,
+) -> Response {
+    let Some(mirror) = st.mirrors.get(&repo) else {
+        return text(StatusCode::NOT_FOUND, format!("not mirroring `{repo}`"));
+    };
+    if st.paused.load(Ordering::Relaxed) {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "paused by its admin");
+    }
+    let items = match prsync::batch::parse_request(&body) {
+        Ok(items) => items,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let view = mirror.view();
+    let staging = prsync::local::StateDir::new(&mirror.dir);
+    // Where a first fill places files as they arrive, before any scan verified them.
+    let tree = match &view.root {
+        Some(root) => Some(root.clone()),
+        None => manifest::beneath::Root::open(&mirror.dir)
+            .ok()
+            .map(Arc::new),
+    };
+    st.batches.0.fetch_add(1, Ordering::Relaxed);
+    let place = Place(st.clone());
+    let open = move |w: &Wanted| {
+        let _held = &place; // released when the answer is read through, or abandoned
+        verified(&view, w)
+            .map(|f| (f, Check::Known))
+            .or_else(|| staged(&staging, w).map(|f| (f, Check::Hash)))
+            .or_else(|| placed(tree.as_deref(), w).map(|f| (f, Check::Hash)))
+    };
+    let counted = st.clone();
+    let rx = prsync::batch::answer(items, open, move |n| {
+        counted.batch_uploaded.fetch_add(n, Ordering::Relaxed);
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
+    });
+    let body = Body::from_stream(stream);
+    let body = match st.uplink.current() {
+        Some(b) => crate::limit::throttle(body, b),
+        None => body,
+    };
+    ([(header::CONTENT_TYPE, prsync::batch::CONTENT_TYPE)], body).into_response()
+}
+
+/// A file of the tree that verified with these bytes and is unchanged since.
+fn verified(view: &crate::holdings::HoldingsView, w: &Wanted) -> Option<std::fs::File> {
+    let v = view.servable.get(&w.path)?;
+    if v.sha256 != w.sha256 || v.size != w.size {
+        return None;
+    }
+    let (f, meta) = view.root.as_ref()?.open_sized(&w.path, w.size).ok()?;
+    (manifest::scan::stat_key(&meta).1 == v.mtime_ns).then_some(f)
+}
+
+/// A file of the tree not verified (yet): one a first fill placed as it arrived.
+fn placed(tree: Option<&manifest::beneath::Root>, w: &Wanted) -> Option<std::fs::File> {
+    tree?.open_sized(&w.path, w.size).ok().map(|(f, _)| f)
+}
+
+/// A content this volunteer's pull fetched, verified and staged, not installed yet.
+fn staged(staging: &prsync::local::StateDir, w: &Wanted) -> Option<std::fs::File> {
+    let f = std::fs::File::open(staging.staged(&w.sha256.to_hex())).ok()?;
+    let meta = f.metadata().ok()?;
+    (meta.is_file() && meta.len() == w.size).then_some(f)
+}

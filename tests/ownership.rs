@@ -269,12 +269,14 @@ async fn a_volunteer_refuses_a_foreign_directory_at_start_unless_told() {
 }
 
 /// Runs `mirrorswarm prsync pull` with DEST on a 2 MiB tmpfs of its own (a private mount
-/// namespace, gone when it exits), then prints how many bytes the staging area holds.
+/// namespace, gone when it exits), then prints how many bytes it holds (staged, and placed by
+/// a first fill).
 fn pull_on_a_small_disk(server: &Server, dest: &Path) -> Output {
     let script = format!(
         "mount -t tmpfs -o size=2m none {d} || exit 99; \
          {bin} prsync pull --server {s} --repo debian --dest {d} --linger-secs 0; rc=$?; \
-         echo staged=$(du -sb {d}/.mirrorswarm/staging | cut -f1); exit $rc",
+         echo staged=$(find {d} -type f -not -path '*/.mirrorswarm/*' -printf '%s\\n' \
+         -o -path '*/.mirrorswarm/staging/*' -type f -printf '%s\\n' | awk '{{s+=$1}} END {{print s+0}}'); exit $rc",
         d = dest.display(),
         bin = BIN,
         s = server.url

@@ -389,3 +389,76 @@ async fn a_pull_announces_where_it_was_told_and_warns_of_nothing() {
     );
     assert_same_tree(&repo, &dest);
 }
+
+/// `sync_uploaded_bytes` of a volunteer's `/health`: what it sent to syncing peers.
+async fn sync_uploaded(v: &Volunteer) -> u64 {
+    let h: serde_json::Value = http()
+        .get(format!("{}/health", v.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    h["sync_uploaded_bytes"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_fill_takes_small_files_in_batches_from_volunteers_counted_as_sync() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    sample_repo(&repo);
+    // Many small files: one request each would be hundreds of redirects.
+    let mut small = 0u64;
+    for i in 0..300u64 {
+        let bytes = noise(100 + i, 200 + (i as usize * 37) % 2800);
+        small += bytes.len() as u64;
+        let dir = repo.join(format!("pool/small/{}", i % 7));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("f{i}.dat")), bytes).unwrap();
+    }
+    let server = start_server(root, &repo, &[]).await;
+    let vols = [
+        start_volunteer(root, &server, "v1", &repo).await,
+        start_volunteer(root, &server, "v2", &repo).await,
+    ];
+    for v in &vols {
+        server.wait_held(&v.name, 1).await;
+    }
+    let served_before: u64 = server
+        .volunteers()
+        .await
+        .iter()
+        .map(|v| v["redirects"].as_u64().unwrap_or(0))
+        .sum();
+    let (_, http0) = stats_sync(&server);
+    let dest = root.join("dest");
+    let (out, summary) = pull(&server, &dest, &["--linger-secs", "0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_tree(&repo, &dest);
+    let (_, http1) = stats_sync(&server);
+    // Every small file came from the volunteers, none from the origin over HTTP.
+    assert_eq!(http1 - http0, 0, "origin sent small files: {summary}");
+    assert!(
+        summary["from_peers_bytes"].as_u64().unwrap() >= small,
+        "{summary}"
+    );
+    // The volunteers count it as syncing, not as customers the server sent them.
+    let mut synced = 0;
+    for v in &vols {
+        synced += sync_uploaded(v).await;
+    }
+    assert!(synced >= small, "volunteers counted {synced} B of sync");
+    let served_after: u64 = server
+        .volunteers()
+        .await
+        .iter()
+        .map(|v| v["redirects"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(served_after, served_before, "small files went by redirects");
+}

@@ -488,7 +488,11 @@ fn place(
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
         Err(e) => return Err(e),
     };
-    f.write_all(data)?;
+    if let Err(e) = f.write_all(data) {
+        // Not half a file left in the tree (a full disk, most likely).
+        let _ = std::fs::remove_file(tree.join(rel));
+        return Err(e);
+    }
     Ok(true)
 }
 
@@ -504,4 +508,235 @@ fn remaining(todo: Vec<(String, Entry)>, got: &[usize]) -> Vec<(String, Entry)> 
         .filter(|(k, _)| !got.contains(k))
         .map(|(_, j)| j)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The stage against real HTTP on loopback: an origin that answers honestly, and peers
+    //! that lie, break off, or vanish mid-answer.
+
+    use super::*;
+    use axum::body::{Body, Bytes};
+    use axum::extract::State;
+    use axum::routing::{get, post};
+    use std::collections::BTreeMap;
+
+    /// How a hostile peer answers a batch.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Peer {
+        /// The first file right, the second with one byte changed, then the rest right.
+        Corrupt,
+        /// The first file right, then the answer ends (no end mark).
+        Truncated,
+        /// The first file right, then the connection breaks mid-file.
+        Vanishes,
+        /// Everything right.
+        Honest,
+    }
+
+    type Files = Arc<BTreeMap<String, Vec<u8>>>;
+
+    struct World {
+        files: Files,
+        reports: Mutex<Vec<String>>,
+        peers: Vec<String>,
+    }
+
+    fn entry(bytes: &[u8]) -> Entry {
+        Entry {
+            size: bytes.len() as u64,
+            sha256: crate::batch::sha256_of(bytes),
+            changed_in: 1,
+            btih: None,
+        }
+    }
+
+    fn frame(out: &mut Vec<u8>, bytes: &[u8]) {
+        out.push(b'F');
+        out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+        out.extend_from_slice(bytes);
+    }
+
+    async fn serve(app: axum::Router) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await });
+        url
+    }
+
+    /// A peer answering as `how`.
+    async fn peer(files: Files, how: Peer) -> String {
+        let answer = move |State(files): State<Files>, body: Bytes| async move {
+            let items = crate::batch::parse_request(&body).unwrap();
+            let mut out = Vec::new();
+            for (k, it) in items.iter().enumerate() {
+                let mut bytes = files[&it.path].clone();
+                if k == 1 {
+                    match how {
+                        Peer::Corrupt => bytes[0] ^= 1,
+                        Peer::Truncated => break,
+                        Peer::Vanishes => {
+                            out.extend_from_slice(b"F\0\0");
+                            let head = Bytes::from(out);
+                            // What was sent reaches the puller before the connection breaks.
+                            let s = futures_util::StreamExt::then(
+                                futures_util::stream::iter(vec![
+                                    Ok(head),
+                                    Err(std::io::Error::other("the peer vanished")),
+                                ]),
+                                |item| async move {
+                                    if item.is_err() {
+                                        tokio::time::sleep(std::time::Duration::from_millis(200))
+                                            .await;
+                                    }
+                                    item
+                                },
+                            );
+                            return Body::from_stream(s);
+                        }
+                        Peer::Honest => {}
+                    }
+                }
+                frame(&mut out, &bytes);
+            }
+            if how == Peer::Honest || how == Peer::Corrupt {
+                out.push(b'E');
+            }
+            Body::from(out)
+        };
+        serve(
+            axum::Router::new()
+                .route("/api/batch/r", post(answer))
+                .with_state(files),
+        )
+        .await
+    }
+
+    /// The origin: names the peers, answers batches honestly, takes reports.
+    async fn origin(world: Arc<World>) -> String {
+        let sources = |State(w): State<Arc<World>>| async move {
+            let s: Vec<_> = w
+                .peers
+                .iter()
+                .map(|u| serde_json::json!({"url": u, "held": 1}))
+                .collect();
+            axum::Json(serde_json::json!({"generation": 1, "sources": s}))
+        };
+        let batch = |State(w): State<Arc<World>>, body: Bytes| async move {
+            let items = crate::batch::parse_request(&body).unwrap();
+            let mut out = Vec::new();
+            for it in &items {
+                frame(&mut out, &w.files[&it.path]);
+            }
+            out.push(b'E');
+            Body::from(out)
+        };
+        let report = |State(w): State<Arc<World>>, body: Bytes| async move {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            w.reports
+                .lock()
+                .unwrap()
+                .push(v["url"].as_str().unwrap().to_string());
+            "ok"
+        };
+        serve(
+            axum::Router::new()
+                .route("/api/sources/r", get(sources))
+                .route("/api/batch/r", post(batch))
+                .route("/api/report", post(report))
+                .with_state(world),
+        )
+        .await
+    }
+
+    /// Pull every file with one peer behaving as `how`; returns what the stage did, what
+    /// the origin was told, and the peer's address.
+    async fn pull_with(how: Peer) -> (Outcome, Vec<String>, String) {
+        let files: Files = Arc::new(
+            (0..20)
+                .map(|i| {
+                    (
+                        format!("d/f{i:02}"),
+                        format!("file {i} ").repeat(i + 1).into_bytes(),
+                    )
+                })
+                .collect(),
+        );
+        let bad = peer(files.clone(), how).await;
+        let world = Arc::new(World {
+            files,
+            reports: Mutex::new(Vec::new()),
+            peers: vec![bad.clone()],
+        });
+        let server = origin(world.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        std::fs::create_dir_all(state.staging()).unwrap();
+        let http = reqwest::Client::new();
+        let b = Batched {
+            http: &http,
+            server: &server,
+            repo: "r",
+            state: &state,
+            parallel: 1,
+            progress: None,
+            place_in: None,
+        };
+        let jobs = world
+            .files
+            .iter()
+            .map(|(p, bytes)| (p.clone(), entry(bytes)))
+            .collect();
+        let out = fetch(&b, jobs).await.unwrap();
+        // Whatever the peer did, every file is staged with exactly the signed bytes.
+        assert!(out.left.is_empty(), "{:?}", out.left);
+        for bytes in world.files.values() {
+            let staged = state.staged(&crate::batch::sha256_of(bytes).to_hex());
+            assert_eq!(&std::fs::read(staged).unwrap(), bytes);
+        }
+        let reports = world.reports.lock().unwrap().clone();
+        (out, reports, bad)
+    }
+
+    fn size_of(name: &str) -> u64 {
+        let i: usize = name[3..].parse().unwrap();
+        (format!("file {i} ").len() * (i + 1)) as u64
+    }
+
+    #[tokio::test]
+    async fn an_honest_peer_gives_everything_and_the_origin_nothing() {
+        let (out, reports, _) = pull_with(Peer::Honest).await;
+        assert_eq!(out.from_origin, 0);
+        assert_eq!(
+            out.from_peers,
+            (0..20).map(|i| size_of(&format!("d/f{i:02}"))).sum::<u64>()
+        );
+        assert!(out.dropped.is_empty() && reports.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_peer_sending_a_wrong_file_is_dropped_reported_and_the_file_comes_from_the_origin() {
+        let (out, reports, bad) = pull_with(Peer::Corrupt).await;
+        assert_eq!(out.dropped, vec![bad.clone()]);
+        assert_eq!(reports, vec![format!("{bad}/r/d/f01")]);
+        // What came before the wrong file was kept; the rest came from the origin.
+        assert_eq!(out.from_peers, size_of("d/f00"));
+        assert!(out.from_origin > 0);
+    }
+
+    #[tokio::test]
+    async fn a_truncated_answer_keeps_what_arrived_and_the_rest_comes_from_the_origin() {
+        let (out, reports, bad) = pull_with(Peer::Truncated).await;
+        assert_eq!(out.dropped, vec![bad]);
+        assert!(reports.is_empty(), "a cut answer is no lie: {reports:?}");
+        assert_eq!(out.from_peers, size_of("d/f00"));
+    }
+
+    #[tokio::test]
+    async fn a_peer_vanishing_mid_file_costs_only_that_batch_s_rest() {
+        let (out, reports, bad) = pull_with(Peer::Vanishes).await;
+        assert_eq!(out.dropped, vec![bad]);
+        assert!(reports.is_empty());
+        assert_eq!(out.from_peers, size_of("d/f00"));
+    }
 }

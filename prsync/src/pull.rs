@@ -52,10 +52,12 @@ pub enum PullError {
     InTheWay(InstallError),
     #[error("{path}: no source gave bytes matching the signed manifest ({why})")]
     Unverified { path: String, why: String },
-    /// The disk is full. What was fetched stays staged for the next pull, which resumes it.
+    /// The disk is full. What was fetched stays (staged, or on a first fill in place) for
+    /// the next pull, which resumes it.
     #[error(
-        "no space left on the device of {}: {what}; the {staged} bytes fetched so far are kept \
-         in {} for the next pull to resume (remove that directory to free them)",
+        "no space left on the device of {}: {what}; the {kept} bytes fetched so far are kept \
+         for the next pull to resume, in {} (remove that directory to free them) and, on a \
+         first fill, as files already in place",
         dest.display(),
         staging.display()
     )]
@@ -63,7 +65,7 @@ pub enum PullError {
         dest: PathBuf,
         what: String,
         staging: PathBuf,
-        staged: u64,
+        kept: u64,
     },
     /// A newer generation came while a torrent of this one made no progress: its files may
     /// be gone from every peer and the origin (a lagging volunteer waited out the whole
@@ -133,7 +135,7 @@ fn local_io(state: &StateDir, dest: &Path, what: String, e: &std::io::Error) -> 
             dest: dest.to_path_buf(),
             what,
             staging: state.staging(),
-            staged: dir_bytes(&state.staging()),
+            kept: dir_bytes(&state.staging()),
         }
     } else {
         PullError::LocalIo {
@@ -141,6 +143,25 @@ fn local_io(state: &StateDir, dest: &Path, what: String, e: &std::io::Error) -> 
             source: std::io::Error::new(e.kind(), e.to_string()),
         }
     }
+}
+
+/// Bytes of the files in `dir` and below, the tree's own state aside.
+fn tree_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |rd| {
+        rd.flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with(".mirrorswarm"))
+            .filter_map(|e| Some((e.path(), e.file_type().ok()?)))
+            .map(|(p, t)| {
+                if t.is_dir() {
+                    tree_bytes(&p)
+                } else if t.is_file() {
+                    std::fs::metadata(&p).map_or(0, |m| m.len())
+                } else {
+                    0
+                }
+            })
+            .sum()
+    })
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -1076,12 +1097,16 @@ async fn fetch_batched(
     };
     let jobs = batchable.into_iter().map(|j| (j.path, j.entry)).collect();
     let out = crate::batched::fetch(&b, jobs).await.map_err(|e| {
-        local_io(
+        let mut err = local_io(
             &ctx.state,
             &ctx.opts.dest,
-            format!("staging {}", e.path),
+            format!("writing {}", e.path),
             &e.error,
-        )
+        );
+        if let (PullError::NoSpace { kept, .. }, true) = (&mut err, ctx.first_fill) {
+            *kept += tree_bytes(&ctx.opts.dest);
+        }
+        err
     })?;
     ctx.summary.from_peers_bytes += out.from_peers;
     ctx.summary.from_origin_bytes += out.from_origin;

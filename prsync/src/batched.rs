@@ -28,6 +28,8 @@ pub const BATCH_FILES: usize = 512;
 pub const BATCH_BYTES: u64 = 4 << 20;
 /// Volunteers one batch asks before the origin.
 pub const PEERS_PER_BATCH: usize = 3;
+/// How often the server is asked again which volunteers to ask.
+pub const SOURCES_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the stage needs of the pull.
 pub struct Batched<'a> {
@@ -41,6 +43,8 @@ pub struct Batched<'a> {
     /// own directories, as rsync does) rather than staged and renamed in at the end. The
     /// caller has recorded the generation's paths as the sync's before ([`crate::tree`]).
     pub place_in: Option<std::path::PathBuf>,
+    /// This volunteer's own address, when the pull is a volunteer's: not asked.
+    pub own_url: Option<&'a str>,
 }
 
 /// What the stage did.
@@ -82,18 +86,24 @@ pub async fn fetch(b: &Batched<'_>, jobs: Vec<(String, Entry)>) -> Result<Outcom
     if jobs.is_empty() {
         return Ok(out);
     }
-    let peers = peers(b).await;
     let shared = Arc::new(Shared {
         dead: Mutex::new(HashSet::new()),
         writer: Mutex::new(()),
         dirs: Mutex::new(HashSet::new()),
-        peers,
+        peers: std::sync::RwLock::new(peers(b).await),
     });
+    let mut asked_at = std::time::Instant::now();
     let mut chunks = chunk(jobs);
     shuffle(&mut chunks);
     let mut pending = chunks.into_iter().enumerate();
     let mut set = tokio::task::JoinSet::new();
     loop {
+        if asked_at.elapsed() >= SOURCES_EVERY {
+            // Volunteers that started filling since (they announce as they start) help too.
+            let now = peers(b).await;
+            *shared.peers.write().unwrap_or_else(|e| e.into_inner()) = now;
+            asked_at = std::time::Instant::now();
+        }
         while set.len() < b.parallel.max(1) {
             let Some((i, chunk)) = pending.next() else {
                 break;
@@ -137,8 +147,8 @@ pub async fn fetch(b: &Batched<'_>, jobs: Vec<(String, Entry)>) -> Result<Outcom
     Ok(out)
 }
 
-/// The volunteers the server names (none when it names none or cannot be asked: the origin
-/// then answers every batch).
+/// The volunteers the server names, this one aside (none when it names none or cannot be
+/// asked: the origin then answers every batch).
 async fn peers(b: &Batched<'_>) -> Vec<String> {
     let url = format!("{}/api/sources/{}", b.server, b.repo);
     let got = async {
@@ -154,6 +164,7 @@ async fn peers(b: &Batched<'_>) -> Vec<String> {
             .sources
             .into_iter()
             .map(|s| s.url.trim_end_matches('/').to_string())
+            .filter(|u| Some(u.as_str()) != b.own_url.map(|o| o.trim_end_matches('/')))
             .collect(),
         None => {
             tracing::debug!(url, "no sources named; batches go to the origin");
@@ -200,7 +211,7 @@ fn shuffle<T>(v: &mut [T]) {
 }
 
 struct Shared {
-    peers: Vec<String>,
+    peers: std::sync::RwLock<Vec<String>>,
     /// Volunteers dropped for this pull.
     dead: Mutex<HashSet<String>>,
     /// Held while writing to the staging area.
@@ -253,12 +264,15 @@ impl Task {
     /// missing.
     async fn run(self, i: usize, mut todo: Vec<(String, Entry)>) -> Result<Done, LocalIo> {
         let mut done = Done::default();
-        let n = self.shared.peers.len();
-        let peers: Vec<String> = (0..n)
-            .map(|k| self.shared.peers[(i + k) % n].clone())
-            .filter(|p| self.shared.alive(p))
-            .take(PEERS_PER_BATCH)
-            .collect();
+        let peers: Vec<String> = {
+            let all = self.shared.peers.read().unwrap_or_else(|e| e.into_inner());
+            let n = all.len();
+            (0..n)
+                .map(|k| all[(i + k) % n].clone())
+                .filter(|p| self.shared.alive(p))
+                .take(PEERS_PER_BATCH)
+                .collect()
+        };
         for peer in peers {
             if todo.is_empty() {
                 break;
@@ -681,6 +695,7 @@ mod tests {
             parallel: 1,
             progress: None,
             place_in: None,
+            own_url: None,
         };
         let jobs = world
             .files

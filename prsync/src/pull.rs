@@ -199,6 +199,9 @@ pub struct PullOptions {
     pub adopt: bool,
     /// Delete files the manifest does not list, whoever put them there.
     pub delete_extraneous: bool,
+    /// The address this machine serves its mirror at (a volunteer's): its own batches are
+    /// not asked of itself.
+    pub own_url: Option<String>,
 }
 
 /// How long a torrent of a superseded generation may make no progress before the pull
@@ -220,6 +223,7 @@ impl PullOptions {
             newest: None,
             adopt: false,
             delete_extraneous: false,
+            own_url: None,
         }
     }
 }
@@ -1088,6 +1092,7 @@ async fn fetch_batched(
     }
     let b = crate::batched::Batched {
         place_in: ctx.first_fill.then(|| ctx.opts.dest.clone()),
+        own_url: ctx.opts.own_url.as_deref(),
         http: &ctx.http,
         server: &ctx.opts.server,
         repo: &ctx.opts.repo,

@@ -65,6 +65,8 @@ pub struct Holdings {
     manifests: BTreeMap<u64, Arc<Manifest>>,
     /// `dir` held open at the last scan.
     root: Option<Arc<Root>>,
+    /// When the tree's own scan record (written by a PRsync pull) was last taken in.
+    pull_record_seen: Option<std::time::SystemTime>,
 }
 
 fn holds_all(m: &Manifest, scan: &ScanCache) -> bool {
@@ -88,6 +90,32 @@ impl Holdings {
             scan,
             manifests: BTreeMap::new(),
             root: None,
+            pull_record_seen: None,
+        }
+    }
+
+    /// Take in what a PRsync pull recorded of the files it installed (the tree's
+    /// `.mirrorswarm/scan.json`: each file's size, mtime and the SHA-256 it verified before
+    /// installing), so the scan after a pull does not hash every new file again. Only when
+    /// the record changed since it was last read; the scan still checks each file's size and
+    /// mtime against it, so a file changed since is hashed.
+    fn take_pull_record(&mut self) {
+        let path = prsync::local::StateDir::new(&self.dir).scan_cache();
+        let Ok(modified) = std::fs::metadata(&path).and_then(|m| m.modified()) else {
+            return;
+        };
+        if self.pull_record_seen == Some(modified) {
+            return;
+        }
+        self.pull_record_seen = Some(modified);
+        let Some(record) = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<ScanCache>(&b).ok())
+        else {
+            return;
+        };
+        for (p, c) in record {
+            self.scan.insert(p, c);
         }
     }
 
@@ -124,6 +152,7 @@ impl Holdings {
         if !self.root.as_ref().is_some_and(|r| r.is_at(&dir)) {
             self.root = Root::open(&dir).ok().map(Arc::new);
         }
+        self.take_pull_record();
         let cache = std::mem::take(&mut self.scan);
         let out = tokio::task::spawn_blocking(move || scan_tree(&dir, &cache))
             .await

@@ -353,6 +353,7 @@ impl VolunteerState {
             opts.key = Some(me.server_key);
             opts.newest = me.mirrors.get(&repo).map(|m| m.newest.subscribe());
             opts.adopt = me.config.adopt;
+            opts.own_url = Some(me.config.public_url());
             let bt = me.seeder.as_ref().map(|s| &s.bt);
             match prsync::pull::pull(&opts, bt).await {
                 Ok(sum) => tracing::info!(repo = %repo, summary = %sum.line(), "synced"),
@@ -651,6 +652,12 @@ pub async fn run_with_companion(
                 _ = rescanner.rescan_now.notified() => {}
             }
             for repo in rescanner.mirrors.keys() {
+                // A pull under way is changing the tree and rescans it when it ends; hashing
+                // its half-filled tree every few seconds would only slow it.
+                let pulling = rescanner.syncing.lock().is_ok_and(|s| s.contains(repo));
+                if pulling {
+                    continue;
+                }
                 if let Err(e) = rescanner.refresh(repo, None).await {
                     tracing::warn!(repo, error = %format!("{e:#}"), "rescan failed");
                 }

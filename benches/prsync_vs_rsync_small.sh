@@ -31,14 +31,19 @@ done
 cargo build --release --quiet --bin mirrorswarm
 
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ "${TMPFS:-0}" = 1 ]; then cd / && umount "$WORK" 2>/dev/null || true; fi
+}
 trap cleanup EXIT
 
-if [ -e "$WORK" ]; then
-  rm -rf "$WORK"; sync
-  echo "waiting 65 s for ext4 to stop avoiding the inodes just freed"; sleep 65
+mkdir -p "$WORK"
+TMPFS=0
+if [ "${BENCH_TMPFS:-1}" != 0 ] && [ "$(id -u)" = 0 ]; then
+  mount -t tmpfs -o size=12g mirrorswarm-bench "$WORK" && TMPFS=1
 fi
-mkdir -p "$WORK" && cd "$WORK"
+cd "$WORK"
 python3 - "$FILES" <<'PY'
 import os, random, sys
 n = int(sys.argv[1]); random.seed(11)
@@ -94,20 +99,32 @@ diff -r -x .mirrorswarm tree ms1 > /dev/null || { echo "prsync: ms1 differs"; ex
 echo "prsync: one ${ms1_wall} s ($ms1_bytes B), peak RSS $(cat ms1.rss) KiB"
 
 tokens=()
-for i in 1 2 3 4; do tokens+=("$("$BIN" enroll --data-dir data --name "v$i" | tail -1)"); done
+ports=()
+for i in 1 2 3 4; do tokens+=("$("$BIN" enroll --data-dir data --name "v$i" | tail -1)"); ports+=("$(port)"); done
 sync; b0=$(origin_bytes); t0=$(now)
 for i in 1 2 3 4; do
   mkdir -p "ms4_$i"
   "$BIN" volunteer --server "$SERVER" --token "${tokens[$((i-1))]}" \
-    --listen "127.0.0.1:$(port)" --data-dir "vdata$i" --mirror "small=$WORK/ms4_$i" 2> "ms4_$i.log" &
+    --listen "127.0.0.1:${ports[$((i-1))]}" --data-dir "vdata$i" --mirror "small=$WORK/ms4_$i" 2> "ms4_$i.log" &
   PIDS+=($!)
 done
+# One poller, asking every 0.1 s (a process started per poll would take CPU from the pulls).
+python3 - "$SERVER" <<'PY'
+import json, sys, time, urllib.request
+for _ in range(3000):
+    try:
+        v = json.load(urllib.request.urlopen(sys.argv[1] + "/api/volunteers", timeout=5))
+        if sum(1 for x in v if x.get("generations", {}).get("small", 0) >= 1) == 4:
+            break
+    except OSError:
+        pass
+    time.sleep(0.1)
+PY
 held_all() {
   curl -fs "$SERVER/api/volunteers" | python3 -c "
 import json,sys; v=json.load(sys.stdin)
 print(sum(1 for x in v if x.get('generations',{}).get('small',0) >= 1))"
 }
-for _ in $(seq 1 3000); do [ "$(held_all)" = 4 ] && break; sleep 0.2; done
 ms4_wall=$(since "$t0"); ms4_bytes=$(( $(origin_bytes) - b0 ))
 [ "$(held_all)" = 4 ] || { echo "not every volunteer filled its tree"; tail -5 ms4_*.log; exit 1; }
 for i in 1 2 3 4; do diff -r -x .mirrorswarm tree "ms4_$i" > /dev/null || { echo "ms4_$i differs"; exit 1; }; done
@@ -120,7 +137,12 @@ echo "| case | rsync: wall (s) | PRsync: wall (s) | wall PRsync ÷ rsync | rsync
 echo "|---|---|---|---|---|---|---|---|"
 echo "| 1 puller, $FILES files | $rs1_wall | $ms1_wall | $(ratio "$ms1_wall" "$rs1_wall") | $rs1_bytes | $ms1_bytes | $(ratio "$ms1_bytes" "$tree_bytes") | $(cat ms1.rss) |"
 echo "| 4 at once | $rs4_wall | $ms4_wall | $(ratio "$ms4_wall" "$rs4_wall") | $rs4_bytes | $ms4_bytes | $(ratio "$ms4_bytes" "$tree_bytes") | ${rss4:-?} (a volunteer daemon) |"
-cleanup
+for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+wait 2>/dev/null || true
 trap - EXIT
-cd / && rm -rf "$WORK"
-echo "(removed $WORK: the next run in the coming minute waits for ext4, as this one did)"
+LOGS=/tmp/mirrorswarm-bench-small-logs
+mkdir -p "$LOGS" && cp "$WORK"/*.log "$LOGS/"
+cd /
+if [ "$TMPFS" = 1 ]; then umount "$WORK"; fi
+rm -rf "$WORK"
+echo "(logs in $LOGS)"

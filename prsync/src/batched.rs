@@ -28,8 +28,46 @@ pub const BATCH_FILES: usize = 512;
 pub const BATCH_BYTES: u64 = 4 << 20;
 /// Volunteers one batch asks before the origin.
 pub const PEERS_PER_BATCH: usize = 3;
+/// How often a filling volunteer is asked which batches it has.
+pub const HAVE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 /// How often the server is asked again which volunteers to ask.
 pub const SOURCES_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What this process's pulls wrote after checking it against the signed manifest, until the
+/// pull's files are verified otherwise (the caller clears it then). A volunteer answering a
+/// peer's batch sends these without hashing them again; anything else not verified it hashes.
+#[derive(Debug, Default)]
+pub struct Written {
+    placed: Mutex<std::collections::HashMap<String, Sha256>>,
+    staged: Mutex<HashSet<Sha256>>,
+    /// Batches whose every file was written ([`chunk_key`]): what this volunteer tells its
+    /// peers it has (`GET /api/have/<repo>`), as BitTorrent peers tell theirs pieces.
+    batches: Mutex<HashSet<String>>,
+}
+
+impl Written {
+    /// Whether `path` in the tree was placed by a pull with the content `sha`.
+    pub fn placed(&self, path: &str, sha: &Sha256) -> bool {
+        lock(&self.placed).get(path) == Some(sha)
+    }
+    /// Whether the content `sha` was staged by a pull.
+    pub fn staged(&self, sha: &Sha256) -> bool {
+        lock(&self.staged).contains(sha)
+    }
+    /// The batches written whole.
+    pub fn batches(&self) -> Vec<String> {
+        lock(&self.batches).iter().cloned().collect()
+    }
+    pub fn clear(&self) {
+        lock(&self.placed).clear();
+        lock(&self.staged).clear();
+        lock(&self.batches).clear();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// What the stage needs of the pull.
 pub struct Batched<'a> {
@@ -45,6 +83,8 @@ pub struct Batched<'a> {
     pub place_in: Option<std::path::PathBuf>,
     /// This volunteer's own address, when the pull is a volunteer's: not asked.
     pub own_url: Option<&'a str>,
+    /// Told of every file written (a volunteer's, which answers batches meanwhile).
+    pub written: Option<Arc<Written>>,
 }
 
 /// What the stage did.
@@ -71,6 +111,15 @@ struct Sources {
 #[derive(serde::Deserialize)]
 struct Source {
     url: String,
+    #[serde(default)]
+    held: u64,
+}
+
+/// A volunteer to ask, with the generation it fully holds (0: filling).
+#[derive(Debug, Clone)]
+struct Peer {
+    url: String,
+    held: u64,
 }
 
 /// A failure of this machine's own disk: no other source helps.
@@ -90,9 +139,11 @@ pub async fn fetch(b: &Batched<'_>, jobs: Vec<(String, Entry)>) -> Result<Outcom
         dead: Mutex::new(HashSet::new()),
         writer: Mutex::new(()),
         dirs: Mutex::new(HashSet::new()),
+        have: Default::default(),
         peers: std::sync::RwLock::new(peers(b).await),
     });
     let mut asked_at = std::time::Instant::now();
+    let mut have_at = asked_at - HAVE_EVERY;
     let mut chunks = chunk(jobs);
     shuffle(&mut chunks);
     let mut pending = chunks.into_iter().enumerate();
@@ -104,6 +155,10 @@ pub async fn fetch(b: &Batched<'_>, jobs: Vec<(String, Entry)>) -> Result<Outcom
             *shared.peers.write().unwrap_or_else(|e| e.into_inner()) = now;
             asked_at = std::time::Instant::now();
         }
+        if have_at.elapsed() >= HAVE_EVERY {
+            ask_have(b, &shared).await;
+            have_at = std::time::Instant::now();
+        }
         while set.len() < b.parallel.max(1) {
             let Some((i, chunk)) = pending.next() else {
                 break;
@@ -114,6 +169,7 @@ pub async fn fetch(b: &Batched<'_>, jobs: Vec<(String, Entry)>) -> Result<Outcom
                 repo: b.repo.to_string(),
                 staging: StateDir(b.state.0.clone()),
                 place_in: b.place_in.clone(),
+                written: b.written.clone(),
                 shared: shared.clone(),
                 progress: b.progress.clone(),
             };
@@ -149,7 +205,7 @@ pub async fn fetch(b: &Batched<'_>, jobs: Vec<(String, Entry)>) -> Result<Outcom
 
 /// The volunteers the server names, this one aside (none when it names none or cannot be
 /// asked: the origin then answers every batch).
-async fn peers(b: &Batched<'_>) -> Vec<String> {
+async fn peers(b: &Batched<'_>) -> Vec<Peer> {
     let url = format!("{}/api/sources/{}", b.server, b.repo);
     let got = async {
         let r = b.http.get(&url).send().await.ok()?;
@@ -163,13 +219,54 @@ async fn peers(b: &Batched<'_>) -> Vec<String> {
         Some(s) => s
             .sources
             .into_iter()
-            .map(|s| s.url.trim_end_matches('/').to_string())
-            .filter(|u| Some(u.as_str()) != b.own_url.map(|o| o.trim_end_matches('/')))
+            .map(|s| Peer {
+                url: s.url.trim_end_matches('/').to_string(),
+                held: s.held,
+            })
+            .filter(|p| Some(p.url.as_str()) != b.own_url.map(|o| o.trim_end_matches('/')))
             .collect(),
         None => {
             tracing::debug!(url, "no sources named; batches go to the origin");
             Vec::new()
         }
+    }
+}
+
+/// Ask each filling volunteer which batches it has (`GET /api/have/<repo>`); one that does
+/// not answer is not asked for batches until it does.
+async fn ask_have(b: &Batched<'_>, shared: &Shared) {
+    let filling: Vec<String> = shared
+        .peers
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|p| p.held == 0 && shared.alive(&p.url))
+        .map(|p| p.url.clone())
+        .collect();
+    let asks = filling.into_iter().map(|url| async move {
+        let got = async {
+            let r = b
+                .http
+                .get(format!("{url}/api/have/{}", b.repo))
+                .timeout(std::time::Duration::from_secs(2))
+                .send()
+                .await
+                .ok()?;
+            if !r.status().is_success() {
+                return None;
+            }
+            r.json::<Vec<String>>().await.ok()
+        }
+        .await;
+        (
+            url,
+            got.unwrap_or_default().into_iter().collect::<HashSet<_>>(),
+        )
+    });
+    let got = futures_util::future::join_all(asks).await;
+    let mut have = shared.have.write().unwrap_or_else(|e| e.into_inner());
+    for (url, set) in got {
+        have.insert(url, set);
     }
 }
 
@@ -211,16 +308,28 @@ fn shuffle<T>(v: &mut [T]) {
 }
 
 struct Shared {
-    peers: std::sync::RwLock<Vec<String>>,
+    peers: std::sync::RwLock<Vec<Peer>>,
     /// Volunteers dropped for this pull.
     dead: Mutex<HashSet<String>>,
     /// Held while writing to the staging area.
     writer: Mutex<()>,
     /// Directories of the tree known to be directories (a first fill's).
     dirs: Mutex<HashSet<String>>,
+    /// What each filling peer said it has ([`Written::batches`]), asked every
+    /// [`HAVE_EVERY`].
+    have: std::sync::RwLock<std::collections::HashMap<String, HashSet<String>>>,
 }
 
 impl Shared {
+    /// Whether `peer` said it has the batch `key`.
+    fn has(&self, peer: &str, key: &str) -> bool {
+        self.have
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(peer)
+            .is_some_and(|h| h.contains(key))
+    }
+
     fn alive(&self, peer: &str) -> bool {
         !self
             .dead
@@ -242,6 +351,7 @@ struct Task {
     repo: String,
     staging: StateDir,
     place_in: Option<std::path::PathBuf>,
+    written: Option<Arc<Written>>,
     shared: Arc<Shared>,
     progress: Option<Arc<dyn Progress>>,
 }
@@ -264,12 +374,18 @@ impl Task {
     /// missing.
     async fn run(self, i: usize, mut todo: Vec<(String, Entry)>) -> Result<Done, LocalIo> {
         let mut done = Done::default();
+        // Ask only who has the batch: a volunteer holding a generation in which none of its
+        // files changed since, or one filling that said it has it. Nobody: the origin.
+        let key = chunk_key(&todo);
+        let need = todo.iter().map(|(_, e)| e.changed_in).max().unwrap_or(0);
         let peers: Vec<String> = {
             let all = self.shared.peers.read().unwrap_or_else(|e| e.into_inner());
             let n = all.len();
             (0..n)
-                .map(|k| all[(i + k) % n].clone())
-                .filter(|p| self.shared.alive(p))
+                .map(|k| &all[(i + k) % n])
+                .filter(|p| self.shared.alive(&p.url))
+                .filter(|p| (p.held > 0 && p.held >= need) || self.shared.has(&p.url, &key))
+                .map(|p| p.url.clone())
                 .take(PEERS_PER_BATCH)
                 .collect()
         };
@@ -298,6 +414,11 @@ impl Task {
             done.from_origin += self.stage(&todo, arrived, &mut done.placed).await?;
             done.verified.extend(got.iter().map(|&k| todo[k].1.sha256));
             todo = remaining(todo, &got);
+        }
+        if todo.is_empty() {
+            if let Some(w) = &self.written {
+                lock(&w.batches).insert(key);
+            }
         }
         done.left = todo;
         Ok(done)
@@ -368,6 +489,7 @@ impl Task {
             .collect();
         let staging = StateDir(self.staging.0.clone());
         let place_in = self.place_in.clone();
+        let written = self.written.clone();
         let progress = self.progress.clone();
         let shared = self.shared.clone();
         let res = tokio::task::spawn_blocking(move || {
@@ -386,6 +508,9 @@ impl Task {
                 };
                 bytes += data.len() as u64;
                 if put {
+                    if let Some(w) = &written {
+                        lock(&w.placed).insert(path.clone(), sha);
+                    }
                     now_placed.push((sha, path));
                     if let Some(p) = &progress {
                         p.advance(data.len() as u64);
@@ -401,6 +526,9 @@ impl Task {
                 for (path, sha, data) in to_stage {
                     std::fs::write(staging.staged(&sha.to_hex()), &data)
                         .map_err(|error| LocalIo { path, error })?;
+                    if let Some(w) = &written {
+                        lock(&w.staged).insert(sha);
+                    }
                     if let Some(p) = &progress {
                         p.advance(data.len() as u64);
                     }
@@ -508,6 +636,16 @@ fn place(
         return Err(e);
     }
     Ok(true)
+}
+
+/// A batch's name among volunteers filling from the same manifest (they cut the same
+/// batches): its first path and its number of files.
+fn chunk_key(batch: &[(String, Entry)]) -> String {
+    format!(
+        "{}+{}",
+        batch.first().map_or("", |(p, _)| p.as_str()),
+        batch.len()
+    )
 }
 
 fn indexes(arrived: &Arrived) -> Vec<usize> {
@@ -696,6 +834,7 @@ mod tests {
             progress: None,
             place_in: None,
             own_url: None,
+            written: None,
         };
         let jobs = world
             .files

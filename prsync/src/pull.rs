@@ -202,6 +202,9 @@ pub struct PullOptions {
     /// The address this machine serves its mirror at (a volunteer's): its own batches are
     /// not asked of itself.
     pub own_url: Option<String>,
+    /// Told of the small files this pull writes after checking them
+    /// ([`crate::batched::Written`]), for a volunteer answering batches meanwhile.
+    pub written: Option<std::sync::Arc<crate::batched::Written>>,
 }
 
 /// How long a torrent of a superseded generation may make no progress before the pull
@@ -224,6 +227,7 @@ impl PullOptions {
             adopt: false,
             delete_extraneous: false,
             own_url: None,
+            written: None,
         }
     }
 }
@@ -1093,6 +1097,7 @@ async fn fetch_batched(
     let b = crate::batched::Batched {
         place_in: ctx.first_fill.then(|| ctx.opts.dest.clone()),
         own_url: ctx.opts.own_url.as_deref(),
+        written: ctx.opts.written.clone(),
         http: &ctx.http,
         server: &ctx.opts.server,
         repo: &ctx.opts.repo,

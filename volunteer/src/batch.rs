@@ -1,7 +1,8 @@
 //! `POST /api/batch/<repo>`: a syncing peer's batch of small files ([`prsync::batch`]),
-//! answered from what this volunteer verified, and from what its own pull has staged or (a
-//! first fill) placed in the tree, hashed before it is sent: a volunteer still filling
-//! already helps the others, and never sends a wrong byte. It is a sync connection: the balancer sees it in `sync_conns` and its bytes
+//! answered from what this volunteer verified, and from what its own pull under way has
+//! checked against the signed manifest and staged or (a first fill) placed in the tree
+//! ([`prsync::batched::Written`]): a volunteer still filling already helps the others, and
+//! sends nothing it has not checked. It is a sync connection: the balancer sees it in `sync_conns` and its bytes
 //! in the sync rate, not as a customer.
 
 use std::sync::atomic::Ordering;
@@ -59,6 +60,7 @@ pub async fn answer(
         Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let view = mirror.view();
+    let written = mirror.written.clone();
     let staging = prsync::local::StateDir::new(&mirror.dir);
     // Where a first fill places files as they arrive, before any scan verified them.
     let tree = match &view.root {
@@ -71,10 +73,19 @@ pub async fn answer(
     let place = Place(st.clone());
     let open = move |w: &Wanted| {
         let _held = &place; // released when the answer is read through, or abandoned
-        verified(&view, w)
-            .map(|f| (f, Check::Known))
-            .or_else(|| staged(&staging, w).map(|f| (f, Check::Hash)))
-            .or_else(|| placed(tree.as_deref(), w).map(|f| (f, Check::Hash)))
+                            // Only what is known to hold the asked bytes, looked up in memory first: a peer
+                            // asks of files this volunteer mostly lacks while both fill, and a miss must cost
+                            // no file system lookup.
+        if let Some(f) = verified(&view, w) {
+            return Some((f, Check::Known));
+        }
+        if written.placed(&w.path, &w.sha256) {
+            return placed(tree.as_deref(), w).map(|f| (f, Check::Known));
+        }
+        if written.staged(&w.sha256) {
+            return staged(&staging, w).map(|f| (f, Check::Known));
+        }
+        None
     };
     let counted = st.clone();
     let rx = prsync::batch::answer(items, open, move |n| {
@@ -93,6 +104,15 @@ pub async fn answer(
     ([(header::CONTENT_TYPE, prsync::batch::CONTENT_TYPE)], body).into_response()
 }
 
+/// `GET /api/have/<repo>`: the batches this volunteer's pull under way has written whole
+/// ([`prsync::batched::Written::batches`]), so filling peers ask it only for those.
+pub async fn have(State(st): State<Arc<VolunteerState>>, Path(repo): Path<String>) -> Response {
+    match st.mirrors.get(&repo) {
+        Some(m) => axum::Json(m.written.batches()).into_response(),
+        None => text(StatusCode::NOT_FOUND, format!("not mirroring `{repo}`")),
+    }
+}
+
 /// A file of the tree that verified with these bytes and is unchanged since.
 fn verified(view: &crate::holdings::HoldingsView, w: &Wanted) -> Option<std::fs::File> {
     let v = view.servable.get(&w.path)?;
@@ -103,7 +123,7 @@ fn verified(view: &crate::holdings::HoldingsView, w: &Wanted) -> Option<std::fs:
     (manifest::scan::stat_key(&meta).1 == v.mtime_ns).then_some(f)
 }
 
-/// A file of the tree not verified (yet): one a first fill placed as it arrived.
+/// A file of the tree a first fill placed as it arrived, not verified by a scan yet.
 fn placed(tree: Option<&manifest::beneath::Root>, w: &Wanted) -> Option<std::fs::File> {
     tree?.open_sized(&w.path, w.size).ok().map(|(f, _)| f)
 }

@@ -50,6 +50,8 @@ pub struct Mirror {
     /// The newest generation the server has named, as each announce's reply says: a pull
     /// under way for an older one watches it ([`prsync::pull::PullOptions::newest`]).
     newest: tokio::sync::watch::Sender<u64>,
+    /// What a pull under way wrote after checking it: batches send it unhashed ([`batch`]).
+    pub written: Arc<prsync::batched::Written>,
 }
 
 impl Mirror {
@@ -354,6 +356,7 @@ impl VolunteerState {
             opts.newest = me.mirrors.get(&repo).map(|m| m.newest.subscribe());
             opts.adopt = me.config.adopt;
             opts.own_url = Some(me.config.public_url());
+            opts.written = me.mirrors.get(&repo).map(|m| m.written.clone());
             let bt = me.seeder.as_ref().map(|s| &s.bt);
             match prsync::pull::pull(&opts, bt).await {
                 Ok(sum) => tracing::info!(repo = %repo, summary = %sum.line(), "synced"),
@@ -364,11 +367,16 @@ impl VolunteerState {
                     tracing::warn!(repo = %repo, error = %e, "sync failed; will retry at the next announce")
                 }
             }
-            if let Ok(mut s) = me.syncing.lock() {
-                s.remove(&repo);
-            }
+            // Still counted as syncing while the tree is rescanned: an announce meanwhile
+            // must not start another pull of what this one just installed.
             if let Err(e) = me.refresh(&repo, None).await {
                 tracing::warn!(repo = %repo, error = %format!("{e:#}"), "rescan after sync failed");
+            }
+            if let Some(m) = me.mirrors.get(&repo) {
+                m.written.clear();
+            }
+            if let Ok(mut s) = me.syncing.lock() {
+                s.remove(&repo);
             }
             me.update_seeding().await;
         });
@@ -551,6 +559,7 @@ pub async fn run_with_companion(
                     holdings: Mutex::new(Holdings::new(name, dir, &cfg.data_dir)),
                     view: RwLock::new(Arc::new(HoldingsView::default())),
                     newest: tokio::sync::watch::Sender::new(0),
+                    written: Default::default(),
                 },
             )
         })
@@ -769,6 +778,7 @@ pub async fn run_with_companion(
         .route(own("/admin/resume"), post(control::resume))
         .route(own("/admin/limits"), post(control::limits))
         .route(own("/api/batch/{repo}"), post(batch::answer))
+        .route(own("/api/have/{repo}"), get(batch::have))
         .fallback(serve::customer)
         .with_state(st.clone());
     tracing::info!(

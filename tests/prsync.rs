@@ -462,3 +462,50 @@ async fn a_first_fill_takes_small_files_in_batches_from_volunteers_counted_as_sy
         .sum();
     assert_eq!(served_after, served_before, "small files went by redirects");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_with_nothing_to_do_writes_nothing_and_one_after_a_local_change_repairs_it() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    sample_repo(&repo);
+    let server = start_server(root, &repo, &[]).await;
+    let dest = root.join("dest");
+    let (out, _) = pull(&server, &dest, &["--linger-secs", "0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records = [".mirrorswarm/scan.json", ".mirrorswarm/listed"];
+    let stamp = |rel: &str| {
+        std::fs::metadata(dest.join(rel))
+            .and_then(|m| m.modified())
+            .unwrap()
+    };
+    let before: Vec<_> = records.iter().map(|r| stamp(r)).collect();
+    std::thread::sleep(Duration::from_millis(20));
+    let (out, s) = pull(&server, &dest, &["--linger-secs", "0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s["installed_files"], 0, "{s}");
+    let after: Vec<_> = records.iter().map(|r| stamp(r)).collect();
+    assert_eq!(
+        before, after,
+        "a pull with nothing to do rewrote the tree's records"
+    );
+    // A file changed here is put back, and the record follows.
+    std::fs::write(dest.join("big/a.bin"), b"changed by hand").unwrap();
+    let (out, s) = pull(&server, &dest, &["--linger-secs", "0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s["installed_files"], 1, "{s}");
+    assert_same_tree(&repo, &dest);
+    assert_ne!(stamp(records[0]), after[0], "the record was not updated");
+}

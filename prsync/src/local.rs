@@ -42,6 +42,10 @@ impl StateDir {
     pub fn listed_pending(&self) -> PathBuf {
         self.0.join("listed.pending")
     }
+    /// The generation whose paths `listed` holds.
+    pub fn installed(&self) -> PathBuf {
+        self.0.join("installed")
+    }
 }
 
 /// An exclusive lock on a destination tree, held for the whole pull and released when dropped

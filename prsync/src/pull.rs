@@ -447,16 +447,17 @@ fn standing_name(s: &Standing) -> &'static str {
 pub async fn dry_run(opts: &PullOptions) -> Result<Plan, PullError> {
     let p = prepare(opts).await?;
     let state = StateDir::new(&opts.dest);
-    let local = scan_local(opts, &state).await?;
+    let (local, _) = scan_local(opts, &state).await?;
     let mut plan = make_plan(opts, &state, &p.manifest, &local)?.0;
     plan.standing = standing_name(&p.standing).to_string();
     Ok(plan)
 }
 
-/// What the tree holds now (hashing only what changed since the last scan).
-async fn scan_local(opts: &PullOptions, state: &StateDir) -> Result<ScanCache, PullError> {
+/// What the tree holds now (hashing only what changed since the last scan), and whether that
+/// differs from the tree's scan record.
+async fn scan_local(opts: &PullOptions, state: &StateDir) -> Result<(ScanCache, bool), PullError> {
     if !opts.dest.exists() {
-        return Ok(ScanCache::new());
+        return Ok((ScanCache::new(), true));
     }
     let (dest, cache_file) = (opts.dest.clone(), state.scan_cache());
     let scanned = blocking(move || {
@@ -464,10 +465,15 @@ async fn scan_local(opts: &PullOptions, state: &StateDir) -> Result<ScanCache, P
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        scan_tree(&dest, &cache)
+        let known = cache.len();
+        // Nothing hashed and as many files: the same files, each as recorded.
+        scan_tree(&dest, &cache).map(|s| {
+            let changed = s.hashed > 0 || s.files.len() != known;
+            (s.files, changed)
+        })
     })
     .await?;
-    scanned.map(|s| s.files).map_err(|source| PullError::Scan {
+    scanned.map_err(|source| PullError::Scan {
         dest: opts.dest.clone(),
         source,
     })
@@ -581,7 +587,7 @@ async fn pull_stages(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, Pul
     ctx.summary.files = manifest.files.len();
     ctx.summary.repo_bytes = manifest.total_bytes();
 
-    let local = scan_local(opts, &ctx.state).await?;
+    let (local, scan_changed) = scan_local(opts, &ctx.state).await?;
     let (plan, jobs) = make_plan(opts, &ctx.state, &manifest, &local)?;
     stage_done("scan and plan", start);
     ctx.summary.unchanged_files = plan.unchanged;
@@ -625,18 +631,32 @@ async fn pull_stages(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, Pul
     verify_staged(&mut ctx, &by_content, &wanted).await?;
     sync_staging(&ctx).await?;
     stage_done("verify and sync", start);
+    // Nothing to install or delete, the tree as recorded, and this generation the one last
+    // installed: nothing to write either (on millions of files, the records alone are
+    // hundreds of megabytes).
+    let noop = by_content.is_empty()
+        && plan.delete.is_empty()
+        && !scan_changed
+        && tree::installed_generation(&ctx.state) == Some(manifest.generation);
     // From here on the tree changes: the new generation's paths count as put there by a
     // sync even if this pull is killed halfway.
-    let installed = install_and_delete(
-        StateDir::new(&opts.dest),
-        opts.dest.clone(),
-        manifest,
-        by_content,
-        std::mem::take(&mut ctx.placed),
-        plan.delete,
-        local,
-    )
-    .await?;
+    let installed = if noop {
+        Installed {
+            installed: 0,
+            removed: 0,
+        }
+    } else {
+        install_and_delete(
+            StateDir::new(&opts.dest),
+            opts.dest.clone(),
+            manifest,
+            by_content,
+            std::mem::take(&mut ctx.placed),
+            plan.delete,
+            local,
+        )
+        .await?
+    };
     ctx.summary.installed_files = installed.installed;
     ctx.summary.removed_files = installed.removed;
     stage_done("install", start);
@@ -954,7 +974,7 @@ async fn install_and_delete(
             new_cache.remove(path);
             remove_empty_parents(&dest, path);
         }
-        tree::finish_install(&state)?;
+        tree::finish_install(&state, manifest.generation)?;
         if let Ok(b) = serde_json::to_vec(&new_cache) {
             let _ = std::fs::write(state.scan_cache(), b);
         }

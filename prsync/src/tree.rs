@@ -245,9 +245,20 @@ pub fn begin_install(state: &StateDir, manifest: &Manifest) -> Result<(), TreeEr
     write_atomic(&state.listed_pending(), &out)
 }
 
-/// The generation being installed is installed: its paths are the listed ones.
-pub fn finish_install(state: &StateDir) -> Result<(), TreeError> {
-    std::fs::rename(state.listed_pending(), state.listed()).map_err(io(&state.listed()))
+/// The generation being installed is installed: its paths are the listed ones. Records which
+/// generation that is ([`installed_generation`]).
+pub fn finish_install(state: &StateDir, generation: u64) -> Result<(), TreeError> {
+    std::fs::rename(state.listed_pending(), state.listed()).map_err(io(&state.listed()))?;
+    write_atomic(&state.installed(), generation.to_string().as_bytes())
+}
+
+/// The generation last installed whole here, if the tree says.
+pub fn installed_generation(state: &StateDir) -> Option<u64> {
+    std::fs::read_to_string(state.installed())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Which of `candidates` a generation installed here listed (the last one completed, and
@@ -377,12 +388,12 @@ mod tests {
         let cands: BTreeSet<&str> = ["a", "b", "c", "x"].into_iter().collect();
         assert!(listed_among(&state, &cands).unwrap().is_empty());
         begin_install(&state, &manifest(&["a", "b"])).unwrap();
-        finish_install(&state).unwrap();
+        finish_install(&state, 1).unwrap();
         begin_install(&state, &manifest(&["c"])).unwrap();
         // Killed here: both generations' paths count as put there.
         let got = listed_among(&state, &cands).unwrap();
         assert_eq!(got.into_iter().collect::<Vec<_>>(), ["a", "b", "c"]);
-        finish_install(&state).unwrap();
+        finish_install(&state, 1).unwrap();
         let got = listed_among(&state, &cands).unwrap();
         assert_eq!(got.into_iter().collect::<Vec<_>>(), ["c"]);
     }

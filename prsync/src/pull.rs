@@ -4,8 +4,11 @@
 //! Per file of the new generation: unchanged → nothing; the same bytes elsewhere in the tree →
 //! local copy; a large file with a similar local one → first guess from block signatures, then
 //! BitTorrent fixes the pieces it got wrong (peers first; the origin seeds too); other large
-//! files → BitTorrent; small files → HTTP through the server's redirect (a peer volunteer, or
-//! the origin). Anything that fails or does not verify falls back to the origin over HTTP.
+//! files → BitTorrent; small files → batches, many a request ([`crate::batched`]: volunteers
+//! holding them, else the origin), and what no batch brought through the server's redirect.
+//! Anything that fails or does not verify falls back to the origin over HTTP. A first fill
+//! places small files in the tree as they arrive; otherwise what is fetched is staged and
+//! installed at the end.
 //!
 //! A pull deletes only what a sync put there ([`crate::tree`]): it refuses a tree that holds
 //! files the manifest does not list unless told to adopt it, and of the files a generation
@@ -548,9 +551,10 @@ fn make_plan(
 ///
 /// The stages, each a function below: take the tree ([`take_tree`]), plan ([`make_plan`]),
 /// reuse what the tree already holds ([`reuse_local`]), fetch large files by BitTorrent
-/// ([`fetch_large`]) and small ones (and what BitTorrent could not) over HTTP
-/// ([`fetch_http`]), verify what is staged ([`verify_staged`]), then install and delete
-/// ([`install_and_delete`]).
+/// ([`fetch_large`]), small ones in batches ([`fetch_batched`]) and what neither brought
+/// over HTTP ([`fetch_http`]), verify what is staged ([`verify_staged`]) and make it durable
+/// ([`sync_staging`]), then install and delete ([`install_and_delete`]; nothing to write
+/// on a pull with nothing to do).
 pub async fn pull(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullError> {
     let res = pull_stages(opts, bt).await;
     if let Some(p) = &opts.progress {

@@ -83,14 +83,7 @@ async fn generation(server: &Server, g: u64) -> BTreeMap<String, String> {
 }
 
 async fn latest_generation(server: &Server) -> u64 {
-    let v: serde_json::Value = http()
-        .get(format!("{}/api/info", server.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get_json(&format!("{}/api/info", server.url)).await;
     v["repos"]["debian"].as_u64().unwrap()
 }
 

@@ -85,14 +85,7 @@ async fn stale_volunteer_is_excluded_per_file_until_its_admin_catches_up() {
     // with the next announces while the origin serves.
     server.restart();
     server.wait_healthy().await;
-    let health: serde_json::Value = http()
-        .get(format!("{}/health", server.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = get_json(&format!("{}/health", server.url)).await;
     assert_eq!(
         health["repos"]["debian"], 2,
         "the generation must survive a restart: {health}"

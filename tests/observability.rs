@@ -184,14 +184,7 @@ struct Offload {
 async fn offload(server: &Server, v: &Volunteer) -> Offload {
     let s = scrape(&server.url).await;
     let vm = scrape(&v.url).await;
-    let stats: serde_json::Value = http()
-        .get(format!("{}/api/stats", server.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = get_json(&format!("{}/api/stats", server.url)).await;
     let page = http()
         .get(format!("{}/status", v.url))
         .send()

@@ -392,14 +392,7 @@ async fn a_pull_announces_where_it_was_told_and_warns_of_nothing() {
 
 /// `sync_uploaded_bytes` of a volunteer's `/health`: what it sent to syncing peers.
 async fn sync_uploaded(v: &Volunteer) -> u64 {
-    let h: serde_json::Value = http()
-        .get(format!("{}/health", v.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let h = get_json(&format!("{}/health", v.url)).await;
     h["sync_uploaded_bytes"].as_u64().unwrap()
 }
 

@@ -158,14 +158,7 @@ async fn scrape_complete(server: &Server, btih: &[u8; 20]) -> i64 {
 }
 
 async fn stats(server: &Server) -> (u64, u64) {
-    let v: serde_json::Value = http()
-        .get(format!("{}/api/stats", server.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get_json(&format!("{}/api/stats", server.url)).await;
     (
         v["seed_uploaded_bytes"].as_u64().unwrap(),
         v["origin_http_bytes"].as_u64().unwrap(),

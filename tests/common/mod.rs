@@ -146,6 +146,11 @@ pub fn http() -> reqwest::Client {
         .unwrap()
 }
 
+/// `GET url` as JSON (a test's look at a status or statistics endpoint).
+pub async fn get_json(url: &str) -> serde_json::Value {
+    http().get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// Poll `f` every 100 ms until it returns true or `timeout` passes.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut f: F)
 where

@@ -9,14 +9,28 @@ use std::process::Command;
 
 use common::*;
 
+/// Run `mirrorswarm-lab bench speed ARGS --work WORK`; its CSV of results.
+fn speed_bench(work: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(LAB)
+        .args(["bench", "speed"])
+        .args(args)
+        .arg("--work")
+        .arg(work)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run the bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed:\n{stderr}");
+    std::fs::read_to_string(work.join("speed-results.csv")).expect("CSV written")
+}
+
 #[test]
 fn the_speed_bench_measures_every_part_against_its_reference() {
     let tmp = TestDir::new();
     let work = tmp.path().join("work");
-    let out = Command::new(LAB)
-        .args([
-            "bench",
-            "speed",
+    let csv = speed_bench(
+        &work,
+        &[
             "--files",
             "3000",
             "--volunteers",
@@ -27,15 +41,8 @@ fn the_speed_bench_measures_every_part_against_its_reference() {
             "8",
             "--hash-mib",
             "64",
-            "--work",
-        ])
-        .arg(&work)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run the bench");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench failed:\n{stderr}");
-    let csv = std::fs::read_to_string(work.join("speed-results.csv")).expect("CSV written");
+        ],
+    );
     let rows: Vec<Vec<&str>> = csv
         .lines()
         .skip(1)
@@ -70,18 +77,25 @@ fn the_speed_bench_measures_every_part_against_its_reference() {
 fn the_scale_part_runs_servers_sharing_postgresql_end_to_end() {
     let tmp = TestDir::new();
     let work = tmp.path().join("work");
-    let out = Command::new(LAB)
-        .args(["bench", "speed", "--parts", "scale"])
-        .args(["--scale-files", "2000", "--scale-volunteers", "30"])
-        .args(["--scale-interval", "1", "--scale-servers", "2"])
-        .args(["--secs", "1", "--connections", "4", "--work"])
-        .arg(&work)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run the bench");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench failed:\n{stderr}");
-    let csv = std::fs::read_to_string(work.join("speed-results.csv")).expect("CSV written");
+    let csv = speed_bench(
+        &work,
+        &[
+            "--parts",
+            "scale",
+            "--scale-files",
+            "2000",
+            "--scale-volunteers",
+            "30",
+            "--scale-interval",
+            "1",
+            "--scale-servers",
+            "2",
+            "--secs",
+            "1",
+            "--connections",
+            "4",
+        ],
+    );
     let rows: Vec<Vec<&str>> = csv
         .lines()
         .skip(1)

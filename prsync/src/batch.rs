@@ -119,8 +119,12 @@ const CHUNK: usize = 256 << 10;
 /// Answer `items`: `open` gives the file to send for an item, or `None` (not here). Files
 /// are read off the async threads; the answer is handed over in chunks through a small
 /// channel, so a slow reader holds at most a few chunks in memory, and one that goes away
-/// stops the reading. `sent` is told the bytes of each file sent.
-pub fn answer<O, S>(items: Vec<Wanted>, mut open: O, sent: S) -> tokio::sync::mpsc::Receiver<Bytes>
+/// stops the reading. `sent` is told the bytes of each file sent. The stream is the body.
+pub fn answer<O, S>(
+    items: Vec<Wanted>,
+    mut open: O,
+    sent: S,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static
 where
     O: FnMut(&Wanted) -> Option<(std::fs::File, Check)> + Send + 'static,
     S: Fn(u64) + Send + Sync + 'static,
@@ -154,7 +158,9 @@ where
         out.push(b'E');
         let _ = tx.blocking_send(Bytes::from(out));
     });
-    rx
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (Ok(chunk), rx))
+    })
 }
 
 /// One item's fate in an answer.
@@ -455,7 +461,7 @@ mod tests {
         let root = dir.path().to_path_buf();
         let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counted = sent.clone();
-        let mut rx = answer(
+        let mut body = std::pin::pin!(answer(
             items.clone(),
             move |w| {
                 let f = std::fs::File::open(root.join(&w.path)).ok()?;
@@ -471,10 +477,10 @@ mod tests {
             move |n| {
                 counted.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
             },
-        );
+        ));
         let mut bytes = Vec::new();
-        while let Some(c) = rx.recv().await {
-            bytes.extend_from_slice(&c);
+        while let Some(c) = futures_util::StreamExt::next(&mut body).await {
+            bytes.extend_from_slice(&c.unwrap());
         }
         let (got, res) = read_all(&items, &bytes, 5);
         assert_eq!(res, Ok(()));

@@ -193,13 +193,7 @@ pub async fn fetch(b: &Batched<'_>, jobs: Vec<(String, Entry)>) -> Result<Outcom
         out.placed.extend(done.placed);
         out.left.extend(done.left);
     }
-    out.dropped = shared
-        .dead
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .cloned()
-        .collect();
+    out.dropped = lock(&shared.dead).iter().cloned().collect();
     Ok(out)
 }
 
@@ -331,17 +325,10 @@ impl Shared {
     }
 
     fn alive(&self, peer: &str) -> bool {
-        !self
-            .dead
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(peer)
+        !lock(&self.dead).contains(peer)
     }
     fn drop_peer(&self, peer: &str) {
-        self.dead
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(peer.to_string());
+        lock(&self.dead).insert(peer.to_string());
     }
 }
 
@@ -522,7 +509,7 @@ impl Task {
             if !to_stage.is_empty() {
                 // One writer at a time: creating files in one directory from several
                 // threads spins on its lock and costs more than it saves.
-                let _one = shared.writer.lock().unwrap_or_else(|e| e.into_inner());
+                let _one = lock(&shared.writer);
                 for (path, sha, data) in to_stage {
                     std::fs::write(staging.staged(&sha.to_hex()), &data)
                         .map_err(|error| LocalIo { path, error })?;
@@ -594,10 +581,7 @@ fn place(
 ) -> std::io::Result<bool> {
     use std::io::Write;
     if let Some((parent, _)) = rel.rsplit_once('/') {
-        let known = dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(parent);
+        let known = lock(dirs).contains(parent);
         if !known {
             let mut sofar = String::new();
             for comp in parent.split('/') {
@@ -616,9 +600,7 @@ fn place(
                     Err(e) => return Err(e),
                 }
             }
-            dirs.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(parent.to_string());
+            lock(dirs).insert(parent.to_string());
         }
     }
     let mut f = match std::fs::OpenOptions::new()

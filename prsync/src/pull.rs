@@ -138,7 +138,7 @@ fn local_io(state: &StateDir, dest: &Path, what: String, e: &std::io::Error) -> 
             dest: dest.to_path_buf(),
             what,
             staging: state.staging(),
-            kept: dir_bytes(&state.staging()),
+            kept: tree_bytes(&state.staging()),
         }
     } else {
         PullError::LocalIo {
@@ -148,7 +148,8 @@ fn local_io(state: &StateDir, dest: &Path, what: String, e: &std::io::Error) -> 
     }
 }
 
-/// Bytes of the files in `dir` and below, the tree's own state aside.
+/// Bytes of the files in `dir` and below, the tree's own state aside (the staging area's, or
+/// a first fill's tree).
 fn tree_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir).map_or(0, |rd| {
         rd.flatten()
@@ -163,15 +164,6 @@ fn tree_bytes(dir: &Path) -> u64 {
                     0
                 }
             })
-            .sum()
-    })
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir).map_or(0, |rd| {
-        rd.flatten()
-            .filter_map(|e| e.metadata().ok())
-            .map(|m| m.len())
             .sum()
     })
 }
@@ -302,8 +294,8 @@ struct Ctx<'a> {
     own_bt: bool,
     /// Set when a torrent was given up for a newer generation: `(newest, path)`.
     superseded: Option<(u64, String)>,
-    /// Contents hashed as they arrived and staged only because they matched: not hashed
-    /// again before installing.
+    /// Contents hashed as they arrived and staged (or placed) only because they matched: not
+    /// hashed again before installing.
     verified: std::collections::HashSet<manifest::Sha256>,
     /// Contents a first fill placed straight in the tree, at the path given (verified as
     /// they arrived; installing copies them to any other path that wants them).
@@ -882,7 +874,7 @@ async fn verify_staged(
 ) -> Result<(), PullError> {
     let unchecked: HashMap<manifest::Sha256, Vec<String>> = by_content
         .iter()
-        .filter(|(sha, _)| !ctx.verified.contains(sha) && !ctx.placed.contains_key(sha))
+        .filter(|(sha, _)| !ctx.verified.contains(sha))
         .map(|(sha, paths)| (*sha, paths.clone()))
         .collect();
     for sha in unverified(&ctx.state, &unchecked).await? {

@@ -45,23 +45,13 @@ pub async fn origin_batch(
         Some((f, check))
     };
     let counted = st.clone();
-    let rx = prsync::batch::answer(items, open, move |n| {
+    let body = prsync::batch::answer(items, open, move |n| {
         counted.origin_http_bytes.fetch_add(n, Ordering::Relaxed);
     });
     tracing::debug!(repo, files = asked, "batch from the origin");
-    batch_response(rx)
-}
-
-/// The streamed answer of a batch.
-pub fn batch_response(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response {
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
-    });
     (
         [(header::CONTENT_TYPE, prsync::batch::CONTENT_TYPE)],
-        Body::from_stream(stream),
+        Body::from_stream(body),
     )
         .into_response()
 }

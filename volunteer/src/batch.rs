@@ -17,30 +17,13 @@ use prsync::batch::{Check, Wanted};
 
 use crate::VolunteerState;
 
-/// Batch answers being sent: counted among sync connections while they last.
-pub struct BatchCount(std::sync::atomic::AtomicU32);
-
-impl BatchCount {
-    pub fn new() -> Self {
-        BatchCount(std::sync::atomic::AtomicU32::new(0))
-    }
-    pub fn get(&self) -> u32 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-impl Default for BatchCount {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Holds one place in [`BatchCount`] until dropped.
+/// Counts one batch answer being sent (`VolunteerState::batches`, among the sync
+/// connections) until dropped.
 struct Place(Arc<VolunteerState>);
 
 impl Drop for Place {
     fn drop(&mut self) {
-        self.0.batches.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.batches.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -69,7 +52,7 @@ pub async fn answer(
             .ok()
             .map(Arc::new),
     };
-    st.batches.0.fetch_add(1, Ordering::Relaxed);
+    st.batches.fetch_add(1, Ordering::Relaxed);
     let place = Place(st.clone());
     let open = move |w: &Wanted| {
         let _held = &place; // released when the answer is read through, or abandoned
@@ -88,15 +71,9 @@ pub async fn answer(
         None
     };
     let counted = st.clone();
-    let rx = prsync::batch::answer(items, open, move |n| {
+    let body = Body::from_stream(prsync::batch::answer(items, open, move |n| {
         counted.batch_uploaded.fetch_add(n, Ordering::Relaxed);
-    });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
-    });
-    let body = Body::from_stream(stream);
+    }));
     let body = match st.uplink.current() {
         Some(b) => crate::limit::throttle(body, b),
         None => body,

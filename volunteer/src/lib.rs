@@ -102,7 +102,7 @@ pub struct VolunteerState {
     /// What runs beside it (the lab's synthetic sync and oracle feed; the product: none).
     pub companion: Option<Arc<dyn companion::Companion>>,
     /// Batch answers to syncing peers under way ([`batch`]), and the file bytes they sent.
-    pub batches: batch::BatchCount,
+    pub batches: AtomicU32,
     pub batch_uploaded: AtomicU64,
     /// BitTorrent: fetches for PRsync and seeds what we hold to other volunteers.
     pub seeder: Option<prsync::seeder::Seeder>,
@@ -292,8 +292,8 @@ impl VolunteerState {
     }
 
     /// Bytes uploaded for syncing so far: what the seeder and the batch answers sent to
-    /// other volunteers, plus a companion's. (Uploads by a pull lingering as a seeder are not counted; they are
-    /// short.)
+    /// other volunteers, plus a companion's. (Uploads by a pull lingering as a seeder are not
+    /// counted; they are short.)
     fn sync_uploaded_total(&self) -> u64 {
         self.companion.as_ref().map_or(0, |c| c.sync_uploaded())
             + self.batch_uploaded.load(Ordering::Relaxed)
@@ -307,7 +307,7 @@ impl VolunteerState {
         let pulls = self.syncing.lock().map_or(0, |s| s.len() as u32);
         peers
             + pulls
-            + self.batches.get()
+            + self.batches.load(Ordering::Relaxed)
             + self.companion.as_ref().map_or(0, |c| c.sync_connections())
     }
 
@@ -633,7 +633,7 @@ pub async fn run_with_companion(
         quota_warned: Default::default(),
         companion,
         seeder,
-        batches: batch::BatchCount::new(),
+        batches: AtomicU32::new(0),
         batch_uploaded: AtomicU64::new(0),
         syncing: std::sync::Mutex::new(Default::default()),
         recent_sync_bps: AtomicU64::new(0),

@@ -4,12 +4,15 @@
 //! generation in which those bytes last changed). The server signs it with ed25519; volunteers
 //! and customers' proxies trust a byte only if it hashes to what a signed manifest says.
 //!
-//! Modules: [`model`] the value types, [`beneath`] opening a listed path strictly inside its tree, [`signing`] keys and the signed envelope, [`scan`]
+//! Modules: [`model`] the value types, [`delta`] the signed changes between two generations,
+//! [`record`] a scan's findings kept compact from one pull to the next, [`beneath`] opening a listed path strictly inside its tree, [`signing`] keys and the signed envelope, [`scan`]
 //! hashing a directory tree incrementally, [`walk`] walking it on every core, [`relpath`] the safe relative paths
 //! every manifest key must be.
 
 pub mod beneath;
+pub mod delta;
 pub mod model;
+pub mod record;
 pub mod relpath;
 pub mod scan;
 pub mod signing;

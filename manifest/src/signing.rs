@@ -70,7 +70,13 @@ impl ServerKey {
     }
 
     pub fn sign(&self, manifest: &Manifest) -> Result<SignedManifest, ManifestError> {
-        let payload = serde_json::to_string(manifest)?;
+        self.sign_value(manifest)
+    }
+
+    /// Sign any value's JSON in the manifests' envelope (a manifest, a delta: their fields
+    /// differ, so neither parses as the other).
+    pub fn sign_value(&self, value: &impl serde::Serialize) -> Result<SignedManifest, ManifestError> {
+        let payload = serde_json::to_string(value)?;
         let signature = self.key.sign(payload.as_bytes());
         Ok(SignedManifest {
             payload,
@@ -117,14 +123,21 @@ impl SignedManifest {
         Ok(serde_json::to_vec(self)?)
     }
 
-    /// Verify the signature, then parse and validate the manifest it covers.
-    pub fn verify(bytes: &[u8], key: &VerifyingKey) -> Result<Manifest, ManifestError> {
+    /// The payload of a signed envelope (a manifest's or a [`crate::delta::Delta`]'s), once
+    /// its signature verified.
+    pub fn verified_payload(bytes: &[u8], key: &VerifyingKey) -> Result<String, ManifestError> {
         let env: SignedManifest = serde_json::from_slice(bytes)?;
         let mut sig = [0u8; 64];
         hex::decode_to_slice(&env.signature, &mut sig).map_err(|_| ManifestError::BadSignature)?;
         key.verify(env.payload.as_bytes(), &Signature::from_bytes(&sig))
             .map_err(|_| ManifestError::BadSignature)?;
-        let manifest: Manifest = serde_json::from_str(&env.payload)?;
+        Ok(env.payload)
+    }
+
+    /// Verify the signature, then parse and validate the manifest it covers.
+    pub fn verify(bytes: &[u8], key: &VerifyingKey) -> Result<Manifest, ManifestError> {
+        let payload = Self::verified_payload(bytes, key)?;
+        let manifest: Manifest = serde_json::from_str(&payload)?;
         manifest.validate()?;
         Ok(manifest)
     }

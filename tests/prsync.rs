@@ -80,6 +80,15 @@ fn pull(server: &Server, dest: &Path, extra: &[&str]) -> (std::process::Output, 
     (out, summary)
 }
 
+/// Whether the server made the manifest delta of `debian` from `from` to `to`: a pull asked
+/// for it rather than the whole manifest.
+fn delta_made(server: &Server, to: u64, from: u64) -> bool {
+    server
+        .data_dir
+        .join(format!("repos/debian/deltas/{to}-since-{from}.json"))
+        .is_file()
+}
+
 fn transferred(s: &serde_json::Value) -> u64 {
     s["from_peers_bytes"].as_u64().unwrap() + s["from_origin_bytes"].as_u64().unwrap()
 }
@@ -192,6 +201,10 @@ async fn identical_files_cost_nothing_and_similar_ones_little() {
     );
     assert_eq!(transferred(&s), 0, "{s}");
     assert_same_tree(&repo, &dest);
+    assert!(
+        delta_made(&server, 2, 1),
+        "the pull fetched the whole manifest"
+    );
 
     // A new version with local edits: most blocks come from the old one.
     let mut v2 = disk.clone();
@@ -226,6 +239,10 @@ async fn identical_files_cost_nothing_and_similar_ones_little() {
     assert!(out.status.success());
     assert_eq!(s["removed_files"], 1);
     assert_same_tree(&repo, &dest);
+    assert!(
+        delta_made(&server, 4, 3),
+        "the pull fetched the whole manifest"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -470,7 +487,7 @@ async fn a_pull_with_nothing_to_do_writes_nothing_and_one_after_a_local_change_r
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let records = [".mirrorswarm/scan.json", ".mirrorswarm/listed"];
+    let records = [".mirrorswarm/scan.rec", ".mirrorswarm/listed"];
     let stamp = |rel: &str| {
         std::fs::metadata(dest.join(rel))
             .and_then(|m| m.modified())
@@ -490,6 +507,10 @@ async fn a_pull_with_nothing_to_do_writes_nothing_and_one_after_a_local_change_r
         before, after,
         "a pull with nothing to do rewrote the tree's records"
     );
+    assert!(
+        delta_made(&server, 1, 1),
+        "the no-op fetched the whole manifest"
+    );
     // A file changed here is put back, and the record follows.
     std::fs::write(dest.join("big/a.bin"), b"changed by hand").unwrap();
     let (out, s) = pull(&server, &dest, &["--linger-secs", "0"]);
@@ -501,4 +522,71 @@ async fn a_pull_with_nothing_to_do_writes_nothing_and_one_after_a_local_change_r
     assert_eq!(s["installed_files"], 1, "{s}");
     assert_same_tree(&repo, &dest);
     assert_ne!(stamp(records[0]), after[0], "the record was not updated");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_of_a_tree_holding_the_last_generation_fetches_only_the_changes() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    sample_repo(&repo);
+    std::fs::write(repo.join("gone.txt"), b"dropped in generation 2").unwrap();
+    let server = start_server(root, &repo, &[]).await;
+    let dest = root.join("dest");
+    let ok = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    ok(&pull(&server, &dest, &["--linger-secs", "0"]).0);
+    // The admin's own file: the tree no longer matches its record, so the next pull takes
+    // the whole manifest and scans (and leaves the file alone); the one after, a delta.
+    std::fs::write(dest.join("notes.txt"), b"the admin's").unwrap();
+    let (out, s) = pull(&server, &dest, &["--linger-secs", "0"]);
+    ok(&out);
+    assert_eq!(s["left_alone_files"], 1, "{s}");
+
+    std::fs::write(repo.join("big/a.bin"), noise(3, 200_000)).unwrap();
+    std::fs::write(repo.join("new.txt"), b"new in generation 2").unwrap();
+    std::fs::remove_file(repo.join("gone.txt")).unwrap();
+    server.publish();
+    let (out, s) = pull(&server, &dest, &["--linger-secs", "0"]);
+    ok(&out);
+    assert!(
+        delta_made(&server, 2, 1),
+        "the pull fetched the whole manifest"
+    );
+    assert_eq!(
+        (s["installed_files"].as_u64(), s["removed_files"].as_u64()),
+        (Some(2), Some(1)),
+        "{s}"
+    );
+    assert_eq!(s["generation"], 2, "{s}");
+    assert_eq!(
+        std::fs::read(dest.join("notes.txt")).unwrap(),
+        b"the admin's"
+    );
+    std::fs::remove_file(dest.join("notes.txt")).unwrap();
+    assert_same_tree(&repo, &dest);
+
+    // The endpoint refuses what it cannot give; the pull falls back to the whole manifest.
+    let url = |q: &str| format!("{}/manifests/debian/latest?{q}", server.url);
+    for (q, status) in [("since=3", 400), ("since=0", 404), ("since=x", 400)] {
+        let r = http().get(url(q)).send().await.unwrap();
+        assert_eq!(
+            r.status().as_u16(),
+            status,
+            "{q}: {}",
+            r.text().await.unwrap()
+        );
+    }
+    let r = http().get(url("since=1")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("delta_of") && !body.contains("big/b.bin"),
+        "{body}"
+    );
 }

@@ -161,7 +161,8 @@ impl Record {
             }
             .expect("peeked");
             if let Some(c) = c {
-                out.push(path, c).expect("a merge of two sorted sequences is sorted");
+                out.push(path, c)
+                    .expect("a merge of two sorted sequences is sorted");
             }
         }
         out
@@ -205,7 +206,10 @@ impl Record {
         for _ in 0..count {
             let len = u32::from_le_bytes(read_array(&mut r)?);
             if len as u64 > on_disk {
-                return Err(bad(format!("{}: a path longer than the file", path.display())));
+                return Err(bad(format!(
+                    "{}: a path longer than the file",
+                    path.display()
+                )));
             }
             path_buf.resize(len as usize, 0);
             r.read_exact(&mut path_buf)?;
@@ -220,7 +224,10 @@ impl Record {
                 .map_err(|e| bad(format!("{}: {e}", path.display())))?;
         }
         if r.read(&mut [0u8; 1])? != 0 {
-            return Err(bad(format!("{}: bytes after the last file", path.display())));
+            return Err(bad(format!(
+                "{}: bytes after the last file",
+                path.display()
+            )));
         }
         Ok(out)
     }

@@ -15,6 +15,7 @@ use std::time::UNIX_EPOCH;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
+use crate::record::Record;
 use crate::walk::{walk, Visit};
 use crate::{ManifestError, Sha256};
 
@@ -98,17 +99,9 @@ impl Known for ScanCache {
 
 /// Walk `root`, hashing files whose size or mtime differ from what `cache` knows.
 pub fn scan_tree(root: &Path, cache: &impl Known) -> Result<ScanOutcome, ManifestError> {
-    let found = walk(root, || Collect {
-        cache,
-        found: Found::default(),
-        buf: Vec::new(),
-    })?;
-    let mut out = ScanOutcome::default();
+    let (found, mut out) = scan_found(root, cache)?;
     let mut files = Vec::new();
-    for Collect { found: f, .. } in found {
-        out.hashed += f.hashed;
-        out.hashed_bytes += f.hashed_bytes;
-        out.skipped.extend(f.skipped);
+    for f in found {
         // The paths' strings are made on this thread (see `walk` on arenas).
         files.extend(
             f.files
@@ -119,8 +112,52 @@ pub fn scan_tree(root: &Path, cache: &impl Known) -> Result<ScanOutcome, Manifes
     // Sorted first, the map is built in one pass instead of a million searches.
     files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     out.files = files.into_iter().collect();
-    out.skipped.sort();
     Ok(out)
+}
+
+/// [`scan_tree`], its findings as a compact [`Record`] (`files` of the outcome left empty):
+/// no string, no map node per file.
+pub fn scan_record(
+    root: &Path,
+    cache: &impl Known,
+) -> Result<(Record, ScanOutcome), ManifestError> {
+    let (found, out) = scan_found(root, cache)?;
+    let mut order: Vec<(u32, u32)> = found
+        .iter()
+        .enumerate()
+        .flat_map(|(w, f)| (0..f.files.len()).map(move |i| (w as u32, i as u32)))
+        .collect();
+    let path_of = |&(w, i): &(u32, u32)| {
+        let f = &found[w as usize];
+        &f.paths[f.files[i as usize].0.clone()]
+    };
+    order.sort_unstable_by(|a, b| path_of(a).cmp(path_of(b)));
+    let record = Record::from_sorted(
+        order
+            .iter()
+            .map(|at| (path_of(at), found[at.0 as usize].files[at.1 as usize].1)),
+    )
+    .map_err(|e| ManifestError::io(root, std::io::Error::other(e.to_string())))?;
+    Ok((record, out))
+}
+
+/// Walk and hash: what each walker found, and the outcome's counts and skips.
+fn scan_found(root: &Path, cache: &impl Known) -> Result<(Vec<Found>, ScanOutcome), ManifestError> {
+    let walkers = walk(root, || Collect {
+        cache,
+        found: Found::default(),
+        buf: Vec::new(),
+    })?;
+    let mut out = ScanOutcome::default();
+    let mut found = Vec::with_capacity(walkers.len());
+    for Collect { found: mut f, .. } in walkers {
+        out.hashed += f.hashed;
+        out.hashed_bytes += f.hashed_bytes;
+        out.skipped.append(&mut f.skipped);
+        found.push(f);
+    }
+    out.skipped.sort();
+    Ok((found, out))
 }
 
 /// Whether `root` holds exactly the `files` files `known` knows, each with the size and
@@ -286,6 +323,11 @@ mod tests {
         assert_eq!(second.hashed, 1, "only the changed file is read again");
         assert_eq!(second.files.len(), first.files.len());
         assert_ne!(second.files["a/c/f3"], first.files["a/c/f3"]);
+        // The same findings as a compact record, with the record as the cache.
+        let (record, third) = scan_record(root, &Record::from_map(&second.files)).unwrap();
+        assert_eq!(third.hashed, 0);
+        let as_map: ScanCache = record.iter().map(|(p, c)| (p.to_string(), c)).collect();
+        assert_eq!(as_map, second.files);
     }
 
     #[test]

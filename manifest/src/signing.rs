@@ -75,7 +75,10 @@ impl ServerKey {
 
     /// Sign any value's JSON in the manifests' envelope (a manifest, a delta: their fields
     /// differ, so neither parses as the other).
-    pub fn sign_value(&self, value: &impl serde::Serialize) -> Result<SignedManifest, ManifestError> {
+    pub fn sign_value(
+        &self,
+        value: &impl serde::Serialize,
+    ) -> Result<SignedManifest, ManifestError> {
         let payload = serde_json::to_string(value)?;
         let signature = self.key.sign(payload.as_bytes());
         Ok(SignedManifest {

@@ -1,6 +1,6 @@
 //! The destination tree's own state under `<dest>/.mirrorswarm/`: the lock that keeps two
 //! pulls apart, the staging area where new files wait (and survive a crash), the pinned
-//! server key, the scan cache, and what says the tree is mirrorswarm's ([`crate::tree`]).
+//! server key, the scan record, and what says the tree is mirrorswarm's ([`crate::tree`]).
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -27,8 +27,38 @@ impl StateDir {
     pub fn server_key(&self) -> PathBuf {
         self.0.join("server-key")
     }
-    pub fn scan_cache(&self) -> PathBuf {
+    /// What the last pull's scan and install learned of each file ([`manifest::record`]).
+    pub fn scan_record(&self) -> PathBuf {
+        self.0.join("scan.rec")
+    }
+    /// The same as JSON, as releases before the compact record wrote it: read once, then
+    /// replaced.
+    pub fn legacy_scan_json(&self) -> PathBuf {
         self.0.join("scan.json")
+    }
+
+    /// The tree's scan record (or the older JSON one), if it has one that reads whole.
+    pub fn read_scan_record(&self) -> Option<manifest::record::Record> {
+        match manifest::record::Record::read_from(&self.scan_record()) {
+            Ok(r) => return Some(r),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "the scan record does not read; every file is scanned afresh");
+                return None;
+            }
+        }
+        let map: manifest::scan::ScanCache =
+            serde_json::from_slice(&std::fs::read(self.legacy_scan_json()).ok()?).ok()?;
+        Some(manifest::record::Record::from_map(&map))
+    }
+
+    /// Replace the scan record (and drop the older JSON one).
+    pub fn write_scan_record(&self, r: &manifest::record::Record) -> std::io::Result<()> {
+        r.write_to(&self.scan_record())?;
+        match std::fs::remove_file(self.legacy_scan_json()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
     /// The ownership marker ([`crate::tree`]).
     pub fn owner(&self) -> PathBuf {

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ed25519_dalek::VerifyingKey;
-use manifest::scan::{hash_file, scan_tree, CachedFile, ScanCache};
+use manifest::delta::Delta;
+use manifest::record::Record;
+use manifest::scan::{hash_file, scan_record, unchanged_since, CachedFile};
 use manifest::{Entry, Manifest, SignedManifest};
 
 use crate::blockmatch::{first_guess, BlockSignature};
@@ -310,6 +312,55 @@ struct Job {
     entry: Entry,
 }
 
+/// The generation a pull brings the tree to, as the stages need it: the whole manifest, or,
+/// on a tree that holds an earlier generation exactly as its scan record says, only the
+/// signed changes since ([`fetch_delta`]): for millions of files, kilobytes instead of
+/// hundreds of megabytes to fetch, parse and hold.
+#[derive(Clone)]
+enum Target {
+    Whole(std::sync::Arc<Manifest>),
+    Since(std::sync::Arc<Delta>),
+}
+
+impl Target {
+    fn generation(&self) -> u64 {
+        match self {
+            Target::Whole(m) => m.generation,
+            Target::Since(d) => d.to,
+        }
+    }
+
+    fn files(&self) -> usize {
+        match self {
+            Target::Whole(m) => m.files.len(),
+            Target::Since(d) => d.file_count as usize,
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        match self {
+            Target::Whole(m) => m.total_bytes(),
+            Target::Since(d) => d.total_bytes,
+        }
+    }
+
+    /// The entries a plan must look at: every file, or those that changed.
+    fn entries(&self) -> &BTreeMap<String, Entry> {
+        match self {
+            Target::Whole(m) => &m.files,
+            Target::Since(d) => &d.changed,
+        }
+    }
+
+    /// Record that this generation is being installed ([`tree::begin_install`]).
+    fn begin_install(&self, state: &StateDir) -> Result<(), TreeError> {
+        match self {
+            Target::Whole(m) => tree::begin_install(state, m),
+            Target::Since(d) => tree::begin_install_delta(state, d),
+        }
+    }
+}
+
 /// What a pull will do to a tree, decided before it changes anything; `--dry-run` prints it.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Plan {
@@ -384,7 +435,7 @@ struct Prepared {
     key: VerifyingKey,
     /// The key was offered by the server and is not pinned in the tree yet.
     pin: bool,
-    manifest: Manifest,
+    target: Target,
     standing: Standing,
 }
 
@@ -405,7 +456,17 @@ async fn prepare(opts: &PullOptions) -> Result<Prepared, PullError> {
     }
     let state = StateDir::new(&opts.dest);
     let (key, pin) = trusted_key(opts, &state, &info)?;
-    let manifest = fetch_manifest(&http, opts, &key).await?;
+    if let Some((owner, delta)) = fetch_delta(&http, opts, &state, &key).await {
+        return Ok(Prepared {
+            http,
+            info,
+            key,
+            pin,
+            target: Target::Since(std::sync::Arc::new(delta)),
+            standing: Standing::Own(owner),
+        });
+    }
+    let manifest = std::sync::Arc::new(fetch_manifest(&http, opts, &key).await?);
     let (dest, repo) = (opts.dest.clone(), opts.repo.clone());
     let m = manifest.clone();
     let standing = blocking(move || tree::standing(&dest, &repo, &m)).await??;
@@ -424,7 +485,7 @@ async fn prepare(opts: &PullOptions) -> Result<Prepared, PullError> {
         info,
         key,
         pin,
-        manifest,
+        target: Target::Whole(manifest),
         standing,
     })
 }
@@ -440,31 +501,77 @@ fn standing_name(s: &Standing) -> &'static str {
 
 /// Print nothing, change nothing: what [`pull`] would do to the tree now.
 pub async fn dry_run(opts: &PullOptions) -> Result<Plan, PullError> {
-    let p = prepare(opts).await?;
+    let mut p = prepare(opts).await?;
     let state = StateDir::new(&opts.dest);
-    let (local, _) = scan_local(opts, &state).await?;
-    let mut plan = make_plan(opts, &state, &p.manifest, &local)?.0;
+    let (local, _) = scan_stage(opts, &state, &mut p).await?;
+    let mut plan = make_plan(opts, &state, &p.target, &local)?.0;
     plan.standing = standing_name(&p.standing).to_string();
     Ok(plan)
 }
 
+/// What the tree holds now, and whether that differs from its scan record. A pull that
+/// fetched only a delta needs the tree to hold the generation it came from exactly as its
+/// record says; when it does not, the whole manifest is fetched after all (`p.target`
+/// replaced) and the tree scanned.
+async fn scan_stage(
+    opts: &PullOptions,
+    state: &StateDir,
+    p: &mut Prepared,
+) -> Result<(Record, bool), PullError> {
+    if let Target::Since(d) = &p.target {
+        if let Some(record) = unchanged_record(opts, state, d.from).await? {
+            return Ok((record, false));
+        }
+        tracing::info!(
+            dest = %opts.dest.display(),
+            "the tree changed since its last pull: fetching the whole manifest"
+        );
+        let m = fetch_manifest(&p.http, opts, &p.key).await?;
+        p.target = Target::Whole(std::sync::Arc::new(m));
+    }
+    scan_local(opts, state).await
+}
+
+/// The tree's scan record, if the tree still holds generation `from` exactly as it says: the
+/// generation last installed here is `from`, and every file has the size and mtime
+/// recorded (a walk that reads no file).
+async fn unchanged_record(
+    opts: &PullOptions,
+    state: &StateDir,
+    from: u64,
+) -> Result<Option<Record>, PullError> {
+    let (dest, state) = (opts.dest.clone(), StateDir(state.0.clone()));
+    let found = blocking(move || {
+        if tree::installed_generation(&state) != Some(from) {
+            return Ok(None);
+        }
+        let Some(record) = state.read_scan_record() else {
+            return Ok(None);
+        };
+        let same = unchanged_since(&dest, &record, record.len())?;
+        Ok(same.map(|_| record))
+    })
+    .await?;
+    found.map_err(|source| PullError::Scan {
+        dest: opts.dest.clone(),
+        source,
+    })
+}
+
 /// What the tree holds now (hashing only what changed since the last scan), and whether that
 /// differs from the tree's scan record.
-async fn scan_local(opts: &PullOptions, state: &StateDir) -> Result<(ScanCache, bool), PullError> {
+async fn scan_local(opts: &PullOptions, state: &StateDir) -> Result<(Record, bool), PullError> {
     if !opts.dest.exists() {
-        return Ok((ScanCache::new(), true));
+        return Ok((Record::new(), true));
     }
-    let (dest, cache_file) = (opts.dest.clone(), state.scan_cache());
+    let (dest, state) = (opts.dest.clone(), StateDir(state.0.clone()));
     let scanned = blocking(move || {
-        let cache: ScanCache = std::fs::read(cache_file)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let cache = state.read_scan_record().unwrap_or_default();
         let known = cache.len();
         // Nothing hashed and as many files: the same files, each as recorded.
-        scan_tree(&dest, &cache).map(|s| {
-            let changed = s.hashed > 0 || s.files.len() != known;
-            (s.files, changed)
+        scan_record(&dest, &cache).map(|(files, s)| {
+            let changed = s.hashed > 0 || files.len() != known;
+            (files, changed)
         })
     })
     .await?;
@@ -478,27 +585,31 @@ async fn scan_local(opts: &PullOptions, state: &StateDir) -> Result<(ScanCache, 
 fn make_plan(
     opts: &PullOptions,
     state: &StateDir,
-    manifest: &Manifest,
-    local: &ScanCache,
+    target: &Target,
+    local: &Record,
 ) -> Result<(Plan, Vec<Job>), PullError> {
-    let by_sha: HashMap<manifest::Sha256, &str> =
-        local.iter().map(|(p, c)| (c.sha256, p.as_str())).collect();
     let mut plan = Plan {
         repo: opts.repo.clone(),
-        generation: manifest.generation,
+        generation: target.generation(),
         dest: opts.dest.clone(),
         ..Default::default()
     };
+    // What is not in place already (of a delta, every other file is).
+    let todo: Vec<(&String, &Entry)> = target
+        .entries()
+        .iter()
+        .filter(|(path, e)| {
+            !local
+                .get(path)
+                .is_some_and(|c| c.size == e.size && c.sha256 == e.sha256)
+        })
+        .collect();
+    plan.unchanged = target.files().saturating_sub(todo.len());
+    // Identical bytes elsewhere in the tree, looked for only for those.
+    let by_sha = local_copies(local, todo.iter().map(|(_, e)| e.sha256));
     let mut jobs: Vec<Job> = Vec::new();
     let mut planned: BTreeSet<manifest::Sha256> = BTreeSet::new();
-    for (path, e) in &manifest.files {
-        if local
-            .get(path)
-            .is_some_and(|c| c.size == e.size && c.sha256 == e.sha256)
-        {
-            plan.unchanged += 1;
-            continue;
-        }
+    for (path, e) in todo {
         let source = if let Some(src) = by_sha.get(&e.sha256) {
             format!("local copy of {src}")
         } else if !planned.contains(&e.sha256) && state.staged(&e.sha256.to_hex()).exists() {
@@ -521,12 +632,21 @@ fn make_plan(
         }
     }
     // What the generation does not list: a sync's own leftovers go; the rest stays unless
-    // the admin asked for an exact copy.
-    let dropped: BTreeSet<&str> = local
-        .keys()
-        .map(String::as_str)
-        .filter(|p| !manifest.files.contains_key(*p))
-        .collect();
+    // the admin asked for an exact copy. A delta names what its generation dropped (and is
+    // not asked for with --delete-extraneous, which must see every file).
+    let dropped: BTreeSet<&str> = match target {
+        Target::Whole(m) => local
+            .iter()
+            .map(|(p, _)| p)
+            .filter(|p| !m.files.contains_key(*p))
+            .collect(),
+        Target::Since(d) => d
+            .removed
+            .iter()
+            .map(String::as_str)
+            .filter(|p| local.contains(p))
+            .collect(),
+    };
     let ours = tree::listed_among(state, &dropped)?;
     for p in dropped {
         if opts.delete_extraneous || ours.contains(p) {
@@ -536,6 +656,23 @@ fn make_plan(
         }
     }
     Ok((plan, jobs))
+}
+
+/// Where the tree holds each of the contents `wanted`, if anywhere: one pass over the
+/// record, holding only what is wanted.
+fn local_copies(
+    local: &Record,
+    wanted: impl Iterator<Item = manifest::Sha256>,
+) -> HashMap<manifest::Sha256, &str> {
+    let wanted: std::collections::HashSet<manifest::Sha256> = wanted.collect();
+    if wanted.is_empty() {
+        return HashMap::new();
+    }
+    local
+        .iter()
+        .filter(|(_, c)| wanted.contains(&c.sha256))
+        .map(|(p, c)| (c.sha256, p))
+        .collect()
 }
 
 /// Run one pull. `bt`: the caller's BitTorrent session (the volunteer daemon's); otherwise a
@@ -557,11 +694,12 @@ pub async fn pull(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullEr
 
 async fn pull_stages(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, PullError> {
     let start = Instant::now();
-    let p = prepare(opts).await?;
+    let mut p = prepare(opts).await?;
     stage_done("manifest", start);
     let state = StateDir::new(&opts.dest);
     let _lock = take_tree(opts, &state, &p).await?;
-    let manifest = std::sync::Arc::new(p.manifest);
+    let (local, scan_changed) = scan_stage(opts, &state, &mut p).await?;
+    let target = p.target;
     let origin_seed = p
         .info
         .seed_port
@@ -579,12 +717,11 @@ async fn pull_stages(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, Pul
         placed: HashMap::new(),
         first_fill: matches!(p.standing, Standing::Empty),
     };
-    ctx.summary.generation = manifest.generation;
-    ctx.summary.files = manifest.files.len();
-    ctx.summary.repo_bytes = manifest.total_bytes();
+    ctx.summary.generation = target.generation();
+    ctx.summary.files = target.files();
+    ctx.summary.repo_bytes = target.bytes();
 
-    let (local, scan_changed) = scan_local(opts, &ctx.state).await?;
-    let (plan, jobs) = make_plan(opts, &ctx.state, &manifest, &local)?;
+    let (plan, jobs) = make_plan(opts, &ctx.state, &target, &local)?;
     stage_done("scan and plan", start);
     ctx.summary.unchanged_files = plan.unchanged;
     ctx.summary.left_alone_files = plan.left_alone.len();
@@ -595,7 +732,7 @@ async fn pull_stages(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, Pul
             "files the manifest does not list, not put there by a sync: left alone (--delete-extraneous removes them)"
         );
     }
-    let wanted = wanted_entries(&plan, &manifest);
+    let wanted = wanted_entries(&plan, &target);
     let local = std::sync::Arc::new(local);
     ctx.summary.reused_local_bytes = reuse_local(
         StateDir::new(&opts.dest),
@@ -618,7 +755,7 @@ async fn pull_stages(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, Pul
         jobs.into_iter().partition(|j| j.entry.btih.is_some());
     let large = fetch_large(&mut ctx, bt, torrent_jobs, &local).await?;
     stage_done("large files", start);
-    let left = fetch_batched(&mut ctx, &manifest, http_jobs).await?;
+    let left = fetch_batched(&mut ctx, &target, http_jobs).await?;
     fetch_http(&mut ctx, left, false).await?;
     fetch_http(&mut ctx, large.fallback, true).await?;
     stage_done("small files", start);
@@ -633,7 +770,7 @@ async fn pull_stages(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, Pul
     let noop = by_content.is_empty()
         && plan.delete.is_empty()
         && !scan_changed
-        && tree::installed_generation(&ctx.state) == Some(manifest.generation);
+        && tree::installed_generation(&ctx.state) == Some(target.generation());
     // From here on the tree changes: the new generation's paths count as put there by a
     // sync even if this pull is killed halfway.
     let installed = if noop {
@@ -645,7 +782,7 @@ async fn pull_stages(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, Pul
         install_and_delete(
             StateDir::new(&opts.dest),
             opts.dest.clone(),
-            manifest,
+            target,
             by_content,
             std::mem::take(&mut ctx.placed),
             plan.delete,
@@ -736,10 +873,10 @@ async fn take_tree(
 }
 
 /// The entries a plan installs, by path.
-fn wanted_entries(plan: &Plan, manifest: &Manifest) -> BTreeMap<String, Entry> {
+fn wanted_entries(plan: &Plan, target: &Target) -> BTreeMap<String, Entry> {
     plan.install
         .iter()
-        .filter_map(|f| Some((f.path.clone(), *manifest.files.get(&f.path)?)))
+        .filter_map(|f| Some((f.path.clone(), *target.entries().get(&f.path)?)))
         .collect()
 }
 
@@ -759,11 +896,10 @@ async fn reuse_local(
     state: StateDir,
     dest: PathBuf,
     wanted: BTreeMap<String, Entry>,
-    local: std::sync::Arc<ScanCache>,
+    local: std::sync::Arc<Record>,
 ) -> Result<u64, PullError> {
     blocking(move || {
-        let by_sha: HashMap<manifest::Sha256, &String> =
-            local.iter().map(|(p, c)| (c.sha256, p)).collect();
+        let by_sha = local_copies(&local, wanted.values().map(|e| e.sha256));
         let mut copied: BTreeSet<manifest::Sha256> = BTreeSet::new();
         let mut reused = 0;
         for (path, e) in &wanted {
@@ -801,7 +937,7 @@ async fn fetch_large(
     ctx: &mut Ctx<'_>,
     bt: Option<&Bt>,
     jobs: Vec<Job>,
-    local: &ScanCache,
+    local: &Record,
 ) -> Result<Large, PullError> {
     let mut own_bt = None;
     if bt.is_none() && !jobs.is_empty() {
@@ -908,17 +1044,18 @@ struct Installed {
 async fn install_and_delete(
     state: StateDir,
     dest: PathBuf,
-    manifest: std::sync::Arc<Manifest>,
+    target: Target,
     by_content: HashMap<manifest::Sha256, Vec<String>>,
     placed: HashMap<manifest::Sha256, String>,
     delete: Vec<String>,
-    local: std::sync::Arc<ScanCache>,
+    local: std::sync::Arc<Record>,
 ) -> Result<Installed, PullError> {
     blocking(move || {
-        tree::begin_install(&state, &manifest)?;
+        target.begin_install(&state)?;
         let dropped: BTreeSet<&str> = delete.iter().map(String::as_str).collect();
         let removable = |p: &str| dropped.contains(p);
-        let mut new_cache = (*local).clone();
+        // What changed in the record: installed paths with what they hold now, deleted ones.
+        let mut changes: BTreeMap<String, Option<CachedFile>> = BTreeMap::new();
         let mut done = Installed {
             installed: 0,
             removed: 0,
@@ -946,13 +1083,13 @@ async fn install_and_delete(
                 }
                 if let Ok(meta) = std::fs::metadata(dest.join(path)) {
                     let (size, mtime_ns) = manifest::scan::stat_key(&meta);
-                    new_cache.insert(
+                    changes.insert(
                         path.clone(),
-                        CachedFile {
+                        Some(CachedFile {
                             size,
                             mtime_ns,
                             sha256: *sha,
-                        },
+                        }),
                     );
                 }
                 done.installed += 1;
@@ -967,12 +1104,13 @@ async fn install_and_delete(
                     tracing::warn!(path, error = %e, "cannot remove a file the generation dropped")
                 }
             }
-            new_cache.remove(path);
+            changes.insert(path.clone(), None);
             remove_empty_parents(&dest, path);
         }
-        tree::finish_install(&state, manifest.generation)?;
-        if let Ok(b) = serde_json::to_vec(&new_cache) {
-            let _ = std::fs::write(state.scan_cache(), b);
+        tree::finish_install(&state, target.generation())?;
+        if let Err(e) = state.write_scan_record(&local.with_changes(&changes)) {
+            // The next pull scans every file afresh: slower, nothing lost.
+            tracing::warn!(error = %e, "cannot write the tree's scan record");
         }
         Ok(done)
     })
@@ -1050,6 +1188,61 @@ async fn fetch_manifest(
         .map_err(|e| PullError::Server(format!("manifest: {e}")))
 }
 
+/// On a tree this repository's syncs filled, whose last installed generation and scan record
+/// say what it holds: the signed changes from that generation to the newest, instead of the
+/// whole manifest. `None` (and the whole manifest) whenever one of those is missing, the
+/// admin asked for `--delete-extraneous` (which must see every file the manifest does not
+/// list), or the server has no delta to give (an older server, a generation no longer kept).
+async fn fetch_delta(
+    http: &reqwest::Client,
+    opts: &PullOptions,
+    state: &StateDir,
+    key: &VerifyingKey,
+) -> Option<(Owner, Delta)> {
+    if opts.delete_extraneous {
+        return None;
+    }
+    let owner = tree::owner(state)
+        .ok()
+        .flatten()
+        .filter(|o| o.repo == opts.repo)?;
+    let from = tree::installed_generation(state)?;
+    if !state.scan_record().exists() || !state.listed().exists() {
+        return None;
+    }
+    let url = format!(
+        "{}/manifests/{}/latest?since={from}",
+        opts.server, opts.repo
+    );
+    let body = match http.get(&url).send().await {
+        Ok(r) if r.status().is_success() => r.bytes().await.ok()?,
+        Ok(r) => {
+            tracing::debug!(url, status = %r.status(), "no delta: fetching the whole manifest");
+            return None;
+        }
+        Err(e) => {
+            tracing::debug!(url, error = %e, "no delta: fetching the whole manifest");
+            return None;
+        }
+    };
+    match Delta::verify_expected(&body, key, &opts.repo, from) {
+        Ok(d) => {
+            tracing::debug!(
+                from,
+                to = d.to,
+                changed = d.changed.len(),
+                removed = d.removed.len(),
+                "manifest delta"
+            );
+            Some((owner, d))
+        }
+        Err(e) => {
+            tracing::warn!(url, error = %e, "a manifest delta that does not verify: fetching the whole manifest");
+            None
+        }
+    }
+}
+
 fn server_ip(server: &str) -> Option<std::net::IpAddr> {
     let rest = server
         .strip_prefix("http://")
@@ -1087,7 +1280,7 @@ pub(crate) fn encode_rel(rel: &str) -> String {
 /// checks it).
 async fn fetch_batched(
     ctx: &mut Ctx<'_>,
-    manifest: &std::sync::Arc<Manifest>,
+    target: &Target,
     jobs: Vec<Job>,
 ) -> Result<Vec<Job>, PullError> {
     let (batchable, mut left): (Vec<Job>, Vec<Job>) = jobs
@@ -1107,8 +1300,8 @@ async fn fetch_batched(
     if ctx.first_fill && !batchable.is_empty() {
         // Files placed in the tree from now on count as put there by a sync, even if this
         // pull is killed halfway.
-        let (state, m) = (StateDir(ctx.state.0.clone()), manifest.clone());
-        blocking(move || tree::begin_install(&state, &m)).await??;
+        let (state, t) = (StateDir(ctx.state.0.clone()), target.clone());
+        blocking(move || t.begin_install(&state)).await??;
     }
     let b = crate::batched::Batched {
         place_in: ctx.first_fill.then(|| ctx.opts.dest.clone()),
@@ -1244,8 +1437,8 @@ async fn fetch_http(ctx: &mut Ctx<'_>, jobs: Vec<Job>, origin_only: bool) -> Res
 
 /// A local file that probably shares most blocks with `path`'s new version: the old version
 /// at the same path, or the same package with another version in the same directory.
-fn find_similar(path: &str, local: &ScanCache) -> Option<String> {
-    if local.contains_key(path) {
+fn find_similar(path: &str, local: &Record) -> Option<String> {
+    if local.contains(path) {
         return Some(path.to_string());
     }
     let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
@@ -1254,11 +1447,11 @@ fn find_similar(path: &str, local: &ScanCache) -> Option<String> {
     local
         .iter()
         .filter(|(p, _)| {
-            let (d, n) = p.rsplit_once('/').unwrap_or(("", p.as_str()));
+            let (d, n) = p.rsplit_once('/').unwrap_or(("", p));
             d == dir && package_stem(n) == stem && n.rsplit_once('.').map(|(_, e)| e) == ext
         })
         .max_by_key(|(_, c)| c.size)
-        .map(|(p, _)| p.clone())
+        .map(|(p, _)| p.to_string())
 }
 
 /// `hello_2.10-3_amd64.deb` → `hello`; `requests-2.31.0-py3-none-any.whl` → `requests`.
@@ -1281,7 +1474,7 @@ async fn fetch_torrents(
     ctx: &mut Ctx<'_>,
     bt: &Bt,
     jobs: Vec<Job>,
-    local: &ScanCache,
+    local: &Record,
 ) -> (Vec<Job>, Vec<[u8; 20]>) {
     let opts = ctx.opts;
     let tracker = format!("{}/announce", opts.server);
@@ -1535,12 +1728,14 @@ mod tests {
             mtime_ns: 0,
             sha256: manifest::Sha256([0; 32]),
         };
-        let local: ScanCache = [
-            ("pool/h/hello_1.0_all.deb".to_string(), c(10)),
-            ("pool/h/other_1.0_all.deb".to_string(), c(10)),
-            ("img/disk.img".to_string(), c(10)),
-        ]
-        .into();
+        let local = Record::from_map(
+            &[
+                ("pool/h/hello_1.0_all.deb".to_string(), c(10)),
+                ("pool/h/other_1.0_all.deb".to_string(), c(10)),
+                ("img/disk.img".to_string(), c(10)),
+            ]
+            .into(),
+        );
         assert_eq!(
             find_similar("img/disk.img", &local).as_deref(),
             Some("img/disk.img")
@@ -1554,10 +1749,10 @@ mod tests {
 
     /// A tree at `dest` with `files` (path → bytes), its state directory made, and what a
     /// scan of it would cache.
-    fn tree_with(dest: &Path, files: &[(&str, &[u8])]) -> (StateDir, ScanCache) {
+    fn tree_with(dest: &Path, files: &[(&str, &[u8])]) -> (StateDir, Record) {
         let state = StateDir::new(dest);
         std::fs::create_dir_all(state.staging()).unwrap();
-        let mut cache = ScanCache::new();
+        let mut cache = manifest::scan::ScanCache::new();
         for (rel, bytes) in files {
             let p = dest.join(rel);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -1572,7 +1767,7 @@ mod tests {
                 },
             );
         }
-        (state, cache)
+        (state, Record::from_map(&cache))
     }
 
     fn entry(bytes: &[u8]) -> Entry {
@@ -1617,7 +1812,8 @@ mod tests {
             ("fresh", b"fresh"),
         ]);
         let opts = PullOptions::new("http://s", "r", dir.path());
-        let (plan, jobs) = make_plan(&opts, &state, &m, &local).unwrap();
+        let whole = Target::Whole(std::sync::Arc::new(m));
+        let (plan, jobs) = make_plan(&opts, &state, &whole, &local).unwrap();
         assert_eq!(plan.unchanged, 1);
         let install: Vec<_> = plan
             .install
@@ -1634,6 +1830,32 @@ mod tests {
         );
         assert_eq!(plan.delete, ["old/moved", "ours"]);
         assert_eq!(plan.left_alone, ["notes.txt"]);
+
+        // The same generation known by its changes since the one the tree holds: the same
+        // plan, except that a file no generation listed is not looked at.
+        let Target::Whole(m) = &whole else {
+            unreachable!()
+        };
+        let before = manifest_of(&[("same", b"same"), ("old/moved", b"moved"), ("ours", b"x")]);
+        let since = Target::Since(std::sync::Arc::new(Delta::between(&before, m)));
+        let (delta_plan, delta_jobs) = make_plan(&opts, &state, &since, &local).unwrap();
+        assert_eq!(delta_plan.unchanged, 1);
+        assert_eq!(delta_plan.generation, plan.generation);
+        let delta_install: Vec<_> = delta_plan
+            .install
+            .iter()
+            .map(|f| (f.path.as_str(), f.source.as_str()))
+            .collect();
+        assert_eq!(delta_install, install);
+        assert_eq!(
+            delta_jobs
+                .iter()
+                .map(|j| j.path.as_str())
+                .collect::<Vec<_>>(),
+            ["fresh"]
+        );
+        assert_eq!(delta_plan.delete, ["old/moved", "ours"]);
+        assert!(delta_plan.left_alone.is_empty());
     }
 
     #[tokio::test]
@@ -1696,7 +1918,7 @@ mod tests {
         let done = install_and_delete(
             StateDir::new(dir.path()),
             dir.path().to_path_buf(),
-            std::sync::Arc::new(m),
+            Target::Whole(std::sync::Arc::new(m)),
             by_content,
             HashMap::new(),
             vec!["gone/old".to_string()],
@@ -1724,9 +1946,8 @@ mod tests {
         // The new generation's paths are what a sync put there now.
         let listed = std::fs::read_to_string(state.listed()).unwrap();
         assert_eq!(listed.lines().collect::<Vec<_>>(), ["keep", "two", "x/one"]);
-        // The scan cache knows the installed files, and not the removed one.
-        let cache: ScanCache =
-            serde_json::from_slice(&std::fs::read(state.scan_cache()).unwrap()).unwrap();
-        assert!(cache.contains_key("two") && !cache.contains_key("gone/old"));
+        // The scan record knows the installed files, and not the removed one.
+        let record = state.read_scan_record().unwrap();
+        assert!(record.contains("two") && record.contains("keep") && !record.contains("gone/old"));
     }
 }

@@ -9,10 +9,11 @@
 //! being installed, so a killed pull still knows what it put there); any other file is left
 //! alone unless the admin asks (`--delete-extraneous`, as `rsync --delete` must be asked for).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
+use manifest::delta::Delta;
 use manifest::walk::{walk, Visit};
 use manifest::Manifest;
 use serde::{Deserialize, Serialize};
@@ -245,6 +246,33 @@ pub fn begin_install(state: &StateDir, manifest: &Manifest) -> Result<(), TreeEr
     write_atomic(&state.listed_pending(), &out)
 }
 
+/// [`begin_install`] for a generation known by its changes since the one installed here:
+/// the installed generation's listed paths, less those it removes, with those it adds.
+/// Streamed from one record to the other: the tree's millions of paths are never held.
+pub fn begin_install_delta(state: &StateDir, delta: &Delta) -> Result<(), TreeError> {
+    let removed: HashSet<&str> = delta.removed.iter().map(String::as_str).collect();
+    let mut added: BTreeSet<&str> = delta.changed.keys().map(String::as_str).collect();
+    let listed = state.listed();
+    let f = std::fs::File::open(&listed).map_err(io(&listed))?;
+    let pending = state.listed_pending();
+    write_atomic_with(&pending, |w| {
+        for line in std::io::BufReader::with_capacity(1 << 20, f).lines() {
+            let line = line?;
+            if removed.contains(line.as_str()) {
+                continue;
+            }
+            added.remove(line.as_str());
+            w.write_all(line.as_bytes())?;
+            w.write_all(b"\n")?;
+        }
+        for path in &added {
+            w.write_all(path.as_bytes())?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    })
+}
+
 /// The generation being installed is installed: its paths are the listed ones. Records which
 /// generation that is ([`installed_generation`]).
 pub fn finish_install(state: &StateDir, generation: u64) -> Result<(), TreeError> {
@@ -288,14 +316,23 @@ pub fn listed_among(
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TreeError> {
+    write_atomic_with(path, |w| w.write_all(bytes))
+}
+
+/// Write `path` whole or not at all: through a temporary file, synced, then renamed.
+fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+) -> Result<(), TreeError> {
     let tmp = path.with_extension("tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
+    let all = || -> std::io::Result<()> {
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+        write(&mut w)?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     };
-    write().map_err(io(path))
+    all().map_err(io(path))
 }
 
 #[cfg(test)]
@@ -396,5 +433,24 @@ mod tests {
         finish_install(&state, 1).unwrap();
         let got = listed_among(&state, &cands).unwrap();
         assert_eq!(got.into_iter().collect::<Vec<_>>(), ["c"]);
+    }
+
+    #[test]
+    fn a_delta_lists_the_installed_paths_less_the_removed_with_the_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        std::fs::create_dir_all(&state.0).unwrap();
+        let old = manifest(&["a", "b", "c"]);
+        begin_install(&state, &old).unwrap();
+        finish_install(&state, 1).unwrap();
+        let mut new = manifest(&["a", "c", "d"]);
+        new.generation = 2;
+        new.files.get_mut("c").unwrap().size = 5;
+        begin_install_delta(&state, &Delta::between(&old, &new)).unwrap();
+        let pending = std::fs::read_to_string(state.listed_pending()).unwrap();
+        assert_eq!(pending.lines().collect::<Vec<_>>(), ["a", "c", "d"]);
+        // Without an installed generation's list there is nothing to start from.
+        std::fs::remove_file(state.listed()).unwrap();
+        assert!(begin_install_delta(&state, &Delta::between(&old, &new)).is_err());
     }
 }

@@ -1,5 +1,5 @@
 //! JSON endpoints for volunteers, the CLI and admins: `/health`, `/api/info`, `/api/enroll`,
-//! `/api/volunteers`, `/manifests/<repo>/<generation|latest>`, `POST /admin/publish`,
+//! `/api/volunteers`, `/manifests/<repo>/<generation|latest>[?since=<g>]`, `POST /admin/publish`,
 //! `POST /admin/volunteers/<name>/<revoke|drain|resume|release>`.
 
 use std::sync::Arc;
@@ -198,9 +198,18 @@ pub async fn volunteers(State(st): State<Arc<AppState>>) -> Json<Vec<VolunteerVi
     Json(out)
 }
 
+#[derive(Deserialize)]
+pub struct ManifestQuery {
+    /// Ask for the changes since this generation rather than the whole manifest.
+    pub since: Option<u64>,
+}
+
+/// `GET /manifests/<repo>/<generation|latest>[?since=<g>]`: the signed manifest, or with
+/// `since` the signed [`manifest::delta::Delta`] from generation `g` to that one.
 pub async fn manifest(
     State(st): State<Arc<AppState>>,
     Path((repo, which)): Path<(String, String)>,
+    Query(q): Query<ManifestQuery>,
 ) -> Response {
     let Some(snap) = st.repo(&repo) else {
         return text(
@@ -219,42 +228,77 @@ pub async fn manifest(
         };
         g
     };
-    // Manifests are served from disk: a million-file manifest is ~150 MB of JSON that the
-    // server need not hold, and volunteers fetch it once a generation.
-    let bytes = {
-        if g > snap.generation() || g == 0 {
-            return text(
-                StatusCode::NOT_FOUND,
-                format!("generation {g} of `{repo}` is not published"),
-            );
-        }
-        let on_disk =
-            tokio::fs::read(crate::publish::manifest_path(&st.config.data_dir, &repo, g)).await;
-        // A generation published by another server sharing the database before this one
-        // joined: the database has it.
-        let shared = || async {
-            match st.store.shared() {
-                true => st.store.signed_manifest(&repo, g).await.ok().flatten(),
-                false => None,
-            }
-        };
-        match on_disk {
-            Ok(b) => b,
-            Err(_) if let Some(b) = shared().await => b,
-            Err(_) => {
-                return text(
-                    StatusCode::NOT_FOUND,
-                    format!("generation {g} of `{repo}` is no longer kept"),
-                )
-            }
-        }
+    if g > snap.generation() || g == 0 {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("generation {g} of `{repo}` is not published"),
+        );
+    }
+    let bytes = match q.since {
+        Some(from) => crate::delta::signed(&st, &repo, from, g).await,
+        None => signed_manifest(&st, &repo, g).await,
     };
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        bytes,
-    )
-        .into_response()
+    match bytes {
+        Ok(b) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            b,
+        )
+            .into_response(),
+        Err(e) => e.response(),
+    }
+}
+
+/// Why a manifest or a delta cannot be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestUnavailable {
+    #[error("generation {generation} of `{repo}` is no longer kept")]
+    NotKept { repo: String, generation: u64 },
+    #[error("a delta goes forward: from generation {from} to {to} of `{repo}` does not")]
+    Backwards { repo: String, from: u64, to: u64 },
+    #[error("cannot make the delta of `{repo}` from {from} to {to}: {why}")]
+    Failed {
+        repo: String,
+        from: u64,
+        to: u64,
+        why: String,
+    },
+}
+
+impl ManifestUnavailable {
+    fn response(&self) -> Response {
+        let status = match self {
+            ManifestUnavailable::NotKept { .. } => StatusCode::NOT_FOUND,
+            ManifestUnavailable::Backwards { .. } => StatusCode::BAD_REQUEST,
+            ManifestUnavailable::Failed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        text(status, self.to_string())
+    }
+}
+
+/// A published generation's signed manifest. Served from disk: a million-file manifest is
+/// ~150 MB of JSON that the server need not hold, and volunteers fetch it once a generation.
+pub async fn signed_manifest(
+    st: &AppState,
+    repo: &str,
+    g: u64,
+) -> Result<Vec<u8>, ManifestUnavailable> {
+    let on_disk =
+        tokio::fs::read(crate::publish::manifest_path(&st.config.data_dir, repo, g)).await;
+    if let Ok(b) = on_disk {
+        return Ok(b);
+    }
+    // A generation published by another server sharing the database before this one
+    // joined: the database has it.
+    if st.store.shared() {
+        if let Ok(Some(b)) = st.store.signed_manifest(repo, g).await {
+            return Ok(b);
+        }
+    }
+    Err(ManifestUnavailable::NotKept {
+        repo: repo.to_string(),
+        generation: g,
+    })
 }
 
 #[derive(Deserialize)]

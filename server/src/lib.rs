@@ -11,6 +11,7 @@
 pub mod api;
 pub mod batch;
 pub mod counters;
+pub mod delta;
 pub mod file_index;
 pub mod follow;
 pub mod lease;
@@ -350,6 +351,7 @@ pub async fn build_state(
         key,
         store,
         publish_lock: tokio::sync::Mutex::new(()),
+        deltas: tokio::sync::Mutex::new(()),
         repos: Default::default(),
         repo_dirs: cfg.repos.clone(),
         info_hashes,

@@ -101,7 +101,7 @@ pub fn artifact_path(data_dir: &Path, sha256_hex: &str, ext: &str) -> PathBuf {
         .join(format!("{sha256_hex}.{ext}"))
 }
 
-fn repo_dir(data_dir: &Path, name: &str) -> PathBuf {
+pub fn repo_dir(data_dir: &Path, name: &str) -> PathBuf {
     data_dir.join("repos").join(name)
 }
 

@@ -23,6 +23,9 @@ pub struct AppState {
     pub publisher: Publisher,
     /// Serialises publishes; the request path never takes it.
     pub publish_lock: tokio::sync::Mutex<()>,
+    /// Serialises the making of manifest deltas ([`crate::delta`]): each costs a gigabyte on
+    /// a repository of millions of files.
+    pub deltas: tokio::sync::Mutex<()>,
     /// Current generation of each repository, swapped whole by a publish.
     pub repos: crate::snapshots::Snapshots,
     pub repo_dirs: BTreeMap<String, PathBuf>,

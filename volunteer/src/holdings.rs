@@ -95,27 +95,24 @@ impl Holdings {
     }
 
     /// Take in what a PRsync pull recorded of the files it installed (the tree's
-    /// `.mirrorswarm/scan.json`: each file's size, mtime and the SHA-256 it verified before
+    /// `.mirrorswarm/scan.rec`: each file's size, mtime and the SHA-256 it verified before
     /// installing), so the scan after a pull does not hash every new file again. Only when
     /// the record changed since it was last read; the scan still checks each file's size and
     /// mtime against it, so a file changed since is hashed.
     fn take_pull_record(&mut self) {
-        let path = prsync::local::StateDir::new(&self.dir).scan_cache();
-        let Ok(modified) = std::fs::metadata(&path).and_then(|m| m.modified()) else {
+        let state = prsync::local::StateDir::new(&self.dir);
+        let Ok(modified) = std::fs::metadata(state.scan_record()).and_then(|m| m.modified()) else {
             return;
         };
         if self.pull_record_seen == Some(modified) {
             return;
         }
         self.pull_record_seen = Some(modified);
-        let Some(record) = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<ScanCache>(&b).ok())
-        else {
+        let Some(record) = state.read_scan_record() else {
             return;
         };
-        for (p, c) in record {
-            self.scan.insert(p, c);
+        for (p, c) in record.iter() {
+            self.scan.insert(p.to_string(), c);
         }
     }
 

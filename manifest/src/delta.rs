@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
-use crate::{relpath::validate_rel_path, Entry, Manifest, ManifestError, SignedManifest};
+use crate::model::{check_entry, check_path};
+use crate::{Entry, Manifest, ManifestError, SignedManifest};
 
 /// The changes from generation `from` to generation `to` of repository `delta_of`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,23 +74,10 @@ impl Delta {
             });
         }
         for (path, e) in &self.changed {
-            validate_rel_path(path).map_err(|reason| ManifestError::UnsafePath {
-                path: path.clone(),
-                reason,
-            })?;
-            if e.changed_in > self.to || e.changed_in == 0 {
-                return Err(ManifestError::FutureChange {
-                    path: path.clone(),
-                    changed_in: e.changed_in,
-                    generation: self.to,
-                });
-            }
+            check_entry(path, e, self.to)?;
         }
         for path in &self.removed {
-            validate_rel_path(path).map_err(|reason| ManifestError::UnsafePath {
-                path: path.clone(),
-                reason,
-            })?;
+            check_path(path)?;
             if self.changed.contains_key(path) {
                 return Err(ManifestError::Mismatch {
                     expected: "a path either changed or removed".into(),

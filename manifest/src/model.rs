@@ -109,22 +109,34 @@ pub struct Manifest {
     pub files: BTreeMap<String, Entry>,
 }
 
+/// One entry of a generation `generation` lists: a safe relative path, and bytes that changed
+/// in a generation from 1 to that one.
+pub(crate) fn check_entry(path: &str, e: &Entry, generation: u64) -> Result<(), ManifestError> {
+    check_path(path)?;
+    if e.changed_in > generation || e.changed_in == 0 {
+        return Err(ManifestError::FutureChange {
+            path: path.to_string(),
+            changed_in: e.changed_in,
+            generation,
+        });
+    }
+    Ok(())
+}
+
+/// A path a manifest or a delta names must be a safe relative one.
+pub(crate) fn check_path(path: &str) -> Result<(), ManifestError> {
+    validate_rel_path(path).map_err(|reason| ManifestError::UnsafePath {
+        path: path.to_string(),
+        reason,
+    })
+}
+
 impl Manifest {
     /// Check what a signature cannot: every key is a safe relative path and no entry claims to
     /// have changed after this generation.
     pub fn validate(&self) -> Result<(), ManifestError> {
         for (path, e) in &self.files {
-            validate_rel_path(path).map_err(|reason| ManifestError::UnsafePath {
-                path: path.clone(),
-                reason,
-            })?;
-            if e.changed_in > self.generation || e.changed_in == 0 {
-                return Err(ManifestError::FutureChange {
-                    path: path.clone(),
-                    changed_in: e.changed_in,
-                    generation: self.generation,
-                });
-            }
+            check_entry(path, e, self.generation)?;
         }
         Ok(())
     }

@@ -80,13 +80,9 @@ fn pull(server: &Server, dest: &Path, extra: &[&str]) -> (std::process::Output, 
     (out, summary)
 }
 
-/// Whether the server made the manifest delta of `debian` from `from` to `to`: a pull asked
-/// for it rather than the whole manifest.
-fn delta_made(server: &Server, to: u64, from: u64) -> bool {
-    server
-        .data_dir
-        .join(format!("repos/debian/deltas/{to}-since-{from}.json"))
-        .is_file()
+/// Whether a pull took only the changes since generation `from` (not the whole manifest).
+fn took_delta(summary: &serde_json::Value, from: u64) -> bool {
+    summary["since"].as_u64() == Some(from)
 }
 
 fn transferred(s: &serde_json::Value) -> u64 {
@@ -201,10 +197,7 @@ async fn identical_files_cost_nothing_and_similar_ones_little() {
     );
     assert_eq!(transferred(&s), 0, "{s}");
     assert_same_tree(&repo, &dest);
-    assert!(
-        delta_made(&server, 2, 1),
-        "the pull fetched the whole manifest"
-    );
+    assert!(took_delta(&s, 1), "{s}");
 
     // A new version with local edits: most blocks come from the old one.
     let mut v2 = disk.clone();
@@ -239,10 +232,7 @@ async fn identical_files_cost_nothing_and_similar_ones_little() {
     assert!(out.status.success());
     assert_eq!(s["removed_files"], 1);
     assert_same_tree(&repo, &dest);
-    assert!(
-        delta_made(&server, 4, 3),
-        "the pull fetched the whole manifest"
-    );
+    assert!(took_delta(&s, 3), "{s}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -507,10 +497,7 @@ async fn a_pull_with_nothing_to_do_writes_nothing_and_one_after_a_local_change_r
         before, after,
         "a pull with nothing to do rewrote the tree's records"
     );
-    assert!(
-        delta_made(&server, 1, 1),
-        "the no-op fetched the whole manifest"
-    );
+    assert!(took_delta(&s, 1), "{s}");
     // A file changed here is put back, and the record follows.
     std::fs::write(dest.join("big/a.bin"), b"changed by hand").unwrap();
     let (out, s) = pull(&server, &dest, &["--linger-secs", "0"]);
@@ -547,6 +534,7 @@ async fn a_pull_of_a_tree_holding_the_last_generation_fetches_only_the_changes()
     let (out, s) = pull(&server, &dest, &["--linger-secs", "0"]);
     ok(&out);
     assert_eq!(s["left_alone_files"], 1, "{s}");
+    assert!(!took_delta(&s, 1), "a tree that changed took a delta: {s}");
 
     std::fs::write(repo.join("big/a.bin"), noise(3, 200_000)).unwrap();
     std::fs::write(repo.join("new.txt"), b"new in generation 2").unwrap();
@@ -554,10 +542,7 @@ async fn a_pull_of_a_tree_holding_the_last_generation_fetches_only_the_changes()
     server.publish();
     let (out, s) = pull(&server, &dest, &["--linger-secs", "0"]);
     ok(&out);
-    assert!(
-        delta_made(&server, 2, 1),
-        "the pull fetched the whole manifest"
-    );
+    assert!(took_delta(&s, 1), "{s}");
     assert_eq!(
         (s["installed_files"].as_u64(), s["removed_files"].as_u64()),
         (Some(2), Some(1)),
@@ -589,4 +574,19 @@ async fn a_pull_of_a_tree_holding_the_last_generation_fetches_only_the_changes()
         body.contains("delta_of") && !body.contains("big/b.bin"),
         "{body}"
     );
+    // Publish made the deltas from the previous generation; one from further back is made
+    // when asked, and holds what changed in every generation since.
+    std::fs::write(repo.join("big/b.bin"), noise(4, 1000)).unwrap();
+    server.publish();
+    let r = http().get(url("since=1")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("new.txt") && body.contains("big/b.bin") && body.contains("gone.txt"),
+        "{body}"
+    );
+    assert!(server
+        .data_dir
+        .join("repos/debian/deltas/3-since-1.json")
+        .is_file());
 }

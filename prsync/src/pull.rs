@@ -233,6 +233,9 @@ impl PullOptions {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Summary {
     pub generation: u64,
+    /// The generation the tree held, when the pull took only the signed changes since it
+    /// rather than the whole manifest.
+    pub since: Option<u64>,
     pub files: usize,
     pub unchanged_files: usize,
     pub installed_files: usize,
@@ -254,13 +257,17 @@ impl Summary {
         self.repo_bytes as f64 / self.transferred().max(1) as f64
     }
     pub fn line(&self) -> String {
+        let since = match self.since {
+            Some(g) => format!(" (the changes since {g})"),
+            None => String::new(),
+        };
         let left = if self.left_alone_files > 0 {
             format!(", {} not listed left alone", self.left_alone_files)
         } else {
             String::new()
         };
         format!(
-            "generation {}: {} files ({} unchanged, {} installed, {} removed{left}); reused locally {} B, from peers {} B, from origin {} B; {:.2} s; speedup {:.1}x",
+            "generation {}{since}: {} files ({} unchanged, {} installed, {} removed{left}); reused locally {} B, from peers {} B, from origin {} B; {:.2} s; speedup {:.1}x",
             self.generation,
             self.files,
             self.unchanged_files,
@@ -718,6 +725,10 @@ async fn pull_stages(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, Pul
         first_fill: matches!(p.standing, Standing::Empty),
     };
     ctx.summary.generation = target.generation();
+    ctx.summary.since = match &target {
+        Target::Since(d) => Some(d.from),
+        Target::Whole(_) => None,
+    };
     ctx.summary.files = target.files();
     ctx.summary.repo_bytes = target.bytes();
 
@@ -982,6 +993,8 @@ async fn fetch_large(
 }
 
 /// The contents whose staged bytes do not hash to what the manifest says (or are missing).
+/// Hashed on every core, a file to a thread at a time (the large files a torrent brought are
+/// most of this pull's reading).
 async fn unverified(
     state: &StateDir,
     by_content: &HashMap<manifest::Sha256, Vec<String>>,
@@ -991,11 +1004,33 @@ async fn unverified(
         .map(|sha| (*sha, state.staged(&sha.to_hex())))
         .collect();
     blocking(move || {
-        staged
-            .into_iter()
-            .filter(|(sha, path)| !hash_file(path).is_ok_and(|h| h == *sha))
-            .map(|(sha, _)| sha)
-            .collect()
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(staged.len());
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut bad = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some((sha, path)) = staged.get(i) else {
+                                return bad;
+                            };
+                            if !hash_file(path).is_ok_and(|h| h == *sha) {
+                                bad.push(*sha);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                // A worker that panicked must not pass its files as verified.
+                .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        })
     })
     .await
 }

@@ -1,9 +1,11 @@
 //! Manifest deltas as the server serves them: `GET /manifests/<repo>/<g>?since=<f>`, the
 //! signed changes from generation `f` to `g` ([`manifest::delta::Delta`]).
 //!
-//! A delta is made the first time a volunteer asks for it, from the two signed manifests
-//! (each verified with the mirror's key, as one another server published is), signed, and
-//! kept under `repos/<repo>/deltas/` for the next volunteer; one is made at a time. For a
+//! The deltas volunteers ask for first (from the previous generation, and from the new one
+//! itself) are made at publish, while both manifests are in memory. Any other is made the
+//! first time a volunteer asks for it, from the two signed manifests (each verified with the
+//! mirror's key, as one another server published is), signed, and kept under
+//! `repos/<repo>/deltas/` for the next volunteer; one is made at a time. For a
 //! repository of millions of files that costs seconds and about a gigabyte once per pair of
 //! generations, and saves every volunteer holding `f` the whole manifest: hundreds of
 //! megabytes to fetch, parse and hold.
@@ -11,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use manifest::delta::Delta;
-use manifest::{ServerKey, SignedManifest};
+use manifest::{Manifest, ServerKey, SignedManifest};
 
 use crate::api::{signed_manifest, ManifestUnavailable};
 use crate::state::AppState;
@@ -70,6 +72,31 @@ pub async fn signed(
             why,
         }
     })
+}
+
+/// At publish, with both manifests in memory: keep the deltas volunteers ask for first, from
+/// the previous generation and from this one (a volunteer holding it, with nothing to do), so
+/// that the first of them does not wait for both manifests to be read again. One that cannot
+/// be made is made on asking; the log says why.
+pub fn keep_published(
+    data_dir: &Path,
+    key: &ServerKey,
+    previous: Option<&Manifest>,
+    new: &Manifest,
+) {
+    let dir = deltas_dir(data_dir, &new.repo);
+    for old in previous.into_iter().chain([new]) {
+        let made = key
+            .sign_value(&Delta::between(old, new))
+            .and_then(|s| s.to_bytes());
+        match made {
+            Ok(bytes) => {
+                let path = dir.join(delta_file(new.generation, old.generation));
+                keep(&dir, &path, new.generation, &bytes);
+            }
+            Err(e) => tracing::warn!(repo = %new.repo, error = %e, "cannot make a manifest delta"),
+        }
+    }
 }
 
 /// Verify both manifests (each one's bytes dropped once parsed), diff and sign.

@@ -327,6 +327,8 @@ impl Publisher {
                 let path = manifest_path(&self.data_dir, name, candidate.generation);
                 write_atomic(&path, &signed)
                     .with_context(|| format!("writing {}", path.display()))?;
+                // The deltas volunteers will ask for first, while both manifests are here.
+                crate::delta::keep_published(&self.data_dir, &self.key, prev.as_ref(), &candidate);
                 (candidate, true)
             }
         };

@@ -134,58 +134,49 @@ impl Record {
         self.facts.iter().map(|f| (self.path(f), f.cached()))
     }
 
-    /// This record with `changes` made: a path mapped to `Some` is set, to `None` removed.
-    /// One merge of two sorted sequences: no search per change, no map of the whole tree.
-    pub fn with_changes(&self, changes: &BTreeMap<String, Option<CachedFile>>) -> Self {
-        let mut out = Record {
-            paths: String::with_capacity(self.paths.len()),
-            facts: Vec::with_capacity(self.facts.len()),
-        };
+    /// Every file of this record with `changes` made (a path mapped to `Some` is set, to
+    /// `None` removed), in order of path: one merge of two sorted sequences, no search per
+    /// change, no map of the whole tree.
+    fn merged<'a>(
+        &'a self,
+        changes: &'a BTreeMap<String, Option<CachedFile>>,
+    ) -> impl Iterator<Item = (&'a str, CachedFile)> + 'a {
         let mut mine = self.iter().peekable();
         let mut theirs = changes.iter().peekable();
-        loop {
+        std::iter::from_fn(move || loop {
             let take_mine = match (mine.peek(), theirs.peek()) {
-                (None, None) => break,
+                (None, None) => return None,
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
                 (Some((p, _)), Some((q, _))) => *p < q.as_str(),
             };
-            let (path, c) = if take_mine {
-                mine.next().map(|(p, c)| (p, Some(c)))
-            } else {
-                let (q, c) = theirs.next().expect("peeked");
-                if mine.peek().is_some_and(|(p, _)| *p == q.as_str()) {
-                    mine.next();
-                }
-                Some((q.as_str(), *c))
+            if take_mine {
+                return mine.next();
             }
-            .expect("peeked");
+            let (q, c) = theirs.next()?;
+            if mine.peek().is_some_and(|(p, _)| *p == q.as_str()) {
+                mine.next();
+            }
             if let Some(c) = c {
-                out.push(path, c)
-                    .expect("a merge of two sorted sequences is sorted");
+                return Some((q.as_str(), *c));
             }
-        }
-        out
+        })
     }
 
     /// Write the record to `path` atomically (a temporary file renamed over it). Not synced:
     /// a record lost to a crash costs one scan that reads every file, nothing else.
     pub fn write_to(&self, path: &Path) -> io::Result<()> {
-        let tmp = path.with_extension("tmp");
-        {
-            let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
-            w.write_all(MAGIC)?;
-            w.write_all(&(self.facts.len() as u64).to_le_bytes())?;
-            for f in &self.facts {
-                w.write_all(&f.len.to_le_bytes())?;
-                w.write_all(self.path(f).as_bytes())?;
-                w.write_all(&f.size.to_le_bytes())?;
-                w.write_all(&f.mtime_ns)?;
-                w.write_all(&f.sha256)?;
-            }
-            w.into_inner().map_err(|e| e.into_error())?;
-        }
-        std::fs::rename(&tmp, path)
+        write_files(path, self.iter())
+    }
+
+    /// Write this record with `changes` made to `path`, streaming: a tree of millions of
+    /// files must not be held twice to record what one pull changed.
+    pub fn write_with_changes(
+        &self,
+        changes: &BTreeMap<String, Option<CachedFile>>,
+        path: &Path,
+    ) -> io::Result<()> {
+        write_files(path, self.merged(changes))
     }
 
     /// Read a record [`Record::write_to`] wrote.
@@ -231,6 +222,33 @@ impl Record {
         }
         Ok(out)
     }
+}
+
+/// Write files given in order of path as a record, atomically. The count in the header is
+/// written last, once known.
+fn write_files<'a>(
+    path: &Path,
+    files: impl Iterator<Item = (&'a str, CachedFile)>,
+) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let tmp = path.with_extension("tmp");
+    let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+    w.write_all(MAGIC)?;
+    w.write_all(&0u64.to_le_bytes())?;
+    let mut count = 0u64;
+    for (p, c) in files {
+        let len = u32::try_from(p.len()).map_err(|_| io::Error::other("a path past 4 GiB"))?;
+        w.write_all(&len.to_le_bytes())?;
+        w.write_all(p.as_bytes())?;
+        w.write_all(&c.size.to_le_bytes())?;
+        w.write_all(&c.mtime_ns.to_le_bytes())?;
+        w.write_all(&c.sha256.0)?;
+        count += 1;
+    }
+    let f = w.into_inner().map_err(|e| e.into_error())?;
+    f.write_all_at(&count.to_le_bytes(), MAGIC.len() as u64)?;
+    drop(f);
+    std::fs::rename(&tmp, path)
 }
 
 fn read_array<const N: usize>(r: &mut impl Read) -> io::Result<[u8; N]> {
@@ -295,12 +313,18 @@ mod tests {
             ("not-there".to_string(), None),
         ]
         .into();
-        let m = r.with_changes(&changes);
-        let got: Vec<(&str, u64)> = m.iter().map(|(p, c)| (p, c.size)).collect();
+        let m: Vec<(&str, CachedFile)> = r.merged(&changes).collect();
+        let got: Vec<(&str, u64)> = m.iter().map(|(p, c)| (*p, c.size)).collect();
         assert_eq!(
             got,
             vec![("a/bb", 9), ("a/c", 2), ("b", 8), ("zzz", 7), ("ü/z", 4)]
         );
+        // The same written straight to disk.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scan.rec");
+        r.write_with_changes(&changes, &path).unwrap();
+        let back = Record::read_from(&path).unwrap();
+        assert_eq!(back.iter().collect::<Vec<_>>(), m);
     }
 
     #[test]

@@ -52,9 +52,13 @@ impl StateDir {
         Some(manifest::record::Record::from_map(&map))
     }
 
-    /// Replace the scan record (and drop the older JSON one).
-    pub fn write_scan_record(&self, r: &manifest::record::Record) -> std::io::Result<()> {
-        r.write_to(&self.scan_record())?;
+    /// Replace the scan record with `r` as `changes` leave it (and drop the older JSON one).
+    pub fn write_scan_record(
+        &self,
+        r: &manifest::record::Record,
+        changes: &std::collections::BTreeMap<String, Option<manifest::scan::CachedFile>>,
+    ) -> std::io::Result<()> {
+        r.write_with_changes(changes, &self.scan_record())?;
         match std::fs::remove_file(self.legacy_scan_json()) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),

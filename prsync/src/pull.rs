@@ -1143,7 +1143,7 @@ async fn install_and_delete(
             remove_empty_parents(&dest, path);
         }
         tree::finish_install(&state, target.generation())?;
-        if let Err(e) = state.write_scan_record(&local.with_changes(&changes)) {
+        if let Err(e) = state.write_scan_record(&local, &changes) {
             // The next pull scans every file afresh: slower, nothing lost.
             tracing::warn!(error = %e, "cannot write the tree's scan record");
         }

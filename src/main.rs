@@ -126,6 +126,15 @@ struct PullArgs {
     /// `rsync --delete`).
     #[arg(long)]
     delete_extraneous: bool,
+    /// Hold only the files matching this pattern (repeatable): whole paths, `*` and `?`
+    /// within a segment, `**` any number of segments (`pool/main/**`). Repository metadata
+    /// (`dists/**`, `**/repodata/**`) is always held. Files a sync put there that no longer
+    /// match are deleted; others are left alone.
+    #[arg(long, value_name = "PATTERN")]
+    include: Vec<String>,
+    /// Do not hold files matching this pattern (repeatable; `**/*_arm64.deb`).
+    #[arg(long, value_name = "PATTERN")]
+    exclude: Vec<String>,
     /// Print what the pull would install, reuse and delete, and change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -416,6 +425,13 @@ fn prsync_pull(a: &PullArgs) -> ExitCode {
     if let Err(e) = config::validate_repo_name(&a.repo) {
         eprintln!("error: --repo: {e}");
         return ExitCode::from(prsync::pull::exit::ERROR);
+    }
+    match prsync::select::Selection::new(&a.include, &a.exclude) {
+        Ok(s) => opts.select = s,
+        Err(e) => {
+            eprintln!("error: --include/--exclude: {e}");
+            return ExitCode::from(prsync::pull::exit::ERROR);
+        }
     }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -590,3 +590,121 @@ async fn a_pull_of_a_tree_holding_the_last_generation_fetches_only_the_changes()
         .join("repos/debian/deltas/3-since-1.json")
         .is_file());
 }
+
+/// Every file under `dir` but mirrorswarm's own state, by relative path.
+fn files_under(dir: &Path) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let rel = e
+                .path()
+                .strip_prefix(dir)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string();
+            if rel.starts_with(".mirrorswarm") {
+                continue;
+            }
+            if e.file_type().unwrap().is_dir() {
+                todo.push(e.path());
+            } else {
+                out.insert(rel);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partial_pull_holds_what_its_patterns_choose_and_always_the_metadata() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    sample_repo(&repo);
+    let server = start_server(root, &repo, &[]).await;
+    let dest = root.join("dest");
+    let ok = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let in_repo = files_under(&repo);
+    let metadata: Vec<&String> = in_repo.iter().filter(|p| p.starts_with("dists/")).collect();
+    assert!(!metadata.is_empty());
+
+    // One large file, and the metadata.
+    let (out, s) = pull(
+        &server,
+        &dest,
+        &["--linger-secs", "0", "--include", "big/a.bin"],
+    );
+    ok(&out);
+    let held = files_under(&dest);
+    let mut expected: std::collections::BTreeSet<String> =
+        metadata.iter().map(|p| p.to_string()).collect();
+    expected.insert("big/a.bin".into());
+    assert_eq!(held, expected, "{s}");
+    for p in &held {
+        assert_eq!(
+            std::fs::read(dest.join(p)).unwrap(),
+            std::fs::read(repo.join(p)).unwrap(),
+            "{p}"
+        );
+    }
+
+    // Widened: the rest of big/ comes, and nothing held is fetched again.
+    let (out, s) = pull(
+        &server,
+        &dest,
+        &["--linger-secs", "0", "--include", "big/**"],
+    );
+    ok(&out);
+    assert_eq!(s["installed_files"], 1, "{s}");
+    assert!(files_under(&dest).contains("big/b.bin"));
+
+    // Narrowed the other way: everything but big/. The two files a sync put there go; the
+    // admin's file beside them stays.
+    std::fs::write(dest.join("big/notes.txt"), b"the admin's").unwrap();
+    let (out, s) = pull(
+        &server,
+        &dest,
+        &["--linger-secs", "0", "--exclude", "big/**"],
+    );
+    ok(&out);
+    assert_eq!(
+        (s["removed_files"].as_u64(), s["left_alone_files"].as_u64()),
+        (Some(2), Some(1)),
+        "{s}"
+    );
+    let held = files_under(&dest);
+    let mut expected: std::collections::BTreeSet<String> = in_repo
+        .iter()
+        .filter(|p| !p.starts_with("big/"))
+        .cloned()
+        .collect();
+    expected.insert("big/notes.txt".into());
+    assert_eq!(held, expected);
+    // The same again: nothing to do.
+    let (out, s) = pull(
+        &server,
+        &dest,
+        &["--linger-secs", "0", "--exclude", "big/**"],
+    );
+    ok(&out);
+    assert_eq!(
+        (s["installed_files"].as_u64(), s["removed_files"].as_u64()),
+        (Some(0), Some(0)),
+        "{s}"
+    );
+
+    // A pattern that is not one is refused before anything is touched, naming it.
+    let (out, _) = pull(&server, &dest, &["--include", "/pool/**"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/pool/**") && err.contains("leading"), "{err}");
+}

@@ -26,4 +26,5 @@ pub mod readonly;
 pub mod rollsum;
 #[cfg(feature = "bittorrent")]
 pub mod seeder;
+pub mod select;
 pub mod tree;

@@ -80,6 +80,11 @@ impl StateDir {
     pub fn installed(&self) -> PathBuf {
         self.0.join("installed")
     }
+    /// The include and exclude patterns that generation was installed with
+    /// ([`crate::select::Selection::canonical`]; absent: everything).
+    pub fn selection(&self) -> PathBuf {
+        self.0.join("selection")
+    }
 }
 
 /// An exclusive lock on a destination tree, held for the whole pull and released when dropped

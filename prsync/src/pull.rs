@@ -196,6 +196,9 @@ pub struct PullOptions {
     pub adopt: bool,
     /// Delete files the manifest does not list, whoever put them there.
     pub delete_extraneous: bool,
+    /// What of the repository the tree holds (default: everything). Files outside it are
+    /// neither fetched nor kept, if a sync put them there.
+    pub select: crate::select::Selection,
     /// The address this machine serves its mirror at (a volunteer's): its own batches are
     /// not asked of itself.
     pub own_url: Option<String>,
@@ -223,6 +226,7 @@ impl PullOptions {
             newest: None,
             adopt: false,
             delete_extraneous: false,
+            select: Default::default(),
             own_url: None,
             written: None,
         }
@@ -473,7 +477,12 @@ async fn prepare(opts: &PullOptions) -> Result<Prepared, PullError> {
             standing: Standing::Own(owner),
         });
     }
-    let manifest = std::sync::Arc::new(fetch_manifest(&http, opts, &key).await?);
+    let mut manifest = fetch_manifest(&http, opts, &key).await?;
+    if !opts.select.is_everything() {
+        // A partial mirror: what it does not hold is, to it, not listed.
+        manifest.files.retain(|p, _| opts.select.holds(p));
+    }
+    let manifest = std::sync::Arc::new(manifest);
     let (dest, repo) = (opts.dest.clone(), opts.repo.clone());
     let m = manifest.clone();
     let standing = blocking(move || tree::standing(&dest, &repo, &m)).await??;
@@ -781,7 +790,8 @@ async fn pull_stages(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, Pul
     let noop = by_content.is_empty()
         && plan.delete.is_empty()
         && !scan_changed
-        && tree::installed_generation(&ctx.state) == Some(target.generation());
+        && tree::installed_generation(&ctx.state) == Some(target.generation())
+        && tree::installed_selection(&ctx.state) == opts.select.canonical();
     // From here on the tree changes: the new generation's paths count as put there by a
     // sync even if this pull is killed halfway.
     let installed = if noop {
@@ -790,7 +800,7 @@ async fn pull_stages(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, Pul
             removed: 0,
         }
     } else {
-        install_and_delete(
+        let installed = install_and_delete(
             StateDir::new(&opts.dest),
             opts.dest.clone(),
             target,
@@ -799,7 +809,13 @@ async fn pull_stages(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, Pul
             plan.delete,
             local,
         )
-        .await?
+        .await?;
+        // After the generation's own record: killed between the two, the next pull finds a
+        // selection other than its own and takes the whole manifest.
+        let state = StateDir::new(&opts.dest);
+        let selection = opts.select.canonical();
+        blocking(move || tree::record_selection(&state, &selection)).await??;
+        installed
     };
     ctx.summary.installed_files = installed.installed;
     ctx.summary.removed_files = installed.removed;
@@ -1243,6 +1259,11 @@ async fn fetch_delta(
         .filter(|o| o.repo == opts.repo)?;
     let from = tree::installed_generation(state)?;
     if !state.scan_record().exists() || !state.listed().exists() {
+        return None;
+    }
+    // The changes are of the whole repository: they say what a partial tree lacks only if
+    // it holds the same part as it did, and a delta is for trees that hold it all.
+    if !opts.select.is_everything() || !tree::installed_selection(state).is_empty() {
         return None;
     }
     let url = format!(

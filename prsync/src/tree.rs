@@ -280,6 +280,24 @@ pub fn finish_install(state: &StateDir, generation: u64) -> Result<(), TreeError
     write_atomic(&state.installed(), generation.to_string().as_bytes())
 }
 
+/// Record the selection the generation just installed was installed with (after
+/// [`finish_install`]: killed between the two, the next pull finds a selection that differs
+/// from its own, and takes the whole manifest).
+pub fn record_selection(state: &StateDir, canonical: &str) -> Result<(), TreeError> {
+    if canonical.is_empty() {
+        return match std::fs::remove_file(state.selection()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&state.selection())(e)),
+            _ => Ok(()),
+        };
+    }
+    write_atomic(&state.selection(), canonical.as_bytes())
+}
+
+/// The selection the last installed generation was installed with (`""`: everything).
+pub fn installed_selection(state: &StateDir) -> String {
+    std::fs::read_to_string(state.selection()).unwrap_or_default()
+}
+
 /// The generation last installed whole here, if the tree says.
 pub fn installed_generation(state: &StateDir) -> Option<u64> {
     std::fs::read_to_string(state.installed())

@@ -80,6 +80,17 @@ fn pull(server: &Server, dest: &Path, extra: &[&str]) -> (std::process::Output, 
     (out, summary)
 }
 
+/// [`pull`] that must succeed (its stderr shown if not), with `--linger-secs 0`: the summary.
+fn pull_ok(server: &Server, dest: &Path, extra: &[&str]) -> serde_json::Value {
+    let (out, summary) = pull(server, dest, &[&["--linger-secs", "0"], extra].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    summary
+}
+
 /// Whether a pull took only the changes since generation `from` (not the whole manifest).
 fn took_delta(summary: &serde_json::Value, from: u64) -> bool {
     summary["since"].as_u64() == Some(from)
@@ -520,19 +531,11 @@ async fn a_pull_of_a_tree_holding_the_last_generation_fetches_only_the_changes()
     std::fs::write(repo.join("gone.txt"), b"dropped in generation 2").unwrap();
     let server = start_server(root, &repo, &[]).await;
     let dest = root.join("dest");
-    let ok = |out: &std::process::Output| {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    };
-    ok(&pull(&server, &dest, &["--linger-secs", "0"]).0);
+    pull_ok(&server, &dest, &[]);
     // The admin's own file: the tree no longer matches its record, so the next pull takes
     // the whole manifest and scans (and leaves the file alone); the one after, a delta.
     std::fs::write(dest.join("notes.txt"), b"the admin's").unwrap();
-    let (out, s) = pull(&server, &dest, &["--linger-secs", "0"]);
-    ok(&out);
+    let s = pull_ok(&server, &dest, &[]);
     assert_eq!(s["left_alone_files"], 1, "{s}");
     assert!(!took_delta(&s, 1), "a tree that changed took a delta: {s}");
 
@@ -540,8 +543,7 @@ async fn a_pull_of_a_tree_holding_the_last_generation_fetches_only_the_changes()
     std::fs::write(repo.join("new.txt"), b"new in generation 2").unwrap();
     std::fs::remove_file(repo.join("gone.txt")).unwrap();
     server.publish();
-    let (out, s) = pull(&server, &dest, &["--linger-secs", "0"]);
-    ok(&out);
+    let s = pull_ok(&server, &dest, &[]);
     assert!(took_delta(&s, 1), "{s}");
     assert_eq!(
         (s["installed_files"].as_u64(), s["removed_files"].as_u64()),
@@ -626,24 +628,12 @@ async fn a_partial_pull_holds_what_its_patterns_choose_and_always_the_metadata()
     sample_repo(&repo);
     let server = start_server(root, &repo, &[]).await;
     let dest = root.join("dest");
-    let ok = |out: &std::process::Output| {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    };
     let in_repo = files_under(&repo);
     let metadata: Vec<&String> = in_repo.iter().filter(|p| p.starts_with("dists/")).collect();
     assert!(!metadata.is_empty());
 
     // One large file, and the metadata.
-    let (out, s) = pull(
-        &server,
-        &dest,
-        &["--linger-secs", "0", "--include", "big/a.bin"],
-    );
-    ok(&out);
+    let s = pull_ok(&server, &dest, &["--include", "big/a.bin"]);
     let held = files_under(&dest);
     let mut expected: std::collections::BTreeSet<String> =
         metadata.iter().map(|p| p.to_string()).collect();
@@ -658,24 +648,14 @@ async fn a_partial_pull_holds_what_its_patterns_choose_and_always_the_metadata()
     }
 
     // Widened: the rest of big/ comes, and nothing held is fetched again.
-    let (out, s) = pull(
-        &server,
-        &dest,
-        &["--linger-secs", "0", "--include", "big/**"],
-    );
-    ok(&out);
+    let s = pull_ok(&server, &dest, &["--include", "big/**"]);
     assert_eq!(s["installed_files"], 1, "{s}");
     assert!(files_under(&dest).contains("big/b.bin"));
 
     // Narrowed the other way: everything but big/. The two files a sync put there go; the
     // admin's file beside them stays.
     std::fs::write(dest.join("big/notes.txt"), b"the admin's").unwrap();
-    let (out, s) = pull(
-        &server,
-        &dest,
-        &["--linger-secs", "0", "--exclude", "big/**"],
-    );
-    ok(&out);
+    let s = pull_ok(&server, &dest, &["--exclude", "big/**"]);
     assert_eq!(
         (s["removed_files"].as_u64(), s["left_alone_files"].as_u64()),
         (Some(2), Some(1)),
@@ -690,12 +670,7 @@ async fn a_partial_pull_holds_what_its_patterns_choose_and_always_the_metadata()
     expected.insert("big/notes.txt".into());
     assert_eq!(held, expected);
     // The same again: nothing to do.
-    let (out, s) = pull(
-        &server,
-        &dest,
-        &["--linger-secs", "0", "--exclude", "big/**"],
-    );
-    ok(&out);
+    let s = pull_ok(&server, &dest, &["--exclude", "big/**"]);
     assert_eq!(
         (s["installed_files"].as_u64(), s["removed_files"].as_u64()),
         (Some(0), Some(0)),

@@ -677,6 +677,35 @@ async fn a_partial_pull_holds_what_its_patterns_choose_and_always_the_metadata()
         "{s}"
     );
 
+    // A new generation: a partial tree that holds the same part takes only its part of the
+    // changes, and counts what it holds.
+    std::fs::write(repo.join("big/b.bin"), noise(9, 1000)).unwrap();
+    std::fs::create_dir_all(repo.join("extra")).unwrap();
+    std::fs::write(repo.join("extra/new.txt"), b"new and held").unwrap();
+    server.publish();
+    let s = pull_ok(&server, &dest, &["--exclude", "big/**"]);
+    assert!(took_delta(&s, 1), "{s}");
+    assert_eq!(
+        (s["installed_files"].as_u64(), s["removed_files"].as_u64()),
+        (Some(1), Some(0)),
+        "{s}"
+    );
+    let part: Vec<String> = files_under(&repo)
+        .into_iter()
+        .filter(|p| !p.starts_with("big/"))
+        .collect();
+    let part_bytes: u64 = part
+        .iter()
+        .map(|p| std::fs::metadata(repo.join(p)).unwrap().len())
+        .sum();
+    assert_eq!(s["files"].as_u64(), Some(part.len() as u64), "{s}");
+    assert_eq!(s["repo_bytes"].as_u64(), Some(part_bytes), "{s}");
+    assert!(!files_under(&dest).contains("big/b.bin"));
+    assert_eq!(
+        std::fs::read(dest.join("extra/new.txt")).unwrap(),
+        b"new and held"
+    );
+
     // A pattern that is not one is refused before anything is touched, naming it.
     let (out, _) = pull(&server, &dest, &["--include", "/pool/**"]);
     assert!(!out.status.success());

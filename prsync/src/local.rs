@@ -80,10 +80,10 @@ impl StateDir {
     pub fn installed(&self) -> PathBuf {
         self.0.join("installed")
     }
-    /// The include and exclude patterns that generation was installed with
-    /// ([`crate::select::Selection::canonical`]; absent: everything).
+    /// What that generation holds: the include and exclude patterns it was installed with,
+    /// its files and bytes ([`crate::tree::Held`]; absent: everything, uncounted).
     pub fn selection(&self) -> PathBuf {
-        self.0.join("selection")
+        self.0.join("held.json")
     }
 }
 

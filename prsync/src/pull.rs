@@ -535,8 +535,20 @@ async fn scan_stage(
     p: &mut Prepared,
 ) -> Result<(Record, bool), PullError> {
     if let Target::Since(d) = &p.target {
+        let d = d.clone();
         if let Some(record) = unchanged_record(opts, state, d.from).await? {
-            return Ok((record, false));
+            if opts.select.is_everything() {
+                return Ok((record, false));
+            }
+            if let Some(held) = tree::held(state) {
+                p.target = Target::Since(std::sync::Arc::new(narrowed(
+                    &d,
+                    &opts.select,
+                    &record,
+                    &held,
+                )));
+                return Ok((record, false));
+            }
         }
         tracing::info!(
             dest = %opts.dest.display(),
@@ -546,6 +558,53 @@ async fn scan_stage(
         p.target = Target::Whole(std::sync::Arc::new(m));
     }
     scan_local(opts, state).await
+}
+
+/// A partial tree's part of a delta: the changes to the paths it holds, and its own files and
+/// bytes after them (from what it held, with the sizes its record gives the paths that
+/// change or go).
+fn narrowed(
+    d: &Delta,
+    select: &crate::select::Selection,
+    local: &Record,
+    held: &tree::Held,
+) -> Delta {
+    let changed: BTreeMap<String, Entry> = d
+        .changed
+        .iter()
+        .filter(|(p, _)| select.holds(p))
+        .map(|(p, e)| (p.clone(), *e))
+        .collect();
+    let removed: Vec<String> = d
+        .removed
+        .iter()
+        .filter(|p| select.holds(p))
+        .cloned()
+        .collect();
+    let (mut files, mut bytes) = (held.files as i128, held.bytes as i128);
+    for (p, e) in &changed {
+        match local.get(p) {
+            Some(c) => bytes += e.size as i128 - c.size as i128,
+            None => {
+                files += 1;
+                bytes += e.size as i128;
+            }
+        }
+    }
+    for c in removed.iter().filter_map(|p| local.get(p)) {
+        files -= 1;
+        bytes -= c.size as i128;
+    }
+    Delta {
+        delta_of: d.delta_of.clone(),
+        from: d.from,
+        to: d.to,
+        published_at: d.published_at,
+        file_count: files.max(0) as u64,
+        total_bytes: bytes.max(0) as u64,
+        changed,
+        removed,
+    }
 }
 
 /// The tree's scan record, if the tree still holds generation `from` exactly as it says: the
@@ -813,8 +872,12 @@ async fn pull_stages(opts: &PullOptions, bt: Option<&Bt>) -> Result<Summary, Pul
         // After the generation's own record: killed between the two, the next pull finds a
         // selection other than its own and takes the whole manifest.
         let state = StateDir::new(&opts.dest);
-        let selection = opts.select.canonical();
-        blocking(move || tree::record_selection(&state, &selection)).await??;
+        let held = tree::Held {
+            selection: opts.select.canonical(),
+            files: ctx.summary.files as u64,
+            bytes: ctx.summary.repo_bytes,
+        };
+        blocking(move || tree::record_held(&state, &held)).await??;
         installed
     };
     ctx.summary.installed_files = installed.installed;
@@ -1262,8 +1325,8 @@ async fn fetch_delta(
         return None;
     }
     // The changes are of the whole repository: they say what a partial tree lacks only if
-    // it holds the same part as it did, and a delta is for trees that hold it all.
-    if !opts.select.is_everything() || !tree::installed_selection(state).is_empty() {
+    // it holds the same part as it did ([`narrowed`] then takes its part of them).
+    if tree::installed_selection(state) != opts.select.canonical() {
         return None;
     }
     let url = format!(

@@ -280,22 +280,35 @@ pub fn finish_install(state: &StateDir, generation: u64) -> Result<(), TreeError
     write_atomic(&state.installed(), generation.to_string().as_bytes())
 }
 
-/// Record the selection the generation just installed was installed with (after
-/// [`finish_install`]: killed between the two, the next pull finds a selection that differs
-/// from its own, and takes the whole manifest).
-pub fn record_selection(state: &StateDir, canonical: &str) -> Result<(), TreeError> {
-    if canonical.is_empty() {
-        return match std::fs::remove_file(state.selection()) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&state.selection())(e)),
-            _ => Ok(()),
-        };
-    }
-    write_atomic(&state.selection(), canonical.as_bytes())
+/// What the generation last installed here holds: the selection it was installed with
+/// ([`crate::select::Selection::canonical`], `""` for everything), and its files and bytes
+/// (what a partial tree's next delta counts from).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    pub selection: String,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Record what the generation just installed holds (after [`finish_install`]: killed between
+/// the two, the next pull finds a record that is not its own, and takes the whole manifest).
+pub fn record_held(state: &StateDir, held: &Held) -> Result<(), TreeError> {
+    let bytes = serde_json::to_vec(held).map_err(|e| TreeError::Io {
+        path: state.selection(),
+        source: std::io::Error::other(e),
+    })?;
+    write_atomic(&state.selection(), &bytes)
+}
+
+/// What the last installed generation holds, if recorded (trees a release before this one
+/// filled hold everything, of a count not recorded).
+pub fn held(state: &StateDir) -> Option<Held> {
+    serde_json::from_slice(&std::fs::read(state.selection()).ok()?).ok()
 }
 
 /// The selection the last installed generation was installed with (`""`: everything).
 pub fn installed_selection(state: &StateDir) -> String {
-    std::fs::read_to_string(state.selection()).unwrap_or_default()
+    held(state).map(|h| h.selection).unwrap_or_default()
 }
 
 /// The generation last installed whole here, if the tree says.

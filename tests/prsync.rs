@@ -706,6 +706,19 @@ async fn a_partial_pull_holds_what_its_patterns_choose_and_always_the_metadata()
         b"new and held"
     );
 
+    // A held file changed by hand: the pull takes the whole manifest, and still holds only
+    // its part.
+    std::fs::write(dest.join("extra/new.txt"), b"changed by hand").unwrap();
+    let s = pull_ok(&server, &dest, &["--exclude", "big/**"]);
+    assert!(!took_delta(&s, 2), "{s}");
+    assert_eq!(s["installed_files"], 1, "{s}");
+    assert_eq!(s["files"].as_u64(), Some(part.len() as u64), "{s}");
+    assert_eq!(
+        std::fs::read(dest.join("extra/new.txt")).unwrap(),
+        b"new and held"
+    );
+    assert!(!files_under(&dest).contains("big/b.bin"));
+
     // A pattern that is not one is refused before anything is touched, naming it.
     let (out, _) = pull(&server, &dest, &["--include", "/pool/**"]);
     assert!(!out.status.success());

@@ -477,12 +477,7 @@ async fn prepare(opts: &PullOptions) -> Result<Prepared, PullError> {
             standing: Standing::Own(owner),
         });
     }
-    let mut manifest = fetch_manifest(&http, opts, &key).await?;
-    if !opts.select.is_everything() {
-        // A partial mirror: what it does not hold is, to it, not listed.
-        manifest.files.retain(|p, _| opts.select.holds(p));
-    }
-    let manifest = std::sync::Arc::new(manifest);
+    let manifest = std::sync::Arc::new(fetch_manifest(&http, opts, &key).await?);
     let (dest, repo) = (opts.dest.clone(), opts.repo.clone());
     let m = manifest.clone();
     let standing = blocking(move || tree::standing(&dest, &repo, &m)).await??;
@@ -1280,6 +1275,8 @@ fn trusted_key(
     }
 }
 
+/// The newest signed manifest, verified, as this pull sees it: of a partial tree, only the
+/// paths its selection holds.
 async fn fetch_manifest(
     http: &reqwest::Client,
     opts: &PullOptions,
@@ -1298,8 +1295,13 @@ async fn fetch_manifest(
         .bytes()
         .await
         .map_err(|e| PullError::Server(e.to_string()))?;
-    SignedManifest::verify_expected(&body, key, &opts.repo, None)
-        .map_err(|e| PullError::Server(format!("manifest: {e}")))
+    let mut manifest = SignedManifest::verify_expected(&body, key, &opts.repo, None)
+        .map_err(|e| PullError::Server(format!("manifest: {e}")))?;
+    if !opts.select.is_everything() {
+        // A partial mirror: what it does not hold is, to it, not listed.
+        manifest.files.retain(|p, _| opts.select.holds(p));
+    }
+    Ok(manifest)
 }
 
 /// On a tree this repository's syncs filled, whose last installed generation and scan record

@@ -82,7 +82,7 @@ impl StateDir {
     }
     /// What that generation holds: the include and exclude patterns it was installed with,
     /// its files and bytes ([`crate::tree::Held`]; absent: everything, uncounted).
-    pub fn selection(&self) -> PathBuf {
+    pub fn held(&self) -> PathBuf {
         self.0.join("held.json")
     }
 }

@@ -532,18 +532,14 @@ async fn scan_stage(
     if let Target::Since(d) = &p.target {
         let d = d.clone();
         if let Some(record) = unchanged_record(opts, state, d.from).await? {
-            if opts.select.is_everything() {
-                return Ok((record, false));
+            if !opts.select.is_everything() {
+                // [`fetch_delta`] took a partial tree's delta only with what it held
+                // recorded, under the same selection.
+                let held = tree::held(state).unwrap_or_default();
+                let part = narrowed(&d, &opts.select, &record, &held);
+                p.target = Target::Since(std::sync::Arc::new(part));
             }
-            if let Some(held) = tree::held(state) {
-                p.target = Target::Since(std::sync::Arc::new(narrowed(
-                    &d,
-                    &opts.select,
-                    &record,
-                    &held,
-                )));
-                return Ok((record, false));
-            }
+            return Ok((record, false));
         }
         tracing::info!(
             dest = %opts.dest.display(),

@@ -294,16 +294,16 @@ pub struct Held {
 /// the two, the next pull finds a record that is not its own, and takes the whole manifest).
 pub fn record_held(state: &StateDir, held: &Held) -> Result<(), TreeError> {
     let bytes = serde_json::to_vec(held).map_err(|e| TreeError::Io {
-        path: state.selection(),
+        path: state.held(),
         source: std::io::Error::other(e),
     })?;
-    write_atomic(&state.selection(), &bytes)
+    write_atomic(&state.held(), &bytes)
 }
 
 /// What the last installed generation holds, if recorded (trees a release before this one
 /// filled hold everything, of a count not recorded).
 pub fn held(state: &StateDir) -> Option<Held> {
-    serde_json::from_slice(&std::fs::read(state.selection()).ok()?).ok()
+    serde_json::from_slice(&std::fs::read(state.held()).ok()?).ok()
 }
 
 /// The selection the last installed generation was installed with (`""`: everything).

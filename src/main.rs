@@ -426,7 +426,7 @@ fn prsync_pull(a: &PullArgs) -> ExitCode {
         eprintln!("error: --repo: {e}");
         return ExitCode::from(prsync::pull::exit::ERROR);
     }
-    match prsync::select::Selection::new(&a.include, &a.exclude) {
+    match manifest::select::Selection::new(&a.include, &a.exclude) {
         Ok(s) => opts.select = s,
         Err(e) => {
             eprintln!("error: --include/--exclude: {e}");

@@ -15,6 +15,7 @@ pub mod model;
 pub mod record;
 pub mod relpath;
 pub mod scan;
+pub mod select;
 pub mod signing;
 pub mod walk;
 

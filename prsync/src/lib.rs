@@ -26,5 +26,4 @@ pub mod readonly;
 pub mod rollsum;
 #[cfg(feature = "bittorrent")]
 pub mod seeder;
-pub mod select;
 pub mod tree;

@@ -198,7 +198,7 @@ pub struct PullOptions {
     pub delete_extraneous: bool,
     /// What of the repository the tree holds (default: everything). Files outside it are
     /// neither fetched nor kept, if a sync put them there.
-    pub select: crate::select::Selection,
+    pub select: manifest::select::Selection,
     /// The address this machine serves its mirror at (a volunteer's): its own batches are
     /// not asked of itself.
     pub own_url: Option<String>,
@@ -556,7 +556,7 @@ async fn scan_stage(
 /// change or go).
 fn narrowed(
     d: &Delta,
-    select: &crate::select::Selection,
+    select: &manifest::select::Selection,
     local: &Record,
     held: &tree::Held,
 ) -> Delta {

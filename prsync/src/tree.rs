@@ -281,7 +281,7 @@ pub fn finish_install(state: &StateDir, generation: u64) -> Result<(), TreeError
 }
 
 /// What the generation last installed here holds: the selection it was installed with
-/// ([`crate::select::Selection::canonical`], `""` for everything), and its files and bytes
+/// ([`manifest::select::Selection::canonical`], `""` for everything), and its files and bytes
 /// (what a partial tree's next delta counts from).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Held {

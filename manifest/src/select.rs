@@ -64,18 +64,39 @@ impl Pattern {
     }
 
     fn matches(&self, path: &str) -> bool {
-        let parts: Vec<&str> = path.split('/').collect();
-        let segs: Vec<&str> = self.segments.iter().map(String::as_str).collect();
-        match_segments(&segs, &parts)
+        match_segments(&self.segments, Some(path))
     }
 }
 
-fn match_segments(pattern: &[&str], path: &[&str]) -> bool {
+/// A path's first segment, and the rest if any.
+fn split(p: &str) -> (&str, Option<&str>) {
+    match p.split_once('/') {
+        Some((first, more)) => (first, Some(more)),
+        None => (p, None),
+    }
+}
+
+/// Whether `pattern`'s segments match the path's remaining segments (`None`: none remain).
+/// Walks the path in place, allocating nothing: the server asks this of a partial
+/// volunteer on the redirect path.
+fn match_segments(pattern: &[String], path: Option<&str>) -> bool {
     match pattern.split_first() {
-        None => path.is_empty(),
-        Some((&"**", rest)) => (0..=path.len()).any(|skip| match_segments(rest, &path[skip..])),
-        Some((seg, rest)) => path.split_first().is_some_and(|(p, more)| {
-            match_segment(seg.as_bytes(), p.as_bytes()) && match_segments(rest, more)
+        None => path.is_none(),
+        Some((seg, rest)) if seg == "**" => {
+            let mut at = path;
+            loop {
+                if match_segments(rest, at) {
+                    return true;
+                }
+                match at {
+                    Some(p) => at = split(p).1,
+                    None => return false,
+                }
+            }
+        }
+        Some((seg, rest)) => path.is_some_and(|p| {
+            let (first, more) = split(p);
+            match_segment(seg.as_bytes(), first.as_bytes()) && match_segments(rest, more)
         }),
     }
 }
@@ -153,6 +174,38 @@ impl Selection {
     }
 }
 
+/// Longest selection a volunteer may announce ([`Selection::canonical`]'s text, bytes): the
+/// announce carries it every time, and the server parses it when it changes.
+pub const MAX_CANONICAL_LEN: usize = 4096;
+
+impl std::str::FromStr for Selection {
+    type Err = PatternError;
+
+    /// Reads [`Selection::canonical`]'s text back: one pattern a line, `+ ` to include,
+    /// `- ` to exclude. Anything else, or more than [`MAX_CANONICAL_LEN`] bytes, is refused.
+    fn from_str(text: &str) -> Result<Selection, PatternError> {
+        let bad = |line: &str, why| PatternError {
+            pattern: line.to_string(),
+            why,
+        };
+        if text.len() > MAX_CANONICAL_LEN {
+            return Err(bad("", "a selection of more than 4096 bytes"));
+        }
+        let mut sel = Selection::default();
+        for line in text.lines() {
+            let (list, pattern) = if let Some(p) = line.strip_prefix("+ ") {
+                (&mut sel.include, p)
+            } else if let Some(p) = line.strip_prefix("- ") {
+                (&mut sel.exclude, p)
+            } else {
+                return Err(bad(line, "a line must start with `+ ` or `- `"));
+            };
+            list.push(Pattern::parse(pattern)?);
+        }
+        Ok(sel)
+    }
+}
+
 /// Repository metadata: held by every mirror that holds any of the repository.
 pub fn is_metadata(path: &str) -> bool {
     static PATTERNS: std::sync::LazyLock<Vec<Pattern>> = std::sync::LazyLock::new(|| {
@@ -209,5 +262,17 @@ mod tests {
         assert!(s.holds("pool/x") && !s.holds("big/a.bin"));
         assert!(sel(&[], &[]).is_everything() && sel(&[], &[]).holds("anything"));
         assert_eq!(sel(&["a/**"], &["b"]).canonical(), "+ a/**\n- b\n");
+    }
+
+    #[test]
+    fn the_canonical_text_reads_back_and_anything_else_is_refused() {
+        let s = sel(&["pool/main/**", "big/?.bin"], &["**/*_arm64.deb"]);
+        assert_eq!(s.canonical().parse::<Selection>().unwrap(), s);
+        assert_eq!("".parse::<Selection>().unwrap(), Selection::default());
+        for bad in ["pool/**\n", "+pool/**\n", "+ /abs\n", "* x\n"] {
+            assert!(bad.parse::<Selection>().is_err(), "{bad:?} was taken");
+        }
+        let long = "+ a\n".repeat(MAX_CANONICAL_LEN / 4 + 1);
+        assert!(long.parse::<Selection>().is_err());
     }
 }

@@ -110,6 +110,7 @@ async fn malformed_oversized_forged_and_replayed_announces_are_refused() {
         sync_bps: 0,
         link_bps: 0,
         paused: false,
+        part: String::new(),
     };
     let unsigned = build_mirror_query("debian", *b"-MS0100-aaaaaaaaaaaa", 9, &report(1, 1));
     // Unsigned, forged with another key, tampered after signing.

@@ -297,6 +297,7 @@ async fn a_flood_from_one_host_does_not_stop_real_clients_on_others() {
                 sync_bps: 0,
                 link_bps: 0,
                 paused: false,
+                part: String::new(),
             };
             let q = tracker::mirror::sign_query(
                 b"not a secret the server issued",

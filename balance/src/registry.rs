@@ -755,6 +755,7 @@ pub(crate) mod tests {
             sync_bps: 0,
             link_bps: 0,
             paused: false,
+            part: String::new(),
         }
     }
 

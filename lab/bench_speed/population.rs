@@ -36,6 +36,7 @@ impl Member {
             // link model, as it does for volunteers that declare theirs.
             link_bps: 12_500_000,
             paused: false,
+            part: String::new(),
         };
         let mut peer_id = [b'-'; 20];
         peer_id[..8].copy_from_slice(b"-MSBNCH-");

@@ -175,8 +175,9 @@ impl Selection {
 }
 
 /// Longest selection a volunteer may announce ([`Selection::canonical`]'s text, bytes): the
-/// announce carries it every time, and the server parses it when it changes.
-pub const MAX_CANONICAL_LEN: usize = 4096;
+/// announce carries it every time (as `ms_part`, whose bound, `tracker::mirror::MAX_PART_LEN`,
+/// is the same), and the server parses it when it changes.
+pub const MAX_CANONICAL_LEN: usize = 2048;
 
 impl std::str::FromStr for Selection {
     type Err = PatternError;
@@ -189,7 +190,7 @@ impl std::str::FromStr for Selection {
             why,
         };
         if text.len() > MAX_CANONICAL_LEN {
-            return Err(bad("", "a selection of more than 4096 bytes"));
+            return Err(bad("", "a selection of more than 2048 bytes"));
         }
         let mut sel = Selection::default();
         for line in text.lines() {

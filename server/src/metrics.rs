@@ -336,6 +336,7 @@ mod tests {
             sync_bps: 0,
             link_bps: 0,
             paused: false,
+            part: String::new(),
         };
         reg.report("debian", &report, false, Instant::now())
             .unwrap();

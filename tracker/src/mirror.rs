@@ -20,6 +20,9 @@ type HmacSha256 = Hmac<Sha256>;
 pub const MAX_VOLUNTEER_LEN: usize = 64;
 /// Longest accepted public base URL, in bytes.
 pub const MAX_URL_LEN: usize = 512;
+/// Longest part a volunteer may announce (`ms_part`, decoded, bytes): a pattern set, not a
+/// list of files, so a volunteer holding a million files still sends a few hundred bytes.
+pub const MAX_PART_LEN: usize = 2048;
 /// Separator that introduces the signature; always the last parameter.
 const SIG_PARAM: &str = "&ms_sig=";
 
@@ -58,6 +61,10 @@ pub struct MirrorReport {
     pub link_bps: u64,
     /// Its admin paused it: keep it registered, send it no customers (optional `ms_pause=1`).
     pub paused: bool,
+    /// The part of the repository it holds, as its include and exclude patterns
+    /// (`manifest::select::Selection`'s canonical text; optional `ms_part`, empty: all of
+    /// it). The tracker checks only its length and encoding; the registry reads it.
+    pub part: String,
 }
 
 /// Why a mirror report or its signature framing was rejected.
@@ -75,17 +82,19 @@ pub enum MirrorError {
     ZeroCapacity,
     #[error("ms_url {0}")]
     InvalidUrl(&'static str),
+    #[error("ms_part must be UTF-8 of at most {MAX_PART_LEN} bytes")]
+    InvalidPart,
     #[error("missing ms_sig (it must be the last parameter)")]
     MissingSignature,
     #[error("ms_sig must be 64 lowercase hex characters")]
     MalformedSignature,
 }
 
-/// The report's parameter names, in [`MirrorReport`] field order. The last three are optional
+/// The report's parameter names, in [`MirrorReport`] field order. The last four are optional
 /// (older volunteers do not send them).
-const FIELDS: [&str; 11] = [
+const FIELDS: [&str; 12] = [
     "ms_vid", "ms_seq", "ms_gen", "ms_cc", "ms_sc", "ms_up", "ms_cap", "ms_url", "ms_sbps",
-    "ms_link", "ms_pause",
+    "ms_link", "ms_pause", "ms_part",
 ];
 
 /// Reads the mirror report from an announce's extra parameters.
@@ -96,7 +105,7 @@ const FIELDS: [&str; 11] = [
 pub fn parse_mirror_report(
     extra: &[(String, Vec<u8>)],
 ) -> Result<Option<MirrorReport>, MirrorError> {
-    let mut values: [Option<&[u8]>; 11] = [None; 11];
+    let mut values: [Option<&[u8]>; 12] = [None; 12];
     for (name, value) in extra {
         let Some((field, slot)) = FIELDS
             .iter()
@@ -110,7 +119,7 @@ pub fn parse_mirror_report(
         }
         *slot = Some(value);
     }
-    let [vid, seq, generation, cc, sc, up, cap, url, sbps, link, pause] = values;
+    let [vid, seq, generation, cc, sc, up, cap, url, sbps, link, pause, part] = values;
     let Some(vid) = vid else {
         return Ok(None);
     };
@@ -133,6 +142,13 @@ pub fn parse_mirror_report(
         Some(b"1") => true,
         Some(_) => return Err(MirrorError::InvalidNumber("ms_pause")),
     };
+    let part = match part {
+        None => String::new(),
+        Some(raw) if raw.len() <= MAX_PART_LEN => {
+            String::from_utf8(raw.to_vec()).map_err(|_| MirrorError::InvalidPart)?
+        }
+        Some(_) => return Err(MirrorError::InvalidPart),
+    };
 
     Ok(Some(MirrorReport {
         volunteer,
@@ -146,6 +162,7 @@ pub fn parse_mirror_report(
         sync_bps,
         link_bps,
         paused,
+        part,
     }))
 }
 
@@ -268,7 +285,7 @@ pub fn build_mirror_query(
     format!(
         "info_hash={}&peer_id={}&port={port}&uploaded=0&downloaded=0&left=0&compact=1&numwant=0\
          &ms_vid={}&ms_seq={}&ms_gen={}&ms_cc={}&ms_sc={}&ms_up={}&ms_cap={}&ms_url={}\
-         &ms_sbps={}&ms_link={}&ms_pause={}",
+         &ms_sbps={}&ms_link={}&ms_pause={}{}",
         percent_encode(&mirror_info_hash(repo)),
         percent_encode(&peer_id),
         percent_encode(report.volunteer.as_bytes()),
@@ -282,7 +299,27 @@ pub fn build_mirror_query(
         report.sync_bps,
         report.link_bps,
         u8::from(report.paused),
+        part_param(&report.part),
     )
+}
+
+/// `&ms_part=…` for a volunteer holding part of the repository, nothing for one holding all
+/// of it. Path characters a query may carry as they are (`/`, `*`) are left so: the part is
+/// sent with every announce.
+fn part_param(part: &str) -> String {
+    if part.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("&ms_part=");
+    for piece in part.split_inclusive(['/', '*']) {
+        let (text, sep) = match piece.strip_suffix(['/', '*']) {
+            Some(t) => (t, &piece[t.len()..]),
+            None => (piece, ""),
+        };
+        out.push_str(&percent_encode(text.as_bytes()));
+        out.push_str(sep);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -306,6 +343,7 @@ mod tests {
             sync_bps: 0,
             link_bps: 0,
             paused: false,
+            part: String::new(),
         }
     }
 
@@ -364,6 +402,28 @@ mod tests {
         assert!(req.compact);
         assert_eq!(req.numwant, 0);
         assert_eq!(parse_mirror_report(&req.extra), Ok(Some(report())));
+    }
+
+    #[test]
+    fn a_part_goes_signed_and_reads_back_whole_up_to_its_bound() {
+        let mut r = report();
+        r.part = "+ pool/main/**\n- **/*_arm64.deb\n+ a b&c=d%/?.deb\n".to_string();
+        let q = build_mirror_query("debian", PEER, 8080, &r);
+        assert!(q.contains("&ms_part=%2B%20pool/main/**%0A"), "{q}");
+        let req = parse_announce(&sign_query(SECRET, &q)).unwrap();
+        assert_eq!(parse_mirror_report(&req.extra), Ok(Some(r.clone())));
+        // The longest part, every byte escaped, still fits a query.
+        r.part = "\n".repeat(MAX_PART_LEN);
+        let q = build_mirror_query("debian", PEER, 8080, &r);
+        let req = parse_announce(&sign_query(SECRET, &q)).unwrap();
+        assert_eq!(parse_mirror_report(&req.extra), Ok(Some(r)));
+        let mut pairs = full();
+        let long = "x".repeat(MAX_PART_LEN + 1);
+        pairs.push(("ms_part", &long));
+        assert_eq!(
+            parse_mirror_report(&extra(&pairs)),
+            Err(MirrorError::InvalidPart)
+        );
     }
 
     #[test]
@@ -528,6 +588,7 @@ mod tests {
                 sync_bps: 0,
                 link_bps: 0,
                 paused: false,
+                part: String::new(),
             }))
         );
     }

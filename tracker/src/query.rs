@@ -6,8 +6,9 @@
 
 use std::borrow::Cow;
 
-/// Longest raw query accepted by [`parse_query`], in bytes.
-pub const MAX_QUERY_LEN: usize = 4096;
+/// Longest raw query accepted by [`parse_query`], in bytes: a volunteer's announce with the
+/// longest part it may hold (`mirror::MAX_PART_LEN`, every byte escaped) and the longest URL.
+pub const MAX_QUERY_LEN: usize = 8192;
 /// Most `key=value` parameters accepted by [`parse_query`].
 pub const MAX_PARAMS: usize = 64;
 

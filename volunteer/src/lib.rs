@@ -237,6 +237,7 @@ impl VolunteerState {
             sync_bps: rates.sync_bps,
             link_bps: self.uplink.bps(),
             paused: self.paused.load(Ordering::Relaxed),
+            part: String::new(),
         }
     }
 

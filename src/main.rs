@@ -336,6 +336,7 @@ async fn volunteers(a: VolunteersArgs) -> Result<()> {
                     },
                     quarantine: r.quarantine,
                     generations: Default::default(),
+                    parts: Default::default(),
                     customer_conns: 0,
                     sync_conns: 0,
                     sync_bps: 0,

@@ -35,7 +35,7 @@ const DECISION_LOG: &str = "mirrorswarm_server::redirect";
 #[derive(Debug, Clone, Copy)]
 pub struct PathFacts<'a> {
     pub repo: &'a str,
-    /// The path within the repository, for the decision's log line only.
+    /// The path within the repository: a volunteer holding part of it must hold this file.
     pub rel: &'a str,
     /// The generation in which these bytes last changed: only volunteers holding it or a
     /// later one may serve them.
@@ -155,6 +155,7 @@ impl Balancer {
         } = CHOOSE_SCRATCH.with(|b| std::mem::take(&mut *b.borrow_mut()));
         reg.sample(
             path.repo,
+            path.rel,
             path.changed_in,
             path.current,
             now,
@@ -199,7 +200,7 @@ impl Balancer {
         drop(cands);
         let best_first = &order.best_first;
         if tracing::enabled!(target: DECISION_LOG, tracing::Level::DEBUG) {
-            let (_, excluded) = reg.candidates(path.repo, path.changed_in, path.current, now);
+            let (_, excluded) = reg.candidates(path.repo, path.rel, path.changed_in, path.current, now);
             let why: Vec<String> = excluded
                 .iter()
                 .map(|(v, e)| format!("{}: {e}", v.id))

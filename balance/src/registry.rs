@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::link_model::{LinkModel, Reported};
 use crate::prefetch;
 use crate::recent::{RecentCounts, Slicing};
+use manifest::select::{PatternError, Selection};
 use tracker::mirror::MirrorReport;
 
 /// The workload a volunteer reported in its last announce.
@@ -30,13 +31,31 @@ pub struct Load {
     pub link_bps: u64,
 }
 
-/// The generation a volunteer fully holds, per repository. Names are the registry's shared
-/// copies and the first entry is held in place: the request path asks this of every
-/// candidate, and a volunteer mirrors one repository or a few.
+/// The part of a repository a volunteer holds, as it announced it: its patterns' text (to
+/// see at the next announce whether they changed) and the patterns read.
+#[derive(Debug)]
+pub struct Part {
+    pub text: String,
+    pub selection: Selection,
+}
+
+/// What a volunteer holds of one repository: the generation it fully holds (of its part, if
+/// it holds one), and the part.
+#[derive(Debug, Clone)]
+struct HeldRepo {
+    repo: Arc<str>,
+    generation: u64,
+    /// `None`: all of it.
+    part: Option<Arc<Part>>,
+}
+
+/// What a volunteer holds, per repository. Names are the registry's shared copies and the
+/// first entry is held in place: the request path asks this of every candidate, and a
+/// volunteer mirrors one repository or a few.
 #[derive(Debug, Clone, Default)]
 pub struct Held {
-    first: Option<(Arc<str>, u64)>,
-    more: Vec<(Arc<str>, u64)>,
+    first: Option<HeldRepo>,
+    more: Vec<HeldRepo>,
 }
 
 impl Held {
@@ -44,37 +63,48 @@ impl Held {
         self.iter().find(|(r, _)| *r == repo).map(|(_, g)| g)
     }
 
-    /// [`Self::get`] by the registry's own copy of the name: compared by address, without a
-    /// visit to each name's bytes (a cache miss per candidate on the request path).
-    fn get_interned(&self, repo: &Arc<str>) -> Option<u64> {
-        self.first
-            .iter()
-            .chain(self.more.iter())
-            .find(|(r, _)| Arc::ptr_eq(r, repo))
-            .map(|(_, g)| *g)
+    /// The part of `repo` held, `None` if all of it (or nothing).
+    pub fn part(&self, repo: &str) -> Option<&Arc<Part>> {
+        self.entries().find(|h| *h.repo == *repo)?.part.as_ref()
     }
 
-    fn insert(&mut self, repo: Arc<str>, generation: u64) {
-        if let Some((r, g)) = &mut self.first {
-            if **r == *repo {
-                *g = generation;
-                return;
-            }
-        } else {
-            self.first = Some((repo, generation));
-            return;
+    fn entries(&self) -> impl Iterator<Item = &HeldRepo> {
+        self.first.iter().chain(self.more.iter())
+    }
+
+    /// [`Self::get`] by the registry's own copy of the name: compared by address, without a
+    /// visit to each name's bytes (a cache miss per candidate on the request path).
+    fn get_interned(&self, repo: &Arc<str>) -> Option<&HeldRepo> {
+        self.entries().find(|h| Arc::ptr_eq(&h.repo, repo))
+    }
+
+    fn entry(&mut self, repo: Arc<str>) -> &mut HeldRepo {
+        let fresh = |repo| HeldRepo {
+            repo,
+            generation: 0,
+            part: None,
+        };
+        let first = self.first.get_or_insert_with(|| fresh(repo.clone()));
+        if *first.repo == *repo {
+            return first;
         }
-        match self.more.iter_mut().find(|(r, _)| **r == *repo) {
-            Some((_, g)) => *g = generation,
-            None => self.more.push((repo, generation)),
+        match self.more.iter().position(|h| *h.repo == *repo) {
+            Some(i) => &mut self.more[i],
+            None => {
+                self.more.push(fresh(repo));
+                self.more.last_mut().expect("just pushed")
+            }
         }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.first
-            .iter()
-            .chain(self.more.iter())
-            .map(|(r, g)| (&**r, *g))
+        self.entries().map(|h| (&*h.repo, h.generation))
+    }
+
+    /// [`Self::iter`] with the part held of each repository (`None`: all of it).
+    pub fn with_parts(&self) -> impl Iterator<Item = (&str, u64, Option<&Arc<Part>>)> {
+        self.entries()
+            .map(|h| (&*h.repo, h.generation, h.part.as_ref()))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -99,7 +129,7 @@ pub struct VolunteerLive {
     pub paused: bool,
     quarantined: bool,
     pub last_report: Instant,
-    /// Generation fully held, per repository.
+    /// Generation fully held, and the part held, per repository.
     pub generations: Held,
     pub id: String,
     /// Shared, so the redirector can hold on to it without copying.
@@ -164,6 +194,8 @@ impl Load {
 pub enum Exclusion {
     /// It has not announced this repository.
     NotMirroring,
+    /// It holds part of the repository, and not this file.
+    NotInPart,
     /// It holds generation `held`, but the file changed in `needed`.
     Behind {
         held: u64,
@@ -196,6 +228,7 @@ impl fmt::Display for Exclusion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Exclusion::NotMirroring => write!(f, "does not mirror this repository"),
+            Exclusion::NotInPart => write!(f, "holds part of the repository, not this file"),
             Exclusion::Behind { held, needed } => {
                 write!(f, "holds generation {held}, file changed in {needed}")
             }
@@ -218,6 +251,8 @@ impl fmt::Display for Exclusion {
 pub enum RegistryError {
     #[error("sequence number {got} is not after {last}: replayed or reordered announce")]
     Replay { got: u64, last: u64 },
+    #[error("ms_part is not a part of a repository: {0}")]
+    Part(#[from] PatternError),
 }
 
 /// Probes of [`Registry::sample`] drawn, and their records hinted, before the first check.
@@ -394,6 +429,19 @@ impl Registry {
                 last: v.last_seq,
             });
         }
+        // The part is read only when its text changed: a volunteer sends it with every
+        // announce.
+        let part = if report.part.is_empty() {
+            None
+        } else {
+            match v.generations.get_interned(&repo_name).and_then(|h| h.part.as_ref()) {
+                Some(p) if p.text == report.part => Some(p.clone()),
+                _ => Some(Arc::new(Part {
+                    selection: report.part.parse()?,
+                    text: report.part.clone(),
+                })),
+            }
+        };
         let since_last = now.saturating_duration_since(v.last_report);
         // New, or back after stopping or going stale: what it did before says nothing now.
         let fresh = v.last_seq == 0 || v.stopped || since_last > self.timeout;
@@ -405,7 +453,9 @@ impl Registry {
         if *v.url != *report.url {
             v.url = report.url.as_str().into();
         }
-        v.generations.insert(repo_name, report.generation);
+        let held = v.generations.entry(repo_name);
+        held.generation = report.generation;
+        held.part = part;
         v.load = Load {
             customer_conns: report.customer_conns,
             sync_conns: report.sync_conns,
@@ -501,17 +551,18 @@ impl Registry {
         }
     }
 
-    /// Whether `v` may serve a file of `repo` whose bytes changed in `needed`, when `latest` is
-    /// the newest published generation.
+    /// Whether `v` may serve the file `path` of `repo`, whose bytes changed in `needed`, when
+    /// `latest` is the newest published generation.
     pub fn check(
         &self,
         v: &VolunteerLive,
         repo: &str,
+        path: &str,
         needed: u64,
         latest: u64,
         now: Instant,
     ) -> Result<(), Exclusion> {
-        self.check_interned(v, self.interned(repo), needed, latest, now)
+        self.check_interned(v, self.interned(repo), Some(path), needed, latest, now)
     }
 
     /// The registry's copy of a repository name, if any volunteer ever announced it.
@@ -519,11 +570,13 @@ impl Registry {
         self.repo_names.iter().find(|r| ***r == *repo)
     }
 
-    /// [`Self::check`] with the name as [`Self::interned`] gave it.
+    /// [`Self::check`] with the name as [`Self::interned`] gave it; with no path, whether it
+    /// may serve any file of `repo` changed in `needed` (one holding part of it may).
     fn check_interned(
         &self,
         v: &VolunteerLive,
         repo: Option<&Arc<str>>,
+        path: Option<&str>,
         needed: u64,
         latest: u64,
         now: Instant,
@@ -549,20 +602,28 @@ impl Registry {
         let held = repo
             .and_then(|r| v.generations.get_interned(r))
             .ok_or(Exclusion::NotMirroring)?;
+        let (held, part) = (held.generation, &held.part);
         if held > latest {
             return Err(Exclusion::Ahead { held, latest });
         }
         if held < needed || held == 0 {
             return Err(Exclusion::Behind { held, needed });
         }
+        // A part holds the generation's files it selects, and no others.
+        if let (Some(part), Some(path)) = (part, path) {
+            if !part.selection.holds(path) {
+                return Err(Exclusion::NotInPart);
+            }
+        }
         // Headroom is the policy's judgement, not eligibility: the baselines ignore load.
         Ok(())
     }
 
     /// Volunteers a syncing peer may ask for files of `repo` in bulk, each with the
-    /// generation it fully holds: fresh, neither stopped, draining, paused nor quarantined,
-    /// and mirroring `repo` at any generation up to `latest`, 0 included (one still filling
-    /// has verified some files already; the puller checks every byte).
+    /// generation it fully holds (of its part, if it holds one: see [`Held::part`]): fresh,
+    /// neither stopped, draining, paused nor quarantined, and mirroring `repo` at any
+    /// generation up to `latest`, 0 included (one still filling has verified some files
+    /// already; the puller checks every byte).
     pub fn sync_sources(
         &self,
         repo: &str,
@@ -572,8 +633,8 @@ impl Registry {
         let repo = self.interned(repo);
         self.volunteers
             .iter()
-            .filter_map(|v| match self.check_interned(v, repo, 0, latest, now) {
-                Ok(()) => Some((v, repo.and_then(|r| v.generations.get_interned(r))?)),
+            .filter_map(|v| match self.check_interned(v, repo, None, 0, latest, now) {
+                Ok(()) => Some((v, v.generations.get_interned(repo?)?.generation)),
                 Err(Exclusion::Behind { held: 0, .. }) => Some((v, 0)),
                 Err(_) => None,
             })
@@ -584,6 +645,7 @@ impl Registry {
     pub fn candidates(
         &self,
         repo: &str,
+        path: &str,
         needed: u64,
         latest: u64,
         now: Instant,
@@ -592,7 +654,7 @@ impl Registry {
         let mut excluded = Vec::new();
         // In id order (the vector's), so policies with ties behave the same run to run.
         for v in &self.volunteers {
-            match self.check(v, repo, needed, latest, now) {
+            match self.check(v, repo, path, needed, latest, now) {
                 Ok(()) => ok.push(v),
                 Err(e) => excluded.push((v, e)),
             }
@@ -609,6 +671,7 @@ impl Registry {
     pub fn sample(
         &self,
         repo: &str,
+        path: &str,
         needed: u64,
         latest: u64,
         now: Instant,
@@ -622,7 +685,7 @@ impl Registry {
             return; // nobody ever announced it
         };
         let eligible = |i: usize| {
-            self.check_interned(&self.volunteers[i], Some(repo), needed, latest, now)
+            self.check_interned(&self.volunteers[i], Some(repo), Some(path), needed, latest, now)
                 .is_ok()
         };
         if n <= all_up_to.max(k) {
@@ -766,19 +829,19 @@ pub(crate) mod tests {
         r.report("deb", &report("a", 1, 2, 0), false, t0).unwrap();
         r.report("deb", &report("b", 1, 1, 0), false, t0).unwrap();
         r.report("deb", &report("c", 1, 0, 0), false, t0).unwrap();
-        let (ok, ex) = r.candidates("deb", 2, 2, t0);
+        let (ok, ex) = r.candidates("deb", "pool/a.deb", 2, 2, t0);
         assert_eq!(ok.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(), ["a"]);
         assert_eq!(ex.len(), 2);
-        let (ok, _) = r.candidates("deb", 1, 2, t0);
+        let (ok, _) = r.candidates("deb", "pool/a.deb", 1, 2, t0);
         assert_eq!(ok.len(), 2);
-        let (ok, ex) = r.candidates("rpm", 1, 2, t0);
+        let (ok, ex) = r.candidates("rpm", "pool/a.deb", 1, 2, t0);
         assert!(ok.is_empty() && ex.iter().all(|(_, e)| *e == Exclusion::NotMirroring));
         let later = t0 + Duration::from_secs(4);
-        let (ok, ex) = r.candidates("deb", 1, 2, later);
+        let (ok, ex) = r.candidates("deb", "pool/a.deb", 1, 2, later);
         assert!(ok.is_empty());
         assert!(ex.iter().all(|(_, e)| matches!(e, Exclusion::Stale { .. })));
         // claims the future
-        let (ok, _) = r.candidates("deb", 1, 1, t0);
+        let (ok, _) = r.candidates("deb", "pool/a.deb", 1, 1, t0);
         assert_eq!(ok.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(), ["b"]);
     }
 
@@ -891,16 +954,64 @@ pub(crate) mod tests {
         r.report("deb", &report("a", 1, 1, 0), false, t0).unwrap();
         r.stop("a", 3);
         assert_eq!(
-            r.check(r.get("a").unwrap(), "deb", 1, 1, t0),
+            r.check(r.get("a").unwrap(), "deb", "pool/a.deb", 1, 1, t0),
             Err(Exclusion::Stopped)
         );
         assert!(r.report("deb", &report("a", 2, 1, 0), false, t0).is_err());
         assert_eq!(
-            r.check(r.get("a").unwrap(), "deb", 1, 1, t0),
+            r.check(r.get("a").unwrap(), "deb", "pool/a.deb", 1, 1, t0),
             Err(Exclusion::Stopped)
         );
         r.report("deb", &report("a", 4, 1, 0), false, t0).unwrap();
-        assert!(r.check(r.get("a").unwrap(), "deb", 1, 1, t0).is_ok());
+        assert!(r.check(r.get("a").unwrap(), "deb", "pool/a.deb", 1, 1, t0).is_ok());
+    }
+
+    #[test]
+    fn a_part_is_served_only_its_files_and_read_again_only_when_it_changes() {
+        let t0 = Instant::now();
+        let mut r = Registry::new(Duration::from_secs(30));
+        let partial = |seq, part: &str| MirrorReport {
+            part: part.to_string(),
+            ..report("p", seq, 2, 0)
+        };
+        r.report("deb", &partial(1, "+ pool/main/**\n"), false, t0)
+            .unwrap();
+        r.report("deb", &report("w", 1, 2, 0), false, t0).unwrap();
+        let check = |r: &Registry, id: &str, path: &str| {
+            r.check(r.get(id).unwrap(), "deb", path, 1, 2, t0)
+        };
+        assert_eq!(check(&r, "p", "pool/main/a.deb"), Ok(()));
+        assert_eq!(
+            check(&r, "p", "pool/contrib/b.deb"),
+            Err(Exclusion::NotInPart)
+        );
+        assert_eq!(check(&r, "p", "dists/stable/Release"), Ok(()), "metadata");
+        assert_eq!(check(&r, "w", "pool/contrib/b.deb"), Ok(()));
+        // The request path's sample finds only who holds the file.
+        let mut out = Vec::new();
+        let mut pick = |n: usize| n - 1;
+        r.sample("deb", "pool/contrib/b.deb", 1, 2, t0, (4, 8), &mut pick, &mut out);
+        assert_eq!(out.iter().map(|&i| r.at(i).id.as_str()).collect::<Vec<_>>(), ["w"]);
+        // The same text is the same part, not read again; another text replaces it.
+        let before = r.get("p").unwrap().generations.part("deb").unwrap().clone();
+        r.report("deb", &partial(2, "+ pool/main/**\n"), false, t0)
+            .unwrap();
+        let same = r.get("p").unwrap().generations.part("deb").unwrap();
+        assert!(Arc::ptr_eq(&before, same));
+        r.report("deb", &partial(3, "- pool/main/**\n"), false, t0)
+            .unwrap();
+        assert_eq!(check(&r, "p", "pool/contrib/b.deb"), Ok(()));
+        assert_eq!(check(&r, "p", "pool/main/a.deb"), Err(Exclusion::NotInPart));
+        // Holding it all again.
+        r.report("deb", &partial(4, ""), false, t0).unwrap();
+        assert!(r.get("p").unwrap().generations.part("deb").is_none());
+        // A part that is not one is refused, and what was held stands.
+        let err = r.report("deb", &partial(5, "+ /abs\n"), false, t0);
+        assert!(matches!(err, Err(RegistryError::Part(_))), "{err:?}");
+        assert_eq!(check(&r, "p", "pool/main/a.deb"), Ok(()));
+        // Any part makes it a sync source: its peers ask it only for what it holds.
+        let sources = r.sync_sources("deb", 2, t0);
+        assert_eq!(sources.len(), 2);
     }
 
     #[test]
@@ -909,7 +1020,7 @@ pub(crate) mod tests {
         let mut r = Registry::new(Duration::from_secs(3));
         r.report("deb", &report("a", 1, 1, 0), true, t0).unwrap();
         assert_eq!(
-            r.check(r.get("a").unwrap(), "deb", 1, 1, t0),
+            r.check(r.get("a").unwrap(), "deb", "pool/a.deb", 1, 1, t0),
             Err(Exclusion::Draining)
         );
     }
@@ -921,13 +1032,13 @@ pub(crate) mod tests {
         r.set_quarantined("a", true);
         r.report("deb", &report("a", 1, 1, 0), false, t0).unwrap();
         assert_eq!(
-            r.check(r.get("a").unwrap(), "deb", 1, 1, t0),
+            r.check(r.get("a").unwrap(), "deb", "pool/a.deb", 1, 1, t0),
             Err(Exclusion::Quarantined)
         );
         r.report("deb", &report("a", 2, 1, 0), false, t0).unwrap();
         assert!(r.is_quarantined("a"));
         r.set_quarantined("a", false);
-        assert!(r.check(r.get("a").unwrap(), "deb", 1, 1, t0).is_ok());
+        assert!(r.check(r.get("a").unwrap(), "deb", "pool/a.deb", 1, 1, t0).is_ok());
     }
 
     #[test]
@@ -950,7 +1061,7 @@ pub(crate) mod tests {
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for _ in 0..200 {
-            r.sample("deb", 2, 2, t0, (8, 8), &mut pick, &mut out);
+            r.sample("deb", "pool/a.deb", 2, 2, t0, (8, 8), &mut pick, &mut out);
             let mut d = out.clone();
             d.sort();
             d.dedup();
@@ -961,7 +1072,7 @@ pub(crate) mod tests {
             }
         }
         assert_eq!(seen.len(), 30, "every eligible volunteer gets sampled");
-        r.sample("deb", 3, 3, t0, (8, 8), &mut pick, &mut out);
+        r.sample("deb", "pool/a.deb", 3, 3, t0, (8, 8), &mut pick, &mut out);
         assert!(out.is_empty(), "none eligible: the walk ends empty");
         // Few volunteers: all eligible ones, in id order.
         let mut small = Registry::new(Duration::from_secs(3));
@@ -970,7 +1081,7 @@ pub(crate) mod tests {
                 .report("deb", &report(id, 1, 1, 0), false, t0)
                 .unwrap();
         }
-        small.sample("deb", 1, 1, t0, (4, 8), &mut pick, &mut out);
+        small.sample("deb", "pool/a.deb", 1, 1, t0, (4, 8), &mut pick, &mut out);
         let ids: Vec<&str> = out.iter().map(|&i| small.at(i).id.as_str()).collect();
         assert_eq!(ids, ["a", "b", "c"]);
         small.remove("b");

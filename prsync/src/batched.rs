@@ -16,6 +16,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+use manifest::select::Selection;
 use manifest::{Entry, Sha256};
 
 use crate::batch::{read_answer, AnswerError, Got, Wanted};
@@ -113,13 +114,27 @@ struct Source {
     url: String,
     #[serde(default)]
     held: u64,
+    #[serde(default)]
+    part: String,
 }
 
-/// A volunteer to ask, with the generation it fully holds (0: filling).
+/// A volunteer to ask, with the generation it fully holds (0: filling), and the part it
+/// holds if it holds one.
 #[derive(Debug, Clone)]
 struct Peer {
     url: String,
     held: u64,
+    part: Option<Selection>,
+}
+
+impl Peer {
+    /// Whether it holds every path of `todo` (a volunteer holding part of the repository
+    /// is asked only for its part).
+    fn holds_all(&self, todo: &[(String, Entry)]) -> bool {
+        self.part
+            .as_ref()
+            .is_none_or(|s| todo.iter().all(|(p, _)| s.holds(p)))
+    }
 }
 
 /// A failure of this machine's own disk: no other source helps.
@@ -213,9 +228,22 @@ async fn peers(b: &Batched<'_>) -> Vec<Peer> {
         Some(s) => s
             .sources
             .into_iter()
-            .map(|s| Peer {
-                url: s.url.trim_end_matches('/').to_string(),
-                held: s.held,
+            .filter_map(|s| {
+                let part = match s.part.as_str() {
+                    "" => None,
+                    text => match text.parse::<Selection>() {
+                        Ok(sel) => Some(sel),
+                        Err(e) => {
+                            tracing::debug!(url = s.url, error = %e, "a source's part is not one; not asked");
+                            return None;
+                        }
+                    },
+                };
+                Some(Peer {
+                    url: s.url.trim_end_matches('/').to_string(),
+                    held: s.held,
+                    part,
+                })
             })
             .filter(|p| Some(p.url.as_str()) != b.own_url.map(|o| o.trim_end_matches('/')))
             .collect(),
@@ -370,7 +398,7 @@ impl Task {
             let n = all.len();
             (0..n)
                 .map(|k| &all[(i + k) % n])
-                .filter(|p| self.shared.alive(&p.url))
+                .filter(|p| self.shared.alive(&p.url) && p.holds_all(&todo))
                 .filter(|p| (p.held > 0 && p.held >= need) || self.shared.has(&p.url, &key))
                 .map(|p| p.url.clone())
                 .take(PEERS_PER_BATCH)

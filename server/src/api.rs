@@ -111,6 +111,10 @@ pub struct VolunteerView {
     #[serde(default)]
     pub quarantine: Option<String>,
     pub generations: std::collections::BTreeMap<String, u64>,
+    /// The part it holds of each repository it holds part of (its patterns, one a line:
+    /// `+ ` include, `- ` exclude); a repository it holds whole is not listed.
+    #[serde(default)]
+    pub parts: std::collections::BTreeMap<String, String>,
     pub customer_conns: u32,
     pub sync_conns: u32,
     /// Bytes/s its sync uploads sent, as its last report said.
@@ -175,6 +179,14 @@ pub async fn volunteers(State(st): State<Arc<AppState>>) -> Json<Vec<VolunteerVi
                         v.generations
                             .iter()
                             .map(|(k, g)| (k.to_string(), g))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                parts: live
+                    .map(|v| {
+                        v.generations
+                            .with_parts()
+                            .filter_map(|(k, _, p)| Some((k.to_string(), p?.text.clone())))
                             .collect()
                     })
                     .unwrap_or_default(),

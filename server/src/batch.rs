@@ -71,8 +71,13 @@ const MAX_SOURCES: usize = 32;
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Source {
     pub url: String,
-    /// The generation it fully holds (0: still filling; it may hold some files).
+    /// The generation it fully holds (0: still filling; it may hold some files), of its part
+    /// if it holds one.
     pub held: u64,
+    /// The part it holds (its patterns, `manifest::select::Selection`'s canonical text),
+    /// empty if all of it: a peer asks it only for files in it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub part: String,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -104,6 +109,10 @@ pub async fn sources(
                 let source = Source {
                     url: v.url.to_string(),
                     held,
+                    part: v
+                        .generations
+                        .part(&repo)
+                        .map_or_else(String::new, |p| p.text.clone()),
                 };
                 (held < latest, load, source)
             })

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use balance::registry::Part;
 use balance::Balancer;
 use futures_util::StreamExt;
 use rand::Rng;
@@ -93,11 +94,16 @@ pub enum Verdict {
     Inconclusive(String),
 }
 
+/// Files a check looks through for one a volunteer holding a small part claims, after its
+/// random tries missed.
+const PART_WALK: usize = 100_000;
+
 /// One volunteer due for a check.
 struct Due {
     id: String,
     url: String,
-    generations: Vec<(String, u64)>,
+    /// What it claims to hold: per repository, the generation and the part (`None`: all).
+    generations: Vec<(String, u64, Option<Arc<Part>>)>,
     suspect: Option<(String, String)>,
 }
 
@@ -161,8 +167,8 @@ fn due_now(st: Parts<'_>, now: Instant) -> Vec<Due> {
                 url: v.url.to_string(),
                 generations: v
                     .generations
-                    .iter()
-                    .map(|(r, g)| (r.to_string(), g))
+                    .with_parts()
+                    .map(|(r, g, part)| (r.to_string(), g, part.cloned()))
                     .collect(),
                 suspect: tr.suspect.clone(),
             });
@@ -180,42 +186,43 @@ async fn check_volunteer(st: Parts<'_>, client: &reqwest::Client, d: Due) {
 }
 
 /// The suspect file if there is one and the volunteer should hold it, else a random file it
-/// holds (its bytes changed no later than the generation it announced).
+/// claims to hold (its bytes changed no later than the generation it announced, and in its
+/// part if it holds one): what it claims is what is checked.
 fn pick_target(st: Parts<'_>, d: &Due) -> Option<Target> {
-    let held: HashMap<&str, u64> = d
-        .generations
-        .iter()
-        .map(|(r, g)| (r.as_str(), *g))
-        .collect();
+    let claims = |repo: &str, rel: &str, changed_in: u64| {
+        d.generations.iter().any(|(r, g, part)| {
+            r == repo && changed_in <= *g && part.as_ref().is_none_or(|p| p.selection.holds(rel))
+        })
+    };
     let mut rng = rand::thread_rng();
     let (repo, rel) = match &d.suspect {
         Some((repo, rel))
             if st.repos.get(repo).is_some_and(|s| {
                 s.files
                     .get(rel)
-                    .is_some_and(|e| held.get(repo.as_str()).is_some_and(|&g| e.changed_in <= g))
+                    .is_some_and(|e| claims(repo, rel, e.changed_in))
             }) =>
         {
             (repo.clone(), rel.clone())
         }
         _ => {
-            let repos: Vec<(&str, u64)> = held.iter().map(|(r, g)| (*r, *g)).collect();
-            if repos.is_empty() {
+            if d.generations.is_empty() {
                 return None;
             }
-            let (repo, g) = repos[rng.gen_range(0..repos.len())];
+            let (repo, ..) = &d.generations[rng.gen_range(0..d.generations.len())];
             let snap = st.repos.get(repo)?;
             let n = snap.files.len();
             if n == 0 {
                 return None;
             }
             // A few tries for a file it holds that customers are redirected for (larger than
-            // what the server serves itself); failing that, any file it holds.
+            // what the server serves itself); failing that, any file it holds. A small part
+            // may be missed by random tries: then a walk from a random place, bounded.
             let direct = st.direct_max_bytes;
             let mut found = None;
             for _ in 0..16 {
                 let (rel, e) = snap.files.nth(rng.gen_range(0..n))?;
-                if e.changed_in <= g {
+                if claims(repo, rel, e.changed_in) {
                     let redirected = e.size > direct;
                     if redirected || found.is_none() {
                         found = Some(rel.to_string());
@@ -224,6 +231,15 @@ fn pick_target(st: Parts<'_>, d: &Due) -> Option<Target> {
                         break;
                     }
                 }
+            }
+            if found.is_none() {
+                let start = rng.gen_range(0..n);
+                found = (start..n)
+                    .chain(0..start)
+                    .take(PART_WALK)
+                    .filter_map(|i| snap.files.nth(i))
+                    .find(|(rel, e)| claims(repo, rel, e.changed_in))
+                    .map(|(rel, _)| rel.to_string());
             }
             (repo.to_string(), found?)
         }

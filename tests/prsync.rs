@@ -593,33 +593,6 @@ async fn a_pull_of_a_tree_holding_the_last_generation_fetches_only_the_changes()
         .is_file());
 }
 
-/// Every file under `dir` but mirrorswarm's own state, by relative path.
-fn files_under(dir: &Path) -> std::collections::BTreeSet<String> {
-    let mut out = std::collections::BTreeSet::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let rel = e
-                .path()
-                .strip_prefix(dir)
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .to_string();
-            if rel.starts_with(".mirrorswarm") {
-                continue;
-            }
-            if e.file_type().unwrap().is_dir() {
-                todo.push(e.path());
-            } else {
-                out.insert(rel);
-            }
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_partial_pull_holds_what_its_patterns_choose_and_always_the_metadata() {
     let tmp = TestDir::new();

@@ -516,3 +516,30 @@ impl Apt {
         text
     }
 }
+
+/// Every file under `dir` but mirrorswarm's own state, by relative path.
+pub fn files_under(dir: &Path) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let rel = e
+                .path()
+                .strip_prefix(dir)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string();
+            if rel.starts_with(".mirrorswarm") {
+                continue;
+            }
+            if e.file_type().unwrap().is_dir() {
+                todo.push(e.path());
+            } else {
+                out.insert(rel);
+            }
+        }
+    }
+    out
+}

@@ -93,6 +93,15 @@ pub struct VolunteerArgs {
     /// A mirrored repository, NAME=DIR (repeatable).
     #[arg(long = "mirror", value_parser = config::parse_name_dir)]
     pub mirrors: Vec<(String, PathBuf)>,
+    /// Hold only part of a repository: NAME=PATTERN (repeatable), e.g.
+    /// `debian=pool/main/**`. `*` and `?` match within a path segment, `**` whole segments;
+    /// `dists/` and `repodata/` are held anyway. Adds to `[parts.NAME] include`.
+    #[arg(long = "include", value_parser = config::parse_name_pattern)]
+    pub include: Vec<(String, String)>,
+    /// Leave files out of a repository's part: NAME=PATTERN (repeatable), e.g.
+    /// `debian=**/*_arm64.deb`. Adds to `[parts.NAME] exclude`.
+    #[arg(long = "exclude", value_parser = config::parse_name_pattern)]
+    pub exclude: Vec<(String, String)>,
     /// Maximum concurrent customers; more are sent to the origin [default: 64].
     #[arg(long)]
     pub max_connections: Option<u32>,
@@ -204,6 +213,12 @@ pub fn volunteer_config(a: VolunteerArgs) -> Result<VolunteerConfig> {
     }
     for (name, dir) in a.mirrors {
         cfg.mirrors.insert(name, dir);
+    }
+    for (name, pattern) in a.include {
+        cfg.parts.entry(name).or_default().include.push(pattern);
+    }
+    for (name, pattern) in a.exclude {
+        cfg.parts.entry(name).or_default().exclude.push(pattern);
     }
     if let Some(v) = a.max_connections {
         cfg.max_connections = v;

@@ -200,7 +200,8 @@ impl Balancer {
         drop(cands);
         let best_first = &order.best_first;
         if tracing::enabled!(target: DECISION_LOG, tracing::Level::DEBUG) {
-            let (_, excluded) = reg.candidates(path.repo, path.rel, path.changed_in, path.current, now);
+            let (_, excluded) =
+                reg.candidates(path.repo, path.rel, path.changed_in, path.current, now);
             let why: Vec<String> = excluded
                 .iter()
                 .map(|(v, e)| format!("{}: {e}", v.id))

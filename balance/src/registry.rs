@@ -434,7 +434,11 @@ impl Registry {
         let part = if report.part.is_empty() {
             None
         } else {
-            match v.generations.get_interned(&repo_name).and_then(|h| h.part.as_ref()) {
+            match v
+                .generations
+                .get_interned(&repo_name)
+                .and_then(|h| h.part.as_ref())
+            {
                 Some(p) if p.text == report.part => Some(p.clone()),
                 _ => Some(Arc::new(Part {
                     selection: report.part.parse()?,
@@ -633,11 +637,13 @@ impl Registry {
         let repo = self.interned(repo);
         self.volunteers
             .iter()
-            .filter_map(|v| match self.check_interned(v, repo, None, 0, latest, now) {
-                Ok(()) => Some((v, v.generations.get_interned(repo?)?.generation)),
-                Err(Exclusion::Behind { held: 0, .. }) => Some((v, 0)),
-                Err(_) => None,
-            })
+            .filter_map(
+                |v| match self.check_interned(v, repo, None, 0, latest, now) {
+                    Ok(()) => Some((v, v.generations.get_interned(repo?)?.generation)),
+                    Err(Exclusion::Behind { held: 0, .. }) => Some((v, 0)),
+                    Err(_) => None,
+                },
+            )
             .collect()
     }
 
@@ -685,8 +691,15 @@ impl Registry {
             return; // nobody ever announced it
         };
         let eligible = |i: usize| {
-            self.check_interned(&self.volunteers[i], Some(repo), Some(path), needed, latest, now)
-                .is_ok()
+            self.check_interned(
+                &self.volunteers[i],
+                Some(repo),
+                Some(path),
+                needed,
+                latest,
+                now,
+            )
+            .is_ok()
         };
         if n <= all_up_to.max(k) {
             out.extend((0..n).filter(|&i| eligible(i)));
@@ -963,7 +976,9 @@ pub(crate) mod tests {
             Err(Exclusion::Stopped)
         );
         r.report("deb", &report("a", 4, 1, 0), false, t0).unwrap();
-        assert!(r.check(r.get("a").unwrap(), "deb", "pool/a.deb", 1, 1, t0).is_ok());
+        assert!(r
+            .check(r.get("a").unwrap(), "deb", "pool/a.deb", 1, 1, t0)
+            .is_ok());
     }
 
     #[test]
@@ -977,9 +992,8 @@ pub(crate) mod tests {
         r.report("deb", &partial(1, "+ pool/main/**\n"), false, t0)
             .unwrap();
         r.report("deb", &report("w", 1, 2, 0), false, t0).unwrap();
-        let check = |r: &Registry, id: &str, path: &str| {
-            r.check(r.get(id).unwrap(), "deb", path, 1, 2, t0)
-        };
+        let check =
+            |r: &Registry, id: &str, path: &str| r.check(r.get(id).unwrap(), "deb", path, 1, 2, t0);
         assert_eq!(check(&r, "p", "pool/main/a.deb"), Ok(()));
         assert_eq!(
             check(&r, "p", "pool/contrib/b.deb"),
@@ -990,8 +1004,20 @@ pub(crate) mod tests {
         // The request path's sample finds only who holds the file.
         let mut out = Vec::new();
         let mut pick = |n: usize| n - 1;
-        r.sample("deb", "pool/contrib/b.deb", 1, 2, t0, (4, 8), &mut pick, &mut out);
-        assert_eq!(out.iter().map(|&i| r.at(i).id.as_str()).collect::<Vec<_>>(), ["w"]);
+        r.sample(
+            "deb",
+            "pool/contrib/b.deb",
+            1,
+            2,
+            t0,
+            (4, 8),
+            &mut pick,
+            &mut out,
+        );
+        assert_eq!(
+            out.iter().map(|&i| r.at(i).id.as_str()).collect::<Vec<_>>(),
+            ["w"]
+        );
         // The same text is the same part, not read again; another text replaces it.
         let before = r.get("p").unwrap().generations.part("deb").unwrap().clone();
         r.report("deb", &partial(2, "+ pool/main/**\n"), false, t0)
@@ -1038,7 +1064,9 @@ pub(crate) mod tests {
         r.report("deb", &report("a", 2, 1, 0), false, t0).unwrap();
         assert!(r.is_quarantined("a"));
         r.set_quarantined("a", false);
-        assert!(r.check(r.get("a").unwrap(), "deb", "pool/a.deb", 1, 1, t0).is_ok());
+        assert!(r
+            .check(r.get("a").unwrap(), "deb", "pool/a.deb", 1, 1, t0)
+            .is_ok());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use manifest::select::{PatternError, Selection};
 use serde::Deserialize;
 
 /// A configuration error. Messages name the file and the key, because an admin reading them
@@ -508,6 +509,24 @@ impl UploadWindow {
     }
 }
 
+/// The part of a repository a volunteer holds (`[parts.<name>]`): include and exclude
+/// patterns over its paths (`pool/main/**`, `**/*_arm64.deb`; `*` and `?` within a path
+/// segment, `**` whole segments). A path is held if it matches an include (or there are
+/// none) and no exclude; apt's `dists/` and dnf's `repodata/` are held whatever the patterns.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PartConfig {
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+impl PartConfig {
+    /// The patterns read.
+    pub fn selection(&self) -> Result<Selection, PatternError> {
+        Selection::new(&self.include, &self.exclude)
+    }
+}
+
 /// Volunteer daemon configuration (`mirrorswarm volunteer`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -529,7 +548,12 @@ pub struct VolunteerConfig {
     pub data_dir: PathBuf,
     /// Mirrored repositories: name → directory holding its copy.
     pub mirrors: BTreeMap<String, PathBuf>,
-    /// Disk quota per repository, bytes: a generation larger than this is not synced (the
+    /// The part of a repository held, where not all of it (`[parts.debian] include =
+    /// ["pool/main/**"], exclude = ["**/*_arm64.deb"]`): only it is synced, verified,
+    /// announced and served. Default: every repository whole.
+    pub parts: BTreeMap<String, PartConfig>,
+    /// Disk quota per repository, bytes: a generation (of its part, if one is held) larger
+    /// than this is not synced (the
     /// volunteer keeps serving what it holds, and the server sends it only customers for
     /// files it still has current). Default: none.
     pub quotas: BTreeMap<String, u64>,
@@ -572,6 +596,7 @@ impl Default for VolunteerConfig {
             public_url: None,
             data_dir: PathBuf::from("mirrorswarm-volunteer"),
             mirrors: BTreeMap::new(),
+            parts: BTreeMap::new(),
             quotas: BTreeMap::new(),
             upload_windows: Vec::new(),
             max_connections: 64,
@@ -610,6 +635,28 @@ impl VolunteerConfig {
                 return Err(invalid(
                     format!("quotas.{name}"),
                     "names no repository under [mirrors]",
+                ));
+            }
+        }
+        for (name, part) in &self.parts {
+            if !self.mirrors.contains_key(name) {
+                return Err(invalid(
+                    format!("parts.{name}"),
+                    "names no repository under [mirrors]",
+                ));
+            }
+            for (key, list) in [("include", &part.include), ("exclude", &part.exclude)] {
+                for p in list {
+                    if let Err(e) = Selection::new(std::slice::from_ref(p), &[]) {
+                        return Err(invalid(format!("parts.{name}.{key}"), e.to_string()));
+                    }
+                }
+            }
+            let text = part.selection().map(|s| s.canonical()).unwrap_or_default();
+            if text.len() > manifest::select::MAX_CANONICAL_LEN {
+                return Err(invalid(
+                    format!("parts.{name}"),
+                    "more patterns than a volunteer may announce (2048 bytes of them)",
                 ));
             }
         }
@@ -676,6 +723,16 @@ impl VolunteerConfig {
     }
 }
 
+/// Parses `NAME=PATTERN` (`--include`, `--exclude`): the pattern is checked where the
+/// configuration is.
+pub fn parse_name_pattern(s: &str) -> Result<(String, String), String> {
+    let (name, pattern) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` must be NAME=PATTERN"))?;
+    validate_repo_name(name)?;
+    Ok((name.to_string(), pattern.to_string()))
+}
+
 /// Repository names appear in URLs and file names: keep them plain.
 pub fn validate_repo_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
@@ -728,6 +785,29 @@ pub fn parse_name_dir(s: &str) -> Result<(String, PathBuf), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_part_must_name_a_mirror_and_hold_patterns() {
+        let base = "server = \"http://s\"\n[mirrors]\nd = \"/tmp\"\n";
+        let load = |more: &str| {
+            toml::from_str::<VolunteerConfig>(&format!("{base}{more}"))
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate().map(|()| c).map_err(|e| e.to_string()))
+        };
+        let c = load("[parts.d]\ninclude = [\"pool/main/**\"]\nexclude = [\"**/*_arm64.deb\"]\n")
+            .unwrap();
+        let sel = c.parts["d"].selection().unwrap();
+        assert!(sel.holds("pool/main/a_amd64.deb") && !sel.holds("pool/main/a_arm64.deb"));
+        let e = load("[parts.x]\ninclude = [\"a/**\"]\n").unwrap_err();
+        assert!(e.contains("parts.x"), "{e}");
+        let e = load("[parts.d]\nexclude = [\"/abs\"]\n").unwrap_err();
+        assert!(e.contains("parts.d.exclude") && e.contains("/abs"), "{e}");
+        let e = load("[parts.d]\ninclud = [\"a\"]\n").unwrap_err();
+        assert!(e.contains("includ"), "{e}");
+        let many: Vec<String> = (0..300).map(|i| format!("\"pool/{i:04}/**\"")).collect();
+        let e = load(&format!("[parts.d]\ninclude = [{}]\n", many.join(","))).unwrap_err();
+        assert!(e.contains("parts.d") && e.contains("2048"), "{e}");
+    }
 
     #[test]
     fn defaults_validate_without_repos() {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use manifest::beneath::Root;
 use manifest::scan::{scan_tree, CachedFile, ScanCache};
+use manifest::select::Selection;
 use manifest::Manifest;
 
 /// How many generations back a volunteer looks for one it fully holds.
@@ -32,13 +33,13 @@ pub struct HoldingsView {
     pub held: u64,
     /// Newest generation the server has published, as far as we know.
     pub latest: u64,
-    /// Files that may be served.
+    /// Files that may be served (of the part held, if one is).
     pub servable: HashMap<String, Verified>,
-    /// Files in the latest manifest that are missing or differ locally.
+    /// Files in the latest manifest (and the part held) that are missing or differ locally.
     pub missing: Vec<String>,
     /// Verified large files of the latest generation, with their torrents: what we seed.
     pub seedable: Vec<(String, manifest::Sha256, manifest::Btih)>,
-    /// Size of the latest generation, bytes (0: unknown).
+    /// Size of the latest generation, of the part held if one is, bytes (0: unknown).
     pub latest_bytes: u64,
     /// The mirror's directory, held open when it was last scanned: verified files are
     /// opened beneath it (`manifest::beneath`), never by a joined path. `None` until the
@@ -67,17 +68,21 @@ pub struct Holdings {
     root: Option<Arc<Root>>,
     /// When the tree's own scan record (written by a PRsync pull) was last taken in.
     pull_record_seen: Option<std::time::SystemTime>,
+    /// The part of the repository held: the files of each generation that count.
+    part: Selection,
 }
 
-fn holds_all(m: &Manifest, scan: &ScanCache) -> bool {
-    m.files.iter().all(|(p, e)| {
+/// Whether every file of `m` in `part` is in `scan` as published.
+fn holds_all(m: &Manifest, part: &Selection, scan: &ScanCache) -> bool {
+    m.files.iter().filter(|(p, _)| part.holds(p)).all(|(p, e)| {
         scan.get(p)
             .is_some_and(|c| c.size == e.size && c.sha256 == e.sha256)
     })
 }
 
 impl Holdings {
-    pub fn new(repo: &str, dir: &Path, data_dir: &Path) -> Self {
+    /// What `dir` holds of `repo`'s `part` (everything: [`Selection::default`]).
+    pub fn new(repo: &str, dir: &Path, data_dir: &Path, part: Selection) -> Self {
         let cache_path = data_dir.join(format!("verified-{repo}.json"));
         let scan = std::fs::read(&cache_path)
             .ok()
@@ -91,6 +96,7 @@ impl Holdings {
             manifests: BTreeMap::new(),
             root: None,
             pull_record_seen: None,
+            part,
         }
     }
 
@@ -171,12 +177,13 @@ impl Holdings {
         Ok(())
     }
 
-    /// The newest generation, among verified manifests, whose every file we hold.
+    /// The newest generation, among verified manifests, whose every file (of the part) we
+    /// hold.
     pub fn held_generation(&self) -> u64 {
         self.manifests
             .iter()
             .rev()
-            .find(|(_, m)| holds_all(m, &self.scan))
+            .find(|(_, m)| holds_all(m, &self.part, &self.scan))
             .map_or(0, |(g, _)| *g)
     }
 
@@ -191,7 +198,7 @@ impl Holdings {
                 .collect();
         let mut servable = HashMap::new();
         for m in &relevant {
-            for (path, e) in &m.files {
+            for (path, e) in m.files.iter().filter(|(p, _)| self.part.holds(p)) {
                 if let Some(c) = self
                     .scan
                     .get(path)
@@ -207,6 +214,7 @@ impl Holdings {
             .map(|m| {
                 m.files
                     .iter()
+                    .filter(|(p, _)| self.part.holds(p))
                     .filter(|(p, e)| {
                         !self
                             .scan
@@ -237,7 +245,13 @@ impl Holdings {
             servable,
             missing,
             seedable,
-            latest_bytes: self.manifests.get(&latest).map_or(0, |m| m.total_bytes()),
+            latest_bytes: self.manifests.get(&latest).map_or(0, |m| {
+                m.files
+                    .iter()
+                    .filter(|(p, _)| self.part.holds(p))
+                    .map(|(_, e)| e.size)
+                    .sum()
+            }),
             published: relevant.into_iter().cloned().collect(),
             root: self.root.clone(),
         }
@@ -281,7 +295,7 @@ mod tests {
         let g2 = manifest_of(&dir, 2, &["a", "b"]);
         std::fs::write(dir.join("b"), b"b1").unwrap(); // the admin has not caught up
 
-        let mut h = Holdings::new("r", &dir, tmp.path());
+        let mut h = Holdings::new("r", &dir, tmp.path(), Selection::default());
         h.add_manifest(g2);
         h.rescan().await.unwrap();
         assert_eq!(h.view().held, 0);
@@ -302,5 +316,29 @@ mod tests {
         assert_eq!(v.held, 0);
         assert!(!v.servable.contains_key("a"));
         assert!(v.servable.contains_key("b"));
+    }
+
+    #[tokio::test]
+    async fn a_part_is_held_whole_without_the_files_outside_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("m");
+        std::fs::create_dir_all(dir.join("main")).unwrap();
+        std::fs::create_dir_all(dir.join("contrib")).unwrap();
+        std::fs::write(dir.join("main/a"), b"a1").unwrap();
+        std::fs::write(dir.join("contrib/b"), b"b1").unwrap();
+        let g1 = manifest_of(&dir, 1, &["main/a", "contrib/b"]);
+        std::fs::remove_file(dir.join("contrib/b")).unwrap();
+        let part = Selection::new(&["main/**".to_string()], &[]).unwrap();
+        let mut h = Holdings::new("r", &dir, tmp.path(), part);
+        h.add_manifest(g1);
+        h.rescan().await.unwrap();
+        let v = h.view();
+        assert_eq!(v.held, 1, "contrib/b is not in the part");
+        assert!(v.missing.is_empty());
+        assert_eq!(v.latest_bytes, 2, "the part's bytes");
+        assert!(v.servable.contains_key("main/a") && !v.servable.contains_key("contrib/b"));
+        std::fs::write(dir.join("main/a"), b"a2").unwrap();
+        h.rescan().await.unwrap();
+        assert_eq!(h.view().held, 0, "a file of the part changed");
     }
 }

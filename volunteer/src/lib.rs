@@ -45,6 +45,9 @@ const UNSENT_BYTES: u32 = 64 * 1024;
 /// reads, swapped whole after each rescan.
 pub struct Mirror {
     pub dir: PathBuf,
+    /// The part of the repository held (everything unless `[parts.<name>]` says otherwise):
+    /// what is synced, verified, announced (`ms_part`) and served.
+    pub part: manifest::select::Selection,
     holdings: Mutex<Holdings>,
     view: RwLock<Arc<HoldingsView>>,
     /// The newest generation the server has named, as each announce's reply says: a pull
@@ -224,7 +227,8 @@ impl VolunteerState {
     }
 
     fn report(&self, repo: &str, rates: Rates) -> MirrorReport {
-        let held = self.mirrors.get(repo).map_or(0, |m| m.view().held);
+        let mirror = self.mirrors.get(repo);
+        let held = mirror.map_or(0, |m| m.view().held);
         MirrorReport {
             volunteer: self.credential.volunteer_id.clone(),
             seq: self.next_seq(),
@@ -237,7 +241,7 @@ impl VolunteerState {
             sync_bps: rates.sync_bps,
             link_bps: self.uplink.bps(),
             paused: self.paused.load(Ordering::Relaxed),
-            part: String::new(),
+            part: mirror.map_or_else(String::new, |m| m.part.canonical()),
         }
     }
 
@@ -358,6 +362,9 @@ impl VolunteerState {
             opts.adopt = me.config.adopt;
             opts.own_url = Some(me.config.public_url());
             opts.written = me.mirrors.get(&repo).map(|m| m.written.clone());
+            if let Some(m) = me.mirrors.get(&repo) {
+                opts.select = m.part.clone();
+            }
             let bt = me.seeder.as_ref().map(|s| &s.bt);
             match prsync::pull::pull(&opts, bt).await {
                 Ok(sum) => tracing::info!(repo = %repo, summary = %sum.line(), "synced"),
@@ -553,18 +560,24 @@ pub async fn run_with_companion(
         .mirrors
         .iter()
         .map(|(name, dir)| {
-            (
+            let part = match cfg.parts.get(name) {
+                Some(p) => p.selection()?,
+                None => Default::default(),
+            };
+            Ok((
                 name.clone(),
                 Mirror {
                     dir: dir.clone(),
-                    holdings: Mutex::new(Holdings::new(name, dir, &cfg.data_dir)),
+                    holdings: Mutex::new(Holdings::new(name, dir, &cfg.data_dir, part.clone())),
+                    part,
                     view: RwLock::new(Arc::new(HoldingsView::default())),
                     newest: tokio::sync::watch::Sender::new(0),
                     written: Default::default(),
                 },
-            )
+            ))
         })
-        .collect();
+        .collect::<Result<_, manifest::select::PatternError>>()
+        .context("[parts]")?;
     let mut peer_id = *b"-MS0100-000000000000";
     rand::Rng::fill(&mut rand::thread_rng(), &mut peer_id[8..]);
     // Sequence numbers start at the wall clock in microseconds so that they keep increasing

@@ -1,0 +1,184 @@
+//! Partial volunteers: a volunteer holding part of a repository syncs, verifies, announces
+//! and serves only that part, always with the repository's metadata; the server sends it
+//! customers only for its files, and its spot checks pick from what it claims.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+const DEB: &str = "pool/main/m/ms-data/ms-data_0.3_all.deb";
+
+/// A syncing volunteer holding the part `include`/`exclude` of the server's repository,
+/// filled by PRsync into an empty directory.
+fn start_partial(
+    root: &Path,
+    server: &Server,
+    name: &str,
+    include: &[&str],
+    exclude: &[&str],
+) -> Volunteer {
+    let token = server.enroll(name);
+    let port = free_port();
+    let mirror = root.join(name).join("debian");
+    let data_dir = root.join(name).join("data");
+    std::fs::create_dir_all(root.join(name)).unwrap();
+    let mut args = volunteer_args(server, &token, port, &data_dir, &mirror);
+    args.retain(|a| a != "--no-sync");
+    for p in include {
+        args.extend(["--include".to_string(), format!("debian={p}")]);
+    }
+    for p in exclude {
+        args.extend(["--exclude".to_string(), format!("debian={p}")]);
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    Volunteer {
+        name: name.to_string(),
+        url: format!("http://127.0.0.1:{port}"),
+        port,
+        mirror,
+        data_dir,
+        proc: Proc::spawn(&argv, &root.join(format!("{name}.log"))),
+    }
+}
+
+async fn served(v: &Volunteer) -> u64 {
+    get_json(&format!("{}/health", v.url)).await["served_requests"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn partial_volunteers_are_sent_only_their_files_and_carry_apt() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    sample_repo(&repo);
+    let server = start_server(root, &repo, &["--direct-max-bytes", "0"]).await;
+    // One holds the packages, the other the large files but b.bin.
+    let pkgs = start_partial(root, &server, "pkgs", &["pool/**"], &[]);
+    let bigs = start_partial(root, &server, "bigs", &["big/**"], &["big/b.bin"]);
+    server.wait_held("pkgs", 1).await;
+    server.wait_held("bigs", 1).await;
+
+    // Each synced its part and the metadata, nothing else.
+    let all = files_under(&repo);
+    let metadata: Vec<&String> = all.iter().filter(|p| p.starts_with("dists/")).collect();
+    assert!(!metadata.is_empty());
+    for (v, holds) in [
+        (
+            &pkgs,
+            &(|p: &str| p.starts_with("pool/")) as &dyn Fn(&str) -> bool,
+        ),
+        (&bigs, &|p: &str| p == "big/a.bin"),
+    ] {
+        let expected: std::collections::BTreeSet<String> = all
+            .iter()
+            .filter(|p| holds(p) || p.starts_with("dists/"))
+            .cloned()
+            .collect();
+        assert_eq!(files_under(&v.mirror), expected, "{}", v.name);
+    }
+    // The server knows each part.
+    let parts = server.volunteer("bigs").await["parts"]["debian"].clone();
+    assert_eq!(parts, "+ big/**\n- big/b.bin\n", "{parts}");
+    assert!(server.volunteer("pkgs").await["parts"]["debian"].is_string());
+
+    // Each file goes only to who holds it; a file nobody holds goes to the origin.
+    for _ in 0..8 {
+        let to_deb = server.location(DEB).await.unwrap_or_default();
+        assert!(to_deb.starts_with(&pkgs.url), "{DEB} → {to_deb}");
+        let to_a = server.location("big/a.bin").await.unwrap_or_default();
+        assert!(to_a.starts_with(&bigs.url), "big/a.bin → {to_a}");
+        assert_eq!(
+            server.location("big/b.bin").await,
+            None,
+            "b.bin is nobody's"
+        );
+    }
+
+    // apt-get update and download, through the server, served by the partial volunteers:
+    // the metadata by either, the packages by pkgs.
+    let (pkgs_before, bigs_before) = (served(&pkgs).await, served(&bigs).await);
+    let apt = Apt::new(&root.join("apt"), &server.url);
+    apt.run(&["update"]);
+    apt.run(&["download", "ms-data", "ms-hello"]);
+    assert_eq!(
+        std::fs::read(apt.dir.join("work/ms-data_0.3_all.deb")).unwrap(),
+        std::fs::read(repo.join(DEB)).unwrap()
+    );
+    let (pkgs_after, bigs_after) = (served(&pkgs).await, served(&bigs).await);
+    assert!(
+        pkgs_after >= pkgs_before + 2,
+        "pkgs served {pkgs_before} → {pkgs_after}: the packages did not come from it"
+    );
+    assert!(
+        pkgs_after + bigs_after >= pkgs_before + bigs_before + 4,
+        "apt's metadata did not come from the volunteers ({pkgs_before}+{bigs_before} → {pkgs_after}+{bigs_after})"
+    );
+
+    // A new generation changes a file of each part and one outside both: each takes its part
+    // of it, and the file outside stays the origin's.
+    std::fs::write(repo.join("big/a.bin"), noise(11, 300_000)).unwrap();
+    std::fs::write(repo.join("big/b.bin"), noise(12, 300_000)).unwrap();
+    server.publish();
+    server.wait_held("bigs", 2).await;
+    server.wait_held("pkgs", 2).await;
+    assert_eq!(
+        std::fs::read(bigs.mirror.join("big/a.bin")).unwrap(),
+        noise(11, 300_000)
+    );
+    assert!(!bigs.mirror.join("big/b.bin").exists());
+    assert!(server
+        .location("big/a.bin")
+        .await
+        .is_some_and(|l| l.starts_with(&bigs.url)));
+    assert_eq!(server.location("big/b.bin").await, None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partial_volunteer_lying_about_its_part_is_caught_by_spot_checks() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    sample_repo(&repo);
+    // Many files customers are redirected for, of which it will claim one: a check picking
+    // from the whole repository would rarely find it.
+    std::fs::create_dir_all(repo.join("extra")).unwrap();
+    for i in 0..300 {
+        std::fs::write(repo.join(format!("extra/f{i}.bin")), noise(100 + i, 40_000)).unwrap();
+    }
+    let server = start_server(root, &repo, &["--spot-check-secs", "1"]).await;
+    // It claims one file (and the metadata) of a repository of many; its copy of that file
+    // is altered behind its back, so it verifies and announces, then serves wrong bytes.
+    let liar = start_partial(root, &server, "liar", &["big/a.bin"], &[]);
+    server.wait_held("liar", 1).await;
+    assert!(!liar.mirror.join("pool").exists(), "it holds only its part");
+    let path = liar.mirror.join("big/a.bin");
+    let mut evil = std::fs::read(&path).unwrap();
+    for b in evil.iter_mut().take(4096) {
+        *b ^= 0xff;
+    }
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    std::fs::write(&path, &evil).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    // The checks pick from what it claims, so they find the altered file rather than
+    // asking, again and again, for files it never said it held.
+    wait_until(Duration::from_secs(20), "the liar's quarantine", || async {
+        server.volunteer("liar").await["state"] == "quarantined"
+    })
+    .await;
+    let v = server.volunteer("liar").await;
+    assert!(
+        v["quarantine"].as_str().unwrap_or("").contains("big/a.bin"),
+        "{v}"
+    );
+    assert_eq!(server.location("big/a.bin").await, None);
+}

@@ -337,6 +337,7 @@ async fn volunteers(a: VolunteersArgs) -> Result<()> {
                     quarantine: r.quarantine,
                     generations: Default::default(),
                     parts: Default::default(),
+                    shares: Default::default(),
                     customer_conns: 0,
                     sync_conns: 0,
                     sync_bps: 0,
@@ -381,6 +382,10 @@ async fn volunteers(a: VolunteersArgs) -> Result<()> {
                 .map(|q| format!("  (quarantined: {q})"))
                 .unwrap_or_default()
         );
+        for (repo, part) in &v.parts {
+            let patterns: Vec<&str> = part.lines().collect();
+            println!("{:<16} holds part of {repo}: {}", "", patterns.join(", "));
+        }
     }
     Ok(())
 }

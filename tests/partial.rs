@@ -99,6 +99,45 @@ async fn partial_volunteers_are_sent_only_their_files_and_carry_apt() {
         );
     }
 
+    // Each one's share: of the files and bytes it holds, and of the requests just made (a
+    // third each went to a file of pkgs, of bigs, and of nobody).
+    let bigs_files = (metadata.len() + 1) as f64 / all.len() as f64;
+    let share = |v: serde_json::Value| v["shares"]["debian"].clone();
+    let bigs_share = share(server.volunteer("bigs").await);
+    assert!(
+        (bigs_share["files"].as_f64().unwrap() - bigs_files).abs() < 1e-9,
+        "{bigs_share}"
+    );
+    let b = bigs_share["bytes"].as_f64().unwrap();
+    assert!(b > 0.0 && b < 1.0, "{bigs_share}");
+    wait_until(Duration::from_secs(10), "the requests counted", || async {
+        let r = share(server.volunteer("bigs").await)["requests"]
+            .as_f64()
+            .unwrap_or(0.0);
+        (r - 1.0 / 3.0).abs() < 1e-6
+    })
+    .await;
+    // The counts themselves, most asked for first; a HEAD counts once, whoever answers it.
+    let pop = get_json(&format!("{}/api/popularity/debian", server.url)).await;
+    let counted: Vec<(String, f64)> = pop["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                f["requests"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(counted.len(), 3, "{pop}");
+    assert!(counted.iter().all(|(_, n)| (n - 8.0).abs() < 0.01), "{pop}");
+    let pkgs_share = share(server.volunteer("pkgs").await);
+    assert!(
+        (pkgs_share["requests"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-6,
+        "{pkgs_share}"
+    );
+
     // apt-get update and download, through the server, served by the partial volunteers:
     // the metadata by either, the packages by pkgs.
     let (pkgs_before, bigs_before) = (served(&pkgs).await, served(&bigs).await);

@@ -115,6 +115,10 @@ pub struct VolunteerView {
     /// `+ ` include, `- ` exclude); a repository it holds whole is not listed.
     #[serde(default)]
     pub parts: std::collections::BTreeMap<String, String>,
+    /// Its share of each repository it holds a generation of: of the current generation's
+    /// files and bytes, and of customers' requests of about the last day.
+    #[serde(default)]
+    pub shares: std::collections::BTreeMap<String, crate::held_share::HeldShare>,
     pub customer_conns: u32,
     pub sync_conns: u32,
     /// Bytes/s its sync uploads sent, as its last report said.
@@ -152,8 +156,9 @@ pub async fn volunteers(State(st): State<Arc<AppState>>) -> Json<Vec<VolunteerVi
         .values()
         .cloned()
         .collect();
-    let reg = st.balancer.registry();
     let now = Instant::now();
+    let reg = st.balancer.registry();
+    let mut holdings = Vec::new();
     let mut out: Vec<VolunteerView> = creds
         .into_iter()
         .map(|c| {
@@ -190,6 +195,7 @@ pub async fn volunteers(State(st): State<Arc<AppState>>) -> Json<Vec<VolunteerVi
                             .collect()
                     })
                     .unwrap_or_default(),
+                shares: Default::default(),
                 customer_conns: live.map_or(0, |v| v.load.customer_conns),
                 sync_conns: live.map_or(0, |v| v.load.sync_conns),
                 sync_bps: live.map_or(0, |v| v.load.sync_bps),
@@ -206,8 +212,52 @@ pub async fn volunteers(State(st): State<Arc<AppState>>) -> Json<Vec<VolunteerVi
             }
         })
         .collect();
+    for v in &out {
+        holdings.push(reg.get(&v.id).map(crate::held_share::holding));
+    }
+    drop(reg);
+    let requests = crate::held_share::requests(&st, now);
+    for (v, held) in out.iter_mut().zip(holdings) {
+        if let Some(held) = held {
+            v.shares = crate::held_share::shares(&st, &held, &requests);
+        }
+    }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Json(out)
+}
+
+#[derive(Deserialize)]
+pub struct PopularityQuery {
+    /// How many files to list, most asked for first (default 100, at most 10,000).
+    pub limit: Option<usize>,
+}
+
+/// `GET /api/popularity/<repo>[?limit=N]`: the files customers asked for most lately, with
+/// their decayed request counts (each request counts half as much a half-life later).
+pub async fn popularity(
+    State(st): State<Arc<AppState>>,
+    Path(repo): Path<String>,
+    Query(q): Query<PopularityQuery>,
+) -> Response {
+    let Some(snap) = st.repo(&repo) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no repository named `{repo}`"),
+        );
+    };
+    let mut files = st.popularity.counts(&repo, Instant::now());
+    files.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    files.truncate(q.limit.unwrap_or(100).min(10_000));
+    Json(serde_json::json!({
+        "repo": repo,
+        "generation": snap.generation(),
+        "half_life_secs": st.popularity.half_life().as_secs(),
+        "files": files
+            .into_iter()
+            .map(|(path, n)| serde_json::json!({"path": path, "requests": n}))
+            .collect::<Vec<_>>(),
+    }))
+    .into_response()
 }
 
 #[derive(Deserialize)]

@@ -13,6 +13,8 @@
 //! arrays ask for transparent huge pages: with a million files they span a few hundred
 //! megabytes, and a TLB miss on each line cost as much as the lookup.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use manifest::scan::{CachedFile, Known, ScanCache};
 use manifest::{Btih, Entry, Manifest, Sha256};
 
@@ -53,6 +55,10 @@ pub enum IndexError {
     TooManyFiles,
 }
 
+/// Where a file's requests are counted in its [`FileIndex`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot(usize);
+
 #[derive(Debug)]
 pub struct FileIndex {
     records: Vec<u8>,
@@ -62,6 +68,10 @@ pub struct FileIndex {
     /// By path hash, linear probing, a power of two at most 3/4 full: the hash's high 32
     /// bits, then the record's place in [`ALIGN`] units.
     table: Vec<u64>,
+    /// Customers' requests per file since they were last taken ([`Self::take_hits`]), by
+    /// the file's place in `table`: 4 bytes a table entry, counted without a lock or a
+    /// lookup of its own (the popularity the server publishes is made from them).
+    hits: Box<[AtomicU32]>,
     /// Keys the path hash, chosen at random per index.
     seed: u64,
 }
@@ -128,6 +138,7 @@ impl FileIndex {
             order,
             btih,
             table: Vec::new(),
+            hits: Box::default(),
             seed: random_seed(),
         };
         let cap = (n * 4 / 3 + 1).next_power_of_two().max(8);
@@ -142,6 +153,7 @@ impl FileIndex {
             table[at] = (h & TAG_MASK) | u64::from(unit);
         }
         index.table = table;
+        index.hits = (0..cap).map(|_| AtomicU32::new(0)).collect();
         index.advise_collapse();
         Ok(index)
     }
@@ -194,8 +206,8 @@ impl FileIndex {
         }
     }
 
-    /// The record of `path`, in [`ALIGN`] units.
-    fn position(&self, path: &str) -> Option<u32> {
+    /// Where `path` is: its place in `table`, and its record in [`ALIGN`] units.
+    fn position(&self, path: &str) -> Option<(usize, u32)> {
         let cap = self.table.len();
         let h = path_hash(self.seed, path.as_bytes());
         let tag = h & TAG_MASK;
@@ -208,7 +220,7 @@ impl FileIndex {
             if e & TAG_MASK == tag {
                 let unit = (e & !TAG_MASK) as u32;
                 if self.path_bytes_at(unit) == path.as_bytes() {
-                    return Some(unit);
+                    return Some((at, unit));
                 }
             }
             at = (at + 1) & (cap - 1);
@@ -230,7 +242,37 @@ impl FileIndex {
     }
 
     pub fn get(&self, path: &str) -> Option<Entry> {
-        self.position(path).map(|u| self.entry_at(u))
+        self.position(path).map(|(_, u)| self.entry_at(u))
+    }
+
+    /// [`Self::get`], with where the file's customers' requests are counted
+    /// ([`Self::count_hit`]).
+    pub fn get_with_slot(&self, path: &str) -> Option<(Entry, Slot)> {
+        self.position(path)
+            .map(|(slot, u)| (self.entry_at(u), Slot(slot)))
+    }
+
+    /// Count a customer's request for the file at `slot` (one relaxed add).
+    pub fn count_hit(&self, slot: Slot) {
+        if let Some(h) = self.hits.get(slot.0) {
+            h.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Every file asked for since the last call, with its number of requests; the counts
+    /// start again from 0.
+    pub fn take_hits(&self, mut f: impl FnMut(&str, u32)) {
+        for (slot, h) in self.hits.iter().enumerate() {
+            if h.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let n = h.swap(0, Ordering::Relaxed);
+            if let Some(&e) = self.table.get(slot) {
+                if e != EMPTY && n > 0 {
+                    f(self.path_at((e & !TAG_MASK) as u32), n);
+                }
+            }
+        }
     }
 
     pub fn contains(&self, path: &str) -> bool {
@@ -239,7 +281,7 @@ impl FileIndex {
 
     /// Size and mtime (ns) of the file when it was hashed, as `scan::stat_key` gives them.
     pub fn stat(&self, path: &str) -> Option<(u64, i128)> {
-        let u = self.position(path)?;
+        let (_, u) = self.position(path)?;
         let mtime = self.mtime_ns_at(u);
         (mtime > NOT_HELD).then(|| (self.u64_at(u, rec::SIZE), i128::from(mtime)))
     }
@@ -248,7 +290,7 @@ impl FileIndex {
     /// (false only for a file a replica found otherwise when it loaded the generation).
     pub fn held_here(&self, path: &str) -> bool {
         self.position(path)
-            .is_none_or(|u| self.mtime_ns_at(u) != NOT_HELD)
+            .is_none_or(|(_, u)| self.mtime_ns_at(u) != NOT_HELD)
     }
 
     /// How many files this server's tree does not hold (see [`Self::held_here`]).
@@ -309,7 +351,7 @@ impl FileIndex {
 /// without reading and parsing a JSON file of a million entries.
 impl Known for FileIndex {
     fn known(&self, rel: &str) -> Option<CachedFile> {
-        let u = self.position(rel)?;
+        let (_, u) = self.position(rel)?;
         let mtime = self.mtime_ns_at(u);
         (mtime > NOT_HELD).then(|| CachedFile {
             size: self.u64_at(u, rec::SIZE),
@@ -468,7 +510,7 @@ mod tests {
         let cap = idx.table.len();
         let (mut longest, mut total) = (0usize, 0usize);
         for p in m.files.keys() {
-            let want = idx.position(p).unwrap();
+            let (_, want) = idx.position(p).unwrap();
             let h = path_hash(idx.seed, p.as_bytes());
             let mut at = (h as usize) & (cap - 1);
             let mut probes = 1;

@@ -14,11 +14,13 @@ pub mod counters;
 pub mod delta;
 pub mod file_index;
 pub mod follow;
+pub mod held_share;
 pub mod lease;
 pub mod locks;
 pub mod metalink;
 pub mod metrics;
 pub mod origin_gate;
+pub mod popularity;
 pub mod publish;
 pub mod redirect;
 pub mod sample_repo;
@@ -365,6 +367,8 @@ pub async fn build_state(
         origin_peers: RwLock::new(Default::default()),
         servers: RwLock::new(Arc::from([])),
         spot: Default::default(),
+        popularity: popularity::Popularity::new(popularity::HALF_LIFE),
+        held_totals: Default::default(),
         counters: Default::default(),
         origin_gate: Mutex::new(origin_gate::OriginGate::new(
             std::time::Duration::from_secs(10),
@@ -442,6 +446,7 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route(own("/api/report"), post(api::report))
         .route(own("/api/batch/{repo}"), post(batch::origin_batch))
         .route(own("/api/sources/{repo}"), get(batch::sources))
+        .route(own("/api/popularity/{repo}"), get(api::popularity))
         .route(own("/metrics"), get(api::metrics))
         .route(own("/dashboard"), get(api::dashboard))
         .fallback(redirect::customer)
@@ -541,6 +546,7 @@ pub async fn run_with_policy(
     tracing::info!(listen = %local, public_url = %st.public_url, repos = ?st.latest_generations(), policy = st.balancer.policy().name(), "server ready");
 
     tokio::spawn(spotcheck::run(st.clone()));
+    tokio::spawn(popularity::run(st.clone()));
     tokio::spawn(follow::run(st.clone()));
     let sweeper = st.clone();
     tokio::spawn(async move {

@@ -19,6 +19,7 @@ use manifest::Entry;
 use config::MetalinkHeaders;
 
 use crate::counters::Outcome;
+use crate::file_index::Slot;
 use crate::metalink;
 use crate::publish::RepoSnapshot;
 use crate::state::AppState;
@@ -153,6 +154,8 @@ struct FileRequest<'a, S> {
     repo: &'a str,
     rel: &'a str,
     entry: Entry,
+    /// Where a customer's request for it is counted ([`Self::count_hit`]).
+    slot: Slot,
     /// Asked for at `/.origin/…`: never redirected.
     origin_only: bool,
     /// A Metalink document is wanted (`x.meta4`, or `Accept`).
@@ -196,7 +199,7 @@ fn resolve<'a, S: std::ops::Deref<Target = RepoSnapshot>>(
         Some(base) if !snap.files.contains(rel) => (base, true),
         _ => (rel, false),
     };
-    let Some(entry) = snap.files.get(rel) else {
+    let Some((entry, slot)) = snap.files.get_with_slot(rel) else {
         let dir_prefix = format!("{rel}/");
         if snap
             .files
@@ -217,12 +220,22 @@ fn resolve<'a, S: std::ops::Deref<Target = RepoSnapshot>>(
         repo,
         rel,
         entry,
+        slot,
         origin_only,
         metalink,
     })
 }
 
 impl<S: std::ops::Deref<Target = RepoSnapshot>> FileRequest<'_, S> {
+    /// Count the request in the file's popularity: once per customer's request, where its
+    /// answer is decided (the fast path's redirect, or the router's answer, never both). A
+    /// request at `/.origin/…` is a bounce or a last resort, already counted where it began.
+    fn count_hit(&self) {
+        if !self.origin_only {
+            self.snap.files.count_hit(self.slot);
+        }
+    }
+
     /// Whether this request is for a volunteer, if one may serve it.
     fn wants_volunteer(&self, st: &AppState) -> bool {
         !self.origin_only && !self.metalink && self.entry.size > st.config.redirect.direct_max_bytes
@@ -284,6 +297,7 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
         Resolved::NotFound(why) => return text(StatusCode::NOT_FOUND, why),
         Resolved::File(f) => f,
     };
+    file.count_hit();
     let entry = &file.entry;
     let mut extra = HeaderMap::new();
     digest_headers(entry, &mut extra);
@@ -491,6 +505,7 @@ pub fn fast_customer(
             let bytes = body_bytes(head, |name| req.header(name), &file.entry);
             match file.redirect(st, (req.received, bytes), chosen, encoded, with_metalink) {
                 Some(r) => {
+                    file.count_hit();
                     r.write(reply, value);
                     fast::Answer::Done
                 }

@@ -49,6 +49,10 @@ pub struct AppState {
     pub counters: crate::counters::Counters,
     /// Spot checks of volunteers' bytes, and customers' reports.
     pub spot: crate::spot_ledger::SpotChecks,
+    /// Customers' requests per file, decayed ([`crate::popularity`]).
+    pub popularity: crate::popularity::Popularity,
+    /// What each volunteer holds, in files and bytes, as `/api/volunteers` last found it.
+    pub held_totals: crate::held_share::HeldTotals,
     /// Addresses the origin's seed announced from (so the tracker can hide it): at most
     /// [`crate::tracker_http::MAX_ORIGIN_ADDRS`].
     pub origin_peers: RwLock<std::collections::HashSet<std::net::SocketAddr>>,

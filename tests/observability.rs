@@ -332,6 +332,8 @@ async fn the_dashboard_shows_volunteers_in_a_real_browser() {
         "state-healthy",
         "debian (1)",
         "2 / 2",
+        // Each holds all of the repository's files and bytes.
+        "debian 100% · 100% · ",
     ] {
         assert!(
             dom.contains(want),

@@ -435,6 +435,10 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route(own("/api/enroll"), post(api::enroll))
         .route(own("/api/volunteers"), get(api::volunteers))
         .route(own("/manifests/{repo}/{which}"), get(api::manifest))
+        .route(
+            own("/manifests/{repo}/{which}/popularity"),
+            get(api::popularity_table),
+        )
         .route(own("/admin/publish"), post(api::publish))
         .route(own("/admin/enroll"), post(api::admin_enroll))
         .route(
@@ -546,7 +550,7 @@ pub async fn run_with_policy(
     tracing::info!(listen = %local, public_url = %st.public_url, repos = ?st.latest_generations(), policy = st.balancer.policy().name(), "server ready");
 
     tokio::spawn(spotcheck::run(st.clone()));
-    tokio::spawn(popularity::run(st.clone()));
+    popularity::run(Arc::downgrade(&st));
     tokio::spawn(follow::run(st.clone()));
     let sweeper = st.clone();
     tokio::spawn(async move {

@@ -132,6 +132,37 @@ async fn partial_volunteers_are_sent_only_their_files_and_carry_apt() {
         .collect();
     assert_eq!(counted.len(), 3, "{pop}");
     assert!(counted.iter().all(|(_, n)| (n - 8.0).abs() < 0.01), "{pop}");
+    // The same counts, signed as generation 1's popularity: what a budget is filled by.
+    // Made once and kept: asked again, the same bytes.
+    let table_url = format!("{}/manifests/debian/1/popularity", server.url);
+    let signed = http()
+        .get(&table_url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let info = get_json(&format!("{}/api/info", server.url)).await;
+    let key = manifest::signing::parse_public_key(info["public_key"].as_str().unwrap()).unwrap();
+    let table =
+        manifest::popularity::Popularity::verify_expected(&signed, &key, "debian", 1).unwrap();
+    assert_eq!(table.files.len(), 3, "{table:?}");
+    let again = http()
+        .get(&table_url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(signed, again);
+    let r = http()
+        .get(format!("{}/manifests/debian/7/popularity", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::NOT_FOUND);
     let pkgs_share = share(server.volunteer("pkgs").await);
     assert!(
         (pkgs_share["requests"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-6,

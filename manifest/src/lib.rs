@@ -12,6 +12,7 @@
 pub mod beneath;
 pub mod delta;
 pub mod model;
+pub mod popularity;
 pub mod record;
 pub mod relpath;
 pub mod scan;

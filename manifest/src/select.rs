@@ -10,6 +10,9 @@
 //! segment, `?` one character, and a segment `**` any number of whole segments (none
 //! included). Nothing else is special.
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
 /// Paths held whatever the patterns say.
 const METADATA: [&str; 2] = ["dists/**", "**/repodata/**"];
 
@@ -125,11 +128,34 @@ fn match_segment(pattern: &[u8], name: &[u8]) -> bool {
     pattern[p..].iter().all(|&c| c == b'*')
 }
 
+/// A disk budget filled by popularity: of the files the patterns choose, the most asked
+/// for that fit (`crate::popularity::fill_budget`), by the signed popularity of one
+/// generation.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    pub bytes: u64,
+    /// The generation whose popularity chose the files (0: none yet).
+    pub from: u64,
+    /// The files chosen, once they are known: until then only the metadata is held.
+    chosen: Option<Arc<HashSet<String>>>,
+}
+
+/// Two budgets are the same if of the same size and chosen by the same generation's
+/// popularity: the files follow from those.
+impl PartialEq for Budget {
+    fn eq(&self, other: &Budget) -> bool {
+        (self.bytes, self.from) == (other.bytes, other.from)
+    }
+}
+
+impl Eq for Budget {}
+
 /// What a partial mirror holds of its repository.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Selection {
     include: Vec<Pattern>,
     exclude: Vec<Pattern>,
+    budget: Option<Budget>,
 }
 
 impl Selection {
@@ -141,12 +167,44 @@ impl Selection {
         Ok(Selection {
             include: parse(include)?,
             exclude: parse(exclude)?,
+            budget: None,
         })
     }
 
-    /// Everything: no pattern at all.
+    /// The same patterns, within a disk budget of `bytes` filled by popularity (no files
+    /// chosen yet).
+    pub fn with_budget(mut self, bytes: u64) -> Selection {
+        self.budget = Some(Budget {
+            bytes,
+            from: 0,
+            chosen: None,
+        });
+        self
+    }
+
+    /// The budget, if there is one.
+    pub fn budget(&self) -> Option<&Budget> {
+        self.budget.as_ref()
+    }
+
+    /// Whether it has a budget whose files are not known yet.
+    pub fn is_unchosen(&self) -> bool {
+        self.budget.as_ref().is_some_and(|b| b.chosen.is_none())
+    }
+
+    /// The same, its budget's files `chosen` by the popularity of generation `from`.
+    pub fn chosen_by(&self, from: u64, chosen: HashSet<String>) -> Selection {
+        let mut s = self.clone();
+        if let Some(b) = &mut s.budget {
+            b.from = from;
+            b.chosen = Some(Arc::new(chosen));
+        }
+        s
+    }
+
+    /// Everything: no pattern and no budget.
     pub fn is_everything(&self) -> bool {
-        self.include.is_empty() && self.exclude.is_empty()
+        self.include.is_empty() && self.exclude.is_empty() && self.budget.is_none()
     }
 
     /// Whether the mirror holds `path`.
@@ -154,8 +212,18 @@ impl Selection {
         if is_metadata(path) {
             return true;
         }
-        (self.include.is_empty() || self.include.iter().any(|p| p.matches(path)))
-            && !self.exclude.iter().any(|p| p.matches(path))
+        self.patterns_hold(path)
+            && self
+                .budget
+                .as_ref()
+                .is_none_or(|b| b.chosen.as_ref().is_some_and(|c| c.contains(path)))
+    }
+
+    /// Whether the patterns choose `path`, whatever a budget says.
+    pub fn patterns_hold(&self, path: &str) -> bool {
+        is_metadata(path)
+            || ((self.include.is_empty() || self.include.iter().any(|p| p.matches(path)))
+                && !self.exclude.iter().any(|p| p.matches(path)))
     }
 
     /// The patterns as one line each (`+ pattern`, `- pattern`): what a tree records of the
@@ -170,6 +238,13 @@ impl Selection {
                 out.push('\n');
             }
         }
+        if let Some(b) = &self.budget {
+            out.push_str(&format!("$ budget {}", b.bytes));
+            if b.from > 0 {
+                out.push_str(&format!(" @ {}", b.from));
+            }
+            out.push('\n');
+        }
         out
     }
 }
@@ -183,7 +258,8 @@ impl std::str::FromStr for Selection {
     type Err = PatternError;
 
     /// Reads [`Selection::canonical`]'s text back: one pattern a line, `+ ` to include,
-    /// `- ` to exclude. Anything else, or more than [`MAX_CANONICAL_LEN`] bytes, is refused.
+    /// `- ` to exclude, and a budget as `$ budget <bytes>[ @ <generation>]` (its files not
+    /// chosen yet). Anything else, or more than [`MAX_CANONICAL_LEN`] bytes, is refused.
     fn from_str(text: &str) -> Result<Selection, PatternError> {
         let bad = |line: &str, why| PatternError {
             pattern: line.to_string(),
@@ -194,6 +270,24 @@ impl std::str::FromStr for Selection {
         }
         let mut sel = Selection::default();
         for line in text.lines() {
+            if let Some(b) = line.strip_prefix("$ budget ") {
+                let (bytes, from) = match b.split_once(" @ ") {
+                    Some((n, g)) => (n.parse::<u64>(), g.parse::<u64>()),
+                    None => (b.parse::<u64>(), Ok(0)),
+                };
+                let (Ok(bytes), Ok(from)) = (bytes, from) else {
+                    return Err(bad(line, "a budget is `$ budget <bytes>[ @ <generation>]`"));
+                };
+                if sel.budget.is_some() {
+                    return Err(bad(line, "one budget"));
+                }
+                sel.budget = Some(Budget {
+                    bytes,
+                    from,
+                    chosen: None,
+                });
+                continue;
+            }
             let (list, pattern) = if let Some(p) = line.strip_prefix("+ ") {
                 (&mut sel.include, p)
             } else if let Some(p) = line.strip_prefix("- ") {
@@ -266,11 +360,37 @@ mod tests {
     }
 
     #[test]
+    fn a_budget_holds_its_chosen_files_and_until_they_are_chosen_only_the_metadata() {
+        let b = sel(&["pool/**"], &[]).with_budget(100);
+        assert!(!b.is_everything() && b.is_unchosen());
+        assert!(b.holds("dists/stable/Release"));
+        assert!(!b.holds("pool/a") && b.patterns_hold("pool/a"));
+        let c = b.chosen_by(2, ["pool/a".to_string(), "big/x".to_string()].into());
+        assert!(c.holds("pool/a") && !c.holds("pool/b"));
+        assert!(!c.holds("big/x"), "the patterns still decide first");
+    }
+
+    #[test]
     fn the_canonical_text_reads_back_and_anything_else_is_refused() {
         let s = sel(&["pool/main/**", "big/?.bin"], &["**/*_arm64.deb"]);
         assert_eq!(s.canonical().parse::<Selection>().unwrap(), s);
         assert_eq!("".parse::<Selection>().unwrap(), Selection::default());
         for bad in ["pool/**\n", "+pool/**\n", "+ /abs\n", "* x\n"] {
+            assert!(bad.parse::<Selection>().is_err(), "{bad:?} was taken");
+        }
+        let b = sel(&["pool/**"], &[]).with_budget(1000);
+        assert_eq!(b.canonical(), "+ pool/**\n$ budget 1000\n");
+        assert_eq!(b.canonical().parse::<Selection>().unwrap(), b);
+        let chosen = b.chosen_by(4, ["pool/a".to_string()].into());
+        assert_eq!(chosen.canonical(), "+ pool/**\n$ budget 1000 @ 4\n");
+        let read: Selection = chosen.canonical().parse().unwrap();
+        assert_eq!(read, chosen);
+        assert!(read.is_unchosen() && !chosen.is_unchosen());
+        for bad in [
+            "$ budget x\n",
+            "$ budget 1 @ y\n",
+            "$ budget 1\n$ budget 2\n",
+        ] {
             assert!(bad.parse::<Selection>().is_err(), "{bad:?} was taken");
         }
         let long = "+ a\n".repeat(MAX_CANONICAL_LEN / 4 + 1);

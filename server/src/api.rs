@@ -260,6 +260,37 @@ pub async fn popularity(
     .into_response()
 }
 
+/// `GET /manifests/<repo>/<generation|latest>/popularity`: the generation's signed
+/// popularity ([`manifest::popularity::Popularity`]), what a volunteer's disk budget is
+/// filled by.
+pub async fn popularity_table(
+    State(st): State<Arc<AppState>>,
+    Path((repo, which)): Path<(String, String)>,
+) -> Response {
+    let Some(snap) = st.repo(&repo) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no repository named `{repo}`"),
+        );
+    };
+    let g = match which.as_str() {
+        "latest" => snap.generation(),
+        n => match n.parse::<u64>() {
+            Ok(g) => g,
+            Err(_) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "generation must be a number or `latest`",
+                )
+            }
+        },
+    };
+    match crate::popularity::signed_table(&st, &repo, g).await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(e) => e.response(),
+    }
+}
+
 #[derive(Deserialize)]
 pub struct ManifestQuery {
     /// Ask for the changes since this generation rather than the whole manifest.
@@ -328,7 +359,7 @@ pub enum ManifestUnavailable {
 }
 
 impl ManifestUnavailable {
-    fn response(&self) -> Response {
+    pub(crate) fn response(&self) -> Response {
         let status = match self {
             ManifestUnavailable::NotKept { .. } => StatusCode::NOT_FOUND,
             ManifestUnavailable::Backwards { .. } => StatusCode::BAD_REQUEST,

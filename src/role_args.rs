@@ -102,6 +102,11 @@ pub struct VolunteerArgs {
     /// `debian=**/*_arm64.deb`. Adds to `[parts.NAME] exclude`.
     #[arg(long = "exclude", value_parser = config::parse_name_pattern)]
     pub exclude: Vec<(String, String)>,
+    /// Hold at most this many bytes of a repository, the files customers ask for most:
+    /// NAME=BYTES, e.g. `debian=50000000000` (the metadata always). Sets `[parts.NAME]
+    /// budget_bytes`.
+    #[arg(long = "budget", value_parser = config::parse_name_bytes)]
+    pub budget: Vec<(String, u64)>,
     /// Maximum concurrent customers; more are sent to the origin [default: 64].
     #[arg(long)]
     pub max_connections: Option<u32>,
@@ -219,6 +224,9 @@ pub fn volunteer_config(a: VolunteerArgs) -> Result<VolunteerConfig> {
     }
     for (name, pattern) in a.exclude {
         cfg.parts.entry(name).or_default().exclude.push(pattern);
+    }
+    for (name, bytes) in a.budget {
+        cfg.parts.entry(name).or_default().budget_bytes = Some(bytes);
     }
     if let Some(v) = a.max_connections {
         cfg.max_connections = v;

@@ -20,6 +20,19 @@ fn start_partial(
     include: &[&str],
     exclude: &[&str],
 ) -> Volunteer {
+    let (v, _) = start_partial_with(root, server, name, include, exclude, &[]);
+    v
+}
+
+/// [`start_partial`] with more arguments; also the command line, to start it again.
+fn start_partial_with(
+    root: &Path,
+    server: &Server,
+    name: &str,
+    include: &[&str],
+    exclude: &[&str],
+    more: &[String],
+) -> (Volunteer, Vec<String>) {
     let token = server.enroll(name);
     let port = free_port();
     let mirror = root.join(name).join("debian");
@@ -33,15 +46,17 @@ fn start_partial(
     for p in exclude {
         args.extend(["--exclude".to_string(), format!("debian={p}")]);
     }
+    args.extend(more.iter().cloned());
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    Volunteer {
+    let v = Volunteer {
         name: name.to_string(),
         url: format!("http://127.0.0.1:{port}"),
         port,
         mirror,
         data_dir,
         proc: Proc::spawn(&argv, &root.join(format!("{name}.log"))),
-    }
+    };
+    (v, args)
 }
 
 async fn served(v: &Volunteer) -> u64 {
@@ -251,4 +266,103 @@ async fn a_partial_volunteer_lying_about_its_part_is_caught_by_spot_checks() {
         "{v}"
     );
     assert_eq!(server.location("big/a.bin").await, None);
+}
+
+/// A volunteer with a disk budget holds the files customers asked for most that fit, and
+/// the metadata; the server works out the same files and sends it customers for those only.
+/// A smaller budget drops the least asked for.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_budget_holds_the_most_asked_for_files_and_a_smaller_one_drops_some() {
+    let tmp = TestDir::new();
+    let root = tmp.path();
+    let repo = root.join("repo");
+    sample_repo(&repo);
+    std::fs::create_dir_all(repo.join("pop")).unwrap();
+    for i in 0..10u64 {
+        std::fs::write(repo.join(format!("pop/f{i}.bin")), noise(200 + i, 40_000)).unwrap();
+    }
+    let server = start_server(root, &repo, &["--direct-max-bytes", "0"]).await;
+    // Customers ask for f0 most, then f1, f2, f3; the rest never.
+    for (i, n) in [(0, 12), (1, 9), (2, 6), (3, 3)] {
+        for _ in 0..n {
+            server.location(&format!("pop/f{i}.bin")).await;
+        }
+    }
+    // Room for the metadata and three of them.
+    let metadata: u64 = files_under(&repo)
+        .iter()
+        .filter(|p| p.starts_with("dists/"))
+        .map(|p| std::fs::metadata(repo.join(p)).unwrap().len())
+        .sum();
+    let budget = metadata + 3 * 40_000 + 100;
+    let (mut v, mut args) = start_partial_with(
+        root,
+        &server,
+        "budget",
+        &["pop/**"],
+        &[],
+        &["--budget".to_string(), format!("debian={budget}")],
+    );
+    let held = |v: &Volunteer| -> Vec<String> {
+        if !v.mirror.join("dists").exists() {
+            return Vec::new();
+        }
+        files_under(&v.mirror)
+            .into_iter()
+            .filter(|p| !p.starts_with("dists/"))
+            .collect()
+    };
+    wait_until(Duration::from_secs(30), "the budget filled", || async {
+        held(&v) == ["pop/f0.bin", "pop/f1.bin", "pop/f2.bin"]
+    })
+    .await;
+    server.wait_held("budget", 1).await;
+    let part = server.volunteer("budget").await["parts"]["debian"].clone();
+    assert_eq!(part, format!("+ pop/**\n$ budget {budget} @ 1\n"), "{part}");
+    // The server works out the same files: the popular ones go to it, the others not.
+    wait_until(Duration::from_secs(10), "f0 redirected to it", || async {
+        server
+            .location("pop/f0.bin")
+            .await
+            .is_some_and(|l| l.starts_with(&v.url))
+    })
+    .await;
+    for _ in 0..4 {
+        assert!(server
+            .location("pop/f2.bin")
+            .await
+            .is_some_and(|l| l.starts_with(&v.url)));
+        assert_eq!(server.location("pop/f3.bin").await, None);
+        assert_eq!(server.location(DEB).await, None, "outside its patterns");
+    }
+
+    // A smaller budget: f2 goes, the rest stays where it is (nothing fetched again).
+    let small = metadata + 2 * 40_000 + 100;
+    v.proc.kill();
+    let at = args.iter().position(|a| a == "--budget").unwrap();
+    args[at + 1] = format!("debian={small}");
+    v.proc = Proc::spawn(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &root.join("budget-2.log"),
+    );
+    wait_until(Duration::from_secs(30), "the budget shrunk", || async {
+        held(&v) == ["pop/f0.bin", "pop/f1.bin"]
+    })
+    .await;
+    // (Started again, it holds only the metadata until its pull filled the budget anew and
+    // the server worked the files out.)
+    wait_until(
+        Duration::from_secs(10),
+        "f1 redirected to it again",
+        || async {
+            server
+                .location("pop/f1.bin")
+                .await
+                .is_some_and(|l| l.starts_with(&v.url))
+        },
+    )
+    .await;
+    assert_eq!(server.location("pop/f2.bin").await, None);
+    let part = server.volunteer("budget").await["parts"]["debian"].clone();
+    assert_eq!(part, format!("+ pop/**\n$ budget {small} @ 1\n"), "{part}");
 }

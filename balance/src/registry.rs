@@ -494,6 +494,21 @@ impl Registry {
         Ok(())
     }
 
+    /// Put `part` in place of the part `id` holds of `repo`, if that is still the one it
+    /// announced (the same text): a budget's files, worked out after its announce.
+    pub fn set_part(&mut self, id: &str, repo: &str, part: Arc<Part>) {
+        let Some(repo) = self.interned(repo).cloned() else {
+            return;
+        };
+        let Some(v) = self.get_mut(id) else {
+            return;
+        };
+        let held = v.generations.entry(repo);
+        if held.part.as_ref().is_some_and(|p| p.text == part.text) {
+            held.part = Some(part);
+        }
+    }
+
     /// Forget a volunteer (revoked).
     pub fn remove(&mut self, id: &str) {
         if let Some(i) = self.index.get(id).copied() {

@@ -518,12 +518,20 @@ impl UploadWindow {
 pub struct PartConfig {
     pub include: Vec<String>,
     pub exclude: Vec<String>,
+    /// Hold at most this many bytes: the files customers asked for most (of those the
+    /// patterns choose), by the popularity the server publishes with each generation; the
+    /// metadata always. Default: no budget.
+    pub budget_bytes: Option<u64>,
 }
 
 impl PartConfig {
-    /// The patterns read.
+    /// The patterns read, and the budget.
     pub fn selection(&self) -> Result<Selection, PatternError> {
-        Selection::new(&self.include, &self.exclude)
+        let s = Selection::new(&self.include, &self.exclude)?;
+        Ok(match self.budget_bytes {
+            Some(b) => s.with_budget(b),
+            None => s,
+        })
     }
 }
 
@@ -549,8 +557,8 @@ pub struct VolunteerConfig {
     /// Mirrored repositories: name → directory holding its copy.
     pub mirrors: BTreeMap<String, PathBuf>,
     /// The part of a repository held, where not all of it (`[parts.debian] include =
-    /// ["pool/main/**"], exclude = ["**/*_arm64.deb"]`): only it is synced, verified,
-    /// announced and served. Default: every repository whole.
+    /// ["pool/main/**"], exclude = ["**/*_arm64.deb"], budget_bytes = 50000000000`): only
+    /// it is synced, verified, announced and served. Default: every repository whole.
     pub parts: BTreeMap<String, PartConfig>,
     /// Disk quota per repository, bytes: a generation (of its part, if one is held) larger
     /// than this is not synced (the
@@ -652,6 +660,12 @@ impl VolunteerConfig {
                     }
                 }
             }
+            if part.budget_bytes.is_some() && !self.sync {
+                return Err(invalid(
+                    format!("parts.{name}.budget_bytes"),
+                    "a budget is filled by syncing: it needs sync = true (not --no-sync)",
+                ));
+            }
             let text = part.selection().map(|s| s.canonical()).unwrap_or_default();
             if text.len() > manifest::select::MAX_CANONICAL_LEN {
                 return Err(invalid(
@@ -733,6 +747,18 @@ pub fn parse_name_pattern(s: &str) -> Result<(String, String), String> {
     Ok((name.to_string(), pattern.to_string()))
 }
 
+/// Parses `NAME=BYTES` (`--budget`).
+pub fn parse_name_bytes(s: &str) -> Result<(String, u64), String> {
+    let (name, bytes) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` must be NAME=BYTES"))?;
+    validate_repo_name(name)?;
+    let bytes = bytes
+        .parse::<u64>()
+        .map_err(|_| format!("`{bytes}` is not a number of bytes"))?;
+    Ok((name.to_string(), bytes))
+}
+
 /// Repository names appear in URLs and file names: keep them plain.
 pub fn validate_repo_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
@@ -802,6 +828,15 @@ mod tests {
         assert!(e.contains("parts.x"), "{e}");
         let e = load("[parts.d]\nexclude = [\"/abs\"]\n").unwrap_err();
         assert!(e.contains("parts.d.exclude") && e.contains("/abs"), "{e}");
+        let c = load("[parts.d]\nbudget_bytes = 1000\n").unwrap();
+        assert_eq!(
+            c.parts["d"].selection().unwrap().budget().map(|b| b.bytes),
+            Some(1000)
+        );
+        let mut no_sync = load("[parts.d]\nbudget_bytes = 1000\n").unwrap();
+        no_sync.sync = false;
+        let e = no_sync.validate().unwrap_err().to_string();
+        assert!(e.contains("parts.d.budget_bytes"), "{e}");
         let e = load("[parts.d]\ninclud = [\"a\"]\n").unwrap_err();
         assert!(e.contains("includ"), "{e}");
         let many: Vec<String> = (0..300).map(|i| format!("\"pool/{i:04}/**\"")).collect();

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod batch;
+pub mod budget;
 pub mod counters;
 pub mod delta;
 pub mod file_index;
@@ -369,6 +370,7 @@ pub async fn build_state(
         spot: Default::default(),
         popularity: popularity::Popularity::new(popularity::HALF_LIFE),
         held_totals: Default::default(),
+        budgets: Default::default(),
         counters: Default::default(),
         origin_gate: Mutex::new(origin_gate::OriginGate::new(
             std::time::Duration::from_secs(10),
@@ -551,6 +553,7 @@ pub async fn run_with_policy(
 
     tokio::spawn(spotcheck::run(st.clone()));
     popularity::run(Arc::downgrade(&st));
+    tokio::spawn(budget::run(st.clone()));
     tokio::spawn(follow::run(st.clone()));
     let sweeper = st.clone();
     tokio::spawn(async move {

@@ -53,6 +53,8 @@ pub struct AppState {
     pub popularity: crate::popularity::Popularity,
     /// What each volunteer holds, in files and bytes, as `/api/volunteers` last found it.
     pub held_totals: crate::held_share::HeldTotals,
+    /// Volunteers' budgets as worked out ([`crate::budget`]).
+    pub budgets: crate::budget::Budgets,
     /// Addresses the origin's seed announced from (so the tracker can hide it): at most
     /// [`crate::tracker_http::MAX_ORIGIN_ADDRS`].
     pub origin_peers: RwLock<std::collections::HashSet<std::net::SocketAddr>>,

@@ -149,6 +149,41 @@ impl ServerClient {
             .with_context(|| format!("manifest {repo}/{which} failed verification"))
     }
 
+    /// Fetch and verify generation `generation`'s popularity (what a budget is filled by).
+    pub async fn popularity(
+        &self,
+        key: &VerifyingKey,
+        repo: &str,
+        generation: u64,
+    ) -> Result<manifest::popularity::Popularity> {
+        let mut resp = self
+            .http
+            .get(format!(
+                "{}/manifests/{repo}/{generation}/popularity",
+                self.base
+            ))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        if !resp.status().is_success() {
+            bail!(
+                "popularity of {repo} generation {generation}: {}",
+                Self::error_text(resp).await
+            );
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await? {
+            if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
+                bail!("popularity of {repo} is larger than {MAX_MANIFEST_BYTES} bytes");
+            }
+            body.extend_from_slice(&chunk);
+        }
+        manifest::popularity::Popularity::verify_expected(&body, key, repo, generation)
+            .with_context(|| {
+                format!("popularity of {repo} generation {generation} failed verification")
+            })
+    }
+
     /// A sync artifact (`<sha256>.torrent` or `.sig`).
     pub async fn artifact(&self, sha256_hex: &str, ext: &str) -> Result<bytes::Bytes> {
         let resp = self

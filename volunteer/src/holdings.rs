@@ -122,6 +122,16 @@ impl Holdings {
         }
     }
 
+    /// The newest verified manifest.
+    pub fn latest_manifest(&self) -> Option<Arc<Manifest>> {
+        self.manifests.values().next_back().cloned()
+    }
+
+    /// Hold `part` from now on (a budget's files chosen again).
+    pub fn set_part(&mut self, part: Selection) {
+        self.part = part;
+    }
+
     pub fn latest_generation(&self) -> u64 {
         self.manifests.keys().next_back().copied().unwrap_or(0)
     }

@@ -46,8 +46,9 @@ const UNSENT_BYTES: u32 = 64 * 1024;
 pub struct Mirror {
     pub dir: PathBuf,
     /// The part of the repository held (everything unless `[parts.<name>]` says otherwise):
-    /// what is synced, verified, announced (`ms_part`) and served.
-    pub part: manifest::select::Selection,
+    /// what is synced, verified, announced (`ms_part`) and served. A budget's files are
+    /// chosen again for each generation a pull installs.
+    part: RwLock<manifest::select::Selection>,
     holdings: Mutex<Holdings>,
     view: RwLock<Arc<HoldingsView>>,
     /// The newest generation the server has named, as each announce's reply says: a pull
@@ -63,6 +64,24 @@ impl Mirror {
     }
     fn set_view(&self, v: HoldingsView) {
         *self.view.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(v);
+    }
+
+    /// The part held now.
+    pub fn part(&self) -> manifest::select::Selection {
+        self.part.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether its budget (if any) was filled for a generation other than `latest`: a
+    /// pull chooses its files again.
+    fn budget_behind(&self, latest: u64) -> bool {
+        let part = self.part.read().unwrap_or_else(|e| e.into_inner());
+        part.budget().is_some_and(|b| b.from != latest)
+    }
+
+    /// Hold `part` from now on: once a pull installed what it chose.
+    async fn set_part(&self, part: manifest::select::Selection) {
+        self.holdings.lock().await.set_part(part.clone());
+        *self.part.write().unwrap_or_else(|e| e.into_inner()) = part;
     }
 }
 
@@ -241,7 +260,7 @@ impl VolunteerState {
             sync_bps: rates.sync_bps,
             link_bps: self.uplink.bps(),
             paused: self.paused.load(Ordering::Relaxed),
-            part: mirror.map_or_else(String::new, |m| m.part.canonical()),
+            part: mirror.map_or_else(String::new, |m| m.part().canonical()),
         }
     }
 
@@ -296,6 +315,34 @@ impl VolunteerState {
         interval
     }
 
+    /// `m`'s budget filled by the popularity of the newest generation it knows: of the files
+    /// its patterns choose, the most asked for that fit, as the server will work them out.
+    async fn fill_budget(&self, repo: &str, m: &Mirror) -> Result<manifest::select::Selection> {
+        let part = m.part();
+        let bytes = part.budget().map_or(0, |b| b.bytes);
+        let Some(latest) = m.holdings.lock().await.latest_manifest() else {
+            bail!("no manifest yet");
+        };
+        let table = self
+            .client
+            .popularity(&self.server_key, repo, latest.generation)
+            .await?;
+        let g = latest.generation;
+        let chosen = tokio::task::spawn_blocking(move || {
+            let files = latest.files.iter().map(|(p, e)| (p.as_str(), e.size));
+            manifest::popularity::fill_budget(&part, files, &table, bytes)
+        })
+        .await?;
+        tracing::info!(
+            repo,
+            generation = g,
+            files = chosen.len(),
+            budget = bytes,
+            "budget filled by popularity"
+        );
+        Ok(m.part().chosen_by(g, chosen))
+    }
+
     /// Bytes uploaded for syncing so far: what the seeder and the batch answers sent to
     /// other volunteers, plus a companion's. (Uploads by a pull lingering as a seeder are not
     /// counted; they are short.)
@@ -325,7 +372,7 @@ impl VolunteerState {
             return;
         };
         let v = m.view();
-        if v.latest == 0 || v.held >= v.latest {
+        if v.latest == 0 || (v.held >= v.latest && !m.budget_behind(v.latest)) {
             return;
         }
         if let Some(&quota) = self.config.quotas.get(repo) {
@@ -362,12 +409,26 @@ impl VolunteerState {
             opts.adopt = me.config.adopt;
             opts.own_url = Some(me.config.public_url());
             opts.written = me.mirrors.get(&repo).map(|m| m.written.clone());
-            if let Some(m) = me.mirrors.get(&repo) {
-                opts.select = m.part.clone();
+            let mirror = me.mirrors.get(&repo);
+            if let Some(m) = mirror {
+                opts.select = m.part();
+                if opts.select.budget().is_some() {
+                    match me.fill_budget(&repo, m).await {
+                        Ok(chosen) => opts.select = chosen,
+                        Err(e) => {
+                            tracing::warn!(repo = %repo, error = %format!("{e:#}"), "cannot fill the budget by the newest popularity; the pull keeps the files chosen before")
+                        }
+                    }
+                }
             }
             let bt = me.seeder.as_ref().map(|s| &s.bt);
             match prsync::pull::pull(&opts, bt).await {
-                Ok(sum) => tracing::info!(repo = %repo, summary = %sum.line(), "synced"),
+                Ok(sum) => {
+                    tracing::info!(repo = %repo, summary = %sum.line(), "synced");
+                    if let Some(m) = mirror {
+                        m.set_part(opts.select.clone()).await;
+                    }
+                }
                 Err(e @ prsync::pull::PullError::Superseded { .. }) => {
                     tracing::info!(repo = %repo, reason = %e, "pull gave way to a newer generation; the next announce starts it")
                 }
@@ -569,7 +630,7 @@ pub async fn run_with_companion(
                 Mirror {
                     dir: dir.clone(),
                     holdings: Mutex::new(Holdings::new(name, dir, &cfg.data_dir, part.clone())),
-                    part,
+                    part: RwLock::new(part),
                     view: RwLock::new(Arc::new(HoldingsView::default())),
                     newest: tokio::sync::watch::Sender::new(0),
                     written: Default::default(),

@@ -198,12 +198,20 @@ pub fn predecessor_key(path: &str) -> Option<String> {
 pub fn run(st: std::sync::Weak<AppState>) {
     let spawned = std::thread::Builder::new()
         .name("popularity".into())
-        .spawn(move || loop {
-            std::thread::sleep(FOLD_EVERY);
-            let Some(st) = st.upgrade() else {
-                return;
-            };
-            fold_all(&st);
+        .spawn(move || {
+            // The lowest priority: on a core the serving threads keep busy a fold waits its
+            // turn, a few milliseconds at a time, instead of taking its whole pass at once (at
+            // the default priority it put the redirect's p99 at 6.4 ms against 1.1 ms on one
+            // core). On Linux a thread has its own nice value; 0 names the calling one.
+            // SAFETY: setpriority only reads its arguments.
+            let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+            loop {
+                std::thread::sleep(FOLD_EVERY);
+                let Some(st) = st.upgrade() else {
+                    return;
+                };
+                fold_all(&st);
+            }
         });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start counting popularity; /api/popularity stays empty");

@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""Partial volunteers under Zipf popularity: what share of the requests volunteers with a disk
+budget serve, against the same number of volunteers holding the whole repository.
+
+For each budget (a share of the repository's bytes) a fresh server publishes a repository of
+--files files (sizes 1-32 KiB, random), customers warm its popularity with --warm requests
+drawn Zipf(--zipf) over the files in a random order, then --volunteers volunteers start, each
+with that budget (`--budget`), sync with PRsync, and announce. A customer then makes
+--requests GETs drawn from the same distribution, following the redirect itself, and the
+script counts who served each (a volunteer or the origin), the bytes, and the time to the
+last byte. 100 means whole-repository volunteers (no budget).
+
+Usage: python3 benches/budget_zipf.py [--bin target/release/mirrorswarm] [--budgets 5,10,25,50,100]
+Real processes on loopback; every process started is ended, also on failure.
+"""
+
+import argparse
+import bisect
+import http.client
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.parse
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Procs:
+    def __init__(self):
+        self.procs = []
+
+    def start(self, args, log):
+        p = subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+        self.procs.append(p)
+        return p
+
+    def stop(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.time() + 10
+        for p in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.procs = []
+
+
+def get_json(port, path):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", path)
+    r = c.getresponse()
+    body = r.read()
+    c.close()
+    return json.loads(body) if r.status == 200 else None
+
+
+def wait_until(what, f, secs=120):
+    deadline = time.time() + secs
+    while time.time() < deadline:
+        try:
+            if f():
+                return
+        except (OSError, ValueError, http.client.HTTPException):
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"timed out after {secs} s waiting for {what}")
+
+
+class Zipf:
+    """Ranks 0..n-1 drawn with probability proportional to 1/(rank+1)^s."""
+
+    def __init__(self, n, s, rng):
+        w = [1.0 / (k + 1) ** s for k in range(n)]
+        total = sum(w)
+        acc, self.cdf = 0.0, []
+        for x in w:
+            acc += x / total
+            self.cdf.append(acc)
+        self.rng = rng
+
+    def draw(self):
+        return min(bisect.bisect_left(self.cdf, self.rng.random()), len(self.cdf) - 1)
+
+
+def make_repo(d, files, rng):
+    os.makedirs(os.path.join(d, "pool"))
+    sizes = {}
+    for i in range(files):
+        rel = f"pool/f{i:05}.bin"
+        size = rng.randint(1024, 32 * 1024)
+        with open(os.path.join(d, rel), "wb") as f:
+            f.write(rng.randbytes(size))
+        sizes[rel] = size
+    return sizes
+
+
+def fetch(conns, port, rel):
+    """GET through the server, following one redirect; (served by volunteer?, bytes, secs)."""
+    t0 = time.perf_counter()
+    c = conns.setdefault(port, http.client.HTTPConnection("127.0.0.1", port, timeout=30))
+    c.request("GET", f"/zipf/{rel}")
+    r = c.getresponse()
+    body = r.read()
+    if r.status == 302:
+        loc = urllib.parse.urlsplit(r.getheader("Location"))
+        vc = conns.setdefault(loc.port, http.client.HTTPConnection("127.0.0.1", loc.port, timeout=30))
+        path = loc.path + ("?" + loc.query if loc.query else "")
+        vc.request("GET", path)
+        vr = vc.getresponse()
+        body = vr.read()
+        # A volunteer that cannot serve it bounces the customer to the origin.
+        if vr.status == 302:
+            loc = urllib.parse.urlsplit(vr.getheader("Location"))
+            c.request("GET", loc.path + ("?" + loc.query if loc.query else ""))
+            body = c.getresponse().read()
+            return False, len(body), time.perf_counter() - t0
+        return True, len(body), time.perf_counter() - t0
+    if r.status != 200:
+        raise SystemExit(f"GET {rel}: {r.status}")
+    return False, len(body), time.perf_counter() - t0
+
+
+def run_level(a, pct, sizes, order, work, procs):
+    root = os.path.join(work, f"budget-{pct}")
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(root)
+    repo = os.path.join(work, "repo")
+    port = free_port()
+    data = os.path.join(root, "server")
+    procs.start([a.bin, "server", "--listen", f"127.0.0.1:{port}", "--data-dir", data,
+                 "--repo", f"zipf={repo}", "--announce-interval", "1", "--slow-start-secs", "0",
+                 "--direct-max-bytes", "0"], os.path.join(root, "server.log"))
+    wait_until("the server", lambda: get_json(port, "/health") is not None)
+    rng = random.Random(a.seed + 1)
+    z = Zipf(len(order), a.zipf, rng)
+    conns = {}
+    for _ in range(a.warm):
+        c = conns.setdefault(port, http.client.HTTPConnection("127.0.0.1", port, timeout=30))
+        c.request("HEAD", f"/zipf/{order[z.draw()]}")
+        c.getresponse().read()
+    for c in conns.values():
+        c.close()
+    time.sleep(3)  # the server folds its counts every 2 s
+    total = sum(sizes.values())
+    budget = total * pct // 100
+    vols = []
+    for i in range(a.volunteers):
+        name = f"v{i}"
+        out = subprocess.run([a.bin, "enroll", "--data-dir", data, "--name", name],
+                             capture_output=True, text=True, check=True)
+        token = out.stdout.strip().splitlines()[-1]
+        vport = free_port()
+        args = [a.bin, "volunteer", "--server", f"http://127.0.0.1:{port}", "--token", token,
+                "--listen", f"127.0.0.1:{vport}", "--data-dir", os.path.join(root, name),
+                "--mirror", f"zipf={os.path.join(root, name + '-tree')}", "--rescan-secs", "1",
+                "--max-connections", "64"]
+        if pct < 100:
+            args += ["--budget", f"zipf={budget}"]
+        procs.start(args, os.path.join(root, name + ".log"))
+        vols.append(name)
+
+    def ready():
+        vs = get_json(port, "/api/volunteers") or []
+        ok = [v for v in vs if v["state"] == "healthy" and v["generations"].get("zipf") == 1
+              and (pct == 100 or "@ 1" in v.get("parts", {}).get("zipf", ""))]
+        return len(ok) == a.volunteers
+
+    t_sync = time.time()
+    wait_until("the volunteers to sync and announce", ready, secs=600)
+    sync_secs = time.time() - t_sync
+    time.sleep(3)  # the server works budgets out within a second or so of an announce
+    shares = [v["shares"]["zipf"] for v in get_json(port, "/api/volunteers")]
+    rng = random.Random(a.seed + 2)
+    z = Zipf(len(order), a.zipf, rng)
+    conns = {}
+    served_by_vol, vol_bytes, all_bytes, times = 0, 0, 0, []
+    for _ in range(a.requests):
+        by_vol, n, secs = fetch(conns, port, order[z.draw()])
+        served_by_vol += by_vol
+        vol_bytes += n if by_vol else 0
+        all_bytes += n
+        times.append(secs)
+    for c in conns.values():
+        c.close()
+    procs.stop()
+    times.sort()
+    return {
+        "budget_pct": pct,
+        "budget_bytes": budget if pct < 100 else total,
+        "held_bytes_share": statistics.mean(s["bytes"] for s in shares),
+        "held_files_share": statistics.mean(s["files"] for s in shares),
+        "volunteer_request_share": served_by_vol / a.requests,
+        "origin_request_share": 1 - served_by_vol / a.requests,
+        "origin_bytes_share": 1 - vol_bytes / all_bytes,
+        "mean_ms": 1000 * statistics.mean(times),
+        "p95_ms": 1000 * times[int(0.95 * len(times))],
+        "sync_secs": sync_secs,
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--bin", default="target/release/mirrorswarm")
+    p.add_argument("--files", type=int, default=10_000)
+    p.add_argument("--volunteers", type=int, default=4)
+    p.add_argument("--budgets", default="5,10,25,50,100")
+    p.add_argument("--zipf", type=float, default=1.0)
+    p.add_argument("--warm", type=int, default=20_000)
+    p.add_argument("--requests", type=int, default=20_000)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--work", default="/tmp/mirrorswarm-budget-zipf")
+    a = p.parse_args()
+    a.bin = os.path.abspath(a.bin)
+    shutil.rmtree(a.work, ignore_errors=True)
+    os.makedirs(a.work)
+    rng = random.Random(a.seed)
+    sizes = make_repo(os.path.join(a.work, "repo"), a.files, rng)
+    order = sorted(sizes)
+    rng.shuffle(order)  # popularity rank, unrelated to size
+    procs = Procs()
+    rows = []
+    try:
+        for pct in [int(x) for x in a.budgets.split(",")]:
+            row = run_level(a, pct, sizes, order, a.work, procs)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    finally:
+        procs.stop()
+    print()
+    print(f"{a.volunteers} volunteers, {a.files} files ({sum(sizes.values()) / 1e6:.0f} MB), "
+          f"Zipf({a.zipf}), {a.warm} warm-up and {a.requests} measured requests")
+    print("| budget (share of bytes) | held: bytes / files | requests served by volunteers | "
+          "origin bytes | mean / p95 time | sync |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        label = "whole repository" if r["budget_pct"] == 100 else f"{r['budget_pct']} %"
+        print(f"| {label} | {100 * r['held_bytes_share']:.1f} % / {100 * r['held_files_share']:.1f} % "
+              f"| {100 * r['volunteer_request_share']:.1f} % | {100 * r['origin_bytes_share']:.1f} % "
+              f"| {r['mean_ms']:.2f} / {r['p95_ms']:.2f} ms | {r['sync_secs']:.0f} s |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -133,6 +133,9 @@ def fetch(conns, port, rel):
     return False, len(body), time.perf_counter() - t0
 
 
+
+
+
 def run_level(a, pct, sizes, order, work, procs):
     root = os.path.join(work, f"budget-{pct}")
     shutil.rmtree(root, ignore_errors=True)
@@ -166,7 +169,7 @@ def run_level(a, pct, sizes, order, work, procs):
         args = [a.bin, "volunteer", "--server", f"http://127.0.0.1:{port}", "--token", token,
                 "--listen", f"127.0.0.1:{vport}", "--data-dir", os.path.join(root, name),
                 "--mirror", f"zipf={os.path.join(root, name + '-tree')}", "--rescan-secs", "1",
-                "--max-connections", "64"]
+                "--max-connections", "64", "--upload-bps", str(a.upload_bps)]
         if pct < 100:
             args += ["--budget", f"zipf={budget}"]
         procs.start(args, os.path.join(root, name + ".log"))
@@ -181,7 +184,16 @@ def run_level(a, pct, sizes, order, work, procs):
     t_sync = time.time()
     wait_until("the volunteers to sync and announce", ready, secs=600)
     sync_secs = time.time() - t_sync
-    time.sleep(3)  # the server works budgets out within a second or so of an announce
+    def worked_out():
+        # The server works a budget out within a second or so of the announce naming it.
+        vs = get_json(port, "/api/volunteers") or []
+        return all(v.get("shares", {}).get("zipf", {}).get("files", 0) > 0 for v in vs)
+
+    try:
+        wait_until("the server to work the budgets out", worked_out, secs=30)
+    except SystemExit:
+        print(json.dumps(get_json(port, "/api/volunteers"))[:3000], file=sys.stderr)
+        raise
     shares = [v["shares"]["zipf"] for v in get_json(port, "/api/volunteers")]
     rng = random.Random(a.seed + 2)
     z = Zipf(len(order), a.zipf, rng)
@@ -221,6 +233,10 @@ def main():
     p.add_argument("--warm", type=int, default=20_000)
     p.add_argument("--requests", type=int, default=20_000)
     p.add_argument("--seed", type=int, default=7)
+    # Declared, so that the server models each volunteer's downloads draining at its link's
+    # rate: with no uplink declared it counts every redirect of the last few seconds as a
+    # customer still there, and one fast client soon looks like a full house.
+    p.add_argument("--upload-bps", type=int, default=100_000_000)
     p.add_argument("--work", default="/tmp/mirrorswarm-budget-zipf")
     a = p.parse_args()
     a.bin = os.path.abspath(a.bin)

@@ -327,6 +327,18 @@ async fn a_budget_holds_the_most_asked_for_files_and_a_smaller_one_drops_some() 
             .is_some_and(|l| l.starts_with(&v.url))
     })
     .await;
+    // Its share: the metadata and three files of the repository's.
+    let share = server.volunteer("budget").await["shares"]["debian"].clone();
+    let files = files_under(&repo).len() as f64;
+    let want = (files_under(&repo)
+        .iter()
+        .filter(|p| p.starts_with("dists/"))
+        .count()
+        + 3) as f64;
+    assert!(
+        (share["files"].as_f64().unwrap() - want / files).abs() < 1e-9,
+        "{share}"
+    );
     for _ in 0..4 {
         assert!(server
             .location("pop/f2.bin")

@@ -49,6 +49,7 @@ pub async fn run(st: Arc<AppState>) {
                     };
                     match work_out(&st, &key.0, g, &key.1, selection).await {
                         Ok(p) => {
+                            tracing::info!(volunteer, repo = %key.0, generation = g, "a volunteer's budget worked out into its files");
                             let mut known = lock(&st.budgets.known);
                             if known.len() >= KEEP {
                                 known.clear();

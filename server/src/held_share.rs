@@ -23,12 +23,12 @@ pub struct HeldShare {
 }
 
 /// Files and bytes held, by what decides them: the repository, its current generation, the
-/// generation held and the part's text. Walking a generation's files per volunteer per
-/// dashboard poll would cost seconds on a large repository; these change only when one of
-/// the four does.
+/// generation held, the part's text and whether a budget's files are known yet. Walking a
+/// generation's files per volunteer per dashboard poll would cost seconds on a large
+/// repository; these change only when one of them does.
 #[derive(Debug, Default)]
 pub struct HeldTotals {
-    known: Mutex<HashMap<(String, u64, u64, String), Totals>>,
+    known: Mutex<HashMap<(String, u64, u64, String, bool), Totals>>,
 }
 
 /// Held files and bytes, and the generation's bytes.
@@ -71,11 +71,13 @@ pub fn shares(
             continue;
         };
         let part = part.as_deref();
+        // A budget's text is the same before the server worked its files out and after.
         let key = (
             repo.to_string(),
             snap.generation(),
             held,
             part.map_or_else(String::new, |p| p.text.clone()),
+            part.is_some_and(|p| p.selection.is_unchosen()),
         );
         let cached = lock(&st.held_totals.known).get(&key).copied();
         let t = cached.unwrap_or_else(|| {

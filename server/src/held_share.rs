@@ -28,8 +28,12 @@ pub struct HeldShare {
 /// repository; these change only when one of them does.
 #[derive(Debug, Default)]
 pub struct HeldTotals {
-    known: Mutex<HashMap<(String, u64, u64, String, bool), Totals>>,
+    known: Mutex<HashMap<TotalsKey, Totals>>,
 }
+
+/// The repository, its current generation, the generation held, the part's text, and
+/// whether a budget's files are not known yet.
+type TotalsKey = (String, u64, u64, String, bool);
 
 /// Held files and bytes, and the generation's bytes.
 #[derive(Debug, Clone, Copy, Default)]

@@ -246,14 +246,7 @@ async fn a_partial_volunteer_lying_about_its_part_is_caught_by_spot_checks() {
     for b in evil.iter_mut().take(4096) {
         *b ^= 0xff;
     }
-    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
-    std::fs::write(&path, &evil).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    replace_keeping_stat(&path, &evil);
     // The checks pick from what it claims, so they find the altered file rather than
     // asking, again and again, for files it never said it held.
     wait_until(Duration::from_secs(20), "the liar's quarantine", || async {

@@ -9,21 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// Overwrite `path` with `bytes` of the same length and put its mtime back, so the volunteer's
-/// own size-and-mtime check does not notice: only the content differs.
-fn replace_keeping_stat(path: &std::path::Path, bytes: &[u8]) {
-    let m = std::fs::metadata(path).unwrap();
-    assert_eq!(m.len(), bytes.len() as u64);
-    let mtime = m.modified().unwrap();
-    std::fs::write(path, bytes).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(path)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
-}
-
 /// A proxy for `server`, answering (its `/health` is the server's, fetched through it).
 async fn start_proxy(root: &std::path::Path, server: &Server) -> (Proc, String) {
     let port = free_port();

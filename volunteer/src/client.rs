@@ -126,27 +126,37 @@ impl ServerClient {
         Ok(resp.json().await?)
     }
 
-    /// Fetch and verify a manifest (`which` is a generation number or `latest`).
-    pub async fn manifest(&self, key: &VerifyingKey, repo: &str, which: &str) -> Result<Manifest> {
+    /// The body at `path` under the server, at most [`MAX_MANIFEST_BYTES`]; `what` names it
+    /// in errors.
+    async fn signed_document(&self, path: &str, what: &str) -> Result<Vec<u8>> {
         let mut resp = self
             .http
-            .get(format!("{}/manifests/{repo}/{which}", self.base))
+            .get(format!("{}{path}", self.base))
             .send()
             .await
             .with_context(|| format!("cannot reach {}", self.base))?;
         if !resp.status().is_success() {
-            bail!("manifest {repo}/{which}: {}", Self::error_text(resp).await);
+            bail!("{what}: {}", Self::error_text(resp).await);
         }
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await? {
             if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
-                bail!("manifest {repo}/{which} is larger than {MAX_MANIFEST_BYTES} bytes");
+                bail!("{what} is larger than {MAX_MANIFEST_BYTES} bytes");
             }
             body.extend_from_slice(&chunk);
         }
+        Ok(body)
+    }
+
+    /// Fetch and verify a manifest (`which` is a generation number or `latest`).
+    pub async fn manifest(&self, key: &VerifyingKey, repo: &str, which: &str) -> Result<Manifest> {
+        let what = format!("manifest {repo}/{which}");
+        let body = self
+            .signed_document(&format!("/manifests/{repo}/{which}"), &what)
+            .await?;
         let generation = which.parse::<u64>().ok();
         SignedManifest::verify_expected(&body, key, repo, generation)
-            .with_context(|| format!("manifest {repo}/{which} failed verification"))
+            .with_context(|| format!("{what} failed verification"))
     }
 
     /// Fetch and verify generation `generation`'s popularity (what a budget is filled by).
@@ -156,32 +166,12 @@ impl ServerClient {
         repo: &str,
         generation: u64,
     ) -> Result<manifest::popularity::Popularity> {
-        let mut resp = self
-            .http
-            .get(format!(
-                "{}/manifests/{repo}/{generation}/popularity",
-                self.base
-            ))
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {}", self.base))?;
-        if !resp.status().is_success() {
-            bail!(
-                "popularity of {repo} generation {generation}: {}",
-                Self::error_text(resp).await
-            );
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await? {
-            if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
-                bail!("popularity of {repo} is larger than {MAX_MANIFEST_BYTES} bytes");
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let what = format!("popularity of {repo} generation {generation}");
+        let body = self
+            .signed_document(&format!("/manifests/{repo}/{generation}/popularity"), &what)
+            .await?;
         manifest::popularity::Popularity::verify_expected(&body, key, repo, generation)
-            .with_context(|| {
-                format!("popularity of {repo} generation {generation} failed verification")
-            })
+            .with_context(|| format!("{what} failed verification"))
     }
 
     /// A sync artifact (`<sha256>.torrent` or `.sig`).

@@ -267,23 +267,9 @@ pub async fn popularity_table(
     State(st): State<Arc<AppState>>,
     Path((repo, which)): Path<(String, String)>,
 ) -> Response {
-    let Some(snap) = st.repo(&repo) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("no repository named `{repo}`"),
-        );
-    };
-    let g = match which.as_str() {
-        "latest" => snap.generation(),
-        n => match n.parse::<u64>() {
-            Ok(g) => g,
-            Err(_) => {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    "generation must be a number or `latest`",
-                )
-            }
-        },
+    let g = match published_generation(&st, &repo, &which) {
+        Ok(g) => g,
+        Err(resp) => return *resp,
     };
     match crate::popularity::signed_table(&st, &repo, g).await {
         Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
@@ -297,6 +283,33 @@ pub struct ManifestQuery {
     pub since: Option<u64>,
 }
 
+/// The generation a `/manifests/<repo>/<which>/…` path names (`latest` or a number), if
+/// `repo` published it; else the answer that says why not.
+fn published_generation(st: &AppState, repo: &str, which: &str) -> Result<u64, Box<Response>> {
+    let Some(snap) = st.repo(repo) else {
+        return Err(Box::new(text(
+            StatusCode::NOT_FOUND,
+            format!("no repository named `{repo}`"),
+        )));
+    };
+    let g = match which {
+        "latest" => snap.generation(),
+        n => n.parse::<u64>().map_err(|_| {
+            Box::new(text(
+                StatusCode::BAD_REQUEST,
+                "generation must be a number or `latest`",
+            ))
+        })?,
+    };
+    if g > snap.generation() || g == 0 {
+        return Err(Box::new(text(
+            StatusCode::NOT_FOUND,
+            format!("generation {g} of `{repo}` is not published"),
+        )));
+    }
+    Ok(g)
+}
+
 /// `GET /manifests/<repo>/<generation|latest>[?since=<g>]`: the signed manifest, or with
 /// `since` the signed [`manifest::delta::Delta`] from generation `g` to that one.
 pub async fn manifest(
@@ -304,29 +317,10 @@ pub async fn manifest(
     Path((repo, which)): Path<(String, String)>,
     Query(q): Query<ManifestQuery>,
 ) -> Response {
-    let Some(snap) = st.repo(&repo) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("no repository named `{repo}`"),
-        );
+    let g = match published_generation(&st, &repo, &which) {
+        Ok(g) => g,
+        Err(resp) => return *resp,
     };
-    let g = if which == "latest" {
-        snap.generation()
-    } else {
-        let Ok(g) = which.parse::<u64>() else {
-            return text(
-                StatusCode::BAD_REQUEST,
-                "generation must be a number or `latest`",
-            );
-        };
-        g
-    };
-    if g > snap.generation() || g == 0 {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("generation {g} of `{repo}` is not published"),
-        );
-    }
     let bytes = match q.since {
         Some(from) => crate::delta::signed(&st, &repo, from, g).await,
         None => signed_manifest(&st, &repo, g).await,

@@ -113,8 +113,12 @@ impl VolunteerAction {
 }
 
 /// `mirrorswarm publish`.
-pub async fn publish(target: &ServerTarget, repo: Option<&str>) -> Result<()> {
-    let query: Vec<(&str, String)> = repo.map(|r| ("repo", r.to_string())).into_iter().collect();
+pub async fn publish(target: &ServerTarget, repo: Option<&str>, now: bool) -> Result<()> {
+    let mut query: Vec<(&str, String)> =
+        repo.map(|r| ("repo", r.to_string())).into_iter().collect();
+    if now {
+        query.push(("now", "true".into()));
+    }
     let body = target
         .post_admin("/admin/publish", &query)
         .await
@@ -132,8 +136,35 @@ pub async fn publish(target: &ServerTarget, repo: Option<&str>) -> Result<()> {
             r["changed_files"],
             r["hashed_files"],
         );
+        if let Some(line) = staged_line(&r["staged"]) {
+            println!("  {line}");
+        }
     }
     Ok(())
+}
+
+/// A staged generation in one line (from the server's `staged` object), or `None`.
+fn staged_line(s: &serde_json::Value) -> Option<String> {
+    let g = s.get("generation")?.as_u64()?;
+    let live = s["live"].as_u64().unwrap_or(0);
+    let left = s["deadline"]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(now_secs());
+    let spread = match s["spread"].as_f64() {
+        Some(x) => format!("{:.0}%", x * 100.0),
+        None => "not yet worked out".into(),
+    };
+    Some(format!(
+        "generation {g} staged: volunteers sync it first, customers stay on {live}; spread {spread} of {:.0}% needed, live in {left} s at the latest (`mirrorswarm publish --now` to skip)",
+        s["goal"].as_f64().unwrap_or(0.0) * 100.0
+    ))
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// `mirrorswarm enroll`: through the server with `--server`, or with `--data-dir` while a
@@ -352,6 +383,13 @@ pub async fn server_status(url: &str) -> Result<()> {
     let origin = stats["origin_http_bytes"].as_u64().unwrap_or(0);
     println!("server        {url}");
     println!("repositories  {}", repos.join(", "));
+    if let Some(staged) = health["staged"].as_object() {
+        for (repo, s) in staged {
+            if let Some(line) = staged_line(s) {
+                println!("staged        {repo}: {line}");
+            }
+        }
+    }
     println!(
         "volunteers    {}",
         by_state

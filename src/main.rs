@@ -151,6 +151,10 @@ struct PublishArgs {
     /// Only this repository [default: all].
     #[arg(long)]
     repo: Option<String>,
+    /// Send customers to the new generation at once, even where the server stages new
+    /// generations (`[staging] enabled`); a generation staged before goes live too.
+    #[arg(long)]
+    now: bool,
 }
 
 #[derive(Args)]
@@ -265,7 +269,7 @@ async fn dispatch(cmd: Command) -> Result<()> {
     match cmd {
         Command::Server(a) => server::run(server_config(a)?, shutdown_signal()).await,
         Command::Volunteer(a) => volunteer::run(volunteer_config(a)?, shutdown_signal()).await,
-        Command::Publish(a) => admin::publish(&a.target, a.repo.as_deref()).await,
+        Command::Publish(a) => admin::publish(&a.target, a.repo.as_deref(), a.now).await,
         Command::Enroll(a) => {
             let token = admin::enroll(&a.target, &a.name, a.ttl_hours).await?;
             eprintln!(

@@ -53,6 +53,19 @@ pub struct ServerArgs {
     /// the feedback policy; 0 turns slow start off [default: 10].
     #[arg(long)]
     pub slow_start_secs: Option<u64>,
+    /// Stage each new generation: volunteers sync it before customers are sent to it
+    /// (`[staging] enabled`; `mirrorswarm publish --now` skips it) [default: off].
+    #[arg(long)]
+    pub staging: bool,
+    /// With --staging: the share (0–1] of the changed files' expected demand that volunteers
+    /// already holding them must be able to carry before the generation goes live
+    /// [default: 0.5].
+    #[arg(long)]
+    pub staging_spread: Option<f64>,
+    /// With --staging: a staged generation goes live this many seconds after it was
+    /// published, however far it spread [default: 3600].
+    #[arg(long)]
+    pub staging_deadline_secs: Option<u64>,
     /// Files of at least this size get torrents and block signatures [default: 1048576].
     #[arg(long)]
     pub torrent_min_bytes: Option<u64>,
@@ -170,6 +183,15 @@ pub fn server_config(a: ServerArgs) -> Result<ServerConfig> {
     }
     if let Some(v) = a.slow_start_secs {
         cfg.redirect.slow_start_secs = v;
+    }
+    if a.staging {
+        cfg.staging.enabled = true;
+    }
+    if let Some(v) = a.staging_spread {
+        cfg.staging.spread = v;
+    }
+    if let Some(v) = a.staging_deadline_secs {
+        cfg.staging.deadline_secs = v;
     }
     if let Some(v) = a.torrent_min_bytes {
         cfg.prsync.torrent_min_bytes = v;

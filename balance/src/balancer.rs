@@ -40,7 +40,9 @@ pub struct PathFacts<'a> {
     /// The generation in which these bytes last changed: only volunteers holding it or a
     /// later one may serve them.
     pub changed_in: u64,
-    /// The repository's current generation.
+    /// The newest generation published with these bytes: the repository's current one, or
+    /// a staged one that did not change them (volunteers holding a staged generation that
+    /// changed the file hold other bytes).
     pub current: u64,
 }
 

@@ -233,7 +233,7 @@ impl fmt::Display for Exclusion {
                 write!(f, "holds generation {held}, file changed in {needed}")
             }
             Exclusion::Ahead { held, latest } => {
-                write!(f, "claims generation {held}, newest published is {latest}")
+                write!(f, "holds generation {held}, newer than {latest}, the newest published with these bytes")
             }
             Exclusion::Stale { age_ms } => write!(f, "last announce {age_ms} ms ago"),
             Exclusion::Draining => write!(f, "draining"),

@@ -79,6 +79,56 @@ pub struct ServerConfig {
     pub prsync: PrsyncServerConfig,
     pub trust: TrustConfig,
     pub limits: LimitsConfig,
+    pub staging: StagingConfig,
+}
+
+/// Staged publish (`[staging]`): a new generation is offered to volunteers first and becomes
+/// the one customers see once volunteers holding its changed files can carry a share of their
+/// expected demand, or at a deadline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StagingConfig {
+    /// Stage each new generation (`mirrorswarm publish --now` skips it). Default false: a
+    /// generation goes live when it is published.
+    pub enabled: bool,
+    /// The share (0 < spread ≤ 1) of the changed files' expected demand that volunteers
+    /// already holding them must be able to carry before customers are sent the generation.
+    /// Default 0.5.
+    pub spread: f64,
+    /// A staged generation goes live this many seconds after it was published, however far
+    /// it spread. Default 3600.
+    pub deadline_secs: u64,
+}
+
+impl Default for StagingConfig {
+    fn default() -> Self {
+        StagingConfig {
+            enabled: false,
+            spread: 0.5,
+            deadline_secs: 3600,
+        }
+    }
+}
+
+impl StagingConfig {
+    pub fn validate(&self, shared_database: bool) -> Result<(), ConfigError> {
+        if !(self.spread > 0.0 && self.spread <= 1.0) {
+            return Err(invalid("staging.spread", "must be above 0 and at most 1"));
+        }
+        if !(1..=7 * 86400).contains(&self.deadline_secs) {
+            return Err(invalid(
+                "staging.deadline_secs",
+                "must be 1..=604800 (a week)",
+            ));
+        }
+        if self.enabled && shared_database {
+            return Err(invalid(
+                "staging.enabled",
+                "staging is not available for servers sharing a PostgreSQL database yet: a staged generation would go live on the other servers at once",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What a client may cost a server before it is cut off (`[limits]`), in the server and in
@@ -210,6 +260,7 @@ impl Default for ServerConfig {
             prsync: PrsyncServerConfig::default(),
             trust: TrustConfig::default(),
             limits: LimitsConfig::default(),
+            staging: StagingConfig::default(),
         }
     }
 }
@@ -438,6 +489,11 @@ impl ServerConfig {
             ));
         }
         self.limits.validate()?;
+        let shared = self
+            .database
+            .as_deref()
+            .is_some_and(|u| u.starts_with("postgres"));
+        self.staging.validate(shared)?;
         if !(1..=64).contains(&self.trust.suspect_speedup) {
             return Err(invalid("trust.suspect_speedup", "must be 1..=64"));
         }

@@ -1481,8 +1481,11 @@ async fn sync_staging(ctx: &Ctx<'_>) -> Result<(), PullError> {
 }
 
 /// Fetch over HTTP: through the server's redirect (peers first), or straight from the origin.
+/// Each URL names the generation pulled: a server staging it still sends customers the one
+/// before, and answers for this one only when asked so.
 async fn fetch_http(ctx: &mut Ctx<'_>, jobs: Vec<Job>, origin_only: bool) -> Result<(), PullError> {
     let opts = ctx.opts;
+    let generation = ctx.summary.generation;
     let mut pending = jobs.into_iter();
     let mut set = tokio::task::JoinSet::new();
     loop {
@@ -1495,8 +1498,9 @@ async fn fetch_http(ctx: &mut Ctx<'_>, jobs: Vec<Job>, origin_only: bool) -> Res
             let part = ctx.state.partial(&sha);
             let staged = ctx.state.staged(&sha);
             set.spawn(async move {
-                let via_peer = format!("{server}/{repo}/{}", encode_rel(&job.path));
-                let origin = format!("{server}/.origin/{repo}/{}", encode_rel(&job.path));
+                let rel = encode_rel(&job.path);
+                let via_peer = format!("{server}/{repo}/{rel}?generation={generation}");
+                let origin = format!("{server}/.origin/{repo}/{rel}?generation={generation}");
                 let mut tries: Vec<&str> = Vec::new();
                 if !origin_only {
                     tries.push(&via_peer);

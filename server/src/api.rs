@@ -17,7 +17,17 @@ use crate::store::StoreError;
 use fileserve::text_response as text;
 
 pub async fn health(State(st): State<Arc<AppState>>) -> Response {
-    Json(serde_json::json!({ "status": "ok", "repos": st.latest_generations() })).into_response()
+    let staged: serde_json::Map<String, serde_json::Value> = st
+        .repo_dirs
+        .keys()
+        .filter_map(|r| Some((r.clone(), st.staging_of(r)?)))
+        .collect();
+    Json(serde_json::json!({
+        "status": "ok",
+        "repos": st.latest_generations(),
+        "staged": staged,
+    }))
+    .into_response()
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -286,7 +296,8 @@ pub struct ManifestQuery {
 /// The generation a `/manifests/<repo>/<which>/…` path names (`latest` or a number), if
 /// `repo` published it; else the answer that says why not.
 fn published_generation(st: &AppState, repo: &str, which: &str) -> Result<u64, Box<Response>> {
-    let Some(snap) = st.repo(repo) else {
+    // A staged generation is published: volunteers sync it before customers see it.
+    let Some(snap) = st.newest(repo) else {
         return Err(Box::new(text(
             StatusCode::NOT_FOUND,
             format!("no repository named `{repo}`"),
@@ -391,6 +402,9 @@ pub async fn signed_manifest(
 #[derive(Deserialize)]
 pub struct PublishQuery {
     pub repo: Option<String>,
+    /// Live at once, not staged (`mirrorswarm publish --now`).
+    #[serde(default)]
+    pub now: bool,
 }
 
 /// `POST /admin/publish[?repo=NAME]` with `Authorization: Bearer <admin token>`.
@@ -407,6 +421,11 @@ pub async fn publish(
         Some(r) => return text(StatusCode::NOT_FOUND, format!("no repository named `{r}`")),
         None => st.repo_dirs.keys().cloned().collect(),
     };
+    let when = if q.now {
+        crate::GoLive::Now
+    } else {
+        crate::GoLive::AsConfigured
+    };
     let mut reports = Vec::new();
     for name in names {
         // On the runtime the server started on: requests may be served by per-core
@@ -416,7 +435,7 @@ pub async fn publish(
             let (st, name) = (st.clone(), name.clone());
             st.background
                 .clone()
-                .spawn(async move { crate::publish_repo(&st, &name).await })
+                .spawn(async move { crate::publish_repo(&st, &name, when).await })
         };
         let outcome = match job.await {
             Ok(r) => r,
@@ -425,6 +444,8 @@ pub async fn publish(
         match outcome {
             Ok(r) => reports.push(serde_json::json!({
                 "repo": r.repo, "generation": r.generation, "new_generation": r.new_generation,
+                "live_generation": r.live_generation,
+                "staged": st.staging_of(&r.repo),
                 "files": r.files, "changed_files": r.changed_files,
                 "hashed_files": r.hashed_files, "hashed_bytes": r.hashed_bytes,
                 "skipped": r.skipped.len(),

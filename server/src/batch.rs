@@ -25,7 +25,7 @@ pub async fn origin_batch(
     Path(repo): Path<String>,
     body: Bytes,
 ) -> Response {
-    let Some(snap) = st.repo(&repo) else {
+    let Some(snap) = st.newest(&repo) else {
         return text(StatusCode::NOT_FOUND, format!("no repository `{repo}`"));
     };
     let items = match prsync::batch::parse_request(&body) {
@@ -95,7 +95,7 @@ pub async fn sources(
     Path(repo): Path<String>,
     Query(q): Query<SourcesQuery>,
 ) -> Response {
-    let Some(snap) = st.repo(&repo) else {
+    let Some(snap) = st.newest(&repo) else {
         return text(StatusCode::NOT_FOUND, format!("no repository `{repo}`"));
     };
     let latest = snap.generation;

@@ -306,6 +306,12 @@ impl FileIndex {
         self.position(path).is_some()
     }
 
+    /// The generation in which `path`'s bytes last changed.
+    pub fn changed_in(&self, path: &str) -> Option<u64> {
+        let (_, u) = self.position(path)?;
+        Some(self.u64_at(u, rec::CHANGED_IN))
+    }
+
     /// Size and mtime (ns) of the file when it was hashed, as `scan::stat_key` gives them.
     pub fn stat(&self, path: &str) -> Option<(u64, i128)> {
         let (_, u) = self.position(path)?;

@@ -16,6 +16,7 @@ pub mod delta;
 pub mod file_index;
 pub mod follow;
 pub mod held_share;
+pub mod kept;
 pub mod lease;
 pub mod locks;
 pub mod metalink;
@@ -29,6 +30,7 @@ pub mod seed;
 pub mod snapshots;
 pub mod spot_ledger;
 pub mod spotcheck;
+pub mod staging;
 pub mod state;
 pub mod stats;
 pub mod store;
@@ -114,10 +116,19 @@ fn written_url(data: &DataDir) -> Option<String> {
         .and_then(|v| v.get("url")?.as_str().map(str::to_string))
 }
 
-/// Publish one repository now and swap the new snapshot in. On a store shared with other
-/// servers, under the repository's publish lease, and on top of the newest generation any of
-/// them recorded (loaded first if this server has not yet).
-pub async fn publish_repo(st: &AppState, name: &str) -> Result<PublishReport> {
+/// When a generation a publish makes goes live for customers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoLive {
+    /// Staged first if `staging.enabled` (see [`staging`]), else at once.
+    AsConfigured,
+    /// At once (`mirrorswarm publish --now`): a generation staged before goes live too.
+    Now,
+}
+
+/// Publish one repository now and swap the new snapshot in, or stage it (see [`GoLive`]). On
+/// a store shared with other servers, under the repository's publish lease, and on top of the
+/// newest generation any of them recorded (loaded first if this server has not yet).
+pub async fn publish_repo(st: &AppState, name: &str, when: GoLive) -> Result<PublishReport> {
     let dir = st
         .repo_dirs
         .get(name)
@@ -132,9 +143,32 @@ pub async fn publish_repo(st: &AppState, name: &str) -> Result<PublishReport> {
         if lease.is_some() {
             adopt_newest(st, name, dir).await?;
         }
-        let previous = st.repo(name);
-        let (snap, report) = st.publisher.publish(name, dir, previous.clone()).await?;
-        install(st, name, &snap, previous, &report.replaced_torrents).await;
+        let live = st.repo(name);
+        // On top of the newest published, staged or not.
+        let newest = live.as_ref().map(|l| l.newest());
+        let (snap, mut report) = st.publisher.publish(name, dir, newest.clone()).await?;
+        let unchanged = newest.as_ref().is_some_and(|n| Arc::ptr_eq(n, &snap));
+        let stage = when == GoLive::AsConfigured
+            && st.config.staging.enabled
+            && live
+                .as_ref()
+                .is_some_and(|l| l.generation < snap.generation);
+        if stage {
+            let live = live.expect("staging needs a live generation");
+            if !unchanged {
+                let staged =
+                    staging::staged_on(&live, snap.clone(), st.config.staging.deadline_secs);
+                let replaced = live.newest().files.torrents().to_vec();
+                install(st, name, &staged, Some(live), &replaced).await;
+                kept::keep(st, &snap).await;
+            }
+            report.live_generation = st.repo(name).map_or(0, |l| l.generation);
+        } else {
+            make_live(st, name, snap.clone(), live).await;
+            if !unchanged {
+                kept::keep(st, &snap).await;
+            }
+        }
         anyhow::Ok(report)
     }
     .await;
@@ -142,7 +176,18 @@ pub async fn publish_repo(st: &AppState, name: &str) -> Result<PublishReport> {
         lease.release().await;
     }
     let report = published?;
-    if report.new_generation {
+    if report.live_generation < report.generation {
+        tracing::info!(
+            repo = name,
+            generation = report.generation,
+            live = report.live_generation,
+            files = report.files,
+            changed = report.changed_files,
+            hashed = report.hashed_files,
+            deadline_secs = st.config.staging.deadline_secs,
+            "staged: volunteers sync it first; customers are sent to it once enough of them hold what changed, or at the deadline"
+        );
+    } else if report.new_generation {
         tracing::info!(
             repo = name,
             generation = report.generation,
@@ -159,6 +204,26 @@ pub async fn publish_repo(st: &AppState, name: &str) -> Result<PublishReport> {
         );
     }
     Ok(report)
+}
+
+/// Make `snap` the generation customers are sent to, over `live` (nothing staged on top).
+pub(crate) async fn make_live(
+    st: &AppState,
+    name: &str,
+    snap: Arc<publish::RepoSnapshot>,
+    live: Option<Arc<publish::RepoSnapshot>>,
+) {
+    let snap = if snap.staged.is_some() {
+        Arc::new(snap.with_staged(None))
+    } else {
+        snap
+    };
+    let replaced = match &live {
+        Some(l) if l.generation != snap.generation => l.files.torrents().to_vec(),
+        _ => Vec::new(),
+    };
+    install(st, name, &snap, live, &replaced).await;
+    kept::prune(st, name).await;
 }
 
 /// Load the newest generation of `name` another server sharing the store published, if it
@@ -219,7 +284,7 @@ async fn adopt_newest(
 }
 
 /// Swap `snap` in as the current generation of `name` (unless it is `previous` itself), and
-/// have the tracker and the origin's seed follow.
+/// have the tracker and the origin's seed follow its newest (staged, if one is).
 async fn install(
     st: &AppState,
     name: &str,
@@ -234,6 +299,7 @@ async fn install(
         drop((replaced, previous));
     }
     publish::release_freed_memory();
+    let snap = &snap.newest();
     list_published_torrents(st, name, snap, replaced_torrents);
     if let Some(seed) = st.seed.get() {
         if let Err(e) = seed.sync(snap).await {
@@ -371,6 +437,7 @@ pub async fn build_state(
         popularity: popularity::Popularity::new(popularity::HALF_LIFE),
         held_totals: Default::default(),
         budgets: Default::default(),
+        staging: Default::default(),
         counters: Default::default(),
         origin_gate: Mutex::new(origin_gate::OriginGate::new(
             std::time::Duration::from_secs(10),
@@ -397,7 +464,7 @@ pub async fn build_state(
                 .await
                 .with_context(|| format!("loading `{name}` from the database"))?;
         } else {
-            publish_repo(&st, name)
+            publish_repo(&st, name, GoLive::Now)
                 .await
                 .with_context(|| format!("publishing `{name}`"))?;
         }
@@ -500,7 +567,7 @@ async fn start_seed(st: &Arc<AppState>, local: SocketAddr) {
         Ok(s) => {
             let s = st.seed.get_or_init(|| async { Arc::new(s) }).await.clone();
             let snaps = st.repos.all();
-            for snap in snaps {
+            for snap in snaps.iter().map(|s| s.newest()) {
                 if let Err(e) = s.sync(&snap).await {
                     tracing::warn!(repo = %snap.name, error = %format!("{e:#}"), "origin seeding incomplete");
                 }
@@ -554,6 +621,7 @@ pub async fn run_with_policy(
     tokio::spawn(spotcheck::run(st.clone()));
     popularity::run(Arc::downgrade(&st));
     tokio::spawn(budget::run(st.clone()));
+    tokio::spawn(staging::run(st.clone()));
     tokio::spawn(follow::run(st.clone()));
     let sweeper = st.clone();
     tokio::spawn(async move {

@@ -80,12 +80,13 @@ impl Popularity {
             c.t0 = now;
         }
         let w = self.weight(c.t0, now) as f32;
-        if !Arc::ptr_eq(&c.snap, snap) {
+        // (A generation staged on top of the same one shares its index, and its counters.)
+        if !Arc::ptr_eq(&c.snap.files, &snap.files) {
             take(&c.snap.files, &mut c.values, w);
             let forget = FORGET_BELOW * w;
             c.values = carry_over(&c.snap.files, &c.values, &snap.files, forget);
-            c.snap = snap.clone();
         }
+        c.snap = snap.clone();
         take(&snap.files, &mut c.values, w);
     }
 
@@ -106,6 +107,31 @@ impl Popularity {
                     f64::from(*v) * scale,
                 ))
             })
+            .collect()
+    }
+
+    /// The counts of `repo` carried onto `index`, another generation's files (as a publish
+    /// carries them, [`carry_over`]), as of `now`: what a staged generation's files can
+    /// expect, its new package versions their predecessors' requests. The index the counts
+    /// are kept for gives them as they are.
+    pub fn counts_in(&self, repo: &str, index: &FileIndex, now: Instant) -> Vec<(String, f64)> {
+        let repos = lock(&self.repos);
+        let Some(c) = repos.get(repo) else {
+            return Vec::new();
+        };
+        let w = self.weight(c.t0, now);
+        let carried;
+        let values = if std::ptr::eq(&*c.snap.files, index) {
+            &c.values
+        } else {
+            carried = carry_over(&c.snap.files, &c.values, index, FORGET_BELOW * w as f32);
+            &carried
+        };
+        values
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v > 0.0)
+            .filter_map(|(slot, v)| Some((index.path_in(slot)?.to_string(), f64::from(*v) / w)))
             .collect()
     }
 
@@ -239,7 +265,7 @@ fn tables_dir(data_dir: &Path, repo: &str) -> PathBuf {
 }
 
 /// `GET /manifests/<repo>/<g>/popularity`: the signed popularity of generation `g`. Made
-/// once, from the counts as they stand, the first time it is asked for while `g` is current
+/// once, from the counts as they stand, the first time it is asked for while `g` is the newest
 /// (so a volunteer's budget and the server's reading of it rest on one table); kept, with
 /// those of the last few generations, under `repos/<repo>/popularity/`.
 pub async fn signed_table(
@@ -260,16 +286,14 @@ pub async fn signed_table(
     if let Ok(b) = tokio::fs::read(&path).await {
         return Ok(b);
     }
+    // The newest generation: a staged one's table is what budgets fill from before it goes
+    // live.
     let snap = st
-        .repo(repo)
+        .newest(repo)
         .filter(|s| s.generation() == g)
         .ok_or_else(not_kept)?;
     fold_all(st);
-    let counts = st
-        .popularity
-        .counts(repo, Instant::now())
-        .into_iter()
-        .filter(|(p, _)| snap.files.contains(p));
+    let counts = st.popularity.counts_in(repo, &snap.files, Instant::now());
     let taken_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -327,9 +351,10 @@ mod tests {
             beneath: Arc::new(manifest::beneath::Root::open(&std::env::temp_dir()).unwrap()),
             generation: 1,
             published_at: 0,
-            files: index(paths),
+            files: Arc::new(index(paths)),
             signed_path: Default::default(),
             not_held: 0,
+            staged: None,
         })
     }
 

@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use manifest::beneath::Root;
 use manifest::scan::{scan_tree, ScanCache};
-use manifest::{Manifest, ServerKey, SignedManifest};
+use manifest::{Entry, Manifest, ServerKey, SignedManifest};
 
 use crate::file_index::FileIndex;
 use crate::store::{now_secs, GenerationRecord, Store};
@@ -33,17 +33,67 @@ pub struct RepoSnapshot {
     pub published_at: u64,
     /// Every file with its entry, and its size and mtime when hashed (to notice files edited
     /// on disk after publishing: their bytes no longer match the published digest).
-    pub files: FileIndex,
+    /// Shared with the snapshots that stage a generation on top of this one (see [`Staged`]),
+    /// so that staging and going live do not rebuild it, and its request counts go on.
+    pub files: Arc<FileIndex>,
     /// The signed envelope of this generation, served to volunteers from disk.
     pub signed_path: PathBuf,
     /// Files this server's tree was found not to hold when it loaded a generation another
     /// server published (see `FileIndex::held_here`); 0 for one it published.
     pub not_held: usize,
+    /// The next generation, published and offered to volunteers, not yet to customers.
+    pub staged: Option<Arc<Staged>>,
+}
+
+/// A generation offered to volunteers before customers are sent to it (staged publish). It
+/// hangs off the snapshot customers see, which the request path reads; volunteers' routes
+/// read it through [`RepoSnapshot::newest`].
+#[derive(Debug)]
+pub struct Staged {
+    pub snap: Arc<RepoSnapshot>,
+    /// When it was published, and when it goes live however far it spread (seconds since the
+    /// epoch).
+    pub since: u64,
+    pub deadline: u64,
 }
 
 impl RepoSnapshot {
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// The newest generation published: the staged one if there is one, else this one. What
+    /// volunteers are told to sync, and what their routes serve.
+    pub fn newest(self: &Arc<Self>) -> Arc<RepoSnapshot> {
+        self.staged
+            .as_ref()
+            .map_or_else(|| self.clone(), |s| s.snap.clone())
+    }
+
+    /// The newest generation in which `rel` still has the bytes `entry` describes: a staged
+    /// generation that did not change them, else this one. A volunteer holding a generation
+    /// up to it holds those bytes; one holding a staged generation that changed the file
+    /// holds other bytes, which customers of this generation must not be sent.
+    pub fn bytes_through(&self, rel: &str, entry: &Entry) -> u64 {
+        match &self.staged {
+            Some(s) if s.snap.files.changed_in(rel) == Some(entry.changed_in) => s.snap.generation,
+            _ => self.generation,
+        }
+    }
+
+    /// This snapshot with `staged` (or none) on top: the same files, the same counters.
+    pub fn with_staged(&self, staged: Option<Arc<Staged>>) -> RepoSnapshot {
+        RepoSnapshot {
+            name: self.name.clone(),
+            root: self.root.clone(),
+            beneath: self.beneath.clone(),
+            generation: self.generation,
+            published_at: self.published_at,
+            files: self.files.clone(),
+            signed_path: self.signed_path.clone(),
+            not_held: self.not_held,
+            staged,
+        }
     }
 }
 
@@ -53,6 +103,8 @@ pub struct PublishReport {
     pub repo: String,
     pub generation: u64,
     pub new_generation: bool,
+    /// The generation customers are sent to: `generation` unless that one is staged.
+    pub live_generation: u64,
     pub files: usize,
     pub changed_files: usize,
     pub hashed_files: usize,
@@ -243,7 +295,7 @@ impl Publisher {
             // sign, write or index.
             let (p, dir) = (prev.clone(), root.to_path_buf());
             let unchanged = tokio::task::spawn_blocking(move || {
-                manifest::scan::unchanged_since(&dir, &p.files, p.files.len())
+                manifest::scan::unchanged_since(&dir, &*p.files, p.files.len())
             })
             .await
             .context("scan task failed")?
@@ -256,6 +308,7 @@ impl Publisher {
                     repo: name.to_string(),
                     generation: prev.generation,
                     new_generation: false,
+                    live_generation: prev.generation,
                     files: prev.files.len(),
                     changed_files: 0,
                     hashed_files: 0,
@@ -276,7 +329,7 @@ impl Publisher {
             cache_path.clone(),
         );
         let (scanned, disk_cache) = tokio::task::spawn_blocking(move || match prev {
-            Some(prev) => (scan_tree(&dir, &prev.files), None),
+            Some(prev) => (scan_tree(&dir, &*prev.files), None),
             None => {
                 let cache = read_scan_cache(&repo, &cache_file);
                 (scan_tree(&dir, &cache), Some(cache))
@@ -368,6 +421,7 @@ impl Publisher {
             repo: name.to_string(),
             generation: manifest.generation,
             new_generation,
+            live_generation: manifest.generation,
             files: manifest.files.len(),
             changed_files: if new_generation { changed_files } else { 0 },
             hashed_files: scanned.hashed,
@@ -382,9 +436,10 @@ impl Publisher {
             beneath,
             generation: manifest.generation,
             published_at: manifest.published_at,
-            files,
+            files: Arc::new(files),
             signed_path: manifest_path(&self.data_dir, name, manifest.generation),
             not_held: 0,
+            staged: None,
         };
         Ok((Arc::new(snapshot), report))
     }
@@ -468,7 +523,7 @@ impl Publisher {
             cache_path.clone(),
         );
         let scanned = tokio::task::spawn_blocking(move || match prev {
-            Some(prev) => scan_tree(&dir, &prev.files),
+            Some(prev) => scan_tree(&dir, &*prev.files),
             None => scan_tree(&dir, &read_scan_cache(&repo, &cache_file)),
         })
         .await
@@ -510,9 +565,10 @@ impl Publisher {
             beneath,
             generation,
             published_at: manifest.published_at,
-            files,
+            files: Arc::new(files),
             signed_path: path,
             not_held,
+            staged: None,
         };
         Ok((Arc::new(snapshot), report))
     }

@@ -20,6 +20,7 @@ use config::MetalinkHeaders;
 
 use crate::counters::Outcome;
 use crate::file_index::Slot;
+use crate::kept;
 use crate::metalink;
 use crate::publish::RepoSnapshot;
 use crate::state::AppState;
@@ -37,7 +38,7 @@ fn path_facts<'a>(snap: &'a RepoSnapshot, rel: &'a str, entry: &Entry) -> PathFa
         repo: &snap.name,
         rel,
         changed_in: entry.changed_in,
-        current: snap.generation(),
+        current: snap.bytes_through(rel, entry),
     }
 }
 
@@ -290,14 +291,24 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
         Err(resp) => return *resp,
     };
     let accept = || wants_metalink(headers.get_all(header::ACCEPT).iter().map(|v| v.as_bytes()));
-    let file = match resolve(|repo| st.repo(repo), &decoded, accept) {
+    let pulled = pulled_generation(uri);
+    let snapshot = |repo: &str| {
+        let live = st.repo(repo)?;
+        Some(match pulled {
+            Some(g) if live.newest().generation == g => live.newest(),
+            _ => live,
+        })
+    };
+    let file = match resolve(snapshot, &decoded, accept) {
         Resolved::RepoList => return repo_list(&st, method),
         Resolved::Moved(to) => return moved(&to),
         Resolved::Directory(snap, rel) => return directory(&snap, rel, method, uri),
         Resolved::NotFound(why) => return text(StatusCode::NOT_FOUND, why),
         Resolved::File(f) => f,
     };
-    file.count_hit();
+    if pulled.is_none() {
+        file.count_hit();
+    }
     let entry = &file.entry;
     let mut extra = HeaderMap::new();
     digest_headers(entry, &mut extra);
@@ -376,12 +387,9 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
         }
     }
     // The origin sends only what it published: a regular file, reached without leaving the
-    // root, of the published size, checked on the handle it sends from.
-    let opened = match if file.snap.files.held_here(file.rel) {
-        file.snap.beneath.open_sized(file.rel, entry.size)
-    } else {
-        Err(manifest::beneath::OpenError::NotHeld)
-    } {
+    // root, of the published size, checked on the handle it sends from; or the copy of it
+    // kept when it was published.
+    let opened = match origin_copy(&st, &file.snap, file.rel, entry) {
         Ok(opened) => opened,
         Err(why) => {
             // As for a file being republished: a volunteer that verified the published
@@ -415,7 +423,7 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
     } else {
         Outcome::OriginNoVolunteer
     });
-    let resp = serve_origin(&file.snap, file.rel, entry, opened, method, headers, extra);
+    let resp = serve_origin(file.rel, entry, opened, method, headers, extra);
     if method == Method::GET
         && (resp.status() == StatusCode::OK || resp.status() == StatusCode::PARTIAL_CONTENT)
     {
@@ -481,6 +489,10 @@ pub fn fast_customer(
     req: &fast::Request<'_>,
     reply: &mut fast::Reply<'_>,
 ) -> fast::Answer {
+    // A pull naming its generation: the router reads it.
+    if req.query().is_some_and(|q| q.contains(PULLED_PARAM)) {
+        return fast::Answer::Pass;
+    }
     let Ok(decoded) = fileserve::decode_url_path_cow(req.path()) else {
         return fast::Answer::Pass;
     };
@@ -529,6 +541,21 @@ fn bounced_by(uri: &Uri) -> Option<&str> {
             }
         })
 }
+
+/// The generation a syncing volunteer's pull names (`?generation=N`, [`PULLED_PARAM`]): it
+/// wants that generation's bytes, which differ from those customers are sent while it is
+/// staged. Not a customer's request: not counted in the popularity.
+fn pulled_generation(uri: &Uri) -> Option<u64> {
+    uri.query()?.split('&').find_map(|kv| {
+        kv.strip_prefix(PULLED_PARAM)?
+            .strip_prefix('=')?
+            .parse()
+            .ok()
+    })
+}
+
+/// See [`pulled_generation`].
+pub const PULLED_PARAM: &str = "generation";
 
 /// The query parameter a volunteer adds when it sends a customer back to the origin.
 pub const BOUNCED_BY_PARAM: &str = "bounced-by";
@@ -678,27 +705,66 @@ impl<'a> Redirect<'a> {
     }
 }
 
-/// The origin's answer for a published file it opened.
-fn serve_origin(
+/// A published file as the origin may send it, and whether its bytes are vouched for: the
+/// tree's copy if it is as published; else the copy kept when it was published ([`kept`],
+/// repository metadata while staging: the tree may hold a staged generation's already);
+/// else the tree's copy of the published size but rewritten since (another mtime), sent
+/// unvouched (the origin always answers); else why it cannot be sent.
+fn origin_copy(
+    st: &AppState,
     snap: &RepoSnapshot,
     rel: &str,
     entry: &Entry,
-    (f, meta): (std::fs::File, std::fs::Metadata),
+) -> Result<Opened, fileserve::OpenError> {
+    let tree = if snap.files.held_here(rel) {
+        snap.beneath.open_sized(rel, entry.size)
+    } else {
+        Err(manifest::beneath::OpenError::NotHeld)
+    };
+    let as_published = tree.as_ref().is_ok_and(|(_, meta)| {
+        snap.files
+            .stat(rel)
+            .is_some_and(|published| manifest::scan::stat_key(meta) == published)
+    });
+    if as_published {
+        return tree.map(|file| Opened {
+            file,
+            vouched: true,
+        });
+    }
+    if let Some(copy) = kept::open(&st.config.data_dir, &snap.name, entry) {
+        return Ok(Opened {
+            file: copy,
+            vouched: true,
+        });
+    }
+    let opened = tree?;
+    tracing::warn!(repo = %snap.name, path = rel, "file changed on disk since it was published; run `mirrorswarm publish`");
+    Ok(Opened {
+        file: opened,
+        vouched: false,
+    })
+}
+
+/// What [`origin_copy`] opened.
+struct Opened {
+    file: (std::fs::File, std::fs::Metadata),
+    /// Its bytes are the published ones (checked when published, unchanged since).
+    vouched: bool,
+}
+
+/// The origin's answer for a published file it opened.
+fn serve_origin(
+    rel: &str,
+    entry: &Entry,
+    opened: Opened,
     method: &Method,
     headers: &HeaderMap,
     mut extra: HeaderMap,
 ) -> Response {
-    // Of the published size, but rewritten in place since (another mtime): its bytes may no
-    // longer match the published digest, so serve it (the origin always answers) but do not
-    // vouch for it.
-    let unchanged = snap
-        .files
-        .stat(rel)
-        .is_some_and(|published| manifest::scan::stat_key(&meta) == published);
-    let etag = if unchanged {
+    let etag = if opened.vouched {
         Some(entry.sha256.to_hex())
     } else {
-        tracing::warn!(repo = %snap.name, path = rel, "file changed on disk since it was published; run `mirrorswarm publish`");
         extra.remove(DIGEST);
         extra.remove(REPR_DIGEST);
         None
@@ -708,6 +774,7 @@ fn serve_origin(
         content_type: None,
         extra_headers: extra,
     };
+    let (f, meta) = opened.file;
     fileserve::serve_open(method, headers, f, &meta, std::path::Path::new(rel), &opts)
 }
 

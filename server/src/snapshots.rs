@@ -109,9 +109,10 @@ mod tests {
             beneath: Arc::new(manifest::beneath::Root::open(&std::env::temp_dir()).unwrap()),
             generation: 1,
             published_at: 0,
-            files,
+            files: Arc::new(files),
             signed_path: Default::default(),
             not_held: 0,
+            staged: None,
         })
     }
 

@@ -197,7 +197,7 @@ fn pick_target(st: Parts<'_>, d: &Due) -> Option<Target> {
     let mut rng = rand::thread_rng();
     let (repo, rel) = match &d.suspect {
         Some((repo, rel))
-            if st.repos.get(repo).is_some_and(|s| {
+            if st.repos.get(repo).map(|s| s.newest()).is_some_and(|s| {
                 s.files
                     .get(rel)
                     .is_some_and(|e| claims(repo, rel, e.changed_in))
@@ -210,7 +210,7 @@ fn pick_target(st: Parts<'_>, d: &Due) -> Option<Target> {
                 return None;
             }
             let (repo, ..) = &d.generations[rng.gen_range(0..d.generations.len())];
-            let snap = st.repos.get(repo)?;
+            let snap = st.repos.get(repo).map(|s| s.newest())?;
             let n = snap.files.len();
             if n == 0 {
                 return None;
@@ -244,7 +244,7 @@ fn pick_target(st: Parts<'_>, d: &Due) -> Option<Target> {
             (repo.to_string(), found?)
         }
     };
-    let snap = st.repos.get(&repo)?;
+    let snap = st.repos.get(&repo).map(|s| s.newest())?;
     let entry = snap.files.get(&rel)?;
     let url = crate::urls::volunteer_url(&d.url, &repo, &rel);
     let whole = Expect::Whole {

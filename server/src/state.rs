@@ -55,6 +55,8 @@ pub struct AppState {
     pub held_totals: crate::held_share::HeldTotals,
     /// Volunteers' budgets as worked out ([`crate::budget`]).
     pub budgets: crate::budget::Budgets,
+    /// How far each staged generation spread ([`crate::staging`]).
+    pub staging: crate::staging::Progress,
     /// Addresses the origin's seed announced from (so the tracker can hide it): at most
     /// [`crate::tracker_http::MAX_ORIGIN_ADDRS`].
     pub origin_peers: RwLock<std::collections::HashSet<std::net::SocketAddr>>,
@@ -81,8 +83,37 @@ impl crate::spotcheck::Source for AppState {
 }
 
 impl AppState {
+    /// The generation of `name` customers are sent to.
     pub fn repo(&self, name: &str) -> Option<Arc<RepoSnapshot>> {
         self.repos.get(name)
+    }
+
+    /// The newest generation of `name` published: a staged one if there is one (see
+    /// [`crate::staging`]). What volunteers sync, verify and are checked against.
+    pub fn newest(&self, name: &str) -> Option<Arc<RepoSnapshot>> {
+        self.repos.get(name).map(|s| s.newest())
+    }
+
+    /// The generation staged on top of `name`'s live one, if any: its number, since when,
+    /// its deadline, and how far it spread as last worked out.
+    pub fn staging_of(&self, name: &str) -> Option<serde_json::Value> {
+        let live = self.repo(name)?;
+        let staged = live.staged.as_ref()?;
+        let spread = self
+            .staging
+            .get(name)
+            .filter(|s| s.generation == staged.snap.generation);
+        Some(serde_json::json!({
+            "generation": staged.snap.generation,
+            "live": live.generation,
+            "since": staged.since,
+            "deadline": staged.deadline,
+            "spread": spread.as_ref().map(|s| s.spread),
+            "goal": self.config.staging.spread,
+            "changed_files": spread.as_ref().map(|s| s.changed_files),
+            "changed_bytes": spread.as_ref().map(|s| s.changed_bytes),
+            "ready_volunteers": spread.as_ref().map(|s| s.ready_volunteers),
+        }))
     }
 
     pub fn latest_generations(&self) -> BTreeMap<String, u64> {

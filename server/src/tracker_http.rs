@@ -111,7 +111,7 @@ fn announce_body(st: &AppState, peer: SocketAddr, raw: &str) -> Vec<u8> {
     if cred.revoked {
         return refused(st, "credential revoked");
     }
-    let latest = st.repo(&repo).map_or(0, |s| s.generation());
+    let latest = st.newest(&repo).map_or(0, |s| s.generation());
     let now = Instant::now();
     {
         let mut reg = st.balancer.registry();

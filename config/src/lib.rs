@@ -923,6 +923,32 @@ mod tests {
     }
 
     #[test]
+    fn staging_is_checked_naming_the_key() {
+        let check = |t: &str| {
+            toml::from_str::<ServerConfig>(t)
+                .unwrap()
+                .validate()
+                .map_err(|e| e.to_string())
+        };
+        check("[staging]\nenabled = true\nspread = 0.8\ndeadline_secs = 600\n").unwrap();
+        for (t, key) in [
+            ("[staging]\nspread = 0\n", "staging.spread"),
+            ("[staging]\nspread = 1.5\n", "staging.spread"),
+            ("[staging]\nspread = nan\n", "staging.spread"),
+            ("[staging]\ndeadline_secs = 0\n", "staging.deadline_secs"),
+            (
+                "database = \"postgres://u@h/m\"\n[staging]\nenabled = true\n",
+                "staging.enabled",
+            ),
+        ] {
+            let e = check(t).unwrap_err();
+            assert!(e.contains(key), "{t}: {e}");
+        }
+        let e = toml::from_str::<ServerConfig>("[staging]\nspred = 0.5\n").unwrap_err();
+        assert!(e.to_string().contains("spred"), "{e}");
+    }
+
+    #[test]
     fn a_database_of_an_unknown_engine_names_the_key() {
         let cfg: ServerConfig = toml::from_str("database = \"mysql://db/m\"\n").unwrap();
         let err = cfg.validate().unwrap_err().to_string();

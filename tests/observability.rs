@@ -261,33 +261,6 @@ async fn a_head_counts_no_bytes_and_a_range_its_own() {
     assert_eq!(a.v1_page - b.v1_page, via_v1);
 }
 
-/// Headless Chromium as the probe of this machine kind starts it.
-fn chromium(profile: &std::path::Path) -> Command {
-    let bin = ["chromium", "chromium-browser"]
-        .into_iter()
-        .find(|b| {
-            Command::new(b)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .expect("Chromium is required for the dashboard test (apt-get install chromium)");
-    let mut c = Command::new(bin);
-    c.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--virtual-time-budget=5000",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()));
-    c
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_shows_volunteers_in_a_real_browser() {
     let tmp = TestDir::new();

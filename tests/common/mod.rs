@@ -558,3 +558,30 @@ pub fn replace_keeping_stat(path: &std::path::Path, bytes: &[u8]) {
         .set_modified(mtime)
         .unwrap();
 }
+
+/// Headless Chromium as the probe of this machine kind starts it.
+pub fn chromium(profile: &std::path::Path) -> Command {
+    let bin = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("Chromium is required for the dashboard test (apt-get install chromium)");
+    let mut c = Command::new(bin);
+    c.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--virtual-time-budget=5000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
+    c
+}

@@ -11,8 +11,10 @@ too, --origin-mbps), as the balance study does. The repository is apt-like: an i
 fills before the run. At t = 0 version 0.4 (--size-mb) is added, the index rewritten, and the
 generation published: `publish --now` (immediate) or staged (`--staging`, spread 0.5).
 Customers arrive from t = 0 at the paper's decaying rate (a rate falling as e^(-t/tau), most of
-them within the first tau seconds: the first hours after a release, compressed), each reading
-the index and downloading the version it names through the server, following redirects.
+them within the first tau seconds: the first hours after a release, compressed). Each has 0.3
+and wants what is new: it reads the index, and while that names 0.3 (a staged generation is
+not live yet) reads it again every --retry-secs (its next `apt-get update`); then it downloads
+0.4 through the server, following redirects. Its time runs from its arrival to the last byte.
 Reported per mode: the origin's bytes (HTTP and its BitTorrent seed) against the new file's
 size, which version customers got, and their download times.
 
@@ -27,87 +29,16 @@ import math
 import os
 import random
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
 import urllib.request
 
-PREFIX = "fc"
+from netns_links import Links, Procs, sh
+
 PKG = "pool/main/m/ms-data/ms-data_{v}_all.deb"
 INDEX = "dists/stable/index"
-
-
-def sh(*args, check=True):
-    return subprocess.run(args, check=check, capture_output=True, text=True)
-
-
-class Links:
-    """A namespace per host (`fc-srv`, `fc-v0`, …), each a veth pair to the root namespace,
-    10.77.<i>.2 inside and .1 outside, its egress shaped by tbf; the root namespace routes
-    between them (customers run there)."""
-
-    def __init__(self):
-        self.made = []
-        self.forwarding = open("/proc/sys/net/ipv4/ip_forward").read().strip()
-
-    def add(self, i, name, mbps):
-        ns = f"{PREFIX}-{name}"
-        host, inner = f"{PREFIX}h{i}", f"{PREFIX}n{i}"
-        sh("ip", "netns", "add", ns)
-        self.made.append((ns, host))
-        sh("ip", "link", "add", host, "type", "veth", "peer", "name", inner)
-        sh("ip", "link", "set", inner, "netns", ns)
-        sh("ip", "addr", "add", f"10.77.{i}.1/24", "dev", host)
-        sh("ip", "link", "set", host, "up")
-        for cmd in ([ "ip", "addr", "add", f"10.77.{i}.2/24", "dev", inner],
-                    ["ip", "link", "set", inner, "up"], ["ip", "link", "set", "lo", "up"],
-                    ["ip", "route", "add", "default", "via", f"10.77.{i}.1"]):
-            sh("ip", "netns", "exec", ns, *cmd)
-        rate = f"{mbps}mbit"
-        # Burst of a few milliseconds at the rate; a queue of about 50 ms.
-        burst = max(32 * 1024, int(mbps * 1e6 / 8 * 0.004))
-        sh("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", inner, "root", "tbf",
-           "rate", rate, "burst", str(burst), "latency", "50ms")
-        return ns, f"10.77.{i}.2"
-
-    def up(self):
-        with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
-            f.write("1")
-
-    def remove(self):
-        for ns, host in self.made:
-            sh("ip", "link", "del", host, check=False)
-            sh("ip", "netns", "del", ns, check=False)
-        self.made = []
-        with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
-            f.write(self.forwarding)
-
-
-class Procs:
-    def __init__(self):
-        self.procs = []
-
-    def start(self, args, log, ns=None):
-        if ns:
-            args = ["ip", "netns", "exec", ns] + args
-        p = subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-        self.procs.append(p)
-        return p
-
-    def stop(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.time() + 10
-        for p in self.procs:
-            try:
-                p.wait(max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-        self.procs = []
 
 
 def get_json(url):
@@ -146,10 +77,19 @@ def arrivals(n, tau, seed):
     return sorted(-tau * math.log(1 - rng.random() * cut) for _ in range(n))
 
 
-def customer(server, out, i):
+def customer(server, out, i, retry_secs, polls):
+    """A customer who has 0.3 and wants what is new: it reads the index and, while that
+    names no newer version, reads it again every `retry_secs` (its next `apt-get update`);
+    then it downloads the new version. Its time runs from its arrival to the last byte."""
     t0 = time.perf_counter()
-    with urllib.request.urlopen(f"{server}/r/{INDEX}", timeout=600) as r:
-        rel = r.read().decode().strip()
+    for _ in range(polls):
+        with urllib.request.urlopen(f"{server}/r/{INDEX}", timeout=600) as r:
+            rel = r.read().decode().strip()
+        if "0.3" not in rel:
+            break
+        time.sleep(retry_secs)
+    else:
+        return
     n = 0
     with urllib.request.urlopen(f"{server}/r/{rel}", timeout=600) as r:
         by = r.geturl()
@@ -159,7 +99,7 @@ def customer(server, out, i):
                 break
             n += len(b)
     out[i] = {"version": rel.split("_")[1], "bytes": n, "secs": time.perf_counter() - t0,
-              "origin": by.startswith(server)}
+              "origin": by.startswith(server), "by": by}
 
 
 def run_mode(a, mode, work, links, procs):
@@ -171,7 +111,6 @@ def run_mode(a, mode, work, links, procs):
     data = os.path.join(root, "server")
     srv_ns, srv_ip = links.add(0, f"{mode[:3]}-srv", a.origin_mbps)
     vol_nets = [links.add(i + 1, f"{mode[:3]}-v{i}", a.uplink_mbps) for i in range(a.volunteers)]
-    links.up()
     server = f"http://{srv_ip}:8080"
     args = [a.bin, "server", "--listen", f"{srv_ip}:8080", "--public-url", server,
             "--data-dir", data, "--repo", f"r={repo}", "--announce-interval", "1",
@@ -207,30 +146,39 @@ def run_mode(a, mode, work, links, procs):
     pub = [a.bin, "publish", "--data-dir", data] + (["--now"] if mode == "immediate" else [])
     print(sh(*pub).stdout.strip(), file=sys.stderr)
     results = [None] * a.customers
+    live = {}
+
+    def watch():
+        while "at" not in live and not live.get("stop"):
+            if get_json(f"{server}/health")["repos"]["r"] == 2:
+                live["at"] = time.time() - t0
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
     threads = []
     for i, at in enumerate(arrivals(a.customers, a.tau, a.seed)):
         delay = t0 + at - time.time()
         if delay > 0:
             time.sleep(delay)
-        t = threading.Thread(target=customer, args=(server, results, i))
+        t = threading.Thread(target=customer,
+                             args=(server, results, i, a.retry_secs, int(900 / a.retry_secs)))
         t.start()
         threads.append(t)
-    live_at = None
     for t in threads:
-        while t.is_alive():
-            t.join(0.5)
-            if live_at is None and get_json(f"{server}/health")["repos"]["r"] == 2:
-                live_at = time.time() - t0
-    if live_at is None and get_json(f"{server}/health")["repos"]["r"] == 2:
-        live_at = time.time() - t0
+        t.join()
+    live["stop"] = True
+    watcher.join()
+    live_at = live.get("at")
     wait_until("the volunteers to hold generation 2", lambda: all_hold(2), secs=600)
     after = get_json(f"{server}/api/stats")
     procs.stop()
     done = [r for r in results if r]
+    with open(os.path.join(root, "customers.json"), "w") as f:
+        json.dump(results, f, indent=1)
     if len(done) != a.customers:
         raise SystemExit(f"{mode}: {a.customers - len(done)} customers failed")
     secs = sorted(r["secs"] for r in done)
-    new = [r for r in done if r["version"] == "0.4"]
     http_bytes = after["origin_http_bytes"] - before["origin_http_bytes"]
     seed_bytes = after["seed_uploaded_bytes"] - before["seed_uploaded_bytes"]
     return {
@@ -239,7 +187,6 @@ def run_mode(a, mode, work, links, procs):
         "origin_http_bytes": http_bytes,
         "origin_seed_bytes": seed_bytes,
         "origin_over_new": (http_bytes + seed_bytes) / (a.size_mb * 1_000_000),
-        "customers_new_version": len(new),
         "customers_from_origin": sum(r["origin"] for r in done),
         "mean_secs": statistics.mean(secs),
         "p95_secs": secs[int(0.95 * (len(secs) - 1))],
@@ -256,6 +203,7 @@ def main():
     p.add_argument("--tau", type=float, default=10.0)
     p.add_argument("--uplink-mbps", type=int, default=80)
     p.add_argument("--origin-mbps", type=int, default=80)
+    p.add_argument("--retry-secs", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--work", default="/tmp/mirrorswarm-flash-crowd")
     a = p.parse_args()
@@ -278,14 +226,14 @@ def main():
     print(f"{a.volunteers} volunteers at {a.uplink_mbps} Mbit/s, origin at {a.origin_mbps} Mbit/s, "
           f"new file {a.size_mb} MB, {a.customers} customers arriving at a rate falling as "
           f"e^(-t/{a.tau:g} s)")
-    print("| publish | live after | origin sent (HTTP + seed) | ÷ new bytes | customers: new version "
-          "/ from the origin | download mean / p95 / max |")
+    print("| publish | live after | origin sent (HTTP + seed) | ÷ new bytes | customers served by "
+          "the origin | time to the new version: mean / p95 / max |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         live = "—" if r["live_after_secs"] is None else f"{r['live_after_secs']:.0f} s"
         print(f"| {r['mode']} | {live} | {r['origin_http_bytes'] / 1e6:.0f} + "
               f"{r['origin_seed_bytes'] / 1e6:.0f} MB | {r['origin_over_new']:.2f}× | "
-              f"{r['customers_new_version']} / {r['customers_from_origin']} of {a.customers} | "
+              f"{r['customers_from_origin']} of {a.customers} | "
               f"{r['mean_secs']:.1f} / {r['p95_secs']:.1f} / {r['max_secs']:.1f} s |")
 
 

@@ -302,7 +302,7 @@ async fn a_budget_holds_the_most_asked_for_files_and_a_smaller_one_drops_some() 
         }
         files_under(&v.mirror)
             .into_iter()
-            .filter(|p| !p.starts_with("dists/"))
+            .filter(|p| p.starts_with("pop/f"))
             .collect()
     };
     wait_until(Duration::from_secs(30), "the budget filled", || async {
@@ -341,7 +341,10 @@ async fn a_budget_holds_the_most_asked_for_files_and_a_smaller_one_drops_some() 
         assert_eq!(server.location(DEB).await, None, "outside its patterns");
     }
 
-    // A smaller budget: f2 goes, the rest stays where it is (nothing fetched again).
+    // A smaller budget: f2 goes, the rest stays where it is (nothing fetched again), and
+    // the admin's own file beside them stays too: a shrink deletes only what PRsync placed.
+    let mine = v.mirror.join("pop/mine.txt");
+    std::fs::write(&mine, b"the volunteer admin's notes").unwrap();
     let small = metadata + 2 * 40_000 + 100;
     v.proc.kill();
     let at = args.iter().position(|a| a == "--budget").unwrap();
@@ -370,4 +373,9 @@ async fn a_budget_holds_the_most_asked_for_files_and_a_smaller_one_drops_some() 
     assert_eq!(server.location("pop/f2.bin").await, None);
     let part = server.volunteer("budget").await["parts"]["debian"].clone();
     assert_eq!(part, format!("+ pop/**\n$ budget {small} @ 1\n"), "{part}");
+    assert_eq!(
+        std::fs::read(&mine).unwrap(),
+        b"the volunteer admin's notes",
+        "the admin's file survives the shrink"
+    );
 }

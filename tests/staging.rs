@@ -126,6 +126,12 @@ async fn a_staged_generation_reaches_volunteers_first_and_goes_live_on_spread() 
         status.contains("staged        debian: generation 2 staged"),
         "{status}"
     );
+    // The dashboard shows it too, in a real browser.
+    let dom = run(chromium(&root.join("profile"))
+        .arg("--dump-dom")
+        .arg(format!("{}/dashboard", server.url)));
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(dom.contains("debian 1 → 2: 50% of 100%"), "{dom}");
 
     // A file the staged generation changed goes only to the volunteer holding its live bytes;
     // one it did not change, to either.

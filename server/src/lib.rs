@@ -158,13 +158,12 @@ pub async fn publish_repo(st: &AppState, name: &str, when: GoLive) -> Result<Pub
             if !unchanged {
                 let staged =
                     staging::staged_on(&live, snap.clone(), st.config.staging.deadline_secs);
-                let replaced = live.newest().files.torrents().to_vec();
-                install(st, name, &staged, Some(live), &replaced).await;
+                install(st, name, &staged, Some(live), &report.replaced_torrents).await;
                 kept::keep(st, &snap).await;
             }
             report.live_generation = st.repo(name).map_or(0, |l| l.generation);
         } else {
-            make_live(st, name, snap.clone(), live).await;
+            make_live(st, name, snap.clone(), live, &report.replaced_torrents).await;
             if !unchanged {
                 kept::keep(st, &snap).await;
             }
@@ -206,23 +205,21 @@ pub async fn publish_repo(st: &AppState, name: &str, when: GoLive) -> Result<Pub
     Ok(report)
 }
 
-/// Make `snap` the generation customers are sent to, over `live` (nothing staged on top).
+/// Make `snap` the generation customers are sent to, over `live` (nothing staged on top);
+/// `replaced`: the torrents of the generation it replaces as the newest.
 pub(crate) async fn make_live(
     st: &AppState,
     name: &str,
     snap: Arc<publish::RepoSnapshot>,
     live: Option<Arc<publish::RepoSnapshot>>,
+    replaced: &[[u8; 20]],
 ) {
     let snap = if snap.staged.is_some() {
         Arc::new(snap.with_staged(None))
     } else {
         snap
     };
-    let replaced = match &live {
-        Some(l) if l.generation != snap.generation => l.files.torrents().to_vec(),
-        _ => Vec::new(),
-    };
-    install(st, name, &snap, live, &replaced).await;
+    install(st, name, &snap, live, replaced).await;
     kept::prune(st, name).await;
 }
 

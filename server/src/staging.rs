@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use crate::locks::lock;
 use crate::publish::{RepoSnapshot, Staged};
 use crate::state::AppState;
+use crate::store::now_secs;
 
 /// How far each staged generation spread, as [`run`] last worked it out: for the dashboard,
 /// `/api/status` and `mirrorswarm status`.
@@ -51,10 +52,6 @@ impl Progress {
         lock(&self.0).get(repo).cloned()
     }
 
-    pub fn all(&self) -> HashMap<String, Spread> {
-        lock(&self.0).clone()
-    }
-
     fn set(&self, repo: &str, s: Option<Spread>) {
         let mut m = lock(&self.0);
         match s {
@@ -62,10 +59,6 @@ impl Progress {
             None => m.remove(repo),
         };
     }
-}
-
-pub fn now_secs() -> u64 {
-    crate::store::now_secs()
 }
 
 /// `live` with `newest` staged on top: customers stay on `live`. A generation staged on top
@@ -276,7 +269,8 @@ async fn go_live(st: &AppState, name: &str, staged: &Arc<Staged>, why: Why) {
         reason,
         "staged generation is live"
     );
-    crate::make_live(st, name, staged.snap.clone(), Some(live)).await;
+    // Its torrents are listed and seeded since it was staged: nothing is replaced there.
+    crate::make_live(st, name, staged.snap.clone(), Some(live), &[]).await;
     st.staging.set(name, None);
 }
 

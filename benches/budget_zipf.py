@@ -92,37 +92,42 @@ def make_repo(d, files, rng):
     return sizes
 
 
-def connection(conns, host, port):
-    return conns.setdefault((host, port), http.client.HTTPConnection(host, port, timeout=30))
+def get(conns, host, port, path):
+    """GET on the kept connection to host:port: (status, Location, body). A kept connection
+    the other end closed meanwhile (an idle keep-alive timing out) is opened again and the
+    request sent once more, as HTTP clients do for an idempotent request."""
+    for attempt in range(2):
+        c = conns.get((host, port))
+        if c is None:
+            c = conns[(host, port)] = http.client.HTTPConnection(host, port, timeout=30)
+        try:
+            c.request("GET", path)
+            r = c.getresponse()
+            return r.status, r.getheader("Location"), r.read()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            c.close()
+            del conns[(host, port)]
+            if attempt == 1:
+                raise
 
 
 def fetch(conns, host, port, rel):
     """GET through the server, following one redirect; (served by volunteer?, bytes, secs)."""
     t0 = time.perf_counter()
-    c = connection(conns, host, port)
-    c.request("GET", f"/zipf/{rel}")
-    r = c.getresponse()
-    body = r.read()
-    if r.status == 302:
-        loc = urllib.parse.urlsplit(r.getheader("Location"))
-        vc = connection(conns, loc.hostname, loc.port)
+    status, location, body = get(conns, host, port, f"/zipf/{rel}")
+    if status == 302:
+        loc = urllib.parse.urlsplit(location)
         path = loc.path + ("?" + loc.query if loc.query else "")
-        vc.request("GET", path)
-        vr = vc.getresponse()
-        body = vr.read()
+        vstatus, vlocation, body = get(conns, loc.hostname, loc.port, path)
         # A volunteer that cannot serve it bounces the customer to the origin.
-        if vr.status == 302:
-            loc = urllib.parse.urlsplit(vr.getheader("Location"))
-            c.request("GET", loc.path + ("?" + loc.query if loc.query else ""))
-            body = c.getresponse().read()
+        if vstatus == 302:
+            loc = urllib.parse.urlsplit(vlocation)
+            _, _, body = get(conns, host, port, loc.path + ("?" + loc.query if loc.query else ""))
             return False, len(body), time.perf_counter() - t0
         return True, len(body), time.perf_counter() - t0
-    if r.status != 200:
-        raise SystemExit(f"GET {rel}: {r.status}")
+    if status != 200:
+        raise SystemExit(f"GET {rel}: {status}")
     return False, len(body), time.perf_counter() - t0
-
-
-
 
 
 def run_level(a, pct, sizes, order, work, procs, links):
@@ -143,7 +148,7 @@ def run_level(a, pct, sizes, order, work, procs, links):
     z = Zipf(len(order), a.zipf, rng)
     conns = {}
     for _ in range(a.warm):
-        c = connection(conns, host, port)
+        c = conns.setdefault((host, port), http.client.HTTPConnection(host, port, timeout=30))
         c.request("HEAD", f"/zipf/{order[z.draw()]}")
         c.getresponse().read()
     for c in conns.values():

@@ -186,8 +186,13 @@ pub async fn run(st: Arc<AppState>) {
                     c
                 }
             };
-            let why = assess(&st, name, &live, &staged, &files);
-            if let Some(why) = why {
+            // A walk of the changed files and the volunteers, and of the counts: off the
+            // async threads (a release of thousands of files to thousands of volunteers).
+            let (st2, name2, staged2) = (st.clone(), name.clone(), staged.clone());
+            let why =
+                tokio::task::spawn_blocking(move || assess(&st2, &name2, &live, &staged2, &files))
+                    .await;
+            if let Ok(Some(why)) = why {
                 go_live(&st, name, &staged, why).await;
             }
         }

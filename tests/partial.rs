@@ -33,13 +33,7 @@ fn start_partial_with(
     exclude: &[&str],
     more: &[String],
 ) -> (Volunteer, Vec<String>) {
-    let token = server.enroll(name);
-    let port = free_port();
-    let mirror = root.join(name).join("debian");
-    let data_dir = root.join(name).join("data");
-    std::fs::create_dir_all(root.join(name)).unwrap();
-    let mut args = volunteer_args(server, &token, port, &data_dir, &mirror);
-    args.retain(|a| a != "--no-sync");
+    let mut args: Vec<String> = Vec::new();
     for p in include {
         args.extend(["--include".to_string(), format!("debian={p}")]);
     }
@@ -47,16 +41,7 @@ fn start_partial_with(
         args.extend(["--exclude".to_string(), format!("debian={p}")]);
     }
     args.extend(more.iter().cloned());
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let v = Volunteer {
-        name: name.to_string(),
-        url: format!("http://127.0.0.1:{port}"),
-        port,
-        mirror,
-        data_dir,
-        proc: Proc::spawn(&argv, &root.join(format!("{name}.log"))),
-    };
-    (v, args)
+    start_syncing(root, server, name, &args)
 }
 
 async fn served(v: &Volunteer) -> u64 {

@@ -53,50 +53,31 @@ async fn body(url: &str) -> Vec<u8> {
     r.bytes().await.unwrap().to_vec()
 }
 
-/// A syncing volunteer holding the whole repository, filled by PRsync from empty.
-fn start_syncing(root: &Path, server: &Server, name: &str) -> Volunteer {
-    let token = server.enroll(name);
-    let port = free_port();
-    let mirror = root.join(name).join("debian");
-    let data_dir = root.join(name).join("data");
-    std::fs::create_dir_all(&mirror).unwrap();
-    let mut args = volunteer_args(server, &token, port, &data_dir, &mirror);
-    args.retain(|a| a != "--no-sync");
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    Volunteer {
-        name: name.to_string(),
-        url: format!("http://127.0.0.1:{port}"),
-        port,
-        mirror,
-        data_dir,
-        proc: Proc::spawn(&argv, &root.join(format!("{name}.log"))),
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_staged_generation_reaches_volunteers_first_and_goes_live_on_spread() {
+/// A test directory with the sample repository, a copy of it as it is (generation 1), and a
+/// staging server publishing it with `staging` arguments.
+async fn staging_server(
+    staging: &[&str],
+) -> (TestDir, std::path::PathBuf, std::path::PathBuf, Server) {
     let tmp = TestDir::new();
     let root = tmp.path();
     let repo = root.join("repo");
     sample_repo(&repo);
-    let old = copy_of(&repo, root);
+    let old = root.join("repo-before");
+    copy_tree(&repo, &old);
+    let mut args = vec!["--direct-max-bytes", "0", "--staging"];
+    args.extend(staging);
+    let server = start_server(root, &repo, &args).await;
+    (tmp, repo, old, server)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_staged_generation_reaches_volunteers_first_and_goes_live_on_spread() {
     // Every share of the volunteers must hold it: with one that never syncs, it stays staged
     // until that one is drained.
-    let server = start_server(
-        root,
-        &repo,
-        &[
-            "--direct-max-bytes",
-            "0",
-            "--staging",
-            "--staging-spread",
-            "1",
-            "--staging-deadline-secs",
-            "600",
-        ],
-    )
-    .await;
-    let syncer = start_syncing(root, &server, "syncer");
+    let (tmp, repo, old, server) =
+        staging_server(&["--staging-spread", "1", "--staging-deadline-secs", "600"]).await;
+    let root = tmp.path();
+    let (syncer, _) = start_syncing(root, &server, "syncer", &[]);
     let keeper = start_volunteer(root, &server, "keeper", &old).await;
     server.wait_held("syncer", 1).await;
     server.wait_held("keeper", 1).await;
@@ -198,23 +179,8 @@ async fn a_staged_generation_reaches_volunteers_first_and_goes_live_on_spread() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_staged_generation_goes_live_at_its_deadline_and_publish_now_skips_staging() {
-    let tmp = TestDir::new();
+    let (tmp, repo, old, server) = staging_server(&["--staging-deadline-secs", "4"]).await;
     let root = tmp.path();
-    let repo = root.join("repo");
-    sample_repo(&repo);
-    let old = copy_of(&repo, root);
-    let server = start_server(
-        root,
-        &repo,
-        &[
-            "--direct-max-bytes",
-            "0",
-            "--staging",
-            "--staging-deadline-secs",
-            "4",
-        ],
-    )
-    .await;
     // It never syncs: the staged generation does not spread.
     let keeper = start_volunteer(root, &server, "keeper", &old).await;
     server.wait_held("keeper", 1).await;
@@ -248,11 +214,4 @@ async fn a_staged_generation_goes_live_at_its_deadline_and_publish_now_skips_sta
     assert_eq!(h["repos"]["debian"], 3, "{h}");
     assert!(h["staged"]["debian"].is_null(), "{h}");
     drop(keeper);
-}
-
-/// A copy of `repo` as it is now, beside it.
-fn copy_of(repo: &Path, root: &Path) -> std::path::PathBuf {
-    let to = root.join("repo-before");
-    copy_tree(repo, &to);
-    to
 }

@@ -372,6 +372,34 @@ pub async fn start_volunteer(root: &Path, server: &Server, name: &str, source: &
     v
 }
 
+/// A syncing volunteer (PRsync fills its empty mirror directory) with `more` arguments; also
+/// its command line, to start it again.
+pub fn start_syncing(
+    root: &Path,
+    server: &Server,
+    name: &str,
+    more: &[String],
+) -> (Volunteer, Vec<String>) {
+    let token = server.enroll(name);
+    let port = free_port();
+    let mirror = root.join(name).join("debian");
+    let data_dir = root.join(name).join("data");
+    std::fs::create_dir_all(root.join(name)).unwrap();
+    let mut args = volunteer_args(server, &token, port, &data_dir, &mirror);
+    args.retain(|a| a != "--no-sync");
+    args.extend(more.iter().cloned());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let v = Volunteer {
+        name: name.to_string(),
+        url: format!("http://127.0.0.1:{port}"),
+        port,
+        mirror,
+        data_dir,
+        proc: Proc::spawn(&argv, &root.join(format!("{name}.log"))),
+    };
+    (v, args)
+}
+
 pub fn volunteer_args(
     server: &Server,
     token: &str,

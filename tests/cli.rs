@@ -63,6 +63,31 @@ fn config_errors_name_the_key() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("redirect.policy"));
 
+    // A site's netblock with host bits set, and staging on a shared database: refused at
+    // start, naming the key.
+    for (text, key) in [
+        (
+            "[[location.sites]]\nname = \"campus\"\nnetblocks = [\"10.1.2.3/16\"]\n",
+            "location.sites[0].netblocks[0]",
+        ),
+        (
+            "database = \"postgres://u@127.0.0.1:9/m\"\n[staging]\nenabled = true\n",
+            "staging.enabled",
+        ),
+    ] {
+        std::fs::write(&cfg, text).unwrap();
+        let out = mirrorswarm(&[
+            "server",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--repo",
+            &format!("r={}", repo.display()),
+        ]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key), "{err}");
+    }
+
     let out = mirrorswarm(&["server", "--repo", "../evil=/tmp"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("repository name"));

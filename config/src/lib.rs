@@ -80,6 +80,113 @@ pub struct ServerConfig {
     pub trust: TrustConfig,
     pub limits: LimitsConfig,
     pub staging: StagingConfig,
+    pub location: LocationConfig,
+}
+
+/// Where customers are (`[location]`): the operator's sites, and the proxies whose word on a
+/// customer's address is taken.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocationConfig {
+    /// Netblocks of the proxies in front of this server (HAProxy before replicas): from them,
+    /// the customer's address is read from `Forwarded` or `X-Forwarded-For`. Default none: the
+    /// connection's peer is the customer.
+    pub trusted_proxies: Vec<String>,
+    /// Named sites, each its netblocks and the region it is in (`[[location.sites]]`).
+    pub sites: Vec<SiteConfig>,
+}
+
+/// One site (`[[location.sites]]`): customers and volunteers whose addresses fall in its
+/// netblocks (the longest matching netblock decides) are at it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    pub name: String,
+    /// A larger area the site is in (a country, a continent, a provider's region): sites of
+    /// one region are nearer each other than the rest. Default: the site alone.
+    #[serde(default)]
+    pub region: Option<String>,
+    pub netblocks: Vec<String>,
+}
+
+impl LocationConfig {
+    /// The trusted proxies as a table; the error names the key.
+    pub fn trusted_table(&self) -> Result<locate::PrefixTable<()>, ConfigError> {
+        let mut t = locate::PrefixTable::default();
+        for (i, text) in self.trusted_proxies.iter().enumerate() {
+            let key = format!("location.trusted_proxies[{i}]");
+            let block: locate::Netblock = text
+                .parse()
+                .map_err(|e: locate::NetblockError| invalid(&key, e.to_string()))?;
+            if t.insert(block, ()).is_err() {
+                return Err(invalid(&key, format!("`{text}` is listed twice")));
+            }
+        }
+        Ok(t)
+    }
+
+    /// Every site's netblocks in one table, each naming its site's index; the error names the
+    /// key. Nested netblocks are how sites within sites are written (the longest wins); the
+    /// same netblock in two places is refused.
+    pub fn site_table(&self) -> Result<locate::PrefixTable<usize>, ConfigError> {
+        let mut t = locate::PrefixTable::default();
+        let mut names = std::collections::HashSet::new();
+        for (s, site) in self.sites.iter().enumerate() {
+            let key = format!("location.sites[{s}]");
+            validate_site_name(&site.name).map_err(|r| invalid(format!("{key}.name"), r))?;
+            if !names.insert(site.name.as_str()) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("a site named `{}` is defined twice", site.name),
+                ));
+            }
+            if let Some(r) = &site.region {
+                validate_site_name(r).map_err(|why| invalid(format!("{key}.region"), why))?;
+            }
+            if site.netblocks.is_empty() {
+                return Err(invalid(
+                    format!("{key}.netblocks"),
+                    "a site needs at least one netblock",
+                ));
+            }
+            for (i, text) in site.netblocks.iter().enumerate() {
+                let key = format!("{key}.netblocks[{i}]");
+                let block: locate::Netblock = text
+                    .parse()
+                    .map_err(|e: locate::NetblockError| invalid(&key, e.to_string()))?;
+                if let Err(&other) = t.insert(block, s) {
+                    return Err(invalid(
+                        &key,
+                        format!(
+                            "`{text}` is already a netblock of site `{}`",
+                            self.sites[other].name
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(t)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.trusted_table()?;
+        self.site_table()?;
+        Ok(())
+    }
+}
+
+/// Site and region names: as repository names are, for logs and URLs.
+fn validate_site_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{name}`: 1-64 characters from A-Z a-z 0-9 - _ ."))
+    }
 }
 
 /// Staged publish (`[staging]`): a new generation is offered to volunteers first and becomes
@@ -261,6 +368,7 @@ impl Default for ServerConfig {
             trust: TrustConfig::default(),
             limits: LimitsConfig::default(),
             staging: StagingConfig::default(),
+            location: LocationConfig::default(),
         }
     }
 }
@@ -494,6 +602,7 @@ impl ServerConfig {
             .as_deref()
             .is_some_and(|u| u.starts_with("postgres"));
         self.staging.validate(shared)?;
+        self.location.validate()?;
         if !(1..=64).contains(&self.trust.suspect_speedup) {
             return Err(invalid("trust.suspect_speedup", "must be 1..=64"));
         }
@@ -920,6 +1029,67 @@ mod tests {
             err.contains("redirect.policy") && err.contains("fastest"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn sites_and_trusted_proxies_are_checked_naming_the_key() {
+        let check = |t: &str| {
+            toml::from_str::<ServerConfig>(t)
+                .map_err(|e| e.to_string())?
+                .validate()
+                .map_err(|e| e.to_string())
+        };
+        let good = r#"
+[location]
+trusted_proxies = ["127.0.0.1/32", "::1/128"]
+[[location.sites]]
+name = "campus"
+region = "eu"
+netblocks = ["10.0.0.0/8", "2001:db8::/32"]
+[[location.sites]]
+name = "lab"
+netblocks = ["10.1.0.0/16"]
+"#;
+        check(good).unwrap();
+        let cfg: ServerConfig = toml::from_str(good).unwrap();
+        let sites = cfg.location.site_table().unwrap();
+        let at = |a: &str| sites.lookup(a.parse().unwrap()).map(|(_, s)| *s);
+        assert_eq!(
+            (at("10.1.2.3"), at("10.2.0.1"), at("192.0.2.1")),
+            (Some(1), Some(0), None)
+        );
+        for (t, key, why) in [
+            (
+                "[location]\ntrusted_proxies = [\"10.0.0.1/8\"]\n",
+                "location.trusted_proxies[0]",
+                "10.0.0.0/8",
+            ),
+            (
+                "[[location.sites]]\nname = \"a\"\nnetblocks = [\"10.0.0.0/8\", \"nope\"]\n",
+                "location.sites[0].netblocks[1]",
+                "ADDRESS/LENGTH",
+            ),
+            (
+                "[[location.sites]]\nname = \"a\"\nnetblocks = [\"10.0.0.0/8\"]\n[[location.sites]]\nname = \"b\"\nnetblocks = [\"10.0.0.0/8\"]\n",
+                "location.sites[1].netblocks[0]",
+                "site `a`",
+            ),
+            (
+                "[[location.sites]]\nname = \"a b\"\nnetblocks = [\"10.0.0.0/8\"]\n",
+                "location.sites[0].name",
+                "1-64",
+            ),
+            (
+                "[[location.sites]]\nname = \"a\"\nnetblocks = []\n",
+                "location.sites[0].netblocks",
+                "at least one",
+            ),
+        ] {
+            let e = check(t).unwrap_err();
+            assert!(e.contains(key) && e.contains(why), "{t}: {e}");
+        }
+        let e = check("[location]\ntrusted = []\n").unwrap_err();
+        assert!(e.contains("trusted"), "{e}");
     }
 
     #[test]

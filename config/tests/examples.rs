@@ -52,6 +52,11 @@ fn server_example_parses_and_shows_the_defaults() {
     assert_eq!(c.trust.whole_file_max_bytes, d.trust.whole_file_max_bytes);
     assert_eq!(c.trust.release_after_passes, d.trust.release_after_passes);
     assert_eq!(c.trust.check_timeout_secs, d.trust.check_timeout_secs);
+    assert_eq!(c.staging.enabled, d.staging.enabled);
+    assert_eq!(c.staging.spread, d.staging.spread);
+    assert_eq!(c.staging.deadline_secs, d.staging.deadline_secs);
+    assert_eq!(c.location.trusted_proxies, d.location.trusted_proxies);
+    assert_eq!(c.location.sites.len(), d.location.sites.len());
     assert_eq!(c.limits.header_timeout_secs, d.limits.header_timeout_secs);
     assert_eq!(c.limits.client_stall_secs, d.limits.client_stall_secs);
     assert_eq!(c.limits.max_connections, d.limits.max_connections);

@@ -148,25 +148,21 @@ pub async fn publish_repo(st: &AppState, name: &str, when: GoLive) -> Result<Pub
         let newest = live.as_ref().map(|l| l.newest());
         let (snap, mut report) = st.publisher.publish(name, dir, newest.clone()).await?;
         let unchanged = newest.as_ref().is_some_and(|n| Arc::ptr_eq(n, &snap));
-        let stage = when == GoLive::AsConfigured
-            && st.config.staging.enabled
-            && live
-                .as_ref()
-                .is_some_and(|l| l.generation < snap.generation);
-        if stage {
-            let live = live.expect("staging needs a live generation");
-            if !unchanged {
-                let staged =
-                    staging::staged_on(&live, snap.clone(), st.config.staging.deadline_secs);
-                install(st, name, &staged, Some(live), &report.replaced_torrents).await;
-                kept::keep(st, &snap).await;
+        let staging = when == GoLive::AsConfigured && st.config.staging.enabled;
+        match live {
+            // Staged over the live generation: customers stay on it.
+            Some(live) if staging && live.generation < snap.generation => {
+                report.live_generation = live.generation;
+                if !unchanged {
+                    let deadline = st.config.staging.deadline_secs;
+                    let staged = staging::staged_on(&live, snap.clone(), deadline);
+                    install(st, name, &staged, Some(live), &report.replaced_torrents).await;
+                }
             }
-            report.live_generation = st.repo(name).map_or(0, |l| l.generation);
-        } else {
-            make_live(st, name, snap.clone(), live, &report.replaced_torrents).await;
-            if !unchanged {
-                kept::keep(st, &snap).await;
-            }
+            live => make_live(st, name, snap.clone(), live, &report.replaced_torrents).await,
+        }
+        if !unchanged {
+            kept::keep(st, &snap).await;
         }
         anyhow::Ok(report)
     }

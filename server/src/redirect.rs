@@ -294,8 +294,9 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
     let pulled = pulled_generation(uri);
     let snapshot = |repo: &str| {
         let live = st.repo(repo)?;
-        Some(match pulled {
-            Some(g) if live.newest().generation == g => live.newest(),
+        // Only a pull naming the staged generation reads it.
+        Some(match (pulled, &live.staged) {
+            (Some(g), Some(s)) if s.snap.generation == g => s.snap.clone(),
             _ => live,
         })
     };

@@ -69,6 +69,12 @@ impl Netblock {
         self.len >= 96 && is_mapped(self.network)
     }
 
+    /// The network's first address and prefix length in the 128-bit space (IPv4 as
+    /// IPv4-mapped), for writers that lay netblocks out bit by bit.
+    pub(crate) fn bits_and_len(&self) -> (u128, u8) {
+        (self.network, self.len)
+    }
+
     /// The prefix length as written (an IPv4 netblock's in IPv4 terms).
     pub fn prefix_len(&self) -> u8 {
         if self.is_v4() {
@@ -172,6 +178,14 @@ impl<T> PrefixTable<T> {
         })
     }
 
+    /// The values of every netblock holding `ip`, longest first.
+    pub fn each_holding(&self, ip: IpAddr) -> impl Iterator<Item = &T> + '_ {
+        let b = bits(ip);
+        self.by_len
+            .iter()
+            .filter_map(move |(len, map)| map.get(&(b & mask(*len))))
+    }
+
     /// Whether any netblock holds `ip`.
     pub fn contains(&self, ip: IpAddr) -> bool {
         self.lookup(ip).is_some()
@@ -192,6 +206,17 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn every_netblock_holding_an_address_is_found_longest_first() {
+        let mut t = PrefixTable::default();
+        t.insert(nb("10.0.0.0/8"), "wide").unwrap();
+        t.insert(nb("10.1.0.0/16"), "narrow").unwrap();
+        t.insert(nb("10.2.0.0/16"), "other").unwrap();
+        let all: Vec<_> = t.each_holding(ip("10.1.2.3")).copied().collect();
+        assert_eq!(all, ["narrow", "wide"]);
+        assert_eq!(t.each_holding(ip("192.0.2.1")).count(), 0);
     }
 
     #[test]

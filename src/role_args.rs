@@ -140,6 +140,13 @@ pub struct VolunteerArgs {
     /// Cap on customer downloads, bytes/s: the uplink the balancer should see [default: none].
     #[arg(long)]
     pub upload_bps: Option<u64>,
+    /// A network this volunteer is inside, e.g. 192.0.2.0/24 (repeatable): its customers are
+    /// sent here first. It must hold this volunteer's own address.
+    #[arg(long = "netblock", value_name = "NETBLOCK")]
+    pub netblocks: Vec<String>,
+    /// Serve only customers from the declared netblocks (a campus or company mirror).
+    #[arg(long)]
+    pub private: bool,
 }
 
 pub fn server_config(a: ServerArgs) -> Result<ServerConfig> {
@@ -266,6 +273,8 @@ pub fn volunteer_config(a: VolunteerArgs) -> Result<VolunteerConfig> {
     if let Some(v) = a.upload_bps {
         cfg.upload_bps = Some(v);
     }
+    cfg.netblocks.extend(a.netblocks);
+    cfg.private |= a.private;
     cfg.validate()?;
     Ok(cfg)
 }

@@ -111,6 +111,8 @@ async fn malformed_oversized_forged_and_replayed_announces_are_refused() {
         link_bps: 0,
         paused: false,
         part: String::new(),
+        nets: String::new(),
+        private: false,
     };
     let unsigned = build_mirror_query("debian", *b"-MS0100-aaaaaaaaaaaa", 9, &report(1, 1));
     // Unsigned, forged with another key, tampered after signing.

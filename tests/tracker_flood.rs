@@ -298,6 +298,8 @@ async fn a_flood_from_one_host_does_not_stop_real_clients_on_others() {
                 link_bps: 0,
                 paused: false,
                 part: String::new(),
+                nets: String::new(),
+                private: false,
             };
             let q = tracker::mirror::sign_query(
                 b"not a secret the server issued",

@@ -94,6 +94,50 @@ pub struct LocationConfig {
     pub trusted_proxies: Vec<String>,
     /// Named sites, each its netblocks and the region it is in (`[[location.sites]]`).
     pub sites: Vec<SiteConfig>,
+    /// MaxMind-format databases (`.mmdb`: GeoLite2-ASN, GeoLite2-Country or -City, DB-IP's)
+    /// giving an address's AS, country and continent; the first that says wins. Read at
+    /// start (an unreadable one is refused) and again when a file changes. Default none.
+    pub mmdb: Vec<PathBuf>,
+    /// A typical round trip to a volunteer in each tier, ms (`netblock`, `site`, `as`,
+    /// `country`, `region`, `world`; defaults 1, 5, 15, 30, 80, 200): a customer goes to a
+    /// farther tier only when the nearer one's modelled wait exceeds the farther one's by
+    /// more than the extra round trips.
+    pub round_trip_ms: BTreeMap<String, f64>,
+    /// The extra round-trip time of one tier over another, ms, where the difference of their
+    /// `round_trip_ms` is wrong for this mirror (`site-world = 75`).
+    pub extra_round_trip_ms: BTreeMap<String, f64>,
+    /// When a customer goes past the nearest tier with room: `by-wait` (default: when that
+    /// is faster, round trips counted) or `never` (only when every nearer volunteer is full).
+    pub spill: Spill,
+}
+
+/// See [`LocationConfig::spill`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Spill {
+    #[default]
+    ByWait,
+    Never,
+}
+
+/// The proximity tiers' names, nearest first, as `round_trip_ms` keys them.
+pub const TIER_NAMES: [&str; 6] = ["netblock", "site", "as", "country", "region", "world"];
+
+/// Longest round trip a tier may be given, ms.
+const MAX_ROUND_TRIP_MS: f64 = 10_000.0;
+
+fn tier_index(name: &str) -> Option<usize> {
+    TIER_NAMES.iter().position(|t| *t == name)
+}
+
+fn round_trip(key: &str, ms: f64) -> Result<f64, ConfigError> {
+    if !(0.0..=MAX_ROUND_TRIP_MS).contains(&ms) {
+        return Err(invalid(
+            key,
+            format!("{ms} ms: a round trip is 0 to {MAX_ROUND_TRIP_MS} ms"),
+        ));
+    }
+    Ok(ms)
 }
 
 /// One site (`[[location.sites]]`): customers and volunteers whose addresses fall in its
@@ -168,9 +212,82 @@ impl LocationConfig {
         Ok(t)
     }
 
+    /// Round trips by tier, ms, nearest first (defaults where not given); the error names
+    /// the key.
+    pub fn round_trips(&self) -> Result<[f64; 6], ConfigError> {
+        let mut out = [1.0, 5.0, 15.0, 30.0, 80.0, 200.0];
+        for (name, &ms) in &self.round_trip_ms {
+            let key = format!("location.round_trip_ms.{name}");
+            let at = tier_index(name).ok_or_else(|| {
+                invalid(
+                    &key,
+                    format!("no tier `{name}`: one of {}", TIER_NAMES.join(", ")),
+                )
+            })?;
+            out[at] = round_trip(&key, ms)?;
+        }
+        Ok(out)
+    }
+
+    /// The extra round-trip times given per tier pair, as (near, far, ms) by tier index; the
+    /// error names the key.
+    pub fn extra_round_trips(&self) -> Result<Vec<(usize, usize, f64)>, ConfigError> {
+        let mut out = Vec::new();
+        for (pair, &ms) in &self.extra_round_trip_ms {
+            let key = format!("location.extra_round_trip_ms.{pair}");
+            let tiers = pair
+                .split_once('-')
+                .and_then(|(a, b)| Some((tier_index(a)?, tier_index(b)?)));
+            let Some((near, far)) = tiers.filter(|(n, f)| n < f) else {
+                return Err(invalid(
+                    &key,
+                    format!(
+                        "not NEAR-FAR with two tiers, the nearer first (tiers: {})",
+                        TIER_NAMES.join(", ")
+                    ),
+                ));
+            };
+            out.push((near, far, round_trip(&key, ms)?));
+        }
+        Ok(out)
+    }
+
+    /// The databases, opened (each read whole once here, to refuse a bad one at start); the
+    /// error names the key.
+    pub fn geo(&self) -> Result<Option<locate::GeoWatch>, ConfigError> {
+        if self.mmdb.is_empty() {
+            return Ok(None);
+        }
+        for (i, path) in self.mmdb.iter().enumerate() {
+            locate::GeoDb::open(std::slice::from_ref(path))
+                .map_err(|e| invalid(format!("location.mmdb[{i}]"), e.to_string()))?;
+        }
+        locate::GeoWatch::open(&self.mmdb)
+            .map(Some)
+            .map_err(|e| invalid("location.mmdb", e.to_string()))
+    }
+
+    /// The sites as the locator takes them (the table checked by [`Self::site_table`]).
+    pub fn sites(&self) -> Result<Vec<locate::place::Site>, ConfigError> {
+        self.site_table()?;
+        Ok(self
+            .sites
+            .iter()
+            .map(|s| locate::place::Site {
+                name: s.name.clone(),
+                region: s.region.clone(),
+                // Read by `site_table` above.
+                netblocks: s.netblocks.iter().filter_map(|t| t.parse().ok()).collect(),
+            })
+            .collect())
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.trusted_table()?;
         self.site_table()?;
+        self.round_trips()?;
+        self.extra_round_trips()?;
+        self.geo()?;
         Ok(())
     }
 }
@@ -751,6 +868,13 @@ pub struct VolunteerConfig {
     /// Cap on customer downloads from this volunteer, bytes/s: its uplink as the balancer
     /// should see it. Default: none.
     pub upload_bps: Option<u64>,
+    /// The networks this volunteer is inside (`["192.0.2.0/24", "2001:db8::/32"]`):
+    /// customers from them are sent here first. Each must hold the volunteer's own address
+    /// (the server ignores one that does not, unless the volunteer is private). Default none.
+    pub netblocks: Vec<String>,
+    /// Serve only customers from `netblocks` (a campus or company mirror); customers from
+    /// anywhere else are never sent here. Default false.
+    pub private: bool,
     pub limits: LimitsConfig,
     /// `--adopt` (a flag, not a key: adopting is done once, then the tree is marked): sync
     /// into mirror directories that hold files the manifest does not list, leaving those
@@ -778,15 +902,47 @@ impl Default for VolunteerConfig {
             seed_listen: None,
             seed_upload_bps: None,
             upload_bps: None,
+            netblocks: Vec::new(),
+            private: false,
             adopt: false,
             limits: LimitsConfig::default(),
         }
     }
 }
 
+/// Netblocks a volunteer may declare at most: a campus's or a company's networks (they go
+/// with every announce).
+pub const MAX_VOLUNTEER_NETBLOCKS: usize = 16;
+
 impl VolunteerConfig {
+    /// The declared netblocks, checked, as the announce carries them (canonical, joined by
+    /// commas); the error names the key.
+    pub fn netblocks_text(&self) -> Result<String, ConfigError> {
+        if self.netblocks.len() > MAX_VOLUNTEER_NETBLOCKS {
+            return Err(invalid(
+                "netblocks",
+                format!("at most {MAX_VOLUNTEER_NETBLOCKS} netblocks"),
+            ));
+        }
+        let mut out = Vec::with_capacity(self.netblocks.len());
+        for (i, text) in self.netblocks.iter().enumerate() {
+            let block: locate::Netblock = text.parse().map_err(|e: locate::NetblockError| {
+                invalid(format!("netblocks[{i}]"), e.to_string())
+            })?;
+            out.push(block.to_string());
+        }
+        if self.private && out.is_empty() {
+            return Err(invalid(
+                "private",
+                "a private volunteer serves only customers from its netblocks: declare them (`netblocks = [...]`)",
+            ));
+        }
+        Ok(out.join(","))
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.limits.validate()?;
+        self.netblocks_text()?;
         for (i, w) in self.upload_windows.iter().enumerate() {
             for (k, v) in [("from", &w.from), ("to", &w.to)] {
                 if parse_hhmm(v).is_none() {
@@ -1052,6 +1208,18 @@ netblocks = ["10.1.0.0/16"]
 "#;
         check(good).unwrap();
         let cfg: ServerConfig = toml::from_str(good).unwrap();
+        assert_eq!(cfg.location.spill, Spill::ByWait);
+        assert_eq!(
+            cfg.location.round_trips().unwrap(),
+            [1.0, 5.0, 15.0, 30.0, 80.0, 200.0]
+        );
+        let tuned: ServerConfig = toml::from_str(
+            "[location]\nspill = \"never\"\nround_trip_ms = { world = 120 }\nextra_round_trip_ms = { site-world = 75 }\n",
+        )
+        .unwrap();
+        assert_eq!(tuned.location.spill, Spill::Never);
+        assert_eq!(tuned.location.round_trips().unwrap()[5], 120.0);
+        assert_eq!(tuned.location.extra_round_trips().unwrap(), [(1, 5, 75.0)]);
         let sites = cfg.location.site_table().unwrap();
         let at = |a: &str| sites.lookup(a.parse().unwrap()).map(|(_, s)| *s);
         assert_eq!(
@@ -1083,6 +1251,21 @@ netblocks = ["10.1.0.0/16"]
                 "[[location.sites]]\nname = \"a\"\nnetblocks = []\n",
                 "location.sites[0].netblocks",
                 "at least one",
+            ),
+            (
+                "[location]\nround_trip_ms = { site = -1 }\n",
+                "location.round_trip_ms.site",
+                "0 to 10000 ms",
+            ),
+            (
+                "[location]\nextra_round_trip_ms = { site-site = 5 }\n",
+                "location.extra_round_trip_ms.site-site",
+                "the nearer first",
+            ),
+            (
+                "[location]\nmmdb = [\"/nonexistent.mmdb\"]\n",
+                "location.mmdb[0]",
+                "cannot read /nonexistent.mmdb",
             ),
         ] {
             let e = check(t).unwrap_err();
@@ -1264,5 +1447,23 @@ netblocks = ["10.1.0.0/16"]
         let text = "server = \"http://s\"\n[mirrors]\nd = \"/tmp\"\n[quotas]\nx = 5\n";
         let c: VolunteerConfig = toml::from_str(text).unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("quotas.x"));
+    }
+
+    #[test]
+    fn a_volunteer_declares_netblocks_read_canonically_and_private_needs_them() {
+        let base = "server = \"http://s\"\n";
+        let c: VolunteerConfig = toml::from_str(&format!(
+            "{base}netblocks = [\"10.1.0.0/16\", \"2001:DB8::/32\"]\nprivate = true\n"
+        ))
+        .unwrap();
+        assert_eq!(c.netblocks_text().unwrap(), "10.1.0.0/16,2001:db8::/32");
+        for (more, key) in [
+            ("netblocks = [\"10.1.0.1/16\"]\n", "netblocks[0]"),
+            ("private = true\n", "private"),
+        ] {
+            let c: VolunteerConfig = toml::from_str(&format!("{base}{more}")).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
     }
 }

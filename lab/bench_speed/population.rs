@@ -37,6 +37,8 @@ impl Member {
             link_bps: 12_500_000,
             paused: false,
             part: String::new(),
+            nets: String::new(),
+            private: false,
         };
         let mut peer_id = [b'-'; 20];
         peer_id[..8].copy_from_slice(b"-MSBNCH-");

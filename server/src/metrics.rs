@@ -337,6 +337,8 @@ mod tests {
             link_bps: 0,
             paused: false,
             part: String::new(),
+            nets: String::new(),
+            private: false,
         };
         reg.report("debian", &report, false, Instant::now())
             .unwrap();

@@ -23,6 +23,9 @@ pub const MAX_URL_LEN: usize = 512;
 /// Longest part a volunteer may announce (`ms_part`, decoded, bytes): a pattern set, not a
 /// list of files, so a volunteer holding a million files still sends a few hundred bytes.
 pub const MAX_PART_LEN: usize = 2048;
+/// Longest list of netblocks a volunteer may declare (`ms_nets`, bytes): a campus's or a
+/// company's few networks, not a routing table.
+pub const MAX_NETS_LEN: usize = 1024;
 /// Separator that introduces the signature; always the last parameter.
 const SIG_PARAM: &str = "&ms_sig=";
 
@@ -65,6 +68,13 @@ pub struct MirrorReport {
     /// (`manifest::select::Selection`'s canonical text; optional `ms_part`, empty: all of
     /// it). The tracker checks only its length and encoding; the registry reads it.
     pub part: String,
+    /// The networks it says it is inside, comma-separated netblocks (optional `ms_nets`,
+    /// empty: none). The tracker checks only its length and characters; the registry reads
+    /// it.
+    pub nets: String,
+    /// It serves only customers inside `nets` (optional `ms_priv=1`): a campus or company
+    /// mirror.
+    pub private: bool,
 }
 
 /// Why a mirror report or its signature framing was rejected.
@@ -84,17 +94,19 @@ pub enum MirrorError {
     InvalidUrl(&'static str),
     #[error("ms_part must be UTF-8 of at most {MAX_PART_LEN} bytes")]
     InvalidPart,
+    #[error("ms_nets must be at most {MAX_NETS_LEN} bytes of netblocks separated by commas")]
+    InvalidNets,
     #[error("missing ms_sig (it must be the last parameter)")]
     MissingSignature,
     #[error("ms_sig must be 64 lowercase hex characters")]
     MalformedSignature,
 }
 
-/// The report's parameter names, in [`MirrorReport`] field order. The last four are optional
+/// The report's parameter names, in [`MirrorReport`] field order. The last six are optional
 /// (older volunteers do not send them).
-const FIELDS: [&str; 12] = [
+const FIELDS: [&str; 14] = [
     "ms_vid", "ms_seq", "ms_gen", "ms_cc", "ms_sc", "ms_up", "ms_cap", "ms_url", "ms_sbps",
-    "ms_link", "ms_pause", "ms_part",
+    "ms_link", "ms_pause", "ms_part", "ms_nets", "ms_priv",
 ];
 
 /// Reads the mirror report from an announce's extra parameters.
@@ -105,7 +117,7 @@ const FIELDS: [&str; 12] = [
 pub fn parse_mirror_report(
     extra: &[(String, Vec<u8>)],
 ) -> Result<Option<MirrorReport>, MirrorError> {
-    let mut values: [Option<&[u8]>; 12] = [None; 12];
+    let mut values: [Option<&[u8]>; 14] = [None; 14];
     for (name, value) in extra {
         let Some((field, slot)) = FIELDS
             .iter()
@@ -119,7 +131,8 @@ pub fn parse_mirror_report(
         }
         *slot = Some(value);
     }
-    let [vid, seq, generation, cc, sc, up, cap, url, sbps, link, pause, part] = values;
+    let [vid, seq, generation, cc, sc, up, cap, url, sbps, link, pause, part, nets, private] =
+        values;
     let Some(vid) = vid else {
         return Ok(None);
     };
@@ -137,10 +150,19 @@ pub fn parse_mirror_report(
     let url = parse_url(url.ok_or(MirrorError::Missing("ms_url"))?)?;
     let sync_bps = sbps.map_or(Ok(0), |v| number(Some(v), "ms_sbps"))?;
     let link_bps = link.map_or(Ok(0), |v| number(Some(v), "ms_link"))?;
-    let paused = match pause {
-        None | Some(b"0") => false,
-        Some(b"1") => true,
-        Some(_) => return Err(MirrorError::InvalidNumber("ms_pause")),
+    let paused = flag(pause, "ms_pause")?;
+    let private = flag(private, "ms_priv")?;
+    let nets = match nets {
+        None => String::new(),
+        Some(raw)
+            if raw.len() <= MAX_NETS_LEN
+                && raw
+                    .iter()
+                    .all(|b| b.is_ascii_hexdigit() || b".:/,".contains(b)) =>
+        {
+            String::from_utf8(raw.to_vec()).map_err(|_| MirrorError::InvalidNets)?
+        }
+        Some(_) => return Err(MirrorError::InvalidNets),
     };
     let part = match part {
         None => String::new(),
@@ -163,7 +185,18 @@ pub fn parse_mirror_report(
         link_bps,
         paused,
         part,
+        nets,
+        private,
     }))
+}
+
+/// An optional `0`/`1` parameter.
+fn flag(raw: Option<&[u8]>, name: &'static str) -> Result<bool, MirrorError> {
+    match raw {
+        None | Some(b"0") => Ok(false),
+        Some(b"1") => Ok(true),
+        Some(_) => Err(MirrorError::InvalidNumber(name)),
+    }
 }
 
 fn parse_volunteer(raw: &[u8]) -> Result<String, MirrorError> {
@@ -285,7 +318,7 @@ pub fn build_mirror_query(
     format!(
         "info_hash={}&peer_id={}&port={port}&uploaded=0&downloaded=0&left=0&compact=1&numwant=0\
          &ms_vid={}&ms_seq={}&ms_gen={}&ms_cc={}&ms_sc={}&ms_up={}&ms_cap={}&ms_url={}\
-         &ms_sbps={}&ms_link={}&ms_pause={}{}",
+         &ms_sbps={}&ms_link={}&ms_pause={}{}{}",
         percent_encode(&mirror_info_hash(repo)),
         percent_encode(&peer_id),
         percent_encode(report.volunteer.as_bytes()),
@@ -300,7 +333,22 @@ pub fn build_mirror_query(
         report.link_bps,
         u8::from(report.paused),
         part_param(&report.part),
+        place_params(report),
     )
+}
+
+/// `&ms_nets=…` and `&ms_priv=1` for a volunteer that declared where it is, nothing for one
+/// that did not. Netblocks need no escaping: hex digits, `.`, `:`, `/` and `,`.
+fn place_params(report: &MirrorReport) -> String {
+    let mut out = String::new();
+    if !report.nets.is_empty() {
+        out.push_str("&ms_nets=");
+        out.push_str(&report.nets);
+    }
+    if report.private {
+        out.push_str("&ms_priv=1");
+    }
+    out
 }
 
 /// `&ms_part=…` for a volunteer holding part of the repository, nothing for one holding all
@@ -344,6 +392,8 @@ mod tests {
             link_bps: 0,
             paused: false,
             part: String::new(),
+            nets: String::new(),
+            private: false,
         }
     }
 
@@ -423,6 +473,35 @@ mod tests {
         assert_eq!(
             parse_mirror_report(&extra(&pairs)),
             Err(MirrorError::InvalidPart)
+        );
+    }
+
+    #[test]
+    fn declared_netblocks_go_signed_and_only_their_characters_pass() {
+        let mut r = report();
+        r.nets = "192.0.2.0/24,2001:db8::/32".to_string();
+        r.private = true;
+        let q = build_mirror_query("debian", PEER, 8080, &r);
+        assert!(
+            q.contains("&ms_nets=192.0.2.0/24,2001:db8::/32&ms_priv=1"),
+            "{q}"
+        );
+        let req = parse_announce(&sign_query(SECRET, &q)).unwrap();
+        assert_eq!(parse_mirror_report(&req.extra), Ok(Some(r)));
+        for bad in ["10.0.0.0/8 ", "10.0.0.0/8;x", &"1".repeat(MAX_NETS_LEN + 1)] {
+            let mut pairs = full();
+            pairs.push(("ms_nets", bad));
+            assert_eq!(
+                parse_mirror_report(&extra(&pairs)),
+                Err(MirrorError::InvalidNets),
+                "{bad}"
+            );
+        }
+        let mut pairs = full();
+        pairs.push(("ms_priv", "2"));
+        assert_eq!(
+            parse_mirror_report(&extra(&pairs)),
+            Err(MirrorError::InvalidNumber("ms_priv"))
         );
     }
 
@@ -589,6 +668,8 @@ mod tests {
                 link_bps: 0,
                 paused: false,
                 part: String::new(),
+                nets: String::new(),
+                private: false,
             }))
         );
     }

@@ -261,6 +261,9 @@ impl VolunteerState {
             link_bps: self.uplink.bps(),
             paused: self.paused.load(Ordering::Relaxed),
             part: mirror.map_or_else(String::new, |m| m.part().canonical()),
+            // Checked when the configuration was read.
+            nets: self.config.netblocks_text().unwrap_or_default(),
+            private: self.config.private,
         }
     }
 

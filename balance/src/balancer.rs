@@ -13,8 +13,9 @@ use std::time::Instant;
 
 use rand::Rng;
 
+use crate::ladder::{Customer, Ladder, Tier};
 use crate::policy::{Candidate, Order, Policy};
-use crate::registry::{RecordsAt, Registry};
+use crate::registry::{Exclusion, Load, RecordsAt, Registry};
 
 /// How many eligible volunteers the policy sees per request in a large pool. A Metalink
 /// lists more sources, so it samples as many as it lists (up to [`MAX_SAMPLE`]).
@@ -105,6 +106,33 @@ pub struct Balancer {
     /// Where the registry's records lie, read without its lock for prefetch hints.
     records_at: Arc<RecordsAt>,
     policy: Box<dyn Policy>,
+    /// Near first, unless near is full (used for customers whose place is asked about).
+    ladder: Ladder,
+}
+
+/// One volunteer as [`Balancer::explain`] saw it for a customer.
+#[derive(Debug, Clone)]
+pub struct Considered {
+    pub id: String,
+    pub url: String,
+    /// How near the customer it is (`None`: no place known to compare).
+    pub tier: Option<Tier>,
+    /// Seconds one more download of the file would add there, by its link's model.
+    pub wait: Option<f64>,
+    /// The extra round trips its tier costs over the nearest one that has room, seconds.
+    pub extra: f64,
+    pub load: Load,
+    pub verdict: Verdict,
+}
+
+/// Where a volunteer stood in a choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Its place in the order, 0 the one the customer is sent to.
+    Ranked(usize),
+    /// Eligible, but the policy gave it no place: it has no room.
+    NoRoom,
+    Excluded(Exclusion),
 }
 
 impl Balancer {
@@ -113,7 +141,14 @@ impl Balancer {
             records_at: registry.records_at(),
             registry: Mutex::new(registry),
             policy,
+            ladder: Ladder::default(),
         }
+    }
+
+    /// With the operator's estimates of the round trips to each tier.
+    pub fn with_ladder(mut self, ladder: Ladder) -> Balancer {
+        self.ladder = ladder;
+        self
     }
 
     /// The registry under its lock, for everything but the choice: reports, exclusions,
@@ -143,7 +178,19 @@ impl Balancer {
     /// Base URLs of up to `ask.sources` volunteers that may serve the file `path` describes,
     /// best first (the policy's order, for a download of `ask.bytes`), into `chosen`; the
     /// first is counted as sent that customer, for those bytes. None chosen: the origin.
-    pub fn choose(&self, path: PathFacts<'_>, ask: Ask, now: Instant, chosen: &mut Chosen) {
+    ///
+    /// `customer`: where the customer is, if the server works that out: the sample draws
+    /// from its nearer tiers first, and the [`Ladder`] orders the tiers over the policy's
+    /// order. `None`: by load alone, as when nothing is configured to place anyone (a private
+    /// volunteer then takes nobody).
+    pub fn choose(
+        &self,
+        path: PathFacts<'_>,
+        ask: Ask,
+        customer: Option<&Customer>,
+        now: Instant,
+        chosen: &mut Chosen,
+    ) {
         let want = ask.sources;
         chosen.clear();
         let mut rng = fast_rng::FastRng::for_thread();
@@ -162,6 +209,7 @@ impl Balancer {
             path.current,
             now,
             (k, SMALL_POOL),
+            customer,
             &mut |n| rng.gen_range(0..n),
             &mut sample,
         );
@@ -199,11 +247,29 @@ impl Balancer {
         }
         self.policy
             .order_into(&cands, ask.bytes, &mut rng, &mut order);
+        if let Some(c) = customer.filter(|_| reg.places_known()) {
+            let tiers: arrayvec::ArrayVec<Tier, MAX_SAMPLE> = sample
+                .iter()
+                .map(|&i| crate::ladder::tier(c, &reg.at(i).place))
+                .collect();
+            self.ladder.order(
+                &mut order.best_first,
+                |i| tiers[i],
+                |i| wait(&cands[i], ask.bytes),
+                ask.bytes,
+            );
+        }
         drop(cands);
         let best_first = &order.best_first;
         if tracing::enabled!(target: DECISION_LOG, tracing::Level::DEBUG) {
-            let (_, excluded) =
-                reg.candidates(path.repo, path.rel, path.changed_in, path.current, now);
+            let (_, excluded) = reg.candidates(
+                path.repo,
+                path.rel,
+                path.changed_in,
+                path.current,
+                customer,
+                now,
+            );
             let why: Vec<String> = excluded
                 .iter()
                 .map(|(v, e)| format!("{}: {e}", v.id))
@@ -226,6 +292,111 @@ impl Balancer {
         drop(reg);
         CHOOSE_SCRATCH.with(|b| *b.borrow_mut() = ChooseScratch { sample, order });
     }
+
+    /// Every volunteer as a choice for `customer` would see it (the whole pool, not a
+    /// sample; nothing counted): its tier, modelled wait and load, and where it ranks or why
+    /// it was left out. For the mirror list: an admin asking why a customer went where it did.
+    pub fn explain(
+        &self,
+        path: PathFacts<'_>,
+        bytes: u64,
+        customer: Option<&Customer>,
+        now: Instant,
+    ) -> Vec<Considered> {
+        let reg = self.registry();
+        let (eligible, excluded) = reg.candidates(
+            path.repo,
+            path.rel,
+            path.changed_in,
+            path.current,
+            customer,
+            now,
+        );
+        let cands: Vec<Candidate> = eligible
+            .iter()
+            .map(|&i| {
+                let v = reg.at(i);
+                let (unreported, recent) = reg.open_redirects(i, now);
+                Candidate {
+                    load: v.load,
+                    model: v.model.view(now),
+                    issued_since_report: unreported,
+                    issued_total: v.issued_total,
+                    issued_recent: recent,
+                    age: now.saturating_duration_since(v.joined),
+                    observed_speed: v.observed_speed(),
+                    usage: v.usage(),
+                }
+            })
+            .collect();
+        let mut order = Order::default();
+        self.policy.order_into(
+            &cands,
+            bytes,
+            &mut fast_rng::FastRng::for_thread(),
+            &mut order,
+        );
+        let tier_of =
+            |i: usize| customer.map(|c| crate::ladder::tier(c, &reg.at(eligible[i]).place));
+        let located = customer.is_some() && reg.places_known();
+        if let (true, Some(c)) = (located, customer) {
+            self.ladder.order(
+                &mut order.best_first,
+                |i| crate::ladder::tier(c, &reg.at(eligible[i]).place),
+                |i| wait(&cands[i], bytes),
+                bytes,
+            );
+        }
+        let nearest = order.best_first.iter().filter_map(|&i| tier_of(i)).min();
+        let mut out: Vec<Considered> = eligible
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| {
+                let v = reg.at(i);
+                let tier = tier_of(k).filter(|_| located);
+                Considered {
+                    id: v.id.clone(),
+                    url: v.url.to_string(),
+                    tier,
+                    wait: wait(&cands[k], bytes),
+                    extra: match (nearest, tier) {
+                        (Some(n), Some(t)) => self.ladder.extra_secs(n, t, bytes),
+                        _ => 0.0,
+                    },
+                    load: v.load,
+                    verdict: match order.best_first.iter().position(|&o| o == k) {
+                        Some(rank) => Verdict::Ranked(rank),
+                        None => Verdict::NoRoom,
+                    },
+                }
+            })
+            .collect();
+        out.sort_by_key(|c| match c.verdict {
+            Verdict::Ranked(r) => r,
+            _ => usize::MAX,
+        });
+        out.extend(excluded.into_iter().map(|(v, e)| {
+            Considered {
+                id: v.id.clone(),
+                url: v.url.to_string(),
+                tier: customer
+                    .filter(|_| located)
+                    .map(|c| crate::ladder::tier(c, &v.place)),
+                wait: None,
+                extra: 0.0,
+                load: v.load,
+                verdict: Verdict::Excluded(e),
+            }
+        }));
+        out
+    }
+}
+
+/// The seconds one more download of `bytes` would add at a candidate, by its link's model,
+/// slowed by what the server's checks observed of it; `None` where its link is undeclared.
+fn wait(c: &Candidate, bytes: u64) -> Option<f64> {
+    let w = c.model.marginal_wait(bytes)?;
+    Some(w / c.observed_speed.clamp(0.01, 1.0))
 }
 
 #[cfg(test)]
@@ -272,12 +443,12 @@ mod tests {
             sources: 4,
             bytes: 1000,
         };
-        b.choose(facts(2), ask, now, &mut chosen);
+        b.choose(facts(2), ask, None, now, &mut chosen);
         assert_eq!(chosen.iter().collect::<Vec<_>>(), ["http://new.test"]);
         assert_eq!(b.registry().get("new").unwrap().issued_total, 1);
         assert_eq!(b.registry().get("old").unwrap().issued_total, 0);
         // Bytes changed after everyone's generation: nobody, so the origin.
-        b.choose(facts(4), ask, now, &mut chosen);
+        b.choose(facts(4), ask, None, now, &mut chosen);
         assert!(chosen.is_empty());
     }
 
@@ -288,14 +459,175 @@ mod tests {
         let b = balancer("feedback-connections", &reports, now);
         let mut chosen = Chosen::default();
         for _ in 0..12 {
-            b.choose(facts(1), ask(1), now, &mut chosen);
+            b.choose(facts(1), ask(1), None, now, &mut chosen);
             assert_eq!(chosen.iter().count(), 1);
         }
         // Counted redirects steer the next ones elsewhere: no volunteer took them all.
         let most = b.registry().all().map(|v| v.issued_total).max().unwrap();
         assert!(most < 12, "one volunteer took {most} of 12");
-        b.choose(facts(1), ask(3), now, &mut chosen);
+        b.choose(facts(1), ask(3), None, now, &mut chosen);
         assert_eq!(chosen.iter().count(), 3);
+    }
+
+    fn at_site(site: u16) -> crate::ladder::VolunteerPlace {
+        crate::ladder::VolunteerPlace {
+            place: locate::place::Place {
+                site: Some(site),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn customer_at(addr: &str, site: u16) -> Customer {
+        Customer {
+            addr: addr.parse().unwrap(),
+            place: locate::place::Place {
+                site: Some(site),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// A report with a declared 1 MB/s link (so waits are modelled) and `customers` of 4.
+    fn linked(id: &str, seq: u64, customers: u32) -> MirrorReport {
+        MirrorReport {
+            link_bps: 1_000_000,
+            ..crate::registry::tests::report(id, seq, 3, customers)
+        }
+    }
+
+    #[test]
+    fn a_customer_goes_near_first_and_far_when_near_is_full() {
+        let now = Instant::now();
+        let b = balancer(
+            "feedback",
+            &[linked("far", 1, 0), linked("near", 1, 0)],
+            now,
+        );
+        b.registry().set_place("near", at_site(1));
+        b.registry().set_place("far", at_site(2));
+        let c = customer_at("10.1.0.9", 1);
+        let mut chosen = Chosen::default();
+        let ask = Ask {
+            sources: 2,
+            bytes: 4096,
+        };
+        b.choose(facts(1), ask, Some(&c), now, &mut chosen);
+        assert_eq!(
+            chosen.iter().collect::<Vec<_>>(),
+            ["http://near.test", "http://far.test"]
+        );
+        // Without the customer's place: by load alone, either (both idle).
+        // Near full (4 of 4): far.
+        b.registry()
+            .report("deb", &linked("near", 2, 4), false, now)
+            .unwrap();
+        b.choose(facts(1), ask, Some(&c), now, &mut chosen);
+        assert_eq!(chosen.iter().next(), Some("http://far.test"));
+        // The explanation agrees, and says why near was passed over.
+        let seen = b.explain(facts(1), 4096, Some(&c), now);
+        assert_eq!(seen[0].id, "far");
+        assert_eq!(seen[0].verdict, Verdict::Ranked(0));
+        assert_eq!(seen[0].tier, Some(Tier::World));
+        let near = seen.iter().find(|v| v.id == "near").unwrap();
+        assert_eq!(
+            (near.tier, near.verdict),
+            (Some(Tier::Site), Verdict::NoRoom)
+        );
+    }
+
+    #[test]
+    fn a_busy_near_volunteer_loses_to_an_idle_far_one_only_by_more_than_the_round_trips() {
+        let now = Instant::now();
+        // Near serves 3 downloads on its 1 MB/s link: one more 4 KiB one waits a little,
+        // less than three round trips across the world: near.
+        let b = balancer(
+            "feedback",
+            &[linked("far", 1, 0), linked("near", 1, 3)],
+            now,
+        );
+        b.registry().set_place("near", at_site(1));
+        b.registry().set_place("far", at_site(2));
+        let c = customer_at("10.1.0.9", 1);
+        let mut chosen = Chosen::default();
+        let small = Ask {
+            sources: 1,
+            bytes: 4096,
+        };
+        b.choose(facts(1), small, Some(&c), now, &mut chosen);
+        assert_eq!(chosen.iter().next(), Some("http://near.test"));
+        // A 50 MB download would wait for three others' there: far, idle, is sooner even
+        // with the extra round trips.
+        let large = Ask {
+            sources: 1,
+            bytes: 50_000_000,
+        };
+        b.choose(facts(1), large, Some(&c), now, &mut chosen);
+        assert_eq!(chosen.iter().next(), Some("http://far.test"));
+    }
+
+    #[test]
+    fn a_private_volunteer_takes_only_its_own_networks_customers() {
+        let now = Instant::now();
+        let private = MirrorReport {
+            nets: "10.1.0.0/16".into(),
+            private: true,
+            ..linked("campus", 1, 0)
+        };
+        let b = balancer("feedback", &[private], now);
+        let mut chosen = Chosen::default();
+        // Before the server worked out its place: nobody.
+        b.choose(
+            facts(1),
+            ask(1),
+            Some(&customer_at("10.1.0.9", 1)),
+            now,
+            &mut chosen,
+        );
+        assert!(chosen.is_empty());
+        b.registry().set_place(
+            "campus",
+            crate::ladder::VolunteerPlace {
+                nets: Arc::from(vec!["10.1.0.0/16".parse().unwrap()]),
+                private: true,
+                ..Default::default()
+            },
+        );
+        for (addr, served) in [
+            ("10.1.0.9", true),
+            ("10.2.0.9", false),
+            ("192.0.2.1", false),
+        ] {
+            b.choose(
+                facts(1),
+                ask(1),
+                Some(&customer_at(addr, 1)),
+                now,
+                &mut chosen,
+            );
+            assert_eq!(!chosen.is_empty(), served, "{addr}");
+        }
+        b.choose(facts(1), ask(1), None, now, &mut chosen);
+        assert!(chosen.is_empty(), "a customer nobody placed");
+        let seen = b.explain(facts(1), 1, Some(&customer_at("10.2.0.9", 1)), now);
+        assert_eq!(seen[0].verdict, Verdict::Excluded(Exclusion::Private));
+    }
+
+    #[test]
+    fn in_a_large_pool_the_near_volunteers_are_sampled() {
+        let now = Instant::now();
+        let reports: Vec<_> = (0..200)
+            .map(|i| linked(&format!("v{i:03}"), 1, 0))
+            .collect();
+        let b = balancer("feedback", &reports, now);
+        b.registry().set_place("v123", at_site(7));
+        let c = customer_at("10.7.0.1", 7);
+        let mut chosen = Chosen::default();
+        for _ in 0..3 {
+            b.choose(facts(1), ask(1), Some(&c), now, &mut chosen);
+            assert_eq!(chosen.iter().next(), Some("http://v123.test"));
+        }
     }
 
     #[test]
@@ -307,7 +639,7 @@ mod tests {
         let mut chosen = Chosen::default();
         // Fewer than the good one's capacity (4): at capacity it would get none either.
         for _ in 0..3 {
-            b.choose(facts(1), ask(1), now, &mut chosen);
+            b.choose(facts(1), ask(1), None, now, &mut chosen);
             assert_eq!(chosen.iter().collect::<Vec<_>>(), ["http://good.test"]);
         }
     }

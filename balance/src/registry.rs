@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::ladder::{Customer, VolunteerPlace};
 use crate::link_model::{LinkModel, Reported};
 use crate::prefetch;
 use crate::recent::{RecentCounts, Slicing};
@@ -128,6 +129,9 @@ pub struct VolunteerLive {
     /// Its admin paused it (it said so in its last announce).
     pub paused: bool,
     quarantined: bool,
+    /// It serves only customers from its own netblocks (a copy of `place.private`, read
+    /// with the flags above).
+    private: bool,
     pub last_report: Instant,
     /// Generation fully held, and the part held, per repository.
     pub generations: Held,
@@ -156,6 +160,8 @@ pub struct VolunteerLive {
     /// its reports said, averaged over about [`USAGE_WINDOW`] (0 where the link is
     /// undeclared).
     usage: f64,
+    /// Where it is: the place of its address, and the netblocks it declared.
+    pub place: VolunteerPlace,
 }
 
 /// How long a volunteer's reported uplink use is averaged over: long enough to span many
@@ -217,6 +223,8 @@ pub enum Exclusion {
     Quarantined,
     /// It announced that it stopped.
     Stopped,
+    /// It serves only its own networks, and the customer is outside them.
+    Private,
     /// It reports as many customers as it accepts.
     Full {
         conns: u32,
@@ -240,6 +248,12 @@ impl fmt::Display for Exclusion {
             Exclusion::Paused => write!(f, "paused by its admin"),
             Exclusion::Quarantined => write!(f, "quarantined"),
             Exclusion::Stopped => write!(f, "stopped"),
+            Exclusion::Private => {
+                write!(
+                    f,
+                    "serves only its own networks; the customer is outside them"
+                )
+            }
             Exclusion::Full { conns, capacity } => {
                 write!(f, "full ({conns} of {capacity} connections)")
             }
@@ -257,6 +271,51 @@ pub enum RegistryError {
 
 /// Probes of [`Registry::sample`] drawn, and their records hinted, before the first check.
 const PROBES_AHEAD: usize = 16;
+
+/// Volunteers [`Registry::sample`] draws from each of a customer's tiers beyond the nearest
+/// that has one: the best of two, to compare with the nearest tier's.
+pub const NEAR_EACH: usize = 2;
+
+/// Up to `want` more eligible volunteers from `group` into `out`: the whole group if it has
+/// at most `all_up_to`, else by random probes.
+fn draw_from(
+    group: &[usize],
+    want: usize,
+    all_up_to: usize,
+    eligible: &impl Fn(usize) -> bool,
+    pick: &mut dyn FnMut(usize) -> usize,
+    out: &mut Vec<usize>,
+) {
+    let take = |i: usize, out: &mut Vec<usize>| {
+        let new = !out.contains(&i) && eligible(i);
+        if new {
+            out.push(i);
+        }
+        new
+    };
+    if group.len() <= all_up_to {
+        for &i in group {
+            take(i, out);
+        }
+        return;
+    }
+    let mut added = 0;
+    for _ in 0..4 * want {
+        added += usize::from(take(group[pick(group.len())], out));
+        if added == want {
+            return;
+        }
+    }
+}
+
+/// [`VolunteerPlace::admits`] as an exclusion.
+fn admits(v: &VolunteerLive, customer: Option<&Customer>) -> Result<(), Exclusion> {
+    if v.place.admits(customer) {
+        Ok(())
+    } else {
+        Err(Exclusion::Private)
+    }
+}
 
 /// Where the registry's volunteer records lie, readable without its lock: the request path
 /// hints the CPU to load the records it is about to sample while it looks up the path, so
@@ -317,6 +376,69 @@ pub struct Registry {
     /// robin), this one among them: each redirect counted here stands for this many
     /// mirror-wide until the volunteer's next report says how many it really serves.
     servers: u32,
+    /// Volunteers by where they are, for sampling near a customer.
+    near: NearIndex,
+}
+
+/// Positions of volunteers by place: the groups a customer's nearer tiers draw from.
+#[derive(Debug, Default)]
+struct NearIndex {
+    /// By each netblock declared (a volunteer in each of its netblocks' lists).
+    nets: locate::PrefixTable<Vec<usize>>,
+    site: HashMap<u16, Vec<usize>>,
+    asn: HashMap<u32, Vec<usize>>,
+    country: HashMap<[u8; 2], Vec<usize>>,
+    region: HashMap<u16, Vec<usize>>,
+    /// Some volunteer has a place or declared netblocks (else a customer's place is not
+    /// worth working out).
+    any: bool,
+}
+
+impl NearIndex {
+    fn build(volunteers: &[VolunteerLive]) -> NearIndex {
+        let mut ix = NearIndex::default();
+        let mut nets: HashMap<locate::Netblock, Vec<usize>> = HashMap::new();
+        for (i, v) in volunteers.iter().enumerate() {
+            let p = &v.place;
+            for &n in p.nets.iter() {
+                nets.entry(n).or_default().push(i);
+            }
+            let pl = &p.place;
+            if let Some(s) = pl.site {
+                ix.site.entry(s).or_default().push(i);
+            }
+            if let Some(a) = pl.asn {
+                ix.asn.entry(a).or_default().push(i);
+            }
+            if let Some(c) = pl.country {
+                ix.country.entry(c).or_default().push(i);
+            }
+            if let Some(r) = pl.region {
+                ix.region.entry(r).or_default().push(i);
+            }
+            ix.any |= !p.nets.is_empty() || *pl != locate::place::Place::default() || p.private;
+        }
+        for (n, at) in nets {
+            // Distinct keys: no insert is refused.
+            let _ = ix.nets.insert(n, at);
+        }
+        ix
+    }
+
+    /// The groups holding `c`'s nearer tiers, nearest first (the netblock tier may be
+    /// several groups, one per declared netblock holding its address).
+    fn groups<'a>(&'a self, c: &Customer, out: &mut Vec<&'a [usize]>) {
+        out.clear();
+        out.extend(self.nets.each_holding(c.addr).map(Vec::as_slice));
+        let p = &c.place;
+        let found = [
+            p.site.and_then(|s| self.site.get(&s)),
+            p.asn.and_then(|a| self.asn.get(&a)),
+            p.country.and_then(|k| self.country.get(&k)),
+            p.region.and_then(|r| self.region.get(&r)),
+        ];
+        out.extend(found.into_iter().flatten().map(Vec::as_slice));
+    }
 }
 
 impl Registry {
@@ -331,6 +453,7 @@ impl Registry {
             timeout,
             records_at: Arc::default(),
             servers: 1,
+            near: NearIndex::default(),
         }
     }
 
@@ -365,6 +488,7 @@ impl Registry {
     /// After `volunteers` gained or lost one (it may have moved).
     fn reindex(&mut self) {
         self.records_at.set(&self.volunteers);
+        self.near = NearIndex::build(&self.volunteers);
         self.index = self
             .volunteers
             .iter()
@@ -415,6 +539,11 @@ impl Registry {
                             .copied()
                             .unwrap_or(1.0),
                         usage: 0.0,
+                        private: report.private,
+                        place: VolunteerPlace {
+                            private: report.private,
+                            ..VolunteerPlace::default()
+                        },
                     },
                 );
                 self.reindex();
@@ -491,7 +620,28 @@ impl Registry {
         v.issued_since_report = 0;
         v.draining = draining;
         v.paused = report.paused;
+        if v.private != report.private {
+            // Narrowed at once; widened only by the place the server works out next.
+            v.private = report.private;
+            v.place.private = report.private;
+            self.near = NearIndex::build(&self.volunteers);
+        }
         Ok(())
+    }
+
+    /// Where volunteer `id` is, as the server worked it out from its address and the
+    /// netblocks it declared. Whether that changed it.
+    pub fn set_place(&mut self, id: &str, place: VolunteerPlace) -> bool {
+        let Some(v) = self.get_mut(id) else {
+            return false;
+        };
+        if v.place == place {
+            return false;
+        }
+        v.private = place.private;
+        v.place = place;
+        self.near = NearIndex::build(&self.volunteers);
+        true
     }
 
     /// Put `part` in place of the part `id` holds of `repo`, if that is still the one it
@@ -662,25 +812,37 @@ impl Registry {
             .collect()
     }
 
-    /// Split all volunteers into eligible ones and excluded ones with reasons.
+    /// Split all volunteers into eligible ones (as positions for [`Self::at`]) and excluded
+    /// ones with reasons, for `customer` (a private volunteer takes only its own networks').
+    #[allow(clippy::too_many_arguments)]
     pub fn candidates(
         &self,
         repo: &str,
         path: &str,
         needed: u64,
         latest: u64,
+        customer: Option<&Customer>,
         now: Instant,
-    ) -> (Vec<&VolunteerLive>, Vec<(&VolunteerLive, Exclusion)>) {
+    ) -> (Vec<usize>, Vec<(&VolunteerLive, Exclusion)>) {
         let mut ok = Vec::new();
         let mut excluded = Vec::new();
         // In id order (the vector's), so policies with ties behave the same run to run.
-        for v in &self.volunteers {
-            match self.check(v, repo, path, needed, latest, now) {
-                Ok(()) => ok.push(v),
+        for (i, v) in self.volunteers.iter().enumerate() {
+            match self
+                .check(v, repo, path, needed, latest, now)
+                .and_then(|()| admits(v, customer))
+            {
+                Ok(()) => ok.push(i),
                 Err(e) => excluded.push((v, e)),
             }
         }
         (ok, excluded)
+    }
+
+    /// Whether any volunteer has a known place or declared netblocks: only then is a
+    /// customer's place worth working out.
+    pub fn places_known(&self) -> bool {
+        self.near.any
     }
 
     /// The request path's view: eligible volunteers, as positions for [`Self::at`]. With at
@@ -688,6 +850,11 @@ impl Registry {
     /// distinct ones found by random probes (`pick(n)` returns a random index below `n`), so a
     /// redirect costs the same with ten volunteers or ten thousand. When probes keep missing
     /// (most volunteers lag or are excluded), a walk from a random start fills the rest.
+    ///
+    /// For a `customer` whose nearer tiers hold volunteers, those groups are drawn from
+    /// first (`k` from the nearest, [`NEAR_EACH`] from each farther one, a small group
+    /// whole), and the random probes add `k` from anywhere: a near volunteer among ten
+    /// thousand is seen, and so is a far one to spill to.
     #[allow(clippy::too_many_arguments)]
     pub fn sample(
         &self,
@@ -697,6 +864,7 @@ impl Registry {
         latest: u64,
         now: Instant,
         (k, all_up_to): (usize, usize),
+        customer: Option<&Customer>,
         pick: &mut dyn FnMut(usize) -> usize,
         out: &mut Vec<usize>,
     ) {
@@ -706,20 +874,43 @@ impl Registry {
             return; // nobody ever announced it
         };
         let eligible = |i: usize| {
-            self.check_interned(
-                &self.volunteers[i],
-                Some(repo),
-                Some(path),
-                needed,
-                latest,
-                now,
-            )
-            .is_ok()
+            let v = &self.volunteers[i];
+            self.check_interned(v, Some(repo), Some(path), needed, latest, now)
+                .is_ok()
+                && (!v.private || v.place.admits(customer))
         };
         if n <= all_up_to.max(k) {
             out.extend((0..n).filter(|&i| eligible(i)));
             return;
         }
+        if let Some(c) = customer.filter(|_| self.near.any) {
+            let mut groups = Vec::new();
+            self.near.groups(c, &mut groups);
+            let mut want = k;
+            for group in groups {
+                let before = out.len();
+                draw_from(group, want, all_up_to, &eligible, pick, out);
+                if out.len() > before {
+                    want = NEAR_EACH;
+                }
+            }
+            // Then `k` more from anywhere, below.
+            let near = out.len();
+            self.draw_anywhere(k + near, &eligible, pick, out);
+            return;
+        }
+        self.draw_anywhere(k, &eligible, pick, out);
+    }
+
+    /// Random probes over every volunteer until `out` holds `k` (see [`Self::sample`]).
+    fn draw_anywhere(
+        &self,
+        k: usize,
+        eligible: &impl Fn(usize) -> bool,
+        pick: &mut dyn FnMut(usize) -> usize,
+        out: &mut Vec<usize>,
+    ) {
+        let n = self.volunteers.len();
         // The first probes are drawn at once and their records hinted together, so that
         // their cache misses overlap instead of each waiting for the check before it.
         let mut ahead = [0usize; PROBES_AHEAD];
@@ -847,6 +1038,8 @@ pub(crate) mod tests {
             link_bps: 0,
             paused: false,
             part: String::new(),
+            nets: String::new(),
+            private: false,
         }
     }
 
@@ -857,20 +1050,26 @@ pub(crate) mod tests {
         r.report("deb", &report("a", 1, 2, 0), false, t0).unwrap();
         r.report("deb", &report("b", 1, 1, 0), false, t0).unwrap();
         r.report("deb", &report("c", 1, 0, 0), false, t0).unwrap();
-        let (ok, ex) = r.candidates("deb", "pool/a.deb", 2, 2, t0);
-        assert_eq!(ok.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(), ["a"]);
+        let (ok, ex) = r.candidates("deb", "pool/a.deb", 2, 2, None, t0);
+        assert_eq!(
+            ok.iter().map(|&i| r.at(i).id.as_str()).collect::<Vec<_>>(),
+            ["a"]
+        );
         assert_eq!(ex.len(), 2);
-        let (ok, _) = r.candidates("deb", "pool/a.deb", 1, 2, t0);
+        let (ok, _) = r.candidates("deb", "pool/a.deb", 1, 2, None, t0);
         assert_eq!(ok.len(), 2);
-        let (ok, ex) = r.candidates("rpm", "pool/a.deb", 1, 2, t0);
+        let (ok, ex) = r.candidates("rpm", "pool/a.deb", 1, 2, None, t0);
         assert!(ok.is_empty() && ex.iter().all(|(_, e)| *e == Exclusion::NotMirroring));
         let later = t0 + Duration::from_secs(4);
-        let (ok, ex) = r.candidates("deb", "pool/a.deb", 1, 2, later);
+        let (ok, ex) = r.candidates("deb", "pool/a.deb", 1, 2, None, later);
         assert!(ok.is_empty());
         assert!(ex.iter().all(|(_, e)| matches!(e, Exclusion::Stale { .. })));
         // claims the future
-        let (ok, _) = r.candidates("deb", "pool/a.deb", 1, 1, t0);
-        assert_eq!(ok.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(), ["b"]);
+        let (ok, _) = r.candidates("deb", "pool/a.deb", 1, 1, None, t0);
+        assert_eq!(
+            ok.iter().map(|&i| r.at(i).id.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
     }
 
     #[test]
@@ -1026,6 +1225,7 @@ pub(crate) mod tests {
             2,
             t0,
             (4, 8),
+            None,
             &mut pick,
             &mut out,
         );
@@ -1104,7 +1304,17 @@ pub(crate) mod tests {
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for _ in 0..200 {
-            r.sample("deb", "pool/a.deb", 2, 2, t0, (8, 8), &mut pick, &mut out);
+            r.sample(
+                "deb",
+                "pool/a.deb",
+                2,
+                2,
+                t0,
+                (8, 8),
+                None,
+                &mut pick,
+                &mut out,
+            );
             let mut d = out.clone();
             d.sort();
             d.dedup();
@@ -1115,7 +1325,17 @@ pub(crate) mod tests {
             }
         }
         assert_eq!(seen.len(), 30, "every eligible volunteer gets sampled");
-        r.sample("deb", "pool/a.deb", 3, 3, t0, (8, 8), &mut pick, &mut out);
+        r.sample(
+            "deb",
+            "pool/a.deb",
+            3,
+            3,
+            t0,
+            (8, 8),
+            None,
+            &mut pick,
+            &mut out,
+        );
         assert!(out.is_empty(), "none eligible: the walk ends empty");
         // Few volunteers: all eligible ones, in id order.
         let mut small = Registry::new(Duration::from_secs(3));
@@ -1124,7 +1344,17 @@ pub(crate) mod tests {
                 .report("deb", &report(id, 1, 1, 0), false, t0)
                 .unwrap();
         }
-        small.sample("deb", "pool/a.deb", 1, 1, t0, (4, 8), &mut pick, &mut out);
+        small.sample(
+            "deb",
+            "pool/a.deb",
+            1,
+            1,
+            t0,
+            (4, 8),
+            None,
+            &mut pick,
+            &mut out,
+        );
         let ids: Vec<&str> = out.iter().map(|&i| small.at(i).id.as_str()).collect();
         assert_eq!(ids, ["a", "b", "c"]);
         small.remove("b");

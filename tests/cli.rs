@@ -52,8 +52,8 @@ fn config_errors_name_the_key() {
         "{err}"
     );
 
-    // An unknown policy, a site's netblock with host bits set, and staging on a shared
-    // database: refused at start, naming the key.
+    // An unknown policy, a site's netblock with host bits set, staging on a shared database,
+    // an unreadable `.mmdb` and an unknown tier: refused at start, naming the key.
     for (text, key) in [
         ("[redirect]\npolicy = \"fastest\"\n", "redirect.policy"),
         (
@@ -63,6 +63,18 @@ fn config_errors_name_the_key() {
         (
             "database = \"postgres://u@127.0.0.1:9/m\"\n[staging]\nenabled = true\n",
             "staging.enabled",
+        ),
+        (
+            "[location]\nmmdb = [\"/nonexistent/geo.mmdb\"]\n",
+            "location.mmdb[0]",
+        ),
+        (
+            "[location]\nround_trip_ms = { planet = 5 }\n",
+            "location.round_trip_ms.planet",
+        ),
+        (
+            "[location]\nextra_round_trip_ms = { world-site = 5 }\n",
+            "location.extra_round_trip_ms.world-site",
         ),
     ] {
         std::fs::write(&cfg, text).unwrap();

@@ -18,9 +18,11 @@ pub mod follow;
 pub mod held_share;
 pub mod kept;
 pub mod lease;
+pub mod location;
 pub mod locks;
 pub mod metalink;
 pub mod metrics;
+pub mod mirrorlist;
 pub mod origin_gate;
 pub mod popularity;
 pub mod publish;
@@ -417,7 +419,9 @@ pub async fn build_state(
         repos: Default::default(),
         repo_dirs: cfg.repos.clone(),
         info_hashes,
-        balancer: Balancer::new(registry, policy),
+        balancer: Balancer::new(registry, policy)
+            .with_ladder(location::Location::ladder(&cfg.location)?),
+        location: location::Location::from_config(&cfg.location)?,
         swarms: Mutex::new(Swarms::new(swarm_limits(&cfg.tracker))),
         published: Default::default(),
         credentials: RwLock::new(HashMap::new()),
@@ -615,6 +619,7 @@ pub async fn run_with_policy(
     popularity::run(Arc::downgrade(&st));
     tokio::spawn(budget::run(st.clone()));
     tokio::spawn(staging::run(st.clone()));
+    tokio::spawn(location::watch_geo(st.clone()));
     tokio::spawn(follow::run(st.clone()));
     let sweeper = st.clone();
     tokio::spawn(async move {

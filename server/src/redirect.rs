@@ -22,12 +22,13 @@ use crate::counters::Outcome;
 use crate::file_index::Slot;
 use crate::kept;
 use crate::metalink;
+use crate::mirrorlist;
 use crate::publish::RepoSnapshot;
 use crate::state::AppState;
 use crate::urls::{
     encoded_repo_path, origin_url, push_encoded_repo_path, push_origin_url, push_url, ORIGIN_PREFIX,
 };
-use balance::{Ask, Chosen, PathFacts};
+use balance::{Ask, Chosen, Customer, PathFacts};
 
 /// Volunteers a Metalink document lists at most (before the origin).
 pub const METALINK_SOURCES: usize = 8;
@@ -249,6 +250,7 @@ impl<S: std::ops::Deref<Target = RepoSnapshot>> FileRequest<'_, S> {
         &self,
         st: &'s AppState,
         (now, bytes): (Instant, u64),
+        customer: &Customer,
         chosen: &'s mut Chosen,
         encoded: &'s mut String,
         with_metalink: bool,
@@ -260,6 +262,7 @@ impl<S: std::ops::Deref<Target = RepoSnapshot>> FileRequest<'_, S> {
         st.balancer.choose(
             path_facts(&self.snap, self.rel, &self.entry),
             ask,
+            Some(customer),
             now,
             chosen,
         );
@@ -286,6 +289,18 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
     // redirect. (A customer's body, if any, is ignored.)
     let (parts, _) = req.into_parts();
     let (method, uri, headers) = (&parts.method, &parts.uri, &parts.headers);
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.0.ip());
+    let customer = st.location.customer(
+        peer,
+        headers.get_all("forwarded").iter().map(|v| v.as_bytes()),
+        headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.as_bytes()),
+    );
     let decoded = match fileserve::customer_path(method, uri) {
         Ok(p) => p,
         Err(resp) => return *resp,
@@ -307,6 +322,22 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
         Resolved::NotFound(why) => return text(StatusCode::NOT_FOUND, why),
         Resolved::File(f) => f,
     };
+    if mirrorlist::asked(uri.query()) && !file.origin_only {
+        let subject = mirrorlist::Subject {
+            facts: path_facts(&file.snap, file.rel, &file.entry),
+            size: file.entry.size,
+            generation: file.snap.generation(),
+            origin: origin_url(&st.public_url, &encoded_repo_path(file.repo, file.rel)),
+            origin_sends_it: file.entry.size <= st.config.redirect.direct_max_bytes,
+        };
+        return mirrorlist::answer(
+            &st,
+            &subject,
+            customer,
+            uri.query().unwrap_or_default(),
+            headers,
+        );
+    }
     if pulled.is_none() {
         file.count_hit();
     }
@@ -324,6 +355,7 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
         st.balancer.choose(
             path_facts(&file.snap, file.rel, entry),
             ask,
+            Some(&customer),
             Instant::now(),
             &mut chosen,
         );
@@ -367,6 +399,7 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
         if let Some(r) = file.redirect(
             &st,
             (Instant::now(), bytes),
+            &customer,
             &mut chosen,
             &mut encoded,
             with_metalink,
@@ -401,6 +434,7 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
                     file.redirect(
                         &st,
                         (Instant::now(), bytes),
+                        &customer,
                         &mut chosen,
                         &mut encoded,
                         with_metalink,
@@ -490,8 +524,11 @@ pub fn fast_customer(
     req: &fast::Request<'_>,
     reply: &mut fast::Reply<'_>,
 ) -> fast::Answer {
-    // A pull naming its generation: the router reads it.
-    if req.query().is_some_and(|q| q.contains(PULLED_PARAM)) {
+    // A pull naming its generation, or a mirror list: the router answers.
+    if req
+        .query()
+        .is_some_and(|q| q.contains(PULLED_PARAM) || q.contains(mirrorlist::PARAM))
+    {
         return fast::Answer::Pass;
     }
     let Ok(decoded) = fileserve::decode_url_path_cow(req.path()) else {
@@ -516,7 +553,13 @@ pub fn fast_customer(
             } = &mut *s.borrow_mut();
             let head = req.method == fast::Method::Head;
             let bytes = body_bytes(head, |name| req.header(name), &file.entry);
-            match file.redirect(st, (req.received, bytes), chosen, encoded, with_metalink) {
+            let customer = st.location.customer(
+                req.peer.ip(),
+                req.all("forwarded"),
+                req.all("x-forwarded-for"),
+            );
+            let at = (req.received, bytes);
+            match file.redirect(st, at, &customer, chosen, encoded, with_metalink) {
                 Some(r) => {
                     file.count_hit();
                     r.write(reply, value);

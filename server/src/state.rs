@@ -33,6 +33,8 @@ pub struct AppState {
     pub info_hashes: HashMap<[u8; 20], String>,
     /// The volunteers, their load and the policy: who gets a customer.
     pub balancer: Balancer,
+    /// Where customers and volunteers are ([`crate::location`]).
+    pub location: crate::location::Location,
     pub swarms: Mutex<Swarms>,
     /// The torrents the tracker lists, per repository (refreshed by each publish).
     pub published: Mutex<crate::torrents::PublishedTorrents>,

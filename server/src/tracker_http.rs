@@ -34,10 +34,22 @@ pub async fn announce(
     State(st): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
+    headers: axum::http::HeaderMap,
 ) -> Response {
+    let from = st
+        .location
+        .customer(
+            peer.ip(),
+            headers.get_all("forwarded").iter().map(|v| v.as_bytes()),
+            headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|v| v.as_bytes()),
+        )
+        .addr;
     bencoded(announce_body(
         &st,
-        peer,
+        (peer, from),
         query.as_deref().unwrap_or_default(),
     ))
 }
@@ -48,7 +60,15 @@ pub fn fast_announce(
     req: &fileserve::fast::Request<'_>,
     reply: &mut fileserve::fast::Reply<'_>,
 ) -> fileserve::fast::Answer {
-    let body = announce_body(st, req.peer, req.query().unwrap_or_default());
+    let from = st
+        .location
+        .customer(
+            req.peer.ip(),
+            req.all("forwarded"),
+            req.all("x-forwarded-for"),
+        )
+        .addr;
+    let body = announce_body(st, (req.peer, from), req.query().unwrap_or_default());
     reply.status(200, "OK");
     reply.header("content-type", b"text/plain");
     reply.body(&body);
@@ -57,7 +77,8 @@ pub fn fast_announce(
 
 /// The bencoded answer to an announce with query `raw` from `peer`: always HTTP 200, errors
 /// as a `failure reason`.
-fn announce_body(st: &AppState, peer: SocketAddr, raw: &str) -> Vec<u8> {
+/// (`from`: where it came from, behind the trusted proxies.)
+fn announce_body(st: &AppState, (peer, from): (SocketAddr, IpAddr), raw: &str) -> Vec<u8> {
     let req = match parse_announce(raw) {
         Ok(r) => r,
         Err(e) => {
@@ -111,6 +132,18 @@ fn announce_body(st: &AppState, peer: SocketAddr, raw: &str) -> Vec<u8> {
     if cred.revoked {
         return refused(st, "credential revoked");
     }
+    let (place, ignored) = match st.location.volunteer(
+        &report.url,
+        from,
+        &report.nets,
+        report.private,
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(volunteer = %cred.name, error = %e, "refused announce: a declared netblock does not read");
+            return refused(st, &format!("ms_nets: {e}"));
+        }
+    };
     let latest = st.newest(&repo).map_or(0, |s| s.generation());
     let now = Instant::now();
     {
@@ -121,6 +154,13 @@ fn announce_body(st: &AppState, peer: SocketAddr, raw: &str) -> Vec<u8> {
         } else if let Err(e) = reg.report(&repo, &report, cred.draining, now) {
             tracing::warn!(volunteer = %cred.name, error = %e, "refused announce");
             return refused(st, &e.to_string());
+        } else if reg.set_place(&report.volunteer, place) {
+            let ignored: Vec<String> = ignored.iter().map(|n| n.to_string()).collect();
+            if ignored.is_empty() {
+                tracing::info!(volunteer = %cred.name, nets = %report.nets, private = report.private, "volunteer's place set");
+            } else {
+                tracing::warn!(volunteer = %cred.name, ignored = %ignored.join(","), "declared netblocks that do not hold the volunteer's own address are ignored (a public volunteer may not draw another network's customers); its URL's address, or the one it announces from, must be inside them");
+            }
         }
     }
     // Authenticated, in sequence, not revoked: the volunteer's BitTorrent peers announce from

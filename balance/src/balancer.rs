@@ -615,6 +615,50 @@ mod tests {
     }
 
     #[test]
+    fn a_sample_near_a_customer_is_bounded_however_many_groups_hold_it() {
+        let now = Instant::now();
+        let reports: Vec<_> = (0..300)
+            .map(|i| linked(&format!("v{i:03}"), 1, 0))
+            .collect();
+        let b = balancer("feedback", &reports, now);
+        // Five netblocks and a site all holding the customer, six volunteers in each (small
+        // groups, taken whole): more than a choice looks at.
+        for g in 0..6u16 {
+            for k in 0..6 {
+                let place = crate::ladder::VolunteerPlace {
+                    place: locate::place::Place {
+                        site: (g == 5).then_some(7),
+                        ..Default::default()
+                    },
+                    nets: if g < 5 {
+                        Arc::from(vec![format!("10.7.0.0/{}", 16 + g).parse().unwrap()])
+                    } else {
+                        Arc::from(vec![])
+                    },
+                    private: false,
+                };
+                b.registry().set_place(&format!("v{:03}", g * 6 + k), place);
+            }
+        }
+        let c = customer_at("10.7.0.1", 7);
+        let mut out = Vec::new();
+        let mut rng = fast_rng::FastRng::for_thread();
+        b.registry().sample(
+            "deb",
+            "pool/a.deb",
+            1,
+            3,
+            now,
+            (BEST_OF, SMALL_POOL),
+            Some(&c),
+            &mut |n| rng.gen_range(0..n),
+            &mut out,
+        );
+        assert!(out.len() <= MAX_SAMPLE, "{}", out.len());
+        assert!(out.iter().all(|&i| i < 36), "only near ones: {out:?}");
+    }
+
+    #[test]
     fn in_a_large_pool_the_near_volunteers_are_sampled() {
         let now = Instant::now();
         let reports: Vec<_> = (0..200)

@@ -890,19 +890,27 @@ impl Registry {
             for group in groups {
                 let before = out.len();
                 draw_from(group, want, all_up_to, &eligible, pick, out);
+                if out.len() >= crate::balancer::MAX_SAMPLE {
+                    // As many as a choice looks at, the nearest first.
+                    out.truncate(crate::balancer::MAX_SAMPLE);
+                    return;
+                }
                 if out.len() > before {
                     want = NEAR_EACH;
                 }
             }
-            // Then `k` more from anywhere, below.
-            let near = out.len();
-            self.draw_anywhere(k + near, &eligible, pick, out);
+            // Then `k` more from anywhere, as far as the choice will look.
+            let target = (k + out.len()).min(crate::balancer::MAX_SAMPLE);
+            if out.len() < target {
+                self.draw_anywhere(target, &eligible, pick, out);
+            }
             return;
         }
         self.draw_anywhere(k, &eligible, pick, out);
     }
 
-    /// Random probes over every volunteer until `out` holds `k` (see [`Self::sample`]).
+    /// Random probes over every volunteer until `out` holds `k` (see [`Self::sample`]); it
+    /// holds fewer when called.
     fn draw_anywhere(
         &self,
         k: usize,

@@ -269,6 +269,18 @@ netblocks = ["127.2.0.0/16"]
                 .contains("only its own networks"),
             "{list}"
         );
+        // A Metalink lists the sources in the same order: its own site's first.
+        let meta4 = client_from("127.2.0.5")
+            .get(format!("{}/debian/{file}.meta4", server.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let first = meta4.split("<url").nth(1).unwrap_or_default();
+        assert!(first.contains(&host("vb")), "{meta4}");
+        assert!(!meta4.contains(&host("campus")), "{meta4}");
         // The page a browser gets says the same.
         let page = client_from("127.2.0.5")
             .get(format!("{}/debian/{file}?mirrorlist", server.url))

@@ -23,6 +23,12 @@ fn client_from(from: &str) -> reqwest::Client {
         .unwrap()
 }
 
+/// The body a customer at `from` gets for `url`.
+async fn text_from(from: &str, url: &str) -> String {
+    let r = client_from(from).get(url).send().await.unwrap();
+    r.text().await.unwrap()
+}
+
 /// Where the server sends a customer at `from` for `path` (None: the origin serves it),
 /// with `headers`.
 async fn sent_to(
@@ -270,26 +276,16 @@ netblocks = ["127.2.0.0/16"]
             "{list}"
         );
         // A Metalink lists the sources in the same order: its own site's first.
-        let meta4 = client_from("127.2.0.5")
-            .get(format!("{}/debian/{file}.meta4", server.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let meta4 = text_from("127.2.0.5", &format!("{}/debian/{file}.meta4", server.url)).await;
         let first = meta4.split("<url").nth(1).unwrap_or_default();
         assert!(first.contains(&host("vb")), "{meta4}");
         assert!(!meta4.contains(&host("campus")), "{meta4}");
         // The page a browser gets says the same.
-        let page = client_from("127.2.0.5")
-            .get(format!("{}/debian/{file}?mirrorlist", server.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let page = text_from(
+            "127.2.0.5",
+            &format!("{}/debian/{file}?mirrorlist", server.url),
+        )
+        .await;
         assert!(
             page.contains("<table>") && page.contains("serves only its own networks"),
             "{page}"

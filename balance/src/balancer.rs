@@ -15,7 +15,7 @@ use rand::Rng;
 
 use crate::ladder::{Customer, Ladder, Tier};
 use crate::policy::{Candidate, Order, Policy};
-use crate::registry::{Exclusion, Load, RecordsAt, Registry};
+use crate::registry::{Exclusion, Load, RecordsAt, Registry, VolunteerLive};
 
 /// How many eligible volunteers the policy sees per request in a large pool. A Metalink
 /// lists more sources, so it samples as many as it lists (up to [`MAX_SAMPLE`]).
@@ -233,17 +233,7 @@ impl Balancer {
         // samples).
         let mut cands = arrayvec::ArrayVec::<Candidate, MAX_SAMPLE>::new();
         for (&i, &(unreported, recent)) in sample.iter().zip(&open) {
-            let v = reg.at(i);
-            cands.push(Candidate {
-                load: v.load,
-                model: v.model.view(now),
-                issued_since_report: unreported,
-                issued_total: v.issued_total,
-                issued_recent: recent,
-                age: now.saturating_duration_since(v.joined),
-                observed_speed: v.observed_speed(),
-                usage: v.usage(),
-            });
+            cands.push(candidate(reg.at(i), (unreported, recent), now));
         }
         self.policy
             .order_into(&cands, ask.bytes, &mut rng, &mut order);
@@ -314,20 +304,7 @@ impl Balancer {
         );
         let cands: Vec<Candidate> = eligible
             .iter()
-            .map(|&i| {
-                let v = reg.at(i);
-                let (unreported, recent) = reg.open_redirects(i, now);
-                Candidate {
-                    load: v.load,
-                    model: v.model.view(now),
-                    issued_since_report: unreported,
-                    issued_total: v.issued_total,
-                    issued_recent: recent,
-                    age: now.saturating_duration_since(v.joined),
-                    observed_speed: v.observed_speed(),
-                    usage: v.usage(),
-                }
-            })
+            .map(|&i| candidate(reg.at(i), reg.open_redirects(i, now), now))
             .collect();
         let mut order = Order::default();
         self.policy.order_into(
@@ -389,6 +366,22 @@ impl Balancer {
             }
         }));
         out
+    }
+}
+
+/// What a policy sees of volunteer `v`, with the redirects to it still open
+/// ([`Registry::open_redirects`]).
+#[inline]
+fn candidate(v: &VolunteerLive, (unreported, recent): (u32, usize), now: Instant) -> Candidate<'_> {
+    Candidate {
+        load: v.load,
+        model: v.model.view(now),
+        issued_since_report: unreported,
+        issued_total: v.issued_total,
+        issued_recent: recent,
+        age: now.saturating_duration_since(v.joined),
+        observed_speed: v.observed_speed(),
+        usage: v.usage(),
     }
 }
 
@@ -497,17 +490,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_customer_goes_near_first_and_far_when_near_is_full() {
-        let now = Instant::now();
+    /// `near` at the customer's site 1 serving `near_customers`, `far` idle at site 2.
+    fn near_and_far(near_customers: u32, now: Instant) -> (Balancer, Customer) {
         let b = balancer(
             "feedback",
-            &[linked("far", 1, 0), linked("near", 1, 0)],
+            &[linked("far", 1, 0), linked("near", 1, near_customers)],
             now,
         );
         b.registry().set_place("near", at_site(1));
         b.registry().set_place("far", at_site(2));
-        let c = customer_at("10.1.0.9", 1);
+        (b, customer_at("10.1.0.9", 1))
+    }
+
+    #[test]
+    fn a_customer_goes_near_first_and_far_when_near_is_full() {
+        let now = Instant::now();
+        let (b, c) = near_and_far(0, now);
         let mut chosen = Chosen::default();
         let ask = Ask {
             sources: 2,
@@ -518,7 +516,6 @@ mod tests {
             chosen.iter().collect::<Vec<_>>(),
             ["http://near.test", "http://far.test"]
         );
-        // Without the customer's place: by load alone, either (both idle).
         // Near full (4 of 4): far.
         b.registry()
             .report("deb", &linked("near", 2, 4), false, now)
@@ -542,14 +539,7 @@ mod tests {
         let now = Instant::now();
         // Near serves 3 downloads on its 1 MB/s link: one more 4 KiB one waits a little,
         // less than three round trips across the world: near.
-        let b = balancer(
-            "feedback",
-            &[linked("far", 1, 0), linked("near", 1, 3)],
-            now,
-        );
-        b.registry().set_place("near", at_site(1));
-        b.registry().set_place("far", at_site(2));
-        let c = customer_at("10.1.0.9", 1);
+        let (b, c) = near_and_far(3, now);
         let mut chosen = Chosen::default();
         let small = Ask {
             sources: 1,

@@ -3,6 +3,7 @@
 
 mod admin;
 mod demo;
+mod docs_gen;
 mod progress_bar;
 mod role_args;
 mod shutdown;
@@ -70,6 +71,26 @@ enum Command {
     /// Sync a tree from the swarm (for cron jobs and first fills).
     #[command(subcommand)]
     Prsync(PrsyncCommand),
+    /// Write the man pages (one per command) into a directory.
+    Man(ManArgs),
+    /// Print the shell completion script for bash, zsh or fish.
+    Completions(CompletionsArgs),
+}
+
+#[derive(Args)]
+struct ManArgs {
+    /// Where to write mirrorswarm.1 and mirrorswarm-<command>.1 (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct CompletionsArgs {
+    /// The shell: bash (install as /usr/share/bash-completion/completions/mirrorswarm), zsh
+    /// (/usr/share/zsh/vendor-completions/_mirrorswarm) or fish
+    /// (/usr/share/fish/vendor_completions.d/mirrorswarm.fish).
+    #[arg(value_parser = ["bash", "zsh", "fish"])]
+    shell: String,
 }
 
 #[derive(Subcommand)]
@@ -234,6 +255,31 @@ fn main() -> ExitCode {
     if let Command::Prsync(PrsyncCommand::Pull(a)) = &cli.command {
         return prsync_pull(a);
     }
+    // Generated from the definition above; no runtime needed.
+    match &cli.command {
+        Command::Man(a) => {
+            return match docs_gen::man_pages::<Cli>(&a.out) {
+                Ok(pages) => {
+                    println!("wrote {} pages into {}", pages.len(), a.out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Completions(a) => {
+            let shell = match a.shell.as_str() {
+                "zsh" => clap_complete::Shell::Zsh,
+                "fish" => clap_complete::Shell::Fish,
+                _ => clap_complete::Shell::Bash,
+            };
+            docs_gen::completions::<Cli>(shell);
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
     fileserve::listen::set_serving_workers(cli.worker_threads);
     let rt = match runtime(cli.worker_threads) {
         Ok(rt) => rt,
@@ -289,7 +335,9 @@ async fn dispatch(cmd: Command) -> Result<()> {
             println!("{}", server::migrate_store(&a.data_dir, &a.to).await?);
             Ok(())
         }
-        Command::Prsync(_) => unreachable!("handled in main"),
+        Command::Prsync(_) | Command::Man(_) | Command::Completions(_) => {
+            unreachable!("handled in main")
+        }
     }
 }
 

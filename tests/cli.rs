@@ -37,6 +37,50 @@ fn help_lists_every_role() {
 }
 
 #[test]
+fn man_pages_and_completions_come_from_the_command_line() {
+    let tmp = TestDir::new();
+    let dir = tmp.path().join("man");
+    let out = mirrorswarm(&["man", "--out", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for page in [
+        "mirrorswarm.1",
+        "mirrorswarm-server.1",
+        "mirrorswarm-prsync-pull.1",
+    ] {
+        let text = std::fs::read_to_string(dir.join(page)).unwrap();
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page}: {text:.200}"
+        );
+    }
+    // The server's page documents its flags, as --help does.
+    let server = std::fs::read_to_string(dir.join("mirrorswarm-server.1")).unwrap();
+    assert!(
+        server.contains("listen") && server.contains("staging"),
+        "{server:.2000}"
+    );
+    for (shell, marker) in [
+        ("bash", "_mirrorswarm()"),
+        ("zsh", "#compdef mirrorswarm"),
+        ("fish", "complete -c mirrorswarm"),
+    ] {
+        let out = mirrorswarm(&["completions", shell]);
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            text.contains(marker) && text.contains("volunteer"),
+            "{shell}"
+        );
+    }
+    let out = mirrorswarm(&["completions", "tcsh"]);
+    assert!(!out.status.success());
+}
+
+#[test]
 fn config_errors_name_the_key() {
     let tmp = TestDir::new();
     let repo = tmp.path().join("repo");

@@ -121,6 +121,20 @@ async fn the_package_installs_runs_each_service_as_its_user_and_purges_clean() {
         "{conffiles}"
     );
     ok(Command::new("getent").args(["passwd", "mirrorswarm"]));
+    for unit in ["server", "volunteer", "proxy"] {
+        let text =
+            std::fs::read_to_string(format!("/lib/systemd/system/mirrorswarm-{unit}.service"))
+                .unwrap();
+        // Hardened: a read-only system but for what it writes, no new privileges; the
+        // package's binary.
+        for key in [
+            "ProtectSystem=strict",
+            "NoNewPrivileges=true",
+            "ExecStart=/usr/bin/mirrorswarm ",
+        ] {
+            assert!(text.contains(key), "mirrorswarm-{unit}.service lacks {key}");
+        }
+    }
     let verify = Command::new("systemd-analyze")
         .arg("verify")
         .args([

@@ -33,6 +33,7 @@ for role in server volunteer proxy; do
 done
 install -D -m 644 "$here/examples/server.toml" "$stage/etc/mirrorswarm/server.toml"
 install -D -m 644 "$here/examples/volunteer.toml" "$stage/etc/mirrorswarm/volunteer.toml"
+install -D -m 644 "$here/examples/proxy.toml" "$stage/etc/mirrorswarm/proxy.toml"
 
 "$stage/usr/bin/mirrorswarm" man --out "$stage/usr/share/man/man1" >/dev/null
 gzip -9n "$stage"/usr/share/man/man1/*.1
@@ -68,7 +69,7 @@ Description: software mirror of one server and volunteer machines
  their copies current from each other with verified deltas and BitTorrent.
  One binary: the server, the volunteer and the verifying proxy.
 CONTROL
-printf '/etc/mirrorswarm/server.toml\n/etc/mirrorswarm/volunteer.toml\n' > "$stage/DEBIAN/conffiles"
+printf '/etc/mirrorswarm/server.toml\n/etc/mirrorswarm/volunteer.toml\n/etc/mirrorswarm/proxy.toml\n' > "$stage/DEBIAN/conffiles"
 
 cat > "$stage/DEBIAN/postinst" <<'POSTINST'
 #!/bin/sh

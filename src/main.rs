@@ -209,22 +209,26 @@ struct StatusArgs {
 
 #[derive(Args)]
 struct ProxyArgs {
-    /// Where to listen for customers' requests.
-    #[arg(long, default_value = "127.0.0.1:3142")]
-    listen: std::net::SocketAddr,
+    /// TOML config file (/etc/mirrorswarm/proxy.toml); flags override its keys.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where to listen for customers' requests [default: 127.0.0.1:3142].
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
     /// The mirrorswarm server's URL (the only host this proxy fetches for).
     #[arg(long)]
-    server: String,
+    server: Option<String>,
     /// Where verified files are kept [default: $XDG_CACHE_HOME/mirrorswarm-proxy, else
     /// ~/.cache/mirrorswarm-proxy].
     #[arg(long)]
     cache_dir: Option<PathBuf>,
-    /// Bound on the cache's size, bytes.
-    #[arg(long, default_value_t = 1 << 30)]
-    cache_bytes: u64,
-    /// Give up on a source that sends nothing for this many seconds, and try the next.
-    #[arg(long, default_value_t = 30)]
-    stall_secs: u64,
+    /// Bound on the cache's size, bytes [default: 1 GiB].
+    #[arg(long)]
+    cache_bytes: Option<u64>,
+    /// Give up on a source that sends nothing for this many seconds, and try the next
+    /// [default: 30].
+    #[arg(long)]
+    stall_secs: Option<u64>,
 }
 
 #[derive(Args)]
@@ -443,8 +447,17 @@ async fn volunteers(a: VolunteersArgs) -> Result<()> {
 }
 
 async fn proxy_cmd(a: ProxyArgs) -> Result<()> {
-    config::validate_http_url(&a.server).map_err(|e| anyhow::anyhow!("--server: {e}"))?;
-    let cache_dir = match a.cache_dir {
+    let mut file: config::ProxyConfig = match &a.config {
+        Some(p) => config::load_file(p)?,
+        None => config::ProxyConfig::default(),
+    };
+    file.server = a.server.or(file.server);
+    file.listen = a.listen.unwrap_or(file.listen);
+    file.cache_dir = a.cache_dir.or(file.cache_dir);
+    file.cache_bytes = a.cache_bytes.unwrap_or(file.cache_bytes);
+    file.stall_secs = a.stall_secs.unwrap_or(file.stall_secs);
+    let server = file.validate()?.to_string();
+    let cache_dir = match file.cache_dir {
         Some(d) => d,
         None => std::env::var_os("XDG_CACHE_HOME")
             .map(PathBuf::from)
@@ -452,9 +465,9 @@ async fn proxy_cmd(a: ProxyArgs) -> Result<()> {
             .context("no --cache-dir and neither XDG_CACHE_HOME nor HOME is set")?
             .join("mirrorswarm-proxy"),
     };
-    let mut cfg = proxy::ProxyConfig::new(a.listen, &a.server, cache_dir);
-    cfg.cache_bytes = a.cache_bytes;
-    cfg.stall = std::time::Duration::from_secs(a.stall_secs.max(1));
+    let mut cfg = proxy::ProxyConfig::new(file.listen, &server, cache_dir);
+    cfg.cache_bytes = file.cache_bytes;
+    cfg.stall = std::time::Duration::from_secs(file.stall_secs);
     proxy::run(cfg, shutdown_signal()).await
 }
 

@@ -134,6 +134,16 @@ fn config_errors_name_the_key() {
         assert!(err.contains(key), "{err}");
     }
 
+    // The proxy: its server is required, and its file's keys are checked as the others'.
+    let out = mirrorswarm(&["proxy"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server"));
+    let pcfg = tmp.path().join("proxy.toml");
+    std::fs::write(&pcfg, "server = \"http://m.example\"\nstall_secs = 0\n").unwrap();
+    let out = mirrorswarm(&["proxy", "--config", pcfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stall_secs"));
+
     let out = mirrorswarm(&["server", "--repo", "../evil=/tmp"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("repository name"));

@@ -817,6 +817,54 @@ impl PartConfig {
     }
 }
 
+/// The verifying proxy's configuration (`mirrorswarm proxy`, `/etc/mirrorswarm/proxy.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// The mirrorswarm server's URL, the only host the proxy fetches for. Required.
+    pub server: Option<String>,
+    /// Where customers' apt, dnf, wget or curl reach it. Default `127.0.0.1:3142`.
+    pub listen: SocketAddr,
+    /// Where verified files are kept. Default `$XDG_CACHE_HOME/mirrorswarm-proxy`, else
+    /// `~/.cache/mirrorswarm-proxy`.
+    pub cache_dir: Option<PathBuf>,
+    /// Bound on the cache's size, bytes. Default 1 GiB.
+    pub cache_bytes: u64,
+    /// Give up on a source that sends nothing for this many seconds, and try the next.
+    /// Default 30.
+    pub stall_secs: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            server: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 3142)),
+            cache_dir: None,
+            cache_bytes: 1 << 30,
+            stall_secs: 30,
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// The server's URL, checked; the error names the key.
+    pub fn validate(&self) -> Result<&str, ConfigError> {
+        let server = self
+            .server
+            .as_deref()
+            .ok_or_else(|| invalid("server", "the server's URL is required (or --server)"))?;
+        validate_http_url(server).map_err(|e| invalid("server", e))?;
+        if self.cache_bytes == 0 {
+            return Err(invalid("cache_bytes", "must be at least 1"));
+        }
+        if self.stall_secs == 0 {
+            return Err(invalid("stall_secs", "must be at least 1"));
+        }
+        Ok(server)
+    }
+}
+
 /// Volunteer daemon configuration (`mirrorswarm volunteer`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -1447,6 +1495,23 @@ netblocks = ["10.1.0.0/16"]
         let text = "server = \"http://s\"\n[mirrors]\nd = \"/tmp\"\n[quotas]\nx = 5\n";
         let c: VolunteerConfig = toml::from_str(text).unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("quotas.x"));
+    }
+
+    #[test]
+    fn the_proxy_needs_its_server_and_names_a_bad_key() {
+        let c: ProxyConfig = toml::from_str("server = \"http://m.example:8080\"\n").unwrap();
+        assert_eq!(c.validate().unwrap(), "http://m.example:8080");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:3142");
+        for (text, key) in [
+            ("", "server"),
+            ("server = \"ftp://x\"\n", "server"),
+            ("server = \"http://x\"\nstall_secs = 0\n", "stall_secs"),
+        ] {
+            let c: ProxyConfig = toml::from_str(text).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        assert!(toml::from_str::<ProxyConfig>("servr = \"x\"\n").is_err());
     }
 
     #[test]

@@ -61,6 +61,30 @@ fn run_as((user, group): (&str, &str), argv: &[String], log: &Path) -> Proc {
 /// The system user and group the package makes.
 const PACKAGE_USER: (&str, &str) = ("mirrorswarm", "mirrorswarm");
 
+/// Wait (at most 60 s) until `url` answers 200; else fail with the processes' logs.
+async fn answers(url: &str, what: &str, procs: &[Proc]) {
+    let client = http();
+    let up = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if client
+                .get(url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(
+        up.is_ok(),
+        "{what} did not answer:\n{}",
+        dump_logs(&procs.iter().collect::<Vec<_>>())
+    );
+}
+
 fn chown(path: &Path, user: &str) {
     ok(Command::new("chown")
         .args(["-R", &format!("{user}:")])
@@ -170,27 +194,7 @@ async fn the_package_installs_runs_each_service_as_its_user_and_purges_clean() {
         &exec_start("mirrorswarm-server.service"),
         &root.join("server.log"),
     ));
-    let client = http();
-    let health = format!("{server_url}/health");
-    let up = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            if client
-                .get(&health)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await;
-    assert!(
-        up.is_ok(),
-        "the server did not answer:\n{}",
-        dump_logs(&procs.iter().collect::<Vec<_>>())
-    );
+    answers(&format!("{server_url}/health"), "the server", &procs).await;
 
     // A volunteer, enrolled by the admin on the server's machine, as the package's user.
     let token = ok(Command::new("setpriv")
@@ -229,26 +233,12 @@ async fn the_package_installs_runs_each_service_as_its_user_and_purges_clean() {
         &exec_start("mirrorswarm-volunteer.service"),
         &root.join("volunteer.log"),
     ));
-    let status = format!("http://127.0.0.1:{vport}/status");
-    let up = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            if client
-                .get(&status)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
+    answers(
+        &format!("http://127.0.0.1:{vport}/status"),
+        "the volunteer",
+        &procs,
+    )
     .await;
-    assert!(
-        up.is_ok(),
-        "the volunteer did not answer:\n{}",
-        dump_logs(&procs.iter().collect::<Vec<_>>())
-    );
 
     // The proxy, configured in /etc/mirrorswarm/proxy.toml, as a dynamic user would run it
     // (`nobody` stands for no one in particular): a file through it comes out whole.

@@ -313,13 +313,14 @@ impl Balancer {
             &mut fast_rng::FastRng::for_thread(),
             &mut order,
         );
+        // Tiers only where some volunteer has a place to compare with.
+        let located = customer.filter(|_| reg.places_known());
         let tier_of =
-            |i: usize| customer.map(|c| crate::ladder::tier(c, &reg.at(eligible[i]).place));
-        let located = customer.is_some() && reg.places_known();
-        if let (true, Some(c)) = (located, customer) {
+            |i: usize| located.map(|c| crate::ladder::tier(c, &reg.at(eligible[i]).place));
+        if located.is_some() {
             self.ladder.order(
                 &mut order.best_first,
-                |i| crate::ladder::tier(c, &reg.at(eligible[i]).place),
+                |i| tier_of(i).unwrap_or(Tier::World),
                 |i| wait(&cands[i], bytes),
                 bytes,
             );
@@ -330,7 +331,7 @@ impl Balancer {
             .enumerate()
             .map(|(k, &i)| {
                 let v = reg.at(i);
-                let tier = tier_of(k).filter(|_| located);
+                let tier = tier_of(k);
                 Considered {
                     id: v.id.clone(),
                     url: v.url.to_string(),
@@ -352,18 +353,14 @@ impl Balancer {
             Verdict::Ranked(r) => r,
             _ => usize::MAX,
         });
-        out.extend(excluded.into_iter().map(|(v, e)| {
-            Considered {
-                id: v.id.clone(),
-                url: v.url.to_string(),
-                tier: customer
-                    .filter(|_| located)
-                    .map(|c| crate::ladder::tier(c, &v.place)),
-                wait: None,
-                extra: 0.0,
-                load: v.load,
-                verdict: Verdict::Excluded(e),
-            }
+        out.extend(excluded.into_iter().map(|(v, e)| Considered {
+            id: v.id.clone(),
+            url: v.url.to_string(),
+            tier: located.map(|c| crate::ladder::tier(c, &v.place)),
+            wait: None,
+            extra: 0.0,
+            load: v.load,
+            verdict: Verdict::Excluded(e),
         }));
         out
     }

@@ -86,9 +86,17 @@ fn socket_addr(addr: &libc::sockaddr_storage) -> io::Result<SocketAddr> {
             // SAFETY: as above, for a sockaddr_in6.
             let a =
                 unsafe { &*(addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+            let port = u16::from_be(a.sin6_port);
+            // An IPv4 client of a dual-stack listener (`[::]`) comes as `::ffff:a.b.c.d`: it
+            // is that IPv4 address to everything after (the tracker's compact peers, the
+            // per-address caps, where a customer is and which URLs it can reach).
+            if let Some(v4) = ip.to_ipv4_mapped() {
+                return Ok(SocketAddr::V4(SocketAddrV4::new(v4, port)));
+            }
             Ok(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(a.sin6_addr.s6_addr),
-                u16::from_be(a.sin6_port),
+                ip,
+                port,
                 a.sin6_flowinfo,
                 a.sin6_scope_id,
             )))
@@ -120,6 +128,21 @@ mod tests {
             let err = (&stream).read(&mut buf).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
         }
+    }
+
+    #[tokio::test]
+    async fn an_ipv4_client_of_a_dual_stack_listener_is_its_ipv4_address() {
+        let Ok(listener) = std::net::TcpListener::bind("[::]:0") else {
+            return; // no IPv6 here
+        };
+        let port = listener.local_addr().unwrap().port();
+        let acceptor = Acceptor::new(listener).unwrap();
+        let Ok(client) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+            return; // an IPv6-only listener (net.ipv6.bindv6only=1)
+        };
+        let (_stream, peer) = acceptor.accept().await.unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        assert!(peer.is_ipv4(), "{peer}");
     }
 
     use std::io::Read;

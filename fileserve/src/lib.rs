@@ -10,6 +10,7 @@
 //! - [`index`]: plain HTML directory listings.
 //! - [`listen`]: the accept loop, with limits for slow and greedy clients.
 //! - [`fast`]: plain GET and HEAD requests answered without the full stack.
+//! - [`tls`]: HTTPS certificates from files, checked and reloaded in place.
 
 mod accept;
 pub mod fast;
@@ -20,6 +21,7 @@ pub mod path;
 pub mod protocol;
 pub mod request;
 pub mod serve;
+pub mod tls;
 
 pub use guard::{with_guard, with_stall_guard};
 pub use index::{

@@ -8,6 +8,9 @@
 //! A server with a [`FastPath`] has each connection's plain requests answered by it
 //! ([`crate::fast`]); the first request it does not take hands the connection to hyper and
 //! the router.
+//!
+//! [`serve_tls`] is the same loop with a TLS handshake first (within the header deadline),
+//! each connection then served in its own task; its requests carry [`Secure`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -47,6 +50,9 @@ pub struct Limits {
     /// volunteer reports its customers and their rate from that, and on a slow uplink a
     /// whole 256 KiB package sat queued in the kernel while the count said it was done.
     pub unsent_bytes: Option<u32>,
+    /// Serve on the caller's runtime rather than on a thread per core (see
+    /// [`set_serving_workers`]): for a server whose handlers use clients made on it.
+    pub on_caller_runtime: bool,
 }
 
 impl Default for Limits {
@@ -59,6 +65,7 @@ impl Default for Limits {
             drain: Duration::from_secs(10),
             client_stall: Duration::from_secs(60),
             unsent_bytes: None,
+            on_caller_runtime: false,
         }
     }
 }
@@ -108,6 +115,11 @@ impl PerIp {
     }
 }
 
+/// Marks a request that came over TLS (an extension the router's handlers can read; the
+/// fast path's requests say it in [`fast::Request::secure`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Secure;
+
 /// Serve `app` on `listener` until `shutdown` resolves, then let requests in flight finish
 /// for at most `limits.drain`. Handlers can extract `ConnectInfo<SocketAddr>`. With `fast`,
 /// the requests it answers never reach `app`.
@@ -118,15 +130,105 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, app, fast, None, limits, shutdown).await
+}
+
+/// [`serve`] over TLS with `tls` (see [`crate::tls::Certs::server_config`]: a certificate
+/// reloaded there is presented to the next handshake; open connections keep theirs).
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    fast: Option<Arc<dyn FastPath>>,
+    tls: Arc<rustls::ServerConfig>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    serve_with(listener, app, fast, Some(acceptor), limits, shutdown).await
+}
+
+/// Why an HTTPS listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsListenError {
+    #[error("cannot listen on {addr} for HTTPS: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Certificate(#[from] crate::tls::TlsError),
+}
+
+/// Read and check the certificate (`names`: hosts it must cover), then take `addr` for
+/// HTTPS: either failing stops a server at start, with the reason.
+pub fn bind_tls(
+    addr: SocketAddr,
+    files: crate::tls::TlsFiles,
+    names: Vec<String>,
+) -> Result<(tokio::net::TcpListener, Arc<crate::tls::Certs>), TlsListenError> {
+    let certs = crate::tls::Certs::load(files, names)?;
+    let listener = bind(addr).map_err(|source| TlsListenError::Bind { addr, source })?;
+    Ok((listener, certs))
+}
+
+/// How often the certificate files are looked at for a change (SIGHUP reads them at once).
+pub const CERT_CHECK: Duration = Duration::from_secs(5);
+
+/// Serve `app` on `plain` and, with `tls`, over HTTPS on its listener too, until `shutdown`;
+/// the certificate is read again on SIGHUP and when its files change ([`crate::tls::watch`]).
+pub async fn serve_both(
+    plain: tokio::net::TcpListener,
+    tls: Option<(tokio::net::TcpListener, Arc<crate::tls::Certs>)>,
+    app: Router,
+    fast: Option<Arc<dyn FastPath>>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let Some((secure, certs)) = tls else {
+        return serve(plain, app, fast, limits, shutdown).await;
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let watch = tokio::spawn(crate::tls::watch(certs.clone(), CERT_CHECK));
+    let config = certs.server_config();
+    let plain = serve(plain, app.clone(), fast.clone(), limits.clone(), stopped());
+    let secure = serve_tls(secure, app, fast, config, limits, stopped());
+    let signal = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        Ok::<(), std::io::Error>(())
+    };
+    let r = tokio::try_join!(plain, secure, signal);
+    watch.abort();
+    r.map(|_| ())
+}
+
+async fn serve_with(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    fast: Option<Arc<dyn FastPath>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     tune_listener(&listener, &limits);
     let caps = Caps {
         total: Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1))),
         per_ip: Arc::new(PerIp::default()),
     };
-    let workers = serving_workers();
+    let workers = if limits.on_caller_runtime {
+        1
+    } else {
+        serving_workers()
+    };
     if workers <= 1 {
         let listener = listener.into_std()?;
-        return accept_loop(listener, app, fast, limits, caps, shutdown).await;
+        return accept_loop(listener, app, fast, tls, limits, caps, shutdown).await;
     }
     // As nginx runs: one thread per core, each with a runtime of its own. A work-stealing
     // runtime shared by all cores spent a fifth of its time parking and waking threads on
@@ -141,6 +243,7 @@ pub async fn serve(
     for i in 0..workers {
         let shared = std_listener.try_clone()?;
         let (app, fast, limits, caps) = (app.clone(), fast.clone(), limits.clone(), caps.clone());
+        let tls = tls.clone();
         let mut stop = stop_rx.clone();
         let thread = std::thread::Builder::new()
             .name(format!("serve-{i}"))
@@ -165,7 +268,7 @@ pub async fn serve(
                     let stopped = async move {
                         let _ = stop.wait_for(|s| *s).await;
                     };
-                    accept_loop(listener, app, fast, limits, caps, stopped).await
+                    accept_loop(listener, app, fast, tls, limits, caps, stopped).await
                 })
             })?;
         threads.push(thread);
@@ -207,6 +310,13 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListen
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
+    if let SocketAddr::V6(v6) = addr {
+        if v6.ip().is_unspecified() {
+            // `[::]` takes IPv4 as well, whatever the system's default
+            // (`net.ipv6.bindv6only`): one listener for both, as nginx's `ipv6only=off`.
+            set_option(&socket, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
+        }
+    }
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(true)?;
     socket.bind(addr)?;
@@ -237,11 +347,21 @@ fn set_tcp_option(
     option: libc::c_int,
     value: libc::c_int,
 ) -> std::io::Result<()> {
+    set_option(socket, libc::IPPROTO_TCP, option, value)
+}
+
+/// Set a socket option at `level` that takes a `c_int`.
+fn set_option(
+    socket: &impl std::os::fd::AsRawFd,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
     // SAFETY: the descriptor is open for the call; the value is a c_int.
     let r = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
+            level,
             option,
             (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
@@ -294,6 +414,7 @@ async fn accept_loop(
     listener: std::net::TcpListener,
     app: Router,
     fast: Option<Arc<dyn FastPath>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     limits: Limits,
     caps: Caps,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -320,9 +441,11 @@ async fn accept_loop(
     let mut refused_logged = std::time::Instant::now() - Duration::from_secs(60);
     let listener = Acceptor::new(listener)?;
     // Idle keep-alive connections of the fast path, and those that leave it for a task.
-    let mut parked = match &fast {
-        Some(_) => Some(fast::Parked::<Admitted>::new()?),
-        None => None,
+    // (A TLS connection has its handshake to do first, and no socket to answer on: each
+    // has a task.)
+    let mut parked = match (&fast, &tls) {
+        (Some(_), None) => Some(fast::Parked::<Admitted>::new()?),
+        _ => None,
     };
     let mut unparked = Vec::new();
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
@@ -373,6 +496,10 @@ async fn accept_loop(
         // the client's ACK. The fast path sets it itself, and only once a connection writes
         // a second time: a first answer in one write goes out at once either way, and most
         // connections (an announce, a redirect) end after it, one system call sooner.
+        if let Some(acceptor) = &tls {
+            tasks.spawn_tls(stream, peer, admitted, acceptor.clone(), fast.clone());
+            continue;
+        }
         // With a fast path: the fast path and where its task takes the connection over.
         let fast_start = match &fast {
             Some(f) => match fast::answer_first(&stream, peer, &**f) {
@@ -481,26 +608,94 @@ impl Tasks {
                 }
                 None => (stream, Vec::new()),
             };
-            let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                app.clone().oneshot(req)
-            });
-            // `half_close`: a client may send its request and shut down its write side
-            // (`shutdown(SHUT_WR)`) while it waits for the answer. Without it hyper takes the
-            // EOF it reads during a request being handled as the client gone and drops the
-            // connection unanswered (a race with the handler, lost most of the time). The
-            // answer is written, then the connection closes, as it does on an EOF between
-            // requests.
-            let conn = hyper::server::conn::http1::Builder::new()
-                .half_close(true)
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .max_buf_size(max_buf)
-                .serve_connection(TokioIo::new(Rewind::new(read, stream)), svc);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+            let io = Rewind::new(read, stream);
+            serve_hyper(io, peer, false, app, watcher, (header_timeout, max_buf)).await;
         });
+    }
+
+    /// Serve a TLS connection in a task of its own: the handshake (within the header
+    /// deadline), then the fast path if there is one, then hyper.
+    fn spawn_tls(
+        &self,
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+        admitted: Admitted,
+        acceptor: tokio_rustls::TlsAcceptor,
+        fast: Option<Arc<dyn FastPath>>,
+    ) {
+        let stream = match tokio::net::TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "connection not registered with the runtime; closed");
+                return;
+            }
+        };
+        // The handshake's flights and each answer must not wait for the client's ACK.
+        let _ = stream.set_nodelay(true);
+        let app = self.app.clone();
+        let conn_limits = self.conn_limits.clone();
+        let stop = self.stop.clone();
+        let alive = self.alive.clone();
+        let watcher = self.graceful.watcher();
+        let (header_timeout, max_buf) = (self.header_timeout, conn_limits.max_header_bytes);
+        tokio::spawn(async move {
+            let _alive = alive;
+            let _admitted = admitted;
+            let stream = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake not complete in time; closing");
+                    return;
+                }
+            };
+            let (stream, read) = match fast {
+                Some(f) => match fast::serve_stream(stream, peer, &*f, &conn_limits, &stop).await {
+                    Served::Closed => return,
+                    Served::Handover(stream, read) => (stream, read),
+                },
+                None => (stream, Vec::new()),
+            };
+            let io = Rewind::new(read, stream);
+            serve_hyper(io, peer, true, app, watcher, (header_timeout, max_buf)).await;
+        });
+    }
+}
+
+/// The rest of a connection, served by hyper and the router; `secure`: it is TLS.
+async fn serve_hyper<I>(
+    io: I,
+    peer: SocketAddr,
+    secure: bool,
+    app: Router,
+    watcher: hyper_util::server::graceful::Watcher,
+    (header_timeout, max_buf): (Duration, usize),
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        if secure {
+            req.extensions_mut().insert(Secure);
+        }
+        app.clone().oneshot(req)
+    });
+    // `half_close`: a client may send its request and shut down its write side
+    // (`shutdown(SHUT_WR)`) while it waits for the answer. Without it hyper takes the EOF it
+    // reads during a request being handled as the client gone and drops the connection
+    // unanswered (a race with the handler, lost most of the time). The answer is written,
+    // then the connection closes, as it does on an EOF between requests.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .half_close(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(max_buf)
+        .serve_connection(TokioIo::new(io), svc);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 

@@ -15,14 +15,14 @@ use super::{Answer, FastPath, FileBody, Method, Reply, Request};
 pub(super) const MAX_HEADERS: usize = 32;
 
 /// Bytes read from the socket at a time.
-const READ_CHUNK: usize = 4096;
+pub(super) const READ_CHUNK: usize = 4096;
 
 /// Bytes handed to one `sendfile` call without an uplink limit: the kernel sends what the
 /// socket takes and says how much.
 const SENDFILE_MAX: usize = 16 << 20;
 
 /// Bytes a paced body waits for at a time: one turn on a shared link, as in the full path.
-const PACED_CHUNK: usize = 64 * 1024;
+pub(super) const PACED_CHUNK: usize = 64 * 1024;
 
 /// The limits a connection is held to.
 #[derive(Debug, Clone)]
@@ -44,7 +44,7 @@ pub(crate) enum Served<S> {
 }
 
 /// What to do after looking at the buffered input.
-enum Step {
+pub(super) enum Step {
     /// No complete head yet.
     More,
     /// Answered: send `out` (and the file body), then drop `consumed` bytes of input.
@@ -165,7 +165,7 @@ fn answer_on(
         Err(e) if not_yet(&e) => return waiting(bufs),
         Err(_) => return First::Finished,
     };
-    let step = look(&bufs.input, peer, fast, &mut bufs.out);
+    let step = look(&bufs.input, peer, false, fast, &mut bufs.out);
     match step {
         Step::Send {
             consumed,
@@ -290,7 +290,7 @@ pub(crate) async fn serve_connection<S: AsyncWire>(
     loop {
         let step = match pending.take() {
             Some(step) => step,
-            None => look(input, peer, fast, out),
+            None => look(input, peer, false, fast, out),
         };
         match step {
             Step::More => {
@@ -373,9 +373,9 @@ pub(crate) async fn serve_connection<S: AsyncWire>(
 /// connection per announce (as BitTorrent clients make them), allocating and freeing them,
 /// larger than what the allocator caches per thread, was a tenth of an announce's own time.
 #[derive(Default)]
-struct Buffers {
-    input: Vec<u8>,
-    out: Vec<u8>,
+pub(super) struct Buffers {
+    pub(super) input: Vec<u8>,
+    pub(super) out: Vec<u8>,
 }
 
 /// Buffers a thread keeps at most, and the largest it keeps (one grown for a long head is
@@ -388,7 +388,7 @@ thread_local! {
 }
 
 impl Buffers {
-    fn take() -> Buffers {
+    pub(super) fn take() -> Buffers {
         let pooled = POOL.with(|p| p.borrow_mut().pop());
         pooled.unwrap_or_else(|| Buffers {
             input: Vec::with_capacity(READ_CHUNK),
@@ -419,8 +419,15 @@ impl Drop for Buffers {
     }
 }
 
-/// Parse the head at the start of `input`, if it is complete, and answer it.
-fn look(input: &[u8], peer: SocketAddr, fast: &dyn FastPath, out: &mut Vec<u8>) -> Step {
+/// Parse the head at the start of `input`, if it is complete, and answer it. `secure`: the
+/// connection is TLS.
+pub(super) fn look(
+    input: &[u8],
+    peer: SocketAddr,
+    secure: bool,
+    fast: &dyn FastPath,
+    out: &mut Vec<u8>,
+) -> Step {
     if input.is_empty() {
         return Step::More;
     }
@@ -440,6 +447,7 @@ fn look(input: &[u8], peer: SocketAddr, fast: &dyn FastPath, out: &mut Vec<u8>) 
         method,
         target,
         peer,
+        secure,
         received: at,
         headers: req.headers,
     };

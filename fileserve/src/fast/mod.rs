@@ -19,6 +19,9 @@
 //! thread answers its requests the same way (`answer_next`); a connection with more to do
 //! goes on in a task of its own (`serve_connection`).
 //!
+//! A TLS connection has no socket to `recv` and `sendfile` on: its requests are read and
+//! answered the same way through the TLS stream, in its task (`stream`).
+//!
 //! The limits of [`crate::listen`] hold here too: the header deadline, the head size bound,
 //! and a client that stops reading loses its connection (and its download slot) after the
 //! stall time.
@@ -30,6 +33,7 @@ mod parked;
 pub mod replay;
 mod rewind;
 mod stop;
+mod stream;
 mod wire;
 
 use std::future::Future;
@@ -41,6 +45,7 @@ pub(crate) use conn::{answer_first, serve_connection, ConnLimits, First, Served,
 pub(crate) use parked::{Parked, Unparked};
 pub(crate) use rewind::Rewind;
 pub(crate) use stop::Stop;
+pub(crate) use stream::serve_stream;
 
 /// The methods the fast path answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +61,8 @@ pub struct Request<'a> {
     /// The request target as sent: an origin-form path (it starts with `/`), maybe a query.
     pub target: &'a str,
     pub peer: SocketAddr,
+    /// It came over TLS (a [`crate::listen::serve_tls`] listener).
+    pub secure: bool,
     /// When its head was complete: the one clock reading a fast answer needs.
     pub received: std::time::Instant,
     headers: &'a [httparse::Header<'a>],

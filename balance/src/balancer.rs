@@ -15,6 +15,7 @@ use rand::Rng;
 
 use crate::ladder::{Customer, Ladder, Tier};
 use crate::policy::{Candidate, Order, Policy};
+use crate::reach::Reach;
 use crate::registry::{Exclusion, Load, RecordsAt, Registry, VolunteerLive};
 
 /// How many eligible volunteers the policy sees per request in a large pool. A Metalink
@@ -273,14 +274,25 @@ impl Balancer {
                 "redirect decision"
             );
         }
+        let need = customer.map_or(Reach::ANY, |c| c.reach);
         for &at in best_first.iter().take(want).filter_map(|&i| sample.get(i)) {
-            chosen.push(&reg.at(at).url);
+            chosen.push(reg.at(at).urls.for_customer(need));
         }
         if let Some(&first) = best_first.first().and_then(|&i| sample.get(i)) {
             reg.note_redirect_at(first, ask.bytes, now);
         }
         drop(reg);
         CHOOSE_SCRATCH.with(|b| *b.borrow_mut() = ChooseScratch { sample, order });
+        // A customer that came over IPv6 and found nobody reachable over it goes to one over
+        // IPv4 before the origin (see `Reach::over_ipv4_instead`).
+        if chosen.is_empty() {
+            if let Some(c) = customer {
+                if let Some(reach) = c.reach.over_ipv4_instead() {
+                    let over_v4 = Customer { reach, ..*c };
+                    self.choose(path, ask, Some(&over_v4), now, chosen);
+                }
+            }
+        }
     }
 
     /// Every volunteer as a choice for `customer` would see it (the whole pool, not a
@@ -294,6 +306,7 @@ impl Balancer {
         now: Instant,
     ) -> Vec<Considered> {
         let reg = self.registry();
+        let need = customer.map_or(Reach::ANY, |c| c.reach);
         let (eligible, excluded) = reg.candidates(
             path.repo,
             path.rel,
@@ -334,7 +347,7 @@ impl Balancer {
                 let tier = tier_of(k);
                 Considered {
                     id: v.id.clone(),
-                    url: v.url.to_string(),
+                    url: v.urls.for_customer(need).to_string(),
                     tier,
                     wait: wait(&cands[k], bytes),
                     extra: match (nearest, tier) {
@@ -355,7 +368,7 @@ impl Balancer {
         });
         out.extend(excluded.into_iter().map(|(v, e)| Considered {
             id: v.id.clone(),
-            url: v.url.to_string(),
+            url: v.urls.for_customer(need).to_string(),
             tier: located.map(|c| crate::ladder::tier(c, &v.place)),
             wait: None,
             extra: 0.0,
@@ -476,6 +489,7 @@ mod tests {
                 site: Some(site),
                 ..Default::default()
             },
+            reach: Reach::ANY,
         }
     }
 
@@ -552,6 +566,59 @@ mod tests {
         };
         b.choose(facts(1), large, Some(&c), now, &mut chosen);
         assert_eq!(chosen.iter().next(), Some("http://far.test"));
+    }
+
+    #[test]
+    fn customers_go_only_to_urls_they_can_follow() {
+        let now = Instant::now();
+        let plain = MirrorReport {
+            url: "http://192.0.2.10:8081".into(),
+            ..report("plain", 1, 0)
+        };
+        let both = MirrorReport {
+            url: "http://192.0.2.11:8081".into(),
+            other_urls: vec![
+                "https://192.0.2.11:8443".into(),
+                "http://[2001:db8::11]:8081".into(),
+            ],
+            ..report("both", 1, 0)
+        };
+        let b = balancer("request-counting", &[plain, both], now);
+        let mut chosen = Chosen::default();
+        let mut seen = |secure: bool, addr: &str| {
+            let c = Customer {
+                reach: Reach::customer(secure, addr.parse().unwrap()),
+                ..customer_at(addr, 1)
+            };
+            let mut urls = std::collections::BTreeSet::new();
+            for _ in 0..40 {
+                b.choose(facts(1), ask(1), Some(&c), now, &mut chosen);
+                urls.extend(chosen.iter().map(str::to_string));
+            }
+            urls.into_iter().collect::<Vec<_>>()
+        };
+        // Over HTTPS: only the https URL, never an http:// one.
+        assert_eq!(seen(true, "192.0.2.1"), ["https://192.0.2.11:8443"]);
+        // Over plain HTTP: a volunteer's http URL.
+        let plain_urls = seen(false, "192.0.2.1");
+        assert!(!plain_urls.is_empty());
+        assert!(
+            plain_urls
+                .iter()
+                .all(|u| ["http://192.0.2.10:8081", "http://192.0.2.11:8081"].contains(&u.as_str())),
+            "{plain_urls:?}"
+        );
+        // Over IPv6: the one with an IPv6 URL.
+        assert_eq!(seen(false, "2001:db8::1"), ["http://[2001:db8::11]:8081"]);
+        // Over HTTPS and IPv6, with no https URL over IPv6: over IPv4 instead.
+        assert_eq!(seen(true, "2001:db8::1"), ["https://192.0.2.11:8443"]);
+        let c = Customer {
+            reach: Reach::customer(true, "192.0.2.1".parse().unwrap()),
+            ..customer_at("192.0.2.1", 1)
+        };
+        let why = b.explain(facts(1), 1, Some(&c), now);
+        let plain = why.iter().find(|v| v.id == "plain").unwrap();
+        assert_eq!(plain.verdict, Verdict::Excluded(Exclusion::Unreachable));
     }
 
     #[test]

@@ -58,11 +58,13 @@ impl Tier {
     }
 }
 
-/// Where a customer is: its address (behind trusted proxies) and that address's place.
+/// Where a customer is: its address (behind trusted proxies) and that address's place, and
+/// the URLs it can follow (by the scheme and the address family it came by).
 #[derive(Debug, Clone, Copy)]
 pub struct Customer {
     pub addr: IpAddr,
     pub place: Place,
+    pub reach: crate::reach::Reach,
 }
 
 /// Where a volunteer is: the place of its address, and the networks it declared.
@@ -243,6 +245,7 @@ mod tests {
                 country: Some(*b"NL"),
                 region: Some(3),
             },
+            reach: crate::reach::Reach::ANY,
         }
     }
 
@@ -278,6 +281,7 @@ mod tests {
         let nowhere = Customer {
             addr: "192.0.2.1".parse().unwrap(),
             place: Place::default(),
+            reach: crate::reach::Reach::ANY,
         };
         assert_eq!(tier(&nowhere, &far), Tier::World);
     }

@@ -11,6 +11,7 @@
 //! - [`link_model`]: a volunteer's downloads as they probably stand between two reports.
 //! - [`recent`]: redirects within the last connection window, counted in slices.
 //! - [`prefetch`]: loading the records a redirect is about to read.
+//! - [`reach`]: which of a volunteer's URLs a customer can follow (https, address family).
 //! - [`policy`]: the balancing policies, chosen by name.
 
 pub mod balancer;
@@ -18,8 +19,10 @@ pub mod ladder;
 pub mod link_model;
 pub mod policy;
 pub mod prefetch;
+pub mod reach;
 pub mod recent;
 pub mod registry;
 
 pub use balancer::{Ask, Balancer, Chosen, Considered, PathFacts, Verdict};
 pub use ladder::{Customer, Ladder, Tier, VolunteerPlace};
+pub use reach::{Reach, Urls};

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::ladder::{Customer, VolunteerPlace};
 use crate::link_model::{LinkModel, Reported};
 use crate::prefetch;
+use crate::reach::{Reach, Urls};
 use crate::recent::{RecentCounts, Slicing};
 use manifest::select::{PatternError, Selection};
 use tracker::mirror::MirrorReport;
@@ -132,12 +133,19 @@ pub struct VolunteerLive {
     /// It serves only customers from its own netblocks (a copy of `place.private`, read
     /// with the flags above).
     private: bool,
+    /// Which customers its URLs can take, by scheme and family (a copy of `urls.reach()`,
+    /// read with the flags above).
+    reach: Reach,
     pub last_report: Instant,
     /// Generation fully held, and the part held, per repository.
     pub generations: Held,
     pub id: String,
+    /// The URL it announced as its own (what spot checks and the admin's views use).
     /// Shared, so the redirector can hold on to it without copying.
     pub url: std::sync::Arc<str>,
+    /// Every URL it gave: its own, and any beside it (https, IPv6); a customer is sent to
+    /// the one it can follow.
+    pub urls: Urls,
     pub load: Load,
     pub last_seq: u64,
     /// Redirects issued since the last report: optimistic accounting, so that a burst between
@@ -225,6 +233,9 @@ pub enum Exclusion {
     Stopped,
     /// It serves only its own networks, and the customer is outside them.
     Private,
+    /// None of its URLs is one the customer can follow: the customer came over HTTPS and
+    /// it gave no `https://` URL, or over one address family and every URL names the other.
+    Unreachable,
     /// It reports as many customers as it accepts.
     Full {
         conns: u32,
@@ -257,6 +268,10 @@ impl fmt::Display for Exclusion {
             Exclusion::Full { conns, capacity } => {
                 write!(f, "full ({conns} of {capacity} connections)")
             }
+            Exclusion::Unreachable => write!(
+                f,
+                "none of its URLs is one the customer can follow (https, or its address family)"
+            ),
         }
     }
 }
@@ -308,13 +323,26 @@ fn draw_from(
     }
 }
 
-/// [`VolunteerPlace::admits`] as an exclusion.
+/// [`VolunteerPlace::admits`] and [`Reach::admits`] as an exclusion.
 fn admits(v: &VolunteerLive, customer: Option<&Customer>) -> Result<(), Exclusion> {
-    if v.place.admits(customer) {
-        Ok(())
-    } else {
+    if !v.place.admits(customer) {
         Err(Exclusion::Private)
+    } else if !reachable(v, customer) {
+        Err(Exclusion::Unreachable)
+    } else {
+        Ok(())
     }
+}
+
+/// Whether one of its URLs can take `customer` (anyone nothing is known of).
+#[inline]
+fn reachable(v: &VolunteerLive, customer: Option<&Customer>) -> bool {
+    customer.is_none_or(|c| v.reach.admits(c.reach))
+}
+
+/// The URLs an announce gives.
+fn urls_of(report: &MirrorReport) -> Urls {
+    Urls::new(&report.url, report.other_urls.iter().map(String::as_str))
 }
 
 /// Where the registry's volunteer records lie, readable without its lock: the request path
@@ -513,12 +541,15 @@ impl Registry {
         let i = match self.index.get(&report.volunteer) {
             Some(&i) => i,
             None => {
+                let urls = urls_of(report);
                 let at = self.volunteers.partition_point(|v| v.id < report.volunteer);
                 self.volunteers.insert(
                     at,
                     VolunteerLive {
                         id: report.volunteer.clone(),
                         url: report.url.as_str().into(),
+                        reach: urls.reach(),
+                        urls,
                         generations: Held::default(),
                         load: Load::default(),
                         last_seq: 0,
@@ -583,8 +614,14 @@ impl Registry {
         }
         v.stopped = false;
         v.last_seq = report.seq;
-        if *v.url != *report.url {
+        if *v.url != *report.url
+            || !v
+                .urls
+                .same_as(&report.url, report.other_urls.iter().map(String::as_str))
+        {
             v.url = report.url.as_str().into();
+            v.urls = urls_of(report);
+            v.reach = v.urls.reach();
         }
         let held = v.generations.entry(repo_name);
         held.generation = report.generation;
@@ -878,6 +915,7 @@ impl Registry {
             self.check_interned(v, Some(repo), Some(path), needed, latest, now)
                 .is_ok()
                 && (!v.private || v.place.admits(customer))
+                && reachable(v, customer)
         };
         if n <= all_up_to.max(k) {
             out.extend((0..n).filter(|&i| eligible(i)));
@@ -1048,6 +1086,7 @@ pub(crate) mod tests {
             part: String::new(),
             nets: String::new(),
             private: false,
+            other_urls: Vec::new(),
         }
     }
 

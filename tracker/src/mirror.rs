@@ -26,6 +26,9 @@ pub const MAX_PART_LEN: usize = 2048;
 /// Longest list of netblocks a volunteer may declare (`ms_nets`, bytes): a campus's or a
 /// company's few networks, not a routing table.
 pub const MAX_NETS_LEN: usize = 1024;
+/// Most URLs a volunteer may give beside its own (`ms_urls`): an `https://` one, one over
+/// IPv6, one of each.
+pub const MAX_OTHER_URLS: usize = 3;
 /// Separator that introduces the signature; always the last parameter.
 const SIG_PARAM: &str = "&ms_sig=";
 
@@ -75,6 +78,10 @@ pub struct MirrorReport {
     /// It serves only customers inside `nets` (optional `ms_priv=1`): a campus or company
     /// mirror.
     pub private: bool,
+    /// The same files at other URLs (optional `ms_urls`, space-separated, at most
+    /// [`MAX_OTHER_URLS`]): an `https://` URL beside an `http://` one, an IPv6 one beside an
+    /// IPv4 one. Each is checked as `ms_url` is.
+    pub other_urls: Vec<String>,
 }
 
 /// Why a mirror report or its signature framing was rejected.
@@ -96,17 +103,19 @@ pub enum MirrorError {
     InvalidPart,
     #[error("ms_nets must be at most {MAX_NETS_LEN} bytes of netblocks separated by commas")]
     InvalidNets,
+    #[error("ms_urls {0}")]
+    InvalidOtherUrls(&'static str),
     #[error("missing ms_sig (it must be the last parameter)")]
     MissingSignature,
     #[error("ms_sig must be 64 lowercase hex characters")]
     MalformedSignature,
 }
 
-/// The report's parameter names, in [`MirrorReport`] field order. The last six are optional
-/// (older volunteers do not send them).
-const FIELDS: [&str; 14] = [
+/// The report's parameter names, in [`MirrorReport`] field order. The last seven are
+/// optional (older volunteers do not send them).
+const FIELDS: [&str; 15] = [
     "ms_vid", "ms_seq", "ms_gen", "ms_cc", "ms_sc", "ms_up", "ms_cap", "ms_url", "ms_sbps",
-    "ms_link", "ms_pause", "ms_part", "ms_nets", "ms_priv",
+    "ms_link", "ms_pause", "ms_part", "ms_nets", "ms_priv", "ms_urls",
 ];
 
 /// Reads the mirror report from an announce's extra parameters.
@@ -117,7 +126,7 @@ const FIELDS: [&str; 14] = [
 pub fn parse_mirror_report(
     extra: &[(String, Vec<u8>)],
 ) -> Result<Option<MirrorReport>, MirrorError> {
-    let mut values: [Option<&[u8]>; 14] = [None; 14];
+    let mut values: [Option<&[u8]>; 15] = [None; 15];
     for (name, value) in extra {
         let Some((field, slot)) = FIELDS
             .iter()
@@ -131,7 +140,7 @@ pub fn parse_mirror_report(
         }
         *slot = Some(value);
     }
-    let [vid, seq, generation, cc, sc, up, cap, url, sbps, link, pause, part, nets, private] =
+    let [vid, seq, generation, cc, sc, up, cap, url, sbps, link, pause, part, nets, private, urls] =
         values;
     let Some(vid) = vid else {
         return Ok(None);
@@ -148,6 +157,10 @@ pub fn parse_mirror_report(
         return Err(MirrorError::ZeroCapacity);
     }
     let url = parse_url(url.ok_or(MirrorError::Missing("ms_url"))?)?;
+    let other_urls = match urls {
+        None => Vec::new(),
+        Some(raw) => parse_other_urls(raw)?,
+    };
     let sync_bps = sbps.map_or(Ok(0), |v| number(Some(v), "ms_sbps"))?;
     let link_bps = link.map_or(Ok(0), |v| number(Some(v), "ms_link"))?;
     let paused = flag(pause, "ms_pause")?;
@@ -187,7 +200,27 @@ pub fn parse_mirror_report(
         part,
         nets,
         private,
+        other_urls,
     }))
+}
+
+/// `ms_urls`: at most [`MAX_OTHER_URLS`] URLs separated by single spaces, each as `ms_url`.
+fn parse_other_urls(raw: &[u8]) -> Result<Vec<String>, MirrorError> {
+    if raw.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for one in raw.split(|&b| b == b' ') {
+        if out.len() == MAX_OTHER_URLS {
+            return Err(MirrorError::InvalidOtherUrls("lists more than 3 URLs"));
+        }
+        let url = parse_url(one).map_err(|e| match e {
+            MirrorError::InvalidUrl(why) => MirrorError::InvalidOtherUrls(why),
+            other => other,
+        })?;
+        out.push(url);
+    }
+    Ok(out)
 }
 
 /// An optional `0`/`1` parameter.
@@ -334,7 +367,15 @@ pub fn build_mirror_query(
         u8::from(report.paused),
         part_param(&report.part),
         place_params(report),
-    )
+    ) + &urls_param(&report.other_urls)
+}
+
+/// `&ms_urls=…` for a volunteer with URLs beside its own, nothing for one without.
+fn urls_param(urls: &[String]) -> String {
+    if urls.is_empty() {
+        return String::new();
+    }
+    format!("&ms_urls={}", percent_encode(urls.join(" ").as_bytes()))
 }
 
 /// `&ms_nets=…` and `&ms_priv=1` for a volunteer that declared where it is, nothing for one
@@ -394,6 +435,7 @@ mod tests {
             part: String::new(),
             nets: String::new(),
             private: false,
+            other_urls: Vec::new(),
         }
     }
 
@@ -670,8 +712,39 @@ mod tests {
                 part: String::new(),
                 nets: String::new(),
                 private: false,
+                other_urls: Vec::new(),
             }))
         );
+    }
+
+    #[test]
+    fn other_urls_go_signed_and_each_is_checked() {
+        let mut r = report();
+        r.other_urls = vec![
+            "https://mirror.example.org:8443/debian".to_string(),
+            "http://[2001:db8::1]:8081/".to_string(),
+        ];
+        let q = build_mirror_query("debian", PEER, 8080, &r);
+        assert!(q.contains("&ms_urls=https%3A%2F%2F"), "{q}");
+        let req = parse_announce(&sign_query(SECRET, &q)).unwrap();
+        assert_eq!(parse_mirror_report(&req.extra), Ok(Some(r)));
+        for (bad, why) in [
+            ("ftp://h", "ms_urls must start with http:// or https://"),
+            ("http://a http://", "ms_urls must name a host"),
+            (
+                "http://a  http://b",
+                "ms_urls must start with http:// or https://",
+            ),
+            (
+                "http://a http://b http://c http://d",
+                "ms_urls lists more than 3 URLs",
+            ),
+        ] {
+            let mut pairs = full();
+            pairs.push(("ms_urls", bad));
+            let err = parse_mirror_report(&extra(&pairs)).unwrap_err();
+            assert_eq!(err.to_string(), why, "{bad}");
+        }
     }
 
     #[test]

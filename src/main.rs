@@ -215,6 +215,8 @@ struct ProxyArgs {
     /// Where to listen for customers' requests [default: 127.0.0.1:3142].
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    tls: role_args::TlsArgs,
     /// The mirrorswarm server's URL (the only host this proxy fetches for).
     #[arg(long)]
     server: Option<String>,
@@ -456,6 +458,7 @@ async fn proxy_cmd(a: ProxyArgs) -> Result<()> {
     file.cache_dir = a.cache_dir.or(file.cache_dir);
     file.cache_bytes = a.cache_bytes.unwrap_or(file.cache_bytes);
     file.stall_secs = a.stall_secs.unwrap_or(file.stall_secs);
+    a.tls.apply(&mut file.tls);
     let server = file.validate()?.to_string();
     let cache_dir = match file.cache_dir {
         Some(d) => d,
@@ -468,6 +471,7 @@ async fn proxy_cmd(a: ProxyArgs) -> Result<()> {
     let mut cfg = proxy::ProxyConfig::new(file.listen, &server, cache_dir);
     cfg.cache_bytes = file.cache_bytes;
     cfg.stall = std::time::Duration::from_secs(file.stall_secs);
+    cfg.tls = file.tls.listen.zip(file.tls.files());
     proxy::run(cfg, shutdown_signal()).await
 }
 

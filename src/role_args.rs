@@ -8,6 +8,43 @@ use anyhow::{bail, Result};
 use clap::Args;
 use config::{ServerConfig, VolunteerConfig};
 
+/// HTTPS beside plain HTTP: the flags of `[tls]`, shared by the server, the volunteer and
+/// the proxy.
+#[derive(Args)]
+pub struct TlsArgs {
+    /// Address to serve HTTPS on as well, e.g. [::]:8443 (needs --tls-cert and --tls-key).
+    #[arg(long)]
+    pub listen_tls: Option<std::net::SocketAddr>,
+    /// PEM certificate chain, the leaf first (certbot's fullchain.pem); read again on SIGHUP
+    /// and when the file changes.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the certificate (certbot's privkey.pem).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// The https:// URL it is reached at [default: https://<listen-tls>].
+    #[arg(long)]
+    pub public_tls_url: Option<String>,
+}
+
+impl TlsArgs {
+    /// Put the flags given over the file's `[tls]`.
+    pub fn apply(self, tls: &mut config::TlsConfig) {
+        if let Some(v) = self.listen_tls {
+            tls.listen = Some(v);
+        }
+        if let Some(v) = self.tls_cert {
+            tls.cert = Some(v);
+        }
+        if let Some(v) = self.tls_key {
+            tls.key = Some(v);
+        }
+        if let Some(v) = self.public_tls_url {
+            tls.public_url = Some(v);
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct ServerArgs {
     /// TOML config file; flags override its keys.
@@ -25,6 +62,8 @@ pub struct ServerArgs {
     /// URL customers and volunteers reach this server at [default: http://<listen>].
     #[arg(long)]
     pub public_url: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Database: sqlite://PATH or postgres://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE; servers
     /// sharing one PostgreSQL database are replicas of one mirror [default: SQLite in the data
     /// directory]. MIRRORSWARM_DATABASE also sets it (keeps a password off the command line).
@@ -100,6 +139,13 @@ pub struct VolunteerArgs {
     /// URL customers are redirected to [default: http://<listen>].
     #[arg(long)]
     pub public_url: Option<String>,
+    /// Another URL serving the same files, e.g. http://[2001:db8::7]:8081 beside an IPv4
+    /// one (repeatable; at most 3 with the HTTPS one): customers go to the one of their
+    /// address family and scheme.
+    #[arg(long = "other-url")]
+    pub other_urls: Vec<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Data directory: credential and verification cache [default: ./mirrorswarm-volunteer].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -166,6 +212,7 @@ pub fn server_config(a: ServerArgs) -> Result<ServerConfig> {
     if let Some(v) = a.public_url {
         cfg.public_url = Some(v);
     }
+    a.tls.apply(&mut cfg.tls);
     if let Some(v) = a.database {
         cfg.database = Some(v);
     }
@@ -242,6 +289,8 @@ pub fn volunteer_config(a: VolunteerArgs) -> Result<VolunteerConfig> {
     if let Some(v) = a.public_url {
         cfg.public_url = Some(v);
     }
+    cfg.other_urls.extend(a.other_urls);
+    a.tls.apply(&mut cfg.tls);
     if let Some(v) = a.data_dir {
         cfg.data_dir = v;
     }

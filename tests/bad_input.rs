@@ -113,6 +113,7 @@ async fn malformed_oversized_forged_and_replayed_announces_are_refused() {
         part: String::new(),
         nets: String::new(),
         private: false,
+        other_urls: Vec::new(),
     };
     let unsigned = build_mirror_query("debian", *b"-MS0100-aaaaaaaaaaaa", 9, &report(1, 1));
     // Unsigned, forged with another key, tampered after signing.

@@ -300,6 +300,7 @@ async fn a_flood_from_one_host_does_not_stop_real_clients_on_others() {
                 part: String::new(),
                 nets: String::new(),
                 private: false,
+                other_urls: Vec::new(),
             };
             let q = tracker::mirror::sign_query(
                 b"not a secret the server issued",

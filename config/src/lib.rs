@@ -57,6 +57,101 @@ pub const POLICY_NAMES: &[&str] = &[
     "request-counting",
 ];
 
+/// An HTTPS listener beside the plain one (`[tls]`), for the server, a volunteer or the proxy.
+/// Certificates come from files (certbot's `fullchain.pem` and `privkey.pem`, or any ACME
+/// client's), read again on SIGHUP and when they change.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Address to listen on for HTTPS (`--listen-tls`), e.g. `[::]:8443`. Default: none.
+    pub listen: Option<SocketAddr>,
+    /// PEM certificate chain, the leaf first (`--tls-cert`).
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the leaf, PKCS#8, PKCS#1 or SEC1 (`--tls-key`).
+    pub key: Option<PathBuf>,
+    /// The `https://` URL customers reach it at. Default `https://<listen>`.
+    pub public_url: Option<String>,
+}
+
+impl TlsConfig {
+    /// Listener, certificate and key go together; the URL must be `https://`. (Whether the
+    /// files hold a usable certificate is checked when they are read, at start.)
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match (&self.listen, &self.cert, &self.key) {
+            (None, None, None) => {}
+            (Some(_), Some(_), Some(_)) => {}
+            (None, _, _) => return Err(invalid(
+                "tls.listen",
+                "a certificate and key are given but no address to serve HTTPS on (--listen-tls)",
+            )),
+            (Some(_), None, _) => {
+                return Err(invalid(
+                    "tls.cert",
+                    "HTTPS needs a certificate chain file (--tls-cert)",
+                ))
+            }
+            (Some(_), Some(_), None) => {
+                return Err(invalid(
+                    "tls.key",
+                    "HTTPS needs a private key file (--tls-key)",
+                ))
+            }
+        }
+        if let Some(url) = &self.public_url {
+            if self.listen.is_none() {
+                return Err(invalid(
+                    "tls.public_url",
+                    "given without an HTTPS listener (tls.listen)",
+                ));
+            }
+            validate_http_url(url).map_err(|r| invalid("tls.public_url", r))?;
+            if !url.starts_with("https://") {
+                return Err(invalid(
+                    "tls.public_url",
+                    format!("`{url}` must start with https://"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The certificate and key files, when HTTPS is on.
+    pub fn files(&self) -> Option<(PathBuf, PathBuf)> {
+        match (&self.listen, &self.cert, &self.key) {
+            (Some(_), Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            _ => None,
+        }
+    }
+
+    /// The names its certificate must cover: the host of the `public_url` given (none
+    /// where it is derived from the listening address).
+    pub fn names(&self) -> Vec<String> {
+        let Some(url) = &self.public_url else {
+            return Vec::new();
+        };
+        let rest = url.strip_prefix("https://").unwrap_or(url);
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+        };
+        if host.is_empty() {
+            Vec::new()
+        } else {
+            vec![host.to_string()]
+        }
+    }
+
+    /// The `https://` URL it is reached at, when HTTPS is on.
+    pub fn public_url(&self) -> Option<String> {
+        let listen = self.listen?;
+        Some(match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("https://{listen}"),
+        })
+    }
+}
+
 /// Central server configuration (`mirrorswarm server`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -72,6 +167,9 @@ pub struct ServerConfig {
     pub database: Option<String>,
     /// The URL customers and volunteers use to reach this server. Default `http://<listen>`.
     pub public_url: Option<String>,
+    /// HTTPS beside plain HTTP (`[tls]`): customers that come over it are sent only to
+    /// `https://` URLs, the origin's among them.
+    pub tls: TlsConfig,
     /// Repositories to publish: name → directory.
     pub repos: BTreeMap<String, PathBuf>,
     pub tracker: TrackerConfig,
@@ -478,6 +576,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("mirrorswarm-data"),
             database: None,
             public_url: None,
+            tls: TlsConfig::default(),
             repos: BTreeMap::new(),
             tracker: TrackerConfig::default(),
             redirect: RedirectConfig::default(),
@@ -693,6 +792,7 @@ impl ServerConfig {
         if let Some(url) = &self.public_url {
             validate_http_url(url).map_err(|r| invalid("public_url", r))?;
         }
+        self.tls.validate()?;
         if let Some(url) = &self.database {
             let known = ["sqlite://", "postgres://", "postgresql://"];
             if !known.iter().any(|k| url.starts_with(k)) {
@@ -825,6 +925,8 @@ pub struct ProxyConfig {
     pub server: Option<String>,
     /// Where customers' apt, dnf, wget or curl reach it. Default `127.0.0.1:3142`.
     pub listen: SocketAddr,
+    /// HTTPS beside plain HTTP (`[tls]`; `public_url` is not used).
+    pub tls: TlsConfig,
     /// Where verified files are kept. Default `$XDG_CACHE_HOME/mirrorswarm-proxy`, else
     /// `~/.cache/mirrorswarm-proxy`.
     pub cache_dir: Option<PathBuf>,
@@ -840,6 +942,7 @@ impl Default for ProxyConfig {
         ProxyConfig {
             server: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 3142)),
+            tls: TlsConfig::default(),
             cache_dir: None,
             cache_bytes: 1 << 30,
             stall_secs: 30,
@@ -855,6 +958,7 @@ impl ProxyConfig {
             .as_deref()
             .ok_or_else(|| invalid("server", "the server's URL is required (or --server)"))?;
         validate_http_url(server).map_err(|e| invalid("server", e))?;
+        self.tls.validate()?;
         if self.cache_bytes == 0 {
             return Err(invalid("cache_bytes", "must be at least 1"));
         }
@@ -882,6 +986,13 @@ pub struct VolunteerConfig {
     pub listen: SocketAddr,
     /// The URL customers are redirected to. Default `http://<listen>`.
     pub public_url: Option<String>,
+    /// HTTPS beside plain HTTP (`[tls]`): its `https://` URL is announced beside
+    /// `public_url`, and customers that came to the server over HTTPS are sent to it.
+    pub tls: TlsConfig,
+    /// Other URLs the same files are served at (`--other-url`), e.g. an IPv6 address's beside
+    /// an IPv4 one: `other_urls = ["http://[2001:db8::7]:8081"]`. A customer is sent to the
+    /// one of its address family and scheme. At most 3 with the `tls` one. Default: none.
+    pub other_urls: Vec<String>,
     /// Where the volunteer keeps its credential and verification cache. Default `./mirrorswarm-volunteer`.
     pub data_dir: PathBuf,
     /// Mirrored repositories: name → directory holding its copy.
@@ -939,6 +1050,8 @@ impl Default for VolunteerConfig {
             token: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             public_url: None,
+            tls: TlsConfig::default(),
+            other_urls: Vec::new(),
             data_dir: PathBuf::from("mirrorswarm-volunteer"),
             mirrors: BTreeMap::new(),
             parts: BTreeMap::new(),
@@ -957,6 +1070,9 @@ impl Default for VolunteerConfig {
         }
     }
 }
+
+/// URLs a volunteer may announce beside its `public_url` (the tracker's bound).
+pub const MAX_OTHER_URLS: usize = 3;
 
 /// Netblocks a volunteer may declare at most: a campus's or a company's networks (they go
 /// with every announce).
@@ -988,9 +1104,31 @@ impl VolunteerConfig {
         Ok(out.join(","))
     }
 
+    /// The URLs announced beside `public_url`: the HTTPS one, then `other_urls`.
+    pub fn other_public_urls(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.tls.public_url().into_iter().collect();
+        for u in &self.other_urls {
+            let u = u.trim_end_matches('/').to_string();
+            if !out.contains(&u) && u != self.public_url() {
+                out.push(u);
+            }
+        }
+        out
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.limits.validate()?;
         self.netblocks_text()?;
+        self.tls.validate()?;
+        for (i, u) in self.other_urls.iter().enumerate() {
+            validate_http_url(u).map_err(|r| invalid(format!("other_urls[{i}]"), r))?;
+        }
+        if self.other_public_urls().len() > MAX_OTHER_URLS {
+            return Err(invalid(
+                "other_urls",
+                format!("at most {MAX_OTHER_URLS} URLs beside public_url, the HTTPS one counted"),
+            ));
+        }
         for (i, w) in self.upload_windows.iter().enumerate() {
             for (k, v) in [("from", &w.from), ("to", &w.to)] {
                 if parse_hhmm(v).is_none() {

@@ -39,6 +39,7 @@ impl Member {
             part: String::new(),
             nets: String::new(),
             private: false,
+            other_urls: Vec::new(),
         };
         let mut peer_id = [b'-'; 20];
         peer_id[..8].copy_from_slice(b"-MSBNCH-");

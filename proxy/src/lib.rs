@@ -43,6 +43,8 @@ pub struct ProxyConfig {
     pub stall: Duration,
     /// Largest file accepted when the server does not say a size.
     pub max_file_bytes: u64,
+    /// HTTPS beside plain HTTP: where, and the certificate and key files.
+    pub tls: Option<(SocketAddr, (PathBuf, PathBuf))>,
 }
 
 impl ProxyConfig {
@@ -54,6 +56,7 @@ impl ProxyConfig {
             cache_bytes: 1 << 30,
             stall: Duration::from_secs(30),
             max_file_bytes: 64 << 30,
+            tls: None,
         }
     }
 }
@@ -117,13 +120,25 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let listen = cfg.listen;
+    let tls = match cfg.tls.clone() {
+        Some((addr, (cert, key))) => {
+            let files = fileserve::tls::TlsFiles { cert, key };
+            let (l, certs) = fileserve::listen::bind_tls(addr, files, Vec::new())?;
+            tracing::info!(listen = %l.local_addr()?, certificate = %certs.describe(), "serving HTTPS");
+            Some((l, certs))
+        }
+        None => None,
+    };
     let proxy = Arc::new(Proxy::new(cfg)?);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener =
+        fileserve::listen::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(listen = %listener.local_addr()?, server = %proxy.cfg.server, cache = %proxy.cfg.cache_dir.display(), "verifying proxy ready");
-    axum::serve(listener, router(proxy))
-        .with_graceful_shutdown(shutdown)
+    // No fast path: every request is the proxy's router's, on this runtime (its client's).
+    let limits = fileserve::listen::Limits {
+        on_caller_runtime: true,
+        ..Default::default()
+    };
+    fileserve::listen::serve_both(listener, tls, router(proxy), None, limits, shutdown)
         .await
         .context("proxy failed")?;
     Ok(())

@@ -43,6 +43,9 @@ pub struct ServerInfo {
     /// customer back here (`/.origin/…`).
     #[serde(default)]
     pub public_url: String,
+    /// Where customers reach it over HTTPS, if it serves HTTPS.
+    #[serde(default)]
+    pub public_tls_url: Option<String>,
 }
 
 pub async fn info(State(st): State<Arc<AppState>>) -> Json<ServerInfo> {
@@ -53,6 +56,7 @@ pub async fn info(State(st): State<Arc<AppState>>) -> Json<ServerInfo> {
         interval_secs: st.config.tracker.interval_secs,
         repos: st.latest_generations(),
         public_url: st.public_url.clone(),
+        public_tls_url: st.public_tls_url.clone(),
     })
 }
 

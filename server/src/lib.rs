@@ -402,6 +402,7 @@ pub async fn build_state(
     let st = Arc::new(AppState {
         background: tokio::runtime::Handle::current(),
         public_url: cfg.public_url(),
+        public_tls_url: cfg.tls.public_url(),
         publisher: Publisher::new(
             cfg.data_dir.clone(),
             key.clone(),
@@ -604,14 +605,40 @@ pub async fn run_with_policy(
         ),
         e => anyhow!(e),
     })?;
-    let st = build_state(cfg, policy).await?;
     let listener =
         fileserve::listen::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
+    // HTTPS: the certificate is checked (and the port taken) before anything starts.
+    let mut cfg = cfg;
+    let tls = match (cfg.tls.listen, cfg.tls.files()) {
+        (Some(addr), Some((cert, key))) => {
+            let (l, certs) = fileserve::listen::bind_tls(
+                addr,
+                fileserve::tls::TlsFiles { cert, key },
+                cfg.tls.names(),
+            )?;
+            let at = l.local_addr()?;
+            cfg.tls
+                .public_url
+                .get_or_insert_with(|| format!("https://{at}"));
+            tracing::info!(listen = %at, certificate = %certs.describe(), "serving HTTPS");
+            Some((l, certs))
+        }
+        _ => None,
+    };
+    let tls_local = tls.as_ref().and_then(|(l, _)| l.local_addr().ok());
+    let st = build_state(cfg, policy).await?;
     if st.config.prsync.seed {
         start_seed(&st, local).await;
     }
-    let info = serde_json::json!({ "listen": local.to_string(), "url": format!("http://{local}"), "public_url": st.public_url, "pid": std::process::id() });
+    let info = serde_json::json!({
+        "listen": local.to_string(),
+        "url": format!("http://{local}"),
+        "tls_url": tls_local.map(|a| format!("https://{a}")),
+        "public_url": st.public_url,
+        "public_tls_url": st.public_tls_url,
+        "pid": std::process::id(),
+    });
     publish::write_atomic(&data.server_json(), info.to_string().as_bytes())?;
     tracing::info!(listen = %local, public_url = %st.public_url, repos = ?st.latest_generations(), policy = st.balancer.policy().name(), "server ready");
 
@@ -640,7 +667,7 @@ pub async fn run_with_policy(
         ..Default::default()
     };
     let fast: Arc<dyn fileserve::fast::FastPath> = Arc::new(FastRoutes(st.clone()));
-    fileserve::listen::serve(listener, router(st), Some(fast), limits, shutdown)
+    fileserve::listen::serve_both(listener, tls, router(st), Some(fast), limits, shutdown)
         .await
         .context("server failed")?;
     tracing::info!("server stopped");

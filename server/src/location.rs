@@ -60,22 +60,34 @@ impl Location {
     pub fn customer<'a>(
         &self,
         peer: IpAddr,
+        secure: bool,
         forwarded: impl Iterator<Item = &'a [u8]>,
         xff: impl Iterator<Item = &'a [u8]>,
     ) -> Customer {
-        let addr = if self.trusted.is_empty() {
+        self.customer_at(self.client_addr(peer, forwarded, xff), secure)
+    }
+
+    /// The address of the client behind a connection from `peer`: the peer, or behind
+    /// trusted proxies the first untrusted hop their headers name.
+    pub fn client_addr<'a>(
+        &self,
+        peer: IpAddr,
+        forwarded: impl Iterator<Item = &'a [u8]>,
+        xff: impl Iterator<Item = &'a [u8]>,
+    ) -> IpAddr {
+        if self.trusted.is_empty() {
             peer.to_canonical()
         } else {
             locate::client::customer_addr(peer.to_canonical(), &self.trusted, forwarded, xff)
-        };
-        self.customer_at(addr)
+        }
     }
 
-    /// A customer at `addr`, as the admin names it (`?ip=`).
-    pub fn customer_at(&self, addr: IpAddr) -> Customer {
+    /// A customer at `addr`, as the admin names it (`?ip=`); `secure`: it came over HTTPS.
+    pub fn customer_at(&self, addr: IpAddr, secure: bool) -> Customer {
         Customer {
             addr,
             place: self.place(addr),
+            reach: balance::Reach::customer(secure, addr),
         }
     }
 

@@ -339,6 +339,7 @@ mod tests {
             part: String::new(),
             nets: String::new(),
             private: false,
+            other_urls: Vec::new(),
         };
         reg.report("debian", &report, false, Instant::now())
             .unwrap();

@@ -64,7 +64,11 @@ pub fn answer(
                     format!("ip={ip} is not an IPv4 or IPv6 address\n"),
                 );
             };
-            (st.location.customer_at(addr.to_canonical()), "ip parameter")
+            let secure = customer.reach.secure_only();
+            (
+                st.location.customer_at(addr.to_canonical(), secure),
+                "ip parameter",
+            )
         }
     };
     let seen = st

@@ -275,6 +275,7 @@ impl<S: std::ops::Deref<Target = RepoSnapshot>> FileRequest<'_, S> {
         st.counters.redirected_bytes.add(bytes);
         Some(Redirect::new(
             st,
+            st.base_for(customer.reach),
             encoded,
             chosen,
             &self.entry,
@@ -293,8 +294,13 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
         .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.0.ip());
+    let secure = parts
+        .extensions
+        .get::<fileserve::listen::Secure>()
+        .is_some();
     let customer = st.location.customer(
         peer,
+        secure,
         headers.get_all("forwarded").iter().map(|v| v.as_bytes()),
         headers
             .get_all("x-forwarded-for")
@@ -327,7 +333,10 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
             facts: path_facts(&file.snap, file.rel, &file.entry),
             size: file.entry.size,
             generation: file.snap.generation(),
-            origin: origin_url(&st.public_url, &encoded_repo_path(file.repo, file.rel)),
+            origin: origin_url(
+                st.base_for(customer.reach),
+                &encoded_repo_path(file.repo, file.rel),
+            ),
             origin_sends_it: file.entry.size <= st.config.redirect.direct_max_bytes,
         };
         return mirrorlist::answer(
@@ -367,7 +376,7 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
                 u
             })
             .collect();
-        urls.push(origin_url(&st.public_url, &encoded));
+        urls.push(origin_url(st.base_for(customer.reach), &encoded));
         let name = file.rel.rsplit('/').next().unwrap_or(file.rel);
         let doc = metalink::render(name, entry, &urls);
         st.counters.count(Outcome::Metalink);
@@ -555,6 +564,7 @@ pub fn fast_customer(
             let bytes = body_bytes(head, |name| req.header(name), &file.entry);
             let customer = st.location.customer(
                 req.peer.ip(),
+                req.secure,
                 req.all("forwarded"),
                 req.all("x-forwarded-for"),
             );
@@ -631,15 +641,17 @@ struct Redirect<'a> {
 }
 
 impl<'a> Redirect<'a> {
+    /// `public_url`: where the customer reaches this server (over HTTPS if it came so).
     fn new(
         st: &'a AppState,
+        public_url: &'a str,
         encoded: &'a str,
         chosen: &'a Chosen,
         entry: &Entry,
         with_metalink: bool,
     ) -> Self {
         Redirect {
-            public_url: &st.public_url,
+            public_url,
             encoded,
             chosen,
             max_alt: st.config.redirect.alternatives,

@@ -18,6 +18,9 @@ pub struct AppState {
     /// The runtime the server started on, for work that must not run on a serving thread's.
     pub background: tokio::runtime::Handle,
     pub public_url: String,
+    /// The `https://` URL customers reach it at, when it serves HTTPS: the origin's URL for a
+    /// customer that came over HTTPS.
+    pub public_tls_url: Option<String>,
     pub key: Arc<ServerKey>,
     pub store: Store,
     pub publisher: Publisher,
@@ -85,6 +88,15 @@ impl crate::spotcheck::Source for AppState {
 }
 
 impl AppState {
+    /// Where a customer who can follow `reach` reaches this server: over HTTPS if it came
+    /// that way (and the server serves HTTPS), else the public URL.
+    pub fn base_for(&self, reach: balance::Reach) -> &str {
+        match &self.public_tls_url {
+            Some(tls) if reach.secure_only() => tls,
+            _ => &self.public_url,
+        }
+    }
+
     /// The generation of `name` customers are sent to.
     pub fn repo(&self, name: &str) -> Option<Arc<RepoSnapshot>> {
         self.repos.get(name)

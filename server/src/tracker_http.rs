@@ -36,17 +36,14 @@ pub async fn announce(
     RawQuery(query): RawQuery,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    let from = st
-        .location
-        .customer(
-            peer.ip(),
-            headers.get_all("forwarded").iter().map(|v| v.as_bytes()),
-            headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .map(|v| v.as_bytes()),
-        )
-        .addr;
+    let from = st.location.client_addr(
+        peer.ip(),
+        headers.get_all("forwarded").iter().map(|v| v.as_bytes()),
+        headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.as_bytes()),
+    );
     bencoded(announce_body(
         &st,
         (peer, from),
@@ -60,14 +57,11 @@ pub fn fast_announce(
     req: &fileserve::fast::Request<'_>,
     reply: &mut fileserve::fast::Reply<'_>,
 ) -> fileserve::fast::Answer {
-    let from = st
-        .location
-        .customer(
-            req.peer.ip(),
-            req.all("forwarded"),
-            req.all("x-forwarded-for"),
-        )
-        .addr;
+    let from = st.location.client_addr(
+        req.peer.ip(),
+        req.all("forwarded"),
+        req.all("x-forwarded-for"),
+    );
     let body = announce_body(st, (req.peer, from), req.query().unwrap_or_default());
     reply.status(200, "OK");
     reply.header("content-type", b"text/plain");

@@ -40,6 +40,9 @@ pub struct ServerInfo {
     /// Where customers reach the server (empty from an older server).
     #[serde(default)]
     pub public_url: String,
+    /// Where customers reach it over HTTPS, if it serves HTTPS.
+    #[serde(default)]
+    pub public_tls_url: Option<String>,
 }
 
 /// What an announce told us.

@@ -106,6 +106,8 @@ pub struct VolunteerState {
     pub bounces: serve::Bounces,
     /// The server's URL as customers reach it (its `public_url`): where bounces go.
     pub origin_base: String,
+    /// Its `https://` URL, if it serves HTTPS: where customers that came over HTTPS bounce.
+    pub origin_tls_base: Option<String>,
     /// Successful GETs served (for the status page and tests).
     pub served: AtomicU64,
     pub rescan_now: Notify,
@@ -264,6 +266,7 @@ impl VolunteerState {
             // Checked when the configuration was read.
             nets: self.config.netblocks_text().unwrap_or_default(),
             private: self.config.private,
+            other_urls: self.config.other_public_urls(),
         }
     }
 
@@ -589,6 +592,24 @@ pub async fn run_with_companion(
     // volunteer that never announces.
     let listener = fileserve::listen::bind(cfg.listen)
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    // HTTPS likewise, its certificate checked first.
+    let mut cfg = cfg;
+    let tls = match (cfg.tls.listen, cfg.tls.files()) {
+        (Some(addr), Some((cert, key))) => {
+            let (l, certs) = fileserve::listen::bind_tls(
+                addr,
+                fileserve::tls::TlsFiles { cert, key },
+                cfg.tls.names(),
+            )?;
+            let at = l.local_addr()?;
+            cfg.tls
+                .public_url
+                .get_or_insert_with(|| format!("https://{at}"));
+            tracing::info!(listen = %at, certificate = %certs.describe(), "serving HTTPS");
+            Some((l, certs))
+        }
+        _ => None,
+    };
     let credential = obtain_credential(&cfg, &client).await?;
     let configured: Vec<String> = std::iter::once(server.clone())
         .chain(cfg.replicas.iter().cloned())
@@ -596,6 +617,7 @@ pub async fn run_with_companion(
     let servers = servers::Servers::new(configured, &credential.servers)?;
     let server_key = manifest::signing::parse_public_key(&credential.public_key)?;
     let mut origin_base = client.base().to_string();
+    let mut origin_tls_base = None;
     match client.info().await {
         Ok(info) if info.public_key != credential.public_key => {
             bail!("the server at {server} presents a different signing key than the one enrolled with; refusing to trust it")
@@ -615,6 +637,9 @@ pub async fn run_with_companion(
             if !info.public_url.is_empty() {
                 origin_base = info.public_url.trim_end_matches('/').to_string();
             }
+            origin_tls_base = info
+                .public_tls_url
+                .map(|u| u.trim_end_matches('/').to_string());
         }
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "server unreachable at start; serving what verified before")
@@ -701,6 +726,7 @@ pub async fn run_with_companion(
         uploaded: AtomicU64::new(0),
         bounces: Default::default(),
         origin_base,
+        origin_tls_base,
         served: AtomicU64::new(0),
         rescan_now: Notify::new(),
         announce_now: Notify::new(),
@@ -875,7 +901,7 @@ pub async fn run_with_companion(
         ..Default::default()
     };
     let fast: Arc<dyn fileserve::fast::FastPath> = Arc::new(FastRoutes(st.clone()));
-    fileserve::listen::serve(listener, app, Some(fast), limits, shutdown)
+    fileserve::listen::serve_both(listener, tls, app, Some(fast), limits, shutdown)
         .await
         .context("volunteer server failed")?;
     // No regular announce may follow the `stopped` one and make us look alive again.

@@ -128,10 +128,12 @@ enum Refusal {
         repo: String,
         rel: String,
     },
-    /// A published file this volunteer cannot serve now: back to the origin.
+    /// A published file this volunteer cannot serve now: back to the origin (over HTTPS if
+    /// the customer came so, `secure`).
     Bounced {
         repo: String,
         rel: String,
+        secure: bool,
     },
 }
 
@@ -156,11 +158,15 @@ impl Refusal {
     /// Where a bounced customer goes: the server's origin for the same file (of a server
     /// of the mirror that answered the last announce, when the servers named themselves).
     fn location(&self, st: &VolunteerState) -> Option<String> {
-        let Refusal::Bounced { repo, rel, .. } = self else {
+        let Refusal::Bounced { repo, rel, secure } = self else {
             return None;
         };
         let named = st.servers.answering_named();
-        let base = named.as_deref().unwrap_or(&st.origin_base);
+        let base = match (&st.origin_tls_base, secure) {
+            // Never from https to http: apt refuses it.
+            (Some(tls), true) => tls.as_str(),
+            _ => named.as_deref().unwrap_or(&st.origin_base),
+        };
         let mut to = String::with_capacity(base.len() + rel.len() + 48);
         to.push_str(base);
         to.push_str("/.origin/");
@@ -244,7 +250,7 @@ const TYPE_GIVEN: &str = "";
 /// slot for it: only verified files whose bytes are still those that verified, and only if
 /// the admin has not paused this volunteer and a slot is free. Shared by the router's
 /// handler and the fast path.
-fn grant(st: &VolunteerState, decoded: &str) -> Result<Grant, Refusal> {
+fn grant(st: &VolunteerState, decoded: &str, secure: bool) -> Result<Grant, Refusal> {
     let path = decoded.trim_start_matches('/');
     let (repo, rel) = path.split_once('/').unwrap_or((path, ""));
     let Some(mirror) = st.mirrors.get(repo) else {
@@ -261,6 +267,7 @@ fn grant(st: &VolunteerState, decoded: &str) -> Result<Grant, Refusal> {
         Refusal::Bounced {
             repo: repo.to_string(),
             rel: rel.to_string(),
+            secure,
         }
     };
     let view = mirror.view();
@@ -326,6 +333,7 @@ fn grant(st: &VolunteerState, decoded: &str) -> Result<Grant, Refusal> {
 
 pub async fn customer(
     State(st): State<Arc<VolunteerState>>,
+    secure: Option<axum::Extension<fileserve::listen::Secure>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -334,7 +342,7 @@ pub async fn customer(
         Ok(p) => p,
         Err(resp) => return *resp,
     };
-    let g = match grant(&st, &decoded) {
+    let g = match grant(&st, &decoded, secure.is_some()) {
         Ok(g) => g,
         Err(refusal) => return refusal.into_response(&st),
     };
@@ -375,7 +383,7 @@ pub fn fast_customer(
     let Ok(decoded) = fileserve::decode_url_path_cow(req.path()) else {
         return Answer::Pass;
     };
-    let g = match grant(st, &decoded) {
+    let g = match grant(st, &decoded, req.secure) {
         Ok(g) => g,
         Err(refusal) => {
             refusal.write(st, reply);

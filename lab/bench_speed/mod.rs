@@ -27,7 +27,8 @@ use clap::Args;
 
 #[derive(Args, Clone)]
 pub struct SpeedArgs {
-    /// Which parts to run: redirect, announce, serve, publish; redirect-db (a server on
+    /// Which parts to run: redirect, announce, serve, publish; redirect-tls (HTTPS redirects
+    /// against nginx over TLS, keep-alive and a handshake per request); redirect-db (a server on
     /// PostgreSQL against one on SQLite); scale (several servers on PostgreSQL at the
     /// paper's organisation's size: see `--scale-*`); redirect-ab, announce-ab (with
     /// --ab-binary).
@@ -199,13 +200,14 @@ pub async fn run(a: SpeedArgs) -> Result<()> {
             "redirect-ab",
             "announce-ab",
             "redirect-db",
+            "redirect-tls",
             "scale",
         ]
         .contains(&p.as_str())
         {
             bail!(
                 "unknown part `{p}`: choose from redirect, announce, serve, publish, \
-                 redirect-db, scale (and redirect-ab, announce-ab, with --ab-binary)"
+                 redirect-tls, redirect-db, scale (and redirect-ab, announce-ab, with --ab-binary)"
             );
         }
         if p.ends_with("-ab") && a.ab_binary.is_none() {
@@ -235,6 +237,7 @@ pub async fn run(a: SpeedArgs) -> Result<()> {
             "announce" => parts::announce(&a).await,
             "serve" => parts::serve(&a).await,
             "redirect-ab" => parts::redirect_ab(&a).await,
+            "redirect-tls" => parts::redirect_tls(&a).await,
             "announce-ab" => parts::announce_ab(&a).await,
             "redirect-db" => parts::redirect_db(&a).await,
             "scale" => scale::scale(&a).await,

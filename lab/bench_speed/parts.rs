@@ -417,6 +417,91 @@ pub async fn redirect(a: &SpeedArgs) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// HTTPS redirects against nginx's `return 302` over TLS with the same certificate (ECDSA
+/// P-256), in the redirect part's state with every volunteer also announcing an `https://`
+/// URL: on keep-alive connections, and with a connection (a full handshake) per request; on
+/// one core and on all.
+pub async fn redirect_tls(a: &SpeedArgs) -> Result<Vec<Row>> {
+    let (pool, keep_alive) = redirect_mix(a)?;
+    let new_conns = wrk::random_paths_new_connections_script(&a.work.join("pool-paths.txt"));
+    let cert = super::services::bench_cert(&a.work)?;
+    let mut rows = Vec::new();
+    let tag = "tls";
+    fresh_dir(&a.work.join(format!("server-data-{tag}")))?;
+    let mut members: Option<Vec<population::Member>> = None;
+    for cores in [Cores::One, Cores::All] {
+        let exe = crate::product_binary()?;
+        let srv = super::services::launch(super::services::Launch {
+            exe: &exe,
+            work: &a.work,
+            tag,
+            repos: &[("bench", &pool)],
+            cores,
+            start_limit: Duration::from_secs(1800),
+            database: None,
+            interval_secs: 3600,
+            tls: Some(&cert),
+        })
+        .await?;
+        let tls_url = srv.tls_url.clone().context("the server serves no HTTPS")?;
+        let m = match members.take() {
+            Some(m) => m,
+            None => {
+                let mut m = population::enroll(&srv.url, &srv.data_dir, a.volunteers).await?;
+                population::with_https(&mut m);
+                m
+            }
+        };
+        population::announce_all(&srv.url, "bench", 1, &m).await?;
+        population::check_registered(&srv.url, a.volunteers).await?;
+        members = Some(m);
+        let tls_port = super::procs::free_port()?;
+        // The same protocol and suite as ours negotiates: TLS 1.3 with AES-128-GCM and
+        // SHA-256 (Debian's nginx would otherwise speak TLS 1.2).
+        let body = format!(
+            "    listen 127.0.0.1:{tls_port} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    \
+             ssl_protocols TLSv1.2 TLSv1.3;\n    \
+             ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384;\n    \
+             ssl_conf_command Options ServerPreference;\n    \
+             location / {{ return 302 https://10.0.0.1:8443$request_uri; }}",
+            cert.cert.display(),
+            cert.key.display()
+        );
+        let ng_tag = match cores {
+            Cores::One => "tls-1",
+            Cores::All => "tls-all",
+        };
+        let ng = start_nginx(&a.work, ng_tag, cores, &body).await?;
+        let ng_tls = format!("https://127.0.0.1:{tls_port}");
+        for (script, case, goal) in [
+            (&keep_alive, "keep-alive", 1.0),
+            (&new_conns, "a new TLS connection per request", 0.9),
+        ] {
+            let c = side_by_side(
+                a,
+                ours(&tls_url, srv.proc.pid(), "mirrorswarm HTTPS redirects"),
+                ours(&ng_tls, ng.proc.pid(), "nginx HTTPS return 302"),
+                script,
+                a.connections,
+                cores,
+            )?;
+            rows.push(Row {
+                part: "redirect-tls",
+                case: format!("{}, {} connections, {case}", cores.label(), a.connections),
+                unit: "requests/s",
+                ours: c.ours.per_sec(),
+                reference_name: "nginx",
+                reference: Some(c.theirs.per_sec()),
+                goal: Goal::RatioAtLeast(goal),
+                detail: c.detail("nginx"),
+            });
+        }
+        drop(ng);
+        drop(srv);
+    }
+    Ok(rows)
+}
+
 /// The build `--ab-binary` names, checked to be a file.
 fn other_build(a: &SpeedArgs) -> Result<&Path> {
     let other = a

@@ -14,6 +14,8 @@ pub struct Member {
     pub id: String,
     pub secret: Vec<u8>,
     pub url: String,
+    /// URLs it announces beside `url` (an `https://` one for the HTTPS redirects).
+    pub other_urls: Vec<String>,
 }
 
 impl Member {
@@ -39,7 +41,7 @@ impl Member {
             part: String::new(),
             nets: String::new(),
             private: false,
-            other_urls: Vec::new(),
+            other_urls: self.other_urls.clone(),
         };
         let mut peer_id = [b'-'; 20];
         peer_id[..8].copy_from_slice(b"-MSBNCH-");
@@ -87,9 +89,20 @@ pub async fn enroll(server_url: &str, data_dir: &Path, n: usize) -> Result<Vec<M
             id: cred.volunteer_id.clone(),
             secret: cred.secret_bytes()?,
             url,
+            other_urls: Vec::new(),
         });
     }
     Ok(out)
+}
+
+/// Give every member an `https://` URL beside its own (the same host, port 8443), as a
+/// volunteer serving HTTPS announces it.
+pub fn with_https(members: &mut [Member]) {
+    for m in members {
+        let host = m.url.trim_start_matches("http://");
+        let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        m.other_urls = vec![format!("https://{host}:8443")];
+    }
 }
 
 /// Every member announces, once, that it holds `generation` of `repo`, is idle, and has a

@@ -84,6 +84,7 @@ pub async fn scale(a: &SpeedArgs) -> Result<Vec<Row>> {
             start_limit: Duration::from_secs(3600),
             database: Some(&database),
             interval_secs: a.scale_interval,
+            tls: None,
         })
         .await?;
         let secs = t.elapsed().as_secs_f64();

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 
 use super::procs::{free_port, require, wait_http, Proc};
 
@@ -48,6 +48,8 @@ impl Cores {
 pub struct OurServer {
     pub proc: Proc,
     pub url: String,
+    /// Its HTTPS URL, if it serves HTTPS.
+    pub tls_url: Option<String>,
     pub data_dir: PathBuf,
 }
 
@@ -85,8 +87,54 @@ pub async fn start_server_from(
         start_limit,
         database,
         interval_secs: 3600,
+        tls: None,
     })
     .await
+}
+
+/// A certificate and key for the HTTPS parts, ECDSA P-256 for 127.0.0.1 (the same files for
+/// our server and nginx), made by the openssl command once per work directory.
+pub struct BenchCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub fn bench_cert(work: &Path) -> Result<BenchCert> {
+    let dir = work.join("tls");
+    std::fs::create_dir_all(&dir)?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    if !cert.is_file() || !key.is_file() {
+        let openssl = require("openssl", "openssl")?;
+        let out = Command::new(openssl)
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "30",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .context("running openssl")?;
+        if !out.status.success() {
+            bail!(
+                "openssl req failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    Ok(BenchCert { cert, key })
 }
 
 /// How [`launch`] starts a server.
@@ -102,6 +150,8 @@ pub struct Launch<'a> {
     pub database: Option<&'a str>,
     /// The announce interval it asks of volunteers (`tracker.interval_secs`).
     pub interval_secs: u64,
+    /// HTTPS beside HTTP, with this certificate (its URL in [`OurServer::tls_url`]).
+    pub tls: Option<&'a BenchCert>,
 }
 
 /// Start a server as [`Launch`] says, with the bench's settings otherwise.
@@ -115,6 +165,7 @@ pub async fn launch(l: Launch<'_>) -> Result<OurServer> {
         start_limit,
         database,
         interval_secs,
+        tls,
     } = l;
     let port = free_port()?;
     let data_dir = work.join(format!("server-data-{tag}"));
@@ -126,6 +177,18 @@ pub async fn launch(l: Launch<'_>) -> Result<OurServer> {
     if let Some(url) = database {
         toml.push_str(&format!("database = \"{url}\"\n"));
     }
+    let tls_port = match tls {
+        Some(c) => {
+            let p = free_port()?;
+            toml.push_str(&format!(
+                "\n[tls]\nlisten = \"127.0.0.1:{p}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                c.cert.display(),
+                c.key.display()
+            ));
+            Some(p)
+        }
+        None => None,
+    };
     toml.push_str("\n[repos]\n");
     for (name, dir) in repos {
         toml.push_str(&format!("{name} = \"{}\"\n", dir.display()));
@@ -155,6 +218,7 @@ pub async fn launch(l: Launch<'_>) -> Result<OurServer> {
     Ok(OurServer {
         proc,
         url,
+        tls_url: tls_port.map(|p| format!("https://127.0.0.1:{p}")),
         data_dir,
     })
 }

@@ -74,12 +74,27 @@ end
 /// shuffled once (fixed seed), so every run hits the same spread. Requests are formatted once
 /// at start: formatting each in Lua capped wrk below nginx's rate.
 pub fn random_paths_script(paths_file: &Path) -> String {
+    paths_script(paths_file, false)
+}
+
+/// [`random_paths_script`] with `Connection: close` on every request: a connection (and, over
+/// TLS, a full handshake) per request.
+pub fn random_paths_new_connections_script(paths_file: &Path) -> String {
+    paths_script(paths_file, true)
+}
+
+fn paths_script(paths_file: &Path, close: bool) -> String {
+    let headers = if close {
+        r#", {["Connection"] = "close"}"#
+    } else {
+        ""
+    };
     format!(
         r#"
 local reqs = {{}}
 local n = 0
 init = function(args)
-  for line in io.lines("{}") do reqs[#reqs + 1] = wrk.format("GET", line) end
+  for line in io.lines("{}") do reqs[#reqs + 1] = wrk.format("GET", line{headers}) end
   math.randomseed(7)
   for i = #reqs, 2, -1 do
     local j = math.random(i)

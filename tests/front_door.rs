@@ -244,6 +244,36 @@ async fn https_customers_are_sent_only_to_https_urls_and_get_exact_bytes() {
         "curl, wget and apt were served by the https volunteer"
     );
 
+    // The verifying proxy serves its customers over HTTPS too.
+    let proxy_tls = free_port();
+    let mut proxy_args = vec![
+        "proxy".to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--server".into(),
+        server.url.clone(),
+        "--cache-dir".into(),
+        root.join("proxy-cache").display().to_string(),
+    ];
+    proxy_args.extend(tls_flags(proxy_tls, &pki));
+    let argv: Vec<&str> = proxy_args.iter().map(String::as_str).collect();
+    let _proxy = Proc::spawn(&argv, &root.join("proxy.log"));
+    let through_proxy = format!("https://127.0.0.1:{proxy_tls}/debian/{BIG_DEB}");
+    wait_until(Duration::from_secs(20), "the proxy over HTTPS", || async {
+        Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", "--cacert"])
+            .arg(&pki.ca_file)
+            .arg(format!("https://127.0.0.1:{proxy_tls}/health"))
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+    .await;
+    let out = curl(ca, &["-f", &through_proxy]);
+    assert_eq!(
+        out.stdout, expected,
+        "verified bytes through the proxy over HTTPS"
+    );
+
     // With the https volunteer gone, an HTTPS customer goes to the origin over HTTPS.
     let mut secure = secure;
     secure.proc.kill();
@@ -606,6 +636,19 @@ async fn ipv6_customers_go_to_ipv6_urls_and_ipv4_ones_never_do() {
         vols.iter().all(|v| !v.to_string().contains("::ffff:")),
         "{vols:?}"
     );
+
+    // `systemctl reload` on a server without HTTPS: nothing to read, and it keeps serving.
+    let pid = server.proc.child.as_ref().unwrap().id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_until(Duration::from_secs(10), "SIGHUP to be logged", || async {
+        server.proc.log_text().contains("nothing to reload")
+    })
+    .await;
+    server.wait_healthy().await;
 
     // With no volunteer reachable over IPv6, an IPv6 customer goes to one over IPv4 rather
     // than to the origin.

@@ -216,6 +216,24 @@ netblocks = ["127.2.0.0/16"]
         let rfc = [("forwarded", "for=127.3.0.8;proto=http")];
         let got = sent_to(&server, "127.9.0.1", file, &rfc).await;
         assert_eq!(got.as_deref(), Some(host("vnl").as_str()), "Forwarded");
+        // A trusted proxy that ended TLS says so: its customer is sent to no http://
+        // volunteer (none here serves HTTPS: the origin answers). An untrusted peer saying
+        // the same is not believed.
+        for proto in [
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=127.3.0.8;proto=https"),
+        ] {
+            let got = sent_to(&server, "127.9.0.1", file, &[proto]).await;
+            assert_eq!(got, None, "{proto:?} via the trusted proxy");
+        }
+        let got = sent_to(
+            &server,
+            "127.2.0.5",
+            file,
+            &[("x-forwarded-proto", "https")],
+        )
+        .await;
+        assert!(got.is_some(), "an untrusted peer's X-Forwarded-Proto");
 
         // Near full: `va` takes one customer at a time, so the next one of its site goes
         // far. (Its report can land between the two and free it again: a few tries.)

@@ -185,7 +185,12 @@ pub async fn serve_both(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let Some((secure, certs)) = tls else {
-        return serve(plain, app, fast, limits, shutdown).await;
+        // `systemctl reload` sends SIGHUP whether or not there is a certificate to read:
+        // without a handler it would stop the server.
+        let hangup = tokio::spawn(nothing_to_reload());
+        let r = serve(plain, app, fast, limits, shutdown).await;
+        hangup.abort();
+        return r;
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -206,6 +211,17 @@ pub async fn serve_both(
     let r = tokio::try_join!(plain, secure, signal);
     watch.abort();
     r.map(|_| ())
+}
+
+/// Take SIGHUP and say there is nothing to read again (no HTTPS).
+async fn nothing_to_reload() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: nothing to reload (no HTTPS certificate configured)");
+    }
 }
 
 async fn serve_with(

@@ -49,6 +49,41 @@ pub fn customer_addr<'a>(
     nearest
 }
 
+/// Whether the customer behind `peer` reached the proxy in front over HTTPS, as that proxy
+/// says: the nearest hop's `proto=` in `Forwarded` (RFC 7239), else the last
+/// `X-Forwarded-Proto` value (HAProxy's `http-request set-header X-Forwarded-Proto https if
+/// { ssl_fc }`). Only a trusted peer's word counts: anyone else's headers are the customer's
+/// own. The proxy nearest us wrote the last value, so that one is read.
+pub fn forwarded_https<'a>(
+    peer: IpAddr,
+    trusted: &PrefixTable<()>,
+    forwarded: impl Iterator<Item = &'a [u8]>,
+    xfp: impl Iterator<Item = &'a [u8]>,
+) -> bool {
+    if !trusted.contains(peer) {
+        return false;
+    }
+    let last_element = forwarded
+        .filter_map(|l| std::str::from_utf8(l).ok())
+        .flat_map(|l| l.split(','))
+        .last();
+    if let Some(element) = last_element {
+        let proto = element.split(';').find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            k.trim()
+                .eq_ignore_ascii_case("proto")
+                .then(|| v.trim().trim_matches('"'))
+        });
+        if let Some(p) = proto {
+            return p.eq_ignore_ascii_case("https");
+        }
+    }
+    xfp.filter_map(|l| std::str::from_utf8(l).ok())
+        .flat_map(|l| l.split(','))
+        .last()
+        .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
+}
+
 /// A node as `Forwarded` or `X-Forwarded-For` write it: `192.0.2.60`, `192.0.2.60:4711`,
 /// `"[2001:db8::17]:4711"`, `2001:db8::17`.
 fn parse_node(text: &str) -> Option<IpAddr> {
@@ -88,6 +123,37 @@ mod tests {
             fwd.iter().map(|s| s.as_bytes()),
             xff.iter().map(|s| s.as_bytes()),
         )
+    }
+
+    #[test]
+    fn only_a_trusted_proxy_says_the_customer_came_over_https() {
+        let t = trusted(&["10.0.0.0/8"]);
+        let https = |peer: &str, fwd: &[&str], xfp: &[&str]| {
+            forwarded_https(
+                ip(peer),
+                &t,
+                fwd.iter().map(|l| l.as_bytes()),
+                xfp.iter().map(|l| l.as_bytes()),
+            )
+        };
+        assert!(https("10.0.0.1", &["for=192.0.2.1;proto=https"], &[]));
+        assert!(https("10.0.0.1", &[], &["https"]));
+        assert!(https("10.0.0.1", &[], &["http, HTTPS"]));
+        // The nearest hop's word: a customer's own `proto=https` further left is not it.
+        assert!(!https(
+            "10.0.0.1",
+            &["for=192.0.2.1;proto=https, for=192.0.2.2;proto=http"],
+            &[]
+        ));
+        // Forwarded without proto: X-Forwarded-Proto decides.
+        assert!(https("10.0.0.1", &["for=192.0.2.1"], &["https"]));
+        assert!(!https("10.0.0.1", &[], &[]));
+        // An untrusted peer's headers are its own.
+        assert!(!https(
+            "192.0.2.9",
+            &["for=1.2.3.4;proto=https"],
+            &["https"]
+        ));
     }
 
     #[test]

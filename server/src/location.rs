@@ -67,6 +67,26 @@ impl Location {
         self.customer_at(self.client_addr(peer, forwarded, xff), secure)
     }
 
+    /// Whether a customer came over HTTPS: on this connection (`secure`), or to the trusted
+    /// proxy in front, as its `Forwarded: proto=` or `X-Forwarded-Proto` says (HAProxy
+    /// ending TLS for several servers).
+    pub fn came_secure<'a>(
+        &self,
+        peer: IpAddr,
+        secure: bool,
+        forwarded: impl Iterator<Item = &'a [u8]>,
+        xfp: impl Iterator<Item = &'a [u8]>,
+    ) -> bool {
+        secure
+            || (!self.trusted.is_empty()
+                && locate::client::forwarded_https(
+                    peer.to_canonical(),
+                    &self.trusted,
+                    forwarded,
+                    xfp,
+                ))
+    }
+
     /// The address of the client behind a connection from `peer`: the peer, or behind
     /// trusted proxies the first untrusted hop their headers name.
     pub fn client_addr<'a>(

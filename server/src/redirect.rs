@@ -294,10 +294,18 @@ pub async fn customer(State(st): State<Arc<AppState>>, req: axum::extract::Reque
         .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.0.ip());
-    let secure = parts
-        .extensions
-        .get::<fileserve::listen::Secure>()
-        .is_some();
+    let secure = st.location.came_secure(
+        peer,
+        parts
+            .extensions
+            .get::<fileserve::listen::Secure>()
+            .is_some(),
+        headers.get_all("forwarded").iter().map(|v| v.as_bytes()),
+        headers
+            .get_all("x-forwarded-proto")
+            .iter()
+            .map(|v| v.as_bytes()),
+    );
     let customer = st.location.customer(
         peer,
         secure,
@@ -562,9 +570,15 @@ pub fn fast_customer(
             } = &mut *s.borrow_mut();
             let head = req.method == fast::Method::Head;
             let bytes = body_bytes(head, |name| req.header(name), &file.entry);
-            let customer = st.location.customer(
+            let secure = st.location.came_secure(
                 req.peer.ip(),
                 req.secure,
+                req.all("forwarded"),
+                req.all("x-forwarded-proto"),
+            );
+            let customer = st.location.customer(
+                req.peer.ip(),
+                secure,
                 req.all("forwarded"),
                 req.all("x-forwarded-for"),
             );

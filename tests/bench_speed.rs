@@ -111,3 +111,40 @@ fn the_scale_part_runs_servers_sharing_postgresql_end_to_end() {
     let md = std::fs::read_to_string(work.join("speed-results.md")).expect("table written");
     assert!(md.contains("failures 0"), "{md}");
 }
+
+/// The HTTPS part end to end, small: our server (checked first to redirect an HTTPS request
+/// to an https:// volunteer) and nginx over TLS 1.3 with one certificate, keep-alive and a
+/// handshake per request, every answer below 400 (wrk counts the others, failing the run).
+#[test]
+fn the_https_part_measures_redirects_over_tls_against_nginx() {
+    let tmp = TestDir::new();
+    let work = tmp.path().join("work");
+    let csv = speed_bench(
+        &work,
+        &[
+            "--parts",
+            "redirect-tls",
+            "--files",
+            "2000",
+            "--volunteers",
+            "10",
+            "--secs",
+            "1",
+            "--rounds",
+            "1",
+            "--connections",
+            "4",
+        ],
+    );
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .filter(|r: &Vec<&str>| r[0] == "redirect-tls" && r[4] == "nginx")
+        .collect();
+    assert_eq!(rows.len(), 4, "{csv}");
+    for r in &rows {
+        assert!(r[3].parse::<f64>().unwrap() > 0.0, "{r:?}");
+        assert!(r[5].parse::<f64>().unwrap() > 0.0, "{r:?}");
+    }
+}

@@ -455,6 +455,7 @@ pub async fn redirect_tls(a: &SpeedArgs) -> Result<Vec<Row>> {
         population::announce_all(&srv.url, "bench", 1, &m).await?;
         population::check_registered(&srv.url, a.volunteers).await?;
         members = Some(m);
+        check_https_redirect(&tls_url, &a.work.join("pool-paths.txt"))?;
         let tls_port = super::procs::free_port()?;
         // The same protocol and suite as ours negotiates: TLS 1.3 with AES-128-GCM and
         // SHA-256 (Debian's nginx would otherwise speak TLS 1.2).
@@ -500,6 +501,31 @@ pub async fn redirect_tls(a: &SpeedArgs) -> Result<Vec<Row>> {
         drop(srv);
     }
     Ok(rows)
+}
+
+/// Before measuring: an HTTPS request for a published path is a 302 to an `https://`
+/// volunteer URL (wrk counts only statuses of 400 and up as errors, so the origin sending the
+/// file itself, or an `http://` Location, would pass unseen).
+fn check_https_redirect(tls_url: &str, paths: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(paths)?;
+    let path = text.lines().next().context("no request paths")?;
+    let curl = require("curl", "curl")?;
+    let out = Command::new(curl)
+        .args([
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{redirect_url}",
+        ])
+        .arg(format!("{tls_url}{path}"))
+        .output()
+        .context("running curl")?;
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    if !said.starts_with("302 https://") {
+        bail!("an HTTPS request for {path} was answered `{said}`, not a redirect to an https:// volunteer");
+    }
+    Ok(())
 }
 
 /// The build `--ab-binary` names, checked to be a file.

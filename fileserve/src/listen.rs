@@ -171,6 +171,22 @@ pub fn bind_tls(
     Ok((listener, certs))
 }
 
+/// The HTTPS listener a `[tls]` section asks for: on `listen`, with the certificate and key
+/// `files` (see [`bind_tls`]); none without both. Logged with the certificate it serves.
+pub fn bind_tls_if(
+    listen: Option<SocketAddr>,
+    files: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    names: Vec<String>,
+) -> Result<Option<(tokio::net::TcpListener, Arc<crate::tls::Certs>)>, TlsListenError> {
+    let (Some(addr), Some((cert, key))) = (listen, files) else {
+        return Ok(None);
+    };
+    let (listener, certs) = bind_tls(addr, crate::tls::TlsFiles { cert, key }, names)?;
+    let at = listener.local_addr().unwrap_or(addr);
+    tracing::info!(listen = %at, certificate = %certs.describe(), "serving HTTPS");
+    Ok(Some((listener, certs)))
+}
+
 /// How often the certificate files are looked at for a change (SIGHUP reads them at once).
 pub const CERT_CHECK: Duration = Duration::from_secs(5);
 
@@ -584,6 +600,18 @@ struct Tasks {
 }
 
 impl Tasks {
+    /// What a connection's task takes along: clones of what every task shares.
+    fn conn(&self) -> Conn {
+        Conn {
+            app: self.app.clone(),
+            limits: self.conn_limits.clone(),
+            stop: self.stop.clone(),
+            _alive: self.alive.clone(),
+            watcher: self.graceful.watcher(),
+            header_timeout: self.header_timeout,
+        }
+    }
+
     /// Serve a connection in a task of its own: from `fast_start` on the fast path, else
     /// (or once the fast path hands it over) with hyper.
     fn spawn(
@@ -594,25 +622,15 @@ impl Tasks {
         fast_start: Option<(Arc<dyn FastPath>, fast::Start)>,
     ) {
         // Registered with the runtime only now, with something to wait for.
-        let stream = match tokio::net::TcpStream::from_std(stream) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(%peer, error = %e, "connection not registered with the runtime; closed");
-                return;
-            }
+        let Some(stream) = registered(stream, peer) else {
+            return;
         };
-        let app = self.app.clone();
-        let conn_limits = self.conn_limits.clone();
-        let stop = self.stop.clone();
-        let alive = self.alive.clone();
-        let watcher = self.graceful.watcher();
-        let (header_timeout, max_buf) = (self.header_timeout, conn_limits.max_header_bytes);
+        let conn = self.conn();
         tokio::spawn(async move {
-            let _alive = alive;
             let _admitted = admitted;
             let (stream, read) = match fast_start {
                 Some((f, start)) => {
-                    match fast::serve_connection(stream, peer, &*f, &conn_limits, &stop, start)
+                    match fast::serve_connection(stream, peer, &*f, &conn.limits, &conn.stop, start)
                         .await
                     {
                         Served::Closed => return,
@@ -624,8 +642,7 @@ impl Tasks {
                 }
                 None => (stream, Vec::new()),
             };
-            let io = Rewind::new(read, stream);
-            serve_hyper(io, peer, false, app, watcher, (header_timeout, max_buf)).await;
+            conn.hyper(Rewind::new(read, stream), peer, false).await;
         });
     }
 
@@ -639,25 +656,16 @@ impl Tasks {
         acceptor: tokio_rustls::TlsAcceptor,
         fast: Option<Arc<dyn FastPath>>,
     ) {
-        let stream = match tokio::net::TcpStream::from_std(stream) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(%peer, error = %e, "connection not registered with the runtime; closed");
-                return;
-            }
+        let Some(stream) = registered(stream, peer) else {
+            return;
         };
         // The handshake's flights and each answer must not wait for the client's ACK.
         let _ = stream.set_nodelay(true);
-        let app = self.app.clone();
-        let conn_limits = self.conn_limits.clone();
-        let stop = self.stop.clone();
-        let alive = self.alive.clone();
-        let watcher = self.graceful.watcher();
-        let (header_timeout, max_buf) = (self.header_timeout, conn_limits.max_header_bytes);
+        let conn = self.conn();
         tokio::spawn(async move {
-            let _alive = alive;
             let _admitted = admitted;
-            let stream = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+            let handshake = acceptor.accept(stream);
+            let stream = match tokio::time::timeout(conn.header_timeout, handshake).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -669,15 +677,47 @@ impl Tasks {
                 }
             };
             let (stream, read) = match fast {
-                Some(f) => match fast::serve_stream(stream, peer, &*f, &conn_limits, &stop).await {
-                    Served::Closed => return,
-                    Served::Handover(stream, read) => (stream, read),
-                },
+                Some(f) => {
+                    match fast::serve_stream(stream, peer, &*f, &conn.limits, &conn.stop).await {
+                        Served::Closed => return,
+                        Served::Handover(stream, read) => (stream, read),
+                    }
+                }
                 None => (stream, Vec::new()),
             };
-            let io = Rewind::new(read, stream);
-            serve_hyper(io, peer, true, app, watcher, (header_timeout, max_buf)).await;
+            conn.hyper(Rewind::new(read, stream), peer, true).await;
         });
+    }
+}
+
+/// A connection's socket registered with the runtime (`None`, logged, if it cannot be).
+fn registered(stream: std::net::TcpStream, peer: SocketAddr) -> Option<tokio::net::TcpStream> {
+    tokio::net::TcpStream::from_std(stream)
+        .inspect_err(|e| {
+            tracing::warn!(%peer, error = %e, "connection not registered with the runtime; closed");
+        })
+        .ok()
+}
+
+/// What one connection's task holds of the accept loop's.
+struct Conn {
+    app: Router,
+    limits: fast::ConnLimits,
+    stop: Arc<fast::Stop>,
+    /// The accept loop knows all tasks have ended when every one of these has.
+    _alive: tokio::sync::mpsc::Sender<()>,
+    watcher: hyper_util::server::graceful::Watcher,
+    header_timeout: Duration,
+}
+
+impl Conn {
+    /// The rest of the connection, served by hyper and the router.
+    async fn hyper<I>(self, io: I, peer: SocketAddr, secure: bool)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let timing = (self.header_timeout, self.limits.max_header_bytes);
+        serve_hyper(io, peer, secure, self.app, self.watcher, timing).await;
     }
 }
 

@@ -120,15 +120,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let listen = cfg.listen;
-    let tls = match cfg.tls.clone() {
-        Some((addr, (cert, key))) => {
-            let files = fileserve::tls::TlsFiles { cert, key };
-            let (l, certs) = fileserve::listen::bind_tls(addr, files, Vec::new())?;
-            tracing::info!(listen = %l.local_addr()?, certificate = %certs.describe(), "serving HTTPS");
-            Some((l, certs))
-        }
-        None => None,
-    };
+    let (tls_listen, tls_files) = cfg.tls.clone().unzip();
+    let tls = fileserve::listen::bind_tls_if(tls_listen, tls_files, Vec::new())?;
     let proxy = Arc::new(Proxy::new(cfg)?);
     let listener =
         fileserve::listen::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;

@@ -1222,6 +1222,19 @@ async fn install_and_delete(
     .await?
 }
 
+/// An error and every cause under it, `: `-separated: reqwest's own says only "error sending
+/// request", while the reason (refused, a certificate not trusted) is a cause below.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 async fn get_json<T: serde::de::DeserializeOwned>(
     http: &reqwest::Client,
     url: &str,
@@ -1230,7 +1243,7 @@ async fn get_json<T: serde::de::DeserializeOwned>(
         .get(url)
         .send()
         .await
-        .map_err(|e| PullError::Server(format!("cannot reach {url}: {e}")))?;
+        .map_err(|e| PullError::Server(format!("cannot reach {url}: {}", with_causes(&e))))?;
     if !r.status().is_success() {
         return Err(PullError::Server(format!("{url}: HTTP {}", r.status())));
     }
@@ -1283,7 +1296,7 @@ async fn fetch_manifest(
         .get(&url)
         .send()
         .await
-        .map_err(|e| PullError::Server(format!("cannot reach {url}: {e}")))?;
+        .map_err(|e| PullError::Server(format!("cannot reach {url}: {}", with_causes(&e))))?;
     if !r.status().is_success() {
         return Err(PullError::Server(format!("{url}: HTTP {}", r.status())));
     }

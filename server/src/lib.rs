@@ -610,22 +610,13 @@ pub async fn run_with_policy(
     let local = listener.local_addr()?;
     // HTTPS: the certificate is checked (and the port taken) before anything starts.
     let mut cfg = cfg;
-    let tls = match (cfg.tls.listen, cfg.tls.files()) {
-        (Some(addr), Some((cert, key))) => {
-            let (l, certs) = fileserve::listen::bind_tls(
-                addr,
-                fileserve::tls::TlsFiles { cert, key },
-                cfg.tls.names(),
-            )?;
-            let at = l.local_addr()?;
-            cfg.tls
-                .public_url
-                .get_or_insert_with(|| format!("https://{at}"));
-            tracing::info!(listen = %at, certificate = %certs.describe(), "serving HTTPS");
-            Some((l, certs))
-        }
-        _ => None,
-    };
+    let tls = fileserve::listen::bind_tls_if(cfg.tls.listen, cfg.tls.files(), cfg.tls.names())?;
+    if let Some((l, _)) = &tls {
+        let at = l.local_addr()?;
+        cfg.tls
+            .public_url
+            .get_or_insert_with(|| format!("https://{at}"));
+    }
     let tls_local = tls.as_ref().and_then(|(l, _)| l.local_addr().ok());
     let st = build_state(cfg, policy).await?;
     if st.config.prsync.seed {

@@ -594,22 +594,13 @@ pub async fn run_with_companion(
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     // HTTPS likewise, its certificate checked first.
     let mut cfg = cfg;
-    let tls = match (cfg.tls.listen, cfg.tls.files()) {
-        (Some(addr), Some((cert, key))) => {
-            let (l, certs) = fileserve::listen::bind_tls(
-                addr,
-                fileserve::tls::TlsFiles { cert, key },
-                cfg.tls.names(),
-            )?;
-            let at = l.local_addr()?;
-            cfg.tls
-                .public_url
-                .get_or_insert_with(|| format!("https://{at}"));
-            tracing::info!(listen = %at, certificate = %certs.describe(), "serving HTTPS");
-            Some((l, certs))
-        }
-        _ => None,
-    };
+    let tls = fileserve::listen::bind_tls_if(cfg.tls.listen, cfg.tls.files(), cfg.tls.names())?;
+    if let Some((l, _)) = &tls {
+        let at = l.local_addr()?;
+        cfg.tls
+            .public_url
+            .get_or_insert_with(|| format!("https://{at}"));
+    }
     let credential = obtain_credential(&cfg, &client).await?;
     let configured: Vec<String> = std::iter::once(server.clone())
         .chain(cfg.replicas.iter().cloned())

@@ -47,38 +47,6 @@ fn tls_flags(port: u16, pki: &Pki) -> Vec<String> {
     ]
 }
 
-/// A volunteer holding a copy of `source`, with `more` flags (`--listen` replaced when
-/// `listen` is given).
-fn volunteer_with(
-    root: &Path,
-    server: &Server,
-    name: &str,
-    source: &Path,
-    listen: Option<String>,
-    more: &[String],
-) -> Volunteer {
-    let mirror = root.join(name).join("debian");
-    copy_tree(source, &mirror);
-    let token = server.enroll(name);
-    let port = free_port();
-    let data_dir = root.join(name).join("data");
-    let mut args = volunteer_args(server, &token, port, &data_dir, &mirror);
-    if let Some(l) = listen {
-        let at = args.iter().position(|a| a == "--listen").unwrap();
-        args[at + 1] = l.replace("PORT", &port.to_string());
-    }
-    args.extend(more.iter().map(|m| m.replace("PORT", &port.to_string())));
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    Volunteer {
-        name: name.into(),
-        url: format!("http://127.0.0.1:{port}"),
-        port,
-        mirror,
-        data_dir,
-        proc: Proc::spawn(&argv, &root.join(format!("{name}.log"))),
-    }
-}
-
 /// curl with the test CA (if any) and `args`; its output, failing the test if curl fails.
 fn curl(ca: Option<&Path>, args: &[&str]) -> std::process::Output {
     let mut cmd = Command::new("curl");
@@ -130,15 +98,17 @@ async fn https_customers_are_sent_only_to_https_urls_and_get_exact_bytes() {
     let server = start_server(root, &repo, &flags).await;
     server.publish();
     let https = format!("https://127.0.0.1:{tls_port}");
-    let plain = volunteer_with(root, &server, "plain", &repo, None, &[]);
+    let plain = volunteer_listening(root, &server, "plain", &repo, "127.0.0.1:PORT", &[]);
     let secure_port = free_port();
-    let secure = volunteer_with(
+    let secure_flags = tls_flags(secure_port, &pki);
+    let secure_flags: Vec<&str> = secure_flags.iter().map(String::as_str).collect();
+    let secure = volunteer_listening(
         root,
         &server,
         "secure",
         &repo,
-        None,
-        &tls_flags(secure_port, &pki),
+        "127.0.0.1:PORT",
+        &secure_flags,
     );
     let secure_url = format!("https://127.0.0.1:{secure_port}");
     for v in [&plain, &secure] {
@@ -594,20 +564,20 @@ async fn ipv6_customers_go_to_ipv6_urls_and_ipv4_ones_never_do() {
     server.wait_healthy().await;
     server.publish();
     // A volunteer on both families, each with its URL; one on IPv4 only.
-    let dual = volunteer_with(
+    let dual = volunteer_listening(
         root,
         &server,
         "dual",
         &repo,
-        Some("[::]:PORT".into()),
+        "[::]:PORT",
         &[
-            "--public-url".into(),
-            "http://127.0.0.1:PORT".into(),
-            "--other-url".into(),
-            "http://[::1]:PORT".into(),
+            "--public-url",
+            "http://127.0.0.1:PORT",
+            "--other-url",
+            "http://[::1]:PORT",
         ],
     );
-    let v4 = volunteer_with(root, &server, "v4only", &repo, None, &[]);
+    let v4 = volunteer_listening(root, &server, "v4only", &repo, "127.0.0.1:PORT", &[]);
     for v in [&dual, &v4] {
         server.wait_held(&v.name, 1).await;
     }

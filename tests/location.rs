@@ -86,35 +86,6 @@ fn write_mmdb(path: &Path, nl_as: u32, de_as: u32) {
     w.write(path).unwrap();
 }
 
-/// A volunteer holding a copy of `source`, listening at `ip`, with `more` flags.
-fn volunteer_at(
-    root: &Path,
-    server: &Server,
-    name: &str,
-    ip: &str,
-    source: &Path,
-    more: &[&str],
-) -> Volunteer {
-    let mirror = root.join(name).join("debian");
-    copy_tree(source, &mirror);
-    let token = server.enroll(name);
-    let port = free_port();
-    let data_dir = root.join(name).join("data");
-    let mut args = volunteer_args(server, &token, port, &data_dir, &mirror);
-    let at = args.iter().position(|a| a == "--listen").unwrap();
-    args[at + 1] = format!("{ip}:{port}");
-    args.extend(more.iter().map(|s| s.to_string()));
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    Volunteer {
-        name: name.into(),
-        url: format!("http://{ip}:{port}"),
-        port,
-        mirror,
-        data_dir,
-        proc: Proc::spawn(&argv, &root.join(format!("{name}.log"))),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customers_go_near_first_and_private_volunteers_serve_only_their_own() {
     let dir = TestDir::new();
@@ -148,22 +119,22 @@ netblocks = ["127.2.0.0/16"]
     let mut server = start_server(root, &repo, &["--config", config.to_str().unwrap()]).await;
     server.publish();
     let mut vols = vec![
-        volunteer_at(
+        volunteer_listening(
             root,
             &server,
             "va",
-            "127.1.0.10",
             &repo,
+            "127.1.0.10:PORT",
             &["--max-connections", "1"],
         ),
-        volunteer_at(root, &server, "vb", "127.2.0.10", &repo, &[]),
-        volunteer_at(root, &server, "vnl", "127.3.0.10", &repo, &[]),
-        volunteer_at(
+        volunteer_listening(root, &server, "vb", &repo, "127.2.0.10:PORT", &[]),
+        volunteer_listening(root, &server, "vnl", &repo, "127.3.0.10:PORT", &[]),
+        volunteer_listening(
             root,
             &server,
             "campus",
-            "127.5.0.10",
             &repo,
+            "127.5.0.10:PORT",
             &["--netblock", "127.5.0.0/16", "--private"],
         ),
     ];

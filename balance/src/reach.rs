@@ -137,7 +137,7 @@ impl Urls {
     }
 
     /// The one it announced as its own.
-    pub fn primary(&self) -> &Arc<str> {
+    pub fn primary(&self) -> &str {
         &self.list[0].1
     }
 

@@ -140,11 +140,8 @@ pub struct VolunteerLive {
     /// Generation fully held, and the part held, per repository.
     pub generations: Held,
     pub id: String,
-    /// The URL it announced as its own (what spot checks and the admin's views use).
-    /// Shared, so the redirector can hold on to it without copying.
-    pub url: std::sync::Arc<str>,
-    /// Every URL it gave: its own, and any beside it (https, IPv6); a customer is sent to
-    /// the one it can follow.
+    /// Every URL it gave: its own first ([`Self::url`]), and any beside it (https, IPv6); a
+    /// customer is sent to the one it can follow.
     pub urls: Urls,
     pub load: Load,
     pub last_seq: u64,
@@ -177,6 +174,11 @@ pub struct VolunteerLive {
 pub const USAGE_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl VolunteerLive {
+    /// The URL it announced as its own (what spot checks and the admin's views use).
+    pub fn url(&self) -> &str {
+        self.urls.primary()
+    }
+
     /// How fast the server's checks found it against its peers (1.0 unless slower).
     pub fn observed_speed(&self) -> f64 {
         self.observed_speed
@@ -547,7 +549,6 @@ impl Registry {
                     at,
                     VolunteerLive {
                         id: report.volunteer.clone(),
-                        url: report.url.as_str().into(),
                         reach: urls.reach(),
                         urls,
                         generations: Held::default(),
@@ -614,12 +615,10 @@ impl Registry {
         }
         v.stopped = false;
         v.last_seq = report.seq;
-        if *v.url != *report.url
-            || !v
-                .urls
-                .same_as(&report.url, report.other_urls.iter().map(String::as_str))
+        if !v
+            .urls
+            .same_as(&report.url, report.other_urls.iter().map(String::as_str))
         {
-            v.url = report.url.as_str().into();
             v.urls = urls_of(report);
             v.reach = v.urls.reach();
         }

@@ -190,7 +190,7 @@ pub async fn volunteers(State(st): State<Arc<AppState>>) -> Json<Vec<VolunteerVi
             VolunteerView {
                 name: c.name.clone(),
                 id: c.id.clone(),
-                url: live.map_or(c.url.clone(), |v| v.url.to_string()),
+                url: live.map_or(c.url.clone(), |v| v.url().to_string()),
                 state: state.into(),
                 quarantine: c.quarantine.clone(),
                 generations: live
@@ -693,7 +693,7 @@ pub async fn report(
     let found = {
         let reg = st.balancer.registry();
         let hit = reg.all().find_map(|v| {
-            let base = v.url.trim_end_matches('/');
+            let base = v.url().trim_end_matches('/');
             let rest = r.url.strip_prefix(base)?.strip_prefix('/')?;
             Some((v.id.clone(), rest.to_string()))
         });

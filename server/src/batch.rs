@@ -107,7 +107,7 @@ pub async fn sources(
             .map(|(v, held)| {
                 let load = v.load.customer_conns as f64 / v.load.capacity.max(1) as f64;
                 let source = Source {
-                    url: v.url.to_string(),
+                    url: v.url().to_string(),
                     held,
                     part: v
                         .generations

@@ -164,7 +164,7 @@ fn due_now(st: Parts<'_>, now: Instant) -> Vec<Due> {
             tr.last = Some(now);
             due.push(Due {
                 id: v.id.clone(),
-                url: v.url.to_string(),
+                url: v.url().to_string(),
                 generations: v
                     .generations
                     .with_parts()

@@ -372,6 +372,39 @@ pub async fn start_volunteer(root: &Path, server: &Server, name: &str, source: &
     v
 }
 
+/// A volunteer holding a copy of `source`, listening at `listen` (`HOST:PORT`), with `more`
+/// flags; `PORT` in either is its port. Its `url` is on `HOST` (127.0.0.1 for `[::]`).
+pub fn volunteer_listening(
+    root: &Path,
+    server: &Server,
+    name: &str,
+    source: &Path,
+    listen: &str,
+    more: &[&str],
+) -> Volunteer {
+    let mirror = root.join(name).join("debian");
+    copy_tree(source, &mirror);
+    let token = server.enroll(name);
+    let port = free_port();
+    let data_dir = root.join(name).join("data");
+    let with_port = |s: &str| s.replace("PORT", &port.to_string());
+    let mut args = volunteer_args(server, &token, port, &data_dir, &mirror);
+    let at = args.iter().position(|a| a == "--listen").unwrap();
+    args[at + 1] = with_port(listen);
+    args.extend(more.iter().map(|m| with_port(m)));
+    let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h);
+    let host = if host == "[::]" { "127.0.0.1" } else { host };
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    Volunteer {
+        name: name.into(),
+        url: format!("http://{host}:{port}"),
+        port,
+        mirror,
+        data_dir,
+        proc: Proc::spawn(&argv, &root.join(format!("{name}.log"))),
+    }
+}
+
 /// A syncing volunteer (PRsync fills its empty mirror directory) with `more` arguments; also
 /// its command line, to start it again.
 pub fn start_syncing(

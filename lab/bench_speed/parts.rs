@@ -690,25 +690,36 @@ pub async fn redirect_db(a: &SpeedArgs) -> Result<Vec<Row>> {
 }
 
 /// One announce to `url`, checked to be a compact peer list (not a failure).
+///
+/// Asked again for up to 10 s: opentracker answers before it has read its whitelist (a
+/// thread of its own reads it after the listener is up), refusing every torrent meanwhile.
 async fn check_announce(url: &str, hash_hex: &str) -> Result<()> {
     let mut q = String::new();
     for i in 0..20 {
         q.push('%');
         q.push_str(&hash_hex[2 * i..2 * i + 2]);
     }
-    let body = reqwest::get(format!(
-        "{url}/announce?info_hash={q}&peer_id=-MS0001-check0000000&port=6881&uploaded=0&downloaded=0&left=0&compact=1"
-    ))
-    .await?
-    .bytes()
-    .await?;
-    if !body.windows(7).any(|w| w == b"5:peers") || body.windows(7).any(|w| w == b"failure") {
-        bail!(
-            "{url} did not answer an announce with peers: {}",
-            String::from_utf8_lossy(&body)
-        );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = reqwest::get(format!(
+            "{url}/announce?info_hash={q}&peer_id=-MS0001-check0000000&port=6881&uploaded=0&downloaded=0&left=0&compact=1"
+        ))
+        .await?
+        .bytes()
+        .await?;
+        let answered =
+            body.windows(7).any(|w| w == b"5:peers") && !body.windows(7).any(|w| w == b"failure");
+        if answered {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{url} did not answer an announce with peers: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Ok(())
 }
 
 /// Torrents and peers of the announce mix.
